@@ -1,0 +1,652 @@
+//! One partition's replicated state machine and its exactly-once session table.
+//!
+//! # State
+//!
+//! - An ordered map `key -> KeyValue` with etcd-like metadata per key: `create_revision` (the
+//!   revision that created the key), `mod_revision` (the revision that last wrote it) and
+//!   `version` (puts since creation; starts at 1, and a key deleted then created again starts
+//!   over at 1 with a new `create_revision`).
+//! - The partition's `revision`: incremented once for every applied command that changes at
+//!   least one key. A transaction is one revision however many keys it writes (as in etcd); a
+//!   put-if-absent that finds the key, a delete of a missing key, and a transaction whose chosen
+//!   branch writes nothing leave it unchanged.
+//! - The applied index and term of the last log entry consumed.
+//! - The session table (below).
+//!
+//! # Determinism
+//!
+//! [`StateMachine::apply`] depends only on the state and its arguments: every replica that
+//! applies the same committed entries in log order reaches the same state and returns the same
+//! results (Raft §5.3 / thesis §3.5: the state machine safety property only helps if apply is
+//! deterministic). Nothing here reads a clock, a random number or the configuration of the
+//! local node, except `sessions_max`, which must be the same on every replica of a partition
+//! (it is a cluster constant; change it only with a coordinated restart).
+//!
+//! Applying is atomic: every check that can reject a command (index order, session) runs
+//! before anything is changed, and the put / delete / get ops themselves cannot fail, so a
+//! command either takes full effect or none.
+//!
+//! # Exactly-once sessions (Raft thesis §6.3)
+//!
+//! A command may carry a [`Session`]: the client's id and a sequence number. The state machine
+//! remembers, per client id, the last sequence number applied and its result:
+//!
+//! - `sequence == last`: the command is a retry of one already applied; the cached result is
+//!   returned and the command is *not* applied again (no revision bump). The cached result is
+//!   returned whatever the retried command contains: the client must not reuse a sequence
+//!   number for a different command.
+//! - `sequence < last`: [`ApplyError::SessionSequenceStale`]; nothing is applied. (One
+//!   outstanding command per session and partition; a client that pipelines uses several
+//!   sessions.)
+//! - `sequence > last`: applied, and the result is remembered. Gaps are allowed.
+//! - unknown client id, `sequence == 1`: a new session is opened and the command applied.
+//! - unknown client id, `sequence > 1`: [`ApplyError::SessionExpired`]; nothing is applied.
+//!
+//! **Sequence numbers count per (client id, partition)**: a client keeps one counter per
+//! partition it writes to, starting at 1. This is what lets the state machine tell a new client
+//! from one whose session it has forgotten.
+//!
+//! The table is bounded by `sessions_max`. When a new session must be opened and the table is
+//! full, the session whose last command (applied, or answered from the cache) is at the lowest
+//! log index is evicted. That rule uses only log contents, so every replica evicts the same
+//! session at the same entry.
+//!
+//! Why an unknown client with `sequence > 1` is rejected: that client has talked to this
+//! partition before (it is past its first command), so its session was evicted, and the command
+//! may be a retry of one that was already applied. Applying it could apply a write twice;
+//! rejecting it is safe, and the client learns that the outcome of its outstanding command is
+//! unknown (the thesis's answer to an expired session). The residual case is a retry of a
+//! client's *first* command (`sequence == 1`) that arrives after its session was evicted: it is
+//! applied again. That needs `sessions_max` other clients to write to this partition between
+//! the first attempt and the retry; size `sessions_max` so that cannot happen within a client's
+//! retry deadline. (Closing it fully needs the thesis's RegisterClient entry, whose log index
+//! becomes the client id; a possible later extension.)
+//!
+//! # Ranges
+//!
+//! [`StateMachine::range`] follows etcd: `end` empty reads the single key `start`; `end == [0]`
+//! (one zero byte) reads every key `>= start` (so `start = []`, `end = [0]` is the whole
+//! partition); any other `end` reads `[start, end)`, which is empty when `end <= start`.
+//! `limit == 0` means no limit.
+//!
+//! # Memory
+//!
+//! Keys and values are stored as the [`Bytes`] the command carries, with no copy: a value keeps
+//! the buffer it was decoded from alive. Hand [`StateMachine::apply_entry`] a buffer that holds
+//! just that entry (one allocation per entry, not per key), never a slice of a large shared
+//! read buffer, or one small value can pin a whole batch.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::command::{
+    Command, CommandOp, Compare, CompareTarget, DecodeError, Limits, Session, TxnOp,
+};
+
+/// A key's value and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The value.
+    pub value: Bytes,
+    /// The revision that created the key (since it last did not exist).
+    pub create_revision: u64,
+    /// The revision that last wrote the key.
+    pub mod_revision: u64,
+    /// Puts since the key was created, starting at 1.
+    pub version: u64,
+}
+
+/// The result of an applied command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The partition's revision after the command.
+    pub revision: u64,
+    /// What the operation did.
+    pub op: ResponseOp,
+}
+
+/// The operation-specific part of a [`Response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseOp {
+    /// Result of a put.
+    Put {
+        /// False only for a put-if-absent that found the key.
+        written: bool,
+        /// The previous key-value, if asked for and the key existed (for a put-if-absent that
+        /// did not write: the existing key-value).
+        prev: Option<KeyValue>,
+    },
+    /// Result of a delete.
+    Delete {
+        /// Whether the key existed.
+        deleted: bool,
+        /// The deleted key-value, if asked for and the key existed.
+        prev: Option<KeyValue>,
+    },
+    /// Result of a transaction.
+    Txn {
+        /// Whether every compare held (the success branch ran).
+        succeeded: bool,
+        /// One result per op of the branch that ran, in order.
+        results: Vec<OpResult>,
+    },
+}
+
+/// The result of one op of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// A put.
+    Put {
+        /// The previous key-value, if asked for and the key existed.
+        prev: Option<KeyValue>,
+    },
+    /// A delete.
+    Delete {
+        /// Whether the key existed.
+        deleted: bool,
+        /// The deleted key-value, if asked for and the key existed.
+        prev: Option<KeyValue>,
+    },
+    /// A get.
+    Get {
+        /// The key-value, if the key exists.
+        kv: Option<KeyValue>,
+    },
+}
+
+/// Why a log entry was not applied as a command. Every variant except the two caller-bug ones
+/// (`IndexNotAfterApplied`, `TermRegressed`) still consumes the entry: the applied index moves
+/// to it, identically on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApplyError {
+    /// The session already applied a later sequence number; this command is an old retry.
+    #[error(
+        "session {client_id}: sequence {sequence} is older than the last applied {last_sequence}"
+    )]
+    SessionSequenceStale {
+        /// The client.
+        client_id: u64,
+        /// The command's sequence number.
+        sequence: u64,
+        /// The last sequence number applied for this client.
+        last_sequence: u64,
+    },
+    /// The client is unknown and the sequence is not 1: its session was evicted, and the command
+    /// may already have been applied. The outcome of the client's outstanding command is
+    /// unknown; it must start a new session.
+    #[error("session {client_id} expired or unknown (sequence {sequence} > 1)")]
+    SessionExpired {
+        /// The client.
+        client_id: u64,
+        /// The command's sequence number.
+        sequence: u64,
+    },
+    /// The entry's data is not a valid command (applied as a no-op on every replica).
+    #[error("malformed command entry: {0}")]
+    Malformed(#[from] DecodeError),
+    /// Caller bug: entries must be applied in increasing index order. Nothing changed.
+    #[error("entry index {index} is not after the applied index {applied_index}")]
+    IndexNotAfterApplied {
+        /// The entry's index.
+        index: u64,
+        /// The applied index.
+        applied_index: u64,
+    },
+    /// Caller bug: terms never decrease along the log (Raft §5.3). Nothing changed.
+    #[error("entry term {term} is lower than the applied term {applied_term}")]
+    TermRegressed {
+        /// The entry's term.
+        term: u64,
+        /// The applied term.
+        applied_term: u64,
+    },
+}
+
+/// What [`StateMachine::apply`] returns.
+pub type CommandResult = Result<Response, ApplyError>;
+
+/// What the session table remembers about one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The last sequence number applied.
+    pub last_sequence: u64,
+    /// The log index of the client's last command (applied or answered from the cache); the
+    /// eviction order.
+    pub last_index: u64,
+    /// The result of the last applied command.
+    pub result: Response,
+}
+
+/// The bounded exactly-once session table (module docs).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionTable {
+    clients: BTreeMap<u64, SessionRecord>,
+    /// `last_index -> client_id`; one command per index, so the keys are unique.
+    by_last_index: BTreeMap<u64, u64>,
+}
+
+impl SessionTable {
+    /// The record of `client_id`.
+    pub fn get(&self, client_id: u64) -> Option<&SessionRecord> {
+        self.clients.get(&client_id)
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// Every session, by client id.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &SessionRecord)> {
+        self.clients.iter().map(|(id, r)| (*id, r))
+    }
+
+    fn touch(&mut self, client_id: u64, index: u64) {
+        if let Some(rec) = self.clients.get_mut(&client_id) {
+            self.by_last_index.remove(&rec.last_index);
+            rec.last_index = index;
+            self.by_last_index.insert(index, client_id);
+        }
+    }
+
+    /// Inserts or replaces a record, evicting the least recently used sessions first when a
+    /// new client would exceed `sessions_max` (at least one session is always kept).
+    pub(crate) fn record(&mut self, client_id: u64, rec: SessionRecord, sessions_max: usize) {
+        if let Some(old) = self.clients.remove(&client_id) {
+            self.by_last_index.remove(&old.last_index);
+        } else {
+            while self.clients.len() >= sessions_max.max(1) {
+                let Some((_, evicted)) = self.by_last_index.pop_first() else {
+                    break;
+                };
+                self.clients.remove(&evicted);
+                tracing::debug!(client_id = evicted, "session evicted");
+            }
+        }
+        self.by_last_index.insert(rec.last_index, client_id);
+        self.clients.insert(client_id, rec);
+    }
+}
+
+/// Result of [`StateMachine::range`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeResult {
+    /// The keys found, ascending, with their key-values (empty values when keys-only).
+    pub kvs: Vec<(Bytes, KeyValue)>,
+    /// Whether the limit cut the result short.
+    pub more: bool,
+    /// When `more`: the first key not returned, where the next page starts.
+    pub next_key: Option<Bytes>,
+}
+
+/// Configuration of a partition's state machine. Must be the same on every replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// The partition this state machine belongs to.
+    pub partition_id: u64,
+    /// Most sessions remembered (at least 1; default 65,536).
+    pub sessions_max: usize,
+}
+
+impl Config {
+    /// The defaults for `partition_id`.
+    pub fn new(partition_id: u64) -> Config {
+        Config {
+            partition_id,
+            sessions_max: 65_536,
+        }
+    }
+}
+
+/// One partition's replicated state (module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateMachine {
+    config: Config,
+    kvs: BTreeMap<Bytes, KeyValue>,
+    revision: u64,
+    applied_index: u64,
+    applied_term: u64,
+    sessions: SessionTable,
+}
+
+impl StateMachine {
+    /// An empty partition (revision 0, nothing applied).
+    pub fn new(config: Config) -> StateMachine {
+        StateMachine {
+            config,
+            kvs: BTreeMap::new(),
+            revision: 0,
+            applied_index: 0,
+            applied_term: 0,
+            sessions: SessionTable::default(),
+        }
+    }
+
+    /// Reassembles a state machine from parts (used by the snapshot decoder, which has
+    /// checked them).
+    pub(crate) fn from_parts(
+        config: Config,
+        kvs: BTreeMap<Bytes, KeyValue>,
+        revision: u64,
+        applied_index: u64,
+        applied_term: u64,
+        sessions: SessionTable,
+    ) -> StateMachine {
+        StateMachine {
+            config,
+            kvs,
+            revision,
+            applied_index,
+            applied_term,
+            sessions,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The partition's revision.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Index of the last entry consumed.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Term of the last entry consumed.
+    pub fn applied_term(&self) -> u64 {
+        self.applied_term
+    }
+
+    /// The session table.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.kvs.len()
+    }
+
+    /// Whether the partition holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.kvs.is_empty()
+    }
+
+    /// Every key-value, ascending by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyValue)> {
+        self.kvs.iter()
+    }
+
+    /// The key-value at `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
+        self.kvs.get(key)
+    }
+
+    /// Reads keys per the range rules in the module docs.
+    pub fn range(&self, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> RangeResult {
+        let upper: Bound<&[u8]> = if end.is_empty() {
+            Bound::Included(start)
+        } else if end == [0] {
+            Bound::Unbounded
+        } else if end <= start {
+            return RangeResult::default();
+        } else {
+            Bound::Excluded(end)
+        };
+        let limit = if limit == 0 { usize::MAX } else { limit };
+        let mut out = RangeResult::default();
+        for (k, kv) in self.kvs.range::<[u8], _>((Bound::Included(start), upper)) {
+            if out.kvs.len() == limit {
+                out.more = true;
+                out.next_key = Some(k.clone());
+                break;
+            }
+            let kv = if keys_only {
+                KeyValue {
+                    value: Bytes::new(),
+                    ..kv.clone()
+                }
+            } else {
+                kv.clone()
+            };
+            out.kvs.push((k.clone(), kv));
+        }
+        out
+    }
+
+    fn check_order(&self, index: u64, term: u64) -> Result<(), ApplyError> {
+        if index <= self.applied_index {
+            return Err(ApplyError::IndexNotAfterApplied {
+                index,
+                applied_index: self.applied_index,
+            });
+        }
+        if term < self.applied_term {
+            return Err(ApplyError::TermRegressed {
+                term,
+                applied_term: self.applied_term,
+            });
+        }
+        Ok(())
+    }
+
+    /// Consumes a log entry that carries no command (the leader's no-op of a new term, a
+    /// configuration change): only the applied index and term move.
+    pub fn advance_applied(&mut self, index: u64, term: u64) -> Result<(), ApplyError> {
+        self.check_order(index, term)?;
+        self.applied_index = index;
+        self.applied_term = term;
+        Ok(())
+    }
+
+    /// Decodes a committed entry's data and applies it. Decoding uses [`Limits::FORMAT`], not
+    /// the configured limits: a committed entry must be applied the same way on every replica
+    /// whatever each node's configuration (the configured limits are checked when proposing).
+    /// An entry that does not decode is consumed as a no-op and reported as
+    /// [`ApplyError::Malformed`] (identically on every replica).
+    ///
+    /// `data` should be a buffer holding just this entry (module docs, "Memory").
+    pub fn apply_entry(&mut self, index: u64, term: u64, data: &Bytes) -> CommandResult {
+        self.check_order(index, term)?;
+        match Command::decode(data, &Limits::FORMAT) {
+            Ok(cmd) => self.apply(index, term, &cmd),
+            Err(e) => {
+                tracing::error!(partition = self.config.partition_id, index, term, error = %e,
+                    "committed entry is not a valid command; consumed as a no-op");
+                self.applied_index = index;
+                self.applied_term = term;
+                Err(ApplyError::Malformed(e))
+            }
+        }
+    }
+
+    /// Applies one committed command at log position (`index`, `term`); see the module docs
+    /// for the rules. Entries must come in increasing index order; a violation is reported as
+    /// an error and changes nothing.
+    pub fn apply(&mut self, index: u64, term: u64, cmd: &Command) -> CommandResult {
+        self.check_order(index, term)?;
+        let result = self.apply_checked(index, cmd);
+        self.applied_index = index;
+        self.applied_term = term;
+        result
+    }
+
+    fn apply_checked(&mut self, index: u64, cmd: &Command) -> CommandResult {
+        if let Some(Session {
+            client_id,
+            sequence,
+        }) = cmd.session
+        {
+            match self.sessions.get(client_id) {
+                Some(rec) if sequence == rec.last_sequence => {
+                    // A retry of the last applied command: answer from the cache, apply
+                    // nothing (thesis §6.3).
+                    let result = rec.result.clone();
+                    self.sessions.touch(client_id, index);
+                    return Ok(result);
+                }
+                Some(rec) if sequence < rec.last_sequence => {
+                    return Err(ApplyError::SessionSequenceStale {
+                        client_id,
+                        sequence,
+                        last_sequence: rec.last_sequence,
+                    });
+                }
+                Some(_) => {}
+                None if sequence == 1 => {}
+                None => {
+                    return Err(ApplyError::SessionExpired {
+                        client_id,
+                        sequence,
+                    })
+                }
+            }
+            let response = self.execute(&cmd.op);
+            self.sessions.record(
+                client_id,
+                SessionRecord {
+                    last_sequence: sequence,
+                    last_index: index,
+                    result: response.clone(),
+                },
+                self.config.sessions_max,
+            );
+            Ok(response)
+        } else {
+            Ok(self.execute(&cmd.op))
+        }
+    }
+
+    /// Runs an operation. Cannot fail: every rejection happened before.
+    fn execute(&mut self, op: &CommandOp) -> Response {
+        let rev = self.revision + 1;
+        let op = match op {
+            CommandOp::Put(p) => {
+                if p.if_absent {
+                    if let Some(existing) = self.kvs.get(&p.key) {
+                        let prev = p.return_prev.then(|| existing.clone());
+                        return Response {
+                            revision: self.revision,
+                            op: ResponseOp::Put {
+                                written: false,
+                                prev,
+                            },
+                        };
+                    }
+                }
+                let prev = self.put_at(&p.key, &p.value, rev, p.return_prev);
+                self.revision = rev;
+                ResponseOp::Put {
+                    written: true,
+                    prev,
+                }
+            }
+            CommandOp::Delete(d) => {
+                let removed = self.kvs.remove(&d.key);
+                if removed.is_some() {
+                    self.revision = rev;
+                }
+                ResponseOp::Delete {
+                    deleted: removed.is_some(),
+                    prev: if d.return_prev { removed } else { None },
+                }
+            }
+            CommandOp::Txn(t) => {
+                let succeeded = t.compares.iter().all(|c| self.compare(c));
+                let ops = if succeeded { &t.success } else { &t.failure };
+                let mut wrote = false;
+                let mut results = Vec::with_capacity(ops.len());
+                for op in ops {
+                    results.push(match op {
+                        TxnOp::Put {
+                            key,
+                            value,
+                            return_prev,
+                        } => {
+                            wrote = true;
+                            OpResult::Put {
+                                prev: self.put_at(key, value, rev, *return_prev),
+                            }
+                        }
+                        TxnOp::Delete { key, return_prev } => {
+                            let removed = self.kvs.remove(key);
+                            wrote |= removed.is_some();
+                            OpResult::Delete {
+                                deleted: removed.is_some(),
+                                prev: if *return_prev { removed } else { None },
+                            }
+                        }
+                        TxnOp::Get { key } => OpResult::Get {
+                            kv: self.kvs.get(key).cloned(),
+                        },
+                    });
+                }
+                if wrote {
+                    self.revision = rev;
+                }
+                ResponseOp::Txn { succeeded, results }
+            }
+        };
+        Response {
+            revision: self.revision,
+            op,
+        }
+    }
+
+    /// Writes `key = value` at revision `rev`; returns the previous key-value if asked.
+    fn put_at(
+        &mut self,
+        key: &Bytes,
+        value: &Bytes,
+        rev: u64,
+        return_prev: bool,
+    ) -> Option<KeyValue> {
+        match self.kvs.get_mut(key) {
+            Some(kv) => {
+                let prev = return_prev.then(|| kv.clone());
+                kv.value = value.clone();
+                kv.mod_revision = rev;
+                kv.version += 1;
+                prev
+            }
+            None => {
+                self.kvs.insert(
+                    key.clone(),
+                    KeyValue {
+                        value: value.clone(),
+                        create_revision: rev,
+                        mod_revision: rev,
+                        version: 1,
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        let kv = self.kvs.get(&c.key);
+        let ord = match (&c.target, kv) {
+            (CompareTarget::Value(_), None) => return false,
+            (CompareTarget::Value(v), Some(kv)) => kv.value.as_ref().cmp(v.as_ref()),
+            (CompareTarget::Version(v), kv) => kv.map_or(0, |kv| kv.version).cmp(v),
+            (CompareTarget::CreateRevision(v), kv) => kv.map_or(0, |kv| kv.create_revision).cmp(v),
+            (CompareTarget::ModRevision(v), kv) => kv.map_or(0, |kv| kv.mod_revision).cmp(v),
+            (CompareTarget::Exists(b), kv) => kv.is_some().cmp(b),
+        };
+        c.cmp.holds(ord)
+    }
+}
