@@ -194,7 +194,8 @@ impl Model {
                         .unwrap();
                     self.sessions.remove(oldest);
                 }
-                self.sessions.push((s.client_id, s.sequence, index, r.clone()));
+                self.sessions
+                    .push((s.client_id, s.sequence, index, r.clone()));
                 Ok(r)
             }
         }

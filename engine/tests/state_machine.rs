@@ -1,0 +1,464 @@
+//! The partition state machine: metadata, revisions, transactions, sessions, ranges.
+
+use bytes::Bytes;
+use engine::command::{Command, CommandOp, Compare, CompareOp, CompareTarget, Put, Txn, TxnOp};
+use engine::state_machine::{
+    ApplyError, Config, KeyValue, OpResult, Response, ResponseOp, StateMachine,
+};
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// A state machine with a running log index.
+struct Log {
+    sm: StateMachine,
+    index: u64,
+}
+
+impl Log {
+    fn new(sessions_max: usize) -> Log {
+        Log {
+            sm: StateMachine::new(Config {
+                partition_id: 1,
+                sessions_max,
+            }),
+            index: 0,
+        }
+    }
+    fn apply(&mut self, cmd: Command) -> Result<Response, ApplyError> {
+        self.index += 1;
+        self.sm.apply(self.index, 1, &cmd)
+    }
+}
+
+fn put_prev(key: &str, value: &str) -> Command {
+    Command {
+        session: None,
+        op: CommandOp::Put(Put {
+            key: b(key),
+            value: b(value),
+            if_absent: false,
+            return_prev: true,
+        }),
+    }
+}
+
+fn cmp(key: &str, cmp: CompareOp, target: CompareTarget) -> Compare {
+    Compare {
+        key: b(key),
+        cmp,
+        target,
+    }
+}
+
+fn txn(compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Command {
+    Command {
+        session: None,
+        op: CommandOp::Txn(Txn {
+            compares,
+            success,
+            failure,
+        }),
+    }
+}
+
+fn tput(key: &str, value: &str) -> TxnOp {
+    TxnOp::Put {
+        key: b(key),
+        value: b(value),
+        return_prev: false,
+    }
+}
+
+#[test]
+fn metadata_follows_etcd() {
+    let mut l = Log::new(8);
+    let r = l.apply(put_prev("a", "1")).unwrap();
+    assert_eq!(
+        r,
+        Response {
+            revision: 1,
+            op: ResponseOp::Put {
+                written: true,
+                prev: None
+            }
+        }
+    );
+    l.apply(Command::put("b", "x")).unwrap();
+    let r = l.apply(put_prev("a", "2")).unwrap();
+    assert_eq!(r.revision, 3);
+    let ResponseOp::Put {
+        prev: Some(prev), ..
+    } = r.op
+    else {
+        panic!("no prev")
+    };
+    assert_eq!(
+        prev,
+        KeyValue {
+            value: b("1"),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1
+        }
+    );
+    assert_eq!(
+        l.sm.get(b"a"),
+        Some(&KeyValue {
+            value: b("2"),
+            create_revision: 1,
+            mod_revision: 3,
+            version: 2
+        })
+    );
+    // Delete then create: version starts over, create revision is new.
+    let r = l.apply(Command::delete("a")).unwrap();
+    assert_eq!(r.revision, 4);
+    assert_eq!(l.sm.get(b"a"), None);
+    l.apply(Command::put("a", "3")).unwrap();
+    assert_eq!(
+        l.sm.get(b"a"),
+        Some(&KeyValue {
+            value: b("3"),
+            create_revision: 5,
+            mod_revision: 5,
+            version: 1
+        })
+    );
+    assert_eq!(l.sm.revision(), 5);
+    assert_eq!(l.sm.applied_index(), 5);
+}
+
+#[test]
+fn no_op_writes_do_not_bump_the_revision() {
+    let mut l = Log::new(8);
+    l.apply(Command::put("a", "1")).unwrap();
+    // Delete of a missing key.
+    let r = l.apply(Command::delete("zz")).unwrap();
+    assert_eq!(
+        r,
+        Response {
+            revision: 1,
+            op: ResponseOp::Delete {
+                deleted: false,
+                prev: None
+            }
+        }
+    );
+    // Put-if-absent on an existing key: not written, returns the existing value if asked.
+    let r = l
+        .apply(Command {
+            session: None,
+            op: CommandOp::Put(Put {
+                key: b("a"),
+                value: b("other"),
+                if_absent: true,
+                return_prev: true,
+            }),
+        })
+        .unwrap();
+    assert_eq!(r.revision, 1);
+    assert!(matches!(
+        r.op,
+        ResponseOp::Put {
+            written: false,
+            prev: Some(KeyValue { ref value, .. })
+        } if value == "1"
+    ));
+    assert_eq!(l.sm.get(b"a").unwrap().value, b("1"));
+    // Put-if-absent on a missing key writes.
+    let r = l
+        .apply(Command {
+            session: None,
+            op: CommandOp::Put(Put {
+                key: b("new"),
+                value: b("v"),
+                if_absent: true,
+                return_prev: false,
+            }),
+        })
+        .unwrap();
+    assert_eq!(r.revision, 2);
+    // A txn with only gets.
+    let r = l
+        .apply(txn(vec![], vec![TxnOp::Get { key: b("a") }], vec![]))
+        .unwrap();
+    assert_eq!(r.revision, 2);
+    assert_eq!(l.sm.revision(), 2);
+}
+
+#[test]
+fn txn_is_one_revision_and_atomic() {
+    let mut l = Log::new(8);
+    l.apply(Command::put("a", "1")).unwrap(); // rev 1
+    l.apply(Command::put("b", "1")).unwrap(); // rev 2
+    let before = l.sm.clone();
+
+    // Failing compare, empty failure branch: nothing changes but the applied index.
+    let r = l
+        .apply(txn(
+            vec![
+                cmp("a", CompareOp::Equal, CompareTarget::Value(b("1"))),
+                cmp("b", CompareOp::Equal, CompareTarget::Value(b("WRONG"))),
+            ],
+            vec![tput("a", "2"), tput("c", "2")],
+            vec![],
+        ))
+        .unwrap();
+    assert_eq!(
+        r,
+        Response {
+            revision: 2,
+            op: ResponseOp::Txn {
+                succeeded: false,
+                results: vec![]
+            }
+        }
+    );
+    assert!(before.iter().eq(l.sm.iter()));
+    assert_eq!(l.sm.revision(), 2);
+
+    // All compares hold: several writes, one revision, ops see earlier ops.
+    let r = l
+        .apply(txn(
+            vec![
+                cmp("a", CompareOp::Equal, CompareTarget::Value(b("1"))),
+                cmp("a", CompareOp::Equal, CompareTarget::Version(1)),
+                cmp("a", CompareOp::Less, CompareTarget::ModRevision(2)),
+                cmp("b", CompareOp::Greater, CompareTarget::CreateRevision(1)),
+                cmp("c", CompareOp::Equal, CompareTarget::Exists(false)),
+                cmp("c", CompareOp::Equal, CompareTarget::Version(0)),
+            ],
+            vec![
+                tput("a", "2"),
+                tput("c", "2"),
+                TxnOp::Delete {
+                    key: b("b"),
+                    return_prev: true,
+                },
+                TxnOp::Get { key: b("c") },
+            ],
+            vec![tput("failure", "ran")],
+        ))
+        .unwrap();
+    assert_eq!(r.revision, 3);
+    let ResponseOp::Txn { succeeded, results } = r.op else {
+        panic!()
+    };
+    assert!(succeeded);
+    assert_eq!(results.len(), 4);
+    assert!(
+        matches!(&results[2], OpResult::Delete { deleted: true, prev: Some(kv) } if kv.value == "1")
+    );
+    assert!(
+        matches!(&results[3], OpResult::Get { kv: Some(kv) } if kv.value == "2" && kv.create_revision == 3)
+    );
+    assert_eq!(l.sm.get(b"a").unwrap().mod_revision, 3);
+    assert_eq!(l.sm.get(b"c").unwrap().mod_revision, 3);
+    assert_eq!(l.sm.get(b"b"), None);
+    assert_eq!(l.sm.get(b"failure"), None);
+
+    // Value compare on a missing key is false whatever the operator.
+    for op in [
+        CompareOp::Equal,
+        CompareOp::NotEqual,
+        CompareOp::Less,
+        CompareOp::Greater,
+    ] {
+        let r = l
+            .apply(txn(
+                vec![cmp("missing", op, CompareTarget::Value(b("x")))],
+                vec![],
+                vec![],
+            ))
+            .unwrap();
+        assert!(matches!(
+            r.op,
+            ResponseOp::Txn {
+                succeeded: false,
+                ..
+            }
+        ));
+    }
+}
+
+fn with_session(cmd: Command, client: u64, seq: u64) -> Command {
+    cmd.with_session(client, seq)
+}
+
+#[test]
+fn retry_returns_the_cached_result_without_reapplying() {
+    let mut l = Log::new(8);
+    let first = l.apply(with_session(put_prev("k", "v1"), 42, 1)).unwrap();
+    let rev = l.sm.revision();
+    let state = l.sm.get(b"k").cloned();
+    // The same sequence again (even with other content) returns the first result.
+    let again = l
+        .apply(with_session(put_prev("k", "DIFFERENT"), 42, 1))
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(l.sm.revision(), rev);
+    assert_eq!(l.sm.get(b"k").cloned(), state);
+    assert_eq!(l.sm.applied_index(), 2);
+    assert_eq!(l.sm.sessions().get(42).unwrap().last_index, 2);
+
+    // Next sequence applies; the old one is now stale.
+    let second = l.apply(with_session(put_prev("k", "v2"), 42, 2)).unwrap();
+    assert_eq!(second.revision, rev + 1);
+    assert_eq!(
+        l.apply(with_session(put_prev("k", "v1"), 42, 1)),
+        Err(ApplyError::SessionSequenceStale {
+            client_id: 42,
+            sequence: 1,
+            last_sequence: 2
+        })
+    );
+    assert_eq!(l.sm.get(b"k").unwrap().value, b("v2"));
+    assert_eq!(l.sm.revision(), rev + 1);
+    // Gaps are allowed.
+    assert!(l.apply(with_session(Command::delete("k"), 42, 10)).is_ok());
+    assert_eq!(l.sm.sessions().get(42).unwrap().last_sequence, 10);
+}
+
+#[test]
+fn unknown_client_must_start_at_one() {
+    let mut l = Log::new(8);
+    assert_eq!(
+        l.apply(with_session(Command::put("k", "v"), 7, 2)),
+        Err(ApplyError::SessionExpired {
+            client_id: 7,
+            sequence: 2
+        })
+    );
+    assert_eq!(l.sm.get(b"k"), None);
+    assert_eq!(l.sm.revision(), 0);
+    assert!(l.sm.sessions().is_empty());
+    // The rejected entry is still consumed.
+    assert_eq!(l.sm.applied_index(), 1);
+}
+
+#[test]
+fn eviction_is_least_recently_used_by_log_index() {
+    let mut l = Log::new(2);
+    l.apply(with_session(Command::put("a", "1"), 1, 1)).unwrap(); // index 1
+    l.apply(with_session(Command::put("b", "1"), 2, 1)).unwrap(); // index 2
+                                                                  // Client 1 retries (cache hit) at index 3: now client 2 is the least recently used.
+    l.apply(with_session(Command::put("a", "1"), 1, 1)).unwrap();
+    l.apply(with_session(Command::put("c", "1"), 3, 1)).unwrap(); // index 4, evicts 2
+    assert!(l.sm.sessions().get(2).is_none());
+    assert!(l.sm.sessions().get(1).is_some());
+    assert!(l.sm.sessions().get(3).is_some());
+    assert_eq!(l.sm.sessions().len(), 2);
+    // Client 2's next command is rejected: its session was forgotten.
+    assert_eq!(
+        l.apply(with_session(Command::put("b", "2"), 2, 2)),
+        Err(ApplyError::SessionExpired {
+            client_id: 2,
+            sequence: 2
+        })
+    );
+    assert_eq!(l.sm.get(b"b").unwrap().value, b("1"));
+}
+
+#[test]
+fn entries_must_come_in_order() {
+    let mut sm = StateMachine::new(Config::new(3));
+    sm.apply(5, 2, &Command::put("a", "1")).unwrap();
+    let before = sm.clone();
+    assert_eq!(
+        sm.apply(5, 2, &Command::put("a", "2")),
+        Err(ApplyError::IndexNotAfterApplied {
+            index: 5,
+            applied_index: 5
+        })
+    );
+    assert_eq!(
+        sm.apply(6, 1, &Command::put("a", "2")),
+        Err(ApplyError::TermRegressed {
+            term: 1,
+            applied_term: 2
+        })
+    );
+    assert_eq!(
+        sm.advance_applied(4, 2),
+        Err(ApplyError::IndexNotAfterApplied {
+            index: 4,
+            applied_index: 5
+        })
+    );
+    assert_eq!(sm, before);
+    sm.advance_applied(6, 3).unwrap();
+    assert_eq!((sm.applied_index(), sm.applied_term()), (6, 3));
+}
+
+#[test]
+fn malformed_entry_is_consumed_as_a_no_op() {
+    let mut sm = StateMachine::new(Config::new(3));
+    sm.apply_entry(1, 1, &Command::put("a", "1").encode())
+        .unwrap();
+    let r = sm.apply_entry(2, 1, &Bytes::from_static(&[9, 9, 9]));
+    assert!(matches!(r, Err(ApplyError::Malformed(_))));
+    assert_eq!(sm.applied_index(), 2);
+    assert_eq!(sm.revision(), 1);
+    assert_eq!(sm.len(), 1);
+}
+
+fn keys(r: &engine::state_machine::RangeResult) -> Vec<&[u8]> {
+    r.kvs.iter().map(|(k, _)| k.as_ref()).collect()
+}
+
+#[test]
+fn range_semantics() {
+    let mut l = Log::new(8);
+    for k in ["a", "b", "ba", "c", "d"] {
+        l.apply(Command::put(k, "value")).unwrap();
+    }
+    let sm = &l.sm;
+    // Empty end: the single key.
+    assert_eq!(keys(&sm.range(b"b", b"", 0, false)), vec![b"b" as &[u8]]);
+    assert!(sm.range(b"bb", b"", 0, false).kvs.is_empty());
+    // [start, end)
+    assert_eq!(
+        keys(&sm.range(b"b", b"c", 0, false)),
+        vec![b"b" as &[u8], b"ba"]
+    );
+    // "\0": to the end of the keyspace; with an empty start: everything.
+    assert_eq!(
+        keys(&sm.range(b"c", b"\0", 0, false)),
+        vec![b"c" as &[u8], b"d"]
+    );
+    assert_eq!(sm.range(b"", b"\0", 0, false).kvs.len(), 5);
+    // end <= start: empty, not a panic.
+    assert!(sm.range(b"d", b"a", 0, false).kvs.is_empty());
+    assert!(sm.range(b"c", b"c", 0, false).kvs.is_empty());
+    // Limit and continuation.
+    let page = sm.range(b"a", b"\0", 2, false);
+    assert_eq!(keys(&page), vec![b"a" as &[u8], b"b"]);
+    assert!(page.more);
+    assert_eq!(page.next_key, Some(b("ba")));
+    let page2 = sm.range(page.next_key.as_ref().unwrap(), b"\0", 2, false);
+    assert_eq!(keys(&page2), vec![b"ba" as &[u8], b"c"]);
+    let last = sm.range(b"d", b"\0", 2, false);
+    assert_eq!(keys(&last), vec![b"d" as &[u8]]);
+    assert!(!last.more);
+    assert_eq!(last.next_key, None);
+    // Exactly `limit` keys left: no more.
+    let exact = sm.range(b"c", b"\0", 2, false);
+    assert!(!exact.more);
+    // Keys only: metadata kept, values empty.
+    let ko = sm.range(b"a", b"", 0, true);
+    assert_eq!(ko.kvs[0].1.value, Bytes::new());
+    assert_eq!(ko.kvs[0].1.create_revision, 1);
+}
+
+#[test]
+fn apply_stores_the_entry_bytes_without_copying() {
+    let mut sm = StateMachine::new(Config::new(1));
+    let entry = Command::put("key", vec![7u8; 128]).encode();
+    sm.apply_entry(1, 1, &entry).unwrap();
+    let (k, kv) = sm.iter().next().unwrap();
+    let range = entry.as_ptr() as usize..entry.as_ptr() as usize + entry.len();
+    assert!(range.contains(&(k.as_ptr() as usize)));
+    assert!(range.contains(&(kv.value.as_ptr() as usize)));
+}
