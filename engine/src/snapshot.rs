@@ -668,6 +668,38 @@ pub fn file_name(partition_id: u64, applied_index: u64, applied_term: u64) -> St
     format!("snap-{partition_id:016x}-{applied_index:016x}-{applied_term:016x}{FILE_SUFFIX}")
 }
 
+/// Parses a name made by [`file_name`] into `(partition_id, applied_index, applied_term)`.
+pub fn parse_file_name(name: &str) -> Option<(u64, u64, u64)> {
+    let rest = name.strip_prefix("snap-")?.strip_suffix(FILE_SUFFIX)?;
+    let mut parts = rest.split('-');
+    let mut next = || {
+        parts
+            .next()
+            .filter(|p| p.len() == 16)
+            .and_then(|p| u64::from_str_radix(p, 16).ok())
+    };
+    let parsed = (next()?, next()?, next()?);
+    parts.next().is_none().then_some(parsed)
+}
+
+/// Removes temporary files a crash left behind in `dir` (names `.*.tmp` written by
+/// [`write_file`]); call once at start-up, before writing new snapshots. Returns how many.
+pub fn remove_stale_temp_files(dir: &Path) -> Result<usize, SnapshotFileError> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_err("remove", &path))?;
+            tracing::info!(path = %path.display(), "removed stale snapshot temp file");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn io_err<'a>(
     op: &'static str,
     path: &'a Path,
@@ -684,17 +716,25 @@ fn io_err<'a>(
 pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, SnapshotFileError> {
     let final_path = dir.join(name);
     let tmp_path = dir.join(format!(".{name}.tmp"));
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp_path)
-            .map_err(io_err("create", &tmp_path))?;
-        f.write_all(bytes).map_err(io_err("write", &tmp_path))?;
-        f.sync_all().map_err(io_err("fsync", &tmp_path))?;
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp_path)
+        .map_err(io_err("create", &tmp_path))
+        .and_then(|mut f| {
+            f.write_all(bytes).map_err(io_err("write", &tmp_path))?;
+            f.sync_all().map_err(io_err("fsync", &tmp_path))
+        })
+        .and_then(|()| {
+            fs::rename(&tmp_path, &final_path).map_err(io_err("rename into place", &final_path))
+        });
+    if let Err(e) = written {
+        // Best effort: the file under the final name is untouched either way.
+        let _ = fs::remove_file(&tmp_path);
+        tracing::error!(error = %e, "snapshot write failed");
+        return Err(e);
     }
-    fs::rename(&tmp_path, &final_path).map_err(io_err("rename into place", &final_path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync directory", dir))?;

@@ -71,10 +71,14 @@
 //!
 //! # Memory
 //!
-//! Keys and values are stored as the [`Bytes`] the command carries, with no copy: a value keeps
-//! the buffer it was decoded from alive. Hand [`StateMachine::apply_entry`] a buffer that holds
-//! just that entry (one allocation per entry, not per key), never a slice of a large shared
-//! read buffer, or one small value can pin a whole batch.
+//! Values are stored as the [`Bytes`] the command carries, with no copy: a value keeps the
+//! buffer it was decoded from alive until it is overwritten or deleted. Hand
+//! [`StateMachine::apply_entry`] a buffer that holds just that entry (one allocation per entry),
+//! never a slice of a large shared read buffer, or one small value can pin a whole batch. (A
+//! transaction's values pin their one entry until all of them are gone: bounded by the entry
+//! size.) A key is copied once, when it is created (a small allocation per *new* key; an
+//! overwrite allocates nothing): a key is long-lived, and as a slice it would pin its first
+//! entry, value included, for as long as the key exists.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -499,6 +503,12 @@ impl StateMachine {
                     return Ok(result);
                 }
                 Some(rec) if sequence < rec.last_sequence => {
+                    tracing::debug!(
+                        client_id,
+                        sequence,
+                        last = rec.last_sequence,
+                        "stale session sequence"
+                    );
                     return Err(ApplyError::SessionSequenceStale {
                         client_id,
                         sequence,
@@ -508,10 +518,11 @@ impl StateMachine {
                 Some(_) => {}
                 None if sequence == 1 => {}
                 None => {
+                    tracing::debug!(client_id, sequence, "unknown session with sequence > 1");
                     return Err(ApplyError::SessionExpired {
                         client_id,
                         sequence,
-                    })
+                    });
                 }
             }
             let response = self.execute(&cmd.op);
@@ -623,8 +634,10 @@ impl StateMachine {
                 prev
             }
             None => {
+                // The key is copied once, when it is created: a key slice would pin its whole
+                // first entry (perhaps a large value, long overwritten) for the key's lifetime.
                 self.kvs.insert(
-                    key.clone(),
+                    Bytes::copy_from_slice(key),
                     KeyValue {
                         value: value.clone(),
                         create_revision: rev,

@@ -309,6 +309,21 @@ fn files_round_trip_and_corruption_names_file_and_offset() {
         other => panic!("expected Corrupt, got {other:?}"),
     }
 
+    // Names parse back; stale temp files (a crash mid-write) are removed, snapshots kept.
+    assert_eq!(
+        snapshot::parse_file_name(path.file_name().unwrap().to_str().unwrap()),
+        Some((0x2a, 6, 3))
+    );
+    assert_eq!(snapshot::parse_file_name("snap-1-2-3.corumsnap"), None);
+    assert_eq!(
+        snapshot::parse_file_name(&snapshot::file_name(u64::MAX, 0, 7)),
+        Some((u64::MAX, 0, 7))
+    );
+    std::fs::write(dir.join(".snap-x.corumsnap.tmp"), b"partial").unwrap();
+    assert_eq!(snapshot::remove_stale_temp_files(&dir).unwrap(), 1);
+    assert!(path.exists());
+    assert!(!dir.join(".snap-x.corumsnap.tmp").exists());
+
     // A missing file is an I/O error naming the path.
     let missing = dir.join("nope.corumsnap");
     match snapshot::read_file(&missing, 16) {

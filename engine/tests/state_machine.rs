@@ -453,12 +453,20 @@ fn range_semantics() {
 }
 
 #[test]
-fn apply_stores_the_entry_bytes_without_copying() {
+fn apply_stores_values_without_copying_and_copies_new_keys() {
     let mut sm = StateMachine::new(Config::new(1));
     let entry = Command::put("key", vec![7u8; 128]).encode();
     sm.apply_entry(1, 1, &entry).unwrap();
+    let inside = |p: *const u8| {
+        (entry.as_ptr() as usize..entry.as_ptr() as usize + entry.len()).contains(&(p as usize))
+    };
     let (k, kv) = sm.iter().next().unwrap();
-    let range = entry.as_ptr() as usize..entry.as_ptr() as usize + entry.len();
-    assert!(range.contains(&(k.as_ptr() as usize)));
-    assert!(range.contains(&(kv.value.as_ptr() as usize)));
+    assert!(inside(kv.value.as_ptr()), "value was copied");
+    assert!(!inside(k.as_ptr()), "key still points into its first entry");
+    // An overwrite keeps the stored key and takes the new entry's value.
+    let entry2 = Command::put("key", vec![8u8; 128]).encode();
+    sm.apply_entry(2, 1, &entry2).unwrap();
+    let kv = sm.get(b"key").unwrap();
+    let in2 = entry2.as_ptr() as usize..entry2.as_ptr() as usize + entry2.len();
+    assert!(in2.contains(&(kv.value.as_ptr() as usize)));
 }
