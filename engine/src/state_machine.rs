@@ -264,16 +264,20 @@ impl SessionTable {
     /// Inserts or replaces a record, evicting the least recently used sessions first when a
     /// new client would exceed `sessions_max` (at least one session is always kept).
     pub(crate) fn record(&mut self, client_id: u64, rec: SessionRecord, sessions_max: usize) {
-        if let Some(old) = self.clients.remove(&client_id) {
-            self.by_last_index.remove(&old.last_index);
-        } else {
-            while self.clients.len() >= sessions_max.max(1) {
-                let Some((_, evicted)) = self.by_last_index.pop_first() else {
-                    break;
-                };
-                self.clients.remove(&evicted);
-                tracing::debug!(client_id = evicted, "session evicted");
-            }
+        if let Some(existing) = self.clients.get_mut(&client_id) {
+            self.by_last_index.remove(&existing.last_index);
+            self.by_last_index.insert(rec.last_index, client_id);
+            *existing = rec;
+            return;
+        }
+        // A new client: make room by evicting the sessions whose last command is lowest in
+        // the log (the rule depends only on log contents, so every replica evicts the same).
+        while self.clients.len() >= sessions_max.max(1) {
+            let Some((_, evicted)) = self.by_last_index.pop_first() else {
+                break;
+            };
+            self.clients.remove(&evicted);
+            tracing::debug!(client_id = evicted, "session evicted");
         }
         self.by_last_index.insert(rec.last_index, client_id);
         self.clients.insert(client_id, rec);

@@ -268,7 +268,7 @@ fn huge_counts_do_not_allocate_or_panic() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2048))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(2048)))]
 
     #[test]
     fn round_trip(cmd in common::command()) {

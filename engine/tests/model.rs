@@ -240,7 +240,7 @@ fn config() -> Config {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(common::cases(512)))]
 
     /// Every result and the final state equal the model's.
     #[test]

@@ -116,3 +116,12 @@ pub fn log() -> impl Strategy<Value = Vec<(u64, u64, Entry)>> {
             .collect()
     })
 }
+
+/// `n` proptest cases, or `PROPTEST_CASES` from the environment for longer local runs
+/// (an explicit `with_cases` would otherwise ignore it).
+pub fn cases(n: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n)
+}
