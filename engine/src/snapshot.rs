@@ -305,7 +305,13 @@ fn put_response(out: &mut Vec<u8>, r: &Response) {
 
 /// Encodes the state machine and the caller's membership blob (format in the module docs).
 pub fn encode(sm: &StateMachine, membership: &[u8]) -> Bytes {
-    let mut out = vec![0u8; HEADER_BYTES];
+    // Size the buffer once: the key-values are nearly all of it.
+    let kv_bytes: usize = sm
+        .iter()
+        .map(|(k, kv)| 8 + k.len() + kv.value.len() + 24)
+        .sum();
+    let mut out = Vec::with_capacity(HEADER_BYTES + membership.len() + 16 + kv_bytes + 4);
+    out.resize(HEADER_BYTES, 0);
     out.extend_from_slice(membership);
     let body_start = out.len();
     put_u64(&mut out, sm.len() as u64);
