@@ -300,3 +300,84 @@ proptest! {
         }
     }
 }
+
+/// The model's range: filter and sort the whole map.
+fn model_range(
+    model: &Model,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    keys_only: bool,
+) -> (Vec<(Vec<u8>, KeyValue)>, Option<Vec<u8>>) {
+    let mut all: Vec<(Vec<u8>, KeyValue)> = model
+        .kv
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_slice();
+            if end.is_empty() {
+                k == start
+            } else if end == [0] {
+                k >= start
+            } else {
+                k >= start && k < end
+            }
+        })
+        .map(|(k, t)| {
+            let mut kv = to_kv(t);
+            if keys_only {
+                kv.value = Bytes::new();
+            }
+            (k.clone(), kv)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    if limit > 0 && all.len() > limit {
+        let next = all[limit].0.clone();
+        all.truncate(limit);
+        (all, Some(next))
+    } else {
+        (all, None)
+    }
+}
+
+fn bound() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        Just(vec![]),
+        Just(vec![0]),
+        prop::sample::select(vec!["a", "b", "bb", "c", "f", "g"])
+            .prop_map(|s| s.as_bytes().to_vec()),
+        prop::collection::vec(any::<u8>(), 0..3),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
+
+    /// Range reads (single key, to the end, [start, end), limits, keys-only) equal the model's.
+    #[test]
+    fn range_matches_model(
+        log in log(),
+        queries in prop::collection::vec((bound(), bound(), 0usize..4, any::<bool>()), 1..16),
+    ) {
+        let mut sm = StateMachine::new(config());
+        let mut model = Model::default();
+        for (index, term, e) in &log {
+            if let Entry::Command(c) = e {
+                let _ = sm.apply(*index, *term, c);
+                let _ = model.apply(*index, c);
+            }
+        }
+        for (start, end, limit, keys_only) in queries {
+            let got = sm.range(&start, &end, limit, keys_only);
+            let (want, next) = model_range(&model, &start, &end, limit, keys_only);
+            let got_kvs: Vec<(Vec<u8>, KeyValue)> =
+                got.kvs.iter().map(|(k, kv)| (k.to_vec(), kv.clone())).collect();
+            prop_assert_eq!(got_kvs, want);
+            prop_assert_eq!(got.more, next.is_some());
+            prop_assert_eq!(got.next_key.map(|k| k.to_vec()), next);
+            if end.is_empty() {
+                prop_assert_eq!(sm.get(&start).cloned(), model.kv.get(&start).map(to_kv));
+            }
+        }
+    }
+}
