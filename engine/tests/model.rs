@@ -301,6 +301,8 @@ proptest! {
     }
 }
 
+type Kvs = Vec<(Vec<u8>, KeyValue)>;
+
 /// The model's range: filter and sort the whole map.
 fn model_range(
     model: &Model,
@@ -308,8 +310,8 @@ fn model_range(
     end: &[u8],
     limit: usize,
     keys_only: bool,
-) -> (Vec<(Vec<u8>, KeyValue)>, Option<Vec<u8>>) {
-    let mut all: Vec<(Vec<u8>, KeyValue)> = model
+) -> (Kvs, Option<Vec<u8>>) {
+    let mut all: Kvs = model
         .kv
         .iter()
         .filter(|(k, _)| {
