@@ -435,6 +435,50 @@ impl StateMachine {
         out
     }
 
+    /// Checks the state's invariants; returns the first one broken. O(keys + sessions): for
+    /// tests, and for the engine after restoring state if it wants to.
+    ///
+    /// 1. every key is non-empty;
+    /// 2. every key has `1 <= create_revision <= mod_revision <= revision` and `version >= 1`;
+    /// 3. every session has `last_sequence >= 1` and `last_index <= applied_index`;
+    /// 4. the eviction index holds exactly one entry per session, at its `last_index`;
+    /// 5. every cached result's revision is `<= revision`.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        for (k, kv) in &self.kvs {
+            if k.is_empty() {
+                return Err("empty key");
+            }
+            if kv.create_revision == 0
+                || kv.create_revision > kv.mod_revision
+                || kv.mod_revision > self.revision
+            {
+                return Err("key revisions not 1 <= create <= mod <= revision");
+            }
+            if kv.version == 0 {
+                return Err("key version 0");
+            }
+        }
+        let t = &self.sessions;
+        if t.by_last_index.len() != t.clients.len() {
+            return Err("eviction index and session table differ in size");
+        }
+        for (id, rec) in &t.clients {
+            if rec.last_sequence == 0 {
+                return Err("session last sequence 0");
+            }
+            if rec.last_index > self.applied_index {
+                return Err("session last index above the applied index");
+            }
+            if t.by_last_index.get(&rec.last_index) != Some(id) {
+                return Err("eviction index does not point at the session");
+            }
+            if rec.result.revision > self.revision {
+                return Err("cached result revision above the revision");
+            }
+        }
+        Ok(())
+    }
+
     fn check_order(&self, index: u64, term: u64) -> Result<(), ApplyError> {
         if index <= self.applied_index {
             return Err(ApplyError::IndexNotAfterApplied {

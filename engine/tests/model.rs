@@ -259,6 +259,7 @@ proptest! {
             };
             prop_assert_eq!(got, want, "entry {} {:?}", index, e);
             prop_assert_eq!(sm.applied_term(), *term);
+            prop_assert_eq!(sm.check_invariants(), Ok(()));
         }
         model.assert_matches(&sm);
     }
@@ -296,6 +297,7 @@ proptest! {
         prop_assert_eq!(&a, &b);
         prop_assert_eq!(snapshot::encode(&a, b"m"), snapshot::encode(&b, b"m"));
         if let Some(r) = restored {
+            prop_assert_eq!(r.check_invariants(), Ok(()));
             prop_assert_eq!(&r, &a);
         }
     }
