@@ -17,8 +17,9 @@
 //!
 //! [`StateMachine::apply`] depends only on the state and its arguments: every replica that
 //! applies the same committed entries in log order reaches the same state and returns the same
-//! results (Raft §5.3 / thesis §3.5: the state machine safety property only helps if apply is
-//! deterministic). Nothing here reads a clock, a random number or the configuration of the
+//! results. Raft guarantees every replica applies the same commands in the same order (State
+//! Machine Safety, Raft paper §5.4.3, thesis §3.6.3); the copies agree only if applying is
+//! deterministic (replicated state machines, paper §2, thesis §2.1). Nothing here reads a clock, a random number or the configuration of the
 //! local node, except `sessions_max`, which must be the same on every replica of a partition
 //! (it is a cluster constant; change it only with a coordinated restart).
 //!
