@@ -324,6 +324,8 @@ pub struct StateMachine {
     applied_index: u64,
     applied_term: u64,
     sessions: SessionTable,
+    /// Sum of key and value lengths over `kvs`.
+    data_bytes: u64,
 }
 
 impl StateMachine {
@@ -336,6 +338,7 @@ impl StateMachine {
             applied_index: 0,
             applied_term: 0,
             sessions: SessionTable::default(),
+            data_bytes: 0,
         }
     }
 
@@ -349,6 +352,10 @@ impl StateMachine {
         applied_term: u64,
         sessions: SessionTable,
     ) -> StateMachine {
+        let data_bytes = kvs
+            .iter()
+            .map(|(k, kv)| (k.len() + kv.value.len()) as u64)
+            .sum();
         StateMachine {
             config,
             kvs,
@@ -356,6 +363,7 @@ impl StateMachine {
             applied_index,
             applied_term,
             sessions,
+            data_bytes,
         }
     }
 
@@ -382,6 +390,11 @@ impl StateMachine {
     /// The session table.
     pub fn sessions(&self) -> &SessionTable {
         &self.sessions
+    }
+
+    /// Bytes of keys and values held (without per-key overhead): for status and memory quotas.
+    pub fn data_bytes(&self) -> u64 {
+        self.data_bytes
     }
 
     /// Number of keys.
@@ -443,9 +456,12 @@ impl StateMachine {
     /// 2. every key has `1 <= create_revision <= mod_revision <= revision` and `version >= 1`;
     /// 3. every session has `last_sequence >= 1` and `last_index <= applied_index`;
     /// 4. the eviction index holds exactly one entry per session, at its `last_index`;
-    /// 5. every cached result's revision is `<= revision`.
+    /// 5. every cached result's revision is `<= revision`;
+    /// 6. `data_bytes` is the sum of key and value lengths.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
+        let mut data_bytes = 0u64;
         for (k, kv) in &self.kvs {
+            data_bytes += (k.len() + kv.value.len()) as u64;
             if k.is_empty() {
                 return Err("empty key");
             }
@@ -458,6 +474,9 @@ impl StateMachine {
             if kv.version == 0 {
                 return Err("key version 0");
             }
+        }
+        if data_bytes != self.data_bytes {
+            return Err("data_bytes differs from the sum of key and value lengths");
         }
         let t = &self.sessions;
         if t.by_last_index.len() != t.clients.len() {
@@ -615,7 +634,7 @@ impl StateMachine {
                 }
             }
             CommandOp::Delete(d) => {
-                let removed = self.kvs.remove(&d.key);
+                let removed = self.remove(&d.key);
                 if removed.is_some() {
                     self.revision = rev;
                 }
@@ -642,7 +661,7 @@ impl StateMachine {
                             }
                         }
                         TxnOp::Delete { key, return_prev } => {
-                            let removed = self.kvs.remove(key);
+                            let removed = self.remove(key);
                             wrote |= removed.is_some();
                             OpResult::Delete {
                                 deleted: removed.is_some(),
@@ -677,12 +696,14 @@ impl StateMachine {
         match self.kvs.get_mut(key) {
             Some(kv) => {
                 let prev = return_prev.then(|| kv.clone());
+                self.data_bytes = self.data_bytes - kv.value.len() as u64 + value.len() as u64;
                 kv.value = value.clone();
                 kv.mod_revision = rev;
                 kv.version += 1;
                 prev
             }
             None => {
+                self.data_bytes += (key.len() + value.len()) as u64;
                 // The key is copied once, when it is created: a key slice would pin its whole
                 // first entry (perhaps a large value, long overwritten) for the key's lifetime.
                 self.kvs.insert(
@@ -697,6 +718,14 @@ impl StateMachine {
                 None
             }
         }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<KeyValue> {
+        let removed = self.kvs.remove(key);
+        if let Some(kv) = &removed {
+            self.data_bytes -= (key.len() + kv.value.len()) as u64;
+        }
+        removed
     }
 
     fn compare(&self, c: &Compare) -> bool {

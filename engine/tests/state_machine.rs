@@ -128,6 +128,9 @@ fn metadata_follows_etcd() {
     );
     assert_eq!(l.sm.revision(), 5);
     assert_eq!(l.sm.applied_index(), 5);
+    // "a" = "3" and "b" = "x".
+    assert_eq!(l.sm.data_bytes(), 4);
+    assert_eq!(l.sm.check_invariants(), Ok(()));
 }
 
 #[test]
