@@ -415,6 +415,22 @@ fn decode_header(data: &[u8]) -> Result<(SnapshotMeta, usize, u64), SnapshotErro
     Ok((meta, membership_len, body_len))
 }
 
+/// Reads the header and membership blob from the start of a snapshot (e.g. its first chunk
+/// from the leader, or the first bytes of a file) to learn its position before reading the
+/// rest. Verifies the header checksum only: the membership and body are verified by [`decode`].
+/// Also returns the total length the header declares.
+pub fn decode_meta(prefix: &[u8]) -> Result<(SnapshotMeta, u64), SnapshotError> {
+    let (mut meta, membership_len, body_len) = decode_header(prefix)?;
+    let mut r = Reader::new(prefix);
+    r.range(HEADER_BYTES, "header")?;
+    let membership = r.slice(membership_len, "membership blob")?;
+    meta.membership = Bytes::copy_from_slice(membership);
+    let total = (HEADER_BYTES as u64 + membership_len as u64)
+        .saturating_add(body_len)
+        .saturating_add(TRAILER_BYTES as u64);
+    Ok((meta, total))
+}
+
 /// Decodes and verifies a snapshot (module docs). Keys and values are copied out of `data`,
 /// so the state does not pin the input buffer. `sessions_max` is the session table bound of
 /// the restored state machine (a cluster constant; see [`Config`]).

@@ -105,6 +105,20 @@ fn round_trip_and_header_layout() {
     assert_eq!(&bytes[64..75], b"membership!");
     assert_eq!(u64_at(75), sm.len() as u64);
 
+    // The header alone is enough to learn the position and the membership.
+    let (meta, total) = snapshot::decode_meta(&bytes[..HEADER_BYTES + 11]).unwrap();
+    assert_eq!(meta, snap.meta);
+    assert_eq!(total, bytes.len() as u64);
+    assert!(matches!(
+        snapshot::decode_meta(&bytes[..HEADER_BYTES + 5]),
+        Err(SnapshotError::Truncated {
+            offset: 64,
+            needed: 11,
+            available: 5,
+            ..
+        })
+    ));
+
     // Deterministic: the restored state encodes to the same bytes.
     assert_eq!(snapshot::encode(&snap.state, b"membership!"), bytes);
 }
