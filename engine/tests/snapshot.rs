@@ -360,6 +360,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200)) {
         prop_assert!(snapshot::decode(&data, 8).is_err() || data.len() >= 68);
+        let _ = snapshot::decode_meta(&data);
     }
 
     /// Random states round-trip; mutated and resealed encodings give a value or a typed error,
@@ -389,6 +390,7 @@ proptest! {
         if seal && v.len() >= 68 {
             reseal(&mut v);
         }
+        let _ = snapshot::decode_meta(&v);
         if let Ok(s) = snapshot::decode(&v, 3) {
             prop_assert_eq!(&snapshot::encode(&s.state, &s.meta.membership)[..], &v[..]);
         }
