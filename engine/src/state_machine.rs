@@ -19,9 +19,10 @@
 //! applies the same committed entries in log order reaches the same state and returns the same
 //! results. Raft guarantees every replica applies the same commands in the same order (State
 //! Machine Safety, Raft paper §5.4.3, thesis §3.6.3); the copies agree only if applying is
-//! deterministic (replicated state machines, paper §2, thesis §2.1). Nothing here reads a clock, a random number or the configuration of the
-//! local node, except `sessions_max`, which must be the same on every replica of a partition
-//! (it is a cluster constant; change it only with a coordinated restart).
+//! deterministic (replicated state machines, paper §2, thesis §2.1). Nothing here reads a
+//! clock, a random number or the configuration of the local node, except `sessions_max`, which
+//! must be the same on every replica of a partition (it is a cluster constant; change it only
+//! with a coordinated restart).
 //!
 //! Applying is atomic: every check that can reject a command (index order, session) runs
 //! before anything is changed, and the put / delete / get ops themselves cannot fail, so a
