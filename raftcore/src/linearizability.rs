@@ -1382,6 +1382,23 @@ mod tests {
     }
 
     #[test]
+    fn which_unknown_write_is_used_early_matters() {
+        // Either lost write can explain the first read, but only the put can explain the second:
+        // the search must not treat "state a after the first read" as explored once it failed
+        // with the put spent early.
+        let h = vec![
+            lost(1, 0, put("x", "a")),
+            lost(2, 0, cas("x", None, Some("a"))),
+            op(3, 1, 2, get("x"), got(Some("a"))),
+            op(3, 3, 4, put("x", "b"), KvOutput::Put),
+            op(3, 5, 6, get("x"), got(Some("a"))),
+        ];
+        assert_eq!(check_kv(&h, BUDGET), Outcome::Linearizable);
+        // With only one lost write, the two reads cannot both be explained.
+        assert_violation(&[h[0].clone(), h[2].clone(), h[3].clone(), h[4].clone()]);
+    }
+
+    #[test]
     fn keys_are_checked_independently() {
         // Each key is fine on its own; interleaving them changes nothing.
         let h = vec![

@@ -265,7 +265,7 @@ fn random_op() -> impl Strategy<Value = Event<KvInput, KvOutput>> {
             new
         }),
     ];
-    (0u64..20, 0u64..8, 0u8..5, input, maybe(), any::<bool>()).prop_map(
+    (0u64..20, 0u64..8, 0u8..3, input, maybe(), any::<bool>()).prop_map(
         |(call, duration, fate, input, read, swapped)| {
             let output = match input {
                 KvInput::Get { .. } => KvOutput::Get(read),
