@@ -38,15 +38,35 @@
 //! # Unknown outcomes
 //! An operation whose client never learned the result (timeout, crash, lost reply) has
 //! `ret == None`. It may have taken effect at any instant after its call, or never; its output is
-//! unconstrained. Its return entry sits at +infinity, so it never forces anything, and a
-//! configuration in which every *completed* operation is linearized is a success. To apply such an
-//! operation the checker asks [`Model::step_unknown`] for the states it can lead to.
+//! unconstrained. Its return is at +infinity, so it never forces anything, and a configuration in
+//! which every *completed* operation is linearized is a success. To apply such an operation the
+//! checker asks [`Model::step_unknown`] for the states it can lead to.
+//!
+//! Unknown outcomes are what makes the search expensive (each one may or may not have happened,
+//! at any later time), so the search handles them with four reductions, each of which keeps the
+//! verdict exact (the arguments are at `search`, `Cache` and `merge_unobserved_values`):
+//! - completed operations are tried before unknown-outcome ones at every configuration;
+//! - the memo cache prunes a configuration if one with the same completed operations, the same
+//!   state and a *subset* of the unknown-outcome operations applied was visited (fewer spent means
+//!   at least as many choices left);
+//! - unknown-outcome operations with identical inputs are applied in call order only (symmetry),
+//!   and one that leaves the state unchanged, or is overwritten by the next unknown-outcome
+//!   operation applied, is not applied;
+//! - [`check_kv`] rewrites every written value that nothing reads to one marker value, so unread
+//!   writes become identical.
+//!
+//! A test checks the verdicts against exhaustive enumeration on small random histories.
 //!
 //! # Limits
 //! `step_budget` bounds the number of search steps (one step = one attempt to linearize an
 //! operation, or one backtrack). A history whose search needs more returns [`Outcome::Unknown`]
 //! instead of running for an unbounded time: the general problem is NP-complete (Gibbons &
-//! Korach, 1997).
+//! Korach, 1997). Memory is bounded by it too: each step adds at most one cache entry.
+//! Linearizable histories are usually accepted in about one step per operation; proving a
+//! violation takes more, as every configuration before it must be ruled out. For scale: on
+//! histories of 400 operations on one key, 20% of them with unknown outcome, refuting a corrupt
+//! read took up to about 4 million steps (about a second in release); with no unknown outcomes,
+//! at most about 16 thousand.
 
 use std::collections::{hash_map, BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -1491,6 +1511,84 @@ mod tests {
         });
         h.push(ev(3, 4, 3));
         assert_eq!(check(&Counter, &h, BUDGET), Outcome::Unknown);
+    }
+
+    /// A bag of small numbers: Pop removes any one element (nondeterministic when the outcome
+    /// is unknown), so `step_unknown` has several successors.
+    struct Bag;
+    #[derive(Debug, Clone)]
+    enum BagOp {
+        Push(u8),
+        Pop,
+        /// Returns the whole bag, sorted.
+        Contents,
+    }
+    impl Model for Bag {
+        type State = Vec<u8>; // kept sorted
+        type Input = BagOp;
+        /// Pop: the element popped (empty if the bag was); Contents: the bag; Push: empty.
+        type Output = Vec<u8>;
+        fn init(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn step(&self, state: &Vec<u8>, input: &BagOp, output: &Vec<u8>) -> Option<Vec<u8>> {
+            let mut next = state.clone();
+            match (input, output.as_slice()) {
+                (BagOp::Push(x), []) => {
+                    next.push(*x);
+                    next.sort_unstable();
+                    Some(next)
+                }
+                (BagOp::Pop, []) => state.is_empty().then_some(next),
+                (BagOp::Pop, [x]) => {
+                    let at = next.iter().position(|y| y == x)?;
+                    next.remove(at);
+                    Some(next)
+                }
+                (BagOp::Contents, contents) => (contents == state.as_slice()).then_some(next),
+                _ => None,
+            }
+        }
+        fn step_unknown(&self, state: &Vec<u8>, input: &BagOp) -> Option<Vec<Vec<u8>>> {
+            Some(match input {
+                BagOp::Push(_) => vec![self.step(state, input, &Vec::new())?],
+                BagOp::Contents => vec![state.clone()],
+                BagOp::Pop if state.is_empty() => vec![state.clone()],
+                BagOp::Pop => (0..state.len())
+                    .map(|i| {
+                        let mut next = state.clone();
+                        next.remove(i);
+                        next
+                    })
+                    .collect(),
+            })
+        }
+    }
+
+    #[test]
+    fn several_successors_of_an_unknown_outcome_are_all_tried() {
+        let ev = |call, ret: Option<u64>, input, output: &[u8]| Event {
+            client: 0,
+            call,
+            ret,
+            input,
+            output: ret.map(|_| output.to_vec()),
+        };
+        // The lost pop must have removed 2 (its second possible successor) before the read.
+        let h = vec![
+            ev(0, Some(1), BagOp::Push(1), &[]),
+            ev(2, Some(3), BagOp::Push(2), &[]),
+            ev(4, None, BagOp::Pop, &[]),
+            ev(10, Some(11), BagOp::Contents, &[1]),
+        ];
+        assert_eq!(check(&Bag, &h, BUDGET), Outcome::Linearizable);
+        // Nothing the lost pop did can leave the bag empty.
+        let mut bad = h.clone();
+        bad[3] = ev(10, Some(11), BagOp::Contents, &[]);
+        assert!(matches!(
+            check(&Bag, &bad, BUDGET),
+            Outcome::NotLinearizable { .. }
+        ));
     }
 
     #[test]
