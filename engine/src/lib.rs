@@ -15,5 +15,6 @@
 
 mod codec;
 pub mod command;
+pub mod config;
 pub mod snapshot;
 pub mod state_machine;
