@@ -59,4 +59,7 @@ mod peer_generated;
 pub use client_generated::corum::client;
 pub use peer_generated::corum::peer;
 MOD
+# Format like the rest of the workspace, so `cargo fmt --all --check` and the staleness check
+# agree with what is committed.
+rustfmt --edition 2021 "$OUT"/mod.rs "$OUT"/client_generated.rs "$OUT"/peer_generated.rs
 echo "gen-wire: wrote $OUT" >&2
