@@ -77,7 +77,10 @@ impl Connection {
         let stream = TcpStream::connect(endpoint).await?;
         stream.set_nodelay(true)?;
         let (tx, rx) = mpsc::channel(queue_max.max(1));
-        let shared = Arc::new(Shared { waiting: Mutex::new((false, HashMap::new())), dead: AtomicBool::new(false) });
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new((false, HashMap::new())),
+            dead: AtomicBool::new(false),
+        });
         let task_shared = shared.clone();
         let endpoint_owned = endpoint.to_owned();
         tokio::spawn(async move {
@@ -85,7 +88,11 @@ impl Connection {
             tracing::debug!(endpoint = %endpoint_owned, reason = %why, "client connection closed");
             task_shared.fail_all(&why);
         });
-        Ok(Arc::new(Self { queue: tx, shared, next_id: AtomicU64::new(1) }))
+        Ok(Arc::new(Self {
+            queue: tx,
+            shared,
+            next_id: AtomicU64::new(1),
+        }))
     }
 
     /// Whether the connection has failed (a new one is needed).
@@ -101,7 +108,8 @@ impl Connection {
             .send(Pending { request, reply })
             .await
             .map_err(|_| ConnError::Lost("connection closed".into()))?;
-        rx.await.unwrap_or_else(|_| Err(ConnError::Lost("connection closed".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(ConnError::Lost("connection closed".into())))
     }
 }
 
@@ -149,7 +157,9 @@ async fn run(
                 for r in &batch {
                     if let Some((_, reply)) = g.1.remove(&r.id) {
                         let limit = limits.frame_bytes_max as u64;
-                        let _ = reply.send(Err(ConnError::FrameRefused(ServerError::TooLarge { limit })));
+                        let _ = reply.send(Err(ConnError::FrameRefused(ServerError::TooLarge {
+                            limit,
+                        })));
                     }
                 }
                 tracing::warn!(error = %e, "request batch over the frame limit");
@@ -180,7 +190,10 @@ async fn run(
                 let mut g = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(err) = batch.frame_error {
                     let ids: Vec<u64> =
-                        g.1.iter().filter(|(_, (f, _))| *f == frame.request_id).map(|(id, _)| *id).collect();
+                        g.1.iter()
+                            .filter(|(_, (f, _))| *f == frame.request_id)
+                            .map(|(id, _)| *id)
+                            .collect();
                     for id in ids {
                         if let Some((_, reply)) = g.1.remove(&id) {
                             let _ = reply.send(Err(ConnError::FrameRefused(err.clone())));

@@ -47,8 +47,8 @@ use tokio::time::Instant;
 use crate::frame::Limits;
 use crate::map::ClusterMap;
 use crate::messages::{
-    Compare, CompareOp, CompareTarget, Consistency, DeleteResult, KeyValue, NodeStatus, Op, Outcome, Put, PutResult,
-    Range, Request, ResponseHeader, ServerError, Txn, TxnOp, TxnResult,
+    Compare, CompareOp, CompareTarget, Consistency, DeleteResult, KeyValue, NodeStatus, Op,
+    Outcome, Put, PutResult, Range, Request, ResponseHeader, ServerError, Txn, TxnOp, TxnResult,
 };
 use crate::DecodeError;
 pub use conn::ConnError;
@@ -162,14 +162,21 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("session", &self.inner.session).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("session", &self.inner.session)
+            .finish_non_exhaustive()
     }
 }
 
 fn random_session() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.write_u32(std::process::id());
     h.finish() | 1 // never 0, which means "no session"
 }
@@ -205,7 +212,11 @@ impl Client {
 
     /// The cluster map the client routes with.
     pub fn cluster_map(&self) -> Arc<ClusterMap> {
-        self.inner.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Reads `key` linearizably.
@@ -219,15 +230,32 @@ impl Client {
         key: impl Into<Bytes>,
         consistency: Consistency,
     ) -> Result<Option<KeyValue>, ClientError> {
-        match self.execute(Op::Get { key: key.into(), consistency }).await?.1 {
+        match self
+            .execute(Op::Get {
+                key: key.into(),
+                consistency,
+            })
+            .await?
+            .1
+        {
             Outcome::Get(kv) => Ok(kv),
             other => Err(unexpected("Get", &other)),
         }
     }
 
     /// Writes `key`.
-    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<PutResult, ClientError> {
-        self.put_with(Put { key: key.into(), value: value.into(), if_absent: false, return_previous: false }).await
+    pub async fn put(
+        &self,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<PutResult, ClientError> {
+        self.put_with(Put {
+            key: key.into(),
+            value: value.into(),
+            if_absent: false,
+            return_previous: false,
+        })
+        .await
     }
 
     /// Writes `key` only if it does not exist; `written` says whether it did.
@@ -236,7 +264,13 @@ impl Client {
         key: impl Into<Bytes>,
         value: impl Into<Bytes>,
     ) -> Result<PutResult, ClientError> {
-        self.put_with(Put { key: key.into(), value: value.into(), if_absent: true, return_previous: false }).await
+        self.put_with(Put {
+            key: key.into(),
+            value: value.into(),
+            if_absent: true,
+            return_previous: false,
+        })
+        .await
     }
 
     /// Writes with every option of [`Put`].
@@ -249,7 +283,14 @@ impl Client {
 
     /// Deletes `key`.
     pub async fn delete(&self, key: impl Into<Bytes>) -> Result<DeleteResult, ClientError> {
-        match self.execute(Op::Delete { key: key.into(), return_previous: false }).await?.1 {
+        match self
+            .execute(Op::Delete {
+                key: key.into(),
+                return_previous: false,
+            })
+            .await?
+            .1
+        {
             Outcome::Delete(r) => Ok(r),
             other => Err(unexpected("Delete", &other)),
         }
@@ -270,10 +311,23 @@ impl Client {
             target: CompareTarget::Exists(expected.is_some()),
         }];
         if let Some(v) = expected {
-            compares.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::Value(v) });
+            compares.push(Compare {
+                key: key.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Value(v),
+            });
         }
-        let put = Put { key, value: new.into(), if_absent: false, return_previous: false };
-        let txn = Txn { compares, success: vec![TxnOp::Put(put)], failure: Vec::new() };
+        let put = Put {
+            key,
+            value: new.into(),
+            if_absent: false,
+            return_previous: false,
+        };
+        let txn = Txn {
+            compares,
+            success: vec![TxnOp::Put(put)],
+            failure: Vec::new(),
+        };
         Ok(self.txn(txn).await?.succeeded)
     }
 
@@ -300,7 +354,11 @@ impl Client {
     /// One page of the keys in `[start, end)` across all partitions, in key order.
     /// Pass the page's `next` as `after` for the next page.
     pub async fn range(&self, opts: RangeOptions) -> Result<RangePage, ClientError> {
-        let limit = if opts.limit == 0 { self.inner.config.range_keys_default } else { opts.limit };
+        let limit = if opts.limit == 0 {
+            self.inner.config.range_keys_default
+        } else {
+            opts.limit
+        };
         let map = self.cluster_map();
         let mut partitions: Vec<u64> = map.partitions.iter().map(|p| p.id).collect();
         partitions.sort_unstable();
@@ -341,7 +399,11 @@ impl Client {
             kvs.truncate(limit as usize);
             more = true;
         }
-        let next = if more { kvs.last().map(|kv| kv.key.clone()) } else { None };
+        let next = if more {
+            kvs.last().map(|kv| kv.key.clone())
+        } else {
+            None
+        };
         Ok(RangePage { kvs, next })
     }
 
@@ -373,17 +435,29 @@ impl Client {
             Some(k) => Target::Key(k.clone()),
             None => match &op {
                 Op::Range(r) => Target::Partition(r.partition),
-                _ => return Err(ClientError::Protocol("status and map requests name an endpoint".into())),
+                _ => {
+                    return Err(ClientError::Protocol(
+                        "status and map requests name an endpoint".into(),
+                    ))
+                }
             },
         };
         self.execute_at(target, op).await
     }
 
-    async fn execute_at(&self, target: Target, op: Op) -> Result<(ResponseHeader, Outcome), ClientError> {
+    async fn execute_at(
+        &self,
+        target: Target,
+        op: Op,
+    ) -> Result<(ResponseHeader, Outcome), ClientError> {
         let cfg = &self.inner.config;
         op.check(&cfg.limits).map_err(ClientError::Invalid)?;
         // Thesis §6.3: one sequence number per write, reused by every retry of it.
-        let seq = if op.is_write() { self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+        let seq = if op.is_write() {
+            self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            0
+        };
         let deadline = Instant::now() + cfg.request_timeout;
         let mut backoff = cfg.backoff_min;
         let mut attempts = 0u32;
@@ -392,10 +466,14 @@ impl Client {
         loop {
             let map = self.cluster_map();
             let routed = match &target {
-                Target::Key(k) => map.route(k).map(|(p, r)| (p.id, r.node, r.endpoint.clone())),
-                Target::Partition(id) => map
-                    .partition(*id)
-                    .and_then(|p| p.leader().or_else(|| p.replicas.first()).map(|r| (p.id, r.node, r.endpoint.clone()))),
+                Target::Key(k) => map
+                    .route(k)
+                    .map(|(p, r)| (p.id, r.node, r.endpoint.clone())),
+                Target::Partition(id) => map.partition(*id).and_then(|p| {
+                    p.leader()
+                        .or_else(|| p.replicas.first())
+                        .map(|r| (p.id, r.node, r.endpoint.clone()))
+                }),
             };
             let mut retry_now = false;
             let mut refresh = false;
@@ -406,30 +484,54 @@ impl Client {
                 }
                 Some((partition, node, endpoint)) => {
                     attempts += 1;
-                    let request = Request { id: 0, session: self.inner.session, seq, map_epoch: map.epoch, op: op.clone() };
+                    let request = Request {
+                        id: 0,
+                        session: self.inner.session,
+                        seq,
+                        map_epoch: map.epoch,
+                        op: op.clone(),
+                    };
                     match self.send(&endpoint, request, deadline).await {
                         Ok(resp) => match resp.outcome {
                             Ok(outcome) => return Ok((resp.header, outcome)),
-                            Err(ServerError::NotLeader { leader_node, leader_endpoint }) => {
-                                last = format!("not leader at node {node} ({endpoint}), hint {leader_node}");
-                                if leader_node != 0 && leader_node != node && self.set_leader(partition, leader_node) {
+                            Err(ServerError::NotLeader {
+                                leader_node,
+                                leader_endpoint,
+                            }) => {
+                                last = format!(
+                                    "not leader at node {node} ({endpoint}), hint {leader_node}"
+                                );
+                                if leader_node != 0
+                                    && leader_node != node
+                                    && self.set_leader(partition, leader_node)
+                                {
                                     retry_now = true;
                                 } else {
                                     let _ = leader_endpoint; // the map, not the hint, names endpoints
                                     refresh = true;
                                 }
                             }
-                            Err(e @ (ServerError::StaleMap { .. } | ServerError::WrongShard { .. })) => {
+                            Err(
+                                e @ (ServerError::StaleMap { .. } | ServerError::WrongShard { .. }),
+                            ) => {
                                 last = e.to_string();
                                 refresh = true;
                             }
-                            Err(e @ (ServerError::Unavailable { .. } | ServerError::Busy | ServerError::Timeout)) => {
+                            Err(
+                                e @ (ServerError::Unavailable { .. }
+                                | ServerError::Busy
+                                | ServerError::Timeout),
+                            ) => {
                                 last = e.to_string();
                             }
                             Err(e) => return Err(ClientError::Server(e)),
                         },
-                        Err(SendError::Deadline) => return Err(ClientError::Timeout { attempts, last }),
-                        Err(SendError::Conn(ConnError::FrameRefused(e))) => return Err(ClientError::Server(e)),
+                        Err(SendError::Deadline) => {
+                            return Err(ClientError::Timeout { attempts, last })
+                        }
+                        Err(SendError::Conn(ConnError::FrameRefused(e))) => {
+                            return Err(ClientError::Server(e))
+                        }
                         Err(SendError::Conn(ConnError::Lost(why))) => {
                             last = format!("{endpoint}: {why}");
                             refresh = true;
@@ -466,7 +568,9 @@ impl Client {
     /// Records a leader hint. False when the hinted node is not a replica in our map.
     fn set_leader(&self, partition: u64, node: u64) -> bool {
         let mut guard = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
-        let known = guard.partition(partition).is_some_and(|p| p.replicas.iter().any(|r| r.node == node));
+        let known = guard
+            .partition(partition)
+            .is_some_and(|p| p.replicas.iter().any(|r| r.node == node));
         if known {
             Arc::make_mut(&mut guard).set_leader(partition, node);
         }
@@ -489,7 +593,10 @@ impl Client {
         }
         let mut last = String::from("no endpoint to ask");
         for endpoint in &endpoints {
-            match self.call_endpoint(endpoint, Op::ClusterMap, 0, deadline).await {
+            match self
+                .call_endpoint(endpoint, Op::ClusterMap, 0, deadline)
+                .await
+            {
                 Ok((_, Outcome::ClusterMap(map))) => {
                     let mut guard = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
                     if map.epoch >= guard.epoch {
@@ -504,7 +611,10 @@ impl Client {
                 break;
             }
         }
-        Err(ClientError::Timeout { attempts: endpoints.len() as u32, last })
+        Err(ClientError::Timeout {
+            attempts: endpoints.len() as u32,
+            last,
+        })
     }
 
     /// One attempt at `endpoint`, no retry.
@@ -516,19 +626,43 @@ impl Client {
         deadline: Instant,
     ) -> Result<(ResponseHeader, Outcome), ClientError> {
         let epoch = self.cluster_map().epoch;
-        let request = Request { id: 0, session: self.inner.session, seq, map_epoch: epoch, op };
+        let request = Request {
+            id: 0,
+            session: self.inner.session,
+            seq,
+            map_epoch: epoch,
+            op,
+        };
         match self.send(endpoint, request, deadline).await {
-            Ok(resp) => resp.outcome.map(|o| (resp.header, o)).map_err(ClientError::Server),
-            Err(SendError::Deadline) => Err(ClientError::Timeout { attempts: 1, last: "deadline".into() }),
+            Ok(resp) => resp
+                .outcome
+                .map(|o| (resp.header, o))
+                .map_err(ClientError::Server),
+            Err(SendError::Deadline) => Err(ClientError::Timeout {
+                attempts: 1,
+                last: "deadline".into(),
+            }),
             Err(SendError::Conn(ConnError::FrameRefused(e))) => Err(ClientError::Server(e)),
-            Err(SendError::Conn(e)) => Err(ClientError::Timeout { attempts: 1, last: e.to_string() }),
+            Err(SendError::Conn(e)) => Err(ClientError::Timeout {
+                attempts: 1,
+                last: e.to_string(),
+            }),
         }
     }
 
-    async fn send(&self, endpoint: &str, request: Request, deadline: Instant) -> Result<crate::Response, SendError> {
+    async fn send(
+        &self,
+        endpoint: &str,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<crate::Response, SendError> {
         let conn = match tokio::time::timeout_at(deadline, self.connection(endpoint)).await {
             Err(_) => return Err(SendError::Deadline),
-            Ok(Err(e)) => return Err(SendError::Conn(ConnError::Lost(format!("connect to {endpoint}: {e}")))),
+            Ok(Err(e)) => {
+                return Err(SendError::Conn(ConnError::Lost(format!(
+                    "connect to {endpoint}: {e}"
+                ))))
+            }
             Ok(Ok(c)) => c,
         };
         match tokio::time::timeout_at(deadline, conn.call(request)).await {
@@ -549,7 +683,12 @@ impl Client {
         let cfg = &self.inner.config;
         let fresh = tokio::time::timeout(
             cfg.connect_timeout,
-            Connection::connect(endpoint, cfg.limits, cfg.queue_requests_max, cfg.batch_requests_max),
+            Connection::connect(
+                endpoint,
+                cfg.limits,
+                cfg.queue_requests_max,
+                cfg.batch_requests_max,
+            ),
         )
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
