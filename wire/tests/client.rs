@@ -538,7 +538,7 @@ async fn range_pages_merge_partitions_in_key_order() {
     }
     let want: Vec<Bytes> = all
         .into_iter()
-        .filter(|k| &k[..] >= &b"key-03"[..] && &k[..] < &b"key-20"[..])
+        .filter(|k| k[..] >= b"key-03"[..] && k[..] < b"key-20"[..])
         .collect();
     assert_eq!(got, want);
 }
