@@ -65,3 +65,75 @@ impl DecodeError {
         self
     }
 }
+
+impl DecodeError {
+    /// The typed error a server sends back (as `ResponseBatch.frame_error`) for a frame whose
+    /// body failed to decode: `TooLarge` for key/value/batch limits, else `InvalidArgument`.
+    pub fn to_server_error(&self) -> crate::messages::ServerError {
+        use crate::messages::ServerError;
+        match self {
+            DecodeError::KeyTooLarge { limit, .. }
+            | DecodeError::ValueTooLarge { limit, .. }
+            | DecodeError::TooManyItems { limit, .. } => ServerError::TooLarge {
+                limit: *limit as u64,
+            },
+            other => ServerError::InvalidArgument {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+impl crate::frame::FrameError {
+    /// The typed error a server sends back for a refused frame, when
+    /// [`request_id`](crate::frame::FrameError::request_id) gives an id to address it to (the
+    /// connection is closed afterwards): `TooLarge` for oversized frames, else
+    /// `InvalidArgument`.
+    pub fn to_server_error(&self) -> crate::messages::ServerError {
+        use crate::messages::ServerError;
+        match self {
+            crate::frame::FrameError::TooLarge { limit, .. } => {
+                ServerError::TooLarge { limit: *limit }
+            }
+            other => ServerError::InvalidArgument {
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameError;
+    use crate::messages::ServerError;
+
+    #[test]
+    fn errors_map_to_typed_replies() {
+        let e = DecodeError::ValueTooLarge { len: 9, limit: 8 };
+        assert_eq!(e.to_server_error(), ServerError::TooLarge { limit: 8 });
+        let e = DecodeError::MissingField("Request.op");
+        assert_eq!(
+            e.to_server_error(),
+            ServerError::InvalidArgument {
+                reason: "missing field Request.op".into()
+            }
+        );
+        let e = FrameError::TooLarge {
+            len: 10,
+            limit: 5,
+            request_id: 3,
+        };
+        assert_eq!(e.request_id(), Some(3));
+        assert_eq!(e.to_server_error(), ServerError::TooLarge { limit: 5 });
+        let e = FrameError::UnknownKind {
+            found: 9,
+            request_id: 4,
+        };
+        assert!(matches!(
+            e.to_server_error(),
+            ServerError::InvalidArgument { .. }
+        ));
+        assert_eq!(FrameError::BadMagic { found: *b"HTTP" }.request_id(), None);
+    }
+}
