@@ -131,6 +131,9 @@ async fn run(
                 return "client dropped".to_owned();
             };
             frame_id += 1;
+            // Let the callers that are ready run before draining the queue, so requests issued
+            // together leave in one frame (one write) instead of one frame each.
+            tokio::task::yield_now().await;
             let mut pendings = vec![first];
             while pendings.len() < batch_requests_max {
                 match rx.try_recv() {
