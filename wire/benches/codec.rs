@@ -30,6 +30,7 @@ fn main() {
             session: 1,
             seq: i,
             map_epoch: 1,
+            first_unacked: i,
             op: Op::Put(Put {
                 key: Bytes::from(format!("key-{i:012}")),
                 value: value.clone(),

@@ -19,6 +19,7 @@ fn main() -> std::io::Result<()> {
         seq: id,
         map_epoch: 1,
         op,
+        first_unacked: id,
     };
     let requests = vec![
         req(

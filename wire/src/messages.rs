@@ -46,6 +46,10 @@ pub struct Request {
     pub map_epoch: u64,
     /// What to do.
     pub op: Op,
+    /// The lowest sequence number of this session whose response the client does not have
+    /// yet; every lower one has been answered, so the server may forget those results and
+    /// refuse stray duplicates of them. 0 when the request carries no session.
+    pub first_unacked: u64,
 }
 
 /// A request's operation.
@@ -950,6 +954,7 @@ impl BodyEncoder {
                         session: r.session,
                         seq: r.seq,
                         map_epoch: r.map_epoch,
+                        first_unacked: r.first_unacked,
                         op_type,
                         op: Some(op),
                     },
@@ -1216,6 +1221,7 @@ fn dec_request(cx: &Ctx<'_>, r: fb::Request<'_>) -> Result<Request, DecodeError>
         seq: r.seq(),
         map_epoch: r.map_epoch(),
         op,
+        first_unacked: r.first_unacked(),
     })
 }
 

@@ -219,6 +219,10 @@ async fn routes_each_key_to_its_partition_leader() {
             i as u64 + 1,
             "each write takes the next sequence number"
         );
+        assert_eq!(
+            s.req.first_unacked, s.req.seq,
+            "one write at a time: every earlier write was answered"
+        );
         assert_eq!(s.req.map_epoch, 1);
         nodes_used.insert(s.node);
     }
@@ -339,6 +343,73 @@ async fn dropped_connection_is_retried_on_a_new_connection_with_the_same_seq() {
         "the retry must use a new connection"
     );
     assert_eq!(fake.conns.load(Ordering::SeqCst), 2);
+}
+
+/// Writes in flight at once hold `first_unacked` down to the oldest unanswered one; once they
+/// are answered, the next write's `first_unacked` is its own number again.
+#[tokio::test]
+async fn pipelined_writes_carry_the_lowest_unanswered_sequence() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Put(_) => put_ok(),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    // join_all polls every put once before any response can arrive, so all 50 take their
+    // sequence numbers (1..=50) while the others are still in flight.
+    let puts = (0..50).map(|i| client.put(format!("k{i}"), "v"));
+    for r in futures_join_all(puts).await {
+        assert!(r.unwrap().written);
+    }
+    client.put("after", "v").await.unwrap();
+    let seen = fake.data_requests();
+    assert_eq!(seen.len(), 51);
+    for s in &seen[..50] {
+        assert!(s.req.seq >= 1 && s.req.seq <= 50, "{:?}", s.req);
+        assert_eq!(
+            s.req.first_unacked, 1,
+            "write 1 was still in flight: {:?}",
+            s.req
+        );
+    }
+    assert_eq!((seen[50].req.seq, seen[50].req.first_unacked), (51, 51));
+}
+
+/// Polls every future to completion, all concurrently on the calling task.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("polled to completion"))
+        .collect()
 }
 
 /// On a current-thread runtime the 2000 callers all queue their requests before the

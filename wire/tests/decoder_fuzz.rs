@@ -121,6 +121,7 @@ fn flipped_body_byte_without_fixing_crc_is_bad_checksum() {
             seq: 0,
             map_epoch: 0,
             op: Op::Status,
+            first_unacked: 0,
         }],
         &limits,
     )

@@ -43,7 +43,7 @@ proptest! {
 
     #[test]
     fn decoded_values_share_the_frame_buffer(value in bytes(64).prop_filter("non-empty", |b| !b.is_empty())) {
-        let req = Request { id: 1, session: 0, seq: 0, map_epoch: 0,
+        let req = Request { id: 1, session: 0, seq: 0, map_epoch: 0, first_unacked: 0,
             op: Op::Put(Put { key: Bytes::from_static(b"k"), value, ..Put::default() }) };
         let mut enc = BodyEncoder::new();
         let body = Bytes::copy_from_slice(enc.requests(std::slice::from_ref(&req)));
@@ -103,6 +103,7 @@ fn every_op_and_peer_kind_round_trips() {
             seq: 1,
             map_epoch: 2,
             op,
+            first_unacked: 1,
         })
         .collect();
     let mut enc = BodyEncoder::new();
@@ -137,6 +138,7 @@ fn limits_are_enforced_on_decode() {
         seq: 0,
         map_epoch: 0,
         op,
+        first_unacked: 0,
     };
     let long_key = req(Op::Get {
         key: "12345".into(),

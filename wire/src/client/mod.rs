@@ -32,7 +32,10 @@
 //! # Exactly-once writes
 //! A client has a random session id; each write takes the next sequence number once, and every
 //! retry of that write carries the same (session, seq), so the server's session table applies
-//! it at most once (Raft thesis §6.3). Reads carry seq 0.
+//! it at most once (Raft thesis §6.3). Reads carry seq 0. Writes are pipelined, so every write
+//! also carries `first_unacked`, the lowest sequence number the client is still waiting for:
+//! the server keeps the cached results of everything from there on and may forget the rest.
+//! A write the caller stops waiting for (deadline, dropped future) stops holding it back.
 //!
 //! Sequence numbers are unique and increasing in issue order per session, but one client
 //! pipelines writes to many partitions at once, so a partition sees a subset of them and may
@@ -42,8 +45,7 @@
 
 mod conn;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -154,7 +156,7 @@ pub struct RangeOptions {
 struct Inner {
     config: ClientConfig,
     session: u64,
-    seq: AtomicU64,
+    seqs: Mutex<SeqTracker>,
     map: RwLock<Arc<ClusterMap>>,
     conns: Mutex<HashMap<String, Arc<Connection>>>,
     refresh: tokio::sync::Mutex<()>,
@@ -187,6 +189,44 @@ fn random_session() -> u64 {
     h.finish() | 1 // never 0, which means "no session"
 }
 
+/// The session's sequence numbers: the next one to hand out, and the writes still waiting for
+/// their response (so every request can say which is the lowest unanswered one).
+#[derive(Default)]
+struct SeqTracker {
+    last: u64,
+    in_flight: BTreeSet<u64>,
+}
+
+/// One write's sequence number; dropping it (answered, failed, or the caller gave up) tells the
+/// tracker the client no longer waits for that write.
+struct SeqGuard<'a> {
+    seqs: &'a Mutex<SeqTracker>,
+    seq: u64,
+}
+
+impl<'a> SeqGuard<'a> {
+    fn new(seqs: &'a Mutex<SeqTracker>) -> Self {
+        let mut t = seqs.lock().unwrap_or_else(|p| p.into_inner());
+        t.last += 1;
+        let seq = t.last;
+        t.in_flight.insert(seq);
+        SeqGuard { seqs, seq }
+    }
+
+    /// The lowest sequence number still waiting; at most `self.seq`, which is waiting too.
+    fn first_unacked(&self) -> u64 {
+        let t = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
+        t.in_flight.first().copied().unwrap_or(self.seq)
+    }
+}
+
+impl Drop for SeqGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
+        t.in_flight.remove(&self.seq);
+    }
+}
+
 /// Where a request goes.
 enum Target {
     Key(Bytes),
@@ -199,7 +239,7 @@ impl Client {
         let client = Self {
             inner: Arc::new(Inner {
                 session: random_session(),
-                seq: AtomicU64::new(0),
+                seqs: Mutex::new(SeqTracker::default()),
                 map: RwLock::new(Arc::new(ClusterMap::default())),
                 conns: Mutex::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(()),
@@ -426,7 +466,7 @@ impl Client {
     /// The status of the node at `endpoint`.
     pub async fn status_of(&self, endpoint: &str) -> Result<NodeStatus, ClientError> {
         let deadline = Instant::now() + self.inner.config.request_timeout;
-        match self.call_endpoint(endpoint, Op::Status, 0, deadline).await {
+        match self.call_endpoint(endpoint, Op::Status, deadline).await {
             Ok((_, Outcome::Status(s))) => Ok(s),
             Ok((_, other)) => Err(unexpected("Status", &other)),
             Err(e) => Err(e),
@@ -459,11 +499,10 @@ impl Client {
         let cfg = &self.inner.config;
         op.check(&cfg.limits).map_err(ClientError::Invalid)?;
         // Thesis §6.3: one sequence number per write, reused by every retry of it.
-        let seq = if op.is_write() {
-            self.inner.seq.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            0
-        };
+        // Writes still in flight keep the session's `first_unacked` at or below their number,
+        // so the server keeps their cached results until the client has its answer.
+        let guard = op.is_write().then(|| SeqGuard::new(&self.inner.seqs));
+        let seq = guard.as_ref().map_or(0, |g| g.seq);
         let deadline = Instant::now() + cfg.request_timeout;
         let mut backoff = cfg.backoff_min;
         let mut attempts = 0u32;
@@ -496,6 +535,7 @@ impl Client {
                         seq,
                         map_epoch: map.epoch,
                         op: op.clone(),
+                        first_unacked: guard.as_ref().map_or(0, SeqGuard::first_unacked),
                     };
                     match self.send(&endpoint, request, deadline).await {
                         Ok(resp) => match resp.outcome {
@@ -599,10 +639,7 @@ impl Client {
         }
         let mut last = String::from("no endpoint to ask");
         for endpoint in &endpoints {
-            match self
-                .call_endpoint(endpoint, Op::ClusterMap, 0, deadline)
-                .await
-            {
+            match self.call_endpoint(endpoint, Op::ClusterMap, deadline).await {
                 Ok((_, Outcome::ClusterMap(map))) => {
                     let mut guard = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
                     if map.epoch >= guard.epoch {
@@ -623,21 +660,21 @@ impl Client {
         })
     }
 
-    /// One attempt at `endpoint`, no retry.
+    /// One attempt at `endpoint` with a read-only `op` (no sequence number), no retry.
     async fn call_endpoint(
         &self,
         endpoint: &str,
         op: Op,
-        seq: u64,
         deadline: Instant,
     ) -> Result<(ResponseHeader, Outcome), ClientError> {
         let epoch = self.cluster_map().epoch;
         let request = Request {
             id: 0,
             session: self.inner.session,
-            seq,
+            seq: 0,
             map_epoch: epoch,
             op,
+            first_unacked: 0,
         };
         match self.send(endpoint, request, deadline).await {
             Ok(resp) => resp

@@ -2710,6 +2710,7 @@ pub mod corum {
             pub const VT_MAP_EPOCH: ::flatbuffers::VOffsetT = 10;
             pub const VT_OP_TYPE: ::flatbuffers::VOffsetT = 12;
             pub const VT_OP: ::flatbuffers::VOffsetT = 14;
+            pub const VT_FIRST_UNACKED: ::flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2726,6 +2727,7 @@ pub mod corum {
                 args: &'args RequestArgs,
             ) -> ::flatbuffers::WIPOffset<Request<'bldr>> {
                 let mut builder = RequestBuilder::new(_fbb);
+                builder.add_first_unacked(args.first_unacked);
                 builder.add_map_epoch(args.map_epoch);
                 builder.add_seq(args.seq);
                 builder.add_session(args.session);
@@ -2796,6 +2798,20 @@ pub mod corum {
                             Request::VT_OP,
                             None,
                         )
+                }
+            }
+            /// The lowest sequence number of this session whose response the client does not have yet
+            /// (every lower one has been answered). Lets the server drop cached results below it and
+            /// refuse stray duplicates of them (Raft thesis §6.3, extended to pipelined sessions).
+            #[inline]
+            pub fn first_unacked(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(Request::VT_FIRST_UNACKED, Some(0))
+                        .unwrap()
                 }
             }
             #[inline]
@@ -2927,6 +2943,7 @@ pub mod corum {
           _ => Ok(()),
         }
      })?
+     .visit_field::<u64>("first_unacked", Self::VT_FIRST_UNACKED, false)?
      .finish();
                 Ok(())
             }
@@ -2938,6 +2955,7 @@ pub mod corum {
             pub map_epoch: u64,
             pub op_type: Op,
             pub op: Option<::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>>,
+            pub first_unacked: u64,
         }
         impl<'a> Default for RequestArgs {
             #[inline]
@@ -2949,6 +2967,7 @@ pub mod corum {
                     map_epoch: 0,
                     op_type: Op::NONE,
                     op: None,
+                    first_unacked: 0,
                 }
             }
         }
@@ -2984,6 +3003,11 @@ pub mod corum {
             pub fn add_op(&mut self, op: ::flatbuffers::WIPOffset<::flatbuffers::UnionWIPOffset>) {
                 self.fbb_
                     .push_slot_always::<::flatbuffers::WIPOffset<_>>(Request::VT_OP, op);
+            }
+            #[inline]
+            pub fn add_first_unacked(&mut self, first_unacked: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Request::VT_FIRST_UNACKED, first_unacked, 0);
             }
             #[inline]
             pub fn new(
@@ -3086,6 +3110,7 @@ pub mod corum {
                         ds.field("op", &x)
                     }
                 };
+                ds.field("first_unacked", &self.first_unacked());
                 ds.finish()
             }
         }

@@ -102,15 +102,22 @@ pub fn op() -> impl Strategy<Value = Op> {
 }
 
 pub fn request() -> impl Strategy<Value = Request> {
-    (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), op()).prop_map(
-        |(id, session, seq, map_epoch, op)| Request {
+    (
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        op(),
+        any::<u64>(),
+    )
+        .prop_map(|(id, session, seq, map_epoch, op, first_unacked)| Request {
             id,
             session,
             seq,
             map_epoch,
             op,
-        },
-    )
+            first_unacked,
+        })
 }
 
 pub fn kv() -> impl Strategy<Value = KeyValue> {
