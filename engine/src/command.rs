@@ -403,7 +403,9 @@ pub enum DecodeError {
         offset: usize,
     },
     /// A session's `first_unacked` is above its sequence.
-    #[error("session first_unacked {first_unacked} at byte {offset} is above the sequence {sequence}")]
+    #[error(
+        "session first_unacked {first_unacked} at byte {offset} is above the sequence {sequence}"
+    )]
     FirstUnackedAboveSequence {
         /// Offset of the `first_unacked` field.
         offset: usize,

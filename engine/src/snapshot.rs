@@ -706,7 +706,10 @@ fn decode_sessions(r: &mut Reader<'_>, meta: &SnapshotMeta) -> Result<SessionTab
                 ));
             }
             if prev_sequence.is_some_and(|p| p >= sequence) {
-                return Err(invalid(seq_off, "cached result sequences not strictly ascending"));
+                return Err(invalid(
+                    seq_off,
+                    "cached result sequences not strictly ascending",
+                ));
             }
             prev_sequence = Some(sequence);
             results.insert(sequence, get_response(r, meta.revision)?);

@@ -662,7 +662,11 @@ impl StateMachine {
                 break;
             };
             rec.first_unacked = dropped + 1;
-            tracing::debug!(client_id, dropped, "session result cache full; oldest dropped");
+            tracing::debug!(
+                client_id,
+                dropped,
+                "session result cache full; oldest dropped"
+            );
         }
         Ok(response)
     }

@@ -345,7 +345,10 @@ fn sessions_with_many_cached_results_round_trip() {
     // Client 1 pipelines 3000 writes, arriving out of order (odd sequences first, then the
     // even ones), with nothing acknowledged; clients 2..=20 a few each, some acknowledged.
     let mut expected = Vec::new();
-    for seq in (1..=3000u64).filter(|s| s % 2 == 1).chain((1..=3000).filter(|s| s % 2 == 0)) {
+    for seq in (1..=3000u64)
+        .filter(|s| s % 2 == 1)
+        .chain((1..=3000).filter(|s| s % 2 == 0))
+    {
         index += 1;
         let cmd = Command {
             session: Some(engine::command::Session {
@@ -397,7 +400,10 @@ fn sessions_with_many_cached_results_round_trip() {
     }
     // (The retries above also moved client 1's last index in `restored` only.)
     assert_eq!(sm.revision(), restored.revision());
-    assert_eq!(sm.iter().collect::<Vec<_>>(), restored.iter().collect::<Vec<_>>());
+    assert_eq!(
+        sm.iter().collect::<Vec<_>>(),
+        restored.iter().collect::<Vec<_>>()
+    );
 }
 
 fn test_dir(name: &str) -> PathBuf {

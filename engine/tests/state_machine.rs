@@ -308,7 +308,9 @@ fn cached(l: &Log, client: u64) -> Vec<u64> {
 #[test]
 fn retry_returns_the_cached_result_without_reapplying() {
     let mut l = Log::new(8);
-    let first = l.apply(with_session(put_prev("k", "v1"), 42, 1, 1)).unwrap();
+    let first = l
+        .apply(with_session(put_prev("k", "v1"), 42, 1, 1))
+        .unwrap();
     let rev = l.sm.revision();
     let state = l.sm.get(b"k").cloned();
     // The same sequence again (even with other content) returns the first result.
@@ -328,7 +330,9 @@ fn unknown_client_opens_a_session_at_any_sequence() {
     // Sequences are global across partitions: a client's first write to this partition may
     // have any sequence number.
     let mut l = Log::new(8);
-    let r = l.apply(with_session(Command::put("k", "v"), 7, 900, 850)).unwrap();
+    let r = l
+        .apply(with_session(Command::put("k", "v"), 7, 900, 850))
+        .unwrap();
     assert_eq!(r.revision, 1);
     assert_eq!(l.sm.get(b"k").unwrap().value, b("v"));
     let rec = l.sm.sessions().get(7).unwrap();
@@ -347,11 +351,13 @@ fn first_unacked_is_raised_and_drops_answered_results() {
     }
     assert_eq!(cached(&l, 1), vec![3, 5, 8]);
     // The client has the answers to everything below 6 now.
-    l.apply(with_session(Command::put("j", "v"), 1, 9, 6)).unwrap();
+    l.apply(with_session(Command::put("j", "v"), 1, 9, 6))
+        .unwrap();
     assert_eq!(cached(&l, 1), vec![8, 9]);
     assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 6);
     // A lower first_unacked on a later command (reordered) never lowers it.
-    l.apply(with_session(Command::put("j", "w"), 1, 10, 2)).unwrap();
+    l.apply(with_session(Command::put("j", "w"), 1, 10, 2))
+        .unwrap();
     assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 6);
     assert_eq!(cached(&l, 1), vec![8, 9, 10]);
     l.sm.check_invariants().unwrap();
@@ -360,8 +366,10 @@ fn first_unacked_is_raised_and_drops_answered_results() {
 #[test]
 fn sequence_below_first_unacked_is_stale_and_not_applied() {
     let mut l = Log::new(8);
-    l.apply(with_session(put_prev("k", "v1"), 42, 1, 1)).unwrap();
-    l.apply(with_session(put_prev("k", "v2"), 42, 2, 2)).unwrap();
+    l.apply(with_session(put_prev("k", "v1"), 42, 1, 1))
+        .unwrap();
+    l.apply(with_session(put_prev("k", "v2"), 42, 2, 2))
+        .unwrap();
     let rev = l.sm.revision();
     // A stray duplicate of 1, delivered after the client acknowledged it.
     assert_eq!(
@@ -424,7 +432,8 @@ fn cached_results_are_bounded_and_the_dropped_one_is_refused() {
     }
     assert_eq!(cached(&l, 1), vec![10, 12, 14]);
     // A fourth result drops the lowest, 10, and raises first_unacked past it.
-    l.apply(with_session(Command::put("k", "v"), 1, 16, 1)).unwrap();
+    l.apply(with_session(Command::put("k", "v"), 1, 16, 1))
+        .unwrap();
     assert_eq!(cached(&l, 1), vec![12, 14, 16]);
     assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 11);
     let rev = l.sm.revision();
@@ -439,7 +448,8 @@ fn cached_results_are_bounded_and_the_dropped_one_is_refused() {
     );
     assert_eq!(l.sm.revision(), rev);
     // 11 was never applied and is above first_unacked: a first arrival is still applied.
-    l.apply(with_session(Command::put("k", "v"), 1, 11, 1)).unwrap();
+    l.apply(with_session(Command::put("k", "v"), 1, 11, 1))
+        .unwrap();
     assert_eq!(l.sm.revision(), rev + 1);
     assert_eq!(cached(&l, 1), vec![12, 14, 16]);
     assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 12);
@@ -455,18 +465,24 @@ fn cached_results_are_bounded_and_the_dropped_one_is_refused() {
 #[test]
 fn eviction_is_least_recently_used_by_log_index() {
     let mut l = Log::new(2);
-    l.apply(with_session(Command::put("a", "1"), 1, 1, 1)).unwrap(); // index 1
-    l.apply(with_session(Command::put("b", "1"), 2, 1, 1)).unwrap(); // index 2
-                                                                     // Client 1 retries (cache hit) at index 3: client 2 is now the least recently used.
-    l.apply(with_session(Command::put("a", "1"), 1, 1, 1)).unwrap();
-    l.apply(with_session(Command::put("c", "1"), 3, 1, 1)).unwrap(); // index 4, evicts 2
+    l.apply(with_session(Command::put("a", "1"), 1, 1, 1))
+        .unwrap(); // index 1
+    l.apply(with_session(Command::put("b", "1"), 2, 1, 1))
+        .unwrap(); // index 2
+                   // Client 1 retries (cache hit) at index 3: client 2 is now the least recently used.
+    l.apply(with_session(Command::put("a", "1"), 1, 1, 1))
+        .unwrap();
+    l.apply(with_session(Command::put("c", "1"), 3, 1, 1))
+        .unwrap(); // index 4, evicts 2
     assert!(l.sm.sessions().get(2).is_none());
     assert!(l.sm.sessions().get(1).is_some());
     assert!(l.sm.sessions().get(3).is_some());
     assert_eq!(l.sm.sessions().len(), 2);
     // The documented residual risk: client 2's session is gone, so a retry of its applied
     // write is indistinguishable from a new client's write and is applied again.
-    let r = l.apply(with_session(Command::put("b", "1"), 2, 1, 1)).unwrap();
+    let r = l
+        .apply(with_session(Command::put("b", "1"), 2, 1, 1))
+        .unwrap();
     assert_eq!(r.revision, 4);
     assert_eq!(l.sm.get(b"b").unwrap().version, 2);
     // Opening it evicted client 1 (last command at index 3), not client 3 (index 4).
