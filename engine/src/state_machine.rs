@@ -33,11 +33,11 @@
 //!
 //! The thesis (§6.3) gives each client a session and each of its commands a sequence number;
 //! the state machine remembers, per client, the results of the commands it applied, and answers
-//! a retried command from that cache instead of applying it twice. The thesis's client has one
-//! command outstanding. corum's client pipelines thousands of writes over one session, across
-//! every partition, so the rules are extended the way the thesis suggests for that case (a
-//! client tells the cluster which responses it has received, so results below that point can
-//! be discarded):
+//! a retried command from that cache instead of applying it twice. For a client with several
+//! requests outstanding, §6.3 keeps a set of (sequence, response) pairs per session, and each
+//! request carries the lowest sequence number the client has no response for, below which the
+//! state machine discards responses. corum's client pipelines thousands of writes over one
+//! session across every partition, so corum uses that generalization, per partition:
 //!
 //! A command may carry a [`Session`] `{ client_id, sequence, first_unacked }`. `sequence` is
 //! unique per write within the client's session and counts across *all* partitions (so one
@@ -66,9 +66,12 @@
 //!    exceed it, the lowest cached sequence `s` is dropped *and* `first_unacked` is raised to
 //!    `s + 1`, so a late retry of `s` is refused as stale (rule 3) rather than applied twice.
 //!    Refusing is always safe; the client gets an error for a write whose outcome it never
-//!    learned and must treat it like a timeout (outcome unknown). The client's own in-flight
-//!    limit (4096 requests per connection) keeps this from happening to a live client with
-//!    the default bound.
+//!    learned and must treat it like a timeout (outcome unknown). The default bound equals the
+//!    client's in-flight limit per connection (4096), and a partition's writes go over one
+//!    connection, so the dropped result is normally one the client already has. It may not
+//!    be: `first_unacked` is global, so one write stuck on another partition holds it back
+//!    while this partition's answered results pile up above it, and a lost response retried
+//!    late can then be among the lowest cached.
 //!
 //! Every command with a session (applied, answered from the cache, or refused as stale) moves
 //! the session's `last_index` to `i`. Steps 1 and 2 happen even when step 3 refuses the
