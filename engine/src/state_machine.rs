@@ -630,7 +630,13 @@ impl StateMachine {
             .open_or_touch(client_id, index, self.config.sessions_max);
         if first_unacked > rec.first_unacked {
             rec.first_unacked = first_unacked;
-            rec.results = rec.results.split_off(&first_unacked);
+            // Pop from the front rather than `split_off`, which allocates a new tree each time.
+            while let Some(lowest) = rec.results.first_entry() {
+                if *lowest.key() >= first_unacked {
+                    break;
+                }
+                lowest.remove();
+            }
         }
         // Rule 3: the client already has this answer.
         if sequence < rec.first_unacked {
