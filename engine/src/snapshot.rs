@@ -68,7 +68,7 @@
 //! streaming DMA writer over the [`encode`]d bytes) and decide which. Encoding itself is a
 //! single pass over the map (clone the state machine or encode between applies).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -341,11 +341,11 @@ pub fn encode(sm: &StateMachine, membership: &[u8]) -> Bytes {
         put_u64(&mut out, rec.last_index);
         put_u32(
             &mut out,
-            u32::try_from(rec.results.len())
+            u32::try_from(rec.results().len())
                 .expect("cached results per session fit u32 (bounded by session_results_max)"),
         );
-        for (sequence, result) in &rec.results {
-            put_u64(&mut out, *sequence);
+        for (sequence, result) in rec.results() {
+            put_u64(&mut out, sequence);
             put_response(&mut out, result);
         }
     }
@@ -691,7 +691,8 @@ fn decode_sessions(r: &mut Reader<'_>, meta: &SnapshotMeta) -> Result<SessionTab
             ));
         }
         let n = r.u32("session result count")?;
-        let mut results = BTreeMap::new();
+        let mut results =
+            VecDeque::with_capacity((n as usize).min(r.remaining() / CACHED_BYTES_MIN));
         let mut prev_sequence: Option<u64> = None;
         for _ in 0..n {
             if r.remaining() < CACHED_BYTES_MIN {
@@ -712,18 +713,14 @@ fn decode_sessions(r: &mut Reader<'_>, meta: &SnapshotMeta) -> Result<SessionTab
                 ));
             }
             prev_sequence = Some(sequence);
-            results.insert(sequence, get_response(r, meta.revision)?);
+            results.push_back((sequence, get_response(r, meta.revision)?));
         }
         prev_client = Some(client_id);
         // Inserted without evicting, so the restored table equals the snapshotted one; a
         // table over the configured bounds shrinks as it next changes.
         table.insert_restored(
             client_id,
-            SessionRecord {
-                first_unacked,
-                last_index,
-                results,
-            },
+            SessionRecord::restored(first_unacked, last_index, results),
         );
     }
     Ok(table)

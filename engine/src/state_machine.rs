@@ -113,7 +113,7 @@
 //! overwrite allocates nothing): a key is long-lived, and as a slice it would pin its first
 //! entry, value included, for as long as the key exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -247,8 +247,62 @@ pub struct SessionRecord {
     /// The log index of the client's last command (applied, answered from the cache, or
     /// refused); the eviction order.
     pub last_index: u64,
-    /// The results of the applied commands with sequence `>= first_unacked`, by sequence.
-    pub results: BTreeMap<u64, Response>,
+    /// The results of the applied commands with sequence `>= first_unacked`, ascending by
+    /// sequence. A deque rather than a map: sequences mostly arrive in order and leave from the
+    /// front, so the common case is a push at the back and a pop at the front in one
+    /// contiguous buffer, with no B-tree node rebalancing or allocation.
+    results: VecDeque<(u64, Response)>,
+}
+
+impl SessionRecord {
+    /// A record as the snapshot decoder restores it; `results` must be ascending by sequence,
+    /// each `>= first_unacked` (the decoder checks).
+    pub(crate) fn restored(
+        first_unacked: u64,
+        last_index: u64,
+        results: VecDeque<(u64, Response)>,
+    ) -> SessionRecord {
+        SessionRecord {
+            first_unacked,
+            last_index,
+            results,
+        }
+    }
+
+    /// The cached results, ascending by sequence.
+    pub fn results(&self) -> impl ExactSizeIterator<Item = (u64, &Response)> {
+        self.results.iter().map(|(s, r)| (*s, r))
+    }
+
+    /// The cached result of `sequence`.
+    pub fn result(&self, sequence: u64) -> Option<&Response> {
+        self.position(sequence).ok().map(|i| &self.results[i].1)
+    }
+
+    /// Where `sequence` is (`Ok`) or would be inserted (`Err`).
+    fn position(&self, sequence: u64) -> Result<usize, usize> {
+        // Fast path: a new sequence above every cached one (the common, in-order case).
+        match self.results.back() {
+            None => Err(0),
+            Some((last, _)) if *last < sequence => Err(self.results.len()),
+            _ => self.results.binary_search_by_key(&sequence, |(s, _)| *s),
+        }
+    }
+
+    /// Drops cached results below `first_unacked`, giving memory back once the deque is
+    /// mostly empty (amortised: only when it is under a quarter full).
+    fn drop_below(&mut self, first_unacked: u64) {
+        while self
+            .results
+            .front()
+            .is_some_and(|(s, _)| *s < first_unacked)
+        {
+            self.results.pop_front();
+        }
+        if self.results.capacity() > 64 && self.results.len() * 4 < self.results.capacity() {
+            self.results.shrink_to(self.results.len() * 2);
+        }
+    }
 }
 
 /// The bounded exactly-once session table (module docs).
@@ -316,7 +370,7 @@ impl SessionTable {
                 SessionRecord {
                     first_unacked: 0,
                     last_index: index,
-                    results: BTreeMap::new(),
+                    results: VecDeque::new(),
                 },
             );
         }
@@ -543,7 +597,12 @@ impl StateMachine {
             if t.by_last_index.get(&rec.last_index) != Some(id) {
                 return Err("eviction index does not point at the session");
             }
-            for (&sequence, result) in &rec.results {
+            let mut prev = None;
+            for &(sequence, ref result) in &rec.results {
+                if prev.is_some_and(|p| p >= sequence) {
+                    return Err("cached results not strictly ascending by sequence");
+                }
+                prev = Some(sequence);
                 if sequence == 0 {
                     return Err("cached result under sequence 0");
                 }
@@ -630,13 +689,7 @@ impl StateMachine {
             .open_or_touch(client_id, index, self.config.sessions_max);
         if first_unacked > rec.first_unacked {
             rec.first_unacked = first_unacked;
-            // Pop from the front rather than `split_off`, which allocates a new tree each time.
-            while let Some(lowest) = rec.results.first_entry() {
-                if *lowest.key() >= first_unacked {
-                    break;
-                }
-                lowest.remove();
-            }
+            rec.drop_below(first_unacked);
         }
         // Rule 3: the client already has this answer.
         if sequence < rec.first_unacked {
@@ -653,9 +706,10 @@ impl StateMachine {
             });
         }
         // Rule 4: a retry of an applied command; answer from the cache, apply nothing.
-        if let Some(cached) = rec.results.get(&sequence) {
-            return Ok(cached.clone());
-        }
+        let insert_at = match rec.position(sequence) {
+            Ok(i) => return Ok(rec.results[i].1.clone()),
+            Err(i) => i,
+        };
         // Rule 5: never applied (every applied sequence >= first_unacked is cached).
         let response = self.execute(&cmd.op);
         let results_max = self.config.session_results_max.max(1);
@@ -664,10 +718,10 @@ impl StateMachine {
             .clients
             .get_mut(&client_id)
             .expect("the session was opened above and execute does not touch sessions");
-        rec.results.insert(sequence, response.clone());
+        rec.results.insert(insert_at, (sequence, response.clone()));
         // Rule 6: bound the cache; a dropped sequence is refused from now on, never re-applied.
         while rec.results.len() > results_max {
-            let Some((dropped, _)) = rec.results.pop_first() else {
+            let Some((dropped, _)) = rec.results.pop_front() else {
                 break;
             };
             rec.first_unacked = dropped + 1;

@@ -240,7 +240,7 @@ impl Model {
                 client,
                 first_unacked: r.first_unacked,
                 last_index: r.last_index,
-                results: r.results.iter().map(|(q, r)| (*q, r.clone())).collect(),
+                results: r.results().map(|(q, r)| (q, r.clone())).collect(),
             })
             .collect();
         assert_eq!(actual, sessions, "sessions");

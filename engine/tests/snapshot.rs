@@ -373,8 +373,8 @@ fn sessions_with_many_cached_results_round_trip() {
         }
     }
     sm.check_invariants().unwrap();
-    assert_eq!(sm.sessions().get(1).unwrap().results.len(), 3000);
-    assert_eq!(sm.sessions().get(7).unwrap().results.len(), 6); // 5..=10
+    assert_eq!(sm.sessions().get(1).unwrap().results().len(), 3000);
+    assert_eq!(sm.sessions().get(7).unwrap().results().len(), 6); // 5..=10
 
     let bytes = snapshot::encode(&sm, b"m");
     let mut restored = snapshot::decode(&bytes, &config).unwrap().state;

@@ -299,9 +299,8 @@ fn cached(l: &Log, client: u64) -> Vec<u64> {
     l.sm.sessions()
         .get(client)
         .unwrap()
-        .results
-        .keys()
-        .copied()
+        .results()
+        .map(|(sequence, _)| sequence)
         .collect()
 }
 
