@@ -415,10 +415,45 @@ fn pipelined_writes_arrive_out_of_order() {
         l.apply(with_session(put_prev("b", "3"), 9, 3, 1)).unwrap(),
         three
     );
-    // 4 (another partition's write in the client's counter) never came here; 6 is new.
-    l.apply(with_session(put_prev("a", "6"), 9, 6, 3)).unwrap();
-    assert_eq!(l.sm.revision(), 3);
-    assert_eq!(cached(&l, 9), vec![3, 5, 6]);
+    // 7 is new; then 4 arrives for the first time, between cached sequences: applied.
+    l.apply(with_session(put_prev("a", "7"), 9, 7, 3)).unwrap();
+    l.apply(with_session(put_prev("c", "4"), 9, 4, 3)).unwrap();
+    assert_eq!(l.sm.revision(), 4);
+    assert_eq!(cached(&l, 9), vec![3, 4, 5, 7]);
+    // 6 (another partition's write in the client's counter) never came here.
+    l.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn a_long_pipeline_is_cached_then_released() {
+    let mut l = Log::new(8);
+    // 1,000 writes in flight, none answered yet, in two interleaved streams.
+    for seq in (1..=1000u64).rev().step_by(2).chain((1..=1000).step_by(2)) {
+        l.apply(with_session(Command::put("k", seq.to_string()), 3, seq, 1))
+            .unwrap();
+    }
+    assert_eq!(cached(&l, 3), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(l.sm.revision(), 1000);
+    let answer_of_500 =
+        l.sm.sessions()
+            .get(3)
+            .unwrap()
+            .result(500)
+            .cloned()
+            .unwrap();
+    assert_eq!(
+        l.apply(with_session(Command::put("k", "500"), 3, 500, 1)),
+        Ok(answer_of_500)
+    );
+    // The client has every answer up to 990: all but the last ten are released.
+    l.apply(with_session(Command::put("k", "x"), 3, 1001, 991))
+        .unwrap();
+    assert_eq!(cached(&l, 3), (991..=1001).collect::<Vec<_>>());
+    assert!(matches!(
+        l.apply(with_session(Command::put("k", "500"), 3, 500, 1)),
+        Err(ApplyError::SessionSequenceStale { .. })
+    ));
+    assert_eq!(l.sm.revision(), 1001);
     l.sm.check_invariants().unwrap();
 }
 
