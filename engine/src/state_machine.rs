@@ -559,8 +559,8 @@ impl StateMachine {
     /// 2. every key has `1 <= create_revision <= mod_revision <= revision` and `version >= 1`;
     /// 3. every session has `last_index <= applied_index`;
     /// 4. the eviction index holds exactly one entry per session, at its `last_index`;
-    /// 5. every cached result's sequence is `>= 1` and `>= first_unacked` of its session, and
-    ///    its revision is `<= revision`;
+    /// 5. every session's cached results are strictly ascending by sequence, each sequence is
+    ///    `>= 1` and `>= first_unacked` of its session, and each revision is `<= revision`;
     /// 6. `data_bytes` is the sum of key and value lengths.
     ///
     /// The table bounds (`sessions_max`, `session_results_max`) are not checked: a table
