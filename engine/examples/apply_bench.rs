@@ -64,8 +64,9 @@ fn entries(n: u64, keys: u64, value_bytes: usize, sessions: bool) -> Vec<Bytes> 
             value[..8].copy_from_slice(&i.to_le_bytes());
             let mut c = Command::put(key, value);
             if sessions {
-                // 1,000 clients, each with its own sequence counter.
-                c = c.with_session(i % 1000, i / 1000 + 1);
+                // 1,000 clients, each with its own sequence counter and 16 writes in flight.
+                let seq = i / 1000 + 1;
+                c = c.with_session(i % 1000, seq, seq.saturating_sub(16));
             }
             c.encode() // one buffer per entry, as the engine hands them in
         })
@@ -120,7 +121,7 @@ fn main() {
     let snap = snapshot::encode(&sm2, b"membership");
     let encode_secs = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let restored = snapshot::decode(&snap, Config::new(2).sessions_max).expect("decode");
+    let restored = snapshot::decode(&snap, &Config::new(2)).expect("decode");
     let decode_secs = t.elapsed().as_secs_f64();
     assert_eq!(restored.state, sm2);
 

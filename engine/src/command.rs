@@ -12,7 +12,8 @@
 //!
 //! ```text
 //! command  := version:u8 (=1) | kind:u8 | flags:u8 | session? | body
-//! session  := client_id:u64 | sequence:u64          present iff flags & HAS_SESSION
+//! session  := client_id:u64 | sequence:u64 | first_unacked:u64
+//!             present iff flags & HAS_SESSION; 1 <= sequence; first_unacked <= sequence
 //! flags    := bit0 HAS_SESSION | bit1 IF_ABSENT (put only) | bit2 RETURN_PREV (put, delete);
 //!             every other bit must be 0
 //! kind 1 (put)    body := key:bytes | value:bytes
@@ -32,8 +33,8 @@
 //!
 //! Rules checked by [`Command::decode`] (each failure is a typed [`DecodeError`] naming the byte
 //! offset; decoding never panics): the version is 1; tags and flags are known; keys are
-//! non-empty; a session's sequence is at least 1; key / value lengths and transaction list
-//! lengths are within [`Limits`]; no trailing bytes.
+//! non-empty; a session's sequence is at least 1 and its `first_unacked` at most its sequence;
+//! key / value lengths and transaction list lengths are within [`Limits`]; no trailing bytes.
 //!
 //! Decoding is zero-copy: keys and values are [`Bytes::slice`]s of the entry's data.
 //!
@@ -145,15 +146,20 @@ impl std::fmt::Display for Limited {
     }
 }
 
-/// A client session tag: the client's id and the sequence number of this command
-/// (Raft thesis §6.3). Sequence numbers start at 1.
+/// A client session tag for exactly-once writes (Raft thesis §6.3; the rules are in
+/// [`crate::state_machine`], "Exactly-once sessions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Session {
     /// The client's session id.
     pub client_id: u64,
-    /// This command's sequence number within the session, counted per partition (see
-    /// [`crate::state_machine`] for the rules).
+    /// This write's sequence number: unique per write within the session, counted across all
+    /// partitions (so a partition sees gaps), starting at 1. Every retry of the write carries
+    /// the same number.
     pub sequence: u64,
+    /// The lowest sequence number for which the client does not yet have a response; every
+    /// lower one has been answered, so the state machine may drop their cached results.
+    /// At most `sequence` (this write is itself unanswered); 0 and 1 both acknowledge nothing.
+    pub first_unacked: u64,
 }
 
 /// One command of a partition's log.
@@ -318,6 +324,14 @@ pub enum InvalidCommand {
     /// A session sequence number was 0 (they start at 1).
     #[error("session sequence number 0 (sequences start at 1)")]
     ZeroSequence,
+    /// A session's `first_unacked` is above its sequence (the write itself is unanswered).
+    #[error("session first_unacked {first_unacked} is above the sequence {sequence}")]
+    FirstUnackedAboveSequence {
+        /// The first unacknowledged sequence number.
+        first_unacked: u64,
+        /// The command's sequence number.
+        sequence: u64,
+    },
 }
 
 /// Why bytes are not a valid command. Every variant names the byte offset where decoding
@@ -387,6 +401,18 @@ pub enum DecodeError {
     ZeroSequence {
         /// Offset of the sequence field.
         offset: usize,
+    },
+    /// A session's `first_unacked` is above its sequence.
+    #[error(
+        "session first_unacked {first_unacked} at byte {offset} is above the sequence {sequence}"
+    )]
+    FirstUnackedAboveSequence {
+        /// Offset of the `first_unacked` field.
+        offset: usize,
+        /// The value found.
+        first_unacked: u64,
+        /// The command's sequence number.
+        sequence: u64,
     },
     /// An `exists` operand was neither 0 nor 1.
     #[error("exists operand {value} at byte {offset} (must be 0 or 1)")]
@@ -469,20 +495,27 @@ impl Command {
     }
 
     /// This command tagged with a session.
-    pub fn with_session(mut self, client_id: u64, sequence: u64) -> Command {
+    pub fn with_session(mut self, client_id: u64, sequence: u64, first_unacked: u64) -> Command {
         self.session = Some(Session {
             client_id,
             sequence,
+            first_unacked,
         });
         self
     }
 
     /// Checks the rules [`Command::decode`] enforces, before a command is proposed: non-empty
-    /// keys, sequence ≥ 1, and `limits`.
+    /// keys, `1 <= sequence`, `first_unacked <= sequence`, and `limits`.
     pub fn validate(&self, limits: &Limits) -> Result<(), InvalidCommand> {
         if let Some(s) = self.session {
             if s.sequence == 0 {
                 return Err(InvalidCommand::ZeroSequence);
+            }
+            if s.first_unacked > s.sequence {
+                return Err(InvalidCommand::FirstUnackedAboveSequence {
+                    first_unacked: s.first_unacked,
+                    sequence: s.sequence,
+                });
             }
         }
         match &self.op {
@@ -511,7 +544,7 @@ impl Command {
 
     /// The exact length of this command's encoding.
     pub fn encoded_len(&self) -> usize {
-        let mut n = 3 + if self.session.is_some() { 16 } else { 0 };
+        let mut n = 3 + if self.session.is_some() { 24 } else { 0 };
         match &self.op {
             CommandOp::Put(p) => n += 8 + p.key.len() + p.value.len(),
             CommandOp::Delete(d) => n += 4 + d.key.len(),
@@ -571,6 +604,7 @@ impl Command {
         if let Some(s) = self.session {
             put_u64(out, s.client_id);
             put_u64(out, s.sequence);
+            put_u64(out, s.first_unacked);
         }
         match &self.op {
             CommandOp::Put(p) => {
@@ -708,9 +742,19 @@ impl Decoder<'_> {
             if sequence == 0 {
                 return Err(DecodeError::ZeroSequence { offset: seq_off });
             }
+            let unacked_off = self.r.offset();
+            let first_unacked = self.r.u64("session first_unacked")?;
+            if first_unacked > sequence {
+                return Err(DecodeError::FirstUnackedAboveSequence {
+                    offset: unacked_off,
+                    first_unacked,
+                    sequence,
+                });
+            }
             Some(Session {
                 client_id,
                 sequence,
+                first_unacked,
             })
         } else {
             None

@@ -3,8 +3,9 @@
 //! Raft compacts its log behind a snapshot and sends snapshots to lagging or new replicas
 //! (Raft §7 / thesis chapter 5). A snapshot holds everything [`StateMachine::apply`] depends on:
 //! the key-values with their metadata, the revision, the applied index and term, and the
-//! session table (thesis §6.3: the sessions must be in the snapshot, or a retry applied after a
-//! restore would be applied twice). The Raft membership at the applied index is stored as an
+//! session table with every session's `first_unacked` and cached results (thesis §6.3: the
+//! sessions must be in the snapshot, or a retry applied after a restore would be applied
+//! twice). The Raft membership at the applied index is stored as an
 //! opaque blob the caller supplies (the engine encodes its Raft configuration state into it).
 //!
 //! [`StateMachine::apply`]: crate::state_machine::StateMachine::apply
@@ -33,10 +34,12 @@
 //! body     := kv_count:u64 | kv{kv_count} | session_count:u64 | session{session_count}
 //! kv       := key:bytes | value:bytes | create_revision:u64 | mod_revision:u64 | version:u64
 //!             keys non-empty and strictly ascending; 1 <= create <= mod <= revision; version >= 1
-//! session  := client_id:u64 | last_sequence:u64 | last_index:u64 | response
-//!             client ids strictly ascending; last_sequence >= 1; last_index <= applied index,
-//!             distinct
-//! response := revision:u64 | kind:u8 | ...
+//! session  := client_id:u64 | first_unacked:u64 | last_index:u64 | result_count:u32
+//!             | cached{result_count}
+//!             client ids strictly ascending; last_index <= applied index, distinct
+//! cached   := sequence:u64 | response
+//!             sequences strictly ascending, each >= 1 and >= the session's first_unacked
+//! response := revision:u64 | kind:u8 | ...   (revision <= the snapshot's revision)
 //!             kind 1 put:    flags:u8 (bit0 written, bit1 has prev) | kvval?
 //!             kind 2 delete: flags:u8 (bit0 deleted, bit1 has prev) | kvval?
 //!             kind 3 txn:    succeeded:u8 (0|1) | n:u32 | result{n}
@@ -65,7 +68,7 @@
 //! streaming DMA writer over the [`encode`]d bytes) and decide which. Encoding itself is a
 //! single pass over the map (clone the state machine or encode between applies).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -106,6 +109,10 @@ const _: () = assert!(OFF_HEADER_CRC + 4 == HEADER_BYTES);
 
 /// Smallest encodings, to bound pre-allocation by what the input can hold.
 const KV_BYTES_MIN: usize = 4 + 4 + 24;
+/// Smallest session: client id, first_unacked, last index, result count.
+const SESSION_BYTES_MIN: usize = 8 + 8 + 8 + 4;
+/// Smallest cached result: sequence, revision, kind, flags.
+const CACHED_BYTES_MIN: usize = 8 + 8 + 1 + 1;
 
 /// The header fields of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +208,14 @@ pub enum SnapshotError {
         what: &'static str,
         /// The value found.
         tag: u8,
+    },
+    /// The snapshot is of another partition than the one it is restored into.
+    #[error("snapshot of partition {found} (header byte {OFF_PARTITION}), expected partition {expected}")]
+    WrongPartition {
+        /// The partition being restored.
+        expected: u64,
+        /// The partition the header names.
+        found: u64,
     },
     /// The body has bytes after its last section.
     #[error("{len} trailing bytes in the snapshot body at byte {offset}")]
@@ -322,9 +337,17 @@ pub fn encode(sm: &StateMachine, membership: &[u8]) -> Bytes {
     put_u64(&mut out, sm.sessions().len() as u64);
     for (client_id, rec) in sm.sessions().iter() {
         put_u64(&mut out, client_id);
-        put_u64(&mut out, rec.last_sequence);
+        put_u64(&mut out, rec.first_unacked);
         put_u64(&mut out, rec.last_index);
-        put_response(&mut out, &rec.result);
+        put_u32(
+            &mut out,
+            u32::try_from(rec.results().len())
+                .expect("cached results per session fit u32 (bounded by session_results_max)"),
+        );
+        for (sequence, result) in rec.results() {
+            put_u64(&mut out, sequence);
+            put_response(&mut out, result);
+        }
     }
     let body_len = (out.len() - body_start) as u64;
     let membership_len =
@@ -432,18 +455,25 @@ pub fn decode_meta(prefix: &[u8]) -> Result<(SnapshotMeta, u64), SnapshotError> 
 }
 
 /// Decodes and verifies a snapshot (module docs). Keys and values are copied out of `data`,
-/// so the state does not pin the input buffer. `sessions_max` is the session table bound of
-/// the restored state machine (a cluster constant; see [`Config`]).
-pub fn decode(data: &[u8], sessions_max: usize) -> Result<Snapshot, SnapshotError> {
-    let result = decode_inner(data, sessions_max);
+/// so the state does not pin the input buffer. The restored state machine gets `config`
+/// (whose bounds are cluster constants), and the snapshot must be of `config.partition_id`
+/// ([`SnapshotError::WrongPartition`] otherwise).
+pub fn decode(data: &[u8], config: &Config) -> Result<Snapshot, SnapshotError> {
+    let result = decode_inner(data, config);
     if let Err(e) = &result {
         tracing::warn!(error = %e, len = data.len(), "invalid snapshot");
     }
     result
 }
 
-fn decode_inner(data: &[u8], sessions_max: usize) -> Result<Snapshot, SnapshotError> {
+fn decode_inner(data: &[u8], config: &Config) -> Result<Snapshot, SnapshotError> {
     let (mut meta, membership_len, body_len) = decode_header(data)?;
+    if meta.partition_id != config.partition_id {
+        return Err(SnapshotError::WrongPartition {
+            expected: config.partition_id,
+            found: meta.partition_id,
+        });
+    }
     let declared = (HEADER_BYTES as u64)
         .checked_add(membership_len as u64)
         .and_then(|n| n.checked_add(body_len))
@@ -483,12 +513,8 @@ fn decode_inner(data: &[u8], sessions_max: usize) -> Result<Snapshot, SnapshotEr
             len: r.remaining(),
         });
     }
-    let config = Config {
-        partition_id: meta.partition_id,
-        sessions_max,
-    };
     let state = StateMachine::from_parts(
-        config,
+        *config,
         kvs,
         meta.revision,
         meta.applied_index,
@@ -646,16 +672,16 @@ fn decode_sessions(r: &mut Reader<'_>, meta: &SnapshotMeta) -> Result<SessionTab
     let mut prev_client: Option<u64> = None;
     let mut seen_index = std::collections::BTreeSet::new();
     for _ in 0..count {
+        if r.remaining() < SESSION_BYTES_MIN {
+            // Cheap early exit for absurd counts; the exact error comes from the reads.
+            r.range(SESSION_BYTES_MIN, "session")?;
+        }
         let off = r.offset();
         let client_id = r.u64("session client id")?;
         if prev_client.is_some_and(|p| p >= client_id) {
             return Err(invalid(off, "session client ids not strictly ascending"));
         }
-        let seq_off = r.offset();
-        let last_sequence = r.u64("session last sequence")?;
-        if last_sequence == 0 {
-            return Err(invalid(seq_off, "session last sequence is 0"));
-        }
+        let first_unacked = r.u64("session first_unacked")?;
         let idx_off = r.offset();
         let last_index = r.u64("session last index")?;
         if last_index > meta.applied_index || !seen_index.insert(last_index) {
@@ -664,18 +690,37 @@ fn decode_sessions(r: &mut Reader<'_>, meta: &SnapshotMeta) -> Result<SessionTab
                 "session last index above the applied index or not distinct",
             ));
         }
-        let result = get_response(r, meta.revision)?;
+        let n = r.u32("session result count")?;
+        let mut results =
+            VecDeque::with_capacity((n as usize).min(r.remaining() / CACHED_BYTES_MIN));
+        let mut prev_sequence: Option<u64> = None;
+        for _ in 0..n {
+            if r.remaining() < CACHED_BYTES_MIN {
+                r.range(CACHED_BYTES_MIN, "cached result")?;
+            }
+            let seq_off = r.offset();
+            let sequence = r.u64("cached result sequence")?;
+            if sequence == 0 || sequence < first_unacked {
+                return Err(invalid(
+                    seq_off,
+                    "cached result sequence 0 or below the session's first_unacked",
+                ));
+            }
+            if prev_sequence.is_some_and(|p| p >= sequence) {
+                return Err(invalid(
+                    seq_off,
+                    "cached result sequences not strictly ascending",
+                ));
+            }
+            prev_sequence = Some(sequence);
+            results.push_back((sequence, get_response(r, meta.revision)?));
+        }
         prev_client = Some(client_id);
-        // Insert without evicting so the restored table equals the snapshotted one; a table
-        // larger than `sessions_max` shrinks on the next new session.
-        table.record(
+        // Inserted without evicting, so the restored table equals the snapshotted one; a
+        // table over the configured bounds shrinks as it next changes.
+        table.insert_restored(
             client_id,
-            SessionRecord {
-                last_sequence,
-                last_index,
-                result,
-            },
-            usize::MAX,
+            SessionRecord::restored(first_unacked, last_index, results),
         );
     }
     Ok(table)
@@ -779,10 +824,11 @@ pub fn write_state(
     write_file(dir, &name, &bytes)
 }
 
-/// Reads and verifies a snapshot file; errors name the file and, for corruption, the offset.
-pub fn read_file(path: &Path, sessions_max: usize) -> Result<Snapshot, SnapshotFileError> {
+/// Reads and verifies a snapshot file of `config.partition_id` (see [`decode`]); errors name
+/// the file and, for corruption, the offset.
+pub fn read_file(path: &Path, config: &Config) -> Result<Snapshot, SnapshotFileError> {
     let data = fs::read(path).map_err(io_err("read", path))?;
-    decode(&data, sessions_max).map_err(|source| {
+    decode(&data, config).map_err(|source| {
         tracing::error!(path = %path.display(), error = %source, "corrupt snapshot file");
         SnapshotFileError::Corrupt {
             path: path.to_path_buf(),

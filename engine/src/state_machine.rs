@@ -20,49 +20,80 @@
 //! results. Raft guarantees every replica applies the same commands in the same order (State
 //! Machine Safety, Raft paper §5.4.3, thesis §3.6.3); the copies agree only if applying is
 //! deterministic (replicated state machines, paper §2, thesis §2.1). Nothing here reads a
-//! clock, a random number or the configuration of the local node, except `sessions_max`, which
-//! must be the same on every replica of a partition (it is a cluster constant; change it only
-//! with a coordinated restart).
+//! clock, a random number or the configuration of the local node, except `sessions_max` and
+//! `session_results_max`, which must be the same on every replica of a partition (they are
+//! cluster constants; change them only with a coordinated restart).
 //!
-//! Applying is atomic: every check that can reject a command (index order, session) runs
-//! before anything is changed, and the put / delete / get ops themselves cannot fail, so a
-//! command either takes full effect or none.
+//! Applying is atomic: every check that can reject a command's operation (index order,
+//! session) runs before the key-value state is changed, and the put / delete / get ops
+//! themselves cannot fail, so a command's operation either takes full effect or none. (A
+//! command refused as stale still updates its session's bookkeeping, rules 1-2 below.)
 //!
-//! # Exactly-once sessions (Raft thesis §6.3)
+//! # Exactly-once sessions (Raft thesis §6.3, extended to pipelining)
 //!
-//! A command may carry a [`Session`]: the client's id and a sequence number. The state machine
-//! remembers, per client id, the last sequence number applied and its result:
+//! The thesis (§6.3) gives each client a session and each of its commands a sequence number;
+//! the state machine remembers, per client, the results of the commands it applied, and answers
+//! a retried command from that cache instead of applying it twice. For a client with several
+//! requests outstanding, §6.3 keeps a set of (sequence, response) pairs per session, and each
+//! request carries the lowest sequence number the client has no response for, below which the
+//! state machine discards responses. corum's client pipelines thousands of writes over one
+//! session across every partition, so corum uses that generalization, per partition:
 //!
-//! - `sequence == last`: the command is a retry of one already applied; the cached result is
-//!   returned and the command is *not* applied again (no revision bump). The cached result is
-//!   returned whatever the retried command contains: the client must not reuse a sequence
-//!   number for a different command.
-//! - `sequence < last`: [`ApplyError::SessionSequenceStale`]; nothing is applied. (One
-//!   outstanding command per session and partition; a client that pipelines uses several
-//!   sessions.)
-//! - `sequence > last`: applied, and the result is remembered. Gaps are allowed.
-//! - unknown client id, `sequence == 1`: a new session is opened and the command applied.
-//! - unknown client id, `sequence > 1`: [`ApplyError::SessionExpired`]; nothing is applied.
+//! A command may carry a [`Session`] `{ client_id, sequence, first_unacked }`. `sequence` is
+//! unique per write within the client's session and counts across *all* partitions (so one
+//! partition sees gaps); every retry of a write carries the same `sequence`. `first_unacked` is
+//! the lowest sequence number for which the client does not yet have a response: every lower
+//! sequence has been answered, so its cached result is no longer needed. (`first_unacked <=
+//! sequence` always, since the command itself is unanswered; [`Command::decode`] enforces it.)
 //!
-//! **Sequence numbers count per (client id, partition)**: a client keeps one counter per
-//! partition it writes to, starting at 1. This is what lets the state machine tell a new client
-//! from one whose session it has forgotten.
+//! Per partition and client, the session remembers `first_unacked` and the cached results of
+//! the applied sequences `>= first_unacked`. A command with a session, at log index `i`:
 //!
-//! The table is bounded by `sessions_max`. When a new session must be opened and the table is
-//! full, the session whose last command (applied, or answered from the cache) is at the lowest
-//! log index is evicted. That rule uses only log contents, so every replica evicts the same
-//! session at the same entry.
+//! 1. **unknown client**: a session is opened (evicting one if the table is full, below).
+//! 2. the session's `first_unacked` is raised to `max(stored, command's)`, and cached results
+//!    below it are dropped.
+//! 3. `sequence < first_unacked`: the client already has this command's answer, so this is a
+//!    stray duplicate (e.g. a retry delayed in the network): [`ApplyError::SessionSequenceStale`],
+//!    nothing applied.
+//! 4. `sequence` is cached: a retry of an applied command. The cached result is returned and
+//!    nothing is applied again (no revision bump), whatever the retried command contains: the
+//!    client must not reuse a sequence number for a different command.
+//! 5. otherwise the command is applied and its result cached under `sequence`. Sequences may
+//!    arrive in any order: with 5 applied, a first arrival of 3 is applied (3 was never
+//!    applied: every applied sequence `>= first_unacked` is cached), and a retry of 5 is then
+//!    answered from the cache.
+//! 6. at most `session_results_max` results are cached per session. When a new result would
+//!    exceed it, the lowest cached sequence `s` is dropped *and* `first_unacked` is raised to
+//!    `s + 1`, so a late retry of `s` is refused as stale (rule 3) rather than applied twice.
+//!    Refusing is always safe; the client gets an error for a write whose outcome it never
+//!    learned and must treat it like a timeout (outcome unknown). The default bound equals the
+//!    client's in-flight limit per connection (4096), and a partition's writes go over one
+//!    connection, so the dropped result is normally one the client already has. It may not
+//!    be: `first_unacked` is global, so one write stuck on another partition holds it back
+//!    while this partition's answered results pile up above it, and a lost response retried
+//!    late can then be among the lowest cached.
 //!
-//! Why an unknown client with `sequence > 1` is rejected: that client has talked to this
-//! partition before (it is past its first command), so its session was evicted, and the command
-//! may be a retry of one that was already applied. Applying it could apply a write twice;
-//! rejecting it is safe, and the client learns that the outcome of its outstanding command is
-//! unknown (the thesis's answer to an expired session). The residual case is a retry of a
-//! client's *first* command (`sequence == 1`) that arrives after its session was evicted: it is
-//! applied again. That needs `sessions_max` other clients to write to this partition between
-//! the first attempt and the retry; size `sessions_max` so that cannot happen within a client's
-//! retry deadline. (Closing it fully needs the thesis's RegisterClient entry, whose log index
-//! becomes the client id; a possible later extension.)
+//! Every command with a session (applied, answered from the cache, or refused as stale) moves
+//! the session's `last_index` to `i`. Steps 1 and 2 happen even when step 3 refuses the
+//! command: they are deterministic from the log, so every replica does the same.
+//!
+//! The table holds at most `sessions_max` sessions. When a new session must be opened and the
+//! table is full, the session whose `last_index` is lowest (least recently used in log order)
+//! is evicted, with all its cached results. That rule uses only log contents, so every replica
+//! evicts the same session at the same entry.
+//!
+//! **Residual risk.** A new client cannot be told from one whose session was evicted: both are
+//! unknown. If a client's session is evicted while one of its applied writes is still
+//! unanswered (the response was lost), a retry of that write opens a fresh session and is
+//! applied a second time. For that to happen, `sessions_max` *other* clients must write to this
+//! partition between the client's last command here and the retry (LRU by log index); size
+//! `sessions_max` so that cannot happen within a client's retry deadline. (Closing it fully
+//! needs the thesis's RegisterClient entry, whose log index becomes the client id, and an
+//! explicit "session expired" answer for unknown ids; a possible later extension.)
+//!
+//! **Memory.** At most `sessions_max * session_results_max` cached results per partition.
+//! A live client's `first_unacked` keeps its session near its in-flight count; a client that
+//! died with writes outstanding keeps them cached until its session is evicted.
 //!
 //! # Ranges
 //!
@@ -82,7 +113,7 @@
 //! overwrite allocates nothing): a key is long-lived, and as a slice it would pin its first
 //! entry, value included, for as long as the key exists.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -168,27 +199,20 @@ pub enum OpResult {
 /// to it, identically on every replica.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ApplyError {
-    /// The session already applied a later sequence number; this command is an old retry.
+    /// The command's sequence number is below the session's `first_unacked`: either the
+    /// client already has its answer (a stray duplicate), or its cached result was dropped to
+    /// respect `session_results_max`. Nothing was applied; if the client is still waiting for
+    /// this write, its outcome is unknown (treat it like a timeout). Module docs, rules 3 and 6.
     #[error(
-        "session {client_id}: sequence {sequence} is older than the last applied {last_sequence}"
+        "session {client_id}: sequence {sequence} is below the first unacknowledged {first_unacked}"
     )]
     SessionSequenceStale {
         /// The client.
         client_id: u64,
         /// The command's sequence number.
         sequence: u64,
-        /// The last sequence number applied for this client.
-        last_sequence: u64,
-    },
-    /// The client is unknown and the sequence is not 1: its session was evicted, and the command
-    /// may already have been applied. The outcome of the client's outstanding command is
-    /// unknown; it must start a new session.
-    #[error("session {client_id} expired or unknown (sequence {sequence} > 1)")]
-    SessionExpired {
-        /// The client.
-        client_id: u64,
-        /// The command's sequence number.
-        sequence: u64,
+        /// The session's first unacknowledged sequence number.
+        first_unacked: u64,
     },
     /// The entry's data is not a valid command (applied as a no-op on every replica).
     #[error("malformed command entry: {0}")]
@@ -214,16 +238,71 @@ pub enum ApplyError {
 /// What [`StateMachine::apply`] returns.
 pub type CommandResult = Result<Response, ApplyError>;
 
-/// What the session table remembers about one client.
+/// What the session table remembers about one client (module docs, "Exactly-once sessions").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
-    /// The last sequence number applied.
-    pub last_sequence: u64,
-    /// The log index of the client's last command (applied or answered from the cache); the
-    /// eviction order.
+    /// Every sequence number below this one is answered (or refused): a command with a lower
+    /// sequence is refused as stale.
+    pub first_unacked: u64,
+    /// The log index of the client's last command (applied, answered from the cache, or
+    /// refused); the eviction order.
     pub last_index: u64,
-    /// The result of the last applied command.
-    pub result: Response,
+    /// The results of the applied commands with sequence `>= first_unacked`, ascending by
+    /// sequence. A deque rather than a map: sequences mostly arrive in order and leave from the
+    /// front, so the common case is a push at the back and a pop at the front in one
+    /// contiguous buffer, with no B-tree node rebalancing or allocation.
+    results: VecDeque<(u64, Response)>,
+}
+
+impl SessionRecord {
+    /// A record as the snapshot decoder restores it; `results` must be ascending by sequence,
+    /// each `>= first_unacked` (the decoder checks).
+    pub(crate) fn restored(
+        first_unacked: u64,
+        last_index: u64,
+        results: VecDeque<(u64, Response)>,
+    ) -> SessionRecord {
+        SessionRecord {
+            first_unacked,
+            last_index,
+            results,
+        }
+    }
+
+    /// The cached results, ascending by sequence.
+    pub fn results(&self) -> impl ExactSizeIterator<Item = (u64, &Response)> {
+        self.results.iter().map(|(s, r)| (*s, r))
+    }
+
+    /// The cached result of `sequence`.
+    pub fn result(&self, sequence: u64) -> Option<&Response> {
+        self.position(sequence).ok().map(|i| &self.results[i].1)
+    }
+
+    /// Where `sequence` is (`Ok`) or would be inserted (`Err`).
+    fn position(&self, sequence: u64) -> Result<usize, usize> {
+        // Fast path: a new sequence above every cached one (the common, in-order case).
+        match self.results.back() {
+            None => Err(0),
+            Some((last, _)) if *last < sequence => Err(self.results.len()),
+            _ => self.results.binary_search_by_key(&sequence, |(s, _)| *s),
+        }
+    }
+
+    /// Drops cached results below `first_unacked`, giving memory back once the deque is
+    /// mostly empty (amortised: only when it is under a quarter full).
+    fn drop_below(&mut self, first_unacked: u64) {
+        while self
+            .results
+            .front()
+            .is_some_and(|(s, _)| *s < first_unacked)
+        {
+            self.results.pop_front();
+        }
+        if self.results.capacity() > 64 && self.results.len() * 4 < self.results.capacity() {
+            self.results.shrink_to(self.results.len() * 2);
+        }
+    }
 }
 
 /// The bounded exactly-once session table (module docs).
@@ -255,34 +334,53 @@ impl SessionTable {
         self.clients.iter().map(|(id, r)| (*id, r))
     }
 
-    fn touch(&mut self, client_id: u64, index: u64) {
-        if let Some(rec) = self.clients.get_mut(&client_id) {
-            self.by_last_index.remove(&rec.last_index);
-            rec.last_index = index;
-            self.by_last_index.insert(index, client_id);
-        }
-    }
-
-    /// Inserts or replaces a record, evicting the least recently used sessions first when a
-    /// new client would exceed `sessions_max` (at least one session is always kept).
-    pub(crate) fn record(&mut self, client_id: u64, rec: SessionRecord, sessions_max: usize) {
-        if let Some(existing) = self.clients.get_mut(&client_id) {
-            self.by_last_index.remove(&existing.last_index);
-            self.by_last_index.insert(rec.last_index, client_id);
-            *existing = rec;
-            return;
-        }
-        // A new client: make room by evicting the sessions whose last command is lowest in
-        // the log (the rule depends only on log contents, so every replica evicts the same).
-        while self.clients.len() >= sessions_max.max(1) {
-            let Some((_, evicted)) = self.by_last_index.pop_first() else {
-                break;
-            };
-            self.clients.remove(&evicted);
-            tracing::debug!(client_id = evicted, "session evicted");
+    /// Inserts a record (used by the snapshot decoder, which has checked it), without
+    /// evicting: the restored table equals the snapshotted one.
+    pub(crate) fn insert_restored(&mut self, client_id: u64, rec: SessionRecord) {
+        if let Some(old) = self.clients.remove(&client_id) {
+            self.by_last_index.remove(&old.last_index);
         }
         self.by_last_index.insert(rec.last_index, client_id);
         self.clients.insert(client_id, rec);
+    }
+
+    /// The record of `client_id`, touched at `index` (moved to the most recently used end),
+    /// opened empty if the client is unknown. Opening evicts the least recently used sessions
+    /// while the table is full (at least one session is always kept).
+    fn open_or_touch(
+        &mut self,
+        client_id: u64,
+        index: u64,
+        sessions_max: usize,
+    ) -> &mut SessionRecord {
+        if let Some(old_index) = self.clients.get(&client_id).map(|r| r.last_index) {
+            self.by_last_index.remove(&old_index);
+        } else {
+            // A new client: make room by evicting the sessions whose last command is lowest in
+            // the log (the rule depends only on log contents, so every replica evicts the same).
+            while self.clients.len() >= sessions_max.max(1) {
+                let Some((_, evicted)) = self.by_last_index.pop_first() else {
+                    break;
+                };
+                self.clients.remove(&evicted);
+                tracing::debug!(client_id = evicted, "session evicted");
+            }
+            self.clients.insert(
+                client_id,
+                SessionRecord {
+                    first_unacked: 0,
+                    last_index: index,
+                    results: VecDeque::new(),
+                },
+            );
+        }
+        self.by_last_index.insert(index, client_id);
+        let rec = self
+            .clients
+            .get_mut(&client_id)
+            .expect("the session was just found or inserted");
+        rec.last_index = index;
+        rec
     }
 }
 
@@ -304,6 +402,9 @@ pub struct Config {
     pub partition_id: u64,
     /// Most sessions remembered (at least 1; default 65,536).
     pub sessions_max: usize,
+    /// Most results cached per session (at least 1; default 4096, the client's in-flight
+    /// request limit per connection). Module docs, rule 6.
+    pub session_results_max: usize,
 }
 
 impl Config {
@@ -312,6 +413,7 @@ impl Config {
         Config {
             partition_id,
             sessions_max: 65_536,
+            session_results_max: 4096,
         }
     }
 }
@@ -455,10 +557,15 @@ impl StateMachine {
     ///
     /// 1. every key is non-empty;
     /// 2. every key has `1 <= create_revision <= mod_revision <= revision` and `version >= 1`;
-    /// 3. every session has `last_sequence >= 1` and `last_index <= applied_index`;
+    /// 3. every session has `last_index <= applied_index`;
     /// 4. the eviction index holds exactly one entry per session, at its `last_index`;
-    /// 5. every cached result's revision is `<= revision`;
+    /// 5. every session's cached results are strictly ascending by sequence, each sequence is
+    ///    `>= 1` and `>= first_unacked` of its session, and each revision is `<= revision`;
     /// 6. `data_bytes` is the sum of key and value lengths.
+    ///
+    /// The table bounds (`sessions_max`, `session_results_max`) are not checked: a table
+    /// restored from a snapshot taken under larger bounds may exceed them until it next
+    /// changes.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         let mut data_bytes = 0u64;
         for (k, kv) in &self.kvs {
@@ -484,17 +591,27 @@ impl StateMachine {
             return Err("eviction index and session table differ in size");
         }
         for (id, rec) in &t.clients {
-            if rec.last_sequence == 0 {
-                return Err("session last sequence 0");
-            }
             if rec.last_index > self.applied_index {
                 return Err("session last index above the applied index");
             }
             if t.by_last_index.get(&rec.last_index) != Some(id) {
                 return Err("eviction index does not point at the session");
             }
-            if rec.result.revision > self.revision {
-                return Err("cached result revision above the revision");
+            let mut prev = None;
+            for &(sequence, ref result) in &rec.results {
+                if prev.is_some_and(|p| p >= sequence) {
+                    return Err("cached results not strictly ascending by sequence");
+                }
+                prev = Some(sequence);
+                if sequence == 0 {
+                    return Err("cached result under sequence 0");
+                }
+                if sequence < rec.first_unacked {
+                    return Err("cached result below the session's first_unacked");
+                }
+                if result.revision > self.revision {
+                    return Err("cached result revision above the revision");
+                }
             }
         }
         Ok(())
@@ -558,56 +675,63 @@ impl StateMachine {
     }
 
     fn apply_checked(&mut self, index: u64, cmd: &Command) -> CommandResult {
-        if let Some(Session {
+        let Some(Session {
             client_id,
             sequence,
+            first_unacked,
         }) = cmd.session
-        {
-            match self.sessions.get(client_id) {
-                Some(rec) if sequence == rec.last_sequence => {
-                    // A retry of the last applied command: answer from the cache, apply
-                    // nothing (thesis §6.3).
-                    let result = rec.result.clone();
-                    self.sessions.touch(client_id, index);
-                    return Ok(result);
-                }
-                Some(rec) if sequence < rec.last_sequence => {
-                    tracing::debug!(
-                        client_id,
-                        sequence,
-                        last = rec.last_sequence,
-                        "stale session sequence"
-                    );
-                    return Err(ApplyError::SessionSequenceStale {
-                        client_id,
-                        sequence,
-                        last_sequence: rec.last_sequence,
-                    });
-                }
-                Some(_) => {}
-                None if sequence == 1 => {}
-                None => {
-                    tracing::debug!(client_id, sequence, "unknown session with sequence > 1");
-                    return Err(ApplyError::SessionExpired {
-                        client_id,
-                        sequence,
-                    });
-                }
-            }
-            let response = self.execute(&cmd.op);
-            self.sessions.record(
-                client_id,
-                SessionRecord {
-                    last_sequence: sequence,
-                    last_index: index,
-                    result: response.clone(),
-                },
-                self.config.sessions_max,
-            );
-            Ok(response)
-        } else {
-            Ok(self.execute(&cmd.op))
+        else {
+            return Ok(self.execute(&cmd.op));
+        };
+        // Module docs, "Exactly-once sessions" (Raft thesis §6.3): rules 1 and 2.
+        let rec = self
+            .sessions
+            .open_or_touch(client_id, index, self.config.sessions_max);
+        if first_unacked > rec.first_unacked {
+            rec.first_unacked = first_unacked;
+            rec.drop_below(first_unacked);
         }
+        // Rule 3: the client already has this answer.
+        if sequence < rec.first_unacked {
+            tracing::debug!(
+                client_id,
+                sequence,
+                first_unacked = rec.first_unacked,
+                "stale session sequence"
+            );
+            return Err(ApplyError::SessionSequenceStale {
+                client_id,
+                sequence,
+                first_unacked: rec.first_unacked,
+            });
+        }
+        // Rule 4: a retry of an applied command; answer from the cache, apply nothing.
+        let insert_at = match rec.position(sequence) {
+            Ok(i) => return Ok(rec.results[i].1.clone()),
+            Err(i) => i,
+        };
+        // Rule 5: never applied (every applied sequence >= first_unacked is cached).
+        let response = self.execute(&cmd.op);
+        let results_max = self.config.session_results_max.max(1);
+        let rec = self
+            .sessions
+            .clients
+            .get_mut(&client_id)
+            .expect("the session was opened above and execute does not touch sessions");
+        rec.results.insert(insert_at, (sequence, response.clone()));
+        // Rule 6: bound the cache; a dropped sequence is refused from now on, never re-applied.
+        while rec.results.len() > results_max {
+            let Some((dropped, _)) = rec.results.pop_front() else {
+                break;
+            };
+            rec.first_unacked = dropped + 1;
+            tracing::debug!(
+                client_id,
+                dropped,
+                "session result cache full; oldest dropped"
+            );
+        }
+        Ok(response)
     }
 
     /// Runs an operation. Cannot fail: every rejection happened before.

@@ -14,6 +14,7 @@ fn txn_example() -> Command {
         session: Some(engine::command::Session {
             client_id: 0xfeed,
             sequence: 9,
+            first_unacked: 4,
         }),
         op: CommandOp::Txn(Txn {
             compares: vec![
@@ -57,6 +58,7 @@ fn put_layout_is_as_documented() {
         session: Some(engine::command::Session {
             client_id: 0x0102,
             sequence: 3,
+            first_unacked: 2,
         }),
         op: CommandOp::Put(Put {
             key: Bytes::from_static(b"ab"),
@@ -68,6 +70,7 @@ fn put_layout_is_as_documented() {
     let mut want = vec![1u8, 1, 0b011];
     want.extend_from_slice(&0x0102u64.to_le_bytes());
     want.extend_from_slice(&3u64.to_le_bytes());
+    want.extend_from_slice(&2u64.to_le_bytes());
     want.extend_from_slice(&2u32.to_le_bytes());
     want.extend_from_slice(b"ab");
     want.extend_from_slice(&3u32.to_le_bytes());
@@ -127,7 +130,10 @@ fn trailing_bytes_are_rejected() {
 
 #[test]
 fn bad_version_kind_flags_sequence_and_key() {
-    let good = Command::put("k", "v").with_session(1, 1).encode().to_vec();
+    let good = Command::put("k", "v")
+        .with_session(1, 1, 1)
+        .encode()
+        .to_vec();
     let with = |at: usize, b: u8| {
         let mut v = good.clone();
         v[at] = b;
@@ -163,6 +169,28 @@ fn bad_version_kind_flags_sequence_and_key() {
         Command::decode(&Bytes::from(v), &Limits::default()),
         Err(DecodeError::ZeroSequence { offset: 11 })
     );
+    // first_unacked is the u64 at 19..27: above the sequence (1) is refused.
+    let mut v = good.clone();
+    v[19] = 2;
+    assert_eq!(
+        Command::decode(&Bytes::from(v), &Limits::default()),
+        Err(DecodeError::FirstUnackedAboveSequence {
+            offset: 19,
+            first_unacked: 2,
+            sequence: 1
+        })
+    );
+    // 0 acknowledges nothing and is accepted.
+    let mut v = good.clone();
+    v[19] = 0;
+    assert_eq!(
+        Command::decode(&Bytes::from(v), &Limits::default())
+            .unwrap()
+            .session
+            .unwrap()
+            .first_unacked,
+        0
+    );
     // IF_ABSENT on a delete is undefined.
     let mut v = Command::delete("k").encode().to_vec();
     v[2] = 0b010;
@@ -181,9 +209,18 @@ fn bad_version_kind_flags_sequence_and_key() {
     );
     assert_eq!(
         Command::put("k", "v")
-            .with_session(1, 0)
+            .with_session(1, 0, 0)
             .validate(&Limits::default()),
         Err(InvalidCommand::ZeroSequence)
+    );
+    assert_eq!(
+        Command::put("k", "v")
+            .with_session(1, 5, 6)
+            .validate(&Limits::default()),
+        Err(InvalidCommand::FirstUnackedAboveSequence {
+            first_unacked: 6,
+            sequence: 5
+        })
     );
 }
 
@@ -242,7 +279,8 @@ fn limits_give_too_large_with_the_limit() {
     assert!(matches!(
         Command::decode(&t.encode(), &small),
         Err(DecodeError::TooLarge {
-            offset: 19,
+            // 3 header bytes + a 24-byte session.
+            offset: 27,
             what: Limited::TxnCompares,
             ..
         })

@@ -15,6 +15,16 @@ use engine::state_machine::{
 use proptest::prelude::*;
 
 const SESSIONS_MAX: usize = 3;
+const SESSION_RESULTS_MAX: usize = 3;
+
+/// One client's session in the model: results in an unsorted vector searched linearly.
+#[derive(Clone, Debug, PartialEq)]
+struct ModelSession {
+    client: u64,
+    first_unacked: u64,
+    last_index: u64,
+    results: Vec<(u64, Response)>,
+}
 
 /// The model: a hash map of plain vectors, transactions applied to a copy that replaces the
 /// map at the end, sessions in a vector searched linearly.
@@ -22,8 +32,7 @@ const SESSIONS_MAX: usize = 3;
 struct Model {
     kv: HashMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>,
     rev: u64,
-    /// (client, last sequence, last index, result)
-    sessions: Vec<(u64, u64, u64, Response)>,
+    sessions: Vec<ModelSession>,
     applied: u64,
 }
 
@@ -158,47 +167,56 @@ impl Model {
         }
     }
 
+    /// The session rules as the state machine's module docs state them, written out plainly.
     fn apply(&mut self, index: u64, cmd: &Command) -> CommandResult {
         self.applied = index;
         let Some(s) = cmd.session else {
             return Ok(self.run(&cmd.op));
         };
-        let pos = self.sessions.iter().position(|e| e.0 == s.client_id);
-        match pos {
-            Some(i) => {
-                let last = self.sessions[i].1;
-                if s.sequence == last {
-                    self.sessions[i].2 = index;
-                    return Ok(self.sessions[i].3.clone());
-                }
-                if s.sequence < last {
-                    return Err(ApplyError::SessionSequenceStale {
-                        client_id: s.client_id,
-                        sequence: s.sequence,
-                        last_sequence: last,
-                    });
-                }
-                let r = self.run(&cmd.op);
-                self.sessions[i] = (s.client_id, s.sequence, index, r.clone());
-                Ok(r)
-            }
-            None if s.sequence != 1 => Err(ApplyError::SessionExpired {
-                client_id: s.client_id,
-                sequence: s.sequence,
-            }),
+        // Unknown client: open a session, evicting the one with the lowest last index.
+        let i = match self.sessions.iter().position(|e| e.client == s.client_id) {
+            Some(i) => i,
             None => {
-                let r = self.run(&cmd.op);
                 if self.sessions.len() == SESSIONS_MAX {
                     let oldest = (0..self.sessions.len())
-                        .min_by_key(|&i| self.sessions[i].2)
+                        .min_by_key(|&i| self.sessions[i].last_index)
                         .unwrap();
                     self.sessions.remove(oldest);
                 }
-                self.sessions
-                    .push((s.client_id, s.sequence, index, r.clone()));
-                Ok(r)
+                self.sessions.push(ModelSession {
+                    client: s.client_id,
+                    first_unacked: 0,
+                    last_index: index,
+                    results: vec![],
+                });
+                self.sessions.len() - 1
             }
+        };
+        self.sessions[i].last_index = index;
+        let session = &mut self.sessions[i];
+        // Raise first_unacked; forget answered results.
+        session.first_unacked = session.first_unacked.max(s.first_unacked);
+        let fu = session.first_unacked;
+        session.results.retain(|(seq, _)| *seq >= fu);
+        if s.sequence < fu {
+            return Err(ApplyError::SessionSequenceStale {
+                client_id: s.client_id,
+                sequence: s.sequence,
+                first_unacked: fu,
+            });
         }
+        if let Some((_, r)) = session.results.iter().find(|(seq, _)| *seq == s.sequence) {
+            return Ok(r.clone());
+        }
+        let r = self.run(&cmd.op);
+        let session = &mut self.sessions[i];
+        session.results.push((s.sequence, r.clone()));
+        if session.results.len() > SESSION_RESULTS_MAX {
+            let lowest = session.results.iter().map(|(seq, _)| *seq).min().unwrap();
+            session.results.retain(|(seq, _)| *seq != lowest);
+            session.first_unacked = lowest + 1;
+        }
+        Ok(r)
     }
 
     fn assert_matches(&self, sm: &StateMachine) {
@@ -210,12 +228,20 @@ impl Model {
         let actual: Vec<(Vec<u8>, KeyValue)> =
             sm.iter().map(|(k, kv)| (k.to_vec(), kv.clone())).collect();
         assert_eq!(actual, expected, "key-values");
-        let mut sessions: Vec<(u64, u64, u64, Response)> = self.sessions.clone();
-        sessions.sort_by_key(|s| s.0);
-        let actual: Vec<(u64, u64, u64, Response)> = sm
+        let mut sessions = self.sessions.clone();
+        sessions.sort_by_key(|s| s.client);
+        for s in &mut sessions {
+            s.results.sort_by_key(|r| r.0);
+        }
+        let actual: Vec<ModelSession> = sm
             .sessions()
             .iter()
-            .map(|(c, r)| (c, r.last_sequence, r.last_index, r.result.clone()))
+            .map(|(client, r)| ModelSession {
+                client,
+                first_unacked: r.first_unacked,
+                last_index: r.last_index,
+                results: r.results().map(|(q, r)| (q, r.clone())).collect(),
+            })
             .collect();
         assert_eq!(actual, sessions, "sessions");
     }
@@ -236,6 +262,7 @@ fn config() -> Config {
     Config {
         partition_id: 7,
         sessions_max: SESSIONS_MAX,
+        session_results_max: SESSION_RESULTS_MAX,
     }
 }
 
@@ -277,7 +304,7 @@ proptest! {
         for (i, (index, term, e)) in log.iter().enumerate() {
             if i == cut {
                 let bytes = snapshot::encode(&a, &membership);
-                let snap = snapshot::decode(&bytes, SESSIONS_MAX).unwrap();
+                let snap = snapshot::decode(&bytes, &config()).unwrap();
                 prop_assert_eq!(&snap.state, &a);
                 prop_assert_eq!(&snap.meta.membership[..], &membership[..]);
                 prop_assert_eq!(snap.meta.applied_index, a.applied_index());

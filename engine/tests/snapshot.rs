@@ -11,25 +11,30 @@ use engine::snapshot::{self, SnapshotError, SnapshotFileError, HEADER_BYTES};
 use engine::state_machine::{Config, StateMachine};
 use proptest::prelude::*;
 
+/// The configuration of [`sample_state`]'s partition.
+const SAMPLE: Config = Config {
+    partition_id: 0x2a,
+    sessions_max: 16,
+    session_results_max: 4096,
+};
+
 fn sample_state() -> StateMachine {
-    let mut sm = StateMachine::new(Config {
-        partition_id: 0x2a,
-        sessions_max: 16,
-    });
+    let mut sm = StateMachine::new(SAMPLE);
     let mut i = 0;
     let mut apply = |sm: &mut StateMachine, c: Command| {
         i += 1;
         let _ = sm.apply(i, 3, &c);
     };
-    apply(&mut sm, Command::put("alpha", "1").with_session(5, 1));
+    apply(&mut sm, Command::put("alpha", "1").with_session(5, 1, 1));
     apply(&mut sm, Command::put("beta", "2"));
-    apply(&mut sm, Command::put("alpha", "3").with_session(6, 1));
+    apply(&mut sm, Command::put("alpha", "3").with_session(6, 1, 1));
     apply(
         &mut sm,
         Command {
             session: Some(engine::command::Session {
                 client_id: 9,
                 sequence: 1,
+                first_unacked: 1,
             }),
             op: CommandOp::Txn(Txn {
                 compares: vec![Compare {
@@ -61,6 +66,7 @@ fn sample_state() -> StateMachine {
             session: Some(engine::command::Session {
                 client_id: 11,
                 sequence: 1,
+                first_unacked: 0,
             }),
             op: CommandOp::Delete(engine::command::Delete {
                 key: Bytes::from_static(b"alpha"),
@@ -77,7 +83,7 @@ fn round_trip_and_header_layout() {
     let sm = sample_state();
     assert_eq!(sm.sessions().len(), 4);
     let bytes = snapshot::encode(&sm, b"membership!");
-    let snap = snapshot::decode(&bytes, 16).unwrap();
+    let snap = snapshot::decode(&bytes, &SAMPLE).unwrap();
     assert_eq!(snap.state, sm);
     assert_eq!(snap.meta.partition_id, 0x2a);
     assert_eq!(snap.meta.applied_index, 6);
@@ -126,11 +132,11 @@ fn round_trip_and_header_layout() {
 #[test]
 fn restored_state_continues_like_the_original() {
     let mut a = sample_state();
-    let mut b = snapshot::decode(&snapshot::encode(&a, b""), 16)
+    let mut b = snapshot::decode(&snapshot::encode(&a, b""), &SAMPLE)
         .unwrap()
         .state;
     // A retry of a session command is answered from the restored cache.
-    let retry = Command::put("alpha", "1").with_session(5, 1);
+    let retry = Command::put("alpha", "1").with_session(5, 1, 1);
     let ra = a.apply(7, 3, &retry).unwrap();
     let rb = b.apply(7, 3, &retry).unwrap();
     assert_eq!(ra, rb);
@@ -148,7 +154,7 @@ fn every_bit_flip_is_detected_with_its_offset() {
         for bit in 0..8 {
             let mut v = bytes.clone();
             v[i] ^= 1 << bit;
-            let err = snapshot::decode(&v, 16).expect_err("corruption not detected");
+            let err = snapshot::decode(&v, &SAMPLE).expect_err("corruption not detected");
             match err {
                 SnapshotError::BadMagic { .. } => assert!(i < 8, "byte {i}"),
                 SnapshotError::ChecksumMismatch {
@@ -177,7 +183,7 @@ fn every_bit_flip_is_detected_with_its_offset() {
 fn every_truncation_is_detected() {
     let bytes = snapshot::encode(&sample_state(), b"m").to_vec();
     for cut in 0..bytes.len() {
-        match snapshot::decode(&bytes[..cut], 16) {
+        match snapshot::decode(&bytes[..cut], &SAMPLE) {
             Err(SnapshotError::Truncated {
                 offset: 0,
                 needed: 64,
@@ -196,7 +202,7 @@ fn every_truncation_is_detected() {
     let mut longer = bytes.clone();
     longer.push(0);
     assert!(matches!(
-        snapshot::decode(&longer, 16),
+        snapshot::decode(&longer, &SAMPLE),
         Err(SnapshotError::LengthMismatch { .. })
     ));
 }
@@ -222,7 +228,7 @@ fn body_rules_are_checked_with_offsets() {
     v[98..106].copy_from_slice(&0u64.to_le_bytes());
     reseal(&mut v);
     assert_eq!(
-        snapshot::decode(&v, 8),
+        snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::Invalid {
             offset: 98,
             reason: "key version is 0"
@@ -232,7 +238,7 @@ fn body_rules_are_checked_with_offsets() {
     v[110] = b'a'; // second key equal to the first
     reseal(&mut v);
     assert_eq!(
-        snapshot::decode(&v, 8),
+        snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::Invalid {
             offset: 106,
             reason: "keys not strictly ascending"
@@ -242,14 +248,14 @@ fn body_rules_are_checked_with_offsets() {
     v[90..98].copy_from_slice(&99u64.to_le_bytes()); // mod revision above the revision
     reseal(&mut v);
     assert!(matches!(
-        snapshot::decode(&v, 8),
+        snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::Invalid { offset: 82, .. })
     ));
     let mut v = good.clone();
     v[8] = 2; // version 2, resealed
     reseal(&mut v);
     assert_eq!(
-        snapshot::decode(&v, 8),
+        snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::UnsupportedVersion {
             offset: 8,
             version: 2
@@ -259,9 +265,145 @@ fn body_rules_are_checked_with_offsets() {
     v[64..72].copy_from_slice(&u64::MAX.to_le_bytes()); // absurd key count
     reseal(&mut v);
     assert!(matches!(
-        snapshot::decode(&v, 8),
+        snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::Truncated { .. })
     ));
+}
+
+#[test]
+fn session_rules_are_checked_with_offsets() {
+    let mut sm = StateMachine::new(Config::new(1));
+    // Deletes of missing keys: no key-values, so the session section starts at a known offset.
+    sm.apply(1, 1, &Command::delete("a").with_session(7, 3, 2))
+        .unwrap();
+    sm.apply(2, 1, &Command::delete("b").with_session(7, 5, 2))
+        .unwrap();
+    let good = snapshot::encode(&sm, b"").to_vec();
+    // body: key count at 64, session count at 72; session: client id at 80, first_unacked at
+    // 88, last index at 96, result count at 104; cached: sequence at 108, then a 10-byte delete
+    // response (revision, kind, flags); the second sequence at 126.
+    assert_eq!(u64::from_le_bytes(good[72..80].try_into().unwrap()), 1);
+    assert_eq!(u64::from_le_bytes(good[88..96].try_into().unwrap()), 2);
+    assert_eq!(u32::from_le_bytes(good[104..108].try_into().unwrap()), 2);
+    assert_eq!(u64::from_le_bytes(good[108..116].try_into().unwrap()), 3);
+    assert_eq!(u64::from_le_bytes(good[126..134].try_into().unwrap()), 5);
+    let edited = |at: usize, bytes: &[u8]| {
+        let mut v = good.clone();
+        v[at..at + bytes.len()].copy_from_slice(bytes);
+        reseal(&mut v);
+        snapshot::decode(&v, &Config::new(1))
+    };
+    assert_eq!(
+        edited(126, &3u64.to_le_bytes()),
+        Err(SnapshotError::Invalid {
+            offset: 126,
+            reason: "cached result sequences not strictly ascending"
+        })
+    );
+    assert_eq!(
+        edited(88, &4u64.to_le_bytes()),
+        Err(SnapshotError::Invalid {
+            offset: 108,
+            reason: "cached result sequence 0 or below the session's first_unacked"
+        })
+    );
+    assert!(matches!(
+        edited(108, &0u64.to_le_bytes()),
+        Err(SnapshotError::Invalid { offset: 108, .. })
+    ));
+    assert!(matches!(
+        edited(104, &u32::MAX.to_le_bytes()),
+        Err(SnapshotError::Truncated { .. })
+    ));
+    assert!(matches!(
+        edited(72, &u64::MAX.to_le_bytes()),
+        Err(SnapshotError::Truncated { .. })
+    ));
+    assert!(matches!(
+        edited(96, &9u64.to_le_bytes()),
+        Err(SnapshotError::Invalid { offset: 96, .. })
+    ));
+    // A snapshot restored into another partition is refused.
+    assert_eq!(
+        snapshot::decode(&good, &Config::new(2)),
+        Err(SnapshotError::WrongPartition {
+            expected: 2,
+            found: 1
+        })
+    );
+}
+
+#[test]
+fn sessions_with_many_cached_results_round_trip() {
+    let config = Config {
+        partition_id: 5,
+        sessions_max: 64,
+        session_results_max: 4096,
+    };
+    let mut sm = StateMachine::new(config);
+    let mut index = 0;
+    // Client 1 pipelines 3000 writes, arriving out of order (odd sequences first, then the
+    // even ones), with nothing acknowledged; clients 2..=20 a few each, some acknowledged.
+    let mut expected = Vec::new();
+    for seq in (1..=3000u64)
+        .filter(|s| s % 2 == 1)
+        .chain((1..=3000).filter(|s| s % 2 == 0))
+    {
+        index += 1;
+        let cmd = Command {
+            session: Some(engine::command::Session {
+                client_id: 1,
+                sequence: seq,
+                first_unacked: 1,
+            }),
+            op: CommandOp::Put(engine::command::Put {
+                key: Bytes::from(format!("k{}", seq % 50)),
+                value: Bytes::from(seq.to_string()),
+                if_absent: false,
+                return_prev: true,
+            }),
+        };
+        expected.push((cmd.clone(), sm.apply(index, 1, &cmd).unwrap()));
+    }
+    for client in 2..=20u64 {
+        for seq in 1..=10u64 {
+            index += 1;
+            let cmd = Command::put(format!("c{client}"), "v").with_session(client, seq, seq / 2);
+            sm.apply(index, 2, &cmd).unwrap();
+        }
+    }
+    sm.check_invariants().unwrap();
+    assert_eq!(sm.sessions().get(1).unwrap().results().len(), 3000);
+    assert_eq!(sm.sessions().get(7).unwrap().results().len(), 6); // 5..=10
+
+    let bytes = snapshot::encode(&sm, b"m");
+    let mut restored = snapshot::decode(&bytes, &config).unwrap().state;
+    assert_eq!(restored, sm);
+    restored.check_invariants().unwrap();
+    assert_eq!(snapshot::encode(&restored, b"m"), bytes);
+
+    // Every retry is answered from the restored cache with the original result.
+    let revision = restored.revision();
+    for (cmd, result) in &expected {
+        index += 1;
+        assert_eq!(restored.apply(index, 3, cmd).as_ref(), Ok(result));
+    }
+    assert_eq!(restored.revision(), revision);
+    // And the restored machine goes on exactly like the original.
+    for cmd in [
+        Command::put("x", "1").with_session(7, 4, 4),
+        Command::put("x", "2").with_session(7, 11, 11),
+        Command::put("x", "3").with_session(99, 1, 1),
+    ] {
+        index += 1;
+        assert_eq!(sm.apply(index, 3, &cmd), restored.apply(index, 3, &cmd));
+    }
+    // (The retries above also moved client 1's last index in `restored` only.)
+    assert_eq!(sm.revision(), restored.revision());
+    assert_eq!(
+        sm.iter().collect::<Vec<_>>(),
+        restored.iter().collect::<Vec<_>>()
+    );
 }
 
 fn test_dir(name: &str) -> PathBuf {
@@ -286,7 +428,7 @@ fn files_round_trip_and_corruption_names_file_and_offset() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 1);
-    let snap = snapshot::read_file(&path, 16).unwrap();
+    let snap = snapshot::read_file(&path, &SAMPLE).unwrap();
     assert_eq!(snap.state, sm);
     assert_eq!(&snap.meta.membership[..], b"conf");
 
@@ -299,7 +441,7 @@ fn files_round_trip_and_corruption_names_file_and_offset() {
     .unwrap();
     assert_eq!(again, path);
     assert_eq!(
-        &snapshot::read_file(&path, 16).unwrap().meta.membership[..],
+        &snapshot::read_file(&path, &SAMPLE).unwrap().meta.membership[..],
         b"conf2"
     );
 
@@ -307,7 +449,7 @@ fn files_round_trip_and_corruption_names_file_and_offset() {
     let mut data = std::fs::read(&path).unwrap();
     data[200] ^= 0x40;
     std::fs::write(&path, &data).unwrap();
-    match snapshot::read_file(&path, 16) {
+    match snapshot::read_file(&path, &SAMPLE) {
         Err(e @ SnapshotFileError::Corrupt { .. }) => {
             let msg = e.to_string();
             assert!(msg.contains(path.to_str().unwrap()), "{msg}");
@@ -340,7 +482,7 @@ fn files_round_trip_and_corruption_names_file_and_offset() {
 
     // A missing file is an I/O error naming the path.
     let missing = dir.join("nope.corumsnap");
-    match snapshot::read_file(&missing, 16) {
+    match snapshot::read_file(&missing, &SAMPLE) {
         Err(SnapshotFileError::Io { path, op, .. }) => {
             assert_eq!(path, missing);
             assert_eq!(op, "read");
@@ -359,7 +501,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..200)) {
-        prop_assert!(snapshot::decode(&data, 8).is_err() || data.len() >= 68);
+        prop_assert!(snapshot::decode(&data, &Config::new(1)).is_err() || data.len() >= 68);
         let _ = snapshot::decode_meta(&data);
     }
 
@@ -371,7 +513,8 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         seal in any::<bool>(),
     ) {
-        let mut sm = StateMachine::new(Config { partition_id: 3, sessions_max: 3 });
+        let config = Config { partition_id: 3, sessions_max: 3, session_results_max: 4 };
+        let mut sm = StateMachine::new(config);
         for (index, term, e) in &log {
             match e {
                 common::Entry::Command(c) => { let _ = sm.apply(*index, *term, c); }
@@ -379,7 +522,7 @@ proptest! {
             }
         }
         let bytes = snapshot::encode(&sm, b"blob");
-        let snap = snapshot::decode(&bytes, 3).unwrap();
+        let snap = snapshot::decode(&bytes, &config).unwrap();
         prop_assert_eq!(&snap.state, &sm);
 
         let mut v = bytes.to_vec();
@@ -391,7 +534,7 @@ proptest! {
             reseal(&mut v);
         }
         let _ = snapshot::decode_meta(&v);
-        if let Ok(s) = snapshot::decode(&v, 3) {
+        if let Ok(s) = snapshot::decode(&v, &config) {
             prop_assert_eq!(&snapshot::encode(&s.state, &s.meta.membership)[..], &v[..]);
         }
     }

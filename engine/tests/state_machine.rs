@@ -18,10 +18,14 @@ struct Log {
 
 impl Log {
     fn new(sessions_max: usize) -> Log {
+        Log::with_results_max(sessions_max, 4096)
+    }
+    fn with_results_max(sessions_max: usize, session_results_max: usize) -> Log {
         Log {
             sm: StateMachine::new(Config {
                 partition_id: 1,
                 sessions_max,
+                session_results_max,
             }),
             index: 0,
         }
@@ -286,82 +290,239 @@ fn txn_is_one_revision_and_atomic() {
     }
 }
 
-fn with_session(cmd: Command, client: u64, seq: u64) -> Command {
-    cmd.with_session(client, seq)
+fn with_session(cmd: Command, client: u64, seq: u64, first_unacked: u64) -> Command {
+    cmd.with_session(client, seq, first_unacked)
+}
+
+/// The cached sequences of `client`'s session, ascending.
+fn cached(l: &Log, client: u64) -> Vec<u64> {
+    l.sm.sessions()
+        .get(client)
+        .unwrap()
+        .results()
+        .map(|(sequence, _)| sequence)
+        .collect()
 }
 
 #[test]
 fn retry_returns_the_cached_result_without_reapplying() {
     let mut l = Log::new(8);
-    let first = l.apply(with_session(put_prev("k", "v1"), 42, 1)).unwrap();
+    let first = l
+        .apply(with_session(put_prev("k", "v1"), 42, 1, 1))
+        .unwrap();
     let rev = l.sm.revision();
     let state = l.sm.get(b"k").cloned();
     // The same sequence again (even with other content) returns the first result.
     let again = l
-        .apply(with_session(put_prev("k", "DIFFERENT"), 42, 1))
+        .apply(with_session(put_prev("k", "DIFFERENT"), 42, 1, 1))
         .unwrap();
     assert_eq!(again, first);
     assert_eq!(l.sm.revision(), rev);
     assert_eq!(l.sm.get(b"k").cloned(), state);
     assert_eq!(l.sm.applied_index(), 2);
     assert_eq!(l.sm.sessions().get(42).unwrap().last_index, 2);
-
-    // Next sequence applies; the old one is now stale.
-    let second = l.apply(with_session(put_prev("k", "v2"), 42, 2)).unwrap();
-    assert_eq!(second.revision, rev + 1);
-    assert_eq!(
-        l.apply(with_session(put_prev("k", "v1"), 42, 1)),
-        Err(ApplyError::SessionSequenceStale {
-            client_id: 42,
-            sequence: 1,
-            last_sequence: 2
-        })
-    );
-    assert_eq!(l.sm.get(b"k").unwrap().value, b("v2"));
-    assert_eq!(l.sm.revision(), rev + 1);
-    // Gaps are allowed.
-    assert!(l.apply(with_session(Command::delete("k"), 42, 10)).is_ok());
-    assert_eq!(l.sm.sessions().get(42).unwrap().last_sequence, 10);
+    l.sm.check_invariants().unwrap();
 }
 
 #[test]
-fn unknown_client_must_start_at_one() {
+fn unknown_client_opens_a_session_at_any_sequence() {
+    // Sequences are global across partitions: a client's first write to this partition may
+    // have any sequence number.
     let mut l = Log::new(8);
+    let r = l
+        .apply(with_session(Command::put("k", "v"), 7, 900, 850))
+        .unwrap();
+    assert_eq!(r.revision, 1);
+    assert_eq!(l.sm.get(b"k").unwrap().value, b("v"));
+    let rec = l.sm.sessions().get(7).unwrap();
+    assert_eq!(rec.first_unacked, 850);
+    assert_eq!(rec.last_index, 1);
+    assert_eq!(cached(&l, 7), vec![900]);
+    l.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn first_unacked_is_raised_and_drops_answered_results() {
+    let mut l = Log::new(8);
+    for seq in [3, 5, 8] {
+        l.apply(with_session(Command::put("k", "v"), 1, seq, 1))
+            .unwrap();
+    }
+    assert_eq!(cached(&l, 1), vec![3, 5, 8]);
+    // The client has the answers to everything below 6 now.
+    l.apply(with_session(Command::put("j", "v"), 1, 9, 6))
+        .unwrap();
+    assert_eq!(cached(&l, 1), vec![8, 9]);
+    assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 6);
+    // A lower first_unacked on a later command (reordered) never lowers it.
+    l.apply(with_session(Command::put("j", "w"), 1, 10, 2))
+        .unwrap();
+    assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 6);
+    assert_eq!(cached(&l, 1), vec![8, 9, 10]);
+    l.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn sequence_below_first_unacked_is_stale_and_not_applied() {
+    let mut l = Log::new(8);
+    l.apply(with_session(put_prev("k", "v1"), 42, 1, 1))
+        .unwrap();
+    l.apply(with_session(put_prev("k", "v2"), 42, 2, 2))
+        .unwrap();
+    let rev = l.sm.revision();
+    // A stray duplicate of 1, delivered after the client acknowledged it.
     assert_eq!(
-        l.apply(with_session(Command::put("k", "v"), 7, 2)),
-        Err(ApplyError::SessionExpired {
-            client_id: 7,
-            sequence: 2
+        l.apply(with_session(put_prev("k", "v1"), 42, 1, 1)),
+        Err(ApplyError::SessionSequenceStale {
+            client_id: 42,
+            sequence: 1,
+            first_unacked: 2
         })
     );
-    assert_eq!(l.sm.get(b"k"), None);
-    assert_eq!(l.sm.revision(), 0);
-    assert!(l.sm.sessions().is_empty());
-    // The rejected entry is still consumed.
-    assert_eq!(l.sm.applied_index(), 1);
+    assert_eq!(l.sm.get(b"k").unwrap().value, b("v2"));
+    assert_eq!(l.sm.revision(), rev);
+    // The refused entry is consumed and counts as the session's last command.
+    assert_eq!(l.sm.applied_index(), 3);
+    assert_eq!(l.sm.sessions().get(42).unwrap().last_index, 3);
+    // Never applied before, but below first_unacked: refused all the same (the client says it
+    // has that answer, so this copy is not the one it waits for).
+    l.apply(with_session(Command::put("z", "1"), 42, 20, 20))
+        .unwrap();
+    assert!(matches!(
+        l.apply(with_session(Command::put("y", "1"), 42, 19, 19)),
+        Err(ApplyError::SessionSequenceStale { sequence: 19, .. })
+    ));
+    assert_eq!(l.sm.get(b"y"), None);
+    l.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn pipelined_writes_arrive_out_of_order() {
+    let mut l = Log::new(8);
+    // 5 applied first, then 3 arrives for the first time: applied.
+    let five = l.apply(with_session(put_prev("a", "5"), 9, 5, 1)).unwrap();
+    let three = l.apply(with_session(put_prev("b", "3"), 9, 3, 1)).unwrap();
+    assert_eq!(five.revision, 1);
+    assert_eq!(three.revision, 2);
+    assert_eq!(l.sm.get(b"b").unwrap().value, b("3"));
+    // 5 retried (after a leader change): the cached result, nothing re-applied.
+    let retry = l.apply(with_session(put_prev("a", "5"), 9, 5, 1)).unwrap();
+    assert_eq!(retry, five);
+    assert_eq!(l.sm.revision(), 2);
+    assert_eq!(l.sm.get(b"a").unwrap().version, 1);
+    // 3 retried too: cached.
+    assert_eq!(
+        l.apply(with_session(put_prev("b", "3"), 9, 3, 1)).unwrap(),
+        three
+    );
+    // 7 is new; then 4 arrives for the first time, between cached sequences: applied.
+    l.apply(with_session(put_prev("a", "7"), 9, 7, 3)).unwrap();
+    l.apply(with_session(put_prev("c", "4"), 9, 4, 3)).unwrap();
+    assert_eq!(l.sm.revision(), 4);
+    assert_eq!(cached(&l, 9), vec![3, 4, 5, 7]);
+    // 6 (another partition's write in the client's counter) never came here.
+    l.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn a_long_pipeline_is_cached_then_released() {
+    let mut l = Log::new(8);
+    // 1,000 writes in flight, none answered yet, in two interleaved streams.
+    for seq in (1..=1000u64).rev().step_by(2).chain((1..=1000).step_by(2)) {
+        l.apply(with_session(Command::put("k", seq.to_string()), 3, seq, 1))
+            .unwrap();
+    }
+    assert_eq!(cached(&l, 3), (1..=1000).collect::<Vec<_>>());
+    assert_eq!(l.sm.revision(), 1000);
+    let answer_of_500 =
+        l.sm.sessions()
+            .get(3)
+            .unwrap()
+            .result(500)
+            .cloned()
+            .unwrap();
+    assert_eq!(
+        l.apply(with_session(Command::put("k", "500"), 3, 500, 1)),
+        Ok(answer_of_500)
+    );
+    // The client has every answer up to 990: all but the last ten are released.
+    l.apply(with_session(Command::put("k", "x"), 3, 1001, 991))
+        .unwrap();
+    assert_eq!(cached(&l, 3), (991..=1001).collect::<Vec<_>>());
+    assert!(matches!(
+        l.apply(with_session(Command::put("k", "500"), 3, 500, 1)),
+        Err(ApplyError::SessionSequenceStale { .. })
+    ));
+    assert_eq!(l.sm.revision(), 1001);
+    l.sm.check_invariants().unwrap();
+}
+
+#[test]
+fn cached_results_are_bounded_and_the_dropped_one_is_refused() {
+    let mut l = Log::with_results_max(8, 3);
+    for seq in [10, 12, 14] {
+        l.apply(with_session(Command::put("k", "v"), 1, seq, 1))
+            .unwrap();
+    }
+    assert_eq!(cached(&l, 1), vec![10, 12, 14]);
+    // A fourth result drops the lowest, 10, and raises first_unacked past it.
+    l.apply(with_session(Command::put("k", "v"), 1, 16, 1))
+        .unwrap();
+    assert_eq!(cached(&l, 1), vec![12, 14, 16]);
+    assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 11);
+    let rev = l.sm.revision();
+    // A late retry of 10 is refused, not applied twice.
+    assert_eq!(
+        l.apply(with_session(Command::put("k", "v"), 1, 10, 1)),
+        Err(ApplyError::SessionSequenceStale {
+            client_id: 1,
+            sequence: 10,
+            first_unacked: 11
+        })
+    );
+    assert_eq!(l.sm.revision(), rev);
+    // 11 was never applied and is above first_unacked: a first arrival is still applied.
+    l.apply(with_session(Command::put("k", "v"), 1, 11, 1))
+        .unwrap();
+    assert_eq!(l.sm.revision(), rev + 1);
+    assert_eq!(cached(&l, 1), vec![12, 14, 16]);
+    assert_eq!(l.sm.sessions().get(1).unwrap().first_unacked, 12);
+    // ... and since its result was the lowest, it was the one dropped.
+    assert!(matches!(
+        l.apply(with_session(Command::put("k", "v"), 1, 11, 1)),
+        Err(ApplyError::SessionSequenceStale { sequence: 11, .. })
+    ));
+    assert_eq!(l.sm.revision(), rev + 1);
+    l.sm.check_invariants().unwrap();
 }
 
 #[test]
 fn eviction_is_least_recently_used_by_log_index() {
     let mut l = Log::new(2);
-    l.apply(with_session(Command::put("a", "1"), 1, 1)).unwrap(); // index 1
-    l.apply(with_session(Command::put("b", "1"), 2, 1)).unwrap(); // index 2
-                                                                  // Client 1 retries (cache hit) at index 3: now client 2 is the least recently used.
-    l.apply(with_session(Command::put("a", "1"), 1, 1)).unwrap();
-    l.apply(with_session(Command::put("c", "1"), 3, 1)).unwrap(); // index 4, evicts 2
+    l.apply(with_session(Command::put("a", "1"), 1, 1, 1))
+        .unwrap(); // index 1
+    l.apply(with_session(Command::put("b", "1"), 2, 1, 1))
+        .unwrap(); // index 2
+                   // Client 1 retries (cache hit) at index 3: client 2 is now the least recently used.
+    l.apply(with_session(Command::put("a", "1"), 1, 1, 1))
+        .unwrap();
+    l.apply(with_session(Command::put("c", "1"), 3, 1, 1))
+        .unwrap(); // index 4, evicts 2
     assert!(l.sm.sessions().get(2).is_none());
     assert!(l.sm.sessions().get(1).is_some());
     assert!(l.sm.sessions().get(3).is_some());
     assert_eq!(l.sm.sessions().len(), 2);
-    // Client 2's next command is rejected: its session was forgotten.
-    assert_eq!(
-        l.apply(with_session(Command::put("b", "2"), 2, 2)),
-        Err(ApplyError::SessionExpired {
-            client_id: 2,
-            sequence: 2
-        })
-    );
-    assert_eq!(l.sm.get(b"b").unwrap().value, b("1"));
+    // The documented residual risk: client 2's session is gone, so a retry of its applied
+    // write is indistinguishable from a new client's write and is applied again.
+    let r = l
+        .apply(with_session(Command::put("b", "1"), 2, 1, 1))
+        .unwrap();
+    assert_eq!(r.revision, 4);
+    assert_eq!(l.sm.get(b"b").unwrap().version, 2);
+    // Opening it evicted client 1 (last command at index 3), not client 3 (index 4).
+    assert!(l.sm.sessions().get(1).is_none());
+    assert!(l.sm.sessions().get(3).is_some());
+    l.sm.check_invariants().unwrap();
 }
 
 #[test]

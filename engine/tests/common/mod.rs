@@ -72,11 +72,14 @@ pub fn command_op() -> impl Strategy<Value = CommandOp> {
 }
 
 /// Sessions from a few clients with small sequence numbers, so retries, stale sequences,
-/// gaps, unknown clients and evictions all happen.
+/// gaps, out-of-order arrivals, unknown clients and evictions all happen. `first_unacked` is
+/// at most the sequence (the decoder's rule), often well below it.
 pub fn session() -> impl Strategy<Value = Option<Session>> {
     prop_oneof![
         1 => Just(None),
-        2 => (0u64..5, 1u64..5).prop_map(|(client_id, sequence)| Some(Session { client_id, sequence })),
+        2 => (0u64..5, 1u64..12, 0u64..12).prop_map(|(client_id, sequence, back)| {
+            Some(Session { client_id, sequence, first_unacked: sequence.saturating_sub(back) })
+        }),
     ]
 }
 
