@@ -157,6 +157,9 @@ pub struct Tuning {
     pub wal_segment_bytes: u64,
     /// Client sessions remembered per partition for exactly-once retries.
     pub sessions_max: usize,
+    /// Cached write results remembered per session and partition (pipelined writes awaiting
+    /// their answer); at least `connection_requests_max`.
+    pub session_results_max: usize,
 }
 
 impl Default for Tuning {
@@ -175,6 +178,7 @@ impl Default for Tuning {
             frame_bytes_max: 4 << 20,
             wal_segment_bytes: 64 << 20,
             sessions_max: 65_536,
+            session_results_max: 4096,
         }
     }
 }
@@ -260,6 +264,14 @@ impl NodeConfig {
                 "wal_segment_bytes",
                 t.wal_segment_bytes.to_string(),
                 "must be a multiple of 4096 and at least 1 MiB",
+            ));
+        }
+        if t.sessions_max == 0 || t.session_results_max < t.connection_requests_max {
+            return Err(range(
+                "session_results_max",
+                t.session_results_max.to_string(),
+                "sessions_max must be non-zero and session_results_max at least \
+                 connection_requests_max, or pipelined retries are refused",
             ));
         }
         if t.frame_bytes_max < t.key_bytes_max + t.value_bytes_max + 4096 {
