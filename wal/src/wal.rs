@@ -343,9 +343,12 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> WalError {
     e
 }
 
-/// The first valid record at or after `from` (8-byte steps, all-zero blocks skipped): (offset, seq).
-fn find_valid_record(data: &[u8], from: u64) -> Option<(u64, u64)> {
+/// Searches `data` from `from` to the end for valid records (8-byte steps, skipping all-zero
+/// blocks, jumping over each valid record found). Returns the first valid record whose batch is
+/// not `seq` as (offset, its seq), and whether any valid record of batch `seq` was seen.
+fn find_later_records(data: &[u8], from: u64, seq: u64) -> (Option<(u64, u64)>, bool) {
     let mut off = (from + 7) & !7;
+    let mut same = false;
     while (off as usize) < data.len() {
         let o = off as usize;
         if off.is_multiple_of(BLOCK_BYTES) {
@@ -355,12 +358,17 @@ fn find_valid_record(data: &[u8], from: u64) -> Option<(u64, u64)> {
                 continue;
             }
         }
-        if let Parsed::Record(h, _) = parse_record(&data[o..]) {
-            return Some((off, h.batch_seq.get()));
+        if let Parsed::Record(h, total) = parse_record(&data[o..]) {
+            if h.batch_seq.get() != seq {
+                return (Some((off, h.batch_seq.get())), same);
+            }
+            same = true;
+            off += total as u64;
+            continue;
         }
         off += 8;
     }
-    None
+    (None, same)
 }
 
 impl Recovery {
@@ -452,7 +460,7 @@ impl Recovery {
         is_last: bool,
     ) -> Result<SegScan, WalError> {
         if let Err(reason) = SegmentHeader::validate(data, seg) {
-            if is_last && find_valid_record(data, FIRST_RECORD_OFFSET).is_none() {
+            if is_last && find_later_records(data, FIRST_RECORD_OFFSET, u64::MAX) == (None, false) {
                 tracing::warn!(file = %path.display(), %reason, "WAL: last segment has no valid header and no records (torn creation); removing it");
                 return Ok(SegScan::TornHeader);
             }
@@ -509,7 +517,6 @@ impl Recovery {
         let stop = pos;
         let incomplete = !recs.is_empty();
         let torn_seq = cur_seq.unwrap_or(self.last_seq + 1);
-        let found = find_valid_record(data, stop + 8);
         let what = bad.clone().unwrap_or_else(|| "end of data".into());
         if !is_last {
             if bad.is_some() {
@@ -522,7 +529,7 @@ impl Recovery {
                     "incomplete batch at the end of a segment that is not the last",
                 ));
             }
-            if let Some((off, _)) = found {
+            if let (Some((off, _)), _) = find_later_records(data, stop + 8, u64::MAX) {
                 return Err(corrupt(
                     path,
                     stop,
@@ -531,12 +538,17 @@ impl Recovery {
             }
             return Ok(SegScan::Clean);
         }
-        if let Some((off, s)) = found {
-            if s != torn_seq {
-                return Err(corrupt(path, stop, format!("{what} followed by a valid record of batch {s} at offset {off}: damage before the tail")));
-            }
+        // Only the batch in progress at `stop` may have been torn: a valid record of any other
+        // batch after it means `stop` is damage inside durable data.
+        let (other, same) = find_later_records(data, stop + 8, torn_seq);
+        if let Some((off, s)) = other {
+            return Err(corrupt(
+                path,
+                stop,
+                format!("{what} followed by a valid record of batch {s} at offset {off}: damage before the tail"),
+            ));
         }
-        if incomplete || bad.is_some() || found.is_some() {
+        if incomplete || bad.is_some() || same {
             tracing::warn!(
                 file = %path.display(),
                 cut_offset = batch_start,
