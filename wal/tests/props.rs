@@ -160,7 +160,7 @@ fn run_wal_case(ops: Vec<Op>, case: u64) -> Result<(), String> {
 }
 
 fn run_mem_case(ops: Vec<Op>) -> Result<(), String> {
-    futures_block_on(async move {
+    common::block_on(async move {
         let mut m = Model::default();
         let log = MemLog::new(FaultConfig::default());
         for (i, op) in ops.iter().enumerate() {
@@ -178,19 +178,6 @@ fn run_mem_case(ops: Vec<Op>) -> Result<(), String> {
         }
         Ok(())
     })
-}
-
-/// MemLog's futures never wait, so a trivial poll loop drives them.
-fn futures_block_on<T>(f: impl std::future::Future<Output = T>) -> T {
-    run(move || async move { 0u8 }); // keep the executor code path warm; cheap
-    let mut f = std::pin::pin!(f);
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-    }
 }
 
 proptest! {

@@ -167,3 +167,14 @@ pub async fn compare<L: LogStore>(
     }
     Ok(())
 }
+
+/// Drives a future that never waits on I/O (MemLog's) to completion on this thread.
+pub fn block_on<T>(f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
