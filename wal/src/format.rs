@@ -35,6 +35,9 @@ pub mod kind {
     pub const BATCH_END: u8 = 5;
 }
 
+/// Segment header flag: the segment was created by `Wal::open` after recovery.
+pub const SEGMENT_SEALS_EARLIER: u32 = 1;
+
 /// The segment header at offset 0 of every segment file (the rest of block 0 is zero).
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Clone, Copy, Debug)]
 #[repr(C)]
@@ -49,8 +52,9 @@ pub struct SegmentHeader {
     pub segment_no: U64,
     /// Configured segment size in bytes at creation.
     pub segment_bytes: U64,
-    /// Zero.
-    pub reserved: U32,
+    /// Bit 0 ([`SEGMENT_SEALS_EARLIER`]): created by `Wal::open` after recovery, so every earlier
+    /// segment was complete and cannot hold a torn tail. Other bits zero.
+    pub flags: U32,
     /// crc32c of bytes 0..36.
     pub crc: U32,
 }
@@ -58,14 +62,14 @@ const _: () = assert!(size_of::<SegmentHeader>() == SEGMENT_HEADER_BYTES);
 
 impl SegmentHeader {
     /// A header for segment `segment_no`, checksum filled in.
-    pub fn new(segment_no: u64, segment_bytes: u64) -> Self {
+    pub fn new(segment_no: u64, segment_bytes: u64, flags: u32) -> Self {
         let mut h = SegmentHeader {
             magic: SEGMENT_MAGIC,
             version: FORMAT_VERSION.into(),
             header_bytes: (SEGMENT_HEADER_BYTES as u32).into(),
             segment_no: segment_no.into(),
             segment_bytes: segment_bytes.into(),
-            reserved: 0.into(),
+            flags: flags.into(),
             crc: 0.into(),
         };
         h.crc = crc32c::crc32c(&h.as_bytes()[..36]).into();

@@ -118,7 +118,7 @@ impl<T> PartIndex<T> {
     /// `point.index`, the log becomes empty and the next append starts at `point.index + 1`.
     /// Returns the dropped entries.
     pub fn compact(&mut self, point: SnapshotPoint) -> Vec<T> {
-        let dropped: Vec<T> = if point.index + 1 <= self.base {
+        let dropped: Vec<T> = if point.index < self.base {
             Vec::new()
         } else if point.index > self.last_index() {
             let d = self.items.drain(..).collect();

@@ -35,18 +35,29 @@
 //! * Caller mistakes (non-contiguous append, truncating compacted entries, batch over its
 //!   limit) return an error and leave the state unchanged.
 //!
-//! # glommio and locked memory
-//! glommio 0.9 allocates `io_memory` (default 10 MiB) of DMA buffers per executor and registers
-//! it with each of its three io_uring rings (`IORING_REGISTER_BUFFERS`). It refuses to start when
-//! `RLIMIT_MEMLOCK` is below 512 KiB. Found on this machine (kernel 6.18, RLIMIT_MEMLOCK 8 MiB):
-//! running as root, registration of the 10 MiB succeeds despite the 8 MiB limit, because root has
-//! `CAP_IPC_LOCK`, which exempts it from the memlock accounting; without `CAP_IPC_LOCK`, a limit
-//! below `io_memory` makes registration fail, glommio logs a warning and falls back to
-//! unregistered buffers (still O_DIRECT, slightly more per-I/O work). Ring memory itself is charged
-//! to the memory cgroup on kernels >= 5.12, not to RLIMIT_MEMLOCK. So the engine should, at start,
-//! call [`raise_memlock_limit`] (raises the soft limit up to the hard limit, or any value as root)
-//! to at least `io_memory` x executors, or set `LocalExecutorBuilder::io_memory` below the limit.
-//! Buffers bigger than what is free in the pool fall back to heap-allocated aligned buffers.
+//! # glommio, locked memory and two glommio pitfalls
+//! Checked on the development machine (kernel 6.18, glommio 0.9.0, RLIMIT_MEMLOCK 8 MiB soft and
+//! hard, running as root in a container with `CAP_IPC_LOCK` but without `CAP_SYS_RESOURCE`):
+//! * glommio allocates `io_memory` (default 10 MiB) of DMA buffers per executor and registers it
+//!   with each of its three io_uring rings (`IORING_REGISTER_BUFFERS`, seen with strace). It
+//!   refuses to start if RLIMIT_MEMLOCK is below 512 KiB. Registration of the 10 MiB succeeded
+//!   despite the 8 MiB limit, because `CAP_IPC_LOCK` exempts the process from memlock accounting.
+//!   Without `CAP_IPC_LOCK`, a limit below `io_memory` makes registration fail; glommio then logs
+//!   a warning (through `log`) and uses unregistered buffers: still O_DIRECT, a little more work per
+//!   I/O. Ring memory itself is charged to the memory cgroup (kernel >= 5.12), not to the limit.
+//! * Raising the limit: [`raise_memlock_limit`] raises the soft limit, and the hard limit if the
+//!   process may (`CAP_SYS_RESOURCE`; this container lacks it, so 8 MiB is the ceiling here). The
+//!   engine should call it at start, then pick `LocalExecutorBuilder::io_memory` so that
+//!   `io_memory` x executors fits under the limit unless it has `CAP_IPC_LOCK` (or run under
+//!   systemd with `LimitMEMLOCK=`). Buffers larger than what is free in the pool silently fall back
+//!   to heap-allocated aligned buffers, so a small `io_memory` costs little for the WAL.
+//! * **IOPOLL probe pitfall**: glommio decides once per process and block device, at the first
+//!   `DmaFile` opened on it, whether that device's I/O goes to its IOPOLL ring, by reading the first
+//!   block of that file. If the file is empty, the read succeeds without reaching the device, the
+//!   device is wrongly marked pollable, and all later DMA reads fail with EOPNOTSUPP on devices
+//!   without poll queues (virtio-blk here). [`Wal::open`] therefore first opens a non-empty probe
+//!   file ([`prime_iopoll_probe`]); the engine must call that before opening any other `DmaFile`.
+//! * glommio's `Directory::open` fails with EBADF on relative paths; [`Wal::open`] canonicalizes.
 //!
 //! # On-disk format (version 1)
 //! All integers little-endian. A WAL directory holds segment files named
@@ -63,7 +74,8 @@
 //!  12   4 header_bytes   40
 //!  16   8 segment_no     equals the number in the file name
 //!  24   8 segment_bytes  configured size at creation
-//!  32   4 reserved       0
+//!  32   4 flags          bit 0: created by Wal::open after recovery ("seals" all earlier
+//!                        segments: none of them can hold a torn tail); other bits 0
 //!  36   4 crc32c         of bytes 0..36
 //! ```
 //! Records follow back to back, each starting at an 8-byte aligned offset:
@@ -98,13 +110,16 @@
 //! Segments are read in order and every record verified. Only complete batches (ending in a valid
 //! BATCH_END whose count and length match) are applied. Scanning a segment stops at the first
 //! all-zero header (end of data) or bad record (offset X). Then:
-//! * Every segment but the last must end cleanly: no incomplete batch and no valid record anywhere
-//!   after X. Otherwise: [`WalError::Corrupt`] naming the file and X.
-//! * In the last segment, the torn tail is the batch in progress at X (the only write that may have
+//! * The tail segment is the last one holding records, unless a later segment has the "seals"
+//!   flag (then none is). Segments after the tail segment may exist without records: the next
+//!   segment is created and prefilled in the background once the current one is half full.
+//! * Every segment but the tail segment must end cleanly: no incomplete batch and no valid record
+//!   anywhere after X. Otherwise: [`WalError::Corrupt`] naming the file and X.
+//! * In the tail segment, the torn tail is the batch in progress at X (the only write that may have
 //!   been in flight). The rest of the segment is searched (every 8-byte offset) for valid records:
 //!   one from any other batch means X is damage inside durable data: `Corrupt`. Otherwise the tail
 //!   from the start of the incomplete batch is cut off (logged with `tracing::warn!`, zeroed on disk
-//!   with a hole punch + `fdatasync`) and writing continues in a new segment. A fresh segment with a
+//!   with a hole punch + `fdatasync`) and writing continues in a new segment, flagged "seals". A fresh segment with a
 //!   torn header and no valid record is removed.
 //!
 //! Limitation (shared by every log that checksums records): damage inside the very last batch

@@ -32,6 +32,13 @@ pub struct WalConfig {
     pub batch_bytes_max: u64,
     /// Most bytes of entry data kept in the cache of recently written entries. Default 8 MiB.
     pub cache_bytes_max: u64,
+    /// Write zeros over each new segment when creating it (default true). ext4 (and xfs) keep
+    /// `fallocate`d space as "unwritten" extents; the first write there changes metadata, so the
+    /// following `fdatasync` has to commit the filesystem journal. Measured on this machine with
+    /// fio (256 KiB O_DIRECT writes + fdatasync): fdatasync p50 2.5 ms into fresh `fallocate`d
+    /// space versus 29 us over already-written blocks (65 vs 294 MiB/s). Prefilling costs one
+    /// sequential write of the segment at creation and saves a journal commit on every sync.
+    pub prefill_segments: bool,
 }
 
 impl Default for WalConfig {
@@ -40,6 +47,7 @@ impl Default for WalConfig {
             segment_bytes: 64 << 20,
             batch_bytes_max: 8 << 20,
             cache_bytes_max: 8 << 20,
+            prefill_segments: true,
         }
     }
 }
@@ -110,6 +118,8 @@ struct Inner {
     cache: VecDeque<(PartitionId, u64, u64)>,
     stats: WalStats,
     poisoned: Option<String>,
+    /// The next segment, being created ahead of time once the current one is half full.
+    spare: Option<glommio::Task<Result<Segment, WalError>>>,
 }
 
 /// The per-shard write-ahead log. See the crate docs for the format, recovery and error rules.
@@ -260,37 +270,79 @@ async fn open_rw(path: &Path, create_new: bool) -> Result<DmaFile, WalError> {
 }
 
 /// Creates, preallocates, heads and syncs segment `no`, then syncs the directory.
-async fn create_segment(dir: &Path, no: u64, segment_bytes: u64) -> Result<Segment, WalError> {
+async fn create_segment(
+    dir: &Path,
+    no: u64,
+    segment_bytes: u64,
+    prefill: bool,
+    flags: u32,
+) -> Result<Segment, WalError> {
     let path = dir.join(segment_name(no));
-    let file = open_rw(&path, true).await?;
+    let file = Rc::new(open_rw(&path, true).await?);
     file.pre_allocate(segment_bytes, false)
         .await
         .map_err(|e| io_err("fallocate", &path, e))?;
-    let mut buf = file.alloc_dma_buffer(BLOCK_BYTES as usize);
-    let b = buf.as_bytes_mut();
-    b.fill(0);
-    let h = SegmentHeader::new(no, segment_bytes);
-    b[..format::SEGMENT_HEADER_BYTES].copy_from_slice(h.as_bytes());
-    let n = file
-        .write_at(buf, 0)
-        .await
-        .map_err(|e| io_err("write segment header", &path, e))?;
-    if n != BLOCK_BYTES as usize {
-        return Err(io_err(
-            "write segment header",
-            &path,
-            io::Error::new(io::ErrorKind::WriteZero, "short write"),
-        ));
+    // Block 0 holds the header; with `prefill`, every other block is written with zeros too, a
+    // few 1 MiB writes in flight at a time.
+    const CHUNK: u64 = 1 << 20;
+    const IN_FLIGHT: usize = 4;
+    let end = if prefill { segment_bytes } else { BLOCK_BYTES };
+    let mut tasks = VecDeque::new();
+    let mut off = 0;
+    while off < end {
+        let len = CHUNK.min(end - off) as usize;
+        let f = file.clone();
+        let at = off;
+        tasks.push_back(glommio::spawn_local(async move {
+            let mut buf = f.alloc_dma_buffer(len);
+            let b = buf.as_bytes_mut();
+            b.fill(0);
+            if at == 0 {
+                b[..format::SEGMENT_HEADER_BYTES]
+                    .copy_from_slice(SegmentHeader::new(no, segment_bytes, flags).as_bytes());
+            }
+            f.write_at(buf, at).await.map(|n| (n, len))
+        }));
+        off += len as u64;
+        while tasks.len() >= IN_FLIGHT || (off >= end && !tasks.is_empty()) {
+            let Some(t) = tasks.pop_front() else { break };
+            match t.await {
+                Ok((n, len)) if n == len => {}
+                Ok(_) => {
+                    return Err(io_err(
+                        "write new segment",
+                        &path,
+                        io::Error::new(io::ErrorKind::WriteZero, "short write"),
+                    ))
+                }
+                Err(e) => return Err(io_err("write new segment", &path, e)),
+            }
+        }
     }
     file.fdatasync().await.map_err(|e| WalError::SyncFailed {
         path: path.clone(),
         source: e.into(),
     })?;
     sync_dir(dir).await?;
-    Ok(Segment {
-        file: Rc::new(file),
-        path,
-    })
+    Ok(Segment { file, path })
+}
+
+/// (has records, seals earlier segments) for segment `no`: records start at 4096 and are
+/// contiguous, so a segment with none has zeros there; the flag is read from a valid header.
+async fn segment_summary(path: &Path, no: u64) -> Result<(bool, bool), WalError> {
+    let file = open_rw(path, false).await?;
+    let r = file
+        .read_at(0, (FIRST_RECORD_OFFSET as usize) + RECORD_HEADER_BYTES)
+        .await
+        .map_err(|e| io_err("read", path, e));
+    let _ = file.close().await;
+    let r = r?;
+    let has = r
+        .get(FIRST_RECORD_OFFSET as usize..)
+        .is_some_and(|b| b.iter().any(|&x| x != 0));
+    let seals = SegmentHeader::validate(&r, no)
+        .is_ok_and(|h| h.flags.get() & format::SEGMENT_SEALS_EARLIER != 0);
+    Ok((has, seals))
 }
 
 async fn read_whole(file: &DmaFile, path: &Path) -> Result<Vec<u8>, WalError> {
@@ -351,7 +403,7 @@ fn find_later_records(data: &[u8], from: u64, seq: u64) -> (Option<(u64, u64)>, 
     let mut same = false;
     while (off as usize) < data.len() {
         let o = off as usize;
-        if off.is_multiple_of(BLOCK_BYTES) {
+        if off % BLOCK_BYTES == 0 {
             let end = (o + BLOCK_BYTES as usize).min(data.len());
             if data[o..end].iter().all(|&b| b == 0) {
                 off += BLOCK_BYTES;
@@ -458,6 +510,7 @@ impl Recovery {
         seg: u64,
         path: &Path,
         is_last: bool,
+        may_have_tail: bool,
     ) -> Result<SegScan, WalError> {
         if let Err(reason) = SegmentHeader::validate(data, seg) {
             if is_last && find_later_records(data, FIRST_RECORD_OFFSET, u64::MAX) == (None, false) {
@@ -518,7 +571,7 @@ impl Recovery {
         let incomplete = !recs.is_empty();
         let torn_seq = cur_seq.unwrap_or(self.last_seq + 1);
         let what = bad.clone().unwrap_or_else(|| "end of data".into());
-        if !is_last {
+        if !may_have_tail {
             if bad.is_some() {
                 return Err(corrupt(path, stop, what));
             }
@@ -568,7 +621,7 @@ impl Wal {
     /// new segment for writing. Must run on a glommio executor.
     pub async fn open(dir: impl AsRef<Path>, cfg: WalConfig) -> Result<Wal, WalError> {
         let dir = dir.as_ref().to_path_buf();
-        if !cfg.segment_bytes.is_multiple_of(BLOCK_BYTES) || cfg.segment_bytes < 4 * BLOCK_BYTES {
+        if cfg.segment_bytes % BLOCK_BYTES != 0 || cfg.segment_bytes < 4 * BLOCK_BYTES {
             return Err(WalError::Invalid(format!(
                 "segment_bytes {} must be a multiple of 4096 and >= 16384",
                 cfg.segment_bytes
@@ -581,6 +634,8 @@ impl Wal {
             )));
         }
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create directory", &dir, e))?;
+        // Absolute path: glommio's Directory::open fails on relative paths (EBADF).
+        let dir = std::fs::canonicalize(&dir).map_err(|e| io_err("canonicalize", &dir, e))?;
         check_filesystem(&dir)?;
         prime_iopoll_probe(&dir).await?;
         let mut nos = Vec::new();
@@ -606,12 +661,27 @@ impl Wal {
             max_seq_seen: 0,
         };
         let mut segments = BTreeMap::new();
+        // The torn tail can only be in the last segment holding records (segments after it may
+        // exist without records: created ahead of time, see `spawn_spare`), and only if no later
+        // segment was created by an open after recovery (which found everything before complete).
+        let mut last_with_records = 0;
+        let mut last_sealing = None;
+        for (i, &no) in nos.iter().enumerate() {
+            let (has, seals) = segment_summary(&dir.join(segment_name(no)), no).await?;
+            if has {
+                last_with_records = i;
+            }
+            if seals {
+                last_sealing = Some(i);
+            }
+        }
         for (i, &no) in nos.iter().enumerate() {
             let path = dir.join(segment_name(no));
             let file = open_rw(&path, false).await?;
             let data = read_whole(&file, &path).await?;
             let is_last = i + 1 == nos.len();
-            match rec.scan(&data, no, &path, is_last)? {
+            let may_have_tail = i >= last_with_records && last_sealing.is_none_or(|s| s <= i);
+            match rec.scan(&data, no, &path, is_last, may_have_tail)? {
                 SegScan::Clean => {}
                 SegScan::Torn { cut } => {
                     let len = data.len() as u64;
@@ -642,7 +712,14 @@ impl Wal {
             );
         }
         let cur = segments.keys().next_back().copied().unwrap_or(0) + 1;
-        let seg = create_segment(&dir, cur, cfg.segment_bytes).await?;
+        let seg = create_segment(
+            &dir,
+            cur,
+            cfg.segment_bytes,
+            cfg.prefill_segments,
+            format::SEGMENT_SEALS_EARLIER,
+        )
+        .await?;
         segments.insert(cur, seg);
         let seq = rec.max_seq_seen.max(rec.last_seq) + 1;
         let stats = WalStats {
@@ -667,6 +744,7 @@ impl Wal {
                 cache: VecDeque::new(),
                 stats,
                 poisoned: None,
+                spare: None,
             }),
             io: glommio::sync::Semaphore::new(1),
         })
@@ -708,7 +786,7 @@ impl Wal {
 
     async fn sync_inner(&self) -> Result<DurableReport, WalError> {
         // Take the batch; from here on, appends go to the next batch.
-        let (batch, mut report, seq, rollover, dir, segment_bytes) = {
+        let (batch, mut report, seq, rollover, dir, segment_bytes, prefill) = {
             let mut g = self.inner.borrow_mut();
             let inner = &mut *g;
             if let Some(p) = &inner.poisoned {
@@ -738,11 +816,17 @@ impl Wal {
                 rollover,
                 inner.dir.clone(),
                 inner.cfg.segment_bytes,
+                inner.cfg.prefill_segments,
             )
         };
         if rollover {
             let next = self.inner.borrow().cur + 1;
-            match create_segment(&dir, next, segment_bytes).await {
+            let spare = self.inner.borrow_mut().spare.take();
+            let created = match spare {
+                Some(task) => task.await,
+                None => create_segment(&dir, next, segment_bytes, prefill, 0).await,
+            };
+            match created {
                 Ok(seg) => {
                     let mut g = self.inner.borrow_mut();
                     g.segments.insert(next, seg);
@@ -822,8 +906,28 @@ impl Wal {
             inner.evict();
             inner.collect_garbage()
         };
+        self.spawn_spare();
         self.delete_segments(deletions).await;
         Ok(report)
+    }
+
+    /// Once the current segment is half full, starts creating (and prefilling) the next one in
+    /// the background, so a rollover rarely waits for it. A crash may leave it behind without
+    /// records; recovery accepts such trailing segments.
+    fn spawn_spare(&self) {
+        let mut g = self.inner.borrow_mut();
+        if g.spare.is_some() || g.write_pos < g.cfg.segment_bytes / 2 {
+            return;
+        }
+        let (dir, no, bytes, prefill) = (
+            g.dir.clone(),
+            g.cur + 1,
+            g.cfg.segment_bytes,
+            g.cfg.prefill_segments,
+        );
+        g.spare = Some(glommio::spawn_local(async move {
+            create_segment(&dir, no, bytes, prefill, 0).await
+        }));
     }
 
     fn poison(&self, e: WalError) -> WalError {

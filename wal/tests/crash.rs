@@ -18,6 +18,7 @@ fn cfg() -> WalConfig {
         segment_bytes: 1 << 20,
         batch_bytes_max: 512 << 10,
         cache_bytes_max: 1 << 20,
+        ..WalConfig::default()
     }
 }
 
@@ -333,6 +334,7 @@ fn old_segments_are_deleted_and_lone_hard_states_survive() {
             segment_bytes: 64 << 10,
             batch_bytes_max: 32 << 10,
             cache_bytes_max: 16 << 10,
+            ..WalConfig::default()
         };
         let log = Wal::open(&dir, cfg.clone()).await.unwrap();
         // Partition 0 writes once and then stays idle; partition 1 keeps writing and compacting.
@@ -421,5 +423,45 @@ fn next_batch_is_assembled_while_a_sync_is_in_flight() {
             vec![(2, 2)]
         );
         assert!(r2.batch_seq == r1.batch_seq + 1 && r2.end_offset > r1.end_offset);
+    });
+}
+
+#[test]
+fn torn_tail_before_a_segment_created_ahead_is_still_a_tail() {
+    run(|| async {
+        let dir = test_dir("spare");
+        let cfg = WalConfig {
+            segment_bytes: 64 << 10,
+            batch_bytes_max: 16 << 10,
+            ..WalConfig::default()
+        };
+        let log = Wal::open(&dir, cfg.clone()).await.unwrap();
+        let mut before_last = None;
+        let mut last_end = 0;
+        for i in 1..=12u64 {
+            before_last = Some(observe(&log, 1).await);
+            log.append(0, &[entry(i, 1, 3000, i)]).unwrap();
+            last_end = log.sync().await.unwrap().end_offset;
+        }
+        // Past half of segment 1, segment 2 is being created ahead; let it finish.
+        let seg2 = dir.join("0000000000000002.wal");
+        for _ in 0..1000 {
+            if std::fs::metadata(&seg2)
+                .map(|m| m.len() == 64 << 10)
+                .unwrap_or(false)
+            {
+                break;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        drop(log);
+        let seg1 = dir.join(SEG);
+        assert!(seg2.exists() && last_end < 64 << 10);
+        // The last write of segment 1 was torn.
+        let mut b = std::fs::read(&seg1).unwrap();
+        b[last_end as usize - 100..last_end as usize].fill(0xAA);
+        std::fs::write(&seg1, &b).unwrap();
+        let log = Wal::open(&dir, cfg).await.unwrap();
+        compare(&log, &before_last.unwrap(), 1).await.unwrap();
     });
 }

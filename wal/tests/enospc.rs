@@ -29,6 +29,7 @@ fn write_and_allocation_failures_are_errors_and_the_log_reopens() {
             segment_bytes: 256 << 10,
             batch_bytes_max: 64 << 10,
             cache_bytes_max: 1 << 20,
+            ..WalConfig::default()
         };
         let log = Wal::open(&dir, cfg.clone()).await.unwrap();
         let mut m = Model::default();

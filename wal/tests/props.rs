@@ -118,6 +118,7 @@ fn wal_cfg() -> WalConfig {
         segment_bytes: 64 << 10,
         batch_bytes_max: 56 << 10,
         cache_bytes_max: 4 << 10,
+        ..WalConfig::default()
     }
 }
 
