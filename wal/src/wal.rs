@@ -664,17 +664,26 @@ impl Wal {
         // The torn tail can only be in the last segment holding records (segments after it may
         // exist without records: created ahead of time, see `spawn_spare`), and only if no later
         // segment was created by an open after recovery (which found everything before complete).
-        let mut last_with_records = 0;
-        let mut last_sealing = None;
-        for (i, &no) in nos.iter().enumerate() {
-            let (has, seals) = segment_summary(&dir.join(segment_name(no)), no).await?;
-            if has {
-                last_with_records = i;
-            }
-            if seals {
-                last_sealing = Some(i);
-            }
+        let mut summaries = Vec::with_capacity(nos.len());
+        for &no in &nos {
+            summaries.push(segment_summary(&dir.join(segment_name(no)), no).await?);
         }
+        // Trailing segments created ahead (`spawn_spare`) that never got a record and never got
+        // the seals flag are removed: their creation may not have been durable.
+        let mut removed = false;
+        while let (Some(&no), Some(&(false, false))) = (nos.last(), summaries.last()) {
+            let path = dir.join(segment_name(no));
+            tracing::info!(file = %path.display(), "WAL: removing unused segment created ahead");
+            std::fs::remove_file(&path).map_err(|e| io_err("remove unused segment", &path, e))?;
+            nos.pop();
+            summaries.pop();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&dir).await?;
+        }
+        let last_with_records = summaries.iter().rposition(|s| s.0).unwrap_or(0);
+        let last_sealing = summaries.iter().rposition(|s| s.1);
         for (i, &no) in nos.iter().enumerate() {
             let path = dir.join(segment_name(no));
             let file = open_rw(&path, false).await?;
