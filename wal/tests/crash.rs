@@ -465,3 +465,54 @@ fn torn_tail_before_a_segment_created_ahead_is_still_a_tail() {
         compare(&log, &before_last.unwrap(), 1).await.unwrap();
     });
 }
+
+#[test]
+fn random_damage_never_panics_and_is_reported_or_cut() {
+    run(|| async {
+        let src = test_dir("mutate-src");
+        let states = write_scenario(&src).await;
+        let bytes = std::fs::read(src.join(SEG)).unwrap();
+        let end = states.last().unwrap().0 as usize;
+        let dir = test_dir("mutate");
+        let mut x = 0x9e37_79b9_u64;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        let (mut corrupt, mut opened) = (0, 0);
+        for _ in 0..150 {
+            let mut b = bytes.clone();
+            // 1 to 4 random byte runs overwritten with random bytes, anywhere up to the data end.
+            for _ in 0..1 + next() % 4 {
+                let at = next() as usize % end;
+                let len = 1 + next() as usize % 64;
+                for i in at..(at + len).min(b.len()) {
+                    b[i] = next() as u8;
+                }
+            }
+            install(&dir, &b);
+            match Wal::open(&dir, cfg()).await {
+                Ok(log) => {
+                    // Whatever was accepted is a state the log really had (a prefix of batches).
+                    let got = observe(&log, 2).await;
+                    assert!(
+                        states.iter().any(|(_, s)| *s == got),
+                        "recovered a state the log never had"
+                    );
+                    opened += 1;
+                }
+                Err(WalError::Corrupt { file, .. }) => {
+                    assert!(file.starts_with(&dir));
+                    corrupt += 1;
+                }
+                Err(e) => panic!("unexpected error {e}"),
+            }
+        }
+        assert!(
+            corrupt > 50 && opened > 0,
+            "corrupt {corrupt}, opened {opened}"
+        );
+    });
+}
