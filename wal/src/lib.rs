@@ -195,6 +195,9 @@ pub struct DurableRange {
 }
 
 /// What one [`LogStore::sync`] made durable, in the order it was buffered.
+///
+/// `hard_states` and `snapshots` may also list values the [`Wal`] re-logged by itself so that an
+/// old segment can be deleted (the same values as already durable; see "Compaction" above).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurableReport {
     /// Sequence number of the batch (0 if the batch was empty and nothing was written).
