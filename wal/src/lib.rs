@@ -22,6 +22,33 @@
 //! batch in flight means only the last batch can ever be torn, which is what lets recovery tell a
 //! torn tail from corruption (below).
 //!
+//! ```no_run
+//! use bytes::Bytes;
+//! use wal::{Entry, HardState, LogStore, Wal, WalConfig};
+//!
+//! // At process start, before the executors: room for glommio's DMA buffers (see below).
+//! let _ = wal::raise_memlock_limit(64 << 20);
+//! glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+//!     .spawn(|| async move {
+//!         let log = Wal::open("/var/lib/corum/shard-0/wal", WalConfig::default()).await?;
+//!         // One event-loop turn: buffer every partition's Ready...
+//!         let e = Entry { index: log.last_index(7) + 1, term: 3, kind: 0, data: Bytes::from_static(b"x") };
+//!         log.append(7, &[e])?;
+//!         log.put_hard_state(7, HardState { term: 3, vote: 2, commit: 0 })?;
+//!         // ...then one write + one fdatasync for all of them.
+//!         match log.sync().await {
+//!             Ok(report) => { /* report.appended / report.hard_states are durable: respond */ }
+//!             Err(e) if e.is_fatal() => std::process::abort(), // fsync failed: never retry
+//!             Err(e) => return Err(e), // drop the log, reopen it
+//!         }
+//!         Ok::<_, wal::WalError>(())
+//!     })
+//!     .unwrap()
+//!     .join()
+//!     .unwrap()
+//!     .unwrap();
+//! ```
+//!
 //! # Errors and what the caller must do
 //! * [`WalError::SyncFailed`]: `fdatasync` failed. **Fatal for the process**: the kernel may have
 //!   dropped the dirty state and a retried `fdatasync` can report success without the data being

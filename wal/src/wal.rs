@@ -123,6 +123,9 @@ struct Inner {
 }
 
 /// The per-shard write-ahead log. See the crate docs for the format, recovery and error rules.
+///
+/// Dropping it without a final [`LogStore::sync`] loses the buffered batch, exactly like a crash;
+/// a segment being created ahead in the background is abandoned and removed at the next open.
 pub struct Wal {
     inner: RefCell<Inner>,
     io: glommio::sync::Semaphore,
