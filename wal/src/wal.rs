@@ -118,6 +118,8 @@ struct Inner {
     cache: VecDeque<(PartitionId, u64, u64)>,
     stats: WalStats,
     poisoned: Option<String>,
+    /// Test hook: the next fdatasync of a batch reports failure (after really syncing).
+    fail_next_fdatasync: bool,
     /// The next segment, being created ahead of time once the current one is half full.
     spare: Option<glommio::Task<Result<Segment, WalError>>>,
 }
@@ -756,6 +758,7 @@ impl Wal {
                 cache: VecDeque::new(),
                 stats,
                 poisoned: None,
+                fail_next_fdatasync: false,
                 spare: None,
             }),
             io: glommio::sync::Semaphore::new(1),
@@ -770,6 +773,14 @@ impl Wal {
     /// The directory.
     pub fn dir(&self) -> PathBuf {
         self.inner.borrow().dir.clone()
+    }
+
+    /// Fault injection for tests: the next batch's fdatasync is reported as failed (EIO), after
+    /// the data was really written and synced, so the failure path (fatal error, refusal of
+    /// further writes, recovery at the next open) can be exercised on real files.
+    #[doc(hidden)]
+    pub fn inject_fdatasync_failure(&self) {
+        self.inner.borrow_mut().fail_next_fdatasync = true;
     }
 
     /// Bytes buffered for the next sync.
@@ -891,7 +902,11 @@ impl Wal {
             }
             Err(e) => return Err(self.poison(io_err("write", &path, e))),
         }
-        if let Err(e) = file.fdatasync().await {
+        let mut synced = file.fdatasync().await;
+        if std::mem::take(&mut self.inner.borrow_mut().fail_next_fdatasync) && synced.is_ok() {
+            synced = Err(io::Error::from_raw_os_error(libc::EIO).into());
+        }
+        if let Err(e) = synced {
             // Fatal: see the crate docs. The kernel may have dropped the dirty pages' error state,
             // so no retry can prove the data durable.
             let e = WalError::SyncFailed {
