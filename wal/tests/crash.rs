@@ -373,6 +373,7 @@ fn old_segments_are_deleted_and_lone_hard_states_survive() {
             }
             log.sync().await.unwrap();
         }
+        log.wait_background().await;
         let st = log.stats();
         assert!(st.segments_deleted >= 10, "{st:?}");
         assert!(st.segments <= 4, "{st:?}");

@@ -145,6 +145,7 @@ fn run_wal_case(ops: Vec<Op>, case: u64) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("after op {i} {op:?}: {e}"))?;
         }
+        // WAL_PROPS_STATS=1 shows how far each case got (rollovers, deletions) when tuning.
         if std::env::var("WAL_PROPS_STATS").is_ok() {
             let mut names: Vec<String> = std::fs::read_dir(&dir)
                 .unwrap()
