@@ -69,9 +69,10 @@
 //!   with each of its three io_uring rings (`IORING_REGISTER_BUFFERS`, seen with strace). It
 //!   refuses to start if RLIMIT_MEMLOCK is below 512 KiB. Registration of the 10 MiB succeeded
 //!   despite the 8 MiB limit, because `CAP_IPC_LOCK` exempts the process from memlock accounting.
-//!   Without `CAP_IPC_LOCK`, a limit below `io_memory` makes registration fail; glommio then logs
-//!   a warning (through `log`) and uses unregistered buffers: still O_DIRECT, a little more work per
-//!   I/O. Ring memory itself is charged to the memory cgroup (kernel >= 5.12), not to the limit.
+//!   Without `CAP_IPC_LOCK` (checked by dropping it with `setpriv --bounding-set=-ipc_lock`), a
+//!   limit below `io_memory` makes `IORING_REGISTER_BUFFERS` fail with ENOMEM; glommio then logs a
+//!   warning (through `log`) and carries on with unregistered buffers: still O_DIRECT, a little
+//!   more work per I/O (wal-bench ran normally that way). Ring memory itself is charged to the memory cgroup (kernel >= 5.12), not to the limit.
 //! * Raising the limit: [`raise_memlock_limit`] raises the soft limit, and the hard limit if the
 //!   process may (`CAP_SYS_RESOURCE`; this container lacks it, so 8 MiB is the ceiling here). The
 //!   engine should call it at start, then pick `LocalExecutorBuilder::io_memory` so that
