@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod error;
+pub mod linearizability;
 mod log;
 pub mod node;
 pub mod progress;
