@@ -23,6 +23,7 @@ pub mod node;
 pub mod progress;
 pub mod ready;
 pub mod rng;
+pub mod sim;
 pub mod types;
 
 pub use config::Config;

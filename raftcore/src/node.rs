@@ -117,6 +117,8 @@ pub struct RawNode {
     conf_index: u64,
     /// Membership after each change applied since the snapshot, for `compact`.
     conf_history: Vec<(u64, ConfState)>,
+    /// Highest committed index scanned for membership changes.
+    conf_scan: u64,
     prs: Vec<Progress>,
     votes: Vec<(u64, bool)>,
     election_elapsed: u32,
@@ -182,6 +184,7 @@ impl RawNode {
             conf: snapshot.meta.conf.clone(),
             conf_index: snap_index,
             conf_history: Vec::new(),
+            conf_scan: snap_index,
             prs: Vec::new(),
             votes: Vec::new(),
             election_elapsed: 0,
@@ -321,6 +324,8 @@ impl RawNode {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.ticks += 1;
+        let c = self.log.committed;
+        self.apply_conf_changes_upto(c);
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -447,6 +452,8 @@ impl RawNode {
                 Role::Follower => self.step_follower(m),
             },
         }
+        let c = self.log.committed;
+        self.apply_conf_changes_upto(c);
     }
 
     /// Proposes a batch of commands (leader only). On success the entries are in the log and
@@ -616,6 +623,8 @@ impl RawNode {
                 self.need_broadcast = true;
             }
         }
+        let c = self.log.committed;
+        self.apply_conf_changes_upto(c);
         Ok(())
     }
 
@@ -691,10 +700,6 @@ impl RawNode {
         let committed_entries = self
             .log
             .take_applicable(self.cfg.committed_bytes_per_ready_max);
-        if let Some(last) = committed_entries.last() {
-            let upto = last.index;
-            self.apply_conf_changes_in(&committed_entries, upto);
-        }
         self.pending_readies.push_back(PendingReady {
             number,
             last_index: entries.last().map(|e| e.index),
@@ -1103,6 +1108,7 @@ impl RawNode {
             self.clip_pending(meta.index);
             self.conf = meta.conf.clone();
             self.conf_index = meta.index;
+            self.conf_scan = meta.index;
             self.conf_history.clear();
             self.rebuild_progress();
             let snap = Snapshot {
@@ -1535,22 +1541,30 @@ impl RawNode {
         self.prs.sort_by_key(|p| p.id);
     }
 
+    /// Applies membership changes of every committed entry not scanned yet. A change takes
+    /// effect as soon as this node knows it is committed, so no node acts (campaigns, counts
+    /// votes) under a configuration older than one it knows committed.
     fn apply_conf_changes_upto(&mut self, upto: u64) {
+        let upto = upto.min(self.log.committed);
+        if upto <= self.conf_scan {
+            return;
+        }
         let mut changes = Vec::new();
-        for i in self.conf_index + 1..=upto {
+        for i in self.conf_scan.max(self.log.snap_index) + 1..=upto {
             if let Some(e) = self.log.entry(i) {
                 if e.kind == EntryKind::ConfChange {
                     changes.push(e.clone());
                 }
             }
         }
-        self.apply_conf_changes_in(&changes, upto);
+        self.conf_scan = upto;
+        self.apply_conf_changes_in(&changes);
     }
 
-    /// Membership changes take effect when their entry is committed and handed out to apply
-    /// (as in etcd/raft-rs); safety comes from allowing one pending change at a time and from
-    /// joint consensus for voter changes (thesis §4.3).
-    fn apply_conf_changes_in(&mut self, entries: &[Entry], upto: u64) {
+    /// Membership changes take effect when their entry is committed (as in etcd/raft-rs, which
+    /// apply them when applied); safety comes from allowing one pending change at a time and
+    /// from joint consensus for voter changes (thesis §4.3).
+    fn apply_conf_changes_in(&mut self, entries: &[Entry]) {
         for e in entries {
             if e.kind != EntryKind::ConfChange || e.index <= self.conf_index {
                 continue;
@@ -1570,7 +1584,6 @@ impl RawNode {
                 }
             }
         }
-        let _ = upto;
     }
 
     fn after_conf_change(&mut self) {
