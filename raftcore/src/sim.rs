@@ -89,6 +89,14 @@ struct Faults {
     sync_ppm: u64,
 }
 
+/// Raft limits drawn per seed, so message splitting and windows vary across seeds.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    entries_per_msg_max: usize,
+    msg_bytes_max: u64,
+    inflight_msgs_max: usize,
+}
+
 /// A failed run: which seed, what broke, how to replay it.
 #[derive(Debug, Clone)]
 pub struct SimFailure {
@@ -400,6 +408,7 @@ struct Sim {
     seed: u64,
     cfg: SimConfig,
     faults: Faults,
+    tuning: Tuning,
     rng: SplitMix64,
     now: u64,
     nodes: Vec<Node>,
@@ -429,16 +438,16 @@ pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimStats, SimFailure> {
     }
 }
 
-fn node_config(node: u64, group: u64, seed: u64, incarnation: u64) -> Config {
+fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -> Config {
     let mut c = Config::new(node);
     c.election_ticks_min = 10;
     c.heartbeat_ticks = 2;
     c.seed = seed
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(node * 1_000_003 + group * 7919 + incarnation * 104_729);
-    c.entries_per_msg_max = 8;
-    c.msg_bytes_max = 256;
-    c.inflight_msgs_max = 4;
+    c.entries_per_msg_max = t.entries_per_msg_max;
+    c.msg_bytes_max = t.msg_bytes_max;
+    c.inflight_msgs_max = t.inflight_msgs_max;
     c.uncommitted_bytes_max = 16 << 10;
     c.read_requests_pending_max = 64;
     c
@@ -456,8 +465,17 @@ impl Sim {
             crash_ppm: [2_000, 5_000, 10_000][harsh as usize],
             conf_change_ppm: 8_000 + rng.below(12_000),
             transfer_ppm: 3_000 + rng.below(8_000),
-            sync_ppm: 300_000 + rng.below(600_000),
+            sync_ppm: 100_000 + rng.below(800_000),
         };
+        let tuning = Tuning {
+            entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
+            msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
+            inflight_msgs_max: 1 + rng.below(4) as usize,
+        };
+        let mut cfg = cfg;
+        if cfg.initial_voters < cfg.nodes && rng.below(3) == 0 {
+            cfg.initial_voters = cfg.nodes;
+        }
         let mut nodes = Vec::new();
         for n in 1..=cfg.nodes {
             let mut replicas = Vec::new();
@@ -477,7 +495,7 @@ impl Sim {
                     unsynced: VecDeque::new(),
                 };
                 let applied = state.snapshot.meta.index;
-                let raw = RawNode::new(node_config(n, g, seed, 0), state).ok();
+                let raw = RawNode::new(node_config(n, g, seed, 0, &tuning), state).ok();
                 replicas.push(Replica {
                     raw,
                     disk,
@@ -508,6 +526,7 @@ impl Sim {
             seed,
             cfg,
             faults,
+            tuning,
             rng,
             now: 0,
             nodes,
@@ -1018,7 +1037,7 @@ impl Sim {
                     snapshot: rep.disk.snapshot.clone(),
                     entries: rep.disk.entries.clone(),
                 };
-                let cfg = node_config(n as u64 + 1, g as u64, self.seed, node.incarnation);
+                let cfg = node_config(n as u64 + 1, g as u64, self.seed, node.incarnation, &self.tuning);
                 let raw = RawNode::new(cfg, state)
                     .map_err(|e| format!("node {} group {g}: restart failed: {e}", n + 1))?;
                 rep.sm = Kv::decode(&rep.disk.snapshot.data)
