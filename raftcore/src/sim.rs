@@ -868,8 +868,22 @@ impl Sim {
     fn inject_faults(&mut self) -> SimResult<()> {
         let nn = self.cfg.nodes;
         if self.rng.chance(self.faults.partition_ppm) {
-            match self.rng.below(4) {
+            match self.rng.below(5) {
                 0 => self.blocked.clear(),
+                4 => {
+                    // Isolate the leader of a random group (both directions).
+                    let g = self.rng.below(self.cfg.groups) as usize;
+                    if let Some(l) = self.leader_of(g) {
+                        let x = l as u64 + 1;
+                        self.blocked.clear();
+                        for o in 1..=nn {
+                            if o != x {
+                                self.blocked.push((x, o));
+                                self.blocked.push((o, x));
+                            }
+                        }
+                    }
+                }
                 1 => {
                     // Symmetric split into two sides.
                     self.blocked.clear();
@@ -905,7 +919,12 @@ impl Sim {
         if self.rng.chance(self.faults.crash_ppm) {
             let down = self.nodes.iter().filter(|n| !n.alive).count();
             if down < 2 {
-                let x = self.rng.below(nn) as usize;
+                // Half the crashes hit a leader.
+                let g = self.rng.below(self.cfg.groups) as usize;
+                let x = match self.leader_of(g) {
+                    Some(l) if self.rng.below(2) == 0 => l,
+                    _ => self.rng.below(nn) as usize,
+                };
                 if self.nodes[x].alive {
                     self.crash(x);
                 }
