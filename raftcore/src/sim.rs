@@ -84,6 +84,10 @@ struct Faults {
     delay_max_ticks: u64,
     partition_ppm: u64,
     crash_ppm: u64,
+    /// "Leader churn" schedules (Figure 8 of the paper is one): a leader crashes with this
+    /// rate per tick and restarts quickly, leaving many short terms with uncommitted tails.
+    leader_crash_ppm: u64,
+    restart_ticks_max: u64,
     conf_change_ppm: u64,
     transfer_ppm: u64,
     sync_ppm: u64,
@@ -463,6 +467,8 @@ impl Sim {
             delay_max_ticks: 1 + rng.below(4),
             partition_ppm: [5_000, 10_000, 20_000][harsh as usize],
             crash_ppm: [2_000, 5_000, 10_000][harsh as usize],
+            leader_crash_ppm: [0, 0, 30_000, 100_000][rng.below(4) as usize],
+            restart_ticks_max: [40, 15][rng.below(2) as usize],
             conf_change_ppm: 8_000 + rng.below(12_000),
             transfer_ppm: 3_000 + rng.below(8_000),
             sync_ppm: 100_000 + rng.below(800_000),
@@ -931,6 +937,14 @@ impl Sim {
             }
         }
         for g in 0..self.cfg.groups as usize {
+            if self.rng.chance(self.faults.leader_crash_ppm) {
+                let down = self.nodes.iter().filter(|n| !n.alive).count();
+                if let Some(l) = self.leader_of(g) {
+                    if down < 2 {
+                        self.crash(l);
+                    }
+                }
+            }
             if self.rng.chance(self.faults.conf_change_ppm) {
                 self.random_conf_change(g);
             }
@@ -1012,7 +1026,7 @@ impl Sim {
         self.stats.crashes += 1;
         let node = &mut self.nodes[n];
         node.alive = false;
-        node.restart_at = self.now + 5 + self.rng.below(40);
+        node.restart_at = self.now + 3 + self.rng.below(self.faults.restart_ticks_max);
         let mut lost_clients = Vec::new();
         for g in 0..node.replicas.len() {
             let rep = &mut node.replicas[g];
