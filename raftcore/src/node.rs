@@ -140,6 +140,8 @@ pub struct RawNode {
     round: u64,
     round_sent_ticks: VecDeque<(u64, u64)>,
     lease_until_tick: u64,
+    /// No lease reads before this tick (set when this leader hands leadership away).
+    lease_blocked_until_tick: u64,
     need_read_round: bool,
     need_broadcast: bool,
     transferee: u64,
@@ -206,6 +208,7 @@ impl RawNode {
             round: 0,
             round_sent_ticks: VecDeque::new(),
             lease_until_tick: 0,
+            lease_blocked_until_tick: 0,
             need_read_round: false,
             need_broadcast: false,
             transferee: 0,
@@ -405,9 +408,12 @@ impl RawNode {
                 // Thesis §4.2.3: a server that heard from a current leader within the minimum
                 // election timeout does not grant (pre)votes nor update its term, so a removed
                 // or partitioned server cannot depose a healthy leader.
+                // A node that just (re)started may have answered a leader before it crashed:
+                // it waits one minimum election timeout before voting, so a leader's lease
+                // (lease reads) survives the restart of a follower.
                 let in_lease = self.cfg.check_quorum
-                    && self.leader != 0
-                    && self.election_elapsed < self.cfg.election_ticks_min;
+                    && ((self.leader != 0 && self.election_elapsed < self.cfg.election_ticks_min)
+                        || self.ticks < self.cfg.election_ticks_min as u64);
                 if !force && in_lease {
                     return;
                 }
@@ -1257,6 +1263,10 @@ impl RawNode {
     }
 
     fn send_timeout_now(&mut self, to: u64) {
+        // The target will campaign at once, skipping the voters' lease check: our lease is
+        // void from now on.
+        self.lease_until_tick = 0;
+        self.lease_blocked_until_tick = self.ticks + 2 * self.cfg.election_ticks_min as u64;
         let m = Message::new(MessageKind::TimeoutNow, self.id, to, self.term);
         self.msgs.push(m);
     }
@@ -1452,7 +1462,10 @@ impl RawNode {
         }
         let index = self.log.committed;
         let single = self.conf.voters == [self.id] && self.conf.voters_outgoing.is_empty();
-        let lease = self.cfg.lease_reads && self.transferee == 0 && self.ticks < self.lease_until_tick;
+        let lease = self.cfg.lease_reads
+            && self.transferee == 0
+            && self.ticks >= self.lease_blocked_until_tick
+            && self.ticks < self.lease_until_tick;
         if single || lease {
             self.answer_read(from, request_id, index);
             return Ok(());
@@ -1498,7 +1511,7 @@ impl RawNode {
         if confirmed == u64::MAX || confirmed == 0 {
             return;
         }
-        if self.cfg.lease_reads {
+        if self.cfg.lease_reads && self.ticks >= self.lease_blocked_until_tick {
             // Lease (thesis §6.4.1): a quorum heard from us at or after the round was sent, and
             // none of them grants a vote within election_ticks_min of that (CheckQuorum lease),
             // minus the allowed clock drift.

@@ -96,6 +96,7 @@ struct Faults {
 /// Raft limits drawn per seed, so message splitting and windows vary across seeds.
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
+    lease_reads: bool,
     entries_per_msg_max: usize,
     msg_bytes_max: u64,
     inflight_msgs_max: usize,
@@ -449,6 +450,7 @@ fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -
     c.seed = seed
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(node * 1_000_003 + group * 7919 + incarnation * 104_729);
+    c.lease_reads = t.lease_reads;
     c.entries_per_msg_max = t.entries_per_msg_max;
     c.msg_bytes_max = t.msg_bytes_max;
     c.inflight_msgs_max = t.inflight_msgs_max;
@@ -474,6 +476,7 @@ impl Sim {
             sync_ppm: 100_000 + rng.below(800_000),
         };
         let tuning = Tuning {
+            lease_reads: rng.below(3) == 0,
             entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
             msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
             inflight_msgs_max: 1 + rng.below(4) as usize,
