@@ -86,7 +86,9 @@ impl Config {
         if self.proposal_entries_max == 0 || self.read_requests_pending_max == 0 {
             return Err(Error::InvalidConfig("queue limits must be positive"));
         }
-        if self.lease_reads && (!self.check_quorum || self.lease_drift_ticks >= self.election_ticks_min) {
+        if self.lease_reads
+            && (!self.check_quorum || self.lease_drift_ticks >= self.election_ticks_min)
+        {
             return Err(Error::InvalidConfig(
                 "lease reads need check_quorum and lease_drift_ticks < election_ticks_min",
             ));

@@ -114,9 +114,7 @@ impl RaftLog {
             }
         }
         let rest = &entries[skip..];
-        let Some(first) = rest.first() else {
-            return None;
-        };
+        let first = rest.first()?;
         let mut truncated = None;
         if first.index <= self.last_index() {
             // §5.3: "If an existing entry conflicts with a new one (same index but different

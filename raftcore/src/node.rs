@@ -164,7 +164,9 @@ impl RawNode {
         let mut prev_term = snapshot.meta.term;
         for (i, e) in entries.iter().enumerate() {
             if e.index != snap_index + 1 + i as u64 {
-                return Err(Error::InvalidRestartState("entries not contiguous after snapshot"));
+                return Err(Error::InvalidRestartState(
+                    "entries not contiguous after snapshot",
+                ));
             }
             if e.term < prev_term {
                 return Err(Error::InvalidRestartState("entry terms decrease"));
@@ -172,7 +174,9 @@ impl RawNode {
             prev_term = e.term;
         }
         if hard_state.term < prev_term {
-            return Err(Error::InvalidRestartState("hard state term below last entry term"));
+            return Err(Error::InvalidRestartState(
+                "hard state term below last entry term",
+            ));
         }
         let log = RaftLog::new(snap_index, snapshot.meta.term, entries, hard_state.commit);
         let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed_0000_0000_0000 ^ cfg.id);
@@ -399,7 +403,11 @@ impl RawNode {
     /// (with a trace line); they never panic and never half-apply.
     pub fn step(&mut self, m: Message) {
         if m.to != self.id {
-            tracing::warn!(id = self.id, to = m.to, "message for another replica dropped");
+            tracing::warn!(
+                id = self.id,
+                to = m.to,
+                "message for another replica dropped"
+            );
             return;
         }
         if m.term > self.term {
@@ -408,12 +416,13 @@ impl RawNode {
                 // Thesis §4.2.3: a server that heard from a current leader within the minimum
                 // election timeout does not grant (pre)votes nor update its term, so a removed
                 // or partitioned server cannot depose a healthy leader.
-                // A node that just (re)started may have answered a leader before it crashed:
-                // it waits one minimum election timeout before voting, so a leader's lease
-                // (lease reads) survives the restart of a follower.
+                // With lease reads on, a node that just (re)started may have answered a leader
+                // before it crashed: it waits one minimum election timeout before voting, so
+                // the leader's lease survives the restart of a follower.
                 let in_lease = self.cfg.check_quorum
                     && ((self.leader != 0 && self.election_elapsed < self.cfg.election_ticks_min)
-                        || self.ticks < self.cfg.election_ticks_min as u64);
+                        || (self.cfg.lease_reads
+                            && self.ticks < self.cfg.election_ticks_min as u64));
                 if !force && in_lease {
                     return;
                 }
@@ -442,7 +451,8 @@ impl RawNode {
                     self.msgs.push(r);
                 }
                 MessageKind::PreVote => {
-                    let mut r = Message::new(MessageKind::PreVoteResponse, self.id, m.from, self.term);
+                    let mut r =
+                        Message::new(MessageKind::PreVoteResponse, self.id, m.from, self.term);
                     r.reject = true;
                     self.msgs.push(r);
                 }
@@ -572,7 +582,9 @@ impl RawNode {
         }
         self.transferee = to;
         self.election_elapsed = 0;
-        let caught_up = self.pr(to).is_some_and(|p| p.matched == self.log.last_index());
+        let caught_up = self
+            .pr(to)
+            .is_some_and(|p| p.matched == self.log.last_index());
         if caught_up {
             self.send_timeout_now(to);
         } else {
@@ -600,7 +612,11 @@ impl RawNode {
         if number > self.ready_seq {
             return Err(Error::UnknownReady(number));
         }
-        while self.pending_readies.front().is_some_and(|p| p.number <= number) {
+        while self
+            .pending_readies
+            .front()
+            .is_some_and(|p| p.number <= number)
+        {
             let Some(p) = self.pending_readies.pop_front() else {
                 break;
             };
@@ -738,8 +754,8 @@ impl RawNode {
         self.leader = 0;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
-        self.randomized_election_ticks = self.cfg.election_ticks_min
-            + self.rng.below(self.cfg.election_ticks_min as u64) as u32;
+        self.randomized_election_ticks =
+            self.cfg.election_ticks_min + self.rng.below(self.cfg.election_ticks_min as u64) as u32;
         self.votes.clear();
         self.transferee = 0;
         self.reads.clear();
@@ -933,7 +949,8 @@ impl RawNode {
                 self.leader = m.from;
                 // The leader sends min(its commit, our match), which our log is known to hold.
                 self.log.commit_to(m.commit);
-                let mut r = Message::new(MessageKind::HeartbeatResponse, self.id, m.from, self.term);
+                let mut r =
+                    Message::new(MessageKind::HeartbeatResponse, self.id, m.from, self.term);
                 r.context = m.context;
                 self.msgs.push(r);
             }
@@ -942,24 +959,19 @@ impl RawNode {
                 self.leader = m.from;
                 self.handle_snapshot_chunk(m);
             }
-            MessageKind::TimeoutNow => {
-                // Thesis §3.10: the transfer target campaigns at once, skipping Pre-Vote (the
-                // old leader asked for it) and the lease check (CONTEXT_TRANSFER).
-                if self.promotable() {
-                    self.campaign(false, true);
-                }
-            }
-            MessageKind::ReadIndexResponse => {
-                if !m.reject {
-                    self.read_states.push(ReadState {
-                        request_id: m.context,
-                        index: m.index,
-                    });
-                }
+            // Thesis §3.10: the transfer target campaigns at once, skipping Pre-Vote (the old
+            // leader asked for it) and the lease check (CONTEXT_TRANSFER).
+            MessageKind::TimeoutNow if self.promotable() => self.campaign(false, true),
+            MessageKind::ReadIndexResponse if !m.reject => {
+                self.read_states.push(ReadState {
+                    request_id: m.context,
+                    index: m.index,
+                });
             }
             MessageKind::ReadIndex => {
                 // We are not the leader: tell the asker to retry elsewhere.
-                let mut r = Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
+                let mut r =
+                    Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
                 r.context = m.context;
                 r.reject = true;
                 self.msgs.push(r);
@@ -972,7 +984,10 @@ impl RawNode {
         // Coalesce acknowledgements to the same leader: the newest one covers the older.
         if m.kind == MessageKind::AppendResponse && !m.reject {
             if let Some(prev) = self.msgs_after_persist.iter_mut().rev().find(|p| {
-                p.kind == MessageKind::AppendResponse && !p.reject && p.to == m.to && p.term == m.term
+                p.kind == MessageKind::AppendResponse
+                    && !p.reject
+                    && p.to == m.to
+                    && p.term == m.term
             }) {
                 if m.index >= prev.index {
                     prev.index = m.index;
@@ -1060,7 +1075,11 @@ impl RawNode {
             return;
         }
         if c.total_bytes > SNAPSHOT_BYTES_MAX || c.offset + c.data.len() as u64 > c.total_bytes {
-            tracing::warn!(id = self.id, total = c.total_bytes, "snapshot chunk out of bounds");
+            tracing::warn!(
+                id = self.id,
+                total = c.total_bytes,
+                "snapshot chunk out of bounds"
+            );
             return;
         }
         if c.offset == 0 {
@@ -1145,17 +1164,21 @@ impl RawNode {
             MessageKind::AppendResponse => self.handle_append_response(m),
             MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
             MessageKind::SnapshotResponse => self.handle_snapshot_response(m),
-            MessageKind::ReadIndex => {
-                if self.leader_read(m.from, m.context).is_err() {
-                    let mut r = Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
-                    r.context = m.context;
-                    r.reject = true;
-                    self.msgs.push(r);
-                }
+            MessageKind::ReadIndex if self.leader_read(m.from, m.context).is_err() => {
+                let mut r =
+                    Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
+                r.context = m.context;
+                r.reject = true;
+                self.msgs.push(r);
             }
             MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
                 // Two leaders in one term would violate Election Safety (paper §5.2).
-                tracing::error!(id = self.id, from = m.from, term = self.term, "second leader in term");
+                tracing::error!(
+                    id = self.id,
+                    from = m.from,
+                    term = self.term,
+                    "second leader in term"
+                );
             }
             _ => {}
         }
@@ -1279,7 +1302,10 @@ impl RawNode {
                 break;
             }
             sent = true;
-            if self.pr(to).is_none_or(|p| p.state != ProgressState::Replicate) {
+            if self
+                .pr(to)
+                .is_none_or(|p| p.state != ProgressState::Replicate)
+            {
                 break;
             }
         }
@@ -1310,7 +1336,10 @@ impl RawNode {
         };
         let has_new = p.next <= last;
         let commit_news = p.commit_sent < committed.min(last);
-        if !has_new && !(commit_news && p.state == ProgressState::Replicate) && p.state != ProgressState::Probe {
+        let worth_sending = has_new
+            || (commit_news && p.state == ProgressState::Replicate)
+            || p.state == ProgressState::Probe;
+        if !worth_sending {
             return false;
         }
         let entries = if has_new {
@@ -1516,8 +1545,8 @@ impl RawNode {
             // none of them grants a vote within election_ticks_min of that (CheckQuorum lease),
             // minus the allowed clock drift.
             if let Some(&(_, sent)) = self.round_sent_ticks.iter().find(|(r, _)| *r == confirmed) {
-                let until = sent
-                    + (self.cfg.election_ticks_min - self.cfg.lease_drift_ticks) as u64;
+                let until =
+                    sent + (self.cfg.election_ticks_min - self.cfg.lease_drift_ticks) as u64;
                 self.lease_until_tick = self.lease_until_tick.max(until);
             }
         }
@@ -1582,7 +1611,8 @@ impl RawNode {
             if e.kind != EntryKind::ConfChange || e.index <= self.conf_index {
                 continue;
             }
-            let next = ConfChange::decode(&e.data).and_then(|cc| apply_conf_change(&self.conf, &cc));
+            let next =
+                ConfChange::decode(&e.data).and_then(|cc| apply_conf_change(&self.conf, &cc));
             match next {
                 Ok(c) => {
                     self.conf = c.clone();
@@ -1660,7 +1690,9 @@ pub fn apply_conf_change(conf: &ConfState, cc: &ConfChange) -> Result<ConfState,
         });
     }
     if conf.is_joint() {
-        return Err(Error::InvalidConfChange("leave the joint configuration first"));
+        return Err(Error::InvalidConfChange(
+            "leave the joint configuration first",
+        ));
     }
     let mut voters = conf.voters.clone();
     let mut learners = conf.learners.clone();

@@ -199,7 +199,11 @@ pub(crate) enum VoteResult {
 
 /// The index a majority of `voters` has reached (`u64::MAX` for an empty set, so an empty
 /// outgoing half never holds a joint decision back).
-pub(crate) fn majority_index(voters: &[u64], matched: impl Fn(u64) -> u64, scratch: &mut Vec<u64>) -> u64 {
+pub(crate) fn majority_index(
+    voters: &[u64],
+    matched: impl Fn(u64) -> u64,
+    scratch: &mut Vec<u64>,
+) -> u64 {
     if voters.is_empty() {
         return u64::MAX;
     }
@@ -210,7 +214,11 @@ pub(crate) fn majority_index(voters: &[u64], matched: impl Fn(u64) -> u64, scrat
 }
 
 /// Joint commit index (thesis §4.3: agreement needs separate majorities of both halves).
-pub(crate) fn committed_index(conf: &ConfState, matched: impl Fn(u64) -> u64, scratch: &mut Vec<u64>) -> u64 {
+pub(crate) fn committed_index(
+    conf: &ConfState,
+    matched: impl Fn(u64) -> u64,
+    scratch: &mut Vec<u64>,
+) -> u64 {
     let a = majority_index(&conf.voters, &matched, scratch);
     let b = majority_index(&conf.voters_outgoing, &matched, scratch);
     a.min(b)

@@ -582,7 +582,9 @@ impl Sim {
                 self.stats.lin_unknown = true;
                 Ok(())
             }
-            Outcome::NotLinearizable { detail } => Err(format!("history not linearizable: {detail}")),
+            Outcome::NotLinearizable { detail } => {
+                Err(format!("history not linearizable: {detail}"))
+            }
         }
     }
 
@@ -635,10 +637,14 @@ impl Sim {
         if self.blocked.contains(&(from, to)) || self.rng.chance(self.faults.drop_ppm) {
             return;
         }
-        let copies = if self.rng.chance(self.faults.dup_ppm) { 2 } else { 1 };
-        for i in 0..copies {
+        let copies = if self.rng.chance(self.faults.dup_ppm) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
             let at = self.now + 1 + self.rng.below(self.faults.delay_max_ticks);
-            let msg = if i + 1 == copies { msg.clone() } else { msg.clone() };
+            let msg = msg.clone();
             self.net.push(InFlight {
                 at,
                 from,
@@ -850,7 +856,8 @@ impl Sim {
                 continue;
             }
             for g in 0..self.cfg.groups as usize {
-                let writes: Vec<Write> = self.nodes[n].replicas[g].disk.unsynced.drain(..).collect();
+                let writes: Vec<Write> =
+                    self.nodes[n].replicas[g].disk.unsynced.drain(..).collect();
                 let Some(last) = writes.last().map(|w| w.number) else {
                     continue;
                 };
@@ -986,7 +993,11 @@ impl Sim {
         let Some(l) = self.leader_of(g) else {
             return;
         };
-        let Some(conf) = self.nodes[l].replicas[g].raw.as_ref().map(|r| r.conf().clone()) else {
+        let Some(conf) = self.nodes[l].replicas[g]
+            .raw
+            .as_ref()
+            .map(|r| r.conf().clone())
+        else {
             return;
         };
         if conf.is_joint() {
@@ -997,7 +1008,10 @@ impl Sim {
         let pick = |rng: &mut SplitMix64, v: &[u64]| v[rng.below(v.len() as u64) as usize];
         let steps = match self.rng.below(5) {
             0 if !conf.learners.is_empty() => {
-                vec![ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners))]
+                vec![ConfChangeStep::AddVoter(pick(
+                    &mut self.rng,
+                    &conf.learners,
+                ))]
             }
             1 if !others.is_empty() => {
                 vec![ConfChangeStep::AddLearner(pick(&mut self.rng, &others))]
@@ -1073,7 +1087,13 @@ impl Sim {
                     snapshot: rep.disk.snapshot.clone(),
                     entries: rep.disk.entries.clone(),
                 };
-                let cfg = node_config(n as u64 + 1, g as u64, self.seed, node.incarnation, &self.tuning);
+                let cfg = node_config(
+                    n as u64 + 1,
+                    g as u64,
+                    self.seed,
+                    node.incarnation,
+                    &self.tuning,
+                );
                 let raw = RawNode::new(cfg, state)
                     .map_err(|e| format!("node {} group {g}: restart failed: {e}", n + 1))?;
                 rep.sm = Kv::decode(&rep.disk.snapshot.data)
@@ -1097,7 +1117,9 @@ impl Sim {
         let key = op.input.key().to_vec();
         match (&op.input, &out) {
             (KvInput::Put { value, .. }, _) => {
-                self.clients[c as usize].last_seen.insert(key, value.clone());
+                self.clients[c as usize]
+                    .last_seen
+                    .insert(key, value.clone());
             }
             (KvInput::Get { .. }, KvOutput::Get(Some(v))) => {
                 self.clients[c as usize].last_seen.insert(key, v.clone());

@@ -133,7 +133,11 @@ impl Cluster {
     fn elect(&mut self, id: u64) {
         self.node(id).campaign_now();
         self.stabilize();
-        assert_eq!(self.nodes[&id].role(), Role::Leader, "node {id} should lead");
+        assert_eq!(
+            self.nodes[&id].role(),
+            Role::Leader,
+            "node {id} should lead"
+        );
     }
 
     fn leaders(&self) -> Vec<u64> {
@@ -145,7 +149,10 @@ impl Cluster {
     }
 
     fn propose(&mut self, id: u64, data: &[u8]) -> u64 {
-        let p = self.node(id).propose(&[Bytes::copy_from_slice(data)]).unwrap();
+        let p = self
+            .node(id)
+            .propose(&[Bytes::copy_from_slice(data)])
+            .unwrap();
         self.stabilize();
         p.last_index
     }
@@ -185,7 +192,10 @@ fn paper_5_2_election_timeout_is_randomized_in_min_to_twice_min() {
         assert!(t >= 10, "timeout must be >= election_ticks_min");
         firsts.insert(t);
     }
-    assert!(firsts.len() > 3, "timeouts should vary with the seed: {firsts:?}");
+    assert!(
+        firsts.len() > 3,
+        "timeouts should vary with the seed: {firsts:?}"
+    );
 }
 
 #[test]
@@ -198,7 +208,10 @@ fn paper_5_2_one_vote_per_term() {
     c.node(1).step(v.clone());
     let rd = c.node(1).ready();
     assert_eq!(rd.hard_state.unwrap().vote, 2);
-    assert!(rd.messages.is_empty(), "a grant is never sent before it is durable");
+    assert!(
+        rd.messages.is_empty(),
+        "a grant is never sent before it is durable"
+    );
     assert_eq!(rd.persisted_messages.len(), 1);
     assert!(!rd.persisted_messages[0].reject);
     c.node(1).on_persisted(rd.number).unwrap();
@@ -208,7 +221,10 @@ fn paper_5_2_one_vote_per_term() {
     let rd = c.node(1).ready();
     let resp: Vec<_> = rd.messages.iter().chain(&rd.persisted_messages).collect();
     assert_eq!(resp.len(), 1);
-    assert!(resp[0].reject, "second candidate in the same term is refused");
+    assert!(
+        resp[0].reject,
+        "second candidate in the same term is refused"
+    );
 }
 
 #[test]
@@ -227,7 +243,10 @@ fn paper_5_4_1_vote_refused_to_candidate_with_stale_log() {
     c.node(2).step(v.clone());
     let rd = c.node(2).ready();
     let resp: Vec<_> = rd.messages.iter().chain(&rd.persisted_messages).collect();
-    assert!(resp.iter().all(|m| m.reject), "stale candidate must be refused");
+    assert!(
+        resp.iter().all(|m| m.reject),
+        "stale candidate must be refused"
+    );
     // Same length: granted.
     v.index = last;
     v.term = term + 2;
@@ -317,7 +336,10 @@ fn paper_5_3_replication_respects_entry_and_byte_limits() {
     for m in &appends {
         assert!(m.entries.len() <= 3);
         let bytes: u64 = m.entries.iter().map(|e| e.size_bytes()).sum();
-        assert!(bytes <= 200 || m.entries.len() == 1, "{bytes} bytes in one append");
+        assert!(
+            bytes <= 200 || m.entries.len() == 1,
+            "{bytes} bytes in one append"
+        );
     }
     let l = c.nodes[&1].last_index();
     assert_eq!(c.nodes[&2].committed(), l);
@@ -371,7 +393,8 @@ fn paper_5_3_fast_backtracking_skips_conflicting_terms() {
     // 1 and 3 hold entries 2..=50 of term 3; 2 holds a stale, longer log of term 2.
     c.nodes.insert(1, RawNode::new(cfg(1), log(3, 50)).unwrap());
     c.nodes.insert(3, RawNode::new(cfg(3), log(3, 50)).unwrap());
-    c.nodes.insert(2, RawNode::new(cfg(2), log(2, 101)).unwrap());
+    c.nodes
+        .insert(2, RawNode::new(cfg(2), log(2, 101)).unwrap());
     c.isolated.insert(2);
     c.node(1).campaign_now();
     c.stabilize();
@@ -389,7 +412,11 @@ fn paper_5_3_fast_backtracking_skips_conflicting_terms() {
         "{rejects} rejections: backtracking should skip the whole term"
     );
     assert_eq!(c.nodes[&2].last_index(), c.nodes[&1].last_index());
-    assert_eq!(c.nodes[&2].log_term(40), Some(3), "conflicting suffix replaced");
+    assert_eq!(
+        c.nodes[&2].log_term(40),
+        Some(3),
+        "conflicting suffix replaced"
+    );
 }
 
 #[test]
@@ -421,11 +448,19 @@ fn paper_5_4_2_old_term_entries_not_committed_by_counting() {
     let mut ack = Message::new(MessageKind::AppendResponse, 2, 1, t);
     ack.index = 2; // follower acknowledges only the old-term entry
     n.step(ack);
-    assert_eq!(n.committed(), 1, "old-term entry must not be committed by counting");
+    assert_eq!(
+        n.committed(),
+        1,
+        "old-term entry must not be committed by counting"
+    );
     let mut ack = Message::new(MessageKind::AppendResponse, 2, 1, t);
     ack.index = 3; // now the no-op of the current term
     n.step(ack);
-    assert_eq!(n.committed(), 3, "committed together with the current-term entry");
+    assert_eq!(
+        n.committed(),
+        3,
+        "committed together with the current-term entry"
+    );
 }
 
 // ---------------------------------------------------------------- durability (§3.8, §10.2.1)
@@ -447,7 +482,10 @@ fn thesis_10_2_1_leader_counts_itself_only_once_durable() {
     let p = n.propose(&[Bytes::from_static(b"a")]).unwrap();
     let rd = n.ready();
     assert_eq!(rd.entries.len(), 1);
-    assert!(n.committed() < p.last_index, "not durable yet, not committed");
+    assert!(
+        n.committed() < p.last_index,
+        "not durable yet, not committed"
+    );
     n.on_persisted(rd.number).unwrap();
     assert_eq!(n.committed(), p.last_index);
     let rd = n.ready();
@@ -467,7 +505,10 @@ fn thesis_3_8_append_ack_waits_for_durability() {
     let to = m.to;
     c.node(to).step(m);
     let rd = c.node(to).ready();
-    assert!(rd.messages.iter().all(|m| m.kind != MessageKind::AppendResponse));
+    assert!(rd
+        .messages
+        .iter()
+        .all(|m| m.kind != MessageKind::AppendResponse));
     assert!(rd
         .persisted_messages
         .iter()
@@ -539,7 +580,10 @@ fn paper_7_snapshot_sent_in_chunks_to_lagging_follower() {
         .iter()
         .filter(|m| m.kind == MessageKind::Snapshot && m.to == 3)
         .count();
-    assert!(chunks >= 10, "1000 bytes in 100-byte chunks: {chunks} chunks");
+    assert!(
+        chunks >= 10,
+        "1000 bytes in 100-byte chunks: {chunks} chunks"
+    );
     let s = got_snapshot.expect("follower hands the snapshot to its caller");
     assert_eq!(s.data, image);
     assert_eq!(s.meta.index, applied);
@@ -567,7 +611,10 @@ fn thesis_6_4_read_index_batches_reads_on_one_round() {
         .iter()
         .filter(|m| m.kind == MessageKind::Heartbeat)
         .count();
-    assert_eq!(hb, 2, "one round (one heartbeat per follower) for ten reads");
+    assert_eq!(
+        hb, 2,
+        "one round (one heartbeat per follower) for ten reads"
+    );
     assert!(rd.read_states.is_empty(), "not before a quorum answers");
     for m in rd.messages {
         c.post(m);
@@ -641,16 +688,22 @@ fn thesis_6_4_follower_read_goes_through_leader() {
 fn thesis_6_4_1_lease_reads_skip_the_round_when_enabled() {
     // §6.4.1: with lease reads on (off by default), a leader that heard from a quorum less than
     // election_ticks_min - drift ago answers without a new round.
-    assert!(!Config::new(1).lease_reads, "lease reads are off by default");
+    assert!(
+        !Config::new(1).lease_reads,
+        "lease reads are off by default"
+    );
     let mut c = Cluster::with(&[1, 2, 3], |id| {
         let mut x = cfg(id);
         x.lease_reads = true;
         x
     });
-    c.elect(1);
+    // With lease reads on, fresh nodes wait an election timeout before voting.
+    c.tick_all(40);
+    assert_eq!(c.leaders().len(), 1);
+    let l = c.leaders()[0];
     c.tick_all(2); // one heartbeat round confirmed
-    c.node(1).read_index(1).unwrap();
-    let rd = c.node(1).ready();
+    c.node(l).read_index(1).unwrap();
+    let rd = c.node(l).ready();
     assert_eq!(rd.read_states.len(), 1, "served from the lease");
     assert!(rd.messages.iter().all(|m| m.kind != MessageKind::Heartbeat));
 }
@@ -668,7 +721,10 @@ fn thesis_3_10_leadership_transfer_with_timeout_now() {
         Err(Error::TransferInProgress)
     );
     c.stabilize();
-    assert!(c.sent.iter().any(|m| m.kind == MessageKind::TimeoutNow && m.to == 3));
+    assert!(c
+        .sent
+        .iter()
+        .any(|m| m.kind == MessageKind::TimeoutNow && m.to == 3));
     assert_eq!(c.leaders(), vec![3]);
 }
 
@@ -780,7 +836,10 @@ fn uncommitted_bytes_limit_pushes_back_with_typed_error() {
     c.node(1).propose(&big).unwrap();
     c.node(1).propose(&big).unwrap();
     let r = c.node(1).propose(&big);
-    assert!(matches!(r, Err(Error::UncommittedBytesLimit { limit: 1000, .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::UncommittedBytesLimit { limit: 1000, .. })),
+        "{r:?}"
+    );
     c.isolated.clear();
     c.tick_all(5);
     assert_eq!(c.nodes[&1].uncommitted_bytes(), 0);
@@ -797,7 +856,10 @@ fn proposals_rejected_on_followers() {
 
 #[test]
 fn malformed_wire_values_are_typed_errors() {
-    assert_eq!(MessageKind::from_u8(200), Err(Error::UnknownMessageKind(200)));
+    assert_eq!(
+        MessageKind::from_u8(200),
+        Err(Error::UnknownMessageKind(200))
+    );
     assert_eq!(EntryKind::from_u8(9), Err(Error::UnknownEntryKind(9)));
     assert!(ConfChange::decode(&[1, 2, 0]).is_err());
     assert!(ConfChange::decode(&[]).is_err());

@@ -10,7 +10,11 @@ fn simulator_600_seeds_pass() {
     for f in &failed {
         eprintln!("FAIL {f}");
     }
-    assert!(failed.is_empty(), "{} seeds failed, {passed} passed", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} seeds failed, {passed} passed",
+        failed.len()
+    );
     assert_eq!(passed, 600);
 }
 

@@ -59,22 +59,22 @@ fn main() {
         let mut applied = 0;
         loop {
             let mut any = false;
-            for n in 0..3 {
-                if nodes[n].has_ready() {
+            for (n, node) in nodes.iter_mut().enumerate() {
+                if node.has_ready() {
                     any = true;
-                    let rd = nodes[n].ready();
+                    let rd = node.ready();
                     queue.extend(rd.messages);
                     // "Durable" at once: release the acknowledgements and report it.
                     queue.extend(rd.persisted_messages);
-                    nodes[n].on_persisted(rd.number).expect("ready number");
+                    node.on_persisted(rd.number).expect("ready number");
                     if let Some(last) = rd.committed_entries.last() {
                         if n == 0 {
                             applied += rd.committed_entries.len() as u64;
                         }
                         let idx = last.index;
-                        nodes[n].on_applied(idx);
-                        if idx > nodes[n].first_index() + 100_000 {
-                            nodes[n].compact(idx, Bytes::new()).expect("compact");
+                        node.on_applied(idx);
+                        if idx > node.first_index() + 100_000 {
+                            node.compact(idx, Bytes::new()).expect("compact");
                         }
                     }
                 }
@@ -93,14 +93,17 @@ fn main() {
     assert_eq!(nodes[0].role(), Role::Leader, "node 1 leads");
     // Payload: one buffer sliced per entry (what a server does with a received frame).
     let buf = Bytes::from(vec![0xabu8; batch * size]);
-    let cmds: Vec<Bytes> = (0..batch).map(|i| buf.slice(i * size..(i + 1) * size)).collect();
+    let cmds: Vec<Bytes> = (0..batch)
+        .map(|i| buf.slice(i * size..(i + 1) * size))
+        .collect();
 
     let (wall0, cpu0) = (Instant::now(), cpu_seconds());
     let mut proposed: u64 = 0;
     // Keep several batches in flight, like a server proposing every loop turn.
     let in_flight_batches = 16u64;
     while committed_on_leader < total {
-        while proposed < total && proposed - committed_on_leader < in_flight_batches * batch as u64 {
+        while proposed < total && proposed - committed_on_leader < in_flight_batches * batch as u64
+        {
             nodes[0].propose(&cmds).expect("propose");
             proposed += batch as u64;
         }
