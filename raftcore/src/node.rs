@@ -1009,6 +1009,16 @@ impl RawNode {
     }
 
     fn handle_append(&mut self, m: Message) {
+        // Input from the network: entries must continue right after (index, log_term), be
+        // contiguous, and have non-decreasing terms no newer than the message. Else drop it.
+        let mut prev = (m.index, m.log_term);
+        for e in &m.entries {
+            if e.index != prev.0 + 1 || e.term < prev.1 || e.term > m.term {
+                tracing::warn!(id = self.id, from = m.from, "malformed append dropped");
+                return;
+            }
+            prev = (e.index, e.term);
+        }
         if m.index < self.log.committed {
             // Everything up to our commit index is committed, hence already matching.
             let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);

@@ -896,3 +896,23 @@ fn restart_rebuilds_from_durable_state() {
         Err(Error::InvalidRestartState(_))
     ));
 }
+
+#[test]
+fn malformed_append_from_network_is_dropped() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let last = c.nodes[&2].last_index();
+    let t = c.nodes[&2].term();
+    let mut m = Message::new(MessageKind::Append, 1, 2, t);
+    m.index = last;
+    m.log_term = t;
+    m.entries = vec![Entry {
+        index: last + 5, // gap
+        term: t,
+        kind: EntryKind::Normal,
+        data: Bytes::new(),
+    }];
+    c.node(2).step(m);
+    assert_eq!(c.nodes[&2].last_index(), last);
+    c.nodes[&2].check_invariants().unwrap();
+}
