@@ -104,17 +104,16 @@ impl RaftLog {
 
     /// Follower side of AppendEntries (paper §5.3). `prev` must already match. Returns the
     /// index at which a conflicting suffix was truncated, if one was.
-    pub(crate) fn append_follower(&mut self, entries: &[Entry]) -> Option<u64> {
+    pub(crate) fn append_follower(&mut self, entries: Vec<Entry>) -> Option<u64> {
         // Find the first entry that is not already in the log with the same term.
         let mut skip = 0;
-        for e in entries {
+        for e in &entries {
             match self.term(e.index) {
                 Some(t) if t == e.term => skip += 1,
                 _ => break,
             }
         }
-        let rest = &entries[skip..];
-        let first = rest.first()?;
+        let first = entries.get(skip)?;
         let mut truncated = None;
         if first.index <= self.last_index() {
             // §5.3: "If an existing entry conflicts with a new one (same index but different
@@ -125,9 +124,7 @@ impl RaftLog {
             self.unstable_from = self.unstable_from.min(first.index);
             self.persisted = self.persisted.min(first.index - 1);
         }
-        for e in rest {
-            self.entries.push_back(e.clone());
-        }
+        self.entries.extend(entries.into_iter().skip(skip));
         truncated
     }
 

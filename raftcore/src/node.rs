@@ -1039,10 +1039,10 @@ impl RawNode {
                     return;
                 }
             }
-            if let Some(k) = self.log.append_follower(&m.entries) {
+            let last_new = m.index + m.entries.len() as u64;
+            if let Some(k) = self.log.append_follower(m.entries) {
                 self.clip_pending(k - 1);
             }
-            let last_new = m.index + m.entries.len() as u64;
             // Paper Figure 2: commitIndex = min(leaderCommit, index of last new entry).
             self.log.commit_to(m.commit.min(last_new));
             let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
