@@ -274,3 +274,83 @@ impl RaftLog {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn e(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: crate::types::EntryKind::Normal,
+            data: Bytes::from_static(b"0123456789"),
+        }
+    }
+
+    #[test]
+    fn follower_append_truncates_only_the_conflicting_suffix() {
+        // Paper §5.3: delete the conflicting entry and all that follow; keep matching ones.
+        let mut log = RaftLog::new(0, 0, vec![e(1, 1), e(2, 1), e(3, 2), e(4, 2)], 1);
+        assert_eq!(log.append_follower(vec![e(2, 1), e(3, 3)]), Some(3));
+        assert_eq!(log.last_index(), 3);
+        assert_eq!(log.term(3), Some(3));
+        assert_eq!(
+            log.persisted, 2,
+            "durable prefix shrinks to before the conflict"
+        );
+        assert_eq!(log.unstable_from, 3);
+        // Re-sending entries we already have changes nothing.
+        assert_eq!(log.append_follower(vec![e(1, 1), e(2, 1)]), None);
+        assert_eq!(log.last_index(), 3);
+        log.check().unwrap();
+    }
+
+    #[test]
+    fn up_to_date_compares_last_term_then_length() {
+        // Paper §5.4.1.
+        let log = RaftLog::new(0, 0, vec![e(1, 1), e(2, 2)], 0);
+        assert!(log.is_up_to_date(1, 3));
+        assert!(log.is_up_to_date(2, 2));
+        assert!(!log.is_up_to_date(1, 2));
+        assert!(!log.is_up_to_date(9, 1));
+    }
+
+    #[test]
+    fn apply_waits_for_commit_and_local_durability() {
+        let mut log = RaftLog::new(0, 0, vec![], 0);
+        log.append_leader(vec![e(1, 1), e(2, 1), e(3, 1)]);
+        log.commit_to(3);
+        assert!(!log.has_applicable(), "nothing durable yet");
+        log.persisted = 2;
+        let out = log.take_applicable(u64::MAX);
+        assert_eq!(out.len(), 2);
+        log.check().unwrap();
+    }
+
+    #[test]
+    fn slice_respects_count_and_bytes_but_sends_at_least_one() {
+        let log = RaftLog::new(0, 0, (1..=10).map(|i| e(i, 1)).collect(), 0);
+        assert_eq!(log.slice(1, 3, u64::MAX).len(), 3);
+        assert_eq!(log.slice(1, 100, 70).len(), 2); // 34 bytes each
+        assert_eq!(log.slice(1, 100, 1).len(), 1);
+        assert_eq!(log.slice(11, 100, 100).len(), 0);
+    }
+
+    #[test]
+    fn compaction_keeps_terms_and_invariants() {
+        let mut log = RaftLog::new(0, 0, (1..=10).map(|i| e(i, i / 4 + 1)).collect(), 10);
+        log.compact(6);
+        assert_eq!(log.first_index(), 7);
+        assert_eq!(log.term(6), Some(2));
+        assert_eq!(log.term(5), None);
+        log.check().unwrap();
+        assert_eq!(log.find_conflict_by_term(10, 2), (7, 2));
+        assert_eq!(
+            log.find_conflict_by_term(10, 1),
+            (6, 2),
+            "stops at the snapshot"
+        );
+    }
+}

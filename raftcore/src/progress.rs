@@ -256,3 +256,71 @@ pub(crate) fn vote_result(conf: &ConfState, vote: impl Fn(u64) -> Option<bool>) 
         _ => VoteResult::Pending,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joint_commit_index_is_the_min_of_both_majorities() {
+        // Thesis §4.3: in C_old,new agreement needs a majority of each configuration.
+        let conf = ConfState {
+            voters: vec![1, 2, 3],
+            voters_outgoing: vec![3, 4, 5],
+            ..Default::default()
+        };
+        let matched = |id: u64| [0, 10, 9, 8, 2, 1][id as usize];
+        let mut s = Vec::new();
+        assert_eq!(majority_index(&conf.voters, matched, &mut s), 9);
+        assert_eq!(majority_index(&conf.voters_outgoing, matched, &mut s), 2);
+        assert_eq!(committed_index(&conf, matched, &mut s), 2);
+    }
+
+    #[test]
+    fn vote_needs_both_majorities_and_loses_early() {
+        let conf = ConfState {
+            voters: vec![1, 2, 3],
+            voters_outgoing: vec![1, 4, 5],
+            ..Default::default()
+        };
+        let v = |yes: &[u64], no: &[u64]| {
+            let (yes, no) = (yes.to_vec(), no.to_vec());
+            vote_result(&conf, move |id| {
+                if yes.contains(&id) {
+                    Some(true)
+                } else if no.contains(&id) {
+                    Some(false)
+                } else {
+                    None
+                }
+            })
+        };
+        assert_eq!(v(&[1, 2], &[]), VoteResult::Pending);
+        assert_eq!(v(&[1, 2, 4], &[]), VoteResult::Won);
+        assert_eq!(v(&[1, 2], &[4, 5]), VoteResult::Lost);
+    }
+
+    #[test]
+    fn inflight_window_frees_in_order() {
+        let mut f = Inflights::new(3);
+        f.add(5);
+        f.add(9);
+        f.add(12);
+        assert!(f.full());
+        f.free_to(9);
+        assert_eq!(f.len(), 1);
+        assert!(!f.full());
+    }
+
+    #[test]
+    fn stale_rejection_is_ignored_in_replicate() {
+        let mut p = Progress::new(2, 11, 8);
+        p.maybe_update(10);
+        p.become_replicate();
+        p.next = 20;
+        assert!(!p.maybe_decr_to(9, 3), "rejects an index already matched");
+        assert!(p.maybe_decr_to(15, 12));
+        assert_eq!(p.state, ProgressState::Probe);
+        assert_eq!(p.next, 13);
+    }
+}
