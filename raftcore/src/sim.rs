@@ -57,6 +57,8 @@ pub struct SimConfig {
     pub compact_entries: u64,
     /// Step budget of the linearizability search per key.
     pub lin_step_budget: u64,
+    /// Print a line per notable event (faults, crashes, new leaders, membership changes).
+    pub trace: bool,
 }
 
 impl Default for SimConfig {
@@ -72,6 +74,7 @@ impl Default for SimConfig {
             op_timeout_ticks: 60,
             compact_entries: 24,
             lin_step_budget: 2_000_000,
+            trace: false,
         }
     }
 }
@@ -588,7 +591,14 @@ impl Sim {
         }
     }
 
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            println!("[seed {} tick {}] {}", self.seed, self.now, what());
+        }
+    }
+
     fn heal(&mut self) {
+        self.trace(|| "heal: liveness phase starts".into());
         self.healed = true;
         self.blocked.clear();
         self.faults.drop_ppm = 0;
@@ -931,6 +941,7 @@ impl Sim {
                     }
                 }
             }
+            self.trace(|| format!("partition: blocked links {:?}", self.blocked));
         }
         if self.rng.chance(self.faults.crash_ppm) {
             let down = self.nodes.iter().filter(|n| !n.alive).count();
@@ -969,6 +980,14 @@ impl Sim {
                         let t = voters[self.rng.below(voters.len() as u64) as usize];
                         if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
                             if raw.transfer_leader(t).is_ok() {
+                                if self.cfg.trace {
+                                    println!(
+                                        "[seed {} tick {}] group {g}: transfer {} -> {t}",
+                                        self.seed,
+                                        self.now,
+                                        l + 1
+                                    );
+                                }
                                 self.stats.transfers += 1;
                             }
                         }
@@ -1033,13 +1052,25 @@ impl Sim {
             _ => return,
         };
         if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
-            if raw.propose_conf_change(&ConfChange { steps }).is_ok() {
+            let cc = ConfChange { steps };
+            if raw.propose_conf_change(&cc).is_ok() {
+                if self.cfg.trace {
+                    println!(
+                        "[seed {} tick {}] group {g}: leader {} proposes {:?} (conf {:?})",
+                        self.seed,
+                        self.now,
+                        l + 1,
+                        cc.steps,
+                        conf
+                    );
+                }
                 self.stats.conf_changes += 1;
             }
         }
     }
 
     fn crash(&mut self, n: usize) {
+        self.trace(|| format!("crash node {}", n + 1));
         self.stats.crashes += 1;
         let node = &mut self.nodes[n];
         node.alive = false;
@@ -1079,6 +1110,14 @@ impl Sim {
             }
             let node = &mut self.nodes[n];
             node.alive = true;
+            if self.cfg.trace {
+                println!(
+                    "[seed {} tick {}] restart node {}",
+                    self.seed,
+                    self.now,
+                    n + 1
+                );
+            }
             node.incarnation += 1;
             for g in 0..node.replicas.len() {
                 let rep = &mut node.replicas[g];
@@ -1272,7 +1311,14 @@ impl Sim {
                         ));
                     }
                     _ => {
-                        chk.leaders.insert(term, n as u64 + 1);
+                        if chk.leaders.insert(term, n as u64 + 1).is_none() && self.cfg.trace {
+                            println!(
+                                "[seed {} tick {}] group {g}: node {} leads term {term}",
+                                self.seed,
+                                self.now,
+                                n + 1
+                            );
+                        }
                     }
                 }
                 if rep.leader_term_checked == term {
