@@ -12,6 +12,8 @@
 //! - **schedule**: crashes and restarts, membership changes (learners, promotions, removals
 //!   including of the leader, through joint consensus) and leadership transfers, all during the
 //!   faults;
+//! - **clocks** drift: some nodes miss one tick in every 20 to 40 (bounded drift, within the
+//!   lease allowance);
 //! - **clients** issue put / get / compare-and-set on a few keys (writes as proposals, reads via
 //!   ReadIndex, some served by followers) and record a history with invocation and completion
 //!   ticks; operations whose outcome is unknown (timeout, crash) are recorded as such.
@@ -369,6 +371,8 @@ struct Replica {
 struct Node {
     alive: bool,
     restart_at: u64,
+    /// Clock drift: this node's clock misses one tick in every `slow_every` (0 = exact).
+    slow_every: u64,
     incarnation: u64,
     replicas: Vec<Replica>,
 }
@@ -521,9 +525,19 @@ impl Sim {
             nodes.push(Node {
                 alive: true,
                 restart_at: 0,
+                slow_every: 0,
                 incarnation: 0,
                 replicas,
             });
+        }
+        // Bounded clock drift (separate generator, so the fault schedule is unchanged): up to
+        // 3 of every 5 nodes run 2.5-5% slow. That stays inside the lease allowance
+        // (lease_drift_ticks = 2 of election_ticks_min = 10), so lease reads must stay correct.
+        let mut clock_rng = SplitMix64::new(seed ^ 0xc10c_d21f_7000_0000);
+        for node in nodes.iter_mut() {
+            if clock_rng.below(5) < 3 {
+                node.slow_every = 20 + clock_rng.below(21);
+            }
         }
         let clients = (0..cfg.clients)
             .map(|_| Client {
@@ -616,7 +630,8 @@ impl Sim {
         self.restart_due()?;
         self.deliver()?;
         for n in 0..self.nodes.len() {
-            if !self.nodes[n].alive {
+            let k = self.nodes[n].slow_every;
+            if !self.nodes[n].alive || (k > 0 && (self.now + n as u64) % k == 0) {
                 continue;
             }
             for g in 0..self.cfg.groups as usize {
