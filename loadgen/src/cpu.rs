@@ -37,12 +37,24 @@ pub enum CpuError {
 /// The command name (field 2) is in parentheses and may itself contain spaces and parentheses,
 /// so fields are counted from the last `)`.
 pub fn parse_stat_ticks(pid: u32, stat: &str) -> Result<u64, CpuError> {
-    let close = stat.rfind(')').ok_or(CpuError::Parse { pid, reason: "no ')' after comm" })?;
+    let close = stat.rfind(')').ok_or(CpuError::Parse {
+        pid,
+        reason: "no ')' after comm",
+    })?;
     // After ") " come fields 3 (state) onwards; utime is field 14, stime field 15.
     let mut fields = stat[close + 1..].split_ascii_whitespace();
-    let utime = fields.nth(11).ok_or(CpuError::Parse { pid, reason: "missing utime" })?;
-    let stime = fields.next().ok_or(CpuError::Parse { pid, reason: "missing stime" })?;
-    let parse = |s: &str, reason| s.parse::<u64>().map_err(|_| CpuError::Parse { pid, reason });
+    let utime = fields.nth(11).ok_or(CpuError::Parse {
+        pid,
+        reason: "missing utime",
+    })?;
+    let stime = fields.next().ok_or(CpuError::Parse {
+        pid,
+        reason: "missing stime",
+    })?;
+    let parse = |s: &str, reason| {
+        s.parse::<u64>()
+            .map_err(|_| CpuError::Parse { pid, reason })
+    };
     Ok(parse(utime, "utime not a number")? + parse(stime, "stime not a number")?)
 }
 
@@ -62,7 +74,9 @@ pub fn process_cpu(pid: u32) -> Result<Duration, CpuError> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|source| CpuError::Read { pid, source })?;
     let ticks = parse_stat_ticks(pid, &text)?;
-    Ok(Duration::from_micros(ticks * 1_000_000 / ticks_per_second()))
+    Ok(Duration::from_micros(
+        ticks * 1_000_000 / ticks_per_second(),
+    ))
 }
 
 /// CPU time of a set of processes at one moment.
@@ -86,7 +100,12 @@ impl CpuSample {
     pub fn since(&self, earlier: &CpuSample) -> Duration {
         self.per_pid
             .iter()
-            .filter_map(|(pid, now)| earlier.per_pid.get(pid).map(|then| now.saturating_sub(*then)))
+            .filter_map(|(pid, now)| {
+                earlier
+                    .per_pid
+                    .get(pid)
+                    .map(|then| now.saturating_sub(*then))
+            })
             .sum()
     }
 }
@@ -97,7 +116,8 @@ mod tests {
 
     #[test]
     fn parses_stat_with_awkward_comm() {
-        let line = "4242 (we ird) (name)) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 8 0 \
+        let line =
+            "4242 (we ird) (name)) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 75 0 0 20 0 8 0 \
                     1000 2000000 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
         assert_eq!(parse_stat_ticks(4242, line).unwrap(), 325);
         assert!(parse_stat_ticks(1, "1 (x) S 1 2").is_err());
@@ -115,7 +135,11 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         let after = CpuSample::take(&[me]).unwrap();
-        assert!(after.since(&before) >= Duration::from_millis(20), "{:?}", after.since(&before));
+        assert!(
+            after.since(&before) >= Duration::from_millis(20),
+            "{:?}",
+            after.since(&before)
+        );
         assert!(CpuSample::take(&[u32::MAX]).is_err());
     }
 }

@@ -27,11 +27,19 @@ impl EtcdTarget {
     /// A target over these client endpoints. Endpoints without a scheme get `http://`.
     pub fn new(endpoints: Vec<String>) -> Result<Self, TargetError> {
         if endpoints.is_empty() {
-            return Err(TargetError::Unavailable("etcd target: no endpoints given".into()));
+            return Err(TargetError::Unavailable(
+                "etcd target: no endpoints given".into(),
+            ));
         }
         let endpoints = endpoints
             .into_iter()
-            .map(|e| if e.contains("://") { e } else { format!("http://{e}") })
+            .map(|e| {
+                if e.contains("://") {
+                    e
+                } else {
+                    format!("http://{e}")
+                }
+            })
             .collect();
         Ok(EtcdTarget { endpoints })
     }
@@ -77,8 +85,13 @@ impl Target for EtcdTarget {
         let endpoint = self.endpoints[index % self.endpoints.len()].clone();
         let client = Client::connect([endpoint.as_str()], None)
             .await
-            .map_err(|e| TargetError::Connect { endpoint: endpoint.clone(), reason: e.to_string() })?;
-        Ok(EtcdConn { kv: client.kv_client() })
+            .map_err(|e| TargetError::Connect {
+                endpoint: endpoint.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(EtcdConn {
+            kv: client.kv_client(),
+        })
     }
 }
 
@@ -88,7 +101,11 @@ impl Connection for EtcdConn {
         Ok(())
     }
 
-    async fn get(&self, key: Vec<u8>, consistency: Consistency) -> Result<Option<Versioned>, OpError> {
+    async fn get(
+        &self,
+        key: Vec<u8>,
+        consistency: Consistency,
+    ) -> Result<Option<Versioned>, OpError> {
         let opts = match consistency {
             Consistency::Stale => Some(GetOptions::new().with_serializable()),
             Consistency::Linearizable | Consistency::Follower => None,
@@ -98,16 +115,26 @@ impl Connection for EtcdConn {
             [] => Ok(None),
             [kv] => Ok(Some(Versioned {
                 value: kv.value().to_vec(),
-                mod_revision: u64::try_from(kv.mod_revision())
-                    .map_err(|_| OpError::BadResponse(format!("negative mod_revision {}", kv.mod_revision())))?,
+                mod_revision: u64::try_from(kv.mod_revision()).map_err(|_| {
+                    OpError::BadResponse(format!("negative mod_revision {}", kv.mod_revision()))
+                })?,
             })),
-            many => Err(OpError::BadResponse(format!("get of one key returned {} keys", many.len()))),
+            many => Err(OpError::BadResponse(format!(
+                "get of one key returned {} keys",
+                many.len()
+            ))),
         }
     }
 
-    async fn cas(&self, key: Vec<u8>, expected_revision: u64, value: Vec<u8>) -> Result<bool, OpError> {
-        let rev = i64::try_from(expected_revision)
-            .map_err(|_| OpError::BadResponse(format!("revision {expected_revision} out of etcd's range")))?;
+    async fn cas(
+        &self,
+        key: Vec<u8>,
+        expected_revision: u64,
+        value: Vec<u8>,
+    ) -> Result<bool, OpError> {
+        let rev = i64::try_from(expected_revision).map_err(|_| {
+            OpError::BadResponse(format!("revision {expected_revision} out of etcd's range"))
+        })?;
         let txn = Txn::new()
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::put(key, value, None)]);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::target::TargetError;
 
 /// Time given to members to exit after SIGTERM before SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Time allowed for the cluster to elect a leader and answer a request.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,12 +38,17 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TargetError {
 /// Finds a program on `PATH`.
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }
 
 /// The repository root: the parent of this crate's directory.
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// Returns the path of the `etcd` binary, installing it with the project's script if missing.
@@ -54,11 +59,22 @@ pub fn ensure_etcd_installed() -> Result<PathBuf, TargetError> {
     let script = repo_root().join(INSTALL_SCRIPT);
     tracing::info!(script = %script.display(), "etcd not found; installing it");
     eprintln!("etcd not found; running {}", script.display());
-    let status = Command::new("bash").arg(&script).status().map_err(io(format!("running {}", script.display())))?;
+    let status = Command::new("bash")
+        .arg(&script)
+        .status()
+        .map_err(io(format!("running {}", script.display())))?;
     if !status.success() {
-        return Err(TargetError::Local(format!("{} failed ({status})", script.display())));
+        return Err(TargetError::Local(format!(
+            "{} failed ({status})",
+            script.display()
+        )));
     }
-    which("etcd").ok_or_else(|| TargetError::Local(format!("{} ran but `etcd` is still not on PATH", script.display())))
+    which("etcd").ok_or_else(|| {
+        TargetError::Local(format!(
+            "{} ran but `etcd` is still not on PATH",
+            script.display()
+        ))
+    })
 }
 
 /// Picks `n` distinct free TCP ports on 127.0.0.1 (all listeners are held until every port is
@@ -96,10 +112,15 @@ impl LocalEtcd {
         let peer = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
         let initial: Vec<String> = (0..MEMBERS).map(|i| format!("m{i}={}", peer(i))).collect();
         let initial = initial.join(",");
-        let mut cluster = LocalEtcd { children: Vec::new(), endpoints: (0..MEMBERS).map(client).collect(), dir };
+        let mut cluster = LocalEtcd {
+            children: Vec::new(),
+            endpoints: (0..MEMBERS).map(client).collect(),
+            dir,
+        };
         for i in 0..MEMBERS {
             let data = cluster.dir.join(format!("m{i}"));
-            let log = File::create(cluster.dir.join(format!("m{i}.log"))).map_err(io("creating member log"))?;
+            let log = File::create(cluster.dir.join(format!("m{i}.log")))
+                .map_err(io("creating member log"))?;
             let log2 = log.try_clone().map_err(io("cloning member log"))?;
             let mut cmd = Command::new(&etcd);
             cmd.arg("--name")
@@ -119,7 +140,13 @@ impl LocalEtcd {
                 .arg("--initial-cluster-state")
                 .arg("new")
                 .arg("--initial-cluster-token")
-                .arg(cluster.dir.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+                .arg(
+                    cluster
+                        .dir
+                        .file_name()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                )
                 .arg("--logger")
                 .arg("zap")
                 .stdin(Stdio::null())
@@ -136,7 +163,9 @@ impl LocalEtcd {
                     Ok(())
                 });
             }
-            let child = cmd.spawn().map_err(io(format!("starting {}", etcd.display())))?;
+            let child = cmd
+                .spawn()
+                .map_err(io(format!("starting {}", etcd.display())))?;
             cluster.children.push(child);
         }
         cluster.wait_ready().await?;
@@ -208,7 +237,10 @@ impl LocalEtcd {
                 match c.try_wait() {
                     Ok(Some(_)) | Err(_) => break,
                     Ok(None) if Instant::now() >= deadline => {
-                        tracing::warn!(pid = c.id(), "etcd member ignored SIGTERM; killing it");
+                        tracing::info!(
+                            pid = c.id(),
+                            "etcd member still running after SIGTERM; sending SIGKILL"
+                        );
                         let _ = c.kill();
                         let _ = c.wait();
                         break;
@@ -234,5 +266,9 @@ impl Drop for LocalEtcd {
 
 fn unique() -> u64 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) & 0xffff_ffff
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        & 0xffff_ffff
 }

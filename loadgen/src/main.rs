@@ -186,8 +186,12 @@ struct SuiteCommon {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.find(|c: char| c.is_ascii_alphabetic()).map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?}: expected e.g. 30s, 500ms, 2m"))?;
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 30s, 500ms, 2m"))?;
     let secs = match unit {
         "ms" => v / 1e3,
         "s" => v,
@@ -218,12 +222,16 @@ enum CliError {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("LOADGEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadgen: cannot start the runtime: {e}");
@@ -257,7 +265,10 @@ fn main() -> ExitCode {
 
 fn run_config(a: &RunArgs, name: String) -> Result<RunConfig, CliError> {
     let concurrency = match a.depth {
-        Some(d) => a.connections.checked_mul(d).ok_or_else(|| CliError::Usage("depth too large".into()))?,
+        Some(d) => a
+            .connections
+            .checked_mul(d)
+            .ok_or_else(|| CliError::Usage("depth too large".into()))?,
         None => a.concurrency,
     };
     Ok(RunConfig {
@@ -293,15 +304,25 @@ async fn cmd_run(a: RunArgs, command: &str) -> Result<(), CliError> {
         TargetKind::Etcd => "etcd",
         TargetKind::Mem => "mem",
     };
-    let workload = a.workload.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
-    let name = a.out.name.clone().unwrap_or_else(|| format!("{system}-{workload}"));
+    let workload = a
+        .workload
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    let name = a
+        .out
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{system}-{workload}"));
     let cfg = run_config(&a, name.clone())?;
     let result = match a.target {
         TargetKind::Corum => return Err(CliError::Usage(CORUM_NOT_BUILT.into())),
         TargetKind::Mem => run(&MemTarget::new(), &cfg).await?,
         TargetKind::Etcd if a.local => {
             if !a.endpoints.is_empty() {
-                return Err(CliError::Usage("--local and --endpoints exclude each other".into()));
+                return Err(CliError::Usage(
+                    "--local and --endpoints exclude each other".into(),
+                ));
             }
             let local = LocalSystem::start(System::Etcd, &a.out.data_root).await?;
             let r = local.run(&cfg).await?;
@@ -310,13 +331,22 @@ async fn cmd_run(a: RunArgs, command: &str) -> Result<(), CliError> {
         }
         TargetKind::Etcd => {
             if a.endpoints.is_empty() {
-                return Err(CliError::Usage("--target etcd needs --endpoints or --local".into()));
+                return Err(CliError::Usage(
+                    "--target etcd needs --endpoints or --local".into(),
+                ));
             }
             run(&EtcdTarget::new(a.endpoints.clone())?, &cfg).await?
         }
     };
     let summary = CaseSummary::from_run(&result);
-    let dir = write(&a.out, &name, command, vec![summary.clone()], None, &[&result])?;
+    let dir = write(
+        &a.out,
+        &name,
+        command,
+        vec![summary.clone()],
+        None,
+        &[&result],
+    )?;
     println!("{}", report::summary_table(std::slice::from_ref(&summary)));
     println!("report: {}", dir.display());
     let mut line = summary.json_line();
@@ -336,7 +366,10 @@ fn write(
     let dir = report::create_report_dir(&out.out_dir, name)?;
     let rep = Report {
         name: name.to_string(),
-        created_unix_s: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        created_unix_s: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
         commit: report::git_commit(),
         machine: Machine::describe(&out.data_root),
         command: command.to_string(),
@@ -360,7 +393,9 @@ async fn cmd_suite(system: Option<System>, c: SuiteCommon, command: &str) -> Res
     if !c.cases.is_empty() {
         cases.retain(|k| c.cases.contains(&k.name));
         if cases.is_empty() {
-            return Err(CliError::Usage("--cases selected none of write,read,mixed,latency".into()));
+            return Err(CliError::Usage(
+                "--cases selected none of write,read,mixed,latency".into(),
+            ));
         }
         // The mixed case relies on the read case's preload; preload itself if read is skipped.
         if !c.cases.iter().any(|n| n == "read") {
@@ -381,9 +416,17 @@ async fn cmd_suite(system: Option<System>, c: SuiteCommon, command: &str) -> Res
     };
     let runs = suite::run_cases(&systems, &cases, &o.data_root).await?;
     let summaries: Vec<CaseSummary> = runs.iter().map(CaseSummary::from_run).collect();
-    let ratios = if system.is_none() { suite::ratios(&summaries) } else { None };
+    let ratios = if system.is_none() {
+        suite::ratios(&summaries)
+    } else {
+        None
+    };
     let name = c.out.name.clone().unwrap_or_else(|| match system {
-        Some(s) => format!("suite-{}{}", if s == System::Etcd { "etcd" } else { "corum" }, if c.quick { "-quick" } else { "" }),
+        Some(s) => format!(
+            "suite-{}{}",
+            if s == System::Etcd { "etcd" } else { "corum" },
+            if c.quick { "-quick" } else { "" }
+        ),
         None => format!("compare{}", if c.quick { "-quick" } else { "" }),
     });
     let refs: Vec<&RunResult> = runs.iter().collect();
@@ -397,7 +440,8 @@ async fn cmd_suite(system: Option<System>, c: SuiteCommon, command: &str) -> Res
             l
         }
         None => {
-            let r = ratios.ok_or_else(|| CliError::Usage("compare: a case is missing; no ratios".into()))?;
+            let r = ratios
+                .ok_or_else(|| CliError::Usage("compare: a case is missing; no ratios".into()))?;
             serde_json::json!({
                 "write_ratio": r.write_ratio,
                 "read_ratio": r.read_ratio,
@@ -432,7 +476,12 @@ mod tests {
         let c = Cli::try_parse_from(["loadgen", "--local"]).unwrap();
         assert!(c.run.local && c.cmd.is_none());
         let c = Cli::try_parse_from(["loadgen", "compare", "--quick"]).unwrap();
-        assert!(matches!(c.cmd, Some(Cmd::Compare(CompareArgs { common: SuiteCommon { quick: true, .. } }))));
+        assert!(matches!(
+            c.cmd,
+            Some(Cmd::Compare(CompareArgs {
+                common: SuiteCommon { quick: true, .. }
+            }))
+        ));
     }
 
     impl Cli {

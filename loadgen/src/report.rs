@@ -55,7 +55,10 @@ pub enum ReportError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ReportError + '_ {
-    move |source| ReportError::Io { path: path.to_path_buf(), source }
+    move |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -145,13 +148,26 @@ impl CaseSummary {
             system: r.system.clone(),
             name: r.config.name.clone(),
             config: serde_json::to_value(&r.config).unwrap_or(serde_json::Value::Null),
-            mode: if r.config.rate.is_some() { "open" } else { "closed" }.into(),
-            started_at_unix_s: r.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            mode: if r.config.rate.is_some() {
+                "open"
+            } else {
+                "closed"
+            }
+            .into(),
+            started_at_unix_s: r
+                .started_at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
             measured_s: r.measured.as_secs_f64(),
             ops: r.ops,
             ops_per_s: r.ops_per_s(),
             latency: Percentiles::of(&r.all),
-            per_kind: r.per_kind.iter().map(|(k, h)| (k.name().to_string(), Percentiles::of(h))).collect(),
+            per_kind: r
+                .per_kind
+                .iter()
+                .map(|(k, h)| (k.name().to_string(), Percentiles::of(h)))
+                .collect(),
             errors: r.error_count(),
             errors_by_kind: r.errors.clone(),
             not_found: r.not_found,
@@ -227,7 +243,9 @@ impl Machine {
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_else(|| "unknown".into());
         Machine {
-            nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
             kernel: read_trim("/proc/sys/kernel/osrelease"),
             cpu_model,
             filesystem: filesystem_of(data_dir),
@@ -237,7 +255,9 @@ impl Machine {
 }
 
 fn read_trim(p: &str) -> String {
-    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Filesystem type and device of the mount holding `path` (longest mount-point prefix in
@@ -249,7 +269,8 @@ pub fn filesystem_of(path: &Path) -> String {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && path.starts_with(f[1])).then(|| (f[1].len(), format!("{} ({} on {})", f[2], f[0], f[1])))
+            (f.len() >= 3 && path.starts_with(f[1]))
+                .then(|| (f[1].len(), format!("{} ({} on {})", f[2], f[0], f[1])))
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, s)| s)
@@ -259,7 +280,9 @@ pub fn filesystem_of(path: &Path) -> String {
 /// The short commit of the repository loadgen was built from, `-dirty` when the work tree has
 /// uncommitted changes, or `unknown`.
 pub fn git_commit() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new("."));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -301,7 +324,10 @@ pub struct Report {
 
 /// `YYYY-MM-DD` (UTC) of a time.
 pub fn utc_date(t: SystemTime) -> String {
-    let days = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    let days = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
     // Civil-from-days (H. Hinnant), for the proleptic Gregorian calendar.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -317,15 +343,33 @@ pub fn utc_date(t: SystemTime) -> String {
 
 /// Creates `<out>/<date>-<name>[-N]` and returns it.
 pub fn create_report_dir(out: &Path, name: &str) -> Result<PathBuf, ReportError> {
-    let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
     let base = format!("{}-{safe}", utc_date(SystemTime::now()));
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     for n in 1.. {
-        let dir = if n == 1 { out.join(&base) } else { out.join(format!("{base}-{n}")) };
+        let dir = if n == 1 {
+            out.join(&base)
+        } else {
+            out.join(format!("{base}-{n}"))
+        };
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(ReportError::Io { path: dir, source: e }),
+            Err(e) => {
+                return Err(ReportError::Io {
+                    path: dir,
+                    source: e,
+                })
+            }
         }
     }
     unreachable!("the loop only ends by returning")
@@ -352,12 +396,20 @@ pub fn write_report(dir: &Path, report: &Report, runs: &[&RunResult]) -> Result<
         let series: Vec<(String, &Histogram<u64>)> = if rs.len() == 1 && rs[0].per_kind.len() > 1 {
             let r = rs[0];
             let mut s = vec![(format!("{} all", r.system), &r.all)];
-            s.extend(r.per_kind.iter().map(|(k, h)| (format!("{} {}", r.system, k.name()), h)));
+            s.extend(
+                r.per_kind
+                    .iter()
+                    .map(|(k, h)| (format!("{} {}", r.system, k.name()), h)),
+            );
             s
         } else {
             rs.iter().map(|r| (r.system.clone(), &r.all)).collect()
         };
-        plot_spectrum(&dir.join(format!("latency-{case}.svg")), &format!("latency spectrum: {case}"), &series)?;
+        plot_spectrum(
+            &dir.join(format!("latency-{case}.svg")),
+            &format!("latency spectrum: {case}"),
+            &series,
+        )?;
     }
     plot_throughput(&dir.join("throughput.svg"), runs)?;
     Ok(())
@@ -366,7 +418,11 @@ pub fn write_report(dir: &Path, report: &Report, runs: &[&RunResult]) -> Result<
 fn write_hlog(path: &Path, runs: &[&RunResult]) -> Result<(), ReportError> {
     let mut buf = Vec::new();
     {
-        let base = runs.iter().map(|r| r.started_at).min().unwrap_or_else(SystemTime::now);
+        let base = runs
+            .iter()
+            .map(|r| r.started_at)
+            .min()
+            .unwrap_or_else(SystemTime::now);
         let mut ser = V2DeflateSerializer::new();
         let mut builder = IntervalLogWriterBuilder::new();
         builder
@@ -374,12 +430,15 @@ fn write_hlog(path: &Path, runs: &[&RunResult]) -> Result<(), ReportError> {
             .add_comment("tag = <system>/<case>/<kind>; only operations of the measured window")
             .with_start_time(base)
             .with_base_time(base);
-        let mut w = builder.begin_log_with(&mut buf, &mut ser).map_err(|e| ReportError::Hlog(e.to_string()))?;
+        let mut w = builder
+            .begin_log_with(&mut buf, &mut ser)
+            .map_err(|e| ReportError::Hlog(e.to_string()))?;
         for r in runs {
             let offset = r.started_at.duration_since(base).unwrap_or_default();
             for iv in &r.intervals {
                 let tag = format!("{}/{}/{}", r.system, r.config.name, iv.kind.name());
-                let tag = Tag::new(&tag).ok_or_else(|| ReportError::Hlog(format!("bad tag {tag:?}")))?;
+                let tag =
+                    Tag::new(&tag).ok_or_else(|| ReportError::Hlog(format!("bad tag {tag:?}")))?;
                 w.write_histogram(&iv.hist, offset + iv.start, iv.length, Some(tag))
                     .map_err(|e| ReportError::Hlog(format!("{e:?}")))?;
             }
@@ -394,7 +453,11 @@ pub fn percentile_distribution(h: &Histogram<u64>) -> String {
     if !h.is_empty() {
         for v in h.iter_quantiles(5) {
             let q = v.quantile_iterated_to();
-            let inv = if q < 1.0 { format!("{:.2}", 1.0 / (1.0 - q)) } else { "inf".into() };
+            let inv = if q < 1.0 {
+                format!("{:.2}", 1.0 / (1.0 - q))
+            } else {
+                "inf".into()
+            };
             let _ = writeln!(
                 s,
                 "{:>16.3} {:>12.6} {:>12} {:>14}",
@@ -429,9 +492,16 @@ const COLORS: [plotters::style::RGBColor; 8] = [
 
 /// Latency percentile spectrum: x is the percentile on the usual "nines" scale
 /// (`-log10(1 - q)`: 0 = 0%, 1 = 90%, 2 = 99%, ...), y the latency in milliseconds, log scale.
-pub fn plot_spectrum(path: &Path, title: &str, series: &[(String, &Histogram<u64>)]) -> Result<(), ReportError> {
+pub fn plot_spectrum(
+    path: &Path,
+    title: &str,
+    series: &[(String, &Histogram<u64>)],
+) -> Result<(), ReportError> {
     use plotters::prelude::*;
-    let perr = |e: &dyn std::fmt::Display| ReportError::Plot { path: path.to_path_buf(), reason: e.to_string() };
+    let perr = |e: &dyn std::fmt::Display| ReportError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let points: Vec<(String, Vec<(f64, f64)>)> = series
         .iter()
         .filter(|(_, h)| !h.is_empty())
@@ -439,15 +509,36 @@ pub fn plot_spectrum(path: &Path, title: &str, series: &[(String, &Histogram<u64
             let pts = h
                 .iter_quantiles(5)
                 .filter(|v| v.quantile_iterated_to() < 1.0)
-                .map(|v| (-(1.0 - v.quantile_iterated_to()).log10(), v.value_iterated_to().max(1) as f64 / 1000.0))
-                .chain(std::iter::once((nines_max(h), h.max().max(1) as f64 / 1000.0)))
+                .map(|v| {
+                    (
+                        -(1.0 - v.quantile_iterated_to()).log10(),
+                        v.value_iterated_to().max(1) as f64 / 1000.0,
+                    )
+                })
+                .chain(std::iter::once((
+                    nines_max(h),
+                    h.max().max(1) as f64 / 1000.0,
+                )))
                 .collect();
             (name.clone(), pts)
         })
         .collect();
-    let xmax = points.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(1.0f64, f64::max).ceil();
-    let ymax = points.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(0.01f64, f64::max) * 2.0;
-    let ymin = points.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(f64::MAX, f64::min).min(ymax / 4.0) / 2.0;
+    let xmax = points
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(1.0f64, f64::max)
+        .ceil();
+    let ymax = points
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(0.01f64, f64::max)
+        * 2.0;
+    let ymin = points
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(f64::MAX, f64::min)
+        .min(ymax / 4.0)
+        / 2.0;
     let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -471,7 +562,9 @@ pub fn plot_spectrum(path: &Path, title: &str, series: &[(String, &Histogram<u64
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| perr(&e))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -503,35 +596,64 @@ fn nines_label(x: f64) -> String {
 /// times: the measured window starts at 0).
 pub fn plot_throughput(path: &Path, runs: &[&RunResult]) -> Result<(), ReportError> {
     use plotters::prelude::*;
-    let perr = |e: &dyn std::fmt::Display| ReportError::Plot { path: path.to_path_buf(), reason: e.to_string() };
+    let perr = |e: &dyn std::fmt::Display| ReportError::Plot {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
     let series: Vec<(String, Vec<(f64, f64)>)> = runs
         .iter()
         .map(|r| {
             let w = r.config.warmup.as_secs_f64();
-            let pts = r.timeline.iter().map(|s| (s.t_s + s.len_s - w, s.ops_per_s)).collect();
+            let pts = r
+                .timeline
+                .iter()
+                .map(|s| (s.t_s + s.len_s - w, s.ops_per_s))
+                .collect();
             (format!("{} {}", r.system, r.config.name), pts)
         })
         .collect();
-    let xmin = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(0.0f64, f64::min).floor();
-    let xmax = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0)).fold(1.0f64, f64::max).ceil();
-    let ymax = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.1)).fold(1.0f64, f64::max) * 1.15;
+    let xmin = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(0.0f64, f64::min)
+        .floor();
+    let xmax = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.0))
+        .fold(1.0f64, f64::max)
+        .ceil();
+    let ymax = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .fold(1.0f64, f64::max)
+        * 1.15;
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| perr(&e))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("throughput (successful ops/s per second; warm-up before 0)", ("sans-serif", 20))
+        .caption(
+            "throughput (successful ops/s per second; warm-up before 0)",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
         .build_cartesian_2d(xmin..xmax, 0f64..ymax)
         .map_err(|e| perr(&e))?;
-    chart.configure_mesh().x_desc("seconds").y_desc("ops/s").draw().map_err(|e| perr(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("ops/s")
+        .draw()
+        .map_err(|e| perr(&e))?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
             .map_err(|e| perr(&e))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -557,12 +679,22 @@ pub fn summary_table(cases: &[CaseSummary]) -> String {
         let l = &c.latency;
         let mode = match c.config.get("rate").and_then(|r| r.as_f64()) {
             Some(rate) => format!("open {rate:.0}/s"),
-            None => format!("closed {}", c.config.get("concurrency").and_then(|v| v.as_u64()).unwrap_or(0)),
+            None => format!(
+                "closed {}",
+                c.config
+                    .get("concurrency")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+            ),
         };
         let errors = if c.errors == 0 {
             "0".to_string()
         } else {
-            let kinds: Vec<String> = c.errors_by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let kinds: Vec<String> = c
+                .errors_by_kind
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             format!("{} ({})", c.errors, kinds.join(", "))
         };
         let _ = writeln!(
@@ -591,7 +723,11 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s, "- commit: `{}`", r.commit);
     let _ = writeln!(s, "- command: `{}`", r.command);
     let m = &r.machine;
-    let _ = writeln!(s, "- machine: {} CPUs, {}, kernel {}", m.nproc, m.cpu_model, m.kernel);
+    let _ = writeln!(
+        s,
+        "- machine: {} CPUs, {}, kernel {}",
+        m.nproc, m.cpu_model, m.kernel
+    );
     let _ = writeln!(s, "- server data filesystem: {}", m.filesystem);
     let _ = writeln!(s, "- load average when written: {}", m.loadavg);
     for n in &r.notes {
@@ -601,7 +737,14 @@ pub fn markdown(r: &Report) -> String {
     s.push_str(&summary_table(&r.cases));
     if let Some(x) = &r.ratios {
         s.push_str("\n## Ratios (bigger is better)\n\n| write_ratio | read_ratio | p99_ratio | cpu_ratio |\n|---:|---:|---:|---:|\n");
-        let _ = writeln!(s, "| {:.2} | {:.2} | {:.2} | {} |", x.write_ratio, x.read_ratio, x.p99_ratio, opt_f(x.cpu_ratio));
+        let _ = writeln!(
+            s,
+            "| {:.2} | {:.2} | {:.2} | {} |",
+            x.write_ratio,
+            x.read_ratio,
+            x.p99_ratio,
+            opt_f(x.cpu_ratio)
+        );
     }
     s.push_str("\n## Per operation kind\n\n| system | case | kind | count | p50 | p99 | p99.9 | max |\n|---|---|---|---:|---:|---:|---:|---:|\n");
     for c in &r.cases {
@@ -630,7 +773,9 @@ pub fn markdown(r: &Report) -> String {
             c.measured_s,
             c.not_found,
             c.cas_conflicts,
-            c.scheduled.map(|n| format!(", scheduled {n}")).unwrap_or_default(),
+            c.scheduled
+                .map(|n| format!(", scheduled {n}"))
+                .unwrap_or_default(),
             c.config
         );
     }
@@ -656,8 +801,14 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(utc_date(UNIX_EPOCH), "1970-01-01");
-        assert_eq!(utc_date(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)), "2000-02-29");
-        assert_eq!(utc_date(UNIX_EPOCH + std::time::Duration::from_secs(1_795_392_000)), "2026-11-22");
+        assert_eq!(
+            utc_date(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400)),
+            "2000-02-29"
+        );
+        assert_eq!(
+            utc_date(UNIX_EPOCH + std::time::Duration::from_secs(1_795_305_600)),
+            "2026-11-22"
+        );
     }
 
     #[test]

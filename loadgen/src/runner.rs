@@ -240,6 +240,14 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new(HISTOGRAM_SIGFIG).expect("valid histogram sigfig")
 }
 
+/// Records a latency; the histogram grows to fit it (auto-resize). Only a value beyond what
+/// any histogram can hold would fail, and is then clamped to the largest trackable value.
+fn record_us(h: &mut Histogram<u64>, us: u64) {
+    if h.record(us).is_err() {
+        h.saturating_record(us);
+    }
+}
+
 #[derive(Debug)]
 struct Shard {
     progress: Histogram<u64>,
@@ -289,14 +297,23 @@ impl Recorder {
 
     fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Shard> {
         // Recording never panics while holding the lock; recover the data if it ever did.
-        self.shards[i % SHARDS].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn in_window(&self, start: Instant) -> bool {
         start >= self.window_start && start < self.window_end
     }
 
-    fn record(&self, shard: usize, kind: OpKind, start: Instant, end: Instant, r: &Result<Outcome, OpError>) {
+    fn record(
+        &self,
+        shard: usize,
+        kind: OpKind,
+        start: Instant,
+        end: Instant,
+        r: &Result<Outcome, OpError>,
+    ) {
         let counted = self.in_window(start);
         let us = end.saturating_duration_since(start).as_micros().max(1) as u64;
         if counted {
@@ -306,10 +323,10 @@ impl Recorder {
         let mut s = self.shard(shard);
         match r {
             Ok(outcome) => {
-                s.progress.saturating_record(us);
+                record_us(&mut s.progress, us);
                 if counted {
-                    s.interval.entry(kind).or_insert_with(new_histogram).saturating_record(us);
-                    s.total.entry(kind).or_insert_with(new_histogram).saturating_record(us);
+                    record_us(s.interval.entry(kind).or_insert_with(new_histogram), us);
+                    record_us(s.total.entry(kind).or_insert_with(new_histogram), us);
                     s.not_found += outcome.not_found as u64;
                     s.cas_conflicts += outcome.cas_conflict as u64;
                 }
@@ -379,7 +396,12 @@ impl Progress {
         self.timeline.push(sec);
         for (kind, h) in per_kind {
             if !h.is_empty() {
-                self.intervals.push(Interval { start, length: len, kind, hist: h });
+                self.intervals.push(Interval {
+                    start,
+                    length: len,
+                    kind,
+                    hist: h,
+                });
             }
         }
         self.last_tick = now;
@@ -400,7 +422,9 @@ pub fn fmt_us(us: u64) -> String {
 /// Carries out one run against `target`.
 pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, RunError> {
     if cfg.connections == 0 || cfg.concurrency == 0 {
-        return Err(RunError::Config("connections and concurrency must be at least 1".into()));
+        return Err(RunError::Config(
+            "connections and concurrency must be at least 1".into(),
+        ));
     }
     if cfg.concurrency < cfg.connections {
         return Err(RunError::Config(format!(
@@ -410,7 +434,9 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
     }
     if let Some(rate) = cfg.rate {
         if !(rate.is_finite() && rate > 0.0) {
-            return Err(RunError::Config(format!("rate must be a positive number, got {rate}")));
+            return Err(RunError::Config(format!(
+                "rate must be a positive number, got {rate}"
+            )));
         }
     }
     if cfg.duration.is_zero() {
@@ -454,7 +480,10 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
         let print = cfg.progress;
         let label = label.clone();
         tokio::spawn(async move {
-            let mut iv = tokio::time::interval_at((origin + Duration::from_secs(1)).into(), Duration::from_secs(1));
+            let mut iv = tokio::time::interval_at(
+                (origin + Duration::from_secs(1)).into(),
+                Duration::from_secs(1),
+            );
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let t = iv.tick().await;
@@ -478,7 +507,11 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
     let mut progress = {
         let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
         p.tick(&rec, end, cfg.progress, &label);
-        Progress { last_tick: end, timeline: std::mem::take(&mut p.timeline), intervals: std::mem::take(&mut p.intervals) }
+        Progress {
+            last_tick: end,
+            timeline: std::mem::take(&mut p.timeline),
+            intervals: std::mem::take(&mut p.intervals),
+        }
     };
 
     let cpu = match (cpu_start.await.ok().flatten(), cpu_end) {
@@ -513,7 +546,9 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
         let _ = all.add(h);
     }
     let last = origin + Duration::from_nanos(rec.last_counted_ns.load(Ordering::Relaxed));
-    let measured = last.max(rec.window_end).saturating_duration_since(rec.window_start);
+    let measured = last
+        .max(rec.window_end)
+        .saturating_duration_since(rec.window_start);
     Ok(RunResult {
         system: target.system().to_string(),
         config: cfg.clone(),
@@ -541,7 +576,12 @@ async fn timed<C: Connection>(
     cfg_consistency: Consistency,
     op_timeout: Duration,
 ) -> Result<Outcome, OpError> {
-    match tokio::time::timeout(op_timeout, execute(conn, op, keys, values, rng, cfg_consistency)).await {
+    match tokio::time::timeout(
+        op_timeout,
+        execute(conn, op, keys, values, rng, cfg_consistency),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(OpError::Timeout),
     }
@@ -560,7 +600,11 @@ async fn closed_loop<C: Connection>(
         let (keys, values, rec) = (keys.clone(), values.clone(), rec.clone());
         let (workload, scan_len, consistency, op_timeout) =
             (cfg.workload, cfg.scan_len, cfg.consistency, cfg.op_timeout);
-        let mut rng = Rng::new(cfg.seed.wrapping_mul(0x100_0000_01b3).wrapping_add(w as u64));
+        let mut rng = Rng::new(
+            cfg.seed
+                .wrapping_mul(0x100_0000_01b3)
+                .wrapping_add(w as u64),
+        );
         set.spawn(async move {
             loop {
                 let start = Instant::now();
@@ -625,7 +669,9 @@ async fn open_loop<C: Connection>(
     while let Some(i) = rx.recv().await {
         let intended = rec.origin + Duration::from_secs_f64(i as f64 / rate);
         // Waiting for a slot is part of the latency: it is measured from `intended`.
-        let Ok(permit) = limit.clone().acquire_owned().await else { break };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
         let op = cfg.workload.next_op(&mut rng, keys, cfg.scan_len);
         let conn = conns[(i as usize) % conns.len()].clone();
         let (keys, values, task_rec) = (keys.clone(), values.clone(), rec.clone());
@@ -633,7 +679,16 @@ async fn open_loop<C: Connection>(
         let mut op_rng = Rng::new(cfg.seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let shard = i as usize;
         set.spawn(async move {
-            let r = timed(&conn, op, &keys, &values, &mut op_rng, consistency, op_timeout).await;
+            let r = timed(
+                &conn,
+                op,
+                &keys,
+                &values,
+                &mut op_rng,
+                consistency,
+                op_timeout,
+            )
+            .await;
             task_rec.record(shard, op.kind(), intended, Instant::now(), &r);
             drop(permit);
         });
@@ -658,7 +713,10 @@ async fn preload<C: Connection>(
     const ATTEMPTS_MAX: u32 = 4;
     let started = Instant::now();
     if cfg.progress {
-        eprintln!("preload: writing {} keys of {} bytes with {}-byte values", cfg.keys, cfg.key_bytes, cfg.value_bytes);
+        eprintln!(
+            "preload: writing {} keys of {} bytes with {}-byte values",
+            cfg.keys, cfg.key_bytes, cfg.value_bytes
+        );
     }
     let next = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
@@ -682,7 +740,9 @@ async fn preload<C: Connection>(
                         Ok(Err(e)) if attempt >= ATTEMPTS_MAX => {
                             return Err(format!("key {index}: {e}"));
                         }
-                        Err(_) if attempt >= ATTEMPTS_MAX => return Err(format!("key {index}: timed out")),
+                        Err(_) if attempt >= ATTEMPTS_MAX => {
+                            return Err(format!("key {index}: timed out"))
+                        }
                         _ => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                 }
@@ -698,7 +758,11 @@ async fn preload<C: Connection>(
     }
     if cfg.progress {
         let s = started.elapsed().as_secs_f64();
-        eprintln!("preload: {} keys in {s:.1}s ({:.0} puts/s)", cfg.keys, cfg.keys as f64 / s);
+        eprintln!(
+            "preload: {} keys in {s:.1}s ({:.0} puts/s)",
+            cfg.keys,
+            cfg.keys as f64 / s
+        );
     }
     Ok(())
 }

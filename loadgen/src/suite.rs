@@ -182,7 +182,11 @@ pub fn standard_cases(o: &SuiteOptions) -> Vec<RunConfig> {
 ///
 /// `compare` passes `[Corum, Etcd]`: corum first, so that until corum exists the call fails at
 /// once with [`CORUM_NOT_BUILT`], before minutes of etcd load.
-pub async fn run_cases(systems: &[System], cases: &[RunConfig], data_root: &Path) -> Result<Vec<RunResult>, RunError> {
+pub async fn run_cases(
+    systems: &[System],
+    cases: &[RunConfig],
+    data_root: &Path,
+) -> Result<Vec<RunResult>, RunError> {
     let mut locals = Vec::new();
     for s in systems {
         locals.push(LocalSystem::start(*s, data_root).await?);
@@ -208,17 +212,31 @@ fn find<'a>(cases: &'a [CaseSummary], system: &str, name: &str) -> Option<&'a Ca
 pub fn ratios(cases: &[CaseSummary]) -> Option<Ratios> {
     let get = |s: &str, n: &str| find(cases, s, n);
     let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
-    let write_ratio = div(get("corum", "write")?.ops_per_s, get("etcd", "write")?.ops_per_s)?;
-    let read_ratio = div(get("corum", "read")?.ops_per_s, get("etcd", "read")?.ops_per_s)?;
+    let write_ratio = div(
+        get("corum", "write")?.ops_per_s,
+        get("etcd", "write")?.ops_per_s,
+    )?;
+    let read_ratio = div(
+        get("corum", "read")?.ops_per_s,
+        get("etcd", "read")?.ops_per_s,
+    )?;
     let p99_ratio = div(
         get("etcd", "latency")?.latency.p99_us as f64,
         get("corum", "latency")?.latency.p99_us as f64,
     )?;
-    let cpu_ratio = match (get("etcd", "write")?.cpu_us_per_op, get("corum", "write")?.cpu_us_per_op) {
+    let cpu_ratio = match (
+        get("etcd", "write")?.cpu_us_per_op,
+        get("corum", "write")?.cpu_us_per_op,
+    ) {
         (Some(e), Some(c)) => div(e, c),
         _ => None,
     };
-    Some(Ratios { write_ratio, read_ratio, p99_ratio, cpu_ratio })
+    Some(Ratios {
+        write_ratio,
+        read_ratio,
+        p99_ratio,
+        cpu_ratio,
+    })
 }
 
 /// The last line of `loadgen suite`: the headline figures of one system.
@@ -228,14 +246,19 @@ pub fn suite_json_line(cases: &[CaseSummary]) -> serde_json::Value {
         m.insert("system".into(), c.system.clone().into());
     }
     for c in cases {
-        m.insert(format!("{}_ops_per_s", c.name), ((c.ops_per_s * 10.0).round() / 10.0).into());
+        m.insert(
+            format!("{}_ops_per_s", c.name),
+            ((c.ops_per_s * 10.0).round() / 10.0).into(),
+        );
         m.insert(format!("{}_p50_us", c.name), c.latency.p50_us.into());
         m.insert(format!("{}_p99_us", c.name), c.latency.p99_us.into());
         m.insert(format!("{}_p999_us", c.name), c.latency.p999_us.into());
         m.insert(format!("{}_errors", c.name), c.errors.into());
         m.insert(
             format!("{}_cpu_us_per_op", c.name),
-            c.cpu_us_per_op.map(|v| ((v * 10.0).round() / 10.0).into()).unwrap_or(serde_json::Value::Null),
+            c.cpu_us_per_op
+                .map(|v| ((v * 10.0).round() / 10.0).into())
+                .unwrap_or(serde_json::Value::Null),
         );
     }
     serde_json::Value::Object(m)

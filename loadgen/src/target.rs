@@ -12,7 +12,9 @@
 use std::future::Future;
 
 /// How fresh a read must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Consistency {
     /// Linearizable: the read sees every write acknowledged before it started.
@@ -101,14 +103,16 @@ pub trait Target: Send + Sync + 'static {
 
     /// Opens connection number `index` (the runner opens `connections` of them, numbered from 0;
     /// a target may use the index to spread connections over endpoints).
-    fn connect(&self, index: usize) -> impl Future<Output = Result<Self::Conn, TargetError>> + Send;
+    fn connect(&self, index: usize)
+        -> impl Future<Output = Result<Self::Conn, TargetError>> + Send;
 }
 
 /// One connection to a system under test. Clones share the underlying connection, and may have
 /// operations in flight concurrently (pipelining).
 pub trait Connection: Clone + Send + Sync + 'static {
     /// Writes `value` under `key` (unconditionally).
-    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> impl Future<Output = Result<(), OpError>> + Send;
+    fn put(&self, key: Vec<u8>, value: Vec<u8>)
+        -> impl Future<Output = Result<(), OpError>> + Send;
 
     /// Reads `key` at the given consistency; `None` when absent.
     fn get(
@@ -200,7 +204,13 @@ pub mod mem {
             let mut g = self.lock();
             g.revision += 1;
             let mod_revision = g.revision;
-            g.map.insert(key, Versioned { value, mod_revision });
+            g.map.insert(
+                key,
+                Versioned {
+                    value,
+                    mod_revision,
+                },
+            );
             Ok(())
         }
 
@@ -216,7 +226,13 @@ pub mod mem {
             }
             g.revision += 1;
             let mod_revision = g.revision;
-            g.map.insert(key, Versioned { value, mod_revision });
+            g.map.insert(
+                key,
+                Versioned {
+                    value,
+                    mod_revision,
+                },
+            );
             Ok(true)
         }
 

@@ -4,7 +4,9 @@ use crate::keys::{KeySpace, Rng, ValuePool};
 use crate::target::{Connection, Consistency, OpError};
 
 /// The operation mix of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
     /// Puts only.
@@ -39,7 +41,11 @@ impl Workload {
             Workload::Range => {
                 let start = keys.next_index(rng);
                 let end = start.saturating_add(scan_len).min(keys.keys());
-                return Op::Range { start, end, limit: scan_len as usize };
+                return Op::Range {
+                    start,
+                    end,
+                    limit: scan_len as usize,
+                };
             }
         };
         let index = keys.next_index(rng);
@@ -71,7 +77,13 @@ pub enum OpKind {
 
 impl OpKind {
     /// All kinds, in report order.
-    pub const ALL: [OpKind; 5] = [OpKind::Put, OpKind::Get, OpKind::Rmw, OpKind::Range, OpKind::Delete];
+    pub const ALL: [OpKind; 5] = [
+        OpKind::Put,
+        OpKind::Get,
+        OpKind::Rmw,
+        OpKind::Range,
+        OpKind::Delete,
+    ];
 
     /// Index into per-kind arrays.
     pub fn index(self) -> usize {
@@ -162,7 +174,10 @@ pub async fn execute<C: Connection>(
         }
         Op::Get { index } => {
             let v = conn.get(keys.key(index), consistency).await?;
-            Ok(Outcome { not_found: v.is_none(), ..Outcome::default() })
+            Ok(Outcome {
+                not_found: v.is_none(),
+                ..Outcome::default()
+            })
         }
         Op::Rmw { index } => {
             let key = keys.key(index);
@@ -171,21 +186,38 @@ pub async fn execute<C: Connection>(
             let current = conn.get(key.clone(), Consistency::Linearizable).await?;
             let revision = current.as_ref().map_or(0, |v| v.mod_revision);
             let done = conn.cas(key, revision, values.value(rng)).await?;
-            Ok(Outcome { not_found: current.is_none(), cas_conflict: !done })
+            Ok(Outcome {
+                not_found: current.is_none(),
+                cas_conflict: !done,
+            })
         }
         Op::Range { start, end, limit } => {
             // Past the last index, end at `l`: after every `k...` key (key(keys) may need one
             // more digit than the padding, and would then sort before the last keys).
-            let end_key = if end >= keys.keys() { b"l".to_vec() } else { keys.key(end) };
-            let n = conn.range(keys.key(start), end_key, limit, consistency).await?;
+            let end_key = if end >= keys.keys() {
+                b"l".to_vec()
+            } else {
+                keys.key(end)
+            };
+            let n = conn
+                .range(keys.key(start), end_key, limit, consistency)
+                .await?;
             if n > limit {
-                return Err(OpError::BadResponse(format!("range returned {n} keys, limit {limit}")));
+                return Err(OpError::BadResponse(format!(
+                    "range returned {n} keys, limit {limit}"
+                )));
             }
-            Ok(Outcome { not_found: n == 0, ..Outcome::default() })
+            Ok(Outcome {
+                not_found: n == 0,
+                ..Outcome::default()
+            })
         }
         Op::Delete { index } => {
             let existed = conn.delete(keys.key(index)).await?;
-            Ok(Outcome { not_found: !existed, ..Outcome::default() })
+            Ok(Outcome {
+                not_found: !existed,
+                ..Outcome::default()
+            })
         }
     }
 }
@@ -201,14 +233,18 @@ mod tests {
         let mut rng = Rng::new(3);
         let n = 20_000;
         let frac = |w: Workload, rng: &mut Rng| {
-            (0..n).filter(|_| matches!(w.next_op(rng, &keys, 10), Op::Get { .. })).count() as f64
+            (0..n)
+                .filter(|_| matches!(w.next_op(rng, &keys, 10), Op::Get { .. }))
+                .count() as f64
                 / n as f64
         };
         assert_eq!(frac(Workload::Put, &mut rng), 0.0);
         assert_eq!(frac(Workload::YcsbC, &mut rng), 1.0);
         assert!((frac(Workload::YcsbA, &mut rng) - 0.5).abs() < 0.02);
         assert!((frac(Workload::YcsbB, &mut rng) - 0.95).abs() < 0.01);
-        let f_ops: Vec<Op> = (0..1000).map(|_| Workload::YcsbF.next_op(&mut rng, &keys, 10)).collect();
+        let f_ops: Vec<Op> = (0..1000)
+            .map(|_| Workload::YcsbF.next_op(&mut rng, &keys, 10))
+            .collect();
         assert!(f_ops.iter().any(|o| matches!(o, Op::Rmw { .. })));
         assert!(!f_ops.iter().any(|o| matches!(o, Op::Put { .. })));
         match Workload::Range.next_op(&mut rng, &keys, 10) {
