@@ -285,7 +285,7 @@ pub struct ValuePool {
 impl ValuePool {
     /// A pool for values of `value_bytes` bytes.
     pub fn new(value_bytes: usize, seed: u64) -> Self {
-        let mut rng = Rng::new(seed ^ 0x5eed_0f_7a1e);
+        let mut rng = Rng::new(seed ^ 0x005e_ed0f_7a1e);
         let len = value_bytes + 64 * 1024;
         let pool = (0..len).map(|_| b'a' + rng.below(26) as u8).collect();
         ValuePool {

@@ -724,7 +724,7 @@ async fn preload<C: Connection>(
         let conn = conns[w % conns.len()].clone();
         let (keys, values, next) = (keys.clone(), values.clone(), next.clone());
         let op_timeout = cfg.op_timeout;
-        let mut rng = Rng::new(cfg.seed ^ 0x9_7e10_ad ^ w as u64);
+        let mut rng = Rng::new(cfg.seed ^ 0x097e_10ad ^ w as u64);
         set.spawn(async move {
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
