@@ -215,7 +215,7 @@ enum CliError {
     Report(#[from] report::ReportError),
     #[error("{0}")]
     Usage(String),
-    #[error("interrupted (Ctrl-C); local clusters were stopped")]
+    #[error("interrupted (Ctrl-C or SIGTERM); local clusters were stopped")]
     Interrupted,
 }
 
@@ -248,10 +248,19 @@ fn main() -> ExitCode {
                 Some(Cmd::Compare(a)) => cmd_suite(None, a.common, &command).await,
             }
         };
-        // Dropping `work` on Ctrl-C drops any local cluster, which stops it.
+        // Dropping `work` on Ctrl-C or SIGTERM drops any local cluster, which stops it.
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             r = work => r,
             _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted),
+            _ = terminate => Err(CliError::Interrupted),
         }
     });
     match result {

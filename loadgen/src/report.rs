@@ -137,6 +137,9 @@ pub struct CaseSummary {
     pub cpu_pids: Vec<u32>,
     /// Server CPU microseconds per successful operation.
     pub cpu_us_per_op: Option<f64>,
+    /// loadgen's own CPU microseconds per successful operation over the window (it competes
+    /// with local servers for the same cores).
+    pub loadgen_cpu_us_per_op: Option<f64>,
     /// Per-second progress (warm-up included, flagged).
     pub timeline: Vec<Second>,
 }
@@ -176,6 +179,10 @@ impl CaseSummary {
             cpu_us: r.cpu.as_ref().map(|c| c.cpu_us),
             cpu_pids: r.cpu.as_ref().map(|c| c.pids.clone()).unwrap_or_default(),
             cpu_us_per_op: r.cpu_us_per_op(),
+            loadgen_cpu_us_per_op: r
+                .loadgen_cpu_us
+                .filter(|_| r.ops > 0)
+                .map(|c| c as f64 / r.ops as f64),
             timeline: r.timeline.clone(),
         }
     }
@@ -195,6 +202,7 @@ impl CaseSummary {
             "ops": self.ops,
             "errors": self.errors,
             "cpu_us_per_op": self.cpu_us_per_op.map(round1),
+            "loadgen_cpu_us_per_op": self.loadgen_cpu_us_per_op.map(round1),
         })
     }
 }
@@ -672,8 +680,8 @@ fn opt_f(v: Option<f64>) -> String {
 /// The summary table (also printed to stdout by the CLI).
 pub fn summary_table(cases: &[CaseSummary]) -> String {
     let mut s = String::from(
-        "| system | case | mode | ops/s | p50 | p90 | p99 | p99.9 | p99.99 | max | errors | CPU us/op |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| system | case | mode | ops/s | p50 | p90 | p99 | p99.9 | p99.99 | max | errors | server CPU us/op | loadgen CPU us/op |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for c in cases {
         let l = &c.latency;
@@ -699,7 +707,7 @@ pub fn summary_table(cases: &[CaseSummary]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             c.system,
             c.name,
             mode,
@@ -712,6 +720,7 @@ pub fn summary_table(cases: &[CaseSummary]) -> String {
             crate::runner::fmt_us(l.max_us),
             errors,
             opt_f(c.cpu_us_per_op),
+            opt_f(c.loadgen_cpu_us_per_op),
         );
     }
     s

@@ -209,6 +209,9 @@ pub struct RunResult {
     pub intervals: Vec<Interval>,
     /// Server CPU time, when server pids were given.
     pub cpu: Option<CpuUsage>,
+    /// loadgen's own CPU time over the same window, microseconds (it shares the machine with
+    /// local servers, so this is what the servers could not use).
+    pub loadgen_cpu_us: Option<u64>,
 }
 
 impl RunResult {
@@ -382,7 +385,8 @@ impl Progress {
             errors,
             warmup,
         };
-        if print {
+        // The last interval (the drain) can be a few milliseconds long: its rate means nothing.
+        if print && len_s >= 0.25 {
             eprintln!(
                 "[{label} {:>5.1}s] {:>9.0} ops/s  p50 {:>9}  p99 {:>9}  errors {}{}",
                 (start + len).as_secs_f64(),
@@ -464,7 +468,9 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
         let at = rec.window_start;
         tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
-            (!pids.is_empty()).then(|| (CpuSample::take(&pids), Instant::now()))
+            let me = CpuSample::take(&[std::process::id()]).ok();
+            let servers = (!pids.is_empty()).then(|| CpuSample::take(&pids));
+            (servers, me, Instant::now())
         })
     };
 
@@ -504,6 +510,7 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
     ticker.abort();
     let end = Instant::now();
     let cpu_end = (!cfg.server_pids.is_empty()).then(|| CpuSample::take(&cfg.server_pids));
+    let own_end = CpuSample::take(&[std::process::id()]).ok();
     let mut progress = {
         let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
         p.tick(&rec, end, cfg.progress, &label);
@@ -514,8 +521,16 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
         }
     };
 
-    let cpu = match (cpu_start.await.ok().flatten(), cpu_end) {
-        (Some((before, t0)), Some(after)) => {
+    let (cpu_start, own_start, t0) = match cpu_start.await {
+        Ok((servers, me, t0)) => (servers, me, t0),
+        Err(_) => (None, None, end),
+    };
+    let loadgen_cpu_us = match (own_start, own_end) {
+        (Some(a), Some(b)) => Some(b.since(&a).as_micros() as u64),
+        _ => None,
+    };
+    let cpu = match (cpu_start, cpu_end) {
+        (Some(before), Some(after)) => {
             let (before, after) = (before?, after?);
             Some(CpuUsage {
                 pids: cfg.server_pids.clone(),
@@ -564,6 +579,7 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
         timeline: std::mem::take(&mut progress.timeline),
         intervals: std::mem::take(&mut progress.intervals),
         cpu,
+        loadgen_cpu_us,
     })
 }
 
