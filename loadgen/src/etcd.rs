@@ -63,6 +63,7 @@ impl std::fmt::Debug for EtcdConn {
 }
 
 fn err(e: etcd_client::Error) -> OpError {
+    tracing::debug!(error = %e, "etcd operation failed");
     match e {
         etcd_client::Error::TransportError(t) => OpError::Connection(t.to_string()),
         etcd_client::Error::GRpcStatus(s) => match s.code() {

@@ -326,6 +326,11 @@ async fn cmd_run(a: RunArgs, command: &str) -> Result<(), CliError> {
     let cfg = run_config(&a, name.clone())?;
     let result = match a.target {
         TargetKind::Corum => return Err(CliError::Usage(CORUM_NOT_BUILT.into())),
+        TargetKind::Mem if a.local || !a.endpoints.is_empty() => {
+            return Err(CliError::Usage(
+                "--target mem takes neither --local nor --endpoints".into(),
+            ))
+        }
         TargetKind::Mem => run(&MemTarget::new(), &cfg).await?,
         TargetKind::Etcd if a.local => {
             if !a.endpoints.is_empty() {

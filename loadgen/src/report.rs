@@ -552,6 +552,7 @@ pub fn plot_spectrum(
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
+        .margin_right(40)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..xmax, (ymin.max(0.001)..ymax).log_scale())

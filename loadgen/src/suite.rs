@@ -263,3 +263,80 @@ pub fn suite_json_line(cases: &[CaseSummary]) -> serde_json::Value {
     }
     serde_json::Value::Object(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Percentiles;
+
+    fn case(
+        system: &str,
+        name: &str,
+        ops_per_s: f64,
+        p99_us: u64,
+        cpu: Option<f64>,
+    ) -> CaseSummary {
+        let latency = Percentiles {
+            count: 1,
+            mean_us: 0.0,
+            p50_us: 0,
+            p90_us: 0,
+            p99_us,
+            p999_us: 0,
+            p9999_us: 0,
+            max_us: 0,
+        };
+        CaseSummary {
+            system: system.into(),
+            name: name.into(),
+            config: serde_json::Value::Null,
+            mode: "closed".into(),
+            started_at_unix_s: 0.0,
+            measured_s: 1.0,
+            ops: 1,
+            ops_per_s,
+            latency,
+            per_kind: Default::default(),
+            errors: 0,
+            errors_by_kind: Default::default(),
+            not_found: 0,
+            cas_conflicts: 0,
+            scheduled: None,
+            cpu_us: None,
+            cpu_pids: vec![],
+            cpu_us_per_op: cpu,
+            loadgen_cpu_us_per_op: None,
+            timeline: vec![],
+        }
+    }
+
+    /// Throughput ratios are corum over etcd, latency and CPU ratios etcd over corum, so bigger
+    /// is better for all four.
+    #[test]
+    fn ratio_directions() {
+        let cases = vec![
+            case("corum", "write", 50_000.0, 0, Some(20.0)),
+            case("etcd", "write", 5_000.0, 0, Some(200.0)),
+            case("corum", "read", 30_000.0, 0, None),
+            case("etcd", "read", 3_000.0, 0, None),
+            case("corum", "latency", 2_000.0, 1_000, None),
+            case("etcd", "latency", 2_000.0, 100_000, None),
+        ];
+        let r = ratios(&cases).unwrap();
+        assert_eq!(
+            (r.write_ratio, r.read_ratio, r.p99_ratio, r.cpu_ratio),
+            (10.0, 10.0, 100.0, Some(10.0))
+        );
+        assert!(
+            ratios(&cases[1..]).is_none(),
+            "a missing corum case gives no ratios"
+        );
+        assert_eq!(
+            standard_cases(&SuiteOptions::default())
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["write", "read", "mixed", "latency"]
+        );
+    }
+}

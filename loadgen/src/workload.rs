@@ -203,6 +203,11 @@ pub async fn execute<C: Connection>(
                 .range(keys.key(start), end_key, limit, consistency)
                 .await?;
             if n > limit {
+                tracing::warn!(
+                    returned = n,
+                    limit,
+                    "range returned more keys than its limit"
+                );
                 return Err(OpError::BadResponse(format!(
                     "range returned {n} keys, limit {limit}"
                 )));
