@@ -22,6 +22,11 @@ use loadgen::workload::Workload;
 #[derive(Parser, Debug)]
 #[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Threads of loadgen's async runtime (default: one per CPU). Fewer threads mean fewer
+    /// cross-thread wake-ups per request (cheaper at low rates); more are needed to saturate
+    /// fast servers.
+    #[arg(long, global = true)]
+    client_threads: Option<usize>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
