@@ -5,11 +5,13 @@
 //! - `summary.json`: the [`Report`] (machine, commit, command, every case's [`CaseSummary`],
 //!   and the ratios when two systems were compared);
 //! - `README.md`: the same for people;
-//! - `histograms.hlog`: HdrHistogram interval log (format V1.3 as written by the `hdrhistogram`
-//!   crate's `IntervalLogWriter`, V2 compressed histograms, values in microseconds): one line per
-//!   progress interval and operation kind of the measured window, tagged
-//!   `<system>/<case>/<kind>`. Summing the lines of one tag gives that case's histogram exactly;
-//!   HdrHistogram's own tools (`HistogramLogProcessor`) read it;
+//! - `histograms.hlog`: HdrHistogram interval log as written by the `hdrhistogram` crate's
+//!   `IntervalLogWriter` (comment lines, `StartTime` / `BaseTime` headers, then one line
+//!   `Tag=<tag>,<start s>,<length s>,<max>,<base64 V2-deflate histogram>` per interval; the
+//!   tagged-line layout of HdrHistogram's log format 1.3, without the legend line), values in
+//!   microseconds: one line per progress interval and operation kind of the measured window,
+//!   tagged `<system>/<case>/<kind>`. Summing the lines of one tag gives that case's histogram
+//!   exactly;
 //! - `<system>-<case>.hgrm`: the percentile distribution of all kinds of a case, in the text
 //!   layout of HdrHistogram's `outputPercentileDistribution` (microseconds);
 //! - `latency-<case>.svg`: latency percentile spectrum (every system of the case on one chart);
