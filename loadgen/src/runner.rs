@@ -17,7 +17,7 @@
 //! behind an open-loop rate shows a lower throughput, not the offered rate).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -648,74 +648,95 @@ async fn open_loop<C: Connection>(
     values: &ValuePool,
     rec: &Arc<Recorder>,
 ) -> u64 {
-    let limit = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
-    let mut set = JoinSet::new();
-    let mut rng = Rng::new(cfg.seed.wrapping_mul(0x100_0000_01b3));
-    let mut scheduled = 0u64;
     // The schedule is kept by a plain thread: tokio's timers have a 1 ms granularity, which
     // would add up to 1 ms of loadgen lateness to every request; a thread sleeping with
-    // `std::thread::sleep` (hrtimers) wakes within tens of microseconds. It sends the index of
-    // every request that is due; lateness of this thread is still part of the latency, since
-    // latency is measured from the intended time, not from when the thread woke.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let (origin, window_end) = (rec.origin, rec.window_end);
+    // `std::thread::sleep` (hrtimers) wakes within tens of microseconds. When a request is due
+    // the thread spawns it straight onto the runtime (one wake-up per request, no relay task).
+    // Lateness of the thread or of the runtime is still part of the latency, which is measured
+    // from the intended time.
+    let limit = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency));
+    // Wait group: every request task holds a sender; `recv` ends when all are dropped.
+    let (wg, mut wg_done) = tokio::sync::mpsc::channel::<()>(1);
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel::<u64>();
+    let stop = Arc::new(AtomicBool::new(false));
+    // If this future is dropped (Ctrl-C), the schedule stops too.
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let handle = tokio::runtime::Handle::current();
+    let conns = conns.to_vec();
+    let (keys, values, rec) = (keys.clone(), values.clone(), rec.clone());
+    let (workload, scan_len, consistency, op_timeout, seed) = (
+        cfg.workload,
+        cfg.scan_len,
+        cfg.consistency,
+        cfg.op_timeout,
+        cfg.seed,
+    );
     let clock = std::thread::Builder::new()
         .name("loadgen-schedule".into())
         .spawn(move || {
+            let mut rng = Rng::new(seed.wrapping_mul(0x100_0000_01b3));
+            let mut scheduled = 0u64;
             let mut i = 0u64;
             loop {
-                let intended = origin + Duration::from_secs_f64(i as f64 / rate);
-                if intended >= window_end {
-                    return;
+                let intended = rec.origin + Duration::from_secs_f64(i as f64 / rate);
+                if intended >= rec.window_end || stop.load(Ordering::Relaxed) {
+                    break;
                 }
                 let now = Instant::now();
                 if intended > now {
                     std::thread::sleep(intended - now);
                 }
-                if tx.send(i).is_err() {
-                    return;
+                let op = workload.next_op(&mut rng, &keys, scan_len);
+                let conn = conns[(i as usize) % conns.len()].clone();
+                let (keys, values, task_rec, limit, wg) = (
+                    keys.clone(),
+                    values.clone(),
+                    rec.clone(),
+                    limit.clone(),
+                    wg.clone(),
+                );
+                let mut op_rng = Rng::new(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let shard = i as usize;
+                handle.spawn(async move {
+                    let _wg = wg;
+                    // Waiting for a slot is part of the latency: it is measured from `intended`.
+                    let Ok(_permit) = limit.acquire_owned().await else {
+                        return;
+                    };
+                    let r = timed(
+                        &conn,
+                        op,
+                        &keys,
+                        &values,
+                        &mut op_rng,
+                        consistency,
+                        op_timeout,
+                    )
+                    .await;
+                    task_rec.record(shard, op.kind(), intended, Instant::now(), &r);
+                });
+                if rec.in_window(intended) {
+                    scheduled += 1;
                 }
                 i += 1;
             }
+            let _ = result_tx.send(scheduled);
         });
     if let Err(e) = clock {
         tracing::error!(error = %e, "cannot start the open-loop schedule thread");
         return 0;
     }
-    while let Some(i) = rx.recv().await {
-        let intended = rec.origin + Duration::from_secs_f64(i as f64 / rate);
-        // Waiting for a slot is part of the latency: it is measured from `intended`.
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
-        let op = cfg.workload.next_op(&mut rng, keys, cfg.scan_len);
-        let conn = conns[(i as usize) % conns.len()].clone();
-        let (keys, values, task_rec) = (keys.clone(), values.clone(), rec.clone());
-        let (consistency, op_timeout) = (cfg.consistency, cfg.op_timeout);
-        let mut op_rng = Rng::new(cfg.seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let shard = i as usize;
-        set.spawn(async move {
-            let r = timed(
-                &conn,
-                op,
-                &keys,
-                &values,
-                &mut op_rng,
-                consistency,
-                op_timeout,
-            )
-            .await;
-            task_rec.record(shard, op.kind(), intended, Instant::now(), &r);
-            drop(permit);
-        });
-        if rec.in_window(intended) {
-            scheduled += 1;
-        }
-        // Reap finished tasks so the set stays small.
-        while set.try_join_next().is_some() {}
-    }
-    while set.join_next().await.is_some() {}
+    let scheduled = result_rx.await.unwrap_or(0);
+    while wg_done.recv().await.is_some() {}
     scheduled
+}
+
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Writes every key of the space once (in key order, `concurrency` requests in flight). A key
