@@ -511,14 +511,14 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
     let end = Instant::now();
     let cpu_end = (!cfg.server_pids.is_empty()).then(|| CpuSample::take(&cfg.server_pids));
     let own_end = CpuSample::take(&[std::process::id()]).ok();
-    let mut progress = {
+    // The last, partial interval (the drain), then the whole record.
+    let (timeline, intervals) = {
         let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
         p.tick(&rec, end, cfg.progress, &label);
-        Progress {
-            last_tick: end,
-            timeline: std::mem::take(&mut p.timeline),
-            intervals: std::mem::take(&mut p.intervals),
-        }
+        (
+            std::mem::take(&mut p.timeline),
+            std::mem::take(&mut p.intervals),
+        )
     };
 
     let (cpu_start, own_start, t0) = match cpu_start.await {
@@ -576,8 +576,8 @@ pub async fn run<T: Target>(target: &T, cfg: &RunConfig) -> Result<RunResult, Ru
         cas_conflicts,
         scheduled,
         measured,
-        timeline: std::mem::take(&mut progress.timeline),
-        intervals: std::mem::take(&mut progress.intervals),
+        timeline,
+        intervals,
         cpu,
         loadgen_cpu_us,
     })
