@@ -397,3 +397,266 @@ fn three_nodes_replicate_serve_all_read_modes_and_survive_restart() {
         );
     });
 }
+
+/// Snapshot files of `partition` in a node's shard directory: their indexes.
+fn snapshot_indexes(c: &Cluster, node: u64, partition: u64) -> Vec<u64> {
+    let cfg = &c.configs[node as usize - 1];
+    let dir = server::shard_dir(cfg, cfg.shard_of_partition(partition)).join("snapshots");
+    let mut out: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    engine::snapshot::parse_file_name(e.file_name().to_str()?)
+                        .filter(|(p, _, _)| *p == partition)
+                        .map(|(_, i, _)| i)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn lagging_follower_catches_up_by_snapshot_and_cluster_recovers_from_snapshots() {
+    init_logs();
+    let mut cluster = Cluster::new(
+        "snap",
+        Tuning {
+            snapshot_log_bytes: 16 << 10,
+            ..tuning()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let value = |k: u32| format!("{k:06}-{}", "x".repeat(200));
+    let (partition, lagging, applied_before) = rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put(key(1, 0), value(0)).await.unwrap();
+        let followers = followers_of(&cluster, &cl, &key(1, 0)).await;
+        let p = cl
+            .cluster_map()
+            .partition_of_key(key(1, 0).as_bytes())
+            .unwrap()
+            .id;
+        let f = followers[0];
+        // The follower has the first write applied (follower read), then goes down.
+        assert_eq!(
+            follower_get(&cluster, f, &key(1, 0), Consistency::Follower)
+                .await
+                .as_deref(),
+            Some(value(0).as_bytes())
+        );
+        let st = cl.status().await.unwrap();
+        let applied = st
+            .iter()
+            .filter(|(_, s)| s.node == f)
+            .flat_map(|(_, s)| &s.partitions)
+            .find(|ps| ps.partition == p)
+            .unwrap()
+            .applied_index;
+        (p, f, applied)
+    });
+    cluster.stop(lagging);
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        for k in 1..400u32 {
+            cl.put(key(1, k), value(k)).await.unwrap();
+        }
+    });
+    // The leader snapshotted and compacted its log past what the stopped follower has.
+    let leader_snaps: Vec<u64> = (1..=3u64)
+        .filter(|&n| n != lagging)
+        .flat_map(|n| snapshot_indexes(&cluster, n, partition))
+        .collect();
+    assert!(
+        leader_snaps.iter().any(|&i| i > applied_before + 1),
+        "no snapshot past {applied_before}: {leader_snaps:?}"
+    );
+    cluster.start(lagging);
+    rt.block_on(async {
+        // The restarted follower serves follower reads with the latest data: the entries it
+        // lacked are compacted away on the others, so it got them through a snapshot.
+        let v = follower_get(&cluster, lagging, &key(1, 399), Consistency::Follower).await;
+        assert_eq!(v.as_deref(), Some(value(399).as_bytes()));
+        let v = follower_get(&cluster, lagging, &key(1, 17), Consistency::Stale).await;
+        assert_eq!(v.as_deref(), Some(value(17).as_bytes()));
+    });
+    let installed = snapshot_indexes(&cluster, lagging, partition);
+    assert!(
+        installed.iter().any(|&i| i > applied_before + 1),
+        "follower has no snapshot past {applied_before}: {installed:?}"
+    );
+    // Whole-cluster restart: recovery from snapshot files plus the WAL after them.
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        for k in 0..400u32 {
+            let v = cl.get(key(1, k)).await.unwrap().expect("present");
+            assert_eq!(v.value, value(k).as_bytes(), "key {k}");
+        }
+    });
+}
+
+#[test]
+fn bad_input_on_client_and_peer_ports_gets_errors_and_the_cluster_keeps_serving() {
+    init_logs();
+    let cluster = Cluster::new("garbage", tuning());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put(key(3, 0), "before").await.unwrap();
+        let cfg = &cluster.configs[0];
+        let limits = Limits::default();
+
+        // 1. A well-framed body that is not a valid request batch: typed frame error, and
+        //    the connection stays usable.
+        let mut s = tokio::net::TcpStream::connect(cfg.client_addr)
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        wire::encode_frame(
+            &mut out,
+            FrameKind::ClientRequests,
+            99,
+            b"definitely not flatbuffers",
+            &limits,
+        )
+        .unwrap();
+        s.write_all(&out).await.unwrap();
+        let dec = FrameDecoder::new(limits);
+        let mut buf = BytesMut::new();
+        let frame = loop {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                break f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+        };
+        assert_eq!(frame.request_id, 99);
+        let b = wire::decode_responses(&frame.body, &limits).unwrap();
+        assert!(matches!(
+            b.frame_error,
+            Some(ServerError::InvalidArgument { .. })
+        ));
+        // Same connection, a valid status request still works.
+        out.clear();
+        let req = Request {
+            id: 5,
+            session: 0,
+            seq: 0,
+            map_epoch: 0,
+            op: Op::Status,
+        };
+        BodyEncoder::new()
+            .request_frame(&mut out, 100, &[req], &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let frame = loop {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                break f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+        };
+        let b = wire::decode_responses(&frame.body, &limits).unwrap();
+        assert!(matches!(b.responses[0].outcome, Ok(Outcome::Status(_))));
+
+        // 2. An oversized frame header: TooLarge under its id, then the server closes.
+        let mut s = tokio::net::TcpStream::connect(cfg.client_addr)
+            .await
+            .unwrap();
+        let mut big = BytesMut::new();
+        let body = vec![0u8; 16];
+        wire::encode_frame(&mut big, FrameKind::ClientRequests, 7, &body, &limits).unwrap();
+        // Rewrite body_len to 64 MiB and fix the header checksum.
+        big[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
+        let crc = crc32c_of(&big[..24]);
+        big[24..28].copy_from_slice(&crc.to_le_bytes());
+        s.write_all(&big[..32]).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => got = Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("{e}"),
+            }
+            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        let f = got.expect("an error reply before the close");
+        let b = wire::decode_responses(&f.body, &limits).unwrap();
+        assert!(matches!(b.frame_error, Some(ServerError::TooLarge { .. })));
+
+        // 3. Garbage on the client and peer ports: the server closes those connections.
+        for addr in [cfg.client_addr, cfg.peer_addr] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(&[0xAB; 4096]).await.unwrap();
+            let mut sink = Vec::new();
+            // Ok(_) (orderly close) or Err (reset) both mean closed; only the timeout fails.
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink))
+                .await
+                .expect("server closes the connection");
+        }
+        // 4. A peer that announces another shard count is refused (closed).
+        let mut s = tokio::net::TcpStream::connect(cfg.peer_addr).await.unwrap();
+        let mut m = wire::RaftMessage::new(wire::MessageKind::Heartbeat);
+        m.from = 2;
+        m.to = 1;
+        m.term = 7; // shards
+        m.index = 0;
+        m.context = u64::from_le_bytes(*b"CORUMHI1");
+        m.entries.push(wire::Entry {
+            data: Bytes::from_static(b"127.0.0.1:1"),
+            ..Default::default()
+        });
+        let hello = wire::PeerBatch {
+            from_node: 2,
+            to_node: 1,
+            messages: vec![(u64::MAX, m)],
+        };
+        let mut out = BytesMut::new();
+        BodyEncoder::new()
+            .peer_frame(&mut out, 0, &hello, &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink))
+            .await
+            .expect("server closes a peer with another shard count")
+            .ok();
+
+        // The cluster still serves everyone else.
+        cl.put(key(3, 1), "after").await.unwrap();
+        assert_eq!(cl.get(key(3, 0)).await.unwrap().unwrap().value, "before");
+        assert_eq!(cl.get(key(3, 1)).await.unwrap().unwrap().value, "after");
+    });
+}
+
+fn crc32c_of(b: &[u8]) -> u32 {
+    // The same Castagnoli CRC the frame header uses.
+    let mut crc = !0u32;
+    for &byte in b {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
