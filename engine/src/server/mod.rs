@@ -44,8 +44,9 @@
 //! ```
 //!
 //! # Known limits of this version
-//! - Snapshot files are written with blocking `std::fs` (+ fsync) on the shard thread; a large
-//!   partition stalls its shard while it is written (TODO: glommio blocking pool / DMA stream).
+//! - Snapshot files are encoded on the shard thread and written (+ fsync) on glommio's
+//!   blocking thread pool; the shard's event loop waits for the write (sockets keep being
+//!   served), so a large partition's snapshot delays that shard's Raft turns meanwhile.
 //! - A shard's turn awaits its WAL sync before starting the next turn (the WAL could accept
 //!   the next turn's appends while one sync is in flight; not used yet).
 //! - Membership is static (no conf changes are proposed); the map epoch is always 1.

@@ -716,12 +716,7 @@ impl Shard {
             if let Some(s) = &rd.snapshot {
                 // The file is durable (write_file fsyncs) before the WAL drops any entry.
                 let name = snapshot::file_name(*p, s.meta.index, s.meta.term);
-                snapshot::write_file(&self.snap_dir, &name, &s.data).map_err(|e| {
-                    ServerError::Snapshot {
-                        shard: self.i,
-                        reason: e.to_string(),
-                    }
-                })?;
+                write_snapshot_file(self.i, &self.snap_dir, name, s.data.clone()).await?;
                 if self.wal.last_index(*p) > s.meta.index {
                     self.wal
                         .truncate(*p, s.meta.index + 1)
@@ -787,13 +782,13 @@ impl Shard {
         self.send(after);
         // 4. Apply, answer writers and readers.
         for (p, rd) in readies {
-            self.apply_ready(p, rd)?;
+            self.apply_ready(p, rd).await?;
         }
         self.publish();
         Ok(true)
     }
 
-    fn apply_ready(&mut self, p: u64, rd: Ready) -> Result<(), ServerError> {
+    async fn apply_ready(&mut self, p: u64, rd: Ready) -> Result<(), ServerError> {
         let i = self.i;
         let sessions_max = self.config.tuning.sessions_max;
         let snapshot_log_bytes = self.config.tuning.snapshot_log_bytes;
@@ -889,7 +884,7 @@ impl Shard {
         }
         // Snapshot when the retained log is large (Raft paper §7).
         if part.log_bytes >= snapshot_log_bytes && applied > part.raft.first_index() {
-            take_snapshot(i, &self.snap_dir, &self.wal, part)?;
+            take_snapshot(i, &self.snap_dir, &self.wal, part).await?;
         }
         Ok(())
     }
@@ -966,8 +961,28 @@ fn internal(shard: usize, partition: u64) -> ServerError {
     }
 }
 
+/// Writes a snapshot file (write, fsync, rename, fsync the directory: `snapshot::write_file`)
+/// on glommio's blocking thread pool, so the shard's other tasks (sockets) keep running while
+/// the disk works. The shard's event loop still waits for it: the WAL must not drop entries
+/// before the file is durable.
+async fn write_snapshot_file(
+    shard: usize,
+    dir: &std::path::Path,
+    name: String,
+    data: Bytes,
+) -> Result<(), ServerError> {
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || snapshot::write_file(&dir, &name, &data).map(|_| ()))
+        .await
+        .map_err(|e| ServerError::Snapshot {
+            shard,
+            reason: e.to_string(),
+        })
+}
+
 /// Writes a snapshot of `part` at its applied index, compacts Raft's log and the WAL behind it.
-fn take_snapshot(
+async fn take_snapshot(
     i: usize,
     snap_dir: &std::path::Path,
     wal: &Wal,
@@ -977,12 +992,7 @@ fn take_snapshot(
     let term = part.sm.applied_term();
     let data = snapshot::encode(&part.sm, &convert::encode_conf(part.raft.conf()));
     let name = snapshot::file_name(part.id, index, term);
-    // TODO(engine): blocking std::fs write + fsync on the shard thread (snapshot module docs);
-    // move to glommio's blocking pool or a DMA stream writer.
-    snapshot::write_file(snap_dir, &name, &data).map_err(|e| ServerError::Snapshot {
-        shard: i,
-        reason: e.to_string(),
-    })?;
+    write_snapshot_file(i, snap_dir, name, data.clone()).await?;
     let bytes = data.len();
     match part.raft.compact(index, data) {
         Ok(()) => {}
