@@ -660,3 +660,64 @@ fn crc32c_of(b: &[u8]) -> u32 {
     }
     !crc
 }
+
+fn big_key(w: u32, k: u32) -> String {
+    format!("{{big}}w{w}-k{k}")
+}
+
+#[test]
+fn large_values_overflowing_a_wal_batch_and_small_segments_are_durable() {
+    init_logs();
+    let t = Tuning {
+        wal_segment_bytes: 1 << 20,
+        value_bytes_max: 256 << 10,
+        frame_bytes_max: 2 << 20,
+        ..tuning()
+    };
+    let mut cluster = Cluster::new("large", t.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let value = |w: u32, k: u32| Bytes::from(vec![b'a' + (w * 7 + k) as u8 % 26; 150 << 10]);
+    let connect = |seeds: Vec<String>| async move {
+        let mut cfg = ClientConfig::new(seeds);
+        cfg.request_timeout = Duration::from_secs(20);
+        cfg.limits.frame_bytes_max = 2 << 20;
+        cfg.limits.value_bytes_max = 256 << 10;
+        Client::connect(cfg).await.unwrap()
+    };
+    rt.block_on(async {
+        // 12 writers at once on one partition (one hash tag), 150 KiB each: one turn's
+        // entries exceed the 1 MiB WAL batch, so the shard syncs in the middle of the turn and
+        // splits the append.
+        let mut tasks = Vec::new();
+        for w in 0..12u32 {
+            let cl = connect(cluster.seeds()).await;
+            tasks.push(tokio::spawn(async move {
+                for k in 0..4u32 {
+                    cl.put(big_key(w, k), value(w, k)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    rt.block_on(async {
+        let cl = connect(cluster.seeds()).await;
+        for w in 0..12u32 {
+            for k in 0..4u32 {
+                let got = cl.get(big_key(w, k)).await.unwrap().expect("present");
+                assert_eq!(got.value, value(w, k), "writer {w} key {k}");
+            }
+        }
+    });
+}

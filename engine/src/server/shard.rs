@@ -206,7 +206,8 @@ impl Shard {
         }
         let wal_cfg = WalConfig {
             segment_bytes: config.tuning.wal_segment_bytes,
-            batch_bytes_max: (config.tuning.wal_segment_bytes / 4).min(8 << 20),
+            // Room for the largest entry (a frame) and then some; at most 16 MiB of memory.
+            batch_bytes_max: (config.tuning.wal_segment_bytes - 8192).min(16 << 20),
             ..WalConfig::default()
         };
         let wal = Wal::open(&wal_dir, wal_cfg).await.map_err(wal_err(i))?;
@@ -718,19 +719,14 @@ impl Shard {
                 let name = snapshot::file_name(*p, s.meta.index, s.meta.term);
                 write_snapshot_file(self.i, &self.snap_dir, name, s.data.clone()).await?;
                 if self.wal.last_index(*p) > s.meta.index {
-                    self.wal
-                        .truncate(*p, s.meta.index + 1)
-                        .map_err(wal_err(self.i))?;
+                    let from = s.meta.index + 1;
+                    wal_op(self.i, &self.wal, |w| w.truncate(*p, from)).await?;
                 }
-                self.wal
-                    .compact(
-                        *p,
-                        SnapshotPoint {
-                            index: s.meta.index,
-                            term: s.meta.term,
-                        },
-                    )
-                    .map_err(wal_err(self.i))?;
+                let point = SnapshotPoint {
+                    index: s.meta.index,
+                    term: s.meta.term,
+                };
+                wal_op(self.i, &self.wal, |w| w.compact(*p, point)).await?;
                 part.log_bytes = 0;
             }
             if let Some(first) = rd.entries.first() {
@@ -741,20 +737,16 @@ impl Shard {
                         .map_err(wal_err(self.i))?;
                 }
                 let entries: Vec<wal::Entry> = rd.entries.iter().map(convert::to_wal).collect();
-                self.wal.append(*p, &entries).map_err(wal_err(self.i))?;
+                append_entries(self.i, &self.wal, *p, &entries).await?;
                 part.log_bytes += rd.entries.iter().map(|e| e.size_bytes()).sum::<u64>();
             }
             if let Some(hs) = rd.hard_state {
-                self.wal
-                    .put_hard_state(
-                        *p,
-                        wal::HardState {
-                            term: hs.term,
-                            vote: hs.vote,
-                            commit: hs.commit,
-                        },
-                    )
-                    .map_err(wal_err(self.i))?;
+                let hs = wal::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                };
+                wal_op(self.i, &self.wal, |w| w.put_hard_state(*p, hs)).await?;
             }
         }
         if must_sync {
@@ -961,6 +953,44 @@ fn internal(shard: usize, partition: u64) -> ServerError {
     }
 }
 
+/// Runs a buffering WAL operation; when the WAL's batch is full (`batch_bytes_max`), makes the
+/// batch durable first and retries once. Syncing in the middle of a turn keeps the order of
+/// Readys; they are reported persisted only after the turn's final sync.
+async fn wal_op(
+    shard: usize,
+    wal: &Wal,
+    f: impl Fn(&Wal) -> Result<(), wal::WalError>,
+) -> Result<(), ServerError> {
+    match f(wal) {
+        Err(wal::WalError::BatchFull { bytes, bytes_max }) => {
+            tracing::debug!(shard, bytes, bytes_max, "WAL batch full; syncing mid-turn");
+            wal.sync().await.map_err(wal_err(shard))?;
+            f(wal).map_err(wal_err(shard))
+        }
+        r => r.map_err(wal_err(shard)),
+    }
+}
+
+/// Appends entries, splitting them when they do not fit in one WAL batch.
+async fn append_entries(
+    shard: usize,
+    wal: &Wal,
+    partition: u64,
+    entries: &[wal::Entry],
+) -> Result<(), ServerError> {
+    match wal_op(shard, wal, |w| w.append(partition, entries)).await {
+        Err(ServerError::Wal {
+            source: wal::WalError::BatchFull { .. },
+            ..
+        }) if entries.len() > 1 => {
+            let (a, b) = entries.split_at(entries.len() / 2);
+            Box::pin(append_entries(shard, wal, partition, a)).await?;
+            Box::pin(append_entries(shard, wal, partition, b)).await
+        }
+        r => r,
+    }
+}
+
 /// Writes a snapshot file (write, fsync, rename, fsync the directory: `snapshot::write_file`)
 /// on glommio's blocking thread pool, so the shard's other tasks (sockets) keep running while
 /// the disk works. The shard's event loop still waits for it: the WAL must not drop entries
@@ -1001,8 +1031,10 @@ async fn take_snapshot(
             return Ok(());
         }
     }
-    wal.compact(part.id, SnapshotPoint { index, term })
-        .map_err(wal_err(i))?;
+    wal_op(i, wal, |w| {
+        w.compact(part.id, SnapshotPoint { index, term })
+    })
+    .await?;
     recover::remove_older_snapshots(snap_dir, part.id, index);
     part.log_bytes = 0;
     tracing::info!(
