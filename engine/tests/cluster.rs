@@ -721,3 +721,66 @@ fn large_values_overflowing_a_wal_batch_and_small_segments_are_durable() {
         }
     });
 }
+
+#[test]
+fn requests_over_the_connection_limit_get_busy_and_every_request_is_answered() {
+    init_logs();
+    let cluster = Cluster::new(
+        "busy",
+        Tuning {
+            connection_requests_max: 4,
+            ..tuning()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let limits = Limits::default();
+        let mut s = tokio::net::TcpStream::connect(cluster.configs[0].client_addr)
+            .await
+            .unwrap();
+        // One frame with 50 requests: the connection may have 4 in flight, so the server
+        // accepts the first 4 and answers the other 46 with Busy at once.
+        let reqs: Vec<Request> = (1..=50)
+            .map(|id| Request {
+                id,
+                session: 0,
+                seq: 0,
+                map_epoch: 0,
+                op: Op::Status,
+            })
+            .collect();
+        let mut out = BytesMut::new();
+        BodyEncoder::new()
+            .request_frame(&mut out, 1, &reqs, &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let dec = FrameDecoder::new(limits);
+        let mut buf = BytesMut::new();
+        let mut answers = BTreeMap::new();
+        while answers.len() < 50 {
+            match dec.decode(&mut buf).unwrap() {
+                Some(f) => {
+                    for r in wire::decode_responses(&f.body, &limits).unwrap().responses {
+                        assert!(answers.insert(r.id, r.outcome).is_none(), "answered twice");
+                    }
+                }
+                None => assert!(s.read_buf(&mut buf).await.unwrap() > 0),
+            }
+        }
+        let busy = answers
+            .values()
+            .filter(|o| matches!(o, Err(ServerError::Busy)))
+            .count();
+        let ok = answers
+            .values()
+            .filter(|o| matches!(o, Ok(Outcome::Status(_))))
+            .count();
+        assert_eq!((ok, busy), (4, 46));
+        for id in 1..=4 {
+            assert!(matches!(answers[&id], Ok(Outcome::Status(_))));
+        }
+    });
+}
