@@ -52,12 +52,16 @@
 //! - Membership is static (no conf changes are proposed); the map epoch is always 1.
 //! - A request whose leader steps down is answered when another entry takes its index
 //!   (`NotLeader`), or after 10 s (`Timeout`); reads waiting on a read index likewise.
+//! - glommio 0.9 binds listeners with `SO_REUSEPORT`: a second process configured with the
+//!   same port binds it too, silently, and the kernel splits connections between the two.
 //!
 //! # Stopping
 //! [`run`] blocks SIGINT and SIGTERM in every thread, waits for one of them, then stops the
-//! shards like [`ServerHandle::stop`]: each shard notices the stop flag at its next tick
-//! (at most `tuning.tick_ms` later), drops its sockets and files and its thread ends. Nothing
-//! needs flushing: every acknowledged write was made durable before it was acknowledged.
+//! shards like [`ServerHandle::stop`]: each shard notices the stop flag at its next wake-up
+//! (at most one heartbeat interval, `heartbeat_ticks * tick_ms`, later), drops its sockets
+//! and files, and its thread ends. Nothing needs flushing: every acknowledged write was made
+//! durable before it was acknowledged. [`run`] also returns (with the shard's error) when a
+//! shard stops on its own after a fatal error such as a failed `fdatasync`.
 
 mod convert;
 mod net;
