@@ -173,10 +173,23 @@ impl RawNode {
             }
             prev_term = e.term;
         }
+        // The Ready contract writes entries before the hard state, so a crash may keep entries
+        // of a term whose hard state never reached the disk (a follower that first hears of a
+        // term through an Append carrying entries of that term). That is a legal durable state,
+        // not corruption: adopt the log's term with no vote. No vote in that term can have been
+        // sent, because a vote is sent only once the hard state holding it is durable
+        // (thesis §3.8); the raised term is persisted with the next Ready.
+        let durable_hard_state = hard_state;
+        let mut hard_state = hard_state;
         if hard_state.term < prev_term {
-            return Err(Error::InvalidRestartState(
-                "hard state term below last entry term",
-            ));
+            tracing::warn!(
+                id = cfg.id,
+                hard_state_term = hard_state.term,
+                log_term = prev_term,
+                "durable log is ahead of the durable term (torn write); adopting the log's term"
+            );
+            hard_state.term = prev_term;
+            hard_state.vote = 0;
         }
         let log = RaftLog::new(snap_index, snapshot.meta.term, entries, hard_state.commit);
         let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed_0000_0000_0000 ^ cfg.id);
@@ -202,7 +215,7 @@ impl RawNode {
             msgs_after_persist: Vec::new(),
             pending_readies: VecDeque::new(),
             ready_seq: 0,
-            last_hard_state: hard_state,
+            last_hard_state: durable_hard_state,
             snapshot,
             received_snapshot: None,
             assembly: None,
