@@ -235,6 +235,26 @@ impl RawNode {
             log,
             cfg,
         };
+        // The commit index is durable only through the hard state, which the Ready contract
+        // writes after the entries, so a crash can lose it while keeping the entries. Membership
+        // changes take effect when known committed, so a lost commit index would put this node
+        // back under an older configuration than one the cluster already left: a removed voter
+        // holding C_old,new and C_new in its log could then be elected by a C_old majority while
+        // C_new commits on its own (thesis §4.3 needs every decision to be made under the
+        // latest configuration). Recover the knowledge instead: a leader proposes a membership
+        // change only once every earlier change in its log is applied (one at a time,
+        // `propose_conf_change`), so in any log every ConfChange entry that is followed by
+        // another ConfChange entry is committed, and so is everything before it.
+        let mut conf_entries = (node.log.committed + 1..=node.log.last_index())
+            .filter(|&i| {
+                node.log
+                    .entry(i)
+                    .is_some_and(|e| e.kind == EntryKind::ConfChange)
+            })
+            .rev();
+        if let (Some(_), Some(known)) = (conf_entries.next(), conf_entries.next()) {
+            node.log.commit_to(known);
+        }
         node.last_hard_state.commit = node.log.committed;
         // Membership changes committed before the crash take effect again at once.
         let upto = node.log.committed;

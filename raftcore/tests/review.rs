@@ -61,3 +61,201 @@ fn thesis_3_8_torn_write_of_entries_before_hard_state_restarts() {
     let rd = n.ready();
     assert_eq!(rd.hard_state.map(|h| (h.term, h.vote)), Some((2, 0)));
 }
+
+// ------------------------------------------------------------------ membership (thesis §4.3)
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use raftcore::{ConfChange, ConfChangeStep, HardState, Role};
+
+/// A small cluster whose Readies are durable as soon as they are handled, with a network that
+/// can be split in two sides.
+struct Net {
+    nodes: BTreeMap<u64, RawNode>,
+    queue: VecDeque<Message>,
+    side_b: BTreeSet<u64>,
+    split: bool,
+    /// Every entry each node handed out as committed, by index.
+    applied: BTreeMap<u64, BTreeMap<u64, Entry>>,
+}
+
+impl Net {
+    fn new(conf: ConfState) -> Self {
+        let mut nodes = BTreeMap::new();
+        for id in conf.members() {
+            let st = RestartState::bootstrap(conf.clone(), Bytes::new());
+            nodes.insert(id, RawNode::new(cfg(id), st).unwrap());
+        }
+        Net {
+            nodes,
+            queue: VecDeque::new(),
+            side_b: BTreeSet::new(),
+            split: false,
+            applied: BTreeMap::new(),
+        }
+    }
+
+    fn node(&mut self, id: u64) -> &mut RawNode {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    fn post(&mut self, m: Message) {
+        if self.split && (self.side_b.contains(&m.from) != self.side_b.contains(&m.to)) {
+            return;
+        }
+        self.queue.push_back(m);
+    }
+
+    fn stabilize(&mut self) {
+        for _ in 0..100_000 {
+            let mut any = false;
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if !self.nodes[&id].has_ready() {
+                    continue;
+                }
+                any = true;
+                let rd = self.node(id).ready();
+                for m in rd.messages {
+                    self.post(m);
+                }
+                for m in rd.persisted_messages {
+                    self.post(m);
+                }
+                self.node(id).on_persisted(rd.number).unwrap();
+                if let Some(last) = rd.committed_entries.last().map(|e| e.index) {
+                    let log = self.applied.entry(id).or_default();
+                    for e in rd.committed_entries {
+                        log.insert(e.index, e);
+                    }
+                    self.node(id).on_applied(last);
+                }
+            }
+            if let Some(m) = self.queue.pop_front() {
+                any = true;
+                if let Some(n) = self.nodes.get_mut(&m.to) {
+                    n.step(m);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+        panic!("did not stabilize");
+    }
+
+    fn tick(&mut self, ids: &[u64], n: u32) {
+        for _ in 0..n {
+            for id in ids {
+                self.node(*id).tick();
+            }
+            self.stabilize();
+        }
+    }
+
+    fn propose(&mut self, id: u64, data: &'static [u8]) -> u64 {
+        let p = self.node(id).propose(&[Bytes::from_static(data)]).unwrap();
+        self.stabilize();
+        p.last_index
+    }
+}
+
+/// Membership changes take effect when a node knows them committed, and the commit index is
+/// durable only through the hard state, which the Ready contract writes after the entries. A
+/// removed voter that crashes with a torn write keeps the joint entry J and the leave-joint
+/// entry L in its log but loses the commit index that covered J. Before the fix it restarted
+/// under C_old and was elected by a C_old majority of removed voters while C_new committed on
+/// its own: the two sides applied different entries at one index (thesis §4.3: decisions are
+/// made under the latest configuration; §5.4.3 state machine safety). Now a restarting node
+/// infers that every ConfChange entry followed by another one is committed (one change at a
+/// time), so it restarts under C_old,new and needs a C_new majority too.
+///
+/// Reachable in the simulator's fault model: the Append that brings L to node 2 also carries
+/// later entries and the leader's commit (>= J); the torn write keeps a prefix of entries that
+/// ends after L and drops the hard state, so node 2's durable commit is the older one (< J).
+#[test]
+fn thesis_4_3_removed_voter_with_lost_commit_index_cannot_lead_c_old() {
+    let conf = ConfState {
+        voters: vec![1, 2, 3],
+        learners: vec![4, 5],
+        ..Default::default()
+    };
+    let mut c = Net::new(conf);
+    c.node(1).campaign_now();
+    c.stabilize();
+    assert_eq!(c.nodes[&1].role(), Role::Leader);
+    let before_j = c.nodes[&2].committed();
+    let j = c
+        .node(1)
+        .propose_conf_change(&ConfChange {
+            steps: vec![
+                ConfChangeStep::AddVoter(4),
+                ConfChangeStep::AddVoter(5),
+                ConfChangeStep::Remove(2),
+                ConfChangeStep::Remove(3),
+            ],
+        })
+        .unwrap()
+        .last_index;
+    c.stabilize();
+    c.tick(&[1, 2, 3, 4, 5], 3);
+    // The leader left the joint configuration on its own: C_new = {1, 4, 5}.
+    assert_eq!(c.nodes[&1].conf().voters, vec![1, 4, 5]);
+    assert!(!c.nodes[&1].conf().is_joint());
+    let l = (j + 1..=c.nodes[&1].last_index())
+        .find(|&i| c.nodes[&1].log_entry(i).unwrap().kind == EntryKind::ConfChange)
+        .unwrap();
+    assert!(c.nodes[&1].committed() >= l);
+    assert!(c.nodes[&2].last_index() >= l, "node 2 holds L");
+
+    // Node 2 crashes; the torn write kept its log up to L (as node 3 holds it) but the hard
+    // state that raised its commit index past J is lost.
+    let n2 = &c.nodes[&2];
+    let mut st = RestartState::bootstrap(
+        ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4, 5],
+            ..Default::default()
+        },
+        Bytes::new(),
+    );
+    let last3 = c.nodes[&3].last_index();
+    st.entries = (2..=last3)
+        .map(|i| n2.log_entry(i).unwrap().clone())
+        .collect();
+    st.hard_state = HardState {
+        term: n2.term(),
+        vote: n2.hard_state().vote,
+        commit: before_j,
+    };
+    c.nodes.insert(2, RawNode::new(cfg(2), st).unwrap());
+
+    // The removed voters 2 and 3 are cut off from C_new; C_new keeps committing.
+    c.side_b = [2, 3].into_iter().collect();
+    c.split = true;
+    let y = c.propose(1, b"y");
+    assert!(c.nodes[&1].committed() >= y);
+    c.tick(&[2, 3], 40);
+    c.tick(&[1, 4, 5], 5);
+
+    // State machine safety (§5.4.3): no two replicas apply different entries at one index.
+    let mut at: BTreeMap<u64, (u64, Entry)> = BTreeMap::new();
+    for (&id, log) in &c.applied {
+        for (&i, e) in log {
+            if let Some((other, e0)) = at.get(&i) {
+                assert_eq!(
+                    (e0.term, &e0.data),
+                    (e.term, &e.data),
+                    "nodes {other} and {id} applied different entries at index {i}"
+                );
+            } else {
+                at.insert(i, (id, e.clone()));
+            }
+        }
+    }
+    assert_ne!(
+        c.nodes[&2].role(),
+        Role::Leader,
+        "a removed voter must not lead under C_old"
+    );
+}
