@@ -142,6 +142,8 @@ pub struct RawNode {
     lease_until_tick: u64,
     /// No lease reads before this tick (set when this leader hands leadership away).
     lease_blocked_until_tick: u64,
+    /// Term in which this node last sent TimeoutNow: no lease reads for the rest of it.
+    timeout_now_term: u64,
     need_read_round: bool,
     need_broadcast: bool,
     transferee: u64,
@@ -226,6 +228,7 @@ impl RawNode {
             round_sent_ticks: VecDeque::new(),
             lease_until_tick: 0,
             lease_blocked_until_tick: 0,
+            timeout_now_term: 0,
             need_read_round: false,
             need_broadcast: false,
             transferee: 0,
@@ -1333,6 +1336,10 @@ impl RawNode {
         // void from now on.
         self.lease_until_tick = 0;
         self.lease_blocked_until_tick = self.ticks + 2 * self.cfg.election_ticks_min as u64;
+        // The TimeoutNow may arrive long after the transfer was abandoned (a slow link), and
+        // still elect its target past the voters' lease check: no lease for this term again
+        // (reads fall back to a confirming heartbeat round, thesis §6.4).
+        self.timeout_now_term = self.term;
         let m = Message::new(MessageKind::TimeoutNow, self.id, to, self.term);
         self.msgs.push(m);
     }
@@ -1536,6 +1543,7 @@ impl RawNode {
         let single = self.conf.voters == [self.id] && self.conf.voters_outgoing.is_empty();
         let lease = self.cfg.lease_reads
             && self.transferee == 0
+            && self.timeout_now_term != self.term
             && self.ticks >= self.lease_blocked_until_tick
             && self.ticks < self.lease_until_tick;
         if single || lease {

@@ -77,14 +77,21 @@ struct Net {
     split: bool,
     /// Every entry each node handed out as committed, by index.
     applied: BTreeMap<u64, BTreeMap<u64, Entry>>,
+    /// Hold TimeoutNow messages in `held` instead of delivering them (a slow link).
+    hold_timeout_now: bool,
+    held: Vec<Message>,
 }
 
 impl Net {
     fn new(conf: ConfState) -> Self {
+        Self::with(conf, cfg)
+    }
+
+    fn with(conf: ConfState, mk: impl Fn(u64) -> Config) -> Self {
         let mut nodes = BTreeMap::new();
         for id in conf.members() {
             let st = RestartState::bootstrap(conf.clone(), Bytes::new());
-            nodes.insert(id, RawNode::new(cfg(id), st).unwrap());
+            nodes.insert(id, RawNode::new(mk(id), st).unwrap());
         }
         Net {
             nodes,
@@ -92,6 +99,8 @@ impl Net {
             side_b: BTreeSet::new(),
             split: false,
             applied: BTreeMap::new(),
+            hold_timeout_now: false,
+            held: Vec::new(),
         }
     }
 
@@ -101,6 +110,10 @@ impl Net {
 
     fn post(&mut self, m: Message) {
         if self.split && (self.side_b.contains(&m.from) != self.side_b.contains(&m.to)) {
+            return;
+        }
+        if self.hold_timeout_now && m.kind == MessageKind::TimeoutNow {
+            self.held.push(m);
             return;
         }
         self.queue.push_back(m);
@@ -258,4 +271,63 @@ fn thesis_4_3_removed_voter_with_lost_commit_index_cannot_lead_c_old() {
         Role::Leader,
         "a removed voter must not lead under C_old"
     );
+}
+
+// ------------------------------------------------------------------ lease reads (thesis §6.4.1)
+
+#[test]
+fn thesis_6_4_1_late_timeout_now_cannot_outlive_a_renewed_lease() {
+    // A leader that sends TimeoutNow lets the target campaign past the voters' lease check
+    // (thesis §3.10 / §6.4.1), so its own lease is void. The transfer may be abandoned (no
+    // answer within an election timeout) while the TimeoutNow is still on a slow link; if the
+    // leader then renews its lease and the message arrives late, the target is elected and
+    // commits writes while the old leader still answers reads from its lease: a stale read.
+    // The lease must stay off for the rest of the term once a TimeoutNow was sent.
+    let mut c = Net::with(ConfState::with_voters(&[1, 2, 3]), |id| {
+        let mut x = cfg(id);
+        x.lease_reads = true;
+        x
+    });
+    c.tick(&[1, 2, 3], 40);
+    let l = *c
+        .nodes
+        .iter()
+        .find(|(_, n)| n.role() == Role::Leader)
+        .unwrap()
+        .0;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != l).collect();
+    let (a, b) = (others[0], others[1]);
+    c.propose(l, b"x");
+    c.hold_timeout_now = true;
+    c.node(l).transfer_leader(a).unwrap();
+    c.stabilize();
+    assert_eq!(c.held.len(), 1, "TimeoutNow is on the slow link");
+    // The transfer is abandoned; heartbeats keep flowing and renew the lease.
+    c.tick(&[1, 2, 3], 35);
+    assert_eq!(c.nodes[&l].role(), Role::Leader);
+    assert_eq!(c.nodes[&l].transferee(), 0, "transfer abandoned");
+    // The old leader is cut off; the late TimeoutNow arrives at the target.
+    c.side_b = [l].into_iter().collect();
+    c.split = true;
+    let t = c.held.pop().unwrap();
+    c.node(a).step(t);
+    c.stabilize();
+    assert_eq!(
+        c.nodes[&a].role(),
+        Role::Leader,
+        "target elected (forced votes)"
+    );
+    let w = c.propose(a, b"w");
+    assert!(c.nodes[&b].committed() >= w || c.nodes[&a].committed() >= w);
+    // The old leader, still in its term and within what it believes is its lease, is asked
+    // for a read. It must not answer with an index that misses the committed write.
+    c.node(l).read_index(99).unwrap();
+    let rd = c.node(l).ready();
+    for r in &rd.read_states {
+        assert!(
+            r.index >= w,
+            "stale lease read: read index {} misses committed write at {w}",
+            r.index
+        );
+    }
 }
