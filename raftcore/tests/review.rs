@@ -331,3 +331,61 @@ fn thesis_6_4_1_late_timeout_now_cannot_outlive_a_renewed_lease() {
         );
     }
 }
+
+// ------------------------------------------------------------------ ReadIndex (thesis §6.4)
+
+#[test]
+fn thesis_6_4_read_is_not_confirmed_by_a_round_sent_before_it_arrived() {
+    // §6.4 step 3: the leader confirms it is still leader with a heartbeat round sent after the
+    // read arrived; answers to an earlier round prove nothing about the read's moment.
+    let mut c = Net::new(ConfState::with_voters(&[1, 2, 3]));
+    c.node(1).campaign_now();
+    c.stabilize();
+    assert_eq!(c.nodes[&1].role(), Role::Leader);
+    // A heartbeat round goes out (held in our hands).
+    let mut round1 = Vec::new();
+    while round1.is_empty() {
+        c.node(1).tick();
+        let rd = c.node(1).ready();
+        round1.extend(
+            rd.messages
+                .into_iter()
+                .filter(|m| m.kind == MessageKind::Heartbeat),
+        );
+        c.node(1).on_persisted(rd.number).unwrap();
+    }
+    // The read arrives after that round was sent.
+    c.node(1).read_index(7).unwrap();
+    for hb in round1 {
+        let to = hb.to;
+        c.node(to).step(hb);
+        let rd = c.node(to).ready();
+        c.node(to).on_persisted(rd.number).unwrap();
+        for m in rd.messages {
+            c.node(1).step(m);
+        }
+    }
+    let rd = c.node(1).ready();
+    assert!(
+        rd.read_states.is_empty(),
+        "answers to a round sent before the read must not release it"
+    );
+    let round2: Vec<Message> = rd
+        .messages
+        .into_iter()
+        .filter(|m| m.kind == MessageKind::Heartbeat)
+        .collect();
+    assert_eq!(round2.len(), 2, "the read gets its own round");
+    c.node(1).on_persisted(rd.number).unwrap();
+    for hb in round2 {
+        let to = hb.to;
+        c.node(to).step(hb);
+        let rd = c.node(to).ready();
+        for m in rd.messages {
+            c.node(1).step(m);
+        }
+    }
+    let rd = c.node(1).ready();
+    assert_eq!(rd.read_states.len(), 1);
+    assert_eq!(rd.read_states[0].request_id, 7);
+}
