@@ -1,0 +1,226 @@
+//! One pipelined connection to one server endpoint.
+//!
+//! Callers hand requests to a bounded queue. One task owns the socket: its writer half takes
+//! every request waiting in the queue (up to `batch_requests_max`), encodes them as one frame
+//! and writes it; its reader half decodes response frames and hands each response to the
+//! caller waiting on that request id. Any I/O or framing error ends the task, closes the
+//! socket and fails every request in flight with [`ConnError::Lost`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::frame::{FrameDecoder, FrameKind, Limits};
+use crate::messages::{decode_responses, BodyEncoder, Request, Response, ServerError};
+
+/// Why a request sent on a connection got no response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConnError {
+    /// The connection closed or failed before the response arrived.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The server refused the whole frame the request was in.
+    #[error("frame refused: {0}")]
+    FrameRefused(ServerError),
+}
+
+type Reply = oneshot::Sender<Result<Response, ConnError>>;
+
+struct Pending {
+    request: Request,
+    reply: Reply,
+}
+
+/// `(closed, request id -> (frame id, waiter))`: closing and registering happen under one
+/// lock, so no request is registered after the final drain.
+type Waiting = (bool, HashMap<u64, (u64, Reply)>);
+
+struct Shared {
+    waiting: Mutex<Waiting>,
+    dead: AtomicBool,
+}
+
+impl Shared {
+    fn fail_all(&self, why: &str) {
+        let drained: Vec<Reply> = {
+            let mut g = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            g.0 = true;
+            g.1.drain().map(|(_, (_, r))| r).collect()
+        };
+        self.dead.store(true, Ordering::Release);
+        for r in drained {
+            let _ = r.send(Err(ConnError::Lost(why.to_owned())));
+        }
+    }
+}
+
+/// A pipelined connection (see the module docs).
+pub(crate) struct Connection {
+    queue: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+impl Connection {
+    /// Connects to `endpoint` and starts the connection task.
+    pub(crate) async fn connect(
+        endpoint: &str,
+        limits: Limits,
+        queue_max: usize,
+        batch_requests_max: usize,
+    ) -> std::io::Result<Arc<Self>> {
+        let stream = TcpStream::connect(endpoint).await?;
+        stream.set_nodelay(true)?;
+        let (tx, rx) = mpsc::channel(queue_max.max(1));
+        let shared = Arc::new(Shared {
+            waiting: Mutex::new((false, HashMap::new())),
+            dead: AtomicBool::new(false),
+        });
+        let task_shared = shared.clone();
+        let endpoint_owned = endpoint.to_owned();
+        tokio::spawn(async move {
+            let why = run(stream, rx, &task_shared, limits, batch_requests_max.max(1)).await;
+            tracing::debug!(endpoint = %endpoint_owned, reason = %why, "client connection closed");
+            task_shared.fail_all(&why);
+        });
+        Ok(Arc::new(Self {
+            queue: tx,
+            shared,
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// Whether the connection has failed (a new one is needed).
+    pub(crate) fn is_dead(&self) -> bool {
+        self.shared.dead.load(Ordering::Acquire) || self.queue.is_closed()
+    }
+
+    /// Sends `request` (its id is replaced by a fresh one) and waits for its response.
+    pub(crate) async fn call(&self, mut request: Request) -> Result<Response, ConnError> {
+        request.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Pending { request, reply })
+            .await
+            .map_err(|_| ConnError::Lost("connection closed".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ConnError::Lost("connection closed".into())))
+    }
+}
+
+async fn run(
+    stream: TcpStream,
+    mut rx: mpsc::Receiver<Pending>,
+    shared: &Shared,
+    limits: Limits,
+    batch_requests_max: usize,
+) -> String {
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = async {
+        let mut enc = BodyEncoder::new();
+        let mut out = BytesMut::new();
+        let mut batch: Vec<Request> = Vec::new();
+        let mut frame_id = 0u64;
+        loop {
+            let Some(first) = rx.recv().await else {
+                return "client dropped".to_owned();
+            };
+            frame_id += 1;
+            // Let the callers that are ready run before draining the queue, so requests issued
+            // together leave in one frame (one write) instead of one frame each.
+            tokio::task::yield_now().await;
+            let mut pendings = vec![first];
+            while pendings.len() < batch_requests_max {
+                match rx.try_recv() {
+                    Ok(p) => pendings.push(p),
+                    Err(_) => break,
+                }
+            }
+            {
+                let mut g = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if g.0 {
+                    return "connection failed".to_owned();
+                }
+                batch.clear();
+                for p in pendings {
+                    g.1.insert(p.request.id, (frame_id, p.reply));
+                    batch.push(p.request);
+                }
+            }
+            out.clear();
+            if let Err(e) = enc.request_frame(&mut out, frame_id, &batch, &limits) {
+                // Requests were checked against the key/value limits, but a batch of many
+                // large ones can still exceed the frame limit: fail this batch only.
+                let mut g = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                for r in &batch {
+                    if let Some((_, reply)) = g.1.remove(&r.id) {
+                        let limit = limits.frame_bytes_max as u64;
+                        let _ = reply.send(Err(ConnError::FrameRefused(ServerError::TooLarge {
+                            limit,
+                        })));
+                    }
+                }
+                tracing::warn!(error = %e, "request batch over the frame limit");
+                continue;
+            }
+            if let Err(e) = wr.write_all(&out).await {
+                return format!("write failed: {e}");
+            }
+        }
+    };
+    let reader = async {
+        let decoder = FrameDecoder::new(limits);
+        let mut buf = BytesMut::with_capacity(64 << 10);
+        loop {
+            loop {
+                let frame = match decoder.decode(&mut buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return format!("bad frame from server: {e}"),
+                };
+                if frame.kind != FrameKind::ClientResponses {
+                    return format!("unexpected frame kind {:?} from server", frame.kind);
+                }
+                let batch = match decode_responses(&frame.body, &limits) {
+                    Ok(b) => b,
+                    Err(e) => return format!("bad response body: {e}"),
+                };
+                let mut g = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(err) = batch.frame_error {
+                    let ids: Vec<u64> =
+                        g.1.iter()
+                            .filter(|(_, (f, _))| *f == frame.request_id)
+                            .map(|(id, _)| *id)
+                            .collect();
+                    for id in ids {
+                        if let Some((_, reply)) = g.1.remove(&id) {
+                            let _ = reply.send(Err(ConnError::FrameRefused(err.clone())));
+                        }
+                    }
+                }
+                for resp in batch.responses {
+                    match g.1.remove(&resp.id) {
+                        Some((_, reply)) => {
+                            let _ = reply.send(Ok(resp));
+                        }
+                        None => tracing::warn!(id = resp.id, "response for no request in flight"),
+                    }
+                }
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) => return "server closed the connection".to_owned(),
+                Ok(_) => {}
+                Err(e) => return format!("read failed: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        why = writer => why,
+        why = reader => why,
+    }
+}
