@@ -531,6 +531,8 @@ pub struct ShardStatus {
     pub shard: u32,
     /// Its client endpoint.
     pub endpoint: String,
+    /// The partitions the cluster map places on this shard.
+    pub hosts: Vec<u64>,
     /// Its status, or why it did not answer.
     pub status: Result<NodeStatus, String>,
 }
@@ -550,18 +552,24 @@ pub struct ClusterStatus {
 /// caller's business). Shards that do not answer are recorded with the error.
 pub async fn cluster_status(client: &Client) -> ClusterStatus {
     let map = client.cluster_map();
-    let mut seen: BTreeMap<(u64, u32), String> = BTreeMap::new();
-    for r in map.partitions.iter().flat_map(|p| &p.replicas) {
-        seen.entry((r.node, r.shard))
-            .or_insert_with(|| r.endpoint.clone());
+    let mut seen: BTreeMap<(u64, u32), (String, Vec<u64>)> = BTreeMap::new();
+    for p in &map.partitions {
+        for r in &p.replicas {
+            let entry = seen
+                .entry((r.node, r.shard))
+                .or_insert_with(|| (r.endpoint.clone(), Vec::new()));
+            entry.1.push(p.id);
+        }
     }
     let mut shards = Vec::new();
-    for ((node, shard), endpoint) in seen {
+    for ((node, shard), (endpoint, mut hosts)) in seen {
+        hosts.sort_unstable();
         let status = client.status_of(&endpoint).await.map_err(|e| e.to_string());
         shards.push(ShardStatus {
             node,
             shard,
             endpoint,
+            hosts,
             status,
         });
     }
@@ -575,14 +583,18 @@ pub async fn cluster_status(client: &Client) -> ClusterStatus {
 }
 
 impl ClusterStatus {
-    /// Per partition: (node, that node's view) for every answering replica.
+    /// Per partition: (node, that node's view) for every answering replica, one per node
+    /// (a node's shards may each report every partition of the node: the first answer wins).
     fn views(&self) -> BTreeMap<u64, Vec<(u64, &wire::messages::PartitionStatus)>> {
-        let mut out: BTreeMap<u64, Vec<_>> =
+        let mut out: BTreeMap<u64, Vec<(u64, &wire::messages::PartitionStatus)>> =
             self.partitions.iter().map(|&p| (p, Vec::new())).collect();
         for s in &self.shards {
             if let Ok(st) = &s.status {
                 for p in &st.partitions {
-                    out.entry(p.partition).or_default().push((s.node, p));
+                    let views = out.entry(p.partition).or_default();
+                    if !views.iter().any(|(n, _)| *n == s.node) {
+                        views.push((s.node, p));
+                    }
                 }
             }
         }
@@ -613,11 +625,11 @@ impl ClusterStatus {
             let v = match &s.status {
                 Ok(st) => json!({
                     "shard": s.shard, "endpoint": s.endpoint, "reachable": true,
-                    "map_epoch": st.map_epoch,
-                    "partitions": st.partitions.iter().map(|p| p.partition).collect::<Vec<_>>(),
+                    "map_epoch": st.map_epoch, "partitions": s.hosts,
                 }),
                 Err(e) => json!({
                     "shard": s.shard, "endpoint": s.endpoint, "reachable": false, "error": e,
+                    "partitions": s.hosts,
                 }),
             };
             nodes.entry(s.node).or_default().push(v);
@@ -664,7 +676,7 @@ impl ClusterStatus {
         );
         for s in &self.shards {
             let state = match &s.status {
-                Ok(st) => format!("ok, {} partitions", st.partitions.len()),
+                Ok(_) => format!("ok, partitions {:?}", s.hosts),
                 Err(e) => format!("UNREACHABLE: {e}"),
             };
             out.push_str(&format!(

@@ -1,10 +1,10 @@
 //! Process-level tests: `corum local` clusters of real `corum serve` processes on loopback,
 //! driven through the Rust client, `corum ctl` and raw sockets. Real fsync, real kill -9.
 //!
-//! The tests run one at a time ([`support::serial`]): each starts three nodes on a 2-core
+//! The tests run one at a time ([`cli_support::serial`]): each starts three nodes on a 2-core
 //! machine. Every wait has an explicit deadline; every process is killed when a test fails.
 
-mod support;
+mod cli_support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use cli_support::*;
 use engine::cli::ctl::{cluster_status, connect};
 use serde_json::Value;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wire::client::{Client, RangeOptions};
