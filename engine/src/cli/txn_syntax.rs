@@ -14,7 +14,8 @@
 //!   `false` for `exists`.
 //!
 //! `exists(KEY)` alone means `exists(KEY) = true`, `absent(KEY)` means `exists(KEY) = false`.
-//! A missing key has version, create and mod revision 0 and an empty value.
+//! A missing key has version, create and mod revision 0; a `value` condition on a missing key
+//! is false whatever the operator (as in etcd).
 //!
 //! # Operations (`--then` when the conditions hold, `--else` otherwise)
 //! `put KEY VALUE`, `del KEY`, `get KEY`.
