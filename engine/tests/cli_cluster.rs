@@ -683,13 +683,27 @@ fn whole_cluster_restart_keeps_every_acknowledged_write() {
 /// Sends `bytes` (then half-closes when `shutdown`), and returns the frames the server sent back
 /// before closing. Fails if the server neither closes nor answers within 10 s.
 async fn attack(addr: &str, bytes: &[u8], shutdown: bool) -> Vec<wire::frame::Frame> {
+    attack_from(addr, bytes, shutdown).await.0
+}
+
+/// [`attack`], also returning the local address the attack came from (the server's log names
+/// it).
+async fn attack_from(
+    addr: &str,
+    bytes: &[u8],
+    shutdown: bool,
+) -> (Vec<wire::frame::Frame>, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
+    let local = s.local_addr().expect("local addr").to_string();
     // The server may close before reading everything: a write error is an acceptable end.
     let _ = s.write_all(bytes).await;
     if shutdown {
         let _ = s.shutdown().await;
     }
-    read_frames(&mut s, Duration::from_secs(10), false).await
+    (
+        read_frames(&mut s, Duration::from_secs(10), false).await,
+        local,
+    )
 }
 
 fn frame_error(frames: &[wire::frame::Frame]) -> Option<ServerError> {
@@ -787,10 +801,16 @@ fn bad_frames_on_both_ports_are_refused_and_the_cluster_keeps_serving() {
 
     let client_addr = cluster.client_addr(1);
     let peer_addr = cluster.peer_addr(2);
+    let peer_log = cluster.log_path(2);
     rt.block_on(async {
         // Client port.
+        // Garbage has no frame id to answer: the node closes (EOF, checked by read_frames).
         let f = attack(&client_addr, &garbage, false).await;
-        assert!(frame_error(&f).is_none() || f.len() == 1, "garbage: {f:?}");
+        assert!(
+            f.iter()
+                .all(|f| frame_error(std::slice::from_ref(f)).is_some()),
+            "garbage: {f:?}"
+        );
         let f = attack(&client_addr, &good[..20], true).await;
         assert!(f.is_empty(), "truncated header answered: {f:?}");
         let f = attack(&client_addr, &good[..good.len() - 3], true).await;
@@ -818,19 +838,36 @@ fn bad_frames_on_both_ports_are_refused_and_the_cluster_keeps_serving() {
             other => panic!("unverifiable body: expected InvalidArgument, got {other:?} ({f:?})"),
         }
         // Peer port: no replies are owed to a stranger; the node closes (and logs) instead.
-        for (what, bytes, shutdown) in [
-            ("garbage", &garbage[..], false),
-            ("truncated", &good[..20], true),
-            ("oversized", &peer_oversized[..], false),
-            ("unverifiable body", &peer_bad_body[..], true),
-            ("a client frame", &good[..], true),
+        // Every refusal is logged with the connection's remote address; a frame cut short by
+        // the sender's close is an ordinary end of stream and need not be.
+        for (what, bytes, shutdown, logged) in [
+            ("garbage", &garbage[..], false, true),
+            ("truncated", &good[..20], true, false),
+            ("oversized", &peer_oversized[..], false, true),
+            ("unverifiable body", &peer_bad_body[..], true, true),
+            ("a client frame", &good[..], true, true),
         ] {
-            let f = attack(&peer_addr, bytes, shutdown).await;
+            let (f, from) = attack_from(&peer_addr, bytes, shutdown).await;
             assert!(
                 f.iter().all(|f| f.kind != FrameKind::ClientResponses
                     || frame_error(std::slice::from_ref(f)).is_some()),
                 "peer port, {what}: unexpected answer {f:?}"
             );
+            if logged {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !std::fs::read_to_string(&peer_log)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.contains(&from) && (l.contains("WARN") || l.contains("ERROR")))
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "peer port, {what}: no warning naming {from} in {}",
+                        peer_log.display()
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
     });
 
