@@ -1,0 +1,1758 @@
+//! [`RawNode`]: one replica of one Raft group as a deterministic state machine.
+//!
+//! References: "Raft paper" = Ongaro & Ousterhout, *In Search of an Understandable Consensus
+//! Algorithm* (2014); "thesis" = Ongaro, *Consensus: Bridging Theory and Practice* (2014).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::log::RaftLog;
+use crate::progress::{committed_index, vote_result, Progress, ProgressState, VoteResult};
+use crate::ready::Ready;
+use crate::rng::SplitMix64;
+use crate::types::{
+    ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, HardState, Message, MessageKind,
+    ReadState, Role, Snapshot, SnapshotChunk, SnapshotMeta,
+};
+
+/// `context` value of a Vote triggered by leadership transfer: voters skip the lease check.
+pub const CONTEXT_TRANSFER: u64 = 1;
+
+/// Heartbeats without snapshot-chunk progress before the leader gives up on a snapshot
+/// transfer and probes again.
+const SNAPSHOT_STALL_HEARTBEATS: u32 = 3;
+
+/// Largest snapshot image a follower will assemble (bytes); larger offers are refused.
+pub const SNAPSHOT_BYTES_MAX: u64 = 1 << 32;
+
+/// What a node rebuilds from after a restart: exactly what it had made durable.
+#[derive(Clone, Debug, Default)]
+pub struct RestartState {
+    /// The last durable hard state.
+    pub hard_state: HardState,
+    /// The last durable snapshot (index 0 and empty conf for a brand-new replica that has not
+    /// been given one).
+    pub snapshot: Snapshot,
+    /// Durable entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+}
+
+impl RestartState {
+    /// The initial state of every founding member of a new group: a snapshot at index 1,
+    /// term 1, holding `conf` and the state machine image `data`. Replicas added later start
+    /// from `RestartState::default()` and receive a snapshot from the leader.
+    pub fn bootstrap(conf: ConfState, data: Bytes) -> Self {
+        RestartState {
+            hard_state: HardState {
+                term: 1,
+                vote: 0,
+                commit: 1,
+            },
+            snapshot: Snapshot {
+                meta: SnapshotMeta {
+                    index: 1,
+                    term: 1,
+                    conf,
+                },
+                data,
+            },
+            entries: Vec::new(),
+        }
+    }
+}
+
+/// A batch accepted by `propose`: entries `first_index..=last_index` of `term`. The batch is
+/// committed iff the entry at `last_index` is later applied with this `term`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proposed {
+    /// The leader's term.
+    pub term: u64,
+    /// Index of the first entry of the batch.
+    pub first_index: u64,
+    /// Index of the last entry of the batch.
+    pub last_index: u64,
+}
+
+#[derive(Debug)]
+struct PendingReady {
+    number: u64,
+    /// Last entry index written by this Ready (clipped if a later truncation cut it).
+    last_index: Option<u64>,
+    hard_state: Option<HardState>,
+    snapshot_index: Option<u64>,
+}
+
+#[derive(Debug)]
+struct PendingRead {
+    from: u64,
+    request_id: u64,
+    index: u64,
+    round: u64,
+}
+
+#[derive(Debug)]
+struct Assembly {
+    index: u64,
+    term: u64,
+    conf: ConfState,
+    total: u64,
+    buf: Vec<u8>,
+}
+
+/// One replica of one Raft group. See [`crate::ready`] for the contract with the caller.
+#[derive(Debug)]
+pub struct RawNode {
+    cfg: Config,
+    id: u64,
+    term: u64,
+    vote: u64,
+    role: Role,
+    leader: u64,
+    log: RaftLog,
+    conf: ConfState,
+    /// Index of the membership change `conf` reflects.
+    conf_index: u64,
+    /// Membership after each change applied since the snapshot, for `compact`.
+    conf_history: Vec<(u64, ConfState)>,
+    /// Highest committed index scanned for membership changes.
+    conf_scan: u64,
+    prs: Vec<Progress>,
+    votes: Vec<(u64, bool)>,
+    election_elapsed: u32,
+    heartbeat_elapsed: u32,
+    randomized_election_ticks: u32,
+    ticks: u64,
+    rng: SplitMix64,
+    msgs: Vec<Message>,
+    msgs_after_persist: Vec<Message>,
+    pending_readies: VecDeque<PendingReady>,
+    ready_seq: u64,
+    last_hard_state: HardState,
+    snapshot: Snapshot,
+    received_snapshot: Option<Snapshot>,
+    assembly: Option<Assembly>,
+    read_states: Vec<ReadState>,
+    reads: VecDeque<PendingRead>,
+    reads_waiting_commit: Vec<(u64, u64)>,
+    round: u64,
+    round_sent_ticks: VecDeque<(u64, u64)>,
+    lease_until_tick: u64,
+    /// No lease reads before this tick (set when this leader hands leadership away).
+    lease_blocked_until_tick: u64,
+    need_read_round: bool,
+    need_broadcast: bool,
+    transferee: u64,
+    pending_conf_index: u64,
+    uncommitted_bytes: u64,
+    scratch: Vec<u64>,
+}
+
+impl RawNode {
+    /// Builds a node from durable state (`RestartState::bootstrap` for a new group's founding
+    /// members, `RestartState::default()` for a replica to be added later).
+    pub fn new(cfg: Config, state: RestartState) -> Result<Self, Error> {
+        cfg.validate()?;
+        let RestartState {
+            hard_state,
+            snapshot,
+            entries,
+        } = state;
+        let snap_index = snapshot.meta.index;
+        let mut prev_term = snapshot.meta.term;
+        for (i, e) in entries.iter().enumerate() {
+            if e.index != snap_index + 1 + i as u64 {
+                return Err(Error::InvalidRestartState(
+                    "entries not contiguous after snapshot",
+                ));
+            }
+            if e.term < prev_term {
+                return Err(Error::InvalidRestartState("entry terms decrease"));
+            }
+            prev_term = e.term;
+        }
+        if hard_state.term < prev_term {
+            return Err(Error::InvalidRestartState(
+                "hard state term below last entry term",
+            ));
+        }
+        let log = RaftLog::new(snap_index, snapshot.meta.term, entries, hard_state.commit);
+        let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed_0000_0000_0000 ^ cfg.id);
+        let randomized = cfg.election_ticks_min + rng.below(cfg.election_ticks_min as u64) as u32;
+        let mut node = RawNode {
+            id: cfg.id,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            role: Role::Follower,
+            leader: 0,
+            conf: snapshot.meta.conf.clone(),
+            conf_index: snap_index,
+            conf_history: Vec::new(),
+            conf_scan: snap_index,
+            prs: Vec::new(),
+            votes: Vec::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: randomized,
+            ticks: 0,
+            rng,
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            pending_readies: VecDeque::new(),
+            ready_seq: 0,
+            last_hard_state: hard_state,
+            snapshot,
+            received_snapshot: None,
+            assembly: None,
+            read_states: Vec::new(),
+            reads: VecDeque::new(),
+            reads_waiting_commit: Vec::new(),
+            round: 0,
+            round_sent_ticks: VecDeque::new(),
+            lease_until_tick: 0,
+            lease_blocked_until_tick: 0,
+            need_read_round: false,
+            need_broadcast: false,
+            transferee: 0,
+            pending_conf_index: 0,
+            uncommitted_bytes: 0,
+            scratch: Vec::new(),
+            log,
+            cfg,
+        };
+        node.last_hard_state.commit = node.log.committed;
+        // Membership changes committed before the crash take effect again at once.
+        let upto = node.log.committed;
+        node.apply_conf_changes_upto(upto);
+        node.rebuild_progress();
+        Ok(node)
+    }
+
+    // ---------------------------------------------------------------- accessors
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    /// Current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    /// The leader this node knows of in its term (0 if none).
+    pub fn leader(&self) -> u64 {
+        self.leader
+    }
+    /// Current hard state.
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
+    }
+    /// Current membership (as of the last applied membership change).
+    pub fn conf(&self) -> &ConfState {
+        &self.conf
+    }
+    /// Commit index.
+    pub fn committed(&self) -> u64 {
+        self.log.committed
+    }
+    /// Applied index as reported by the caller.
+    pub fn applied(&self) -> u64 {
+        self.log.applied
+    }
+    /// Highest index durable locally.
+    pub fn persisted(&self) -> u64 {
+        self.log.persisted
+    }
+    /// First index still in the log (after the last snapshot).
+    pub fn first_index(&self) -> u64 {
+        self.log.first_index()
+    }
+    /// Last index in the log.
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+    /// Term of the entry at `index`, if still in the log (or the snapshot's last entry).
+    pub fn log_term(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
+    /// The entry at `index`, if still in the log.
+    pub fn log_entry(&self, index: u64) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+    /// The latest local snapshot (what the leader sends to lagging followers).
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+    /// Leadership transfer target, 0 if none.
+    pub fn transferee(&self) -> u64 {
+        self.transferee
+    }
+    /// The leader's view of a follower: (matched, next, state). `None` if not leader or unknown.
+    pub fn progress(&self, id: u64) -> Option<(u64, u64, ProgressState)> {
+        if self.role != Role::Leader {
+            return None;
+        }
+        self.prs
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| (p.matched, p.next, p.state))
+    }
+    /// Bytes proposed and not yet committed (leader).
+    pub fn uncommitted_bytes(&self) -> u64 {
+        self.uncommitted_bytes
+    }
+    /// Checks internal invariants; `Err` describes the first violated one.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.log.check()?;
+        if self.term < self.log.last_term() {
+            return Err(format!(
+                "term {} below last log term {}",
+                self.term,
+                self.log.last_term()
+            ));
+        }
+        if self.role == Role::Leader && self.leader != self.id {
+            return Err("leader does not name itself".into());
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- inputs
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        let c = self.log.committed;
+        self.apply_conf_changes_upto(c);
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed += 1;
+            if self.promotable() && self.election_elapsed >= self.randomized_election_ticks {
+                self.election_elapsed = 0;
+                // Paper §5.2: a follower that hears nothing for an election timeout starts an
+                // election; thesis §9.6: first a Pre-Vote round, which does not disturb the
+                // cluster if this node could not win.
+                self.campaign(self.cfg.pre_vote, false);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                // Thesis §6.2 / §9.6 CheckQuorum: a leader that has not heard from a quorum in an
+                // election timeout steps down, so a partitioned leader stops serving.
+                let id = self.id;
+                let active = vote_result(&self.conf, |v| {
+                    Some(v == id || self.prs.iter().any(|p| p.id == v && p.recent_active))
+                });
+                for p in self.prs.iter_mut() {
+                    p.recent_active = p.id == id;
+                }
+                if active != VoteResult::Won {
+                    tracing::debug!(id, term = self.term, "check quorum failed, stepping down");
+                    self.become_follower(self.term, 0);
+                    return;
+                }
+            }
+            // A transfer that did not finish within an election timeout is abandoned (§3.10).
+            self.transferee = 0;
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+            // Snapshot transfers that made no progress go back to probing.
+            let mut stalled = Vec::new();
+            for p in self.prs.iter_mut() {
+                if p.state != ProgressState::Snapshot {
+                    continue;
+                }
+                if p.snap_acked_offset == p.snap_acked_at_last_heartbeat {
+                    p.snap_stall_heartbeats += 1;
+                    if p.snap_stall_heartbeats >= SNAPSHOT_STALL_HEARTBEATS {
+                        stalled.push(p.id);
+                    }
+                } else {
+                    p.snap_acked_at_last_heartbeat = p.snap_acked_offset;
+                    p.snap_stall_heartbeats = 0;
+                }
+            }
+            for id in stalled {
+                if let Some(p) = self.pr_mut(id) {
+                    p.become_probe();
+                }
+                self.send_append(id);
+            }
+        }
+    }
+
+    /// Steps a message received from a peer. Messages that are stale or malformed are dropped
+    /// (with a trace line); they never panic and never half-apply.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.id {
+            tracing::warn!(
+                id = self.id,
+                to = m.to,
+                "message for another replica dropped"
+            );
+            return;
+        }
+        if m.term > self.term {
+            if matches!(m.kind, MessageKind::Vote | MessageKind::PreVote) {
+                let force = m.context == CONTEXT_TRANSFER;
+                // Thesis §4.2.3: a server that heard from a current leader within the minimum
+                // election timeout does not grant (pre)votes nor update its term, so a removed
+                // or partitioned server cannot depose a healthy leader.
+                // With lease reads on, a node that just (re)started may have answered a leader
+                // before it crashed: it waits one minimum election timeout before voting, so
+                // the leader's lease survives the restart of a follower.
+                let in_lease = self.cfg.check_quorum
+                    && ((self.leader != 0 && self.election_elapsed < self.cfg.election_ticks_min)
+                        || (self.cfg.lease_reads
+                            && self.ticks < self.cfg.election_ticks_min as u64));
+                if !force && in_lease {
+                    return;
+                }
+            }
+            match m.kind {
+                MessageKind::PreVote => {}
+                MessageKind::PreVoteResponse if !m.reject => {}
+                _ => {
+                    // Paper §5.1: a higher term always wins; adopt it and become follower.
+                    let lead = match m.kind {
+                        MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
+                            m.from
+                        }
+                        _ => 0,
+                    };
+                    self.become_follower(m.term, lead);
+                }
+            }
+        } else if m.term < self.term {
+            match m.kind {
+                MessageKind::Append | MessageKind::Heartbeat
+                    if self.cfg.check_quorum || self.cfg.pre_vote =>
+                {
+                    // A stale leader (e.g. after a partition) learns our term and steps down.
+                    let r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
+                    self.msgs.push(r);
+                }
+                MessageKind::PreVote => {
+                    let mut r =
+                        Message::new(MessageKind::PreVoteResponse, self.id, m.from, self.term);
+                    r.reject = true;
+                    self.msgs.push(r);
+                }
+                _ => {}
+            }
+            return;
+        }
+        match m.kind {
+            MessageKind::Vote | MessageKind::PreVote => self.handle_vote_request(m),
+            _ => match self.role {
+                Role::Leader => self.step_leader(m),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(m),
+                Role::Follower => self.step_follower(m),
+            },
+        }
+        let c = self.log.committed;
+        self.apply_conf_changes_upto(c);
+    }
+
+    /// Proposes a batch of commands (leader only). On success the entries are in the log and
+    /// will be sent; see [`Proposed`] for how to learn whether they committed.
+    pub fn propose(&mut self, commands: &[Bytes]) -> Result<Proposed, Error> {
+        self.check_can_propose()?;
+        if commands.len() > self.cfg.proposal_entries_max {
+            return Err(Error::ProposalTooLarge {
+                count: commands.len(),
+                limit: self.cfg.proposal_entries_max,
+            });
+        }
+        let incoming: u64 = commands.iter().map(|c| c.len() as u64 + 24).sum();
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + incoming > self.cfg.uncommitted_bytes_max
+        {
+            return Err(Error::UncommittedBytesLimit {
+                pending: self.uncommitted_bytes,
+                incoming,
+                limit: self.cfg.uncommitted_bytes_max,
+            });
+        }
+        let first = self.log.last_index() + 1;
+        let term = self.term;
+        self.log
+            .append_leader(commands.iter().enumerate().map(|(i, c)| Entry {
+                index: first + i as u64,
+                term,
+                kind: EntryKind::Normal,
+                data: c.clone(),
+            }));
+        self.uncommitted_bytes += incoming;
+        self.need_broadcast = true;
+        Ok(Proposed {
+            term,
+            first_index: first,
+            last_index: self.log.last_index(),
+        })
+    }
+
+    fn check_can_propose(&self) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if self.transferee != 0 {
+            return Err(Error::TransferInProgress);
+        }
+        Ok(())
+    }
+
+    /// Proposes a membership change (leader only; one at a time). Voter changes go through a
+    /// joint configuration (thesis §4.3) which the leader leaves on its own once applied.
+    pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<Proposed, Error> {
+        self.check_can_propose()?;
+        if self.pending_conf_index > self.log.applied {
+            return Err(Error::ConfChangePending {
+                index: self.pending_conf_index,
+            });
+        }
+        apply_conf_change(&self.conf, cc)?;
+        let index = self.log.last_index() + 1;
+        let data = cc.encode();
+        self.uncommitted_bytes += data.len() as u64 + 24;
+        self.log.append_leader(std::iter::once(Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::ConfChange,
+            data,
+        }));
+        self.pending_conf_index = index;
+        self.need_broadcast = true;
+        Ok(Proposed {
+            term: self.term,
+            first_index: index,
+            last_index: index,
+        })
+    }
+
+    /// Asks for a linearizable read point (thesis §6.4). The answer arrives as a [`ReadState`]
+    /// with the same `request_id` in a later Ready; it may never arrive if leadership changes
+    /// (the caller times out). All reads asked before the next Ready share one heartbeat round.
+    pub fn read_index(&mut self, request_id: u64) -> Result<(), Error> {
+        match self.role {
+            Role::Leader => self.leader_read(self.id, request_id),
+            _ if self.leader != 0 => {
+                let mut m = Message::new(MessageKind::ReadIndex, self.id, self.leader, self.term);
+                m.context = request_id;
+                self.msgs.push(m);
+                Ok(())
+            }
+            _ => Err(Error::NoLeader),
+        }
+    }
+
+    /// Starts a leadership transfer to `to` (thesis §3.10): the leader stops accepting
+    /// proposals, brings `to` up to date, then sends it TimeoutNow.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Err(Error::NotLeader {
+                leader_hint: self.leader,
+            });
+        }
+        if to == self.id {
+            return Ok(());
+        }
+        if !self.conf.voters.contains(&to) {
+            return Err(Error::InvalidTransferTarget(to));
+        }
+        self.transferee = to;
+        self.election_elapsed = 0;
+        let caught_up = self
+            .pr(to)
+            .is_some_and(|p| p.matched == self.log.last_index());
+        if caught_up {
+            self.send_timeout_now(to);
+        } else {
+            self.send_append(to);
+        }
+        Ok(())
+    }
+
+    /// Starts an election now, as if the election timeout had elapsed.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader && self.promotable() {
+            self.campaign(self.cfg.pre_vote, false);
+        }
+    }
+
+    /// The caller applied every committed entry up to `index`.
+    pub fn on_applied(&mut self, index: u64) {
+        let handed = self.log.apply_next - 1;
+        self.log.applied = self.log.applied.max(index.min(handed));
+        self.maybe_auto_leave();
+    }
+
+    /// Every Ready numbered `<= number` is durable.
+    pub fn on_persisted(&mut self, number: u64) -> Result<(), Error> {
+        if number > self.ready_seq {
+            return Err(Error::UnknownReady(number));
+        }
+        while self
+            .pending_readies
+            .front()
+            .is_some_and(|p| p.number <= number)
+        {
+            let Some(p) = self.pending_readies.pop_front() else {
+                break;
+            };
+            if let Some(l) = p.last_index {
+                self.log.persisted = self.log.persisted.max(l.min(self.log.last_index()));
+            }
+            if let Some(s) = p.snapshot_index {
+                self.log.persisted = self.log.persisted.max(s);
+            }
+            if let Some(hs) = p.hard_state {
+                // The candidate's own vote counts only once it is durable: otherwise a crash
+                // could let it vote again in the same term (paper §5.2, one vote per term).
+                if self.role == Role::Candidate && hs.term == self.term && hs.vote == self.id {
+                    self.record_vote(self.id, true);
+                    self.poll();
+                }
+            }
+        }
+        if self.role == Role::Leader {
+            let persisted = self.log.persisted;
+            let id = self.id;
+            if let Some(p) = self.pr_mut(id) {
+                p.maybe_update(persisted);
+            }
+            if self.maybe_commit() {
+                self.need_broadcast = true;
+            }
+        }
+        let c = self.log.committed;
+        self.apply_conf_changes_upto(c);
+        Ok(())
+    }
+
+    /// Installs a snapshot the caller took of its state machine at `index` (which must be
+    /// applied), and drops the log up to `index`. The leader sends this snapshot (in chunks of
+    /// `msg_bytes_max`) to followers that need entries before the new first index.
+    pub fn compact(&mut self, index: u64, data: Bytes) -> Result<(), Error> {
+        if index <= self.log.snap_index {
+            return Err(Error::InvalidCompaction {
+                index,
+                reason: "already compacted",
+            });
+        }
+        if index > self.log.applied {
+            return Err(Error::InvalidCompaction {
+                index,
+                reason: "not applied yet",
+            });
+        }
+        let Some(term) = self.log.term(index) else {
+            return Err(Error::InvalidCompaction {
+                index,
+                reason: "not in the log",
+            });
+        };
+        let conf = self
+            .conf_history
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| self.snapshot.meta.conf.clone());
+        self.snapshot = Snapshot {
+            meta: SnapshotMeta { index, term, conf },
+            data,
+        };
+        self.log.compact(index);
+        // Keep the newest change at or below `index` only through the snapshot's conf.
+        self.conf_history.retain(|(i, _)| *i > index);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- Ready
+
+    /// True if `ready` would return something to do.
+    pub fn has_ready(&self) -> bool {
+        !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.log.has_unstable()
+            || self.hard_state() != self.last_hard_state
+            || self.received_snapshot.is_some()
+            || self.log.has_applicable()
+            || !self.read_states.is_empty()
+            || (self.role == Role::Leader && (self.need_broadcast || self.need_read_round))
+    }
+
+    /// Collects the work queued since the previous Ready (see [`crate::ready`]).
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            self.flush();
+        }
+        self.ready_seq += 1;
+        let number = self.ready_seq;
+        let hs = self.hard_state();
+        let hard_state = if hs != self.last_hard_state {
+            self.last_hard_state = hs;
+            Some(hs)
+        } else {
+            None
+        };
+        let entries = self.log.take_unstable();
+        let snapshot = self.received_snapshot.take();
+        let committed_entries = self
+            .log
+            .take_applicable(self.cfg.committed_bytes_per_ready_max);
+        self.pending_readies.push_back(PendingReady {
+            number,
+            last_index: entries.last().map(|e| e.index),
+            hard_state,
+            snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
+        });
+        Ready {
+            number,
+            hard_state,
+            entries,
+            snapshot,
+            messages: std::mem::take(&mut self.msgs),
+            persisted_messages: std::mem::take(&mut self.msgs_after_persist),
+            committed_entries,
+            read_states: std::mem::take(&mut self.read_states),
+        }
+    }
+
+    // ---------------------------------------------------------------- roles
+
+    fn promotable(&self) -> bool {
+        self.conf.is_voter(self.id)
+    }
+
+    fn reset(&mut self, term: u64) {
+        if term != self.term {
+            self.term = term;
+            self.vote = 0;
+        }
+        self.leader = 0;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.randomized_election_ticks =
+            self.cfg.election_ticks_min + self.rng.below(self.cfg.election_ticks_min as u64) as u32;
+        self.votes.clear();
+        self.transferee = 0;
+        self.reads.clear();
+        self.reads_waiting_commit.clear();
+        self.need_read_round = false;
+        self.need_broadcast = false;
+        self.lease_until_tick = 0;
+        self.round_sent_ticks.clear();
+    }
+
+    fn become_follower(&mut self, term: u64, leader: u64) {
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+    }
+
+    fn become_leader(&mut self) {
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::Leader;
+        self.leader = self.id;
+        let next = self.log.last_index() + 1;
+        for p in self.prs.iter_mut() {
+            *p = Progress::new(p.id, next, self.cfg.inflight_msgs_max);
+        }
+        let (id, persisted) = (self.id, self.log.persisted);
+        if let Some(p) = self.pr_mut(id) {
+            p.matched = persisted;
+            p.become_replicate();
+            p.next = next;
+            p.recent_active = true;
+        }
+        // A membership change may still be in the log unapplied: no new one until it is.
+        self.pending_conf_index = self.log.last_index();
+        self.uncommitted_bytes = 0;
+        // Raft paper §8 / thesis §6.4: a no-op entry of the new term, so that earlier entries
+        // can be committed (§5.4.2) and reads can be served.
+        let index = self.log.last_index() + 1;
+        self.log.append_leader(std::iter::once(Entry {
+            index,
+            term,
+            kind: EntryKind::Noop,
+            data: Bytes::new(),
+        }));
+        self.need_broadcast = true;
+        tracing::debug!(id = self.id, term, "became leader");
+    }
+
+    /// Starts an election (`pre`: a Pre-Vote round first, thesis §9.6).
+    fn campaign(&mut self, pre: bool, transfer: bool) {
+        let (kind, term) = if pre {
+            let t = self.term;
+            self.reset(t);
+            self.role = Role::PreCandidate;
+            // A pre-vote is not a vote: it changes nothing durable, so it counts at once.
+            self.record_vote(self.id, true);
+            (MessageKind::PreVote, self.term + 1)
+        } else {
+            let t = self.term + 1;
+            self.reset(t);
+            self.role = Role::Candidate;
+            self.vote = self.id;
+            // Our own vote is counted in on_persisted, once the hard state holding it is durable.
+            (MessageKind::Vote, self.term)
+        };
+        if self.poll() {
+            return;
+        }
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let voters: Vec<u64> = self.voters_all();
+        for v in voters {
+            if v == self.id {
+                continue;
+            }
+            let mut m = Message::new(kind, self.id, v, term);
+            m.index = last_index;
+            m.log_term = last_term;
+            m.commit = self.log.committed;
+            if transfer {
+                m.context = CONTEXT_TRANSFER;
+            }
+            self.msgs.push(m);
+        }
+    }
+
+    fn voters_all(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .conf
+            .voters
+            .iter()
+            .chain(&self.conf.voters_outgoing)
+            .copied()
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    fn record_vote(&mut self, from: u64, granted: bool) {
+        if !self.votes.iter().any(|(id, _)| *id == from) {
+            self.votes.push((from, granted));
+        }
+    }
+
+    /// Counts votes; acts on a decided election. Returns true if the role changed.
+    fn poll(&mut self) -> bool {
+        let votes = &self.votes;
+        let res = vote_result(&self.conf, |v| {
+            votes.iter().find(|(id, _)| *id == v).map(|(_, g)| *g)
+        });
+        match res {
+            VoteResult::Won => {
+                if self.role == Role::PreCandidate {
+                    self.campaign(false, false);
+                } else if self.role == Role::Candidate {
+                    self.become_leader();
+                }
+                true
+            }
+            VoteResult::Lost => {
+                let t = self.term;
+                self.become_follower(t, 0);
+                true
+            }
+            VoteResult::Pending => false,
+        }
+    }
+
+    fn handle_vote_request(&mut self, m: Message) {
+        let pre = m.kind == MessageKind::PreVote;
+        // Paper §5.2: at most one vote per term (a repeat of the same grant is fine).
+        let can_vote = self.vote == m.from
+            || (self.vote == 0 && self.leader == 0)
+            || (pre && m.term > self.term);
+        // Paper §5.4.1 election restriction: grant only to a candidate whose log is at least as
+        // up to date as ours, so that a leader holds every committed entry.
+        let up_to_date = self.log.is_up_to_date(m.index, m.log_term);
+        let resp_kind = if pre {
+            MessageKind::PreVoteResponse
+        } else {
+            MessageKind::VoteResponse
+        };
+        if can_vote && up_to_date {
+            let mut r = Message::new(resp_kind, self.id, m.from, m.term);
+            if pre {
+                self.msgs.push(r);
+            } else {
+                self.election_elapsed = 0;
+                self.vote = m.from;
+                r.term = self.term;
+                // Thesis §3.8: the vote must be durable before it is sent, or a crash could
+                // let this server vote twice in one term.
+                self.send_after_persist(r);
+            }
+        } else {
+            let mut r = Message::new(resp_kind, self.id, m.from, self.term);
+            r.reject = true;
+            self.msgs.push(r);
+        }
+    }
+
+    fn step_candidate(&mut self, m: Message) {
+        match m.kind {
+            MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
+                // Paper §5.2: a candidate that hears from a leader of its term steps down.
+                let t = self.term;
+                self.become_follower(t, m.from);
+                self.step_follower(m);
+            }
+            MessageKind::PreVoteResponse if self.role == Role::PreCandidate => {
+                self.record_vote(m.from, !m.reject);
+                self.poll();
+            }
+            MessageKind::VoteResponse if self.role == Role::Candidate => {
+                self.record_vote(m.from, !m.reject);
+                self.poll();
+            }
+            _ => {}
+        }
+    }
+
+    fn step_follower(&mut self, m: Message) {
+        match m.kind {
+            MessageKind::Append => {
+                self.election_elapsed = 0;
+                self.leader = m.from;
+                self.handle_append(m);
+            }
+            MessageKind::Heartbeat => {
+                self.election_elapsed = 0;
+                self.leader = m.from;
+                // The leader sends min(its commit, our match), which our log is known to hold.
+                self.log.commit_to(m.commit);
+                let mut r =
+                    Message::new(MessageKind::HeartbeatResponse, self.id, m.from, self.term);
+                r.context = m.context;
+                self.msgs.push(r);
+            }
+            MessageKind::Snapshot => {
+                self.election_elapsed = 0;
+                self.leader = m.from;
+                self.handle_snapshot_chunk(m);
+            }
+            // Thesis §3.10: the transfer target campaigns at once, skipping Pre-Vote (the old
+            // leader asked for it) and the lease check (CONTEXT_TRANSFER).
+            MessageKind::TimeoutNow if self.promotable() => self.campaign(false, true),
+            MessageKind::ReadIndexResponse if !m.reject => {
+                self.read_states.push(ReadState {
+                    request_id: m.context,
+                    index: m.index,
+                });
+            }
+            MessageKind::ReadIndex => {
+                // We are not the leader: tell the asker to retry elsewhere.
+                let mut r =
+                    Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
+                r.context = m.context;
+                r.reject = true;
+                self.msgs.push(r);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_after_persist(&mut self, m: Message) {
+        // Coalesce acknowledgements to the same leader: the newest one covers the older.
+        if m.kind == MessageKind::AppendResponse && !m.reject {
+            if let Some(prev) = self.msgs_after_persist.iter_mut().rev().find(|p| {
+                p.kind == MessageKind::AppendResponse
+                    && !p.reject
+                    && p.to == m.to
+                    && p.term == m.term
+            }) {
+                if m.index >= prev.index {
+                    prev.index = m.index;
+                }
+                return;
+            }
+        }
+        self.msgs_after_persist.push(m);
+    }
+
+    fn clip_pending(&mut self, index: u64) {
+        for p in self.pending_readies.iter_mut() {
+            if let Some(l) = p.last_index {
+                if l > index {
+                    p.last_index = Some(index);
+                }
+            }
+        }
+    }
+
+    fn handle_append(&mut self, m: Message) {
+        // Input from the network: entries must continue right after (index, log_term), be
+        // contiguous, and have non-decreasing terms no newer than the message. Else drop it.
+        let mut prev = (m.index, m.log_term);
+        for e in &m.entries {
+            if e.index != prev.0 + 1 || e.term < prev.1 || e.term > m.term {
+                tracing::warn!(id = self.id, from = m.from, "malformed append dropped");
+                return;
+            }
+            prev = (e.index, e.term);
+        }
+        if m.index < self.log.committed {
+            // Everything up to our commit index is committed, hence already matching.
+            let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
+            r.index = self.log.committed;
+            self.send_after_persist(r);
+            return;
+        }
+        if self.log.match_term(m.index, m.log_term) {
+            // A conflict at or below the commit index would mean a committed entry differs from
+            // the leader's: impossible in a correct cluster (Log Matching + Leader Completeness).
+            for e in &m.entries {
+                if e.index <= self.log.committed && self.log.term(e.index) != Some(e.term) {
+                    tracing::error!(
+                        id = self.id,
+                        index = e.index,
+                        "append conflicts with a committed entry; dropped"
+                    );
+                    return;
+                }
+            }
+            let last_new = m.index + m.entries.len() as u64;
+            if let Some(k) = self.log.append_follower(m.entries) {
+                self.clip_pending(k - 1);
+            }
+            // Paper Figure 2: commitIndex = min(leaderCommit, index of last new entry).
+            self.log.commit_to(m.commit.min(last_new));
+            let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
+            r.index = last_new;
+            // §3.8 / §10.2.1: acknowledge only once the entries are durable.
+            self.send_after_persist(r);
+        } else {
+            // Fast backtracking hint: our last entry at or below the probe index whose term is
+            // not above the leader's previous term; the leader skips a whole term per round.
+            let (hi, ht) = self
+                .log
+                .find_conflict_by_term(m.index.min(self.log.last_index()), m.log_term);
+            let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
+            r.index = m.index;
+            r.reject = true;
+            r.reject_hint_index = hi;
+            r.reject_hint_term = ht;
+            self.msgs.push(r);
+        }
+    }
+
+    fn handle_snapshot_chunk(&mut self, m: Message) {
+        let Some(c) = m.snapshot else {
+            tracing::warn!(id = self.id, "snapshot message without a chunk dropped");
+            return;
+        };
+        let reply = |node: &mut RawNode, next: u64, reject: bool| {
+            let mut r = Message::new(MessageKind::SnapshotResponse, node.id, m.from, node.term);
+            r.index = c.index;
+            r.context = next;
+            r.reject = reject;
+            node.msgs.push(r);
+        };
+        if c.index <= self.log.committed {
+            // Nothing new for us: acknowledge what we have (committed entries are durable by
+            // the time this is sent, as it waits for the next Ready).
+            let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
+            r.index = self.log.committed;
+            self.send_after_persist(r);
+            return;
+        }
+        if c.total_bytes > SNAPSHOT_BYTES_MAX || c.offset + c.data.len() as u64 > c.total_bytes {
+            tracing::warn!(
+                id = self.id,
+                total = c.total_bytes,
+                "snapshot chunk out of bounds"
+            );
+            return;
+        }
+        if c.offset == 0 {
+            self.assembly = Some(Assembly {
+                index: c.index,
+                term: c.term,
+                conf: c.conf.clone(),
+                total: c.total_bytes,
+                buf: Vec::with_capacity(c.total_bytes.min(64 << 20) as usize),
+            });
+        }
+        let have = match &self.assembly {
+            Some(a) if a.index == c.index && a.term == c.term => a.buf.len() as u64,
+            _ => {
+                reply(self, 0, true);
+                return;
+            }
+        };
+        if c.offset != have {
+            // Duplicate (offset < have): ack what we have. Gap: ask to resume from `have`.
+            reply(self, have, c.offset > have);
+            return;
+        }
+        let Some(a) = self.assembly.as_mut() else {
+            return;
+        };
+        a.buf.extend_from_slice(&c.data);
+        let have = a.buf.len() as u64;
+        if !c.done {
+            reply(self, have, false);
+            return;
+        }
+        let Some(a) = self.assembly.take() else {
+            return;
+        };
+        if have != a.total {
+            reply(self, 0, true);
+            return;
+        }
+        let meta = SnapshotMeta {
+            index: a.index,
+            term: a.term,
+            conf: a.conf,
+        };
+        if self.log.match_term(meta.index, meta.term) {
+            // We already hold the snapshot's last entry: keep our log (entries after it may be
+            // acknowledged already) and just learn that it is committed.
+            self.log.commit_to(meta.index);
+        } else {
+            self.log.restore(meta.index, meta.term);
+            self.clip_pending(meta.index);
+            self.conf = meta.conf.clone();
+            self.conf_index = meta.index;
+            self.conf_scan = meta.index;
+            self.conf_history.clear();
+            self.rebuild_progress();
+            let snap = Snapshot {
+                meta,
+                data: Bytes::from(a.buf),
+            };
+            self.snapshot = snap.clone();
+            self.received_snapshot = Some(snap);
+        }
+        let mut r = Message::new(MessageKind::AppendResponse, self.id, m.from, self.term);
+        r.index = c.index;
+        // The snapshot must be durable before we claim to hold it.
+        self.send_after_persist(r);
+    }
+
+    // ---------------------------------------------------------------- leader
+
+    fn pr(&self, id: u64) -> Option<&Progress> {
+        self.prs.iter().find(|p| p.id == id)
+    }
+
+    fn pr_mut(&mut self, id: u64) -> Option<&mut Progress> {
+        self.prs.iter_mut().find(|p| p.id == id)
+    }
+
+    fn step_leader(&mut self, m: Message) {
+        match m.kind {
+            MessageKind::AppendResponse => self.handle_append_response(m),
+            MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
+            MessageKind::SnapshotResponse => self.handle_snapshot_response(m),
+            MessageKind::ReadIndex if self.leader_read(m.from, m.context).is_err() => {
+                let mut r =
+                    Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
+                r.context = m.context;
+                r.reject = true;
+                self.msgs.push(r);
+            }
+            MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
+                // Two leaders in one term would violate Election Safety (paper §5.2).
+                tracing::error!(
+                    id = self.id,
+                    from = m.from,
+                    term = self.term,
+                    "second leader in term"
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append_response(&mut self, m: Message) {
+        let last_index = self.log.last_index();
+        let Some(p) = self.pr_mut(m.from) else {
+            return;
+        };
+        p.recent_active = true;
+        p.acked_since_heartbeat = true;
+        if m.reject {
+            // Fast backtracking: resume after the last entry both logs may share.
+            let hint = if m.reject_hint_term > 0 {
+                self.log
+                    .find_conflict_by_term(m.reject_hint_index, m.reject_hint_term)
+                    .0
+            } else {
+                m.reject_hint_index
+            };
+            let Some(p) = self.pr_mut(m.from) else {
+                return;
+            };
+            if p.maybe_decr_to(m.index, hint) {
+                self.send_append(m.from);
+            }
+            return;
+        }
+        let updated = p.maybe_update(m.index);
+        if p.state == ProgressState::Replicate {
+            p.inflights.free_to(m.index);
+        }
+        if !updated {
+            return;
+        }
+        match p.state {
+            ProgressState::Probe => p.become_replicate(),
+            ProgressState::Snapshot if p.matched >= p.snap_index => {
+                p.become_probe();
+                p.become_replicate();
+            }
+            _ => {}
+        }
+        let matched = p.matched;
+        if self.maybe_commit() {
+            self.need_broadcast = true;
+        }
+        self.need_broadcast = true;
+        if m.from == self.transferee && matched == last_index {
+            self.send_timeout_now(m.from);
+        }
+    }
+
+    fn handle_heartbeat_response(&mut self, m: Message) {
+        let last = self.log.last_index();
+        let Some(p) = self.pr_mut(m.from) else {
+            return;
+        };
+        p.recent_active = true;
+        if m.context > p.round_acked {
+            p.round_acked = m.context;
+        }
+        let mut resend = false;
+        match p.state {
+            ProgressState::Probe => {
+                p.probe_sent = false;
+                resend = p.matched < last;
+            }
+            ProgressState::Replicate => {
+                if p.inflights.len() > 0 && !p.acked_since_heartbeat {
+                    // A whole heartbeat interval without acks while appends are in flight:
+                    // assume they were lost and probe again.
+                    p.become_probe();
+                    resend = true;
+                } else {
+                    resend = p.matched < last;
+                }
+            }
+            ProgressState::Snapshot => {}
+        }
+        if resend {
+            self.send_append(m.from);
+        }
+        self.advance_reads();
+    }
+
+    fn handle_snapshot_response(&mut self, m: Message) {
+        let Some(p) = self.pr_mut(m.from) else {
+            return;
+        };
+        p.recent_active = true;
+        if p.state != ProgressState::Snapshot || m.index != p.snap_index {
+            return;
+        }
+        if m.reject {
+            p.snap_next_offset = m.context;
+            p.inflights.reset();
+        } else {
+            p.snap_acked_offset = p.snap_acked_offset.max(m.context);
+            p.inflights.free_to(m.context);
+        }
+        p.probe_sent = false;
+        self.send_snapshot_chunks(m.from);
+    }
+
+    fn send_timeout_now(&mut self, to: u64) {
+        // The target will campaign at once, skipping the voters' lease check: our lease is
+        // void from now on.
+        self.lease_until_tick = 0;
+        self.lease_blocked_until_tick = self.ticks + 2 * self.cfg.election_ticks_min as u64;
+        let m = Message::new(MessageKind::TimeoutNow, self.id, to, self.term);
+        self.msgs.push(m);
+    }
+
+    /// Sends as many Appends to `to` as its progress state allows. Returns true if any was sent.
+    fn send_append(&mut self, to: u64) -> bool {
+        let mut sent = false;
+        loop {
+            if !self.send_append_once(to) {
+                break;
+            }
+            sent = true;
+            if self
+                .pr(to)
+                .is_none_or(|p| p.state != ProgressState::Replicate)
+            {
+                break;
+            }
+        }
+        sent
+    }
+
+    fn send_append_once(&mut self, to: u64) -> bool {
+        if to == self.id {
+            return false;
+        }
+        let (committed, last) = (self.log.committed, self.log.last_index());
+        let (entries_max, bytes_max) = (self.cfg.entries_per_msg_max, self.cfg.msg_bytes_max);
+        let Some(p) = self.prs.iter().find(|p| p.id == to) else {
+            return false;
+        };
+        if p.is_paused() {
+            return false;
+        }
+        let prev = p.next - 1;
+        let Some(prev_term) = self.log.term(prev) else {
+            // The follower needs entries we compacted: send the snapshot (paper §7).
+            let snap_index = self.snapshot.meta.index;
+            if let Some(p) = self.pr_mut(to) {
+                p.become_snapshot(snap_index);
+            }
+            self.send_snapshot_chunks(to);
+            return false;
+        };
+        let has_new = p.next <= last;
+        let commit_news = p.commit_sent < committed.min(last);
+        let worth_sending = has_new
+            || (commit_news && p.state == ProgressState::Replicate)
+            || p.state == ProgressState::Probe;
+        if !worth_sending {
+            return false;
+        }
+        let entries = if has_new {
+            self.log.slice(p.next, entries_max, bytes_max)
+        } else {
+            Vec::new()
+        };
+        let mut m = Message::new(MessageKind::Append, self.id, to, self.term);
+        m.index = prev;
+        m.log_term = prev_term;
+        m.commit = committed;
+        let n = entries.len() as u64;
+        m.entries = entries;
+        let Some(p) = self.pr_mut(to) else {
+            return false;
+        };
+        p.commit_sent = committed;
+        match p.state {
+            ProgressState::Replicate => {
+                if n > 0 {
+                    p.next = prev + n + 1;
+                    p.inflights.add(prev + n);
+                }
+            }
+            _ => p.probe_sent = true,
+        }
+        self.msgs.push(m);
+        n > 0
+    }
+
+    fn send_snapshot_chunks(&mut self, to: u64) {
+        let chunk = self.cfg.msg_bytes_max.max(1);
+        let total = self.snapshot.data.len() as u64;
+        loop {
+            let Some(p) = self.prs.iter_mut().find(|p| p.id == to) else {
+                return;
+            };
+            if p.state != ProgressState::Snapshot
+                || p.inflights.full()
+                || p.snap_next_offset == u64::MAX
+                || p.snap_index != self.snapshot.meta.index
+            {
+                return;
+            }
+            let off = p.snap_next_offset.min(total);
+            let end = (off + chunk).min(total);
+            let done = end == total;
+            p.snap_next_offset = if done { u64::MAX } else { end };
+            p.inflights.add(end);
+            let s = &self.snapshot;
+            let mut m = Message::new(MessageKind::Snapshot, self.id, to, self.term);
+            m.snapshot = Some(Box::new(SnapshotChunk {
+                index: s.meta.index,
+                term: s.meta.term,
+                conf: s.meta.conf.clone(),
+                offset: off,
+                total_bytes: total,
+                data: s.data.slice(off as usize..end as usize),
+                done,
+            }));
+            self.msgs.push(m);
+        }
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        self.round += 1;
+        self.round_sent_ticks.push_back((self.round, self.ticks));
+        while self.round_sent_ticks.len() > 1024 {
+            self.round_sent_ticks.pop_front();
+        }
+        let committed = self.log.committed;
+        for p in self.prs.iter_mut() {
+            if p.id == self.id {
+                continue;
+            }
+            p.acked_since_heartbeat = false;
+            let mut m = Message::new(MessageKind::Heartbeat, self.id, p.id, self.term);
+            m.commit = committed.min(p.matched);
+            m.context = self.round;
+            self.msgs.push(m);
+        }
+        // A group of one confirms its rounds alone.
+        self.advance_reads();
+    }
+
+    /// Leader work deferred to the next Ready so it is batched: one Append per follower for
+    /// everything proposed in this loop turn, and one heartbeat round for all new reads.
+    fn flush(&mut self) {
+        if self.need_broadcast {
+            self.need_broadcast = false;
+            let ids: Vec<u64> = self.prs.iter().map(|p| p.id).collect();
+            for id in ids {
+                if id != self.id {
+                    self.send_append(id);
+                }
+            }
+        }
+        if self.need_read_round {
+            self.need_read_round = false;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    fn maybe_commit(&mut self) -> bool {
+        let prs = &self.prs;
+        let mci = committed_index(
+            &self.conf,
+            |v| prs.iter().find(|p| p.id == v).map_or(0, |p| p.matched),
+            &mut self.scratch,
+        );
+        // Paper §5.4.2: only entries of the current term are committed by counting replicas;
+        // earlier entries are committed indirectly, by the Log Matching Property.
+        if mci > self.log.committed && mci != u64::MAX && self.log.term(mci) == Some(self.term) {
+            let old = self.log.committed;
+            self.log.commit_to(mci);
+            let mut freed = 0;
+            for i in old + 1..=self.log.committed {
+                if let Some(e) = self.log.entry(i) {
+                    if e.term == self.term {
+                        freed += e.size_bytes();
+                    }
+                }
+            }
+            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
+            if !self.reads_waiting_commit.is_empty() {
+                for (from, rid) in std::mem::take(&mut self.reads_waiting_commit) {
+                    let _ = self.leader_read(from, rid);
+                }
+            }
+            return true;
+        }
+        false
+    }
+
+    fn committed_in_term(&self) -> bool {
+        self.log.term(self.log.committed) == Some(self.term)
+    }
+
+    fn leader_read(&mut self, from: u64, request_id: u64) -> Result<(), Error> {
+        let limit = self.cfg.read_requests_pending_max;
+        if self.reads.len() + self.reads_waiting_commit.len() >= limit {
+            return Err(Error::ReadQueueFull { limit });
+        }
+        // Thesis §6.4 step 1: the leader's commit index is only known to be current once it has
+        // committed an entry of its own term (its no-op).
+        if !self.committed_in_term() {
+            self.reads_waiting_commit.push((from, request_id));
+            return Ok(());
+        }
+        let index = self.log.committed;
+        let single = self.conf.voters == [self.id] && self.conf.voters_outgoing.is_empty();
+        let lease = self.cfg.lease_reads
+            && self.transferee == 0
+            && self.ticks >= self.lease_blocked_until_tick
+            && self.ticks < self.lease_until_tick;
+        if single || lease {
+            self.answer_read(from, request_id, index);
+            return Ok(());
+        }
+        // Thesis §6.4 steps 2-3: confirm leadership with a heartbeat round sent after the read
+        // arrived; every read that arrives before that round is sent shares it.
+        self.reads.push_back(PendingRead {
+            from,
+            request_id,
+            index,
+            round: self.round + 1,
+        });
+        self.need_read_round = true;
+        Ok(())
+    }
+
+    fn answer_read(&mut self, from: u64, request_id: u64, index: u64) {
+        if from == self.id {
+            self.read_states.push(ReadState { request_id, index });
+        } else {
+            let mut r = Message::new(MessageKind::ReadIndexResponse, self.id, from, self.term);
+            r.index = index;
+            r.context = request_id;
+            self.msgs.push(r);
+        }
+    }
+
+    /// Releases reads whose heartbeat round a quorum has answered; renews the lease.
+    fn advance_reads(&mut self) {
+        let (id, round) = (self.id, self.round);
+        let prs = &self.prs;
+        let confirmed = committed_index(
+            &self.conf,
+            |v| {
+                if v == id {
+                    round
+                } else {
+                    prs.iter().find(|p| p.id == v).map_or(0, |p| p.round_acked)
+                }
+            },
+            &mut self.scratch,
+        );
+        if confirmed == u64::MAX || confirmed == 0 {
+            return;
+        }
+        if self.cfg.lease_reads && self.ticks >= self.lease_blocked_until_tick {
+            // Lease (thesis §6.4.1): a quorum heard from us at or after the round was sent, and
+            // none of them grants a vote within election_ticks_min of that (CheckQuorum lease),
+            // minus the allowed clock drift.
+            if let Some(&(_, sent)) = self.round_sent_ticks.iter().find(|(r, _)| *r == confirmed) {
+                let until =
+                    sent + (self.cfg.election_ticks_min - self.cfg.lease_drift_ticks) as u64;
+                self.lease_until_tick = self.lease_until_tick.max(until);
+            }
+        }
+        while let Some(r) = self.reads.front() {
+            if r.round > confirmed {
+                break;
+            }
+            let Some(r) = self.reads.pop_front() else {
+                break;
+            };
+            self.answer_read(r.from, r.request_id, r.index);
+        }
+    }
+
+    // ---------------------------------------------------------------- membership
+
+    fn rebuild_progress(&mut self) {
+        let members = self.conf.members();
+        let next = self.log.last_index() + 1;
+        let cap = self.cfg.inflight_msgs_max;
+        self.prs.retain(|p| members.contains(&p.id));
+        for id in members {
+            if !self.prs.iter().any(|p| p.id == id) {
+                let mut p = Progress::new(id, next, cap);
+                if id == self.id {
+                    p.matched = self.log.persisted;
+                    p.become_replicate();
+                    p.next = next;
+                }
+                p.recent_active = true;
+                self.prs.push(p);
+            }
+        }
+        self.prs.sort_by_key(|p| p.id);
+    }
+
+    /// Applies membership changes of every committed entry not scanned yet. A change takes
+    /// effect as soon as this node knows it is committed, so no node acts (campaigns, counts
+    /// votes) under a configuration older than one it knows committed.
+    fn apply_conf_changes_upto(&mut self, upto: u64) {
+        let upto = upto.min(self.log.committed);
+        if upto <= self.conf_scan {
+            return;
+        }
+        let mut changes = Vec::new();
+        for i in self.conf_scan.max(self.log.snap_index) + 1..=upto {
+            if let Some(e) = self.log.entry(i) {
+                if e.kind == EntryKind::ConfChange {
+                    changes.push(e.clone());
+                }
+            }
+        }
+        self.conf_scan = upto;
+        self.apply_conf_changes_in(&changes);
+    }
+
+    /// Membership changes take effect when their entry is committed (as in etcd/raft-rs, which
+    /// apply them when applied); safety comes from allowing one pending change at a time and
+    /// from joint consensus for voter changes (thesis §4.3).
+    fn apply_conf_changes_in(&mut self, entries: &[Entry]) {
+        for e in entries {
+            if e.kind != EntryKind::ConfChange || e.index <= self.conf_index {
+                continue;
+            }
+            let next =
+                ConfChange::decode(&e.data).and_then(|cc| apply_conf_change(&self.conf, &cc));
+            match next {
+                Ok(c) => {
+                    self.conf = c.clone();
+                    self.conf_index = e.index;
+                    self.conf_history.push((e.index, c));
+                    self.rebuild_progress();
+                    self.after_conf_change();
+                }
+                Err(err) => {
+                    tracing::error!(id = self.id, index = e.index, %err, "membership change not applied");
+                    self.conf_index = e.index;
+                }
+            }
+        }
+    }
+
+    fn after_conf_change(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        if !self.conf.is_voter(self.id) {
+            // Thesis §4.2.2: a leader removed from the configuration steps down once C_new is
+            // committed. Hand leadership to the most up-to-date voter to shorten the gap.
+            let last = self.log.last_index();
+            if let Some(t) = self
+                .conf
+                .voters
+                .iter()
+                .copied()
+                .find(|v| self.pr(*v).is_some_and(|p| p.matched == last))
+            {
+                self.flush();
+                self.send_timeout_now(t);
+            }
+            let t = self.term;
+            self.become_follower(t, 0);
+            return;
+        }
+        // Membership changed the quorum: the commit index may move.
+        if self.maybe_commit() {
+            self.need_broadcast = true;
+        }
+        self.need_broadcast = true;
+    }
+
+    fn maybe_auto_leave(&mut self) {
+        if self.role == Role::Leader
+            && self.conf.is_joint()
+            && self.conf.auto_leave
+            && self.pending_conf_index <= self.log.applied
+            && self.transferee == 0
+        {
+            let _ = self.propose_conf_change(&ConfChange::leave_joint());
+        }
+    }
+}
+
+/// The configuration that results from applying `cc` to `conf` (thesis §4.3 joint consensus for
+/// voter changes; learner-only changes apply directly).
+pub fn apply_conf_change(conf: &ConfState, cc: &ConfChange) -> Result<ConfState, Error> {
+    if cc.steps.is_empty() {
+        if !conf.is_joint() {
+            return Err(Error::InvalidConfChange("not in a joint configuration"));
+        }
+        let mut learners = conf.learners.clone();
+        learners.extend_from_slice(&conf.learners_next);
+        learners.sort_unstable();
+        learners.dedup();
+        return Ok(ConfState {
+            voters: conf.voters.clone(),
+            learners,
+            voters_outgoing: Vec::new(),
+            learners_next: Vec::new(),
+            auto_leave: false,
+        });
+    }
+    if conf.is_joint() {
+        return Err(Error::InvalidConfChange(
+            "leave the joint configuration first",
+        ));
+    }
+    let mut voters = conf.voters.clone();
+    let mut learners = conf.learners.clone();
+    let mut learners_next = Vec::new();
+    for s in &cc.steps {
+        match *s {
+            ConfChangeStep::AddVoter(n) => {
+                learners.retain(|&x| x != n);
+                learners_next.retain(|&x| x != n);
+                if !voters.contains(&n) {
+                    voters.push(n);
+                }
+            }
+            ConfChangeStep::AddLearner(n) => {
+                voters.retain(|&x| x != n);
+                if conf.voters.contains(&n) {
+                    if !learners_next.contains(&n) {
+                        learners_next.push(n);
+                    }
+                } else if !learners.contains(&n) {
+                    learners.push(n);
+                }
+            }
+            ConfChangeStep::Remove(n) => {
+                voters.retain(|&x| x != n);
+                learners.retain(|&x| x != n);
+                learners_next.retain(|&x| x != n);
+            }
+        }
+    }
+    voters.sort_unstable();
+    learners.sort_unstable();
+    learners_next.sort_unstable();
+    if voters.is_empty() {
+        return Err(Error::InvalidConfChange("no voters would remain"));
+    }
+    if voters == conf.voters {
+        return Ok(ConfState {
+            voters,
+            learners,
+            voters_outgoing: Vec::new(),
+            learners_next: Vec::new(),
+            auto_leave: false,
+        });
+    }
+    Ok(ConfState {
+        voters,
+        learners,
+        voters_outgoing: conf.voters.clone(),
+        learners_next,
+        auto_leave: true,
+    })
+}

@@ -1,0 +1,65 @@
+//! The Ready contract: everything the caller must do, in one value.
+//!
+//! A [`crate::RawNode`] never performs I/O. Its inputs change its state and queue work; the
+//! caller collects that work with [`crate::RawNode::ready`], which returns a [`Ready`] with a
+//! number `n` (1, 2, 3, ...). For every Ready, in this order:
+//!
+//! 1. **Send `messages` now.** They do not depend on anything this node has not yet made
+//!    durable (a leader's Append may go out in parallel with the leader's own write of the same
+//!    entries, thesis §10.2.1; vote requests, heartbeats, snapshot chunks, rejections).
+//! 2. **Persist**, in this order and as one ordered write: `snapshot` (if set: replace the
+//!    durable log and state by it), then `entries` (if non-empty: the durable log becomes every
+//!    durable entry with index `< entries[0].index`, followed by `entries`; a follower whose log
+//!    conflicted with the leader's gets a suffix overwritten this way,
+//!    [`Ready::truncate_from`]), then `hard_state` (if set). Readies must be made durable in
+//!    number order; a Ready with nothing to persist still takes its place in that order.
+//! 3. **When Ready n is durable**: send `persisted_messages` (vote grants and append
+//!    acknowledgements: a node must not acknowledge what it could still lose, thesis §3.8 /
+//!    §10.2.1), then call [`crate::RawNode::on_persisted`]`(n)` — meaning "every Ready up to n is
+//!    durable". The leader counts its own log toward a commit quorum only up to what it reported
+//!    durable, and a candidate counts its own vote only once that vote is durable.
+//! 4. **Apply**: if `snapshot` is set, restore the state machine from it first; then apply
+//!    `committed_entries` in order (every one of them is committed and already durable locally),
+//!    and report progress with [`crate::RawNode::on_applied`]. `read_states` may be answered once
+//!    the applied index reaches their `index`.
+//!
+//! The caller may ask for Ready n+1 before Ready n is durable (pipelining); steps 2 and 3 must
+//! still happen in number order. After a crash, everything not reported durable may be lost,
+//! and the caller rebuilds the node from what it had made durable ([`crate::RestartState`]).
+
+use crate::types::{Entry, HardState, Message, ReadState, Snapshot};
+
+/// Work for the caller; see the module documentation for the contract.
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// This Ready's number, to pass to `on_persisted` once it is durable.
+    pub number: u64,
+    /// Hard state to persist, if it changed since the previous Ready.
+    pub hard_state: Option<HardState>,
+    /// Entries to persist; the first one's index is where the durable log is overwritten.
+    pub entries: Vec<Entry>,
+    /// A snapshot received from the leader: persist it, then restore the state machine from it.
+    pub snapshot: Option<Snapshot>,
+    /// Messages that may be sent at once.
+    pub messages: Vec<Message>,
+    /// Messages that may be sent only after this Ready is durable.
+    pub persisted_messages: Vec<Message>,
+    /// Committed, locally durable entries to apply, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Reads whose read index is now known.
+    pub read_states: Vec<ReadState>,
+}
+
+impl Ready {
+    /// If `entries` overwrite part of the durable log, the first index overwritten: the caller
+    /// drops every durable entry at or after it before writing `entries`. (Equal to the first
+    /// entry's index; `None` without entries.)
+    pub fn truncate_from(&self) -> Option<u64> {
+        self.entries.first().map(|e| e.index)
+    }
+
+    /// True if there is something to make durable (snapshot, entries or hard state).
+    pub fn must_persist(&self) -> bool {
+        self.snapshot.is_some() || !self.entries.is_empty() || self.hard_state.is_some()
+    }
+}

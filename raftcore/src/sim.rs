@@ -1,0 +1,1374 @@
+//! Deterministic cluster simulator: many nodes and many Raft groups in one thread, every
+//! random choice drawn from one seed, so a failing seed replays exactly.
+//!
+//! Each node hosts one replica of every group. A replica is a [`RawNode`] driven exactly as the
+//! [`crate::ready`] contract says, over a simulated disk and network:
+//! - **disk**: every Ready's writes are queued as unsynced; a sync (random per tick) makes them
+//!   durable, then sends the Ready's `persisted_messages` and calls `on_persisted`. A crash
+//!   loses every unsynced write except a random prefix of them, the last one torn (a prefix of
+//!   its entries survives, in the contract's order snapshot, entries, hard state);
+//! - **network**: per-message drop, duplication, delay (hence reordering), and symmetric or
+//!   asymmetric partitions;
+//! - **schedule**: crashes and restarts, membership changes (learners, promotions, removals
+//!   including of the leader, through joint consensus) and leadership transfers, all during the
+//!   faults;
+//! - **clients** issue put / get / compare-and-set on a few keys (writes as proposals, reads via
+//!   ReadIndex, some served by followers) and record a history with invocation and completion
+//!   ticks; operations whose outcome is unknown (timeout, crash) are recorded as such.
+//!
+//! Checks: election safety (one leader per term, paper §5.2), leader completeness (a new leader
+//! holds every entry applied anywhere, §5.4), state machine safety (every replica applies the
+//! same entry at each index, §5.4.3), log matching (§5.3), `RawNode` invariants after every
+//! tick, liveness (after healing, every group commits a client write within a bounded number
+//! of ticks) and linearizability of the client history ([`crate::linearizability::check_kv`]).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::Bytes;
+
+use crate::linearizability::{check_kv, HistoryRecorder, KvInput, KvOutput, OpId, Outcome};
+use crate::node::{RawNode, RestartState};
+use crate::rng::SplitMix64;
+use crate::types::{
+    ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, HardState, Message, Role, Snapshot,
+};
+use crate::Config;
+
+/// Knobs of one simulation run. Fault rates are per million.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of nodes (each hosts one replica of every group).
+    pub nodes: u64,
+    /// Number of Raft groups.
+    pub groups: u64,
+    /// Voters each group starts with (nodes 1..=n rotated per group).
+    pub initial_voters: u64,
+    /// Ticks of the safety phase (faults on).
+    pub safety_ticks: u64,
+    /// Ticks allowed after healing for every group to commit a new client write.
+    pub liveness_ticks: u64,
+    /// Concurrent clients.
+    pub clients: u64,
+    /// Keys in the key space (key i belongs to group i % groups).
+    pub keys: u64,
+    /// Ticks after which a client gives up on an operation (outcome unknown).
+    pub op_timeout_ticks: u64,
+    /// Compact a replica once it has applied this many entries past its snapshot.
+    pub compact_entries: u64,
+    /// Step budget of the linearizability search per key.
+    pub lin_step_budget: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 5,
+            groups: 2,
+            initial_voters: 3,
+            safety_ticks: 500,
+            liveness_ticks: 300,
+            clients: 4,
+            keys: 4,
+            op_timeout_ticks: 60,
+            compact_entries: 24,
+            lin_step_budget: 2_000_000,
+        }
+    }
+}
+
+/// Fault rates drawn per seed (so seeds cover mild and harsh schedules).
+#[derive(Clone, Debug)]
+struct Faults {
+    drop_ppm: u64,
+    dup_ppm: u64,
+    delay_max_ticks: u64,
+    partition_ppm: u64,
+    crash_ppm: u64,
+    /// "Leader churn" schedules (Figure 8 of the paper is one): a leader crashes with this
+    /// rate per tick and restarts quickly, leaving many short terms with uncommitted tails.
+    leader_crash_ppm: u64,
+    restart_ticks_max: u64,
+    conf_change_ppm: u64,
+    transfer_ppm: u64,
+    sync_ppm: u64,
+}
+
+/// Raft limits drawn per seed, so message splitting and windows vary across seeds.
+#[derive(Clone, Copy, Debug)]
+struct Tuning {
+    lease_reads: bool,
+    entries_per_msg_max: usize,
+    msg_bytes_max: u64,
+    inflight_msgs_max: usize,
+}
+
+/// A failed run: which seed, what broke, how to replay it.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// Tick at which the failure was detected.
+    pub tick: u64,
+    /// What was violated.
+    pub what: String,
+}
+
+impl SimFailure {
+    /// The command that replays this seed.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run --release -p raftcore --bin sim -- --seeds {}..{}",
+            self.seed,
+            self.seed + 1
+        )
+    }
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "seed {} failed at tick {}: {}\n  replay: {}",
+            self.seed,
+            self.tick,
+            self.what,
+            self.replay_command()
+        )
+    }
+}
+
+/// Counters of a successful run.
+#[derive(Debug, Default, Clone)]
+pub struct SimStats {
+    /// Client operations that completed with a known result.
+    pub ops_completed: u64,
+    /// Client operations with unknown outcome.
+    pub ops_unknown: u64,
+    /// Entries applied (summed over replicas).
+    pub entries_applied: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Membership changes accepted by a leader.
+    pub conf_changes: u64,
+    /// Leadership transfers started.
+    pub transfers: u64,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: u64,
+    /// True if the linearizability search ran out of budget (not counted as failure).
+    pub lin_unknown: bool,
+}
+
+// ------------------------------------------------------------------ state machine
+
+/// The replicated key-value state machine of the simulation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Kv {
+    map: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+/// Command layout (entry data): `{ op: u8 (1 put, 2 cas) | key_len: u8 | key | has_expected: u8
+/// | exp_len: u16 LE | expected | value_len: u16 LE | value }`.
+fn encode_cmd(input: &KvInput) -> Bytes {
+    let mut out = Vec::new();
+    match input {
+        KvInput::Put { key, value } => {
+            out.push(1);
+            out.push(key.len() as u8);
+            out.extend_from_slice(key);
+            out.push(0);
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(&(value.len() as u16).to_le_bytes());
+            out.extend_from_slice(value);
+        }
+        KvInput::Cas { key, expected, new } => {
+            out.push(2);
+            out.push(key.len() as u8);
+            out.extend_from_slice(key);
+            let exp = expected.clone().unwrap_or_default();
+            out.push(expected.is_some() as u8);
+            out.extend_from_slice(&(exp.len() as u16).to_le_bytes());
+            out.extend_from_slice(&exp);
+            let v = new.clone().unwrap_or_default();
+            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            out.extend_from_slice(&v);
+        }
+        _ => {}
+    }
+    Bytes::from(out)
+}
+
+fn decode_cmd(d: &[u8]) -> Option<KvInput> {
+    let op = *d.first()?;
+    let kl = *d.get(1)? as usize;
+    let key = d.get(2..2 + kl)?.to_vec();
+    let mut at = 2 + kl;
+    let has_exp = *d.get(at)? == 1;
+    at += 1;
+    let el = u16::from_le_bytes([*d.get(at)?, *d.get(at + 1)?]) as usize;
+    at += 2;
+    let exp = d.get(at..at + el)?.to_vec();
+    at += el;
+    let vl = u16::from_le_bytes([*d.get(at)?, *d.get(at + 1)?]) as usize;
+    at += 2;
+    let value = d.get(at..at + vl)?.to_vec();
+    match op {
+        1 => Some(KvInput::Put { key, value }),
+        2 => Some(KvInput::Cas {
+            key,
+            expected: has_exp.then_some(exp),
+            new: Some(value),
+        }),
+        _ => None,
+    }
+}
+
+impl Kv {
+    fn apply(&mut self, input: &KvInput) -> KvOutput {
+        match input {
+            KvInput::Put { key, value } => {
+                self.map.insert(key.clone(), value.clone());
+                KvOutput::Put
+            }
+            KvInput::Cas { key, expected, new } => {
+                if self.map.get(key) == expected.as_ref() {
+                    match new {
+                        Some(v) => self.map.insert(key.clone(), v.clone()),
+                        None => self.map.remove(key),
+                    };
+                    KvOutput::Cas(true)
+                } else {
+                    KvOutput::Cas(false)
+                }
+            }
+            KvInput::Delete { key } => {
+                self.map.remove(key);
+                KvOutput::Delete
+            }
+            KvInput::Get { key } => KvOutput::Get(self.map.get(key).cloned()),
+        }
+    }
+
+    /// Snapshot layout: `{ count: u32 LE | count × { klen: u16 LE | key | vlen: u16 LE | value } }`.
+    fn encode(&self) -> Bytes {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.map.len() as u32).to_le_bytes());
+        for (k, v) in &self.map {
+            out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            out.extend_from_slice(v);
+        }
+        // Padding so snapshots span several chunks.
+        out.extend_from_slice(&[0u8; 700]);
+        Bytes::from(out)
+    }
+
+    fn decode(d: &[u8]) -> Option<Kv> {
+        if d.is_empty() {
+            return Some(Kv::default());
+        }
+        let n = u32::from_le_bytes(d.get(0..4)?.try_into().ok()?) as usize;
+        let mut at = 4;
+        let mut map = BTreeMap::new();
+        for _ in 0..n {
+            let kl = u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?) as usize;
+            at += 2;
+            let k = d.get(at..at + kl)?.to_vec();
+            at += kl;
+            let vl = u16::from_le_bytes(d.get(at..at + 2)?.try_into().ok()?) as usize;
+            at += 2;
+            let v = d.get(at..at + vl)?.to_vec();
+            at += vl;
+            map.insert(k, v);
+        }
+        Some(Kv { map })
+    }
+}
+
+fn hash_bytes(d: &[u8]) -> u64 {
+    // FNV-1a: deterministic across runs (std's hasher is randomly keyed).
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in d {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+// ------------------------------------------------------------------ disk
+
+#[derive(Debug)]
+struct Write {
+    number: u64,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    snapshot: Option<Snapshot>,
+    persisted_messages: Vec<Message>,
+}
+
+#[derive(Debug, Default)]
+struct Disk {
+    hard_state: HardState,
+    snapshot: Snapshot,
+    entries: Vec<Entry>,
+    unsynced: VecDeque<Write>,
+}
+
+impl Disk {
+    /// Applies (part of) a write in the contract's order: snapshot, entries, hard state.
+    fn apply(&mut self, w: &Write, entries_kept: usize) {
+        if let Some(s) = &w.snapshot {
+            let idx = s.meta.index;
+            self.entries.retain(|e| e.index > idx);
+            // The snapshot replaces a log that did not match it: drop the rest too.
+            self.entries.clear();
+            self.snapshot = s.clone();
+        }
+        if let Some(first) = w.entries.first() {
+            let keep = first.index.saturating_sub(self.snapshot.meta.index + 1) as usize;
+            self.entries.truncate(keep);
+            for e in w.entries.iter().take(entries_kept) {
+                if e.index == self.snapshot.meta.index + 1 + self.entries.len() as u64 {
+                    self.entries.push(e.clone());
+                }
+            }
+        }
+        if entries_kept == w.entries.len() {
+            if let Some(hs) = w.hard_state {
+                self.hard_state = hs;
+            }
+        }
+    }
+
+    fn compact(&mut self, snap: Snapshot) {
+        let idx = snap.meta.index;
+        self.entries.retain(|e| e.index > idx);
+        self.snapshot = snap;
+    }
+}
+
+// ------------------------------------------------------------------ cluster
+
+#[derive(Debug)]
+struct Replica {
+    raw: Option<RawNode>,
+    disk: Disk,
+    sm: Kv,
+    applied: u64,
+    /// index -> (term, client)
+    pending_writes: BTreeMap<u64, (u64, u64)>,
+    /// (request id, client, read index once known)
+    pending_reads: Vec<(u64, u64, Option<u64>)>,
+    leader_term_checked: u64,
+}
+
+#[derive(Debug)]
+struct Node {
+    alive: bool,
+    restart_at: u64,
+    incarnation: u64,
+    replicas: Vec<Replica>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    at: u64,
+    from: u64,
+    to: u64,
+    group: u64,
+    msg: Message,
+}
+
+#[derive(Debug, Clone)]
+struct ClientOp {
+    op: OpId,
+    node: u64,
+    group: u64,
+    deadline: u64,
+    input: KvInput,
+    read_id: u64,
+}
+
+#[derive(Debug)]
+struct Client {
+    pending: Option<ClientOp>,
+    leader_guess: Vec<u64>,
+    seq: u64,
+    last_seen: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct GroupCheck {
+    /// index -> (term, data hash) of the entry applied there.
+    applied: BTreeMap<u64, (u64, u64)>,
+    max_applied: u64,
+    /// term -> leader.
+    leaders: BTreeMap<u64, u64>,
+    /// index -> state machine image hash at that index (from compactions).
+    snapshots: BTreeMap<u64, u64>,
+    write_after_heal: bool,
+}
+
+struct Sim {
+    seed: u64,
+    cfg: SimConfig,
+    faults: Faults,
+    tuning: Tuning,
+    rng: SplitMix64,
+    now: u64,
+    nodes: Vec<Node>,
+    net: Vec<InFlight>,
+    /// Directed links that drop everything: (from, to).
+    blocked: Vec<(u64, u64)>,
+    clients: Vec<Client>,
+    history: HistoryRecorder<KvInput, KvOutput>,
+    checks: Vec<GroupCheck>,
+    next_read_id: u64,
+    healed: bool,
+    stats: SimStats,
+}
+
+type SimResult<T> = Result<T, String>;
+
+/// Runs one seed. `Ok` carries counters; `Err` says what was violated and how to replay.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimStats, SimFailure> {
+    let mut sim = Sim::new(seed, cfg.clone());
+    match sim.run() {
+        Ok(()) => Ok(sim.stats),
+        Err(what) => Err(SimFailure {
+            seed,
+            tick: sim.now,
+            what,
+        }),
+    }
+}
+
+fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -> Config {
+    let mut c = Config::new(node);
+    c.election_ticks_min = 10;
+    c.heartbeat_ticks = 2;
+    c.seed = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(node * 1_000_003 + group * 7919 + incarnation * 104_729);
+    c.lease_reads = t.lease_reads;
+    c.entries_per_msg_max = t.entries_per_msg_max;
+    c.msg_bytes_max = t.msg_bytes_max;
+    c.inflight_msgs_max = t.inflight_msgs_max;
+    c.uncommitted_bytes_max = 16 << 10;
+    c.read_requests_pending_max = 64;
+    c
+}
+
+impl Sim {
+    fn new(seed: u64, cfg: SimConfig) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let harsh = rng.below(3);
+        let faults = Faults {
+            drop_ppm: [0, 20_000, 100_000][harsh as usize],
+            dup_ppm: [0, 10_000, 30_000][harsh as usize],
+            delay_max_ticks: 1 + rng.below(4),
+            partition_ppm: [5_000, 10_000, 20_000][harsh as usize],
+            crash_ppm: [2_000, 5_000, 10_000][harsh as usize],
+            leader_crash_ppm: [0, 0, 30_000, 100_000][rng.below(4) as usize],
+            restart_ticks_max: [40, 15][rng.below(2) as usize],
+            conf_change_ppm: 8_000 + rng.below(12_000),
+            transfer_ppm: 3_000 + rng.below(8_000),
+            sync_ppm: 100_000 + rng.below(800_000),
+        };
+        let tuning = Tuning {
+            lease_reads: rng.below(3) == 0,
+            entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
+            msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
+            inflight_msgs_max: 1 + rng.below(4) as usize,
+        };
+        let mut cfg = cfg;
+        if cfg.initial_voters < cfg.nodes && rng.below(3) == 0 {
+            cfg.initial_voters = cfg.nodes;
+        }
+        let mut nodes = Vec::new();
+        for n in 1..=cfg.nodes {
+            let mut replicas = Vec::new();
+            for g in 0..cfg.groups {
+                let voters: Vec<u64> = (0..cfg.initial_voters)
+                    .map(|i| (g + i) % cfg.nodes + 1)
+                    .collect();
+                let state = if voters.contains(&n) {
+                    RestartState::bootstrap(ConfState::with_voters(&voters), Kv::default().encode())
+                } else {
+                    RestartState::default()
+                };
+                let disk = Disk {
+                    hard_state: state.hard_state,
+                    snapshot: state.snapshot.clone(),
+                    entries: Vec::new(),
+                    unsynced: VecDeque::new(),
+                };
+                let applied = state.snapshot.meta.index;
+                let raw = RawNode::new(node_config(n, g, seed, 0, &tuning), state).ok();
+                replicas.push(Replica {
+                    raw,
+                    disk,
+                    sm: Kv::default(),
+                    applied,
+                    pending_writes: BTreeMap::new(),
+                    pending_reads: Vec::new(),
+                    leader_term_checked: 0,
+                });
+            }
+            nodes.push(Node {
+                alive: true,
+                restart_at: 0,
+                incarnation: 0,
+                replicas,
+            });
+        }
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                pending: None,
+                leader_guess: (0..cfg.groups).map(|g| g % cfg.nodes + 1).collect(),
+                seq: 0,
+                last_seen: BTreeMap::new(),
+            })
+            .collect();
+        let checks = (0..cfg.groups).map(|_| GroupCheck::default()).collect();
+        Sim {
+            seed,
+            cfg,
+            faults,
+            tuning,
+            rng,
+            now: 0,
+            nodes,
+            net: Vec::new(),
+            blocked: Vec::new(),
+            clients,
+            history: HistoryRecorder::new(),
+            checks,
+            next_read_id: 1,
+            healed: false,
+            stats: SimStats::default(),
+        }
+    }
+
+    fn run(&mut self) -> SimResult<()> {
+        let total = self.cfg.safety_ticks + self.cfg.liveness_ticks;
+        while self.now < total {
+            if self.now == self.cfg.safety_ticks {
+                self.heal();
+            }
+            self.step_tick()?;
+            self.now += 1;
+        }
+        for g in 0..self.cfg.groups as usize {
+            if !self.checks[g].write_after_heal {
+                return Err(format!(
+                    "liveness: group {g} committed no client write within {} ticks after healing",
+                    self.cfg.liveness_ticks
+                ));
+            }
+        }
+        self.check_log_matching()?;
+        // Everything still pending has an unknown outcome.
+        for c in 0..self.clients.len() {
+            if let Some(op) = self.clients[c].pending.take() {
+                self.history.fail(op.op);
+                self.stats.ops_unknown += 1;
+            }
+        }
+        let history = std::mem::take(&mut self.history).finish();
+        match check_kv(&history, self.cfg.lin_step_budget) {
+            Outcome::Linearizable => Ok(()),
+            Outcome::Unknown => {
+                self.stats.lin_unknown = true;
+                Ok(())
+            }
+            Outcome::NotLinearizable { detail } => {
+                Err(format!("history not linearizable: {detail}"))
+            }
+        }
+    }
+
+    fn heal(&mut self) {
+        self.healed = true;
+        self.blocked.clear();
+        self.faults.drop_ppm = 0;
+        self.faults.dup_ppm = 0;
+        self.faults.delay_max_ticks = 1;
+        self.faults.sync_ppm = 1_000_000;
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].alive {
+                self.nodes[n].restart_at = self.now;
+            }
+        }
+    }
+
+    fn step_tick(&mut self) -> SimResult<()> {
+        self.restart_due()?;
+        self.deliver()?;
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].alive {
+                continue;
+            }
+            for g in 0..self.cfg.groups as usize {
+                if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
+                    raw.tick();
+                }
+            }
+        }
+        self.process_all()?;
+        self.sync_disks()?;
+        self.process_all()?;
+        self.clients_act()?;
+        if !self.healed {
+            self.inject_faults()?;
+        }
+        self.process_all()?;
+        self.check_tick()?;
+        if self.now % 100 == 99 {
+            self.check_log_matching()?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- network
+
+    fn send(&mut self, from: u64, group: u64, msg: Message) {
+        let to = msg.to;
+        if self.blocked.contains(&(from, to)) || self.rng.chance(self.faults.drop_ppm) {
+            return;
+        }
+        let copies = if self.rng.chance(self.faults.dup_ppm) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let at = self.now + 1 + self.rng.below(self.faults.delay_max_ticks);
+            let msg = msg.clone();
+            self.net.push(InFlight {
+                at,
+                from,
+                to,
+                group,
+                msg,
+            });
+        }
+    }
+
+    fn deliver(&mut self) -> SimResult<()> {
+        let now = self.now;
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            if self.net[i].at <= now {
+                due.push(self.net.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        // Random delivery order among the due messages (reordering).
+        for i in (1..due.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            due.swap(i, j);
+        }
+        for f in due {
+            if self.blocked.contains(&(f.from, f.to)) {
+                continue;
+            }
+            let n = (f.to - 1) as usize;
+            if n >= self.nodes.len() || !self.nodes[n].alive {
+                continue;
+            }
+            if let Some(raw) = self.nodes[n].replicas[f.group as usize].raw.as_mut() {
+                raw.step(f.msg);
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- Ready handling
+
+    fn process_all(&mut self) -> SimResult<()> {
+        for _round in 0..3 {
+            let mut any = false;
+            for n in 0..self.nodes.len() {
+                if !self.nodes[n].alive {
+                    continue;
+                }
+                for g in 0..self.cfg.groups as usize {
+                    let has = self.nodes[n].replicas[g]
+                        .raw
+                        .as_ref()
+                        .is_some_and(|r| r.has_ready());
+                    if has {
+                        any = true;
+                        self.process_ready(n, g)?;
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn process_ready(&mut self, n: usize, g: usize) -> SimResult<()> {
+        let node_id = n as u64 + 1;
+        let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() else {
+            return Ok(());
+        };
+        let rd = raw.ready();
+        for m in rd.messages {
+            self.send(node_id, g as u64, m);
+        }
+        let rep = &mut self.nodes[n].replicas[g];
+        rep.disk.unsynced.push_back(Write {
+            number: rd.number,
+            hard_state: rd.hard_state,
+            entries: rd.entries,
+            snapshot: rd.snapshot.clone(),
+            persisted_messages: rd.persisted_messages,
+        });
+        if let Some(s) = rd.snapshot {
+            let Some(kv) = Kv::decode(&s.data) else {
+                return Err(format!("node {node_id} group {g}: undecodable snapshot"));
+            };
+            if let Some(&h) = self.checks[g].snapshots.get(&s.meta.index) {
+                if h != hash_bytes(&s.data) {
+                    return Err(format!(
+                        "state machine safety: snapshot at {} differs from the state another replica had there",
+                        s.meta.index
+                    ));
+                }
+            }
+            rep.sm = kv;
+            rep.applied = s.meta.index;
+            self.stats.snapshots_installed += 1;
+            // Writes waiting at or below the snapshot can no longer be matched to an entry.
+            let lost: Vec<u64> = rep
+                .pending_writes
+                .range(..=s.meta.index)
+                .map(|(_, (_, c))| *c)
+                .collect();
+            rep.pending_writes.retain(|i, _| *i > s.meta.index);
+            for c in lost {
+                self.fail_client(c);
+            }
+        }
+        let mut completions = Vec::new();
+        for e in &rd.committed_entries {
+            let rep = &mut self.nodes[n].replicas[g];
+            if e.index != rep.applied + 1 {
+                return Err(format!(
+                    "node {node_id} group {g}: applied {} then {} (gap)",
+                    rep.applied, e.index
+                ));
+            }
+            rep.applied = e.index;
+            let h = hash_bytes(&e.data) ^ (e.kind as u64);
+            let chk = &mut self.checks[g];
+            match chk.applied.get(&e.index) {
+                Some(&(t, hh)) if (t, hh) != (e.term, h) => {
+                    return Err(format!(
+                        "state machine safety: group {g} index {} applied as term {} on node {node_id} but term {t} elsewhere",
+                        e.index, e.term
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    chk.applied.insert(e.index, (e.term, h));
+                }
+            }
+            chk.max_applied = chk.max_applied.max(e.index);
+            self.stats.entries_applied += 1;
+            let mut out = None;
+            if e.kind == EntryKind::Normal {
+                if let Some(input) = decode_cmd(&e.data) {
+                    out = Some(rep.sm.apply(&input));
+                }
+            }
+            if let Some((term, client)) = rep.pending_writes.remove(&e.index) {
+                completions.push((client, if term == e.term { out } else { None }));
+            }
+        }
+        let rep = &mut self.nodes[n].replicas[g];
+        if let Some(raw) = rep.raw.as_mut() {
+            raw.on_applied(rep.applied);
+        }
+        for (client, out) in completions {
+            match out {
+                Some(o) => self.complete_client(client, o, g),
+                None => self.fail_client(client),
+            }
+        }
+        // Reads.
+        let rep = &mut self.nodes[n].replicas[g];
+        for rs in rd.read_states {
+            if let Some(r) = rep.pending_reads.iter_mut().find(|r| r.0 == rs.request_id) {
+                r.2 = Some(rs.index);
+            }
+        }
+        let applied = rep.applied;
+        let mut done = Vec::new();
+        rep.pending_reads.retain(|r| match r.2 {
+            Some(i) if i <= applied => {
+                done.push(r.1);
+                false
+            }
+            _ => true,
+        });
+        for c in done {
+            let Some(op) = self.clients[c as usize].pending.clone() else {
+                continue;
+            };
+            let out = self.nodes[n].replicas[g].sm.apply(&op.input);
+            self.complete_client(c, out, g);
+        }
+        // Compaction.
+        let rep = &mut self.nodes[n].replicas[g];
+        if let Some(raw) = rep.raw.as_mut() {
+            if rep.applied >= raw.first_index() + self.cfg.compact_entries {
+                let data = rep.sm.encode();
+                let h = hash_bytes(&data);
+                match self.checks[g].snapshots.get(&rep.applied) {
+                    Some(&old) if old != h => {
+                        return Err(format!(
+                            "state machine safety: group {g} state at {} differs between replicas",
+                            rep.applied
+                        ));
+                    }
+                    _ => {
+                        self.checks[g].snapshots.insert(rep.applied, h);
+                    }
+                }
+                raw.compact(rep.applied, data)
+                    .map_err(|e| format!("compact failed: {e}"))?;
+                rep.disk.compact(raw.snapshot().clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn sync_disks(&mut self) -> SimResult<()> {
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].alive || !self.rng.chance(self.faults.sync_ppm) {
+                continue;
+            }
+            for g in 0..self.cfg.groups as usize {
+                let writes: Vec<Write> =
+                    self.nodes[n].replicas[g].disk.unsynced.drain(..).collect();
+                let Some(last) = writes.last().map(|w| w.number) else {
+                    continue;
+                };
+                let mut msgs = Vec::new();
+                for mut w in writes {
+                    let k = w.entries.len();
+                    self.nodes[n].replicas[g].disk.apply(&w, k);
+                    msgs.append(&mut w.persisted_messages);
+                }
+                for m in msgs {
+                    self.send(n as u64 + 1, g as u64, m);
+                }
+                if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
+                    raw.on_persisted(last)
+                        .map_err(|e| format!("on_persisted: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- faults
+
+    fn inject_faults(&mut self) -> SimResult<()> {
+        let nn = self.cfg.nodes;
+        if self.rng.chance(self.faults.partition_ppm) {
+            match self.rng.below(5) {
+                0 => self.blocked.clear(),
+                4 => {
+                    // Isolate the leader of a random group (both directions).
+                    let g = self.rng.below(self.cfg.groups) as usize;
+                    if let Some(l) = self.leader_of(g) {
+                        let x = l as u64 + 1;
+                        self.blocked.clear();
+                        for o in 1..=nn {
+                            if o != x {
+                                self.blocked.push((x, o));
+                                self.blocked.push((o, x));
+                            }
+                        }
+                    }
+                }
+                1 => {
+                    // Symmetric split into two sides.
+                    self.blocked.clear();
+                    let side: Vec<bool> = (0..nn).map(|_| self.rng.below(2) == 0).collect();
+                    for a in 1..=nn {
+                        for b in 1..=nn {
+                            if side[(a - 1) as usize] != side[(b - 1) as usize] {
+                                self.blocked.push((a, b));
+                            }
+                        }
+                    }
+                }
+                2 => {
+                    // Asymmetric: one node can send but not receive (or the reverse).
+                    let x = 1 + self.rng.below(nn);
+                    let outgoing = self.rng.below(2) == 0;
+                    for o in 1..=nn {
+                        if o != x {
+                            self.blocked.push(if outgoing { (x, o) } else { (o, x) });
+                        }
+                    }
+                }
+                _ => {
+                    // One directed link.
+                    let a = 1 + self.rng.below(nn);
+                    let b = 1 + self.rng.below(nn);
+                    if a != b {
+                        self.blocked.push((a, b));
+                    }
+                }
+            }
+        }
+        if self.rng.chance(self.faults.crash_ppm) {
+            let down = self.nodes.iter().filter(|n| !n.alive).count();
+            if down < 2 {
+                // Half the crashes hit a leader.
+                let g = self.rng.below(self.cfg.groups) as usize;
+                let x = match self.leader_of(g) {
+                    Some(l) if self.rng.below(2) == 0 => l,
+                    _ => self.rng.below(nn) as usize,
+                };
+                if self.nodes[x].alive {
+                    self.crash(x);
+                }
+            }
+        }
+        for g in 0..self.cfg.groups as usize {
+            if self.rng.chance(self.faults.leader_crash_ppm) {
+                let down = self.nodes.iter().filter(|n| !n.alive).count();
+                if let Some(l) = self.leader_of(g) {
+                    if down < 2 {
+                        self.crash(l);
+                    }
+                }
+            }
+            if self.rng.chance(self.faults.conf_change_ppm) {
+                self.random_conf_change(g);
+            }
+            if self.rng.chance(self.faults.transfer_ppm) {
+                if let Some(l) = self.leader_of(g) {
+                    let voters = self.nodes[l].replicas[g]
+                        .raw
+                        .as_ref()
+                        .map(|r| r.conf().voters.clone())
+                        .unwrap_or_default();
+                    if !voters.is_empty() {
+                        let t = voters[self.rng.below(voters.len() as u64) as usize];
+                        if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
+                            if raw.transfer_leader(t).is_ok() {
+                                self.stats.transfers += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn leader_of(&self, g: usize) -> Option<usize> {
+        (0..self.nodes.len()).find(|&n| {
+            self.nodes[n].alive
+                && self.nodes[n].replicas[g]
+                    .raw
+                    .as_ref()
+                    .is_some_and(|r| r.role() == Role::Leader)
+        })
+    }
+
+    fn random_conf_change(&mut self, g: usize) {
+        let Some(l) = self.leader_of(g) else {
+            return;
+        };
+        let Some(conf) = self.nodes[l].replicas[g]
+            .raw
+            .as_ref()
+            .map(|r| r.conf().clone())
+        else {
+            return;
+        };
+        if conf.is_joint() {
+            return;
+        }
+        let nn = self.cfg.nodes;
+        let others: Vec<u64> = (1..=nn).filter(|n| !conf.members().contains(n)).collect();
+        let pick = |rng: &mut SplitMix64, v: &[u64]| v[rng.below(v.len() as u64) as usize];
+        let steps = match self.rng.below(5) {
+            0 if !conf.learners.is_empty() => {
+                vec![ConfChangeStep::AddVoter(pick(
+                    &mut self.rng,
+                    &conf.learners,
+                ))]
+            }
+            1 if !others.is_empty() => {
+                vec![ConfChangeStep::AddLearner(pick(&mut self.rng, &others))]
+            }
+            2 if conf.voters.len() > 3 => {
+                // May remove the leader itself.
+                vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters))]
+            }
+            3 if !conf.learners.is_empty() => {
+                vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.learners))]
+            }
+            4 if !conf.learners.is_empty() => {
+                // Swap a voter (maybe the leader) for a learner in one joint change.
+                vec![
+                    ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners)),
+                    ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters)),
+                ]
+            }
+            _ => return,
+        };
+        if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
+            if raw.propose_conf_change(&ConfChange { steps }).is_ok() {
+                self.stats.conf_changes += 1;
+            }
+        }
+    }
+
+    fn crash(&mut self, n: usize) {
+        self.stats.crashes += 1;
+        let node = &mut self.nodes[n];
+        node.alive = false;
+        node.restart_at = self.now + 3 + self.rng.below(self.faults.restart_ticks_max);
+        let mut lost_clients = Vec::new();
+        for g in 0..node.replicas.len() {
+            let rep = &mut node.replicas[g];
+            rep.raw = None;
+            // Unsynced writes: a random prefix of them reached the disk anyway, the last of
+            // those torn (only a prefix of its entries, and no hard state unless all entries).
+            let writes: Vec<Write> = rep.disk.unsynced.drain(..).collect();
+            let survive = self.rng.below(writes.len() as u64 + 1) as usize;
+            for (i, w) in writes.iter().enumerate().take(survive) {
+                let k = if i + 1 == survive {
+                    self.rng.below(w.entries.len() as u64 + 1) as usize
+                } else {
+                    w.entries.len()
+                };
+                rep.disk.apply(w, k);
+            }
+            for (_, (_, c)) in std::mem::take(&mut rep.pending_writes) {
+                lost_clients.push(c);
+            }
+            for (_, c, _) in std::mem::take(&mut rep.pending_reads) {
+                lost_clients.push(c);
+            }
+        }
+        for c in lost_clients {
+            self.fail_client(c);
+        }
+    }
+
+    fn restart_due(&mut self) -> SimResult<()> {
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].alive || self.nodes[n].restart_at > self.now {
+                continue;
+            }
+            let node = &mut self.nodes[n];
+            node.alive = true;
+            node.incarnation += 1;
+            for g in 0..node.replicas.len() {
+                let rep = &mut node.replicas[g];
+                let state = RestartState {
+                    hard_state: rep.disk.hard_state,
+                    snapshot: rep.disk.snapshot.clone(),
+                    entries: rep.disk.entries.clone(),
+                };
+                let cfg = node_config(
+                    n as u64 + 1,
+                    g as u64,
+                    self.seed,
+                    node.incarnation,
+                    &self.tuning,
+                );
+                let raw = RawNode::new(cfg, state)
+                    .map_err(|e| format!("node {} group {g}: restart failed: {e}", n + 1))?;
+                rep.sm = Kv::decode(&rep.disk.snapshot.data)
+                    .ok_or_else(|| format!("node {} group {g}: bad snapshot on disk", n + 1))?;
+                rep.applied = rep.disk.snapshot.meta.index;
+                rep.raw = Some(raw);
+                rep.leader_term_checked = 0;
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- clients
+
+    fn complete_client(&mut self, c: u64, out: KvOutput, g: usize) {
+        let Some(op) = self.clients[c as usize].pending.take() else {
+            return;
+        };
+        self.history.complete(op.op, self.now, out.clone());
+        self.stats.ops_completed += 1;
+        let key = op.input.key().to_vec();
+        match (&op.input, &out) {
+            (KvInput::Put { value, .. }, _) => {
+                self.clients[c as usize]
+                    .last_seen
+                    .insert(key, value.clone());
+            }
+            (KvInput::Get { .. }, KvOutput::Get(Some(v))) => {
+                self.clients[c as usize].last_seen.insert(key, v.clone());
+            }
+            (KvInput::Cas { new: Some(v), .. }, KvOutput::Cas(true)) => {
+                self.clients[c as usize].last_seen.insert(key, v.clone());
+            }
+            _ => {}
+        }
+        if self.healed && !matches!(op.input, KvInput::Get { .. }) {
+            self.checks[g].write_after_heal = true;
+        }
+    }
+
+    fn fail_client(&mut self, c: u64) {
+        if let Some(op) = self.clients[c as usize].pending.take() {
+            self.history.fail(op.op);
+            self.stats.ops_unknown += 1;
+        }
+    }
+
+    fn clients_act(&mut self) -> SimResult<()> {
+        for c in 0..self.clients.len() {
+            if let Some(op) = &self.clients[c].pending {
+                if op.deadline <= self.now {
+                    // Forget the op at the replica too, so a late completion is not misattributed.
+                    let (n, g, rid) = ((op.node - 1) as usize, op.group as usize, op.read_id);
+                    let rep = &mut self.nodes[n].replicas[g];
+                    rep.pending_writes.retain(|_, (_, cl)| *cl != c as u64);
+                    rep.pending_reads.retain(|r| r.0 != rid);
+                    self.fail_client(c as u64);
+                }
+                continue;
+            }
+            if !self.rng.chance(500_000) {
+                continue;
+            }
+            let key_i = self.rng.below(self.cfg.keys);
+            let g = (key_i % self.cfg.groups) as usize;
+            let key = format!("k{key_i}").into_bytes();
+            let kind = self.rng.below(10);
+            let cl = &mut self.clients[c];
+            cl.seq += 1;
+            let value = format!("c{c}v{}", cl.seq).into_bytes();
+            let input = if kind < 4 {
+                KvInput::Put { key, value }
+            } else if kind < 7 {
+                KvInput::Get { key }
+            } else {
+                let expected = if self.rng.below(4) == 0 {
+                    None
+                } else {
+                    cl.last_seen.get(&key).cloned()
+                };
+                KvInput::Cas {
+                    key,
+                    expected,
+                    new: Some(value),
+                }
+            };
+            let is_read = matches!(input, KvInput::Get { .. });
+            // Reads go to a random node half the time (follower reads via ReadIndex).
+            let target = if is_read && self.rng.below(2) == 0 {
+                1 + self.rng.below(self.cfg.nodes)
+            } else {
+                self.clients[c].leader_guess[g]
+            };
+            let n = (target - 1) as usize;
+            if !self.nodes[n].alive {
+                self.clients[c].leader_guess[g] = 1 + self.rng.below(self.cfg.nodes);
+                continue;
+            }
+            let now = self.now;
+            let deadline = now + self.cfg.op_timeout_ticks;
+            let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() else {
+                continue;
+            };
+            if is_read {
+                let rid = self.next_read_id;
+                if raw.read_index(rid).is_err() {
+                    self.clients[c].leader_guess[g] = 1 + self.rng.below(self.cfg.nodes);
+                    continue;
+                }
+                self.next_read_id += 1;
+                let op = self.history.invoke(c as u64, now, input.clone());
+                self.nodes[n].replicas[g]
+                    .pending_reads
+                    .push((rid, c as u64, None));
+                self.clients[c].pending = Some(ClientOp {
+                    op,
+                    node: target,
+                    group: g as u64,
+                    deadline,
+                    input,
+                    read_id: rid,
+                });
+            } else {
+                match raw.propose(&[encode_cmd(&input)]) {
+                    Ok(p) => {
+                        let op = self.history.invoke(c as u64, now, input.clone());
+                        self.nodes[n].replicas[g]
+                            .pending_writes
+                            .insert(p.last_index, (p.term, c as u64));
+                        self.clients[c].pending = Some(ClientOp {
+                            op,
+                            node: target,
+                            group: g as u64,
+                            deadline,
+                            input,
+                            read_id: 0,
+                        });
+                    }
+                    Err(crate::Error::NotLeader { leader_hint }) if leader_hint != 0 => {
+                        self.clients[c].leader_guess[g] = leader_hint;
+                    }
+                    Err(_) => {
+                        self.clients[c].leader_guess[g] = 1 + self.rng.below(self.cfg.nodes);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- checks
+
+    fn check_tick(&mut self) -> SimResult<()> {
+        for g in 0..self.cfg.groups as usize {
+            for n in 0..self.nodes.len() {
+                if !self.nodes[n].alive {
+                    continue;
+                }
+                let rep = &self.nodes[n].replicas[g];
+                let Some(raw) = rep.raw.as_ref() else {
+                    continue;
+                };
+                raw.check_invariants()
+                    .map_err(|e| format!("node {} group {g}: invariant: {e}", n + 1))?;
+                if raw.role() != Role::Leader {
+                    continue;
+                }
+                let term = raw.term();
+                // Election safety (paper §5.2): at most one leader per term.
+                let chk = &mut self.checks[g];
+                match chk.leaders.get(&term) {
+                    Some(&l) if l != n as u64 + 1 => {
+                        return Err(format!(
+                            "election safety: group {g} term {term} has leaders {l} and {}",
+                            n + 1
+                        ));
+                    }
+                    _ => {
+                        chk.leaders.insert(term, n as u64 + 1);
+                    }
+                }
+                if rep.leader_term_checked == term {
+                    continue;
+                }
+                // Leader completeness (paper §5.4): the leader holds every entry applied
+                // anywhere (applied implies committed).
+                if raw.last_index() < chk.max_applied {
+                    return Err(format!(
+                        "leader completeness: group {g} leader {} term {term} has last index {} < applied {}",
+                        n + 1,
+                        raw.last_index(),
+                        chk.max_applied
+                    ));
+                }
+                for (&i, &(t, _)) in chk.applied.range(raw.first_index()..) {
+                    if raw.log_term(i) != Some(t) {
+                        return Err(format!(
+                            "leader completeness: group {g} leader {} term {term} has term {:?} at {i}, committed term {t}",
+                            n + 1,
+                            raw.log_term(i)
+                        ));
+                    }
+                }
+                self.nodes[n].replicas[g].leader_term_checked = term;
+            }
+        }
+        Ok(())
+    }
+
+    /// Log Matching (paper §5.3): if two logs hold an entry with the same index and term, they
+    /// are identical up to it.
+    fn check_log_matching(&self) -> SimResult<()> {
+        for g in 0..self.cfg.groups as usize {
+            let raws: Vec<(usize, &RawNode)> = (0..self.nodes.len())
+                .filter(|&n| self.nodes[n].alive)
+                .filter_map(|n| self.nodes[n].replicas[g].raw.as_ref().map(|r| (n, r)))
+                .collect();
+            for a in 0..raws.len() {
+                for b in a + 1..raws.len() {
+                    let (ra, rb) = (raws[a].1, raws[b].1);
+                    let lo = ra.first_index().max(rb.first_index());
+                    let hi = ra.last_index().min(rb.last_index());
+                    let mut i = hi;
+                    let mut matched = false;
+                    while i >= lo && i > 0 {
+                        let (ea, eb) = (ra.log_entry(i), rb.log_entry(i));
+                        if let (Some(ea), Some(eb)) = (ea, eb) {
+                            if matched {
+                                if ea != eb {
+                                    return Err(format!(
+                                        "log matching: group {g} nodes {} and {} differ at {i} below a common entry",
+                                        raws[a].0 + 1,
+                                        raws[b].0 + 1
+                                    ));
+                                }
+                            } else if ea.term == eb.term {
+                                matched = true;
+                                if ea != eb {
+                                    return Err(format!(
+                                        "log matching: group {g} same term {} at {i} with different data",
+                                        ea.term
+                                    ));
+                                }
+                            }
+                        }
+                        i -= 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `A..B` (half-open) into a range of seeds.
+pub fn parse_seed_range(s: &str) -> Option<std::ops::Range<u64>> {
+    if let Some((a, b)) = s.split_once("..") {
+        let a: u64 = a.trim().parse().ok()?;
+        let b: u64 = b.trim().parse().ok()?;
+        (a < b).then_some(a..b)
+    } else {
+        let a: u64 = s.trim().parse().ok()?;
+        Some(a..a + 1)
+    }
+}
+
+/// Runs seeds `range`; returns the failures (empty = all passed).
+pub fn run_seeds(range: std::ops::Range<u64>, cfg: &SimConfig) -> (u64, Vec<SimFailure>) {
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    for seed in range {
+        match run(seed, cfg) {
+            Ok(_) => passed += 1,
+            Err(f) => failed.push(f),
+        }
+    }
+    (passed, failed)
+}
