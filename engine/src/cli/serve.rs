@@ -124,8 +124,8 @@ pub fn build_config(args: &ServeArgs, cores: usize) -> Result<NodeConfig, ServeC
         .unwrap_or_else(|| PathBuf::from("<flags>"));
     // Through text, so that the file's rules apply (e.g. `peers` keys are strings in TOML).
     let text = toml::to_string(&table).map_err(|e| file_error(&origin, e))?;
-    let config: NodeConfig = toml::from_str(&text).map_err(|e| {
-        let text = e.to_string();
+    let config: NodeConfig = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let text = e.message().to_owned();
         if text.contains("missing field") {
             ServeConfigError::Missing(text.trim().to_owned())
         } else {
@@ -153,7 +153,6 @@ pub fn run(args: ServeArgs) -> u8 {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "invalid configuration");
-            eprintln!("corum serve: {e}");
             return EXIT_USAGE;
         }
     };
@@ -175,7 +174,6 @@ pub fn run(args: ServeArgs) -> u8 {
         }
         Err(e) => {
             tracing::error!(error = %e, "node stopped with an error");
-            eprintln!("corum serve: {e}");
             EXIT_FAILED
         }
     }
