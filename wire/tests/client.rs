@@ -17,6 +17,9 @@ enum Action {
     Reply(Result<Outcome, ServerError>),
     /// Close the connection without answering anything else in this frame.
     Drop,
+    /// Refuse the whole frame with a frame-level error (as a server does for a body that
+    /// fails to decode).
+    RefuseFrame(ServerError),
 }
 
 /// One request as a fake node saw it.
@@ -110,6 +113,11 @@ async fn serve(
                         outcome,
                     }),
                     Action::Drop => return,
+                    Action::RefuseFrame(e) => {
+                        batch.frame_error = Some(e);
+                        batch.responses.clear();
+                        break;
+                    }
                 }
             }
             let mut out = BytesMut::new();
@@ -606,4 +614,34 @@ async fn txn_and_cas_stay_in_one_partition() {
         Err(ClientError::CrossPartition(_, _))
     ));
     assert_eq!(fake.data_requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_frame_fails_its_requests_with_the_typed_error() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Put(p) if p.key == "bad" => {
+                Action::RefuseFrame(ServerError::TooLarge { limit: 99 })
+            }
+            Op::Put(_) => put_ok(),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let err = client.put("bad", "v").await.unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Server(ServerError::TooLarge { limit: 99 })
+    );
+    // The connection stays usable: the frame boundary was never lost.
+    assert!(client.put("good", "v").await.unwrap().written);
+    assert_eq!(fake.conns.load(Ordering::SeqCst), 1);
 }

@@ -33,6 +33,12 @@
 //! A client has a random session id; each write takes the next sequence number once, and every
 //! retry of that write carries the same (session, seq), so the server's session table applies
 //! it at most once (Raft thesis §6.3). Reads carry seq 0.
+//!
+//! Sequence numbers are unique and increasing in issue order per session, but one client
+//! pipelines writes to many partitions at once, so a partition sees a subset of them and may
+//! see them out of order (seq 7 applied before a retried seq 5). The server's session table
+//! must therefore remember which numbers it applied (per session and partition, e.g. a
+//! window above a low-water mark), not only the largest one.
 
 mod conn;
 
