@@ -21,7 +21,12 @@
 //! 4. **Apply**: if `snapshot` is set, restore the state machine from it first; then apply
 //!    `committed_entries` in order (every one of them is committed and already durable locally),
 //!    and report progress with [`crate::RawNode::on_applied`]. `read_states` may be answered once
-//!    the applied index reaches their `index`.
+//!    the applied index reaches their `index`. Entries of kind `ConfChange` need no action:
+//!    raftcore applies a membership change itself as soon as it knows the entry committed (read
+//!    the result with [`crate::RawNode::conf`]); `Noop` entries carry nothing.
+//! 5. **Compaction** is the caller's choice: once it has a snapshot of its state machine at an
+//!    applied index, it passes it to [`crate::RawNode::compact`], which drops the log up to there
+//!    and sends that snapshot (in chunks) to followers that need the dropped entries.
 //!
 //! The caller may ask for Ready n+1 before Ready n is durable (pipelining); steps 2 and 3 must
 //! still happen in number order. After a crash, everything not reported durable may be lost,

@@ -12,6 +12,8 @@
 //! - **schedule**: crashes and restarts, membership changes (learners, promotions, removals
 //!   including of the leader, through joint consensus) and leadership transfers, all during the
 //!   faults;
+//! - **clocks** drift: some nodes miss one tick in every 20 to 40 (bounded drift, within the
+//!   lease allowance);
 //! - **clients** issue put / get / compare-and-set on a few keys (writes as proposals, reads via
 //!   ReadIndex, some served by followers) and record a history with invocation and completion
 //!   ticks; operations whose outcome is unknown (timeout, crash) are recorded as such.
@@ -57,6 +59,8 @@ pub struct SimConfig {
     pub compact_entries: u64,
     /// Step budget of the linearizability search per key.
     pub lin_step_budget: u64,
+    /// Print a line per notable event (faults, crashes, new leaders, membership changes).
+    pub trace: bool,
 }
 
 impl Default for SimConfig {
@@ -72,6 +76,7 @@ impl Default for SimConfig {
             op_timeout_ticks: 60,
             compact_entries: 24,
             lin_step_budget: 2_000_000,
+            trace: false,
         }
     }
 }
@@ -366,6 +371,8 @@ struct Replica {
 struct Node {
     alive: bool,
     restart_at: u64,
+    /// Clock drift: this node's clock misses one tick in every `slow_every` (0 = exact).
+    slow_every: u64,
     incarnation: u64,
     replicas: Vec<Replica>,
 }
@@ -518,9 +525,19 @@ impl Sim {
             nodes.push(Node {
                 alive: true,
                 restart_at: 0,
+                slow_every: 0,
                 incarnation: 0,
                 replicas,
             });
+        }
+        // Bounded clock drift (separate generator, so the fault schedule is unchanged): up to
+        // 3 of every 5 nodes run 2.5-5% slow. That stays inside the lease allowance
+        // (lease_drift_ticks = 2 of election_ticks_min = 10), so lease reads must stay correct.
+        let mut clock_rng = SplitMix64::new(seed ^ 0xc10c_d21f_7000_0000);
+        for node in nodes.iter_mut() {
+            if clock_rng.below(5) < 3 {
+                node.slow_every = 20 + clock_rng.below(21);
+            }
         }
         let clients = (0..cfg.clients)
             .map(|_| Client {
@@ -588,7 +605,14 @@ impl Sim {
         }
     }
 
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.cfg.trace {
+            println!("[seed {} tick {}] {}", self.seed, self.now, what());
+        }
+    }
+
     fn heal(&mut self) {
+        self.trace(|| "heal: liveness phase starts".into());
         self.healed = true;
         self.blocked.clear();
         self.faults.drop_ppm = 0;
@@ -606,7 +630,8 @@ impl Sim {
         self.restart_due()?;
         self.deliver()?;
         for n in 0..self.nodes.len() {
-            if !self.nodes[n].alive {
+            let k = self.nodes[n].slow_every;
+            if !self.nodes[n].alive || (k > 0 && (self.now + n as u64) % k == 0) {
                 continue;
             }
             for g in 0..self.cfg.groups as usize {
@@ -931,6 +956,7 @@ impl Sim {
                     }
                 }
             }
+            self.trace(|| format!("partition: blocked links {:?}", self.blocked));
         }
         if self.rng.chance(self.faults.crash_ppm) {
             let down = self.nodes.iter().filter(|n| !n.alive).count();
@@ -969,6 +995,14 @@ impl Sim {
                         let t = voters[self.rng.below(voters.len() as u64) as usize];
                         if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
                             if raw.transfer_leader(t).is_ok() {
+                                if self.cfg.trace {
+                                    println!(
+                                        "[seed {} tick {}] group {g}: transfer {} -> {t}",
+                                        self.seed,
+                                        self.now,
+                                        l + 1
+                                    );
+                                }
                                 self.stats.transfers += 1;
                             }
                         }
@@ -1033,13 +1067,25 @@ impl Sim {
             _ => return,
         };
         if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
-            if raw.propose_conf_change(&ConfChange { steps }).is_ok() {
+            let cc = ConfChange { steps };
+            if raw.propose_conf_change(&cc).is_ok() {
+                if self.cfg.trace {
+                    println!(
+                        "[seed {} tick {}] group {g}: leader {} proposes {:?} (conf {:?})",
+                        self.seed,
+                        self.now,
+                        l + 1,
+                        cc.steps,
+                        conf
+                    );
+                }
                 self.stats.conf_changes += 1;
             }
         }
     }
 
     fn crash(&mut self, n: usize) {
+        self.trace(|| format!("crash node {}", n + 1));
         self.stats.crashes += 1;
         let node = &mut self.nodes[n];
         node.alive = false;
@@ -1079,6 +1125,14 @@ impl Sim {
             }
             let node = &mut self.nodes[n];
             node.alive = true;
+            if self.cfg.trace {
+                println!(
+                    "[seed {} tick {}] restart node {}",
+                    self.seed,
+                    self.now,
+                    n + 1
+                );
+            }
             node.incarnation += 1;
             for g in 0..node.replicas.len() {
                 let rep = &mut node.replicas[g];
@@ -1272,7 +1326,14 @@ impl Sim {
                         ));
                     }
                     _ => {
-                        chk.leaders.insert(term, n as u64 + 1);
+                        if chk.leaders.insert(term, n as u64 + 1).is_none() && self.cfg.trace {
+                            println!(
+                                "[seed {} tick {}] group {g}: node {} leads term {term}",
+                                self.seed,
+                                self.now,
+                                n + 1
+                            );
+                        }
                     }
                 }
                 if rep.leader_term_checked == term {

@@ -22,6 +22,33 @@
 //! batch in flight means only the last batch can ever be torn, which is what lets recovery tell a
 //! torn tail from corruption (below).
 //!
+//! ```no_run
+//! use bytes::Bytes;
+//! use wal::{Entry, HardState, LogStore, Wal, WalConfig};
+//!
+//! // At process start, before the executors: room for glommio's DMA buffers (see below).
+//! let _ = wal::raise_memlock_limit(64 << 20);
+//! glommio::LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
+//!     .spawn(|| async move {
+//!         let log = Wal::open("/var/lib/corum/shard-0/wal", WalConfig::default()).await?;
+//!         // One event-loop turn: buffer every partition's Ready...
+//!         let e = Entry { index: log.last_index(7) + 1, term: 3, kind: 0, data: Bytes::from_static(b"x") };
+//!         log.append(7, &[e])?;
+//!         log.put_hard_state(7, HardState { term: 3, vote: 2, commit: 0 })?;
+//!         // ...then one write + one fdatasync for all of them.
+//!         match log.sync().await {
+//!             Ok(report) => { /* report.appended / report.hard_states are durable: respond */ }
+//!             Err(e) if e.is_fatal() => std::process::abort(), // fsync failed: never retry
+//!             Err(e) => return Err(e), // drop the log, reopen it
+//!         }
+//!         Ok::<_, wal::WalError>(())
+//!     })
+//!     .unwrap()
+//!     .join()
+//!     .unwrap()
+//!     .unwrap();
+//! ```
+//!
 //! # Errors and what the caller must do
 //! * [`WalError::SyncFailed`]: `fdatasync` failed. **Fatal for the process**: the kernel may have
 //!   dropped the dirty state and a retried `fdatasync` can report success without the data being
@@ -42,9 +69,10 @@
 //!   with each of its three io_uring rings (`IORING_REGISTER_BUFFERS`, seen with strace). It
 //!   refuses to start if RLIMIT_MEMLOCK is below 512 KiB. Registration of the 10 MiB succeeded
 //!   despite the 8 MiB limit, because `CAP_IPC_LOCK` exempts the process from memlock accounting.
-//!   Without `CAP_IPC_LOCK`, a limit below `io_memory` makes registration fail; glommio then logs
-//!   a warning (through `log`) and uses unregistered buffers: still O_DIRECT, a little more work per
-//!   I/O. Ring memory itself is charged to the memory cgroup (kernel >= 5.12), not to the limit.
+//!   Without `CAP_IPC_LOCK` (checked by dropping it with `setpriv --bounding-set=-ipc_lock`), a
+//!   limit below `io_memory` makes `IORING_REGISTER_BUFFERS` fail with ENOMEM; glommio then logs a
+//!   warning (through `log`) and carries on with unregistered buffers: still O_DIRECT, a little
+//!   more work per I/O (wal-bench ran normally that way). Ring memory itself is charged to the memory cgroup (kernel >= 5.12), not to the limit.
 //! * Raising the limit: [`raise_memlock_limit`] raises the soft limit, and the hard limit if the
 //!   process may (`CAP_SYS_RESOURCE`; this container lacks it, so 8 MiB is the ceiling here). The
 //!   engine should call it at start, then pick `LocalExecutorBuilder::io_memory` so that
@@ -195,6 +223,9 @@ pub struct DurableRange {
 }
 
 /// What one [`LogStore::sync`] made durable, in the order it was buffered.
+///
+/// `hard_states` and `snapshots` may also list values the [`Wal`] re-logged by itself so that an
+/// old segment can be deleted (the same values as already durable; see "Compaction" above).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DurableReport {
     /// Sequence number of the batch (0 if the batch was empty and nothing was written).

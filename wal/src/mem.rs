@@ -102,6 +102,14 @@ impl MemLog {
         }
     }
 
+    /// Sets the batch limit (default: [`crate::WalConfig`]'s `batch_bytes_max`, 8 MiB). Buffering
+    /// past it returns [`WalError::BatchFull`], as the [`crate::Wal`] does. The MemLog estimates
+    /// record bytes like the Wal's format (48-byte headers, 16 per entry, 72 per hard state), without
+    /// padding, so near the limit the two may disagree by a few bytes per record.
+    pub fn set_batch_bytes_max(&self, bytes: u64) {
+        self.inner.borrow_mut().batch_bytes_max = bytes;
+    }
+
     /// The next `sync` fails like a failed write (ENOSPC): an `Io` error; the batch is lost.
     pub fn fail_next_write(&self) {
         self.inner.borrow_mut().fail_next_write = true;

@@ -1,6 +1,6 @@
 //! [`Wal`]: the real log, in O_DIRECT segment files through glommio (io_uring).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -55,7 +55,7 @@ impl Default for WalConfig {
 /// Counters of a [`Wal`].
 #[derive(Clone, Debug, Default)]
 pub struct WalStats {
-    /// Segment files currently in the directory.
+    /// Segment files the log uses (files being deleted in the background not counted).
     pub segments: usize,
     /// Bytes of entry data in the cache.
     pub cache_bytes: u64,
@@ -118,11 +118,20 @@ struct Inner {
     cache: VecDeque<(PartitionId, u64, u64)>,
     stats: WalStats,
     poisoned: Option<String>,
+    /// Segment deletion running in the background.
+    deleting: Option<glommio::Task<()>>,
+    /// Segments deleted since open.
+    deleted: Rc<Cell<u64>>,
+    /// Test hook: the next fdatasync of a batch reports failure (after really syncing).
+    fail_next_fdatasync: bool,
     /// The next segment, being created ahead of time once the current one is half full.
     spare: Option<glommio::Task<Result<Segment, WalError>>>,
 }
 
 /// The per-shard write-ahead log. See the crate docs for the format, recovery and error rules.
+///
+/// Dropping it without a final [`LogStore::sync`] loses the buffered batch, exactly like a crash;
+/// a segment being created ahead in the background is abandoned and removed at the next open.
 pub struct Wal {
     inner: RefCell<Inner>,
     io: glommio::sync::Semaphore,
@@ -664,17 +673,26 @@ impl Wal {
         // The torn tail can only be in the last segment holding records (segments after it may
         // exist without records: created ahead of time, see `spawn_spare`), and only if no later
         // segment was created by an open after recovery (which found everything before complete).
-        let mut last_with_records = 0;
-        let mut last_sealing = None;
-        for (i, &no) in nos.iter().enumerate() {
-            let (has, seals) = segment_summary(&dir.join(segment_name(no)), no).await?;
-            if has {
-                last_with_records = i;
-            }
-            if seals {
-                last_sealing = Some(i);
-            }
+        let mut summaries = Vec::with_capacity(nos.len());
+        for &no in &nos {
+            summaries.push(segment_summary(&dir.join(segment_name(no)), no).await?);
         }
+        // Trailing segments created ahead (`spawn_spare`) that never got a record and never got
+        // the seals flag are removed: their creation may not have been durable.
+        let mut removed = false;
+        while let (Some(&no), Some(&(false, false))) = (nos.last(), summaries.last()) {
+            let path = dir.join(segment_name(no));
+            tracing::info!(file = %path.display(), "WAL: removing unused segment created ahead");
+            std::fs::remove_file(&path).map_err(|e| io_err("remove unused segment", &path, e))?;
+            nos.pop();
+            summaries.pop();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&dir).await?;
+        }
+        let last_with_records = summaries.iter().rposition(|s| s.0).unwrap_or(0);
+        let last_sealing = summaries.iter().rposition(|s| s.1);
         for (i, &no) in nos.iter().enumerate() {
             let path = dir.join(segment_name(no));
             let file = open_rw(&path, false).await?;
@@ -744,6 +762,9 @@ impl Wal {
                 cache: VecDeque::new(),
                 stats,
                 poisoned: None,
+                fail_next_fdatasync: false,
+                deleting: None,
+                deleted: Rc::new(Cell::new(0)),
                 spare: None,
             }),
             io: glommio::sync::Semaphore::new(1),
@@ -752,12 +773,24 @@ impl Wal {
 
     /// Counters.
     pub fn stats(&self) -> WalStats {
-        self.inner.borrow().stats.clone()
+        let g = self.inner.borrow();
+        let mut st = g.stats.clone();
+        st.segments = g.segments.len();
+        st.segments_deleted = g.deleted.get();
+        st
     }
 
     /// The directory.
     pub fn dir(&self) -> PathBuf {
         self.inner.borrow().dir.clone()
+    }
+
+    /// Fault injection for tests: the next batch's fdatasync is reported as failed (EIO), after
+    /// the data was really written and synced, so the failure path (fatal error, refusal of
+    /// further writes, recovery at the next open) can be exercised on real files.
+    #[doc(hidden)]
+    pub fn inject_fdatasync_failure(&self) {
+        self.inner.borrow_mut().fail_next_fdatasync = true;
     }
 
     /// Bytes buffered for the next sync.
@@ -879,7 +912,11 @@ impl Wal {
             }
             Err(e) => return Err(self.poison(io_err("write", &path, e))),
         }
-        if let Err(e) = file.fdatasync().await {
+        let mut synced = file.fdatasync().await;
+        if std::mem::take(&mut self.inner.borrow_mut().fail_next_fdatasync) && synced.is_ok() {
+            synced = Err(io::Error::from_raw_os_error(libc::EIO).into());
+        }
+        if let Err(e) = synced {
             // Fatal: see the crate docs. The kernel may have dropped the dirty pages' error state,
             // so no retry can prove the data durable.
             let e = WalError::SyncFailed {
@@ -907,7 +944,7 @@ impl Wal {
             inner.collect_garbage()
         };
         self.spawn_spare();
-        self.delete_segments(deletions).await;
+        self.spawn_deletion(deletions);
         Ok(report)
     }
 
@@ -938,31 +975,47 @@ impl Wal {
         e
     }
 
-    async fn delete_segments(&self, segs: Vec<(u64, Segment)>) {
+    /// Unlinks segments nobody needs, in the background (after any earlier deletion), so the
+    /// unlinks and the directory sync stay out of `sync`'s latency.
+    fn spawn_deletion(&self, segs: Vec<(u64, Segment)>) {
         if segs.is_empty() {
             return;
         }
-        let dir = self.inner.borrow().dir.clone();
-        let mut deleted = 0;
-        let mut iter = segs.into_iter();
-        for (no, seg) in iter.by_ref() {
-            if let Err(e) = std::fs::remove_file(&seg.path) {
-                tracing::warn!(file = %seg.path.display(), error = %e, "WAL: could not delete segment; keeping it");
-                self.inner.borrow_mut().segments.insert(no, seg);
-                break;
-            }
-            deleted += 1;
-        }
-        for (no, seg) in iter {
-            self.inner.borrow_mut().segments.insert(no, seg);
-        }
-        if let Err(e) = sync_dir(&dir).await {
-            // The unlinks may be undone by a crash; recovery copes with a prefix of old segments.
-            tracing::warn!(error = %e, "WAL: directory sync after segment deletion failed");
-        }
         let mut g = self.inner.borrow_mut();
-        g.stats.segments_deleted += deleted;
-        g.stats.segments = g.segments.len();
+        let prev = g.deleting.take();
+        let dir = g.dir.clone();
+        let counter = g.deleted.clone();
+        g.deleting = Some(glommio::spawn_local(async move {
+            if let Some(p) = prev {
+                p.await;
+            }
+            delete_segments(&dir, segs, &counter).await;
+        }));
+    }
+
+    /// Waits for background segment deletions to finish (tests, orderly shutdown).
+    pub async fn wait_background(&self) {
+        let task = self.inner.borrow_mut().deleting.take();
+        if let Some(t) = task {
+            t.await;
+        }
+    }
+}
+
+/// Unlinks `segs` in ascending order, stopping at the first failure so that the segments left
+/// on disk stay contiguous. A segment left behind (failure, crash, or the task dropped with the
+/// Wal) is replayed at the next open and is harmless: everything in it is superseded by later
+/// records (entries compacted by a later snapshot record, older hard states, earlier truncations).
+async fn delete_segments(dir: &Path, segs: Vec<(u64, Segment)>, counter: &Cell<u64>) {
+    for (_, seg) in segs {
+        if let Err(e) = std::fs::remove_file(&seg.path) {
+            tracing::warn!(file = %seg.path.display(), error = %e, "WAL: could not delete segment; it will be replayed at the next open");
+            break;
+        }
+        counter.set(counter.get() + 1);
+    }
+    if let Err(e) = sync_dir(dir).await {
+        tracing::warn!(error = %e, "WAL: directory sync after segment deletion failed");
     }
 }
 

@@ -21,9 +21,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (0..PARTS, 1u8..6, 0u16..700, any::<bool>()).prop_map(|(p, n, len, bump)| Op::Append { p, n, len, bump }),
+        8 => (0..PARTS, 1u8..8, 0u16..2500, any::<bool>()).prop_map(|(p, n, len, bump)| Op::Append { p, n, len, bump }),
         2 => (0..PARTS, 0u8..4).prop_map(|(p, back)| Op::Truncate { p, back }),
-        2 => (0..PARTS, 0u8..12).prop_map(|(p, back)| Op::Compact { p, back }),
+        3 => (0..PARTS, 0u8..8).prop_map(|(p, back)| Op::Compact { p, back }),
         2 => (0..PARTS, any::<u8>()).prop_map(|(p, vote)| Op::Hard { p, vote }),
         4 => Just(Op::Sync),
         1 => Just(Op::Reopen),
@@ -145,6 +145,20 @@ fn run_wal_case(ops: Vec<Op>, case: u64) -> Result<(), String> {
                 .await
                 .map_err(|e| format!("after op {i} {op:?}: {e}"))?;
         }
+        // WAL_PROPS_STATS=1 shows how far each case got (rollovers, deletions) when tuning.
+        if std::env::var("WAL_PROPS_STATS").is_ok() {
+            let mut names: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            eprintln!(
+                "files first={} count={} ops={}",
+                names[0],
+                names.len(),
+                ops.len()
+            );
+        }
         // Finally: everything synced survives a reopen, and old segments were deleted.
         log.sync().await.map_err(|e| e.to_string())?;
         m.sync();
@@ -185,7 +199,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..80), case in any::<u64>()) {
+    fn wal_matches_model(ops in proptest::collection::vec(op(), 1..160), case in any::<u64>()) {
         let r = run_wal_case(ops, case);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }

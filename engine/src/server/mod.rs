@@ -34,6 +34,24 @@
 //! uniformly over partitions `1..=partitions` in order ([`wire::ClusterMap::uniform`]).
 //! TODO(meta group): DESIGN.md keeps the map in a replicated meta group; not built yet.
 //!
+//! # Files and ports
+//! ```text
+//! data_dir/shard-<i>/wal/          the shard's WAL segments (wal crate format)
+//! data_dir/shard-<i>/snapshots/    <partition>-<index>-<term> snapshot files (engine::snapshot),
+//!                                  only the newest per partition is kept
+//! client_addr.port() + i           shard i's client listener
+//! peer_addr.port() + i             shard i's peer listener (shard i of every other node dials it)
+//! ```
+//!
+//! # Known limits of this version
+//! - Snapshot files are written with blocking `std::fs` (+ fsync) on the shard thread; a large
+//!   partition stalls its shard while it is written (TODO: glommio blocking pool / DMA stream).
+//! - A shard's turn awaits its WAL sync before starting the next turn (the WAL could accept
+//!   the next turn's appends while one sync is in flight; not used yet).
+//! - Membership is static (no conf changes are proposed); the map epoch is always 1.
+//! - A request whose leader steps down is answered when another entry takes its index
+//!   (`NotLeader`), or after 10 s (`Timeout`); reads waiting on a read index likewise.
+//!
 //! # Stopping
 //! [`run`] blocks SIGINT and SIGTERM in every thread, waits for one of them, then stops the
 //! shards like [`ServerHandle::stop`]: each shard notices the stop flag at its next tick

@@ -8,26 +8,33 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mut range = 0..100;
     let mut verbose = false;
+    let mut trace = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--seeds" | "--seed" => {
                 let Some(r) = args.get(i + 1).and_then(|s| parse_seed_range(s)) else {
-                    eprintln!("usage: sim --seeds A..B [--verbose]");
+                    eprintln!("usage: sim --seeds A..B [--verbose] [--trace]");
                     std::process::exit(2);
                 };
                 range = r;
                 i += 1;
             }
             "--verbose" | "-v" => verbose = true,
+            "--trace" => trace = true,
             other => {
-                eprintln!("unknown argument {other}; usage: sim --seeds A..B [--verbose]");
+                eprintln!(
+                    "unknown argument {other}; usage: sim --seeds A..B [--verbose] [--trace]"
+                );
                 std::process::exit(2);
             }
         }
         i += 1;
     }
-    let cfg = SimConfig::default();
+    let cfg = SimConfig {
+        trace,
+        ..SimConfig::default()
+    };
     let (mut passed, mut failed) = (0u64, 0u64);
     for seed in range {
         match run(seed, &cfg) {

@@ -8,7 +8,8 @@
 //! fdatasync). Partitions are compacted now and then so old segments are deleted. The last line
 //! printed is one JSON object: `appends_per_s`, `mb_per_s` (entry payload, MiB/s),
 //! `device_mb_per_s` (bytes handed to the device, MiB/s), `syncs_per_s`, `sync_p50_us`,
-//! `sync_p99_us`, `sync_max_us`, and the parameters.
+//! `sync_p99_us`, `sync_max_us`, `sync_mean_us`, `other_us_per_round` (time per round outside
+//! `sync`: building and buffering the batch), and the parameters.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -171,6 +172,10 @@ async fn bench(args: Args, dir: PathBuf) -> Result<String, wal::WalError> {
     }
     let secs = start.elapsed().as_secs_f64();
     let st = log.stats();
+    let sync_total_us: u64 = lat_us.iter().sum();
+    let sync_mean_us = sync_total_us as f64 / rounds.max(1) as f64;
+    // Time per round spent outside `sync` (building and buffering the batch).
+    let other_us_per_round = (secs * 1e6 - sync_total_us as f64) / rounds.max(1) as f64;
     lat_us.sort_unstable();
     let mib = (1u64 << 20) as f64;
     let appends_per_s = appended as f64 / secs;
@@ -194,7 +199,7 @@ async fn bench(args: Args, dir: PathBuf) -> Result<String, wal::WalError> {
         concat!(
             "{{\"entry_bytes\":{},\"batch\":{},\"partitions\":{},\"seconds\":{:.3},\"syncs\":{},\"appends\":{},",
             "\"appends_per_s\":{:.1},\"mb_per_s\":{:.2},\"device_mb_per_s\":{:.2},\"syncs_per_s\":{:.1},",
-            "\"sync_p50_us\":{},\"sync_p99_us\":{},\"sync_max_us\":{},\"segment_mib\":{},\"prefill\":{}}}"
+            "\"sync_p50_us\":{},\"sync_p99_us\":{},\"sync_max_us\":{},\"sync_mean_us\":{:.1},\"other_us_per_round\":{:.1},\"segment_mib\":{},\"prefill\":{}}}"
         ),
         args.entry_bytes,
         args.batch,
@@ -209,6 +214,8 @@ async fn bench(args: Args, dir: PathBuf) -> Result<String, wal::WalError> {
         percentile(&lat_us, 0.5),
         percentile(&lat_us, 0.99),
         lat_us.last().copied().unwrap_or(0),
+        sync_mean_us,
+        other_us_per_round,
         args.segment_mib,
         args.prefill
     ))
