@@ -16,5 +16,6 @@
 mod codec;
 pub mod command;
 pub mod config;
+pub mod server;
 pub mod snapshot;
 pub mod state_machine;

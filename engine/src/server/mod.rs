@@ -1,0 +1,285 @@
+//! The server: one node of a corum cluster, thread-per-core Multi-Raft.
+//!
+//! # Threads and shards
+//! [`start`] spawns one thread per shard (`config.shards`), each running one glommio
+//! `LocalExecutor` (pinned to core `i` when `config.pin`; glommio's spin-before-park is left
+//! off, so an idle shard sleeps in `io_uring_enter` until a socket, a disk completion or its
+//! tick timer wakes it). A shard owns, with nothing shared on the hot path:
+//! - the partitions `p` with `p % shards == i` that have a replica on this node (initial
+//!   placement, [`NodeConfig::initial_replicas`]): a `raftcore::RawNode` and a
+//!   [`StateMachine`](crate::state_machine::StateMachine) each;
+//! - one WAL in `data_dir/shard-<i>/wal/` and snapshot files in `data_dir/shard-<i>/snapshots/`;
+//! - a client listener on [`NodeConfig::shard_client_addr`]`(i)` and a peer listener on
+//!   [`NodeConfig::shard_peer_addr`]`(i)`;
+//! - one outgoing peer connection to shard `i` of every other node (shard `i` talks only to
+//!   shard `i`, DESIGN.md "Data placement").
+//!
+//! The only state shared between shards is [`shared::NodeShared`]: per-partition status
+//! atomics (leader, term, commit, applied) each shard publishes after a loop turn, and the
+//! client endpoints learnt from peers' hellos; both serve `Status` and `ClusterMap` answers,
+//! which cover every partition of the node whichever shard answers.
+//!
+//! # The event loop of a shard (see `shard.rs`)
+//! Each turn: tick if the tick is due; step every peer message received; route and propose
+//! the client requests received (one `propose` batch per partition); collect the Readys of
+//! every partition with work; send their `messages` at once, batched into one frame per
+//! destination node; write all entries, hard states, truncations and snapshot points to the
+//! WAL and make them durable with ONE `sync` (group commit); report them persisted and send
+//! the `persisted_messages` (vote grants and append acknowledgements only after they are
+//! durable: Raft thesis §3.8 / §10.2.1); apply committed entries and answer the clients
+//! waiting on them; answer reads whose read index has been applied.
+//!
+//! # Cluster map
+//! Static for now: derived from the configuration's initial placement, epoch 1, slots split
+//! uniformly over partitions `1..=partitions` in order ([`wire::ClusterMap::uniform`]).
+//! TODO(meta group): DESIGN.md keeps the map in a replicated meta group; not built yet.
+//!
+//! # Stopping
+//! [`run`] blocks SIGINT and SIGTERM in every thread, waits for one of them, then stops the
+//! shards like [`ServerHandle::stop`]: each shard notices the stop flag at its next tick
+//! (at most `tuning.tick_ms` later), drops its sockets and files and its thread ends. Nothing
+//! needs flushing: every acknowledged write was made durable before it was acknowledged.
+
+mod convert;
+mod net;
+mod recover;
+mod shard;
+pub mod shared;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use thiserror::Error;
+
+use crate::config::{ConfigError, NodeConfig};
+
+/// Locked memory glommio reserves per executor for DMA buffers (`io_memory`). Small, so that
+/// several shards (and several nodes in one test process) fit under an 8 MiB RLIMIT_MEMLOCK;
+/// larger WAL buffers fall back to aligned heap allocations (wal crate docs).
+pub const IO_MEMORY_BYTES: usize = 1 << 20;
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A socket, file or thread operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The WAL failed (at open: corrupt or unusable; later: a failed sync is fatal).
+    #[error("shard {shard}: WAL: {source}")]
+    Wal {
+        /// The shard.
+        shard: usize,
+        /// The WAL's error.
+        #[source]
+        source: wal::WalError,
+    },
+    /// A snapshot file could not be written or read.
+    #[error("shard {shard}: snapshot: {reason}")]
+    Snapshot {
+        /// The shard.
+        shard: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Recovered state does not fit together (WAL vs snapshot files), or raftcore refused it.
+    #[error("shard {shard}, partition {partition}: recovery: {reason}")]
+    Recovery {
+        /// The shard.
+        shard: usize,
+        /// The partition.
+        partition: u64,
+        /// What does not fit.
+        reason: String,
+    },
+    /// glommio could not create the executor.
+    #[error("shard {shard}: executor: {reason}")]
+    Executor {
+        /// The shard.
+        shard: usize,
+        /// glommio's error.
+        reason: String,
+    },
+    /// A shard thread panicked (a bug).
+    #[error("shard {0} panicked")]
+    Panicked(usize),
+}
+
+/// A running node. Dropping it without [`ServerHandle::stop`] leaves the shards running until
+/// the process exits.
+#[derive(Debug)]
+pub struct ServerHandle {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<(), ServerError>>>,
+    shared: Arc<shared::NodeShared>,
+}
+
+impl ServerHandle {
+    /// Stops every shard and waits for their threads. Returns the first error a shard hit
+    /// while running (e.g. a fatal WAL sync failure), if any.
+    pub fn stop(mut self) -> Result<(), ServerError> {
+        self.stop.store(true, Ordering::SeqCst);
+        join_all(std::mem::take(&mut self.threads))
+    }
+
+    /// True once a shard has stopped on its own (after a fatal error).
+    pub fn has_failed(&self) -> bool {
+        self.threads.iter().any(|t| t.is_finished())
+    }
+
+    /// Per-partition status as this node last published it (for tests and `ctl`).
+    pub fn shared(&self) -> &Arc<shared::NodeShared> {
+        &self.shared
+    }
+}
+
+fn join_all(threads: Vec<JoinHandle<Result<(), ServerError>>>) -> Result<(), ServerError> {
+    let mut first = Ok(());
+    for (i, t) in threads.into_iter().enumerate() {
+        let r = t.join().unwrap_or(Err(ServerError::Panicked(i)));
+        if let Err(e) = r {
+            tracing::error!(shard = i, error = %e, "shard stopped with an error");
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// Starts a node: validates `config`, raises RLIMIT_MEMLOCK, recovers every shard (WAL and
+/// snapshots), binds its listeners and returns once every shard is serving (or the first
+/// shard error, after stopping the others).
+pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let executors = config.shards as u64;
+    match wal::raise_memlock_limit(IO_MEMORY_BYTES as u64 * executors + (1 << 20)) {
+        Ok(limit) => tracing::debug!(limit, "RLIMIT_MEMLOCK"),
+        Err(e) => tracing::warn!(error = %e, "could not raise RLIMIT_MEMLOCK"),
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        what: format!("create data dir {}", config.data_dir.display()),
+        source,
+    })?;
+    let config = Arc::new(config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(shared::NodeShared::new(&config));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<(), ServerError>)>();
+    let mut threads = Vec::with_capacity(config.shards);
+    for i in 0..config.shards {
+        let config = config.clone();
+        let stop2 = stop.clone();
+        let shared = shared.clone();
+        let ready_tx = ready_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("corum-n{}-s{i}", config.id))
+            .spawn(move || shard::thread_main(i, config, shared, stop2, ready_tx));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(source) => {
+                stop.store(true, Ordering::SeqCst);
+                let _ = join_all(threads);
+                return Err(ServerError::Io {
+                    what: "spawn shard thread".into(),
+                    source,
+                });
+            }
+        }
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..config.shards {
+        match ready_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((i, Err(e))) => {
+                tracing::error!(shard = i, error = %e, "shard failed to start");
+                failure.get_or_insert(e);
+                break;
+            }
+            Err(_) => {
+                failure.get_or_insert(ServerError::Panicked(usize::MAX));
+                break;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        stop.store(true, Ordering::SeqCst);
+        let _ = join_all(threads);
+        return Err(e);
+    }
+    tracing::info!(
+        node = config.id,
+        shards = config.shards,
+        client = %config.client_addr,
+        peer = %config.peer_addr,
+        data_dir = %config.data_dir.display(),
+        "corum node serving"
+    );
+    Ok(ServerHandle {
+        stop,
+        threads,
+        shared,
+    })
+}
+
+/// Runs a node until SIGTERM or SIGINT, then stops it cleanly. The `corum serve` entry point.
+pub fn run(config: NodeConfig) -> Result<(), ServerError> {
+    // Block the signals in this thread before any shard thread exists, so every thread
+    // inherits the mask and only the sigwait below receives them.
+    let set = signal_set();
+    // SAFETY: `set` is a valid, initialised sigset_t; pthread_sigmask only reads it.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(ServerError::Io {
+            what: "block SIGINT/SIGTERM".into(),
+            source: std::io::Error::from_raw_os_error(rc),
+        });
+    }
+    let handle = start(config)?;
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let timeout = libc::timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid set, out-pointer and timeout.
+        let sig = unsafe { libc::sigtimedwait(&set, &mut info, &timeout) };
+        if sig > 0 {
+            tracing::info!(signal = sig, "stopping");
+            break;
+        }
+        // A shard that stopped on its own hit a fatal error (e.g. a failed fdatasync): stop
+        // the whole process, restart recovers from what is on disk.
+        if handle.has_failed() {
+            tracing::error!("a shard stopped on a fatal error; stopping the node");
+            break;
+        }
+    }
+    handle.stop()
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        set
+    }
+}
+
+/// Directory of shard `shard`'s files under `data_dir`.
+pub fn shard_dir(config: &NodeConfig, shard: usize) -> PathBuf {
+    config.data_dir.join(format!("shard-{shard}"))
+}

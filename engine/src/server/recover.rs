@@ -1,0 +1,192 @@
+//! Rebuilding a partition after a restart from what was durable: the newest snapshot file, the
+//! WAL's hard state and entries after the snapshot (Raft paper §5 Figure 2 "persistent state",
+//! §7 snapshots). Committed entries after the snapshot are replayed through the normal apply
+//! path: raftcore hands them out again as `committed_entries` (up to the durable commit index),
+//! so there is one apply path, not two.
+//!
+//! A brand-new partition (no snapshot file, nothing in the WAL) is bootstrapped: every founding
+//! replica starts from the same snapshot at index 1, term 1 holding the initial voters and an
+//! empty state machine ([`raftcore::RestartState::bootstrap`]), and the WAL is told the log
+//! starts after it.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use raftcore::{ConfState, HardState, RestartState, Snapshot, SnapshotMeta};
+use wal::{LogStore, SnapshotPoint, Wal};
+
+use super::convert;
+use super::ServerError;
+use crate::snapshot;
+use crate::state_machine::{Config as SmConfig, StateMachine};
+
+/// Bytes of entries read from the WAL per call during recovery.
+const RECOVERY_READ_BYTES: u64 = 8 << 20;
+
+/// The newest snapshot file of `partition` in `dir`: (path, index, term).
+pub fn newest_snapshot_file(dir: &Path, partition: u64) -> Option<(PathBuf, u64, u64)> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    let mut best: Option<(PathBuf, u64, u64)> = None;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((p, index, term)) = snapshot::parse_file_name(name) {
+            if p == partition && best.as_ref().is_none_or(|b| index > b.1) {
+                best = Some((e.path(), index, term));
+            }
+        }
+    }
+    best
+}
+
+/// Deletes snapshot files of `partition` older than `keep_index`.
+pub fn remove_older_snapshots(dir: &Path, partition: u64, keep_index: u64) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some((p, index, _)) = snapshot::parse_file_name(name) {
+            if p == partition && index < keep_index {
+                if let Err(err) = std::fs::remove_file(e.path()) {
+                    tracing::warn!(file = %e.path().display(), error = %err, "could not remove old snapshot");
+                }
+            }
+        }
+    }
+}
+
+/// Recovers (or bootstraps) one partition. Returns the Raft restart state and the state machine
+/// as of the snapshot.
+pub async fn recover_partition(
+    shard: usize,
+    wal: &Wal,
+    snap_dir: &Path,
+    partition: u64,
+    voters: &[u64],
+    sessions_max: usize,
+) -> Result<(RestartState, StateMachine), ServerError> {
+    let err = |reason: String| ServerError::Recovery {
+        shard,
+        partition,
+        reason,
+    };
+    let sm_config = SmConfig {
+        partition_id: partition,
+        sessions_max,
+    };
+    let (snap, sm) = match newest_snapshot_file(snap_dir, partition) {
+        Some((path, index, term)) => {
+            let bytes =
+                std::fs::read(&path).map_err(|e| err(format!("read {}: {e}", path.display())))?;
+            let bytes = Bytes::from(bytes);
+            let decoded = snapshot::decode(&bytes, sessions_max)
+                .map_err(|e| err(format!("snapshot file {}: {e}", path.display())))?;
+            if decoded.meta.applied_index != index
+                || decoded.meta.applied_term != term
+                || decoded.meta.partition_id != partition
+            {
+                return Err(err(format!(
+                    "snapshot file {} does not match its name",
+                    path.display()
+                )));
+            }
+            let conf = convert::decode_conf(&decoded.meta.membership)
+                .ok_or_else(|| err(format!("bad membership in {}", path.display())))?;
+            tracing::info!(shard, partition, index, term, "recovered snapshot");
+            (
+                Snapshot {
+                    meta: SnapshotMeta { index, term, conf },
+                    data: bytes,
+                },
+                decoded.state,
+            )
+        }
+        None => {
+            let mut sm = StateMachine::new(sm_config);
+            sm.advance_applied(1, 1)
+                .map_err(|e| err(format!("bootstrap: {e}")))?;
+            let conf = ConfState::with_voters(voters);
+            let data = snapshot::encode(&sm, &convert::encode_conf(&conf));
+            let boot = RestartState::bootstrap(conf, data);
+            (boot.snapshot, sm)
+        }
+    };
+    let snap_index = snap.meta.index;
+    // The WAL must know that the log starts after the snapshot (written again if a crash came
+    // between writing a snapshot file and the WAL's compaction record).
+    let wal_point = wal.snapshot_point(partition).map_or(0, |p| p.index);
+    if wal_point < snap_index {
+        if wal.last_index(partition) > snap_index
+            && wal.term(partition, snap_index) != Some(snap.meta.term)
+        {
+            // Entries after a snapshot that do not continue it cannot be trusted.
+            wal.truncate(partition, wal.first_index(partition).max(wal_point + 1))
+                .map_err(|e| err(format!("WAL truncate: {e}")))?;
+        }
+        wal.compact(
+            partition,
+            SnapshotPoint {
+                index: snap_index,
+                term: snap.meta.term,
+            },
+        )
+        .map_err(|e| err(format!("WAL compact: {e}")))?;
+    } else if wal_point > snap_index {
+        return Err(err(format!(
+            "WAL is compacted to {wal_point} but the newest snapshot file is at {snap_index}"
+        )));
+    }
+    let mut entries = Vec::new();
+    let last = wal.last_index(partition);
+    let mut lo = snap_index + 1;
+    while lo <= last {
+        let got = wal
+            .entries(partition, lo, last + 1, RECOVERY_READ_BYTES)
+            .await
+            .map_err(|e| err(format!("WAL read {lo}..={last}: {e}")))?;
+        if got.is_empty() {
+            return Err(err(format!("WAL returned no entries at {lo}")));
+        }
+        for e in got {
+            lo = e.index + 1;
+            entries.push(convert::from_wal(e).map_err(|e| err(format!("WAL entry: {e}")))?);
+        }
+    }
+    let mut hard_state = wal
+        .hard_state(partition)
+        .map(|h| HardState {
+            term: h.term,
+            vote: h.vote,
+            commit: h.commit,
+        })
+        .unwrap_or(HardState {
+            term: 1,
+            vote: 0,
+            commit: 1,
+        });
+    let last_index = entries.last().map_or(snap_index, |e| e.index);
+    hard_state.commit = hard_state.commit.clamp(snap_index, last_index);
+    if let Some(t) = entries.last().map(|e| e.term) {
+        hard_state.term = hard_state.term.max(t);
+    }
+    hard_state.term = hard_state.term.max(snap.meta.term);
+    tracing::info!(
+        shard,
+        partition,
+        snapshot = snap_index,
+        entries = entries.len(),
+        term = hard_state.term,
+        commit = hard_state.commit,
+        "partition recovered"
+    );
+    Ok((
+        RestartState {
+            hard_state,
+            snapshot: snap,
+            entries,
+        },
+        sm,
+    ))
+}

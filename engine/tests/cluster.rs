@@ -1,0 +1,662 @@
+//! Real 3-node clusters in one process: real sockets, real WAL files with fdatasync, the real
+//! wire client. Each node is started with `engine::server::start` and stopped with
+//! `ServerHandle::stop`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use engine::config::{NodeConfig, Tuning};
+use engine::server::{self, ServerHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wire::client::{Client, ClientConfig, RangeOptions};
+use wire::{
+    BodyEncoder, Consistency, FrameDecoder, FrameKind, Limits, Op, Outcome, Request, Response,
+    ServerError,
+};
+
+const SHARDS: usize = 2;
+const PARTITIONS: u32 = 8;
+
+/// Finds `n` consecutive free ports on 127.0.0.1 (checked by binding them).
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port();
+        drop(probe);
+        if base > 60000 {
+            continue;
+        }
+        let all: Vec<_> = (0..n)
+            .map(|k| TcpListener::bind(("127.0.0.1", base + k)))
+            .collect();
+        if all.iter().all(|r| r.is_ok()) {
+            return base;
+        }
+    }
+}
+
+struct Cluster {
+    configs: Vec<NodeConfig>,
+    handles: BTreeMap<u64, ServerHandle>,
+}
+
+impl Cluster {
+    fn new(name: &str, tuning: Tuning) -> Cluster {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let bases: Vec<(u16, u16)> = (0..3)
+            .map(|_| (free_ports(SHARDS as u16), free_ports(SHARDS as u16)))
+            .collect();
+        let peers: BTreeMap<u64, SocketAddr> = bases
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| (i as u64 + 1, SocketAddr::from(([127, 0, 0, 1], *p))))
+            .collect();
+        let configs = bases
+            .iter()
+            .enumerate()
+            .map(|(i, (c, p))| NodeConfig {
+                id: i as u64 + 1,
+                data_dir: root.join(format!("node-{}", i + 1)),
+                client_addr: SocketAddr::from(([127, 0, 0, 1], *c)),
+                peer_addr: SocketAddr::from(([127, 0, 0, 1], *p)),
+                peers: peers.clone(),
+                shards: SHARDS,
+                partitions: PARTITIONS,
+                replicas: 3,
+                pin: false,
+                tuning: tuning.clone(),
+            })
+            .collect();
+        let mut c = Cluster {
+            configs,
+            handles: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            c.start(id);
+        }
+        c
+    }
+
+    fn start(&mut self, id: u64) {
+        let cfg = self.configs[id as usize - 1].clone();
+        let h = server::start(cfg).expect("node starts");
+        self.handles.insert(id, h);
+    }
+
+    fn stop(&mut self, id: u64) {
+        if let Some(h) = self.handles.remove(&id) {
+            h.stop().expect("node stops cleanly");
+        }
+    }
+
+    fn seeds(&self) -> Vec<String> {
+        self.configs
+            .iter()
+            .map(|c| c.client_addr.to_string())
+            .collect()
+    }
+
+    fn endpoint(&self, node: u64, partition: u64) -> String {
+        let c = &self.configs[node as usize - 1];
+        c.shard_client_addr(c.shard_of_partition(partition))
+            .to_string()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for id in 1..=3 {
+            self.stop(id);
+        }
+    }
+}
+
+fn tuning() -> Tuning {
+    Tuning {
+        tick_ms: 10,
+        heartbeat_ticks: 3,
+        election_ticks_min: 15,
+        wal_segment_bytes: 4 << 20,
+        ..Tuning::default()
+    }
+}
+
+async fn client(c: &Cluster) -> Client {
+    let mut cfg = ClientConfig::new(c.seeds());
+    cfg.request_timeout = Duration::from_secs(10);
+    Client::connect(cfg).await.expect("client connects")
+}
+
+/// One request on a fresh connection to `endpoint` (lets a test talk to a chosen replica).
+async fn call(endpoint: &str, op: Op) -> Response {
+    let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
+    let limits = Limits::default();
+    let mut out = BytesMut::new();
+    let req = Request {
+        id: 7,
+        session: 0,
+        seq: 0,
+        map_epoch: 0,
+        op,
+    };
+    BodyEncoder::new()
+        .request_frame(&mut out, 1, &[req], &limits)
+        .unwrap();
+    s.write_all(&out).await.unwrap();
+    let dec = FrameDecoder::new(limits);
+    let mut buf = BytesMut::new();
+    loop {
+        if let Some(f) = dec.decode(&mut buf).unwrap() {
+            assert_eq!(f.kind, FrameKind::ClientResponses);
+            let mut b = wire::decode_responses(&f.body, &limits).unwrap();
+            assert!(b.frame_error.is_none(), "{:?}", b.frame_error);
+            return b.responses.pop().unwrap();
+        }
+        let n = s.read_buf(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed");
+    }
+}
+
+fn get_op(key: &str, consistency: Consistency) -> Op {
+    Op::Get {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        consistency,
+    }
+}
+
+/// A follower read at `node` (retrying while the replica has no leader yet).
+async fn follower_get(
+    c: &Cluster,
+    node: u64,
+    key: &str,
+    consistency: Consistency,
+) -> Option<Bytes> {
+    let map_partition = {
+        let cl = client(c).await;
+        cl.cluster_map()
+            .partition_of_key(key.as_bytes())
+            .unwrap()
+            .id
+    };
+    let endpoint = c.endpoint(node, map_partition);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = call(&endpoint, get_op(key, consistency)).await;
+        match r.outcome {
+            Ok(Outcome::Get(kv)) => return kv.map(|kv| kv.value),
+            Err(ServerError::Unavailable { .. } | ServerError::Timeout)
+                if Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("follower read at node {node}: {other:?}"),
+        }
+    }
+}
+
+/// Replicas of `key`'s partition that do not lead it (per the leader's status).
+async fn followers_of(c: &Cluster, cl: &Client, key: &str) -> Vec<u64> {
+    let p = cl
+        .cluster_map()
+        .partition_of_key(key.as_bytes())
+        .unwrap()
+        .id;
+    let leader = loop {
+        let st = cl.status().await.unwrap();
+        let l = st
+            .iter()
+            .flat_map(|(_, s)| &s.partitions)
+            .find(|ps| ps.partition == p && ps.is_leader)
+            .map(|ps| ps.leader_node);
+        if let Some(l) = l {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let cfg = &c.configs[0];
+    cfg.initial_replicas(p)
+        .into_iter()
+        .filter(|&n| n != leader)
+        .collect()
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+fn key(tag: u32, k: u32) -> String {
+    format!("{{t{tag}}}key-{k:04}")
+}
+
+#[test]
+fn three_nodes_replicate_serve_all_read_modes_and_survive_restart() {
+    init_logs();
+    let mut cluster = Cluster::new("basic", tuning());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // One client per hash tag, each writing in order (session sequence numbers count per
+        // partition in the state machine's current session rules).
+        let mut written = BTreeMap::new();
+        for tag in 0..6u32 {
+            let cl = client(&cluster).await;
+            for k in 0..20u32 {
+                let v = format!("v-{tag}-{k}");
+                let r = cl.put(key(tag, k), v.clone()).await.unwrap();
+                assert!(r.written);
+                assert!(r.revision > 0);
+                written.insert(key(tag, k), v);
+            }
+            // Overwrite, delete, put-if-absent, cas, txn.
+            let r = cl.put(key(tag, 0), "again").await.unwrap();
+            assert!(r.written);
+            written.insert(key(tag, 0), "again".into());
+            let d = cl.delete(key(tag, 1)).await.unwrap();
+            assert!(d.deleted);
+            written.remove(&key(tag, 1));
+            let pia = cl.put_if_absent(key(tag, 2), "nope").await.unwrap();
+            assert!(!pia.written);
+            let ok = cl
+                .cas(key(tag, 3), Some(Bytes::from(format!("v-{tag}-3"))), "swapped")
+                .await
+                .unwrap();
+            assert!(ok);
+            written.insert(key(tag, 3), "swapped".into());
+            let bad = cl
+                .cas(key(tag, 4), Some(Bytes::from_static(b"wrong")), "x")
+                .await
+                .unwrap();
+            assert!(!bad);
+        }
+        let cl = client(&cluster).await;
+        for (k, v) in &written {
+            let got = cl.get(k.clone()).await.unwrap().expect("key present");
+            assert_eq!(got.value, v.as_bytes(), "{k}");
+        }
+        assert!(cl.get(key(0, 1)).await.unwrap().is_none());
+
+        // Follower reads (ReadIndex from the leader, served by the follower) and stale reads
+        // at both followers of a partition.
+        let k = key(2, 5);
+        let followers = followers_of(&cluster, &cl, &k).await;
+        assert_eq!(followers.len(), 2);
+        for &f in &followers {
+            let v = follower_get(&cluster, f, &k, Consistency::Follower).await;
+            assert_eq!(v.as_deref(), Some(written[&k].as_bytes()));
+            // Linearizable reads at a follower are refused with a leader hint.
+            let r = call(
+                &cluster.endpoint(f, cl.cluster_map().partition_of_key(k.as_bytes()).unwrap().id),
+                get_op(&k, Consistency::Linearizable),
+            )
+            .await;
+            assert!(
+                matches!(r.outcome, Err(ServerError::NotLeader { leader_node, .. }) if leader_node != 0),
+                "{r:?}"
+            );
+        }
+        // Stale reads: the follower has applied the write once it answered the follower read
+        // above, so the stale read sees it too.
+        for &f in &followers {
+            let v = follower_get(&cluster, f, &k, Consistency::Stale).await;
+            assert_eq!(v.as_deref(), Some(written[&k].as_bytes()));
+        }
+
+        // Range across partitions, paged.
+        let mut seen = Vec::new();
+        let mut after = Bytes::new();
+        loop {
+            let page = cl
+                .range(RangeOptions {
+                    limit: 37,
+                    after: after.clone(),
+                    ..RangeOptions::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(page.kvs.iter().map(|kv| {
+                (
+                    String::from_utf8(kv.key.to_vec()).unwrap(),
+                    String::from_utf8(kv.value.to_vec()).unwrap(),
+                )
+            }));
+            match page.next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let expect: Vec<(String, String)> =
+            written.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        assert_eq!(seen, expect);
+
+        // Status: every shard answers for its whole node; per partition at most one leader
+        // per term (Election Safety, Raft paper §5.2), and some leader is known.
+        let st = cl.status().await.unwrap();
+        assert_eq!(st.len(), 3 * SHARDS);
+        let mut per_node = BTreeMap::new();
+        for (_, s) in &st {
+            per_node.insert(s.node, s.clone());
+        }
+        assert_eq!(per_node.len(), 3);
+        for p in 1..=u64::from(PARTITIONS) {
+            let rows: Vec<_> = per_node
+                .values()
+                .flat_map(|s| &s.partitions)
+                .filter(|ps| ps.partition == p)
+                .collect();
+            assert_eq!(rows.len(), 3, "partition {p} has 3 replicas");
+            let mut leaders: Vec<(u64, u64)> = rows
+                .iter()
+                .filter(|ps| ps.is_leader)
+                .map(|ps| (ps.term, ps.leader_node))
+                .collect();
+            let n = leaders.len();
+            leaders.dedup_by_key(|l| l.0);
+            assert_eq!(leaders.len(), n, "partition {p}: two leaders in one term");
+            assert!(rows.iter().any(|ps| ps.leader_node != 0), "partition {p}: no leader known");
+            assert!(rows.iter().all(|ps| ps.applied_index <= ps.commit_index));
+        }
+    });
+
+    // Restart the whole cluster: every acknowledged write is still there.
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        for tag in 0..6u32 {
+            let v = cl.get(key(tag, 0)).await.unwrap().expect("present");
+            assert_eq!(v.value, "again");
+            assert!(cl.get(key(tag, 1)).await.unwrap().is_none());
+            let v = cl.get(key(tag, 3)).await.unwrap().expect("present");
+            assert_eq!(v.value, "swapped");
+            for k in 5..20u32 {
+                let v = cl.get(key(tag, k)).await.unwrap().expect("present");
+                assert_eq!(v.value, format!("v-{tag}-{k}").as_bytes());
+            }
+        }
+        // Writes resume after the restart.
+        let cl2 = client(&cluster).await;
+        cl2.put(key(9, 0), "after restart").await.unwrap();
+        assert_eq!(
+            cl2.get(key(9, 0)).await.unwrap().unwrap().value,
+            "after restart"
+        );
+    });
+}
+
+/// Snapshot files of `partition` in a node's shard directory: their indexes.
+fn snapshot_indexes(c: &Cluster, node: u64, partition: u64) -> Vec<u64> {
+    let cfg = &c.configs[node as usize - 1];
+    let dir = server::shard_dir(cfg, cfg.shard_of_partition(partition)).join("snapshots");
+    let mut out: Vec<u64> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    engine::snapshot::parse_file_name(e.file_name().to_str()?)
+                        .filter(|(p, _, _)| *p == partition)
+                        .map(|(_, i, _)| i)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn lagging_follower_catches_up_by_snapshot_and_cluster_recovers_from_snapshots() {
+    init_logs();
+    let mut cluster = Cluster::new(
+        "snap",
+        Tuning {
+            snapshot_log_bytes: 16 << 10,
+            ..tuning()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let value = |k: u32| format!("{k:06}-{}", "x".repeat(200));
+    let (partition, lagging, applied_before) = rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put(key(1, 0), value(0)).await.unwrap();
+        let followers = followers_of(&cluster, &cl, &key(1, 0)).await;
+        let p = cl
+            .cluster_map()
+            .partition_of_key(key(1, 0).as_bytes())
+            .unwrap()
+            .id;
+        let f = followers[0];
+        // The follower has the first write applied (follower read), then goes down.
+        assert_eq!(
+            follower_get(&cluster, f, &key(1, 0), Consistency::Follower)
+                .await
+                .as_deref(),
+            Some(value(0).as_bytes())
+        );
+        let st = cl.status().await.unwrap();
+        let applied = st
+            .iter()
+            .filter(|(_, s)| s.node == f)
+            .flat_map(|(_, s)| &s.partitions)
+            .find(|ps| ps.partition == p)
+            .unwrap()
+            .applied_index;
+        (p, f, applied)
+    });
+    cluster.stop(lagging);
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        for k in 1..400u32 {
+            cl.put(key(1, k), value(k)).await.unwrap();
+        }
+    });
+    // The leader snapshotted and compacted its log past what the stopped follower has.
+    let leader_snaps: Vec<u64> = (1..=3u64)
+        .filter(|&n| n != lagging)
+        .flat_map(|n| snapshot_indexes(&cluster, n, partition))
+        .collect();
+    assert!(
+        leader_snaps.iter().any(|&i| i > applied_before + 1),
+        "no snapshot past {applied_before}: {leader_snaps:?}"
+    );
+    cluster.start(lagging);
+    rt.block_on(async {
+        // The restarted follower serves follower reads with the latest data: the entries it
+        // lacked are compacted away on the others, so it got them through a snapshot.
+        let v = follower_get(&cluster, lagging, &key(1, 399), Consistency::Follower).await;
+        assert_eq!(v.as_deref(), Some(value(399).as_bytes()));
+        let v = follower_get(&cluster, lagging, &key(1, 17), Consistency::Stale).await;
+        assert_eq!(v.as_deref(), Some(value(17).as_bytes()));
+    });
+    let installed = snapshot_indexes(&cluster, lagging, partition);
+    assert!(
+        installed.iter().any(|&i| i > applied_before + 1),
+        "follower has no snapshot past {applied_before}: {installed:?}"
+    );
+    // Whole-cluster restart: recovery from snapshot files plus the WAL after them.
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        for k in 0..400u32 {
+            let v = cl.get(key(1, k)).await.unwrap().expect("present");
+            assert_eq!(v.value, value(k).as_bytes(), "key {k}");
+        }
+    });
+}
+
+#[test]
+fn bad_input_on_client_and_peer_ports_gets_errors_and_the_cluster_keeps_serving() {
+    init_logs();
+    let cluster = Cluster::new("garbage", tuning());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put(key(3, 0), "before").await.unwrap();
+        let cfg = &cluster.configs[0];
+        let limits = Limits::default();
+
+        // 1. A well-framed body that is not a valid request batch: typed frame error, and
+        //    the connection stays usable.
+        let mut s = tokio::net::TcpStream::connect(cfg.client_addr)
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        wire::encode_frame(
+            &mut out,
+            FrameKind::ClientRequests,
+            99,
+            b"definitely not flatbuffers",
+            &limits,
+        )
+        .unwrap();
+        s.write_all(&out).await.unwrap();
+        let dec = FrameDecoder::new(limits);
+        let mut buf = BytesMut::new();
+        let frame = loop {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                break f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+        };
+        assert_eq!(frame.request_id, 99);
+        let b = wire::decode_responses(&frame.body, &limits).unwrap();
+        assert!(matches!(
+            b.frame_error,
+            Some(ServerError::InvalidArgument { .. })
+        ));
+        // Same connection, a valid status request still works.
+        out.clear();
+        let req = Request {
+            id: 5,
+            session: 0,
+            seq: 0,
+            map_epoch: 0,
+            op: Op::Status,
+        };
+        BodyEncoder::new()
+            .request_frame(&mut out, 100, &[req], &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let frame = loop {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                break f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+        };
+        let b = wire::decode_responses(&frame.body, &limits).unwrap();
+        assert!(matches!(b.responses[0].outcome, Ok(Outcome::Status(_))));
+
+        // 2. An oversized frame header: TooLarge under its id, then the server closes.
+        let mut s = tokio::net::TcpStream::connect(cfg.client_addr)
+            .await
+            .unwrap();
+        let mut big = BytesMut::new();
+        let body = vec![0u8; 16];
+        wire::encode_frame(&mut big, FrameKind::ClientRequests, 7, &body, &limits).unwrap();
+        // Rewrite body_len to 64 MiB and fix the header checksum.
+        big[8..12].copy_from_slice(&(64u32 << 20).to_le_bytes());
+        let crc = crc32c_of(&big[..24]);
+        big[24..28].copy_from_slice(&crc.to_le_bytes());
+        s.write_all(&big[..32]).await.unwrap();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(Some(f)) => got = Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("{e}"),
+            }
+            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        let f = got.expect("an error reply before the close");
+        let b = wire::decode_responses(&f.body, &limits).unwrap();
+        assert!(matches!(b.frame_error, Some(ServerError::TooLarge { .. })));
+
+        // 3. Garbage on the client and peer ports: the server closes those connections.
+        for addr in [cfg.client_addr, cfg.peer_addr] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(&[0xAB; 4096]).await.unwrap();
+            let mut sink = Vec::new();
+            // Ok(_) (orderly close) or Err (reset) both mean closed; only the timeout fails.
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink))
+                .await
+                .expect("server closes the connection");
+        }
+        // 4. A peer that announces another shard count is refused (closed).
+        let mut s = tokio::net::TcpStream::connect(cfg.peer_addr).await.unwrap();
+        let mut m = wire::RaftMessage::new(wire::MessageKind::Heartbeat);
+        m.from = 2;
+        m.to = 1;
+        m.term = 7; // shards
+        m.index = 0;
+        m.context = u64::from_le_bytes(*b"CORUMHI1");
+        m.entries.push(wire::Entry {
+            data: Bytes::from_static(b"127.0.0.1:1"),
+            ..Default::default()
+        });
+        let hello = wire::PeerBatch {
+            from_node: 2,
+            to_node: 1,
+            messages: vec![(u64::MAX, m)],
+        };
+        let mut out = BytesMut::new();
+        BodyEncoder::new()
+            .peer_frame(&mut out, 0, &hello, &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink))
+            .await
+            .expect("server closes a peer with another shard count")
+            .ok();
+
+        // The cluster still serves everyone else.
+        cl.put(key(3, 1), "after").await.unwrap();
+        assert_eq!(cl.get(key(3, 0)).await.unwrap().unwrap().value, "before");
+        assert_eq!(cl.get(key(3, 1)).await.unwrap().unwrap().value, "after");
+    });
+}
+
+fn crc32c_of(b: &[u8]) -> u32 {
+    // The same Castagnoli CRC the frame header uses.
+    let mut crc = !0u32;
+    for &byte in b {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
