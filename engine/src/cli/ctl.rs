@@ -1,0 +1,747 @@
+//! `corum ctl`: data commands and cluster status through the Rust client
+//! ([`wire::client::Client`]).
+//!
+//! Output is for people by default; `--json` prints one JSON document on stdout instead.
+//! Keys and values are shown as text when they are printable UTF-8, otherwise as `0x` + hex;
+//! arguments written `0x...` are taken as hex bytes (see [`super::parse_bytes`]).
+//!
+//! Exit codes: 0 success; 1 the operation failed (server or connection error, `get` of a missing
+//! key, a `cas` whose expected value did not match, a `txn` whose conditions did not hold, an
+//! unhealthy `status`); 2 usage error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+use wire::client::{Client, ClientConfig, ClientError, RangeOptions};
+use wire::messages::{
+    Compare, CompareOp, CompareTarget, Consistency, KeyValue, NodeStatus, Put, Txn, TxnOp,
+    TxnOpResult, TxnResult,
+};
+
+use super::txn_syntax::{parse_compare, parse_op};
+use super::{display_bytes, parse_bytes, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+
+/// Flags of `corum ctl`.
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// Client endpoints to fetch the cluster map from (any node's shard 0 will do).
+    #[arg(
+        long,
+        env = "CORUM_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7000",
+        value_name = "HOST:PORT[,...]"
+    )]
+    pub endpoints: Vec<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Deadline of each request, retries included, in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// The command.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// Read consistency, as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// ReadIndex confirmed by the leader, read on the leader.
+    Linearizable,
+    /// ReadIndex asked of the leader, read on a follower once applied (still linearizable).
+    Follower,
+    /// Read the local state of a replica; may lag.
+    Stale,
+}
+
+impl From<ConsistencyArg> for Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        match c {
+            ConsistencyArg::Linearizable => Consistency::Linearizable,
+            ConsistencyArg::Follower => Consistency::Follower,
+            ConsistencyArg::Stale => Consistency::Stale,
+        }
+    }
+}
+
+/// The `ctl` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// Write KEY = VALUE.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        /// Write only if the key does not exist (exit 1 if it does).
+        #[arg(long)]
+        if_absent: bool,
+        /// Print the previous value.
+        #[arg(long)]
+        prev: bool,
+    },
+    /// Read KEY (exit 1 if it does not exist).
+    Get {
+        /// The key.
+        key: String,
+        /// How fresh the read must be.
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete KEY (exit 0 whether or not it existed; the output says which).
+    Del {
+        /// The key.
+        key: String,
+        /// Print the deleted value.
+        #[arg(long)]
+        prev: bool,
+    },
+    /// Compare-and-set: write NEW if KEY's value is --expect (or KEY is --absent); exit 1 and
+    /// show the current value otherwise.
+    Cas {
+        /// The key.
+        key: String,
+        /// The value to write.
+        new: String,
+        /// The value KEY must have.
+        #[arg(long, required_unless_present = "absent", conflicts_with = "absent")]
+        expect: Option<String>,
+        /// KEY must not exist.
+        #[arg(long)]
+        absent: bool,
+    },
+    /// A transaction within one partition: if every --if holds run the --then operations,
+    /// else the --else operations. Exit 1 when the --else branch ran.
+    ///
+    /// Conditions: `TARGET(KEY) OP OPERAND` with TARGET value|version|create|mod|exists and
+    /// OP = != < >, or `exists(KEY)` / `absent(KEY)`. Operations: `put KEY VALUE`, `del KEY`,
+    /// `get KEY`. Quote words with spaces: `put k 'two words'`.
+    Txn {
+        /// A condition (repeatable; all must hold).
+        #[arg(long = "if", value_name = "CONDITION")]
+        conditions: Vec<String>,
+        /// An operation run when the conditions hold (repeatable, in order).
+        #[arg(long = "then", value_name = "OPERATION")]
+        then_ops: Vec<String>,
+        /// An operation run otherwise (repeatable, in order).
+        #[arg(long = "else", value_name = "OPERATION")]
+        else_ops: Vec<String>,
+    },
+    /// List keys in [START, END) in key order, across all partitions.
+    Range {
+        /// First key (inclusive); "" for the beginning.
+        start: String,
+        /// End key (exclusive); omit for no end.
+        end: Option<String>,
+        /// Every key starting with START (END is computed; do not give it).
+        #[arg(long, conflicts_with = "end")]
+        prefix: bool,
+        /// At most this many keys in total (0: all).
+        #[arg(long, default_value_t = 0)]
+        limit: u64,
+        /// Keys and metadata only.
+        #[arg(long)]
+        keys_only: bool,
+        /// How fresh the read must be.
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+    },
+    /// Every partition (leader, term, commit and applied index) and every node's shards.
+    /// Exit 1 when a shard does not answer or a partition has no leader.
+    Status,
+}
+
+/// The failure of one `ctl` command.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Bad arguments (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The client failed (exit 1).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Runs `corum ctl`; returns the exit code.
+pub fn run(args: CtlArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corum ctl: cannot start the runtime: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    match runtime.block_on(execute(&args)) {
+        Ok((code, out)) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            code
+        }
+        Err(CtlError::Usage(m)) => {
+            eprintln!("corum ctl: {m}");
+            EXIT_USAGE
+        }
+        Err(e) => {
+            eprintln!("corum ctl: {e}");
+            EXIT_FAILED
+        }
+    }
+}
+
+/// Connects with the given endpoints and per-request deadline.
+pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+    let mut config = ClientConfig::new(endpoints.to_vec());
+    config.request_timeout = timeout;
+    config.connect_timeout = timeout.min(Duration::from_secs(1));
+    Client::connect(config).await
+}
+
+/// Runs one command; returns the exit code and what to print on stdout.
+pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
+    // Check the syntax before connecting, so usage errors do not wait for a cluster.
+    let txn = match &args.command {
+        CtlCommand::Txn {
+            conditions,
+            then_ops,
+            else_ops,
+        } => Some(build_txn(conditions, then_ops, else_ops)?),
+        _ => None,
+    };
+    let client = connect(&args.endpoints, Duration::from_millis(args.timeout_ms)).await?;
+    let json = args.json;
+    let b = |s: &str| Bytes::from(parse_bytes(s));
+    match &args.command {
+        CtlCommand::Put {
+            key,
+            value,
+            if_absent,
+            prev,
+        } => {
+            let r = client
+                .put_with(Put {
+                    key: b(key),
+                    value: b(value),
+                    if_absent: *if_absent,
+                    return_previous: *prev,
+                })
+                .await?;
+            let code = if r.written { EXIT_OK } else { EXIT_FAILED };
+            let out = if json {
+                json!({"written": r.written, "revision": r.revision,
+                       "previous": r.previous.as_ref().map(kv_json)})
+                .to_string()
+            } else {
+                let mut s = if r.written {
+                    format!("OK (revision {})", r.revision)
+                } else {
+                    format!("not written: {key} exists")
+                };
+                if let Some(p) = &r.previous {
+                    s.push_str(&format!("\nprevious: {}", display_bytes(&p.value)));
+                }
+                s
+            };
+            Ok((code, out))
+        }
+        CtlCommand::Get { key, consistency } => {
+            let kv = client.get_with(b(key), (*consistency).into()).await?;
+            let code = if kv.is_some() { EXIT_OK } else { EXIT_FAILED };
+            let out = match (&kv, json) {
+                (_, true) => json!({"kv": kv.as_ref().map(kv_json)}).to_string(),
+                (Some(kv), false) => display_bytes(&kv.value),
+                (None, false) => {
+                    eprintln!("corum ctl: {key}: not found");
+                    String::new()
+                }
+            };
+            Ok((code, out))
+        }
+        CtlCommand::Del { key, prev } => {
+            let r = client
+                .execute(wire::messages::Op::Delete {
+                    key: b(key),
+                    return_previous: *prev,
+                })
+                .await?
+                .1;
+            let wire::messages::Outcome::Delete(r) = r else {
+                return Err(
+                    ClientError::Protocol("Delete answered with another kind".into()).into(),
+                );
+            };
+            let out = if json {
+                json!({"deleted": r.deleted, "revision": r.revision,
+                       "previous": r.previous.as_ref().map(kv_json)})
+                .to_string()
+            } else {
+                let mut s = if r.deleted {
+                    format!("deleted (revision {})", r.revision)
+                } else {
+                    format!("{key}: not found, nothing deleted")
+                };
+                if let Some(p) = &r.previous {
+                    s.push_str(&format!("\nprevious: {}", display_bytes(&p.value)));
+                }
+                s
+            };
+            Ok((EXIT_OK, out))
+        }
+        CtlCommand::Cas {
+            key,
+            new,
+            expect,
+            absent: _,
+        } => {
+            let k = b(key);
+            let mut compares = vec![Compare {
+                key: k.clone(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Exists(expect.is_some()),
+            }];
+            if let Some(e) = expect {
+                compares.push(Compare {
+                    key: k.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::Value(b(e)),
+                });
+            }
+            let txn = Txn {
+                compares,
+                success: vec![TxnOp::Put(Put {
+                    key: k.clone(),
+                    value: b(new),
+                    if_absent: false,
+                    return_previous: false,
+                })],
+                failure: vec![TxnOp::Get { key: k }],
+            };
+            let r = client.txn(txn).await?;
+            let current = match r.results.first() {
+                Some(TxnOpResult::Get(kv)) if !r.succeeded => kv.clone(),
+                _ => None,
+            };
+            let code = if r.succeeded { EXIT_OK } else { EXIT_FAILED };
+            let out = if json {
+                json!({"swapped": r.succeeded, "revision": r.revision,
+                       "current": current.as_ref().map(kv_json)})
+                .to_string()
+            } else if r.succeeded {
+                format!("OK (revision {})", r.revision)
+            } else {
+                let now = current.map_or("<absent>".to_owned(), |kv| display_bytes(&kv.value));
+                let wanted = expect.as_deref().unwrap_or("<absent>");
+                eprintln!("corum ctl: cas failed: {key} is {now}, expected {wanted}");
+                String::new()
+            };
+            Ok((code, out))
+        }
+        CtlCommand::Txn { .. } => {
+            let Some(txn) = txn else {
+                return Err(CtlError::Usage("internal: txn not built".into()));
+            };
+            let (then_ops, else_ops) = (txn.success.clone(), txn.failure.clone());
+            let r = client.txn(txn).await?;
+            let ops = if r.succeeded { then_ops } else { else_ops };
+            let code = if r.succeeded { EXIT_OK } else { EXIT_FAILED };
+            Ok((code, txn_output(&r, &ops, json)))
+        }
+        CtlCommand::Range {
+            start,
+            end,
+            prefix,
+            limit,
+            keys_only,
+            consistency,
+        } => {
+            let start_b = b(start);
+            let end_b = match (end, prefix) {
+                (_, true) => prefix_end(&start_b),
+                (Some(e), false) => b(e),
+                (None, false) => Bytes::new(),
+            };
+            let mut kvs = Vec::new();
+            let mut after = Bytes::new();
+            loop {
+                let page = client
+                    .range(RangeOptions {
+                        start: start_b.clone(),
+                        end: end_b.clone(),
+                        limit: 0,
+                        keys_only: *keys_only,
+                        consistency: (*consistency).into(),
+                        after: after.clone(),
+                    })
+                    .await?;
+                kvs.extend(page.kvs);
+                if *limit > 0 && kvs.len() as u64 >= *limit {
+                    kvs.truncate(*limit as usize);
+                    break;
+                }
+                match page.next {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            let out = if json {
+                Value::Array(kvs.iter().map(kv_json).collect()).to_string()
+            } else {
+                kvs.iter()
+                    .map(|kv| {
+                        if *keys_only {
+                            display_bytes(&kv.key)
+                        } else {
+                            format!("{} {}", display_bytes(&kv.key), display_bytes(&kv.value))
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            Ok((EXIT_OK, out))
+        }
+        CtlCommand::Status => {
+            let status = cluster_status(&client).await;
+            let code = if status.healthy() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            };
+            let out = if json {
+                status.to_json().to_string()
+            } else {
+                status.to_text()
+            };
+            Ok((code, out))
+        }
+    }
+}
+
+/// Builds a [`Txn`] from the `--if`, `--then` and `--else` arguments.
+pub fn build_txn(
+    conditions: &[String],
+    then_ops: &[String],
+    else_ops: &[String],
+) -> Result<Txn, CtlError> {
+    let usage = |e: super::txn_syntax::SyntaxError| CtlError::Usage(format!("txn: {e}"));
+    if then_ops.is_empty() && else_ops.is_empty() {
+        return Err(CtlError::Usage(
+            "txn: give at least one --then or --else operation".into(),
+        ));
+    }
+    Ok(Txn {
+        compares: conditions
+            .iter()
+            .map(|c| parse_compare(c))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+        success: then_ops
+            .iter()
+            .map(|o| parse_op(o))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+        failure: else_ops
+            .iter()
+            .map(|o| parse_op(o))
+            .collect::<Result<_, _>>()
+            .map_err(usage)?,
+    })
+}
+
+/// The first key after every key starting with `prefix` (empty: no end).
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    Bytes::new()
+}
+
+/// A key-value as JSON (`key` and `value` as in [`display_bytes`]).
+pub fn kv_json(kv: &KeyValue) -> Value {
+    json!({
+        "key": display_bytes(&kv.key),
+        "value": display_bytes(&kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    })
+}
+
+fn txn_output(r: &TxnResult, ops: &[TxnOp], json: bool) -> String {
+    let op_word = |op: &TxnOp| match op {
+        TxnOp::Get { key } => format!("get {}", display_bytes(key)),
+        TxnOp::Put(p) => format!("put {} {}", display_bytes(&p.key), display_bytes(&p.value)),
+        TxnOp::Delete { key, .. } => format!("del {}", display_bytes(key)),
+    };
+    if json {
+        let results: Vec<Value> = r
+            .results
+            .iter()
+            .zip(ops)
+            .map(|(res, op)| {
+                let mut v = match res {
+                    TxnOpResult::Get(kv) => json!({"kv": kv.as_ref().map(kv_json)}),
+                    TxnOpResult::Put { written, .. } => json!({"written": written}),
+                    TxnOpResult::Delete { deleted, .. } => json!({"deleted": deleted}),
+                };
+                v["op"] = Value::String(op_word(op));
+                v
+            })
+            .collect();
+        return json!({"succeeded": r.succeeded, "revision": r.revision, "results": results})
+            .to_string();
+    }
+    let mut lines = vec![if r.succeeded {
+        format!("SUCCEEDED: --then ran (revision {})", r.revision)
+    } else {
+        format!("FAILED: --else ran (revision {})", r.revision)
+    }];
+    for (res, op) in r.results.iter().zip(ops) {
+        let what = match res {
+            TxnOpResult::Get(Some(kv)) => display_bytes(&kv.value),
+            TxnOpResult::Get(None) => "<absent>".into(),
+            TxnOpResult::Put { written, .. } => {
+                if *written { "written" } else { "not written" }.into()
+            }
+            TxnOpResult::Delete { deleted, .. } => {
+                if *deleted { "deleted" } else { "not found" }.into()
+            }
+        };
+        lines.push(format!("{}: {what}", op_word(op)));
+    }
+    lines.join("\n")
+}
+
+/// One shard's answer to Status.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    /// Node id (from the cluster map).
+    pub node: u64,
+    /// Shard index.
+    pub shard: u32,
+    /// Its client endpoint.
+    pub endpoint: String,
+    /// The partitions the cluster map places on this shard.
+    pub hosts: Vec<u64>,
+    /// Its status, or why it did not answer.
+    pub status: Result<NodeStatus, String>,
+}
+
+/// The status of a whole cluster, as gathered from every shard in the cluster map.
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    /// The map's epoch.
+    pub map_epoch: u64,
+    /// Partition ids in the map.
+    pub partitions: Vec<u64>,
+    /// Every shard in the map, by (node, shard).
+    pub shards: Vec<ShardStatus>,
+}
+
+/// Asks every shard in the client's cluster map for its status (refreshing the map first is the
+/// caller's business). Shards that do not answer are recorded with the error.
+pub async fn cluster_status(client: &Client) -> ClusterStatus {
+    let map = client.cluster_map();
+    let mut seen: BTreeMap<(u64, u32), (String, Vec<u64>)> = BTreeMap::new();
+    for p in &map.partitions {
+        for r in &p.replicas {
+            let entry = seen
+                .entry((r.node, r.shard))
+                .or_insert_with(|| (r.endpoint.clone(), Vec::new()));
+            entry.1.push(p.id);
+        }
+    }
+    let mut shards = Vec::new();
+    for ((node, shard), (endpoint, mut hosts)) in seen {
+        hosts.sort_unstable();
+        let status = client.status_of(&endpoint).await.map_err(|e| e.to_string());
+        shards.push(ShardStatus {
+            node,
+            shard,
+            endpoint,
+            hosts,
+            status,
+        });
+    }
+    let mut partitions: Vec<u64> = map.partitions.iter().map(|p| p.id).collect();
+    partitions.sort_unstable();
+    ClusterStatus {
+        map_epoch: map.epoch,
+        partitions,
+        shards,
+    }
+}
+
+impl ClusterStatus {
+    /// Per partition: (node, that node's view) for every answering replica, one per node
+    /// (a node's shards may each report every partition of the node: the first answer wins).
+    fn views(&self) -> BTreeMap<u64, Vec<(u64, &wire::messages::PartitionStatus)>> {
+        let mut out: BTreeMap<u64, Vec<(u64, &wire::messages::PartitionStatus)>> =
+            self.partitions.iter().map(|&p| (p, Vec::new())).collect();
+        for s in &self.shards {
+            if let Ok(st) = &s.status {
+                for p in &st.partitions {
+                    let views = out.entry(p.partition).or_default();
+                    if !views.iter().any(|(n, _)| *n == s.node) {
+                        views.push((s.node, p));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The node that leads `partition` according to the replica that says it leads (with the
+    /// highest term), if any.
+    pub fn leader_of(&self, partition: u64) -> Option<u64> {
+        self.views()
+            .get(&partition)?
+            .iter()
+            .filter(|(_, p)| p.is_leader)
+            .max_by_key(|(_, p)| p.term)
+            .map(|(n, _)| *n)
+    }
+
+    /// Every shard answered and every partition has a replica that says it leads.
+    pub fn healthy(&self) -> bool {
+        self.shards.iter().all(|s| s.status.is_ok())
+            && self.partitions.iter().all(|&p| self.leader_of(p).is_some())
+    }
+
+    /// The JSON form (`corum ctl status --json`).
+    pub fn to_json(&self) -> Value {
+        let mut nodes: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
+        for s in &self.shards {
+            let v = match &s.status {
+                Ok(st) => json!({
+                    "shard": s.shard, "endpoint": s.endpoint, "reachable": true,
+                    "map_epoch": st.map_epoch, "partitions": s.hosts,
+                }),
+                Err(e) => json!({
+                    "shard": s.shard, "endpoint": s.endpoint, "reachable": false, "error": e,
+                    "partitions": s.hosts,
+                }),
+            };
+            nodes.entry(s.node).or_default().push(v);
+        }
+        let partitions: Vec<Value> = self
+            .views()
+            .into_iter()
+            .map(|(id, views)| {
+                let leader = views
+                    .iter()
+                    .filter(|(_, p)| p.is_leader)
+                    .max_by_key(|(_, p)| p.term);
+                json!({
+                    "partition": id,
+                    "leader": leader.map(|(n, _)| *n),
+                    "term": leader.map(|(_, p)| p.term),
+                    "commit_index": leader.map(|(_, p)| p.commit_index),
+                    "applied_index": leader.map(|(_, p)| p.applied_index),
+                    "replicas": views.iter().map(|(n, p)| json!({
+                        "node": n, "term": p.term, "leader_hint": p.leader_node,
+                        "is_leader": p.is_leader, "commit_index": p.commit_index,
+                        "applied_index": p.applied_index,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        json!({
+            "healthy": self.healthy(),
+            "map_epoch": self.map_epoch,
+            "nodes": nodes.into_iter().map(|(node, shards)| json!({"node": node, "shards": shards}))
+                .collect::<Vec<_>>(),
+            "partitions": partitions,
+        })
+    }
+
+    /// The text form (`corum ctl status`).
+    pub fn to_text(&self) -> String {
+        let mut out =
+            format!(
+            "cluster map epoch {}, {} partitions, {}\n\nNODE SHARD ENDPOINT              STATE\n",
+            self.map_epoch,
+            self.partitions.len(),
+            if self.healthy() { "healthy" } else { "NOT HEALTHY" }
+        );
+        for s in &self.shards {
+            let state = match &s.status {
+                Ok(_) => format!("ok, partitions {:?}", s.hosts),
+                Err(e) => format!("UNREACHABLE: {e}"),
+            };
+            out.push_str(&format!(
+                "{:<4} {:<5} {:<21} {state}\n",
+                s.node, s.shard, s.endpoint
+            ));
+        }
+        out.push_str("\nPARTITION LEADER TERM  COMMIT   APPLIED  REPLICAS (node:applied)\n");
+        for (id, views) in self.views() {
+            let leader = views
+                .iter()
+                .filter(|(_, p)| p.is_leader)
+                .max_by_key(|(_, p)| p.term);
+            let (l, t, c, a) = match leader {
+                Some((n, p)) => (
+                    n.to_string(),
+                    p.term.to_string(),
+                    p.commit_index.to_string(),
+                    p.applied_index.to_string(),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            let replicas: Vec<String> = views
+                .iter()
+                .map(|(n, p)| format!("{n}:{}", p.applied_index))
+                .collect();
+            out.push_str(&format!(
+                "{id:<9} {l:<6} {t:<5} {c:<8} {a:<8} {}\n",
+                replicas.join(" ")
+            ));
+        }
+        out.trim_end().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends() {
+        assert_eq!(prefix_end(b"ab"), Bytes::from_static(b"ac"));
+        assert_eq!(prefix_end(b"a\xff"), Bytes::from_static(b"b"));
+        assert_eq!(prefix_end(b"\xff\xff"), Bytes::new());
+        assert_eq!(prefix_end(b""), Bytes::new());
+    }
+
+    #[test]
+    fn txn_arguments() {
+        let t = build_txn(
+            &["value(k) = v".into()],
+            &["put k w".into()],
+            &["get k".into()],
+        )
+        .unwrap();
+        assert_eq!(t.compares.len(), 1);
+        assert_eq!(t.success.len(), 1);
+        assert_eq!(t.failure.len(), 1);
+        assert!(matches!(
+            build_txn(&["value(k) = v".into()], &[], &[]),
+            Err(CtlError::Usage(_))
+        ));
+        assert!(matches!(
+            build_txn(&["nonsense".into()], &["get k".into()], &[]),
+            Err(CtlError::Usage(_))
+        ));
+    }
+}

@@ -1,0 +1,260 @@
+//! `corum serve`: one node.
+//!
+//! # Flags and the config file
+//! `--config FILE` reads a TOML file with the same names as the flags (`id`, `data_dir`,
+//! `client_addr`, `peer_addr`, `peers`, `shards`, `partitions`, `replicas`, `pin`) and a
+//! `[tuning]` table (see [`crate::config`]). **A flag given on the command line overrides the
+//! same setting in the file**; the file may therefore leave out settings that are always given
+//! as flags. Without `--config`, `--id`, `--data-dir`, `--client-addr`, `--peer-addr` and
+//! `--peers` are required. `--shards` defaults to the number of cores.
+//!
+//! The merged configuration is validated ([`NodeConfig::validate`]) before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::config::{parse_peers, ConfigError, NodeConfig};
+
+/// Flags of `corum serve`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (same names as the flags, plus a [tuning] table); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's id (1, 2, ...; unique in the cluster).
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// Directory for this node's WAL and snapshots.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base client address; shard i listens on port + i.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub client_addr: Option<SocketAddr>,
+    /// Base peer address; shard i listens on port + i. Must equal this node's --peers entry.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_addr: Option<SocketAddr>,
+    /// The initial cluster, this node included: 1=HOST:PORT,2=HOST:PORT,... (base peer
+    /// addresses).
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// Shards (executors) per node; every node must use the same number [default: number of
+    /// cores].
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Partitions (Raft groups) of a new cluster [default: 64].
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Replicas per partition [default: 3].
+    #[arg(long)]
+    pub replicas: Option<usize>,
+    /// Pin shard i to core i (`--pin` or `--pin=false`) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub pin: Option<bool>,
+}
+
+/// Why a configuration could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeConfigError {
+    /// The file or a flag is invalid, or the merged config breaks a rule.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A required setting is missing from both the flags and the file.
+    #[error("{0} (give it as a flag or in --config)")]
+    Missing(String),
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> ConfigError {
+    ConfigError::File {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Merges the file (if any) and the flags (flags win) into a validated [`NodeConfig`].
+/// `cores` is the `--shards` default.
+pub fn build_config(args: &ServeArgs, cores: usize) -> Result<NodeConfig, ServeConfigError> {
+    let mut table = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+            text.parse::<toml::Table>()
+                .map_err(|e| file_error(path, e))?
+        }
+        None => toml::Table::new(),
+    };
+    let mut set = |name: &str, value: toml::Value| {
+        table.insert(name.to_owned(), value);
+    };
+    if let Some(id) = args.id {
+        set("id", toml::Value::Integer(id as i64));
+    }
+    if let Some(dir) = &args.data_dir {
+        set("data_dir", toml::Value::String(dir.display().to_string()));
+    }
+    if let Some(addr) = args.client_addr {
+        set("client_addr", toml::Value::String(addr.to_string()));
+    }
+    if let Some(addr) = args.peer_addr {
+        set("peer_addr", toml::Value::String(addr.to_string()));
+    }
+    if let Some(peers) = &args.peers {
+        set("peers", peers_table(&parse_peers(peers)?));
+    }
+    if let Some(shards) = args.shards {
+        set("shards", toml::Value::Integer(shards as i64));
+    }
+    if let Some(p) = args.partitions {
+        set("partitions", toml::Value::Integer(i64::from(p)));
+    }
+    if let Some(r) = args.replicas {
+        set("replicas", toml::Value::Integer(r as i64));
+    }
+    if let Some(pin) = args.pin {
+        set("pin", toml::Value::Boolean(pin));
+    }
+    table
+        .entry("shards")
+        .or_insert(toml::Value::Integer(cores.max(1) as i64));
+    let origin = args
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<flags>"));
+    // Through text, so that the file's rules apply (e.g. `peers` keys are strings in TOML).
+    let text = toml::to_string(&table).map_err(|e| file_error(&origin, e))?;
+    let config: NodeConfig = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        let text = e.message().to_owned();
+        if text.contains("missing field") {
+            ServeConfigError::Missing(text.trim().to_owned())
+        } else {
+            ServeConfigError::Config(file_error(&origin, text.trim()))
+        }
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// `peers` as the TOML table the config file uses (`{ 1 = "HOST:PORT", ... }`).
+pub fn peers_table(peers: &BTreeMap<u64, SocketAddr>) -> toml::Value {
+    toml::Value::Table(
+        peers
+            .iter()
+            .map(|(id, addr)| (id.to_string(), toml::Value::String(addr.to_string())))
+            .collect(),
+    )
+}
+
+/// Runs `corum serve`; returns the exit code.
+pub fn run(args: ServeArgs) -> u8 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = match build_config(&args, cores) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid configuration");
+            return EXIT_USAGE;
+        }
+    };
+    tracing::info!(
+        id = config.id,
+        data_dir = %config.data_dir.display(),
+        client_addr = %config.client_addr,
+        peer_addr = %config.peer_addr,
+        shards = config.shards,
+        partitions = config.partitions,
+        replicas = config.replicas,
+        pin = config.pin,
+        "starting node"
+    );
+    match crate::server::run(config) {
+        Ok(()) => {
+            tracing::info!("node stopped");
+            EXIT_OK
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "node stopped with an error");
+            EXIT_FAILED
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> ServeArgs {
+        ServeArgs {
+            id: Some(1),
+            data_dir: Some("/tmp/n1".into()),
+            client_addr: Some("127.0.0.1:7000".parse().unwrap()),
+            peer_addr: Some("127.0.0.1:7100".parse().unwrap()),
+            peers: Some("1=127.0.0.1:7100,2=127.0.0.1:7200,3=127.0.0.1:7300".into()),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_alone_with_defaults() {
+        let c = build_config(&flags(), 4).unwrap();
+        assert_eq!(c.shards, 4);
+        assert_eq!(c.partitions, crate::config::PARTITIONS_DEFAULT);
+        assert_eq!(c.peers.len(), 3);
+        assert!(!c.pin);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = std::env::temp_dir().join(format!("corum-serve-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.toml");
+        std::fs::write(
+            &path,
+            "id = 2\ndata_dir = \"/x\"\nshards = 3\npartitions = 5\npin = true\n\
+             client_addr = \"127.0.0.1:7000\"\npeer_addr = \"127.0.0.1:7100\"\n\
+             peers = { 1 = \"127.0.0.1:7100\", 2 = \"127.0.0.1:7200\" }\nreplicas = 2\n\
+             [tuning]\nsnapshot_log_bytes = 4096\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            pin: Some(false),
+            ..flags()
+        };
+        let c = build_config(&args, 8).unwrap();
+        assert_eq!(c.id, 1, "flag wins");
+        assert_eq!(c.peers.len(), 3, "flag wins");
+        assert_eq!(c.shards, 3, "file wins over the default");
+        assert_eq!(c.partitions, 5);
+        assert!(!c.pin);
+        assert_eq!(c.tuning.snapshot_log_bytes, 4096);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_and_invalid_settings_are_reported() {
+        let args = ServeArgs {
+            id: None,
+            ..flags()
+        };
+        let e = build_config(&args, 1).unwrap_err();
+        assert!(matches!(e, ServeConfigError::Missing(_)), "{e}");
+        assert!(e.to_string().contains("id"), "{e}");
+        let args = ServeArgs {
+            peers: Some("2=127.0.0.1:7200".into()),
+            ..flags()
+        };
+        assert!(matches!(
+            build_config(&args, 1),
+            Err(ServeConfigError::Config(ConfigError::SelfNotInPeers(1)))
+        ));
+        let args = ServeArgs {
+            peers: Some("1=nonsense".into()),
+            ..flags()
+        };
+        assert!(matches!(
+            build_config(&args, 1),
+            Err(ServeConfigError::Config(ConfigError::BadPeer { .. }))
+        ));
+    }
+}

@@ -1,0 +1,882 @@
+//! Process-level tests: `corum local` clusters of real `corum serve` processes on loopback,
+//! driven through the Rust client, `corum ctl` and raw sockets. Real fsync, real kill -9.
+//!
+//! The tests run one at a time ([`cli_support::serial`]): each starts three nodes on a 2-core
+//! machine. Every wait has an explicit deadline; every process is killed when a test fails.
+
+mod cli_support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cli_support::*;
+use engine::cli::ctl::{cluster_status, connect};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use wire::client::{Client, RangeOptions};
+use wire::frame::{encode_frame, FrameDecoder, FrameKind, Limits};
+use wire::messages::{
+    decode_responses, BodyEncoder, Compare, CompareOp, CompareTarget, Consistency, Op, Outcome,
+    Put, Request, ServerError, Txn, TxnOp, TxnOpResult,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn client(cluster: &Cluster) -> Client {
+    connect(&cluster.seeds(), Duration::from_secs(10))
+        .await
+        .expect("connect")
+}
+
+/// Polls a stale read until it shows `want` (a stale read may lag, but not forever).
+async fn stale_eventually(c: &Client, key: &str, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = c
+            .get_with(key.to_owned(), Consistency::Stale)
+            .await
+            .expect("stale get");
+        if got.as_ref().map(|kv| kv.value.clone()) == want.map(|w| Bytes::from(w.to_owned())) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stale read of {key} still {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A background writer: puts `prefix/i = v-i` in a loop from `tasks` tasks and records every
+/// acknowledged write.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<BTreeMap<String, String>>>,
+    failed: Arc<AtomicU64>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(rt: &tokio::runtime::Runtime, client: &Client, prefix: &str, tasks: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let failed = Arc::new(AtomicU64::new(0));
+        let handles = (0..tasks)
+            .map(|t| {
+                let (c, stop, acked, failed) =
+                    (client.clone(), stop.clone(), acked.clone(), failed.clone());
+                let prefix = prefix.to_owned();
+                rt.spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("{prefix}/{t}/{i:06}");
+                        let value = format!("v-{t}-{i}");
+                        match c.put(key.clone(), value.clone()).await {
+                            Ok(r) if r.written => {
+                                acked.lock().unwrap().insert(key, value);
+                            }
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Writer {
+            stop,
+            acked,
+            failed,
+            handles,
+        }
+    }
+
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more writes are acknowledged (deadline `timeout`).
+    fn wait_more(&self, n: usize, timeout: Duration, what: &str) {
+        let base = self.acked();
+        wait_for(what, timeout, Duration::from_millis(20), || {
+            (self.acked() >= base + n).then_some(())
+        });
+    }
+
+    fn finish(self, rt: &tokio::runtime::Runtime) -> (BTreeMap<String, String>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(async {
+            for h in self.handles {
+                tokio::time::timeout(Duration::from_secs(30), h)
+                    .await
+                    .expect("writer did not stop within 30 s")
+                    .expect("writer task");
+            }
+        });
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, self.failed.load(Ordering::Relaxed))
+    }
+}
+
+/// Reads back every acknowledged write linearizably.
+async fn check_all(c: &Client, acked: &BTreeMap<String, String>) {
+    for (k, v) in acked {
+        let got = c.get(k.clone()).await.expect("read back");
+        assert_eq!(
+            got.map(|kv| kv.value),
+            Some(Bytes::from(v.clone())),
+            "acknowledged write {k} = {v} lost"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. put / get / delete / cas / txn / range through the client and through `corum ctl`
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn local_cluster_serves_every_operation_through_client_and_ctl() {
+    let _serial = serial();
+    let dir = test_dir("ops");
+    let cluster = Cluster::start(&dir, 3, 2, 4, base_port(0), "");
+    let rt = runtime();
+    rt.block_on(async {
+        let c = client(&cluster).await;
+        // put / get in all three modes
+        let r = c.put("alpha", "1").await.expect("put");
+        assert!(r.written && r.revision > 0, "{r:?}");
+        for mode in [Consistency::Linearizable, Consistency::Follower] {
+            let kv = c
+                .get_with("alpha", mode)
+                .await
+                .expect("get")
+                .expect("found");
+            assert_eq!(kv.value, "1", "{mode:?}");
+            assert_eq!(kv.version, 1);
+        }
+        stale_eventually(&c, "alpha", Some("1")).await;
+        // put-if-absent
+        let r = c
+            .put_if_absent("alpha", "other")
+            .await
+            .expect("put_if_absent");
+        assert!(!r.written);
+        // cas
+        assert!(c
+            .cas("alpha", Some(Bytes::from("1")), "2")
+            .await
+            .expect("cas"));
+        assert!(!c
+            .cas("alpha", Some(Bytes::from("1")), "3")
+            .await
+            .expect("cas"));
+        assert!(!c.cas("alpha", None, "3").await.expect("cas"));
+        let kv = c.get("alpha").await.expect("get").expect("found");
+        assert_eq!((kv.value.as_ref(), kv.version), (&b"2"[..], 2));
+        // txn in one partition ({hash tag})
+        c.put("{acct}a", "10").await.expect("put");
+        let txn = |expect: &str| Txn {
+            compares: vec![Compare {
+                key: Bytes::from("{acct}a"),
+                op: CompareOp::Equal,
+                target: CompareTarget::Value(Bytes::from(expect.to_owned())),
+            }],
+            success: vec![
+                TxnOp::Put(Put {
+                    key: Bytes::from("{acct}a"),
+                    value: Bytes::from("5"),
+                    if_absent: false,
+                    return_previous: false,
+                }),
+                TxnOp::Put(Put {
+                    key: Bytes::from("{acct}b"),
+                    value: Bytes::from("5"),
+                    if_absent: false,
+                    return_previous: false,
+                }),
+            ],
+            failure: vec![TxnOp::Get {
+                key: Bytes::from("{acct}a"),
+            }],
+        };
+        let r = c.txn(txn("10")).await.expect("txn");
+        assert!(r.succeeded, "{r:?}");
+        let r = c.txn(txn("10")).await.expect("txn");
+        assert!(!r.succeeded);
+        match &r.results[..] {
+            [TxnOpResult::Get(Some(kv))] => assert_eq!(kv.value, "5"),
+            other => panic!("else branch results {other:?}"),
+        }
+        assert_eq!(c.get("{acct}b").await.unwrap().unwrap().value, "5");
+        // delete
+        let d = c.delete("alpha").await.expect("delete");
+        assert!(d.deleted);
+        assert_eq!(c.get("alpha").await.expect("get"), None);
+        assert_eq!(
+            c.get_with("alpha", Consistency::Follower)
+                .await
+                .expect("get"),
+            None
+        );
+        stale_eventually(&c, "alpha", None).await;
+        assert!(!c.delete("alpha").await.expect("delete").deleted);
+        // range across partitions, paged
+        for i in 0..30 {
+            c.put(format!("r/{i:02}"), format!("{i}"))
+                .await
+                .expect("put");
+        }
+        for mode in [Consistency::Linearizable, Consistency::Follower] {
+            let mut keys = Vec::new();
+            let mut after = Bytes::new();
+            loop {
+                let page = c
+                    .range(RangeOptions {
+                        start: Bytes::from("r/"),
+                        end: Bytes::from("r0"),
+                        limit: 7,
+                        keys_only: false,
+                        consistency: mode,
+                        after: after.clone(),
+                    })
+                    .await
+                    .expect("range");
+                assert!(page.kvs.len() <= 7);
+                keys.extend(page.kvs.iter().map(|kv| kv.key.clone()));
+                match page.next {
+                    Some(n) => after = n,
+                    None => break,
+                }
+            }
+            let want: Vec<Bytes> = (0..30).map(|i| Bytes::from(format!("r/{i:02}"))).collect();
+            assert_eq!(keys, want, "{mode:?}");
+        }
+    });
+
+    // The same through `corum ctl`.
+    let e = cluster.endpoints();
+    let ok = |args: &[&str]| {
+        let o = ctl(&e, args);
+        assert!(
+            o.status.success(),
+            "ctl {args:?}: {:?} {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        stdout(&o)
+    };
+    let code = |args: &[&str]| ctl(&e, args).status.code();
+    assert!(ok(&["put", "beta", "hello world"]).starts_with("OK"));
+    assert_eq!(ok(&["get", "beta"]), "hello world");
+    assert_eq!(
+        ok(&["get", "beta", "--consistency", "follower"]),
+        "hello world"
+    );
+    assert_eq!(
+        ok(&["get", "beta", "--consistency", "linearizable"]),
+        "hello world"
+    );
+    wait_for(
+        "ctl stale read",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let o = ctl(&e, &["get", "beta", "--consistency", "stale"]);
+            (o.status.success() && stdout(&o) == "hello world").then_some(())
+        },
+    );
+    let j: Value = serde_json::from_str(&ok(&["--json", "get", "beta"])).expect("json");
+    assert_eq!(j["kv"]["value"], "hello world");
+    assert_eq!(j["kv"]["version"], 1);
+    assert_eq!(code(&["put", "beta", "x", "--if-absent"]), Some(1));
+    // cas: mismatch exits 1 and names the current value; match exits 0
+    let o = ctl(&e, &["cas", "beta", "new", "--expect", "wrong"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("hello world"));
+    assert!(ok(&["cas", "beta", "new", "--expect", "hello world"]).starts_with("OK"));
+    assert_eq!(ok(&["get", "beta"]), "new");
+    assert!(ok(&["cas", "gamma", "first", "--absent"]).starts_with("OK"));
+    assert_eq!(code(&["cas", "gamma", "again", "--absent"]), Some(1));
+    // txn
+    let out = ok(&[
+        "txn",
+        "--if",
+        "absent({t}x)",
+        "--if",
+        "version({t}x) = 0",
+        "--then",
+        "put {t}x 1",
+        "--then",
+        "put {t}y 'two words'",
+        "--else",
+        "get {t}x",
+    ]);
+    assert!(out.starts_with("SUCCEEDED"), "{out}");
+    let o = ctl(
+        &e,
+        &[
+            "txn",
+            "--if",
+            "absent({t}x)",
+            "--then",
+            "del {t}x",
+            "--else",
+            "get {t}x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("get {t}x: 1"), "{}", stdout(&o));
+    assert_eq!(ok(&["get", "{t}y"]), "two words");
+    assert_eq!(
+        code(&["txn", "--if", "size(k) = 1", "--then", "get k"]),
+        Some(2)
+    );
+    // del
+    assert!(ok(&["del", "beta"]).starts_with("deleted"));
+    assert_eq!(code(&["get", "beta"]), Some(1));
+    assert!(ok(&["del", "beta"]).contains("not found"));
+    // range
+    let lines = ok(&["range", "r/", "--prefix"]);
+    assert_eq!(lines.lines().count(), 30);
+    assert_eq!(lines.lines().next(), Some("r/00 0"));
+    let j: Value = serde_json::from_str(&ok(&[
+        "range",
+        "r/1",
+        "r/2",
+        "--json",
+        "--consistency",
+        "follower",
+    ]))
+    .unwrap();
+    assert_eq!(j.as_array().map(Vec::len), Some(10));
+    assert_eq!(
+        ok(&["range", "r/", "--prefix", "--limit", "3", "--keys-only"]),
+        "r/00\nr/01\nr/02"
+    );
+    // status
+    let j: Value = serde_json::from_str(&ok(&["status", "--json"])).expect("status json");
+    assert_eq!(j["healthy"], true, "{j}");
+    let parts = j["partitions"].as_array().expect("partitions");
+    assert_eq!(parts.len(), 4);
+    for p in parts {
+        assert!(p["leader"].as_u64().is_some(), "{p}");
+        let (commit, applied) = (p["commit_index"].as_u64(), p["applied_index"].as_u64());
+        assert!(commit.is_some() && applied <= commit, "{p}");
+        assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{p}");
+    }
+    let nodes = j["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        assert_eq!(n["shards"].as_array().map(Vec::len), Some(2), "{n}");
+    }
+    assert!(ok(&["status"]).contains("healthy"));
+    // usage errors
+    assert_eq!(code(&["get"]), Some(2));
+    assert_eq!(code(&["get", "k", "--consistency", "sometimes"]), Some(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. kill -9 the leader of a partition during a stream of writes
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn killing_a_leader_loses_no_acknowledged_write() {
+    let _serial = serial();
+    let dir = test_dir("leader-kill");
+    let mut cluster = Cluster::start(&dir, 3, 1, 4, base_port(1), "");
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    let writer = Writer::start(&rt, &c, "lk", 4);
+    writer.wait_more(200, Duration::from_secs(30), "200 writes before the kill");
+
+    let partition = 1;
+    let leader = rt
+        .block_on(cluster_status(&c))
+        .leader_of(partition)
+        .expect("partition 1 has a leader");
+    cluster.kill9(leader);
+    let killed_at = Instant::now();
+    // Wait for a new leader of the partition. Raft §5.2: a follower that hears nothing for an
+    // election timeout starts an election; allow a few timeouts (plus a loaded machine).
+    let new_leader = wait_for(
+        "a new leader of partition 1",
+        ELECTION_TIMEOUT_MAX * 20,
+        Duration::from_millis(25),
+        || {
+            let s = rt.block_on(cluster_status(&c));
+            s.leader_of(partition).filter(|&l| l != leader)
+        },
+    );
+    let elapsed = killed_at.elapsed();
+    eprintln!(
+        "partition {partition}: leader {leader} killed, node {new_leader} leads after {elapsed:?}"
+    );
+
+    // Writes resume, including to the partition that lost its leader.
+    writer.wait_more(200, Duration::from_secs(30), "200 writes after the kill");
+    let probe = (0..)
+        .map(|i| format!("probe/{i}"))
+        .find(|k| c.cluster_map().partition_of_key(k.as_bytes()).map(|p| p.id) == Some(partition))
+        .expect("a key of partition 1");
+    rt.block_on(c.put(probe.clone(), "after"))
+        .expect("write to the partition resumed");
+
+    let (acked, failed) = writer.finish(&rt);
+    eprintln!(
+        "{} writes acknowledged, {failed} failed (unacknowledged) around the kill",
+        acked.len()
+    );
+    rt.block_on(check_all(&c, &acked));
+    assert_eq!(rt.block_on(c.get(probe)).unwrap().unwrap().value, "after");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. a follower down for long catches up by snapshot
+// ---------------------------------------------------------------------------------------------
+
+/// One request on a raw connection to `endpoint`; the decoded outcome (the outer error: could
+/// not connect).
+async fn raw_request(endpoint: &str, op: Op) -> Result<Result<Outcome, ServerError>, String> {
+    let mut s = TcpStream::connect(endpoint)
+        .await
+        .map_err(|e| format!("connect {endpoint}: {e}"))?;
+    let limits = Limits::default();
+    let mut out = BytesMut::new();
+    let req = Request {
+        id: 1,
+        session: 0,
+        seq: 0,
+        map_epoch: 0,
+        op,
+    };
+    BodyEncoder::new()
+        .request_frame(&mut out, 1, &[req], &limits)
+        .expect("encode");
+    s.write_all(&out).await.expect("send");
+    let frames = read_frames(&mut s, Duration::from_secs(10), true).await;
+    let frame = frames.into_iter().next().expect("a response frame");
+    let batch = decode_responses(&frame.body, &limits).expect("decode response");
+    if let Some(e) = batch.frame_error {
+        return Ok(Err(e));
+    }
+    Ok(batch
+        .responses
+        .into_iter()
+        .next()
+        .expect("one response")
+        .outcome)
+}
+
+/// Reads frames until EOF, the deadline, or (with `first_only`) the first frame.
+async fn read_frames(
+    s: &mut TcpStream,
+    timeout: Duration,
+    first_only: bool,
+) -> Vec<wire::frame::Frame> {
+    let decoder = FrameDecoder::new(Limits::default());
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        while let Ok(Some(f)) = decoder.decode(&mut buf) {
+            frames.push(f);
+            if first_only {
+                return frames;
+            }
+        }
+        match tokio::time::timeout_at(deadline, s.read_buf(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return frames,
+            Ok(Ok(_)) => {}
+            Err(_) => panic!(
+                "no EOF or frame within {timeout:?} (got {} frames)",
+                frames.len()
+            ),
+        }
+    }
+}
+
+#[test]
+fn restarted_follower_catches_up_by_snapshot_and_serves_follower_reads() {
+    let _serial = serial();
+    let dir = test_dir("snapshot");
+    // Snapshot a partition once its log passes 64 KiB.
+    let mut cluster = Cluster::start(&dir, 3, 1, 2, base_port(2), "snapshot_log_bytes = 65536\n");
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    let status = rt.block_on(cluster_status(&c));
+    // A node that leads neither partition, if there is one; else any non-leader of 1.
+    let leaders: Vec<u64> = [1, 2].iter().filter_map(|&p| status.leader_of(p)).collect();
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|id| !leaders.contains(id))
+        .unwrap_or_else(|| {
+            cluster
+                .ids()
+                .into_iter()
+                .find(|&id| Some(id) != status.leader_of(1))
+                .unwrap()
+        });
+    cluster.kill9(follower);
+
+    // ~1.2 MB of writes: each partition's log passes the threshold many times.
+    let value = "x".repeat(500);
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let (c, value) = (c.clone(), value.clone());
+            tasks.push(tokio::spawn(async move {
+                for i in 0..300 {
+                    c.put(format!("snap/{t}/{i:04}"), format!("{i}-{value}"))
+                        .await
+                        .expect("write with a follower down");
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(90), t)
+                .await
+                .expect("writes finished within 90 s")
+                .expect("task");
+        }
+        c.put("snap/last", "latest").await.expect("last write");
+    });
+
+    cluster.restart_node(follower);
+    let map = c.cluster_map();
+    let endpoint_of = |key: &str| {
+        map.partition_of_key(key.as_bytes())
+            .and_then(|p| p.replicas.iter().find(|r| r.node == follower))
+            .map(|r| r.endpoint.clone())
+            .expect("the follower holds every partition")
+    };
+    // The restarted follower serves the latest data from its own state: a stale read on it
+    // (local state only) shows the last write once it has caught up.
+    let ep = endpoint_of("snap/last");
+    let caught_up_in = {
+        let start = Instant::now();
+        wait_for(
+            "the restarted follower to catch up",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let r = rt.block_on(async {
+                    tokio::time::timeout(
+                        Duration::from_secs(5),
+                        raw_request(
+                            &ep,
+                            Op::Get {
+                                key: Bytes::from("snap/last"),
+                                consistency: Consistency::Stale,
+                            },
+                        ),
+                    )
+                    .await
+                });
+                matches!(r, Ok(Ok(Ok(Outcome::Get(Some(ref kv))))) if kv.value == "latest")
+                    .then_some(())
+            },
+        );
+        start.elapsed()
+    };
+    eprintln!("follower {follower} caught up {caught_up_in:?} after restart");
+    // Follower reads on it (ReadIndex from the leader, thesis §6.4) see every write.
+    rt.block_on(async {
+        for t in 0..8 {
+            for i in (0..300).step_by(37).chain([299]) {
+                let key = format!("snap/{t}/{i:04}");
+                let r = raw_request(
+                    &endpoint_of(&key),
+                    Op::Get {
+                        key: Bytes::from(key.clone()),
+                        consistency: Consistency::Follower,
+                    },
+                )
+                .await;
+                match r {
+                    Ok(Ok(Outcome::Get(Some(kv)))) => {
+                        assert_eq!(kv.value, format!("{i}-{value}"), "{key}")
+                    }
+                    other => panic!("follower read of {key} on node {follower}: {other:?}"),
+                }
+            }
+        }
+    });
+    // The leaders compacted their logs past what the follower had, so it can only have caught
+    // up by receiving a snapshot (Raft §7, InstallSnapshot); the server logs each install
+    // ("installed snapshot") and the test checks the restarted process's part of the log.
+    let log = std::fs::read_to_string(cluster.log_path(follower)).unwrap_or_default();
+    let since_restart = &log[log.rfind("starting node").unwrap_or(0)..];
+    assert!(
+        since_restart.contains("installed snapshot"),
+        "node {follower} caught up without installing a snapshot (see its corum.log)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. restart the whole cluster
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn whole_cluster_restart_keeps_every_acknowledged_write() {
+    let _serial = serial();
+    let dir = test_dir("restart");
+    let mut cluster = Cluster::start(&dir, 3, 1, 4, base_port(3), "snapshot_log_bytes = 262144\n");
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    let writer = Writer::start(&rt, &c, "rs", 4);
+    writer.wait_more(1500, Duration::from_secs(60), "1500 acknowledged writes");
+    // kill -9 every node while writes are in flight: only fsynced data may survive, and all
+    // acknowledged data must.
+    for id in cluster.ids() {
+        cluster.kill9(id);
+    }
+    let (acked, _) = writer.finish(&rt);
+    drop(c);
+    let exit = cluster.local.wait_timeout(Duration::from_secs(10));
+    assert_eq!(
+        exit.and_then(|s| s.code()),
+        Some(1),
+        "corum local exits 1 when every node died"
+    );
+    let cluster_dir = cluster.dir.clone();
+    drop(cluster);
+
+    let cluster = Cluster::restart(&cluster_dir);
+    let c = rt.block_on(client(&cluster));
+    rt.block_on(check_all(&c, &acked));
+    eprintln!(
+        "{} acknowledged writes read back after a whole-cluster kill -9 and restart",
+        acked.len()
+    );
+    // And it takes writes again.
+    rt.block_on(c.put("rs/after", "yes"))
+        .expect("write after restart");
+    // Graceful stop: SIGTERM to corum local stops every node and exits 0.
+    let mut cluster = cluster;
+    let pids = cluster.all_pids();
+    let status = cluster.stop();
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    for pid in pids {
+        assert!(
+            !pid_alive(pid),
+            "node pid {pid} still running after corum local stopped"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. garbage, truncated and oversized frames on both ports
+// ---------------------------------------------------------------------------------------------
+
+/// Sends `bytes` (then half-closes when `shutdown`), and returns the frames the server sent back
+/// before closing. Fails if the server neither closes nor answers within 10 s.
+async fn attack(addr: &str, bytes: &[u8], shutdown: bool) -> Vec<wire::frame::Frame> {
+    attack_from(addr, bytes, shutdown).await.0
+}
+
+/// [`attack`], also returning the local address the attack came from (the server's log names
+/// it).
+async fn attack_from(
+    addr: &str,
+    bytes: &[u8],
+    shutdown: bool,
+) -> (Vec<wire::frame::Frame>, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let local = s.local_addr().expect("local addr").to_string();
+    // The server may close before reading everything: a write error is an acceptable end.
+    let _ = s.write_all(bytes).await;
+    if shutdown {
+        let _ = s.shutdown().await;
+    }
+    (
+        read_frames(&mut s, Duration::from_secs(10), false).await,
+        local,
+    )
+}
+
+fn frame_error(frames: &[wire::frame::Frame]) -> Option<ServerError> {
+    frames.iter().find_map(|f| {
+        (f.kind == FrameKind::ClientResponses)
+            .then(|| {
+                decode_responses(&f.body, &Limits::default())
+                    .ok()?
+                    .frame_error
+            })
+            .flatten()
+    })
+}
+
+#[test]
+fn bad_frames_on_both_ports_are_refused_and_the_cluster_keeps_serving() {
+    let _serial = serial();
+    let dir = test_dir("bad-frames");
+    let mut cluster = Cluster::start(&dir, 3, 1, 4, base_port(4), "");
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    let writer = Writer::start(&rt, &c, "bf", 2);
+    writer.wait_more(50, Duration::from_secs(30), "writes before the attacks");
+
+    let limits = Limits::default();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    // A valid request frame, to corrupt.
+    let mut good = BytesMut::new();
+    BodyEncoder::new()
+        .request_frame(
+            &mut good,
+            77,
+            &[Request {
+                id: 1,
+                session: 0,
+                seq: 0,
+                map_epoch: 0,
+                op: Op::Get {
+                    key: Bytes::from("k"),
+                    consistency: Consistency::Linearizable,
+                },
+            }],
+            &limits,
+        )
+        .unwrap();
+    let mut bad_crc = good.to_vec();
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    // A header announcing a body over the limit (checksums valid), then part of the body.
+    let mut oversized = BytesMut::new();
+    let big = Limits {
+        frame_bytes_max: 16 << 20,
+        ..limits
+    };
+    encode_frame(
+        &mut oversized,
+        FrameKind::ClientRequests,
+        78,
+        &vec![0u8; limits.frame_bytes_max],
+        &big,
+    )
+    .unwrap();
+    oversized.truncate(64 << 10);
+    // A frame whose checksums are right but whose body is not a valid flatbuffer.
+    let mut bad_body = BytesMut::new();
+    encode_frame(
+        &mut bad_body,
+        FrameKind::ClientRequests,
+        79,
+        &garbage[..256],
+        &limits,
+    )
+    .unwrap();
+    let mut peer_oversized = BytesMut::new();
+    encode_frame(
+        &mut peer_oversized,
+        FrameKind::PeerMessages,
+        80,
+        &vec![0u8; limits.frame_bytes_max],
+        &big,
+    )
+    .unwrap();
+    peer_oversized.truncate(64 << 10);
+    let mut peer_bad_body = BytesMut::new();
+    encode_frame(
+        &mut peer_bad_body,
+        FrameKind::PeerMessages,
+        81,
+        &garbage[..256],
+        &limits,
+    )
+    .unwrap();
+
+    let client_addr = cluster.client_addr(1);
+    let peer_addr = cluster.peer_addr(2);
+    let peer_log = cluster.log_path(2);
+    rt.block_on(async {
+        // Client port.
+        // Garbage has no frame id to answer: the node closes (EOF, checked by read_frames).
+        let f = attack(&client_addr, &garbage, false).await;
+        assert!(
+            f.iter()
+                .all(|f| frame_error(std::slice::from_ref(f)).is_some()),
+            "garbage: {f:?}"
+        );
+        let f = attack(&client_addr, &good[..20], true).await;
+        assert!(f.is_empty(), "truncated header answered: {f:?}");
+        let f = attack(&client_addr, &good[..good.len() - 3], true).await;
+        assert!(
+            f.iter().all(|f| f.kind == FrameKind::ClientResponses),
+            "truncated body: {f:?}"
+        );
+        let f = attack(&client_addr, &bad_crc, false).await;
+        assert!(
+            frame_error(&f).is_some(),
+            "bad body checksum: no typed error, got {f:?}"
+        );
+        let f = attack(&client_addr, &oversized, false).await;
+        match frame_error(&f) {
+            Some(ServerError::TooLarge { limit }) => {
+                assert_eq!(limit, limits.frame_bytes_max as u64)
+            }
+            other => panic!("oversized frame: expected TooLarge, got {other:?} ({f:?})"),
+        }
+        // A body that fails verification: a typed error, and the stream is still in sync, so
+        // the connection may stay open: half-close to end it.
+        let f = attack(&client_addr, &bad_body, true).await;
+        match frame_error(&f) {
+            Some(ServerError::InvalidArgument { .. }) => {}
+            other => panic!("unverifiable body: expected InvalidArgument, got {other:?} ({f:?})"),
+        }
+        // Peer port: no replies are owed to a stranger; the node closes (and logs) instead.
+        // Every refusal is logged with the connection's remote address; a frame cut short by
+        // the sender's close is an ordinary end of stream and need not be.
+        for (what, bytes, shutdown, logged) in [
+            ("garbage", &garbage[..], false, true),
+            ("truncated", &good[..20], true, false),
+            ("oversized", &peer_oversized[..], false, true),
+            ("unverifiable body", &peer_bad_body[..], true, true),
+            ("a client frame", &good[..], true, true),
+        ] {
+            let (f, from) = attack_from(&peer_addr, bytes, shutdown).await;
+            assert!(
+                f.iter().all(|f| f.kind != FrameKind::ClientResponses
+                    || frame_error(std::slice::from_ref(f)).is_some()),
+                "peer port, {what}: unexpected answer {f:?}"
+            );
+            if logged {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !std::fs::read_to_string(&peer_log)
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| l.contains(&from) && (l.contains("WARN") || l.contains("ERROR")))
+                {
+                    assert!(
+                        Instant::now() < deadline,
+                        "peer port, {what}: no warning naming {from} in {}",
+                        peer_log.display()
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    });
+
+    writer.wait_more(50, Duration::from_secs(30), "writes after the attacks");
+    let (acked, failed) = writer.finish(&rt);
+    assert_eq!(failed, 0, "the concurrent client saw failures");
+    rt.block_on(check_all(&c, &acked));
+    for pid in cluster.all_pids() {
+        assert!(pid_alive(pid), "node pid {pid} died");
+    }
+    assert!(rt.block_on(cluster_status(&c)).healthy());
+}
