@@ -207,6 +207,13 @@ struct SuiteCommon {
     /// Override every case's measurement window.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Override every case's warm-up.
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Override every case's number of connections (default 16; the concurrency stays, so
+    /// this sets the pipelining depth per connection).
+    #[arg(long)]
+    connections: Option<usize>,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -459,9 +466,15 @@ async fn cmd_suite(system: Option<System>, c: SuiteCommon, command: &str) -> Res
             }
         }
     }
-    if let Some(d) = c.duration {
-        for k in &mut cases {
+    for k in &mut cases {
+        if let Some(d) = c.duration {
             k.duration = d;
+        }
+        if let Some(w) = c.warmup {
+            k.warmup = w;
+        }
+        if let Some(n) = c.connections {
+            k.connections = n;
         }
     }
     let systems: Vec<System> = match system {
