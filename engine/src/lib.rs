@@ -1,17 +1,17 @@
 //! The corum server: thread-per-core Multi-Raft engine and the `corum` command.
 //!
-//! This crate currently holds the parts of the engine that depend on no other corum crate:
-//!
 //! - [`command`]: the command carried in a Raft log entry's data, with its versioned binary
 //!   encoding and size limits;
 //! - [`state_machine`]: one partition's replicated state (ordered map with etcd-like per-key
 //!   metadata, revision counter, applied index / term) and the exactly-once session table
 //!   (Raft thesis §6.3);
 //! - [`snapshot`]: the partition state as a checksummed, versioned file;
+//! - [`config`]: the node configuration (`corum serve` flags / TOML);
+//! - [`server`]: the node itself: thread-per-core glommio shards, each with its partitions'
+//!   Raft groups and state machines, one group-commit WAL, client and peer listeners.
+//!   [`server::run`] serves until SIGTERM/SIGINT; [`server::start`] returns a
+//!   [`server::ServerHandle`] to stop it (tests, embedding).
 //! - [`cli`]: the `corum` command (`serve`, `local`, `ctl`).
-//!
-//! The server (glommio shards, Raft groups, WAL, wire protocol) is built on top of these in the
-//! engine issue.
 #![deny(missing_docs)]
 
 pub mod cli;

@@ -143,6 +143,7 @@ async fn call(endpoint: &str, op: Op) -> Response {
         seq: 0,
         map_epoch: 0,
         op,
+        first_unacked: 0,
     };
     BodyEncoder::new()
         .request_frame(&mut out, 1, &[req], &limits)
@@ -246,11 +247,20 @@ fn three_nodes_replicate_serve_all_read_modes_and_survive_restart() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // One client per hash tag, each writing in order (session sequence numbers count per
-        // partition in the state machine's current session rules).
+        // One client (one session) for everything: its sequence numbers are global, so every
+        // partition sees gaps, and pipelined writes arrive out of order.
         let mut written = BTreeMap::new();
+        let cl = client(&cluster).await;
+        let pipelined = (0..300u32).map(|k| {
+            let cl = cl.clone();
+            tokio::spawn(async move { cl.put(format!("p-{k}"), format!("pv-{k}")).await })
+        });
+        for (k, task) in pipelined.collect::<Vec<_>>().into_iter().enumerate() {
+            let r = task.await.unwrap().expect("pipelined put");
+            assert!(r.written);
+            written.insert(format!("p-{k}"), format!("pv-{k}"));
+        }
         for tag in 0..6u32 {
-            let cl = client(&cluster).await;
             for k in 0..20u32 {
                 let v = format!("v-{tag}-{k}");
                 let r = cl.put(key(tag, k), v.clone()).await.unwrap();
@@ -558,6 +568,7 @@ fn bad_input_on_client_and_peer_ports_gets_errors_and_the_cluster_keeps_serving(
             seq: 0,
             map_epoch: 0,
             op: Op::Status,
+            first_unacked: 0,
         };
         BodyEncoder::new()
             .request_frame(&mut out, 100, &[req], &limits)
@@ -659,4 +670,129 @@ fn crc32c_of(b: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+fn big_key(w: u32, k: u32) -> String {
+    format!("{{big}}w{w}-k{k}")
+}
+
+#[test]
+fn large_values_overflowing_a_wal_batch_and_small_segments_are_durable() {
+    init_logs();
+    let t = Tuning {
+        wal_segment_bytes: 1 << 20,
+        value_bytes_max: 256 << 10,
+        frame_bytes_max: 2 << 20,
+        ..tuning()
+    };
+    let mut cluster = Cluster::new("large", t.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let value = |w: u32, k: u32| Bytes::from(vec![b'a' + (w * 7 + k) as u8 % 26; 150 << 10]);
+    let connect = |seeds: Vec<String>| async move {
+        let mut cfg = ClientConfig::new(seeds);
+        cfg.request_timeout = Duration::from_secs(20);
+        cfg.limits.frame_bytes_max = 2 << 20;
+        cfg.limits.value_bytes_max = 256 << 10;
+        Client::connect(cfg).await.unwrap()
+    };
+    rt.block_on(async {
+        // 12 writers at once on one partition (one hash tag), 150 KiB each: one turn's
+        // entries exceed the 1 MiB WAL batch, so the shard syncs in the middle of the turn and
+        // splits the append.
+        let mut tasks = Vec::new();
+        for w in 0..12u32 {
+            let cl = connect(cluster.seeds()).await;
+            tasks.push(tokio::spawn(async move {
+                for k in 0..4u32 {
+                    cl.put(big_key(w, k), value(w, k)).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    for id in 1..=3 {
+        cluster.stop(id);
+    }
+    for id in 1..=3 {
+        cluster.start(id);
+    }
+    rt.block_on(async {
+        let cl = connect(cluster.seeds()).await;
+        for w in 0..12u32 {
+            for k in 0..4u32 {
+                let got = cl.get(big_key(w, k)).await.unwrap().expect("present");
+                assert_eq!(got.value, value(w, k), "writer {w} key {k}");
+            }
+        }
+    });
+}
+
+#[test]
+fn requests_over_the_connection_limit_get_busy_and_every_request_is_answered() {
+    init_logs();
+    let cluster = Cluster::new(
+        "busy",
+        Tuning {
+            connection_requests_max: 4,
+            ..tuning()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let limits = Limits::default();
+        let mut s = tokio::net::TcpStream::connect(cluster.configs[0].client_addr)
+            .await
+            .unwrap();
+        // One frame with 50 requests: the connection may have 4 in flight, so the server
+        // accepts the first 4 and answers the other 46 with Busy at once.
+        let reqs: Vec<Request> = (1..=50)
+            .map(|id| Request {
+                id,
+                session: 0,
+                seq: 0,
+                map_epoch: 0,
+                op: Op::Status,
+                first_unacked: 0,
+            })
+            .collect();
+        let mut out = BytesMut::new();
+        BodyEncoder::new()
+            .request_frame(&mut out, 1, &reqs, &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let dec = FrameDecoder::new(limits);
+        let mut buf = BytesMut::new();
+        let mut answers = BTreeMap::new();
+        while answers.len() < 50 {
+            match dec.decode(&mut buf).unwrap() {
+                Some(f) => {
+                    for r in wire::decode_responses(&f.body, &limits).unwrap().responses {
+                        assert!(answers.insert(r.id, r.outcome).is_none(), "answered twice");
+                    }
+                }
+                None => assert!(s.read_buf(&mut buf).await.unwrap() > 0),
+            }
+        }
+        let busy = answers
+            .values()
+            .filter(|o| matches!(o, Err(ServerError::Busy)))
+            .count();
+        let ok = answers
+            .values()
+            .filter(|o| matches!(o, Ok(Outcome::Status(_))))
+            .count();
+        assert_eq!((ok, busy), (4, 46));
+        for id in 1..=4 {
+            assert!(matches!(answers[&id], Ok(Outcome::Status(_))));
+        }
+    });
 }

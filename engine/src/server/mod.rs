@@ -34,11 +34,34 @@
 //! uniformly over partitions `1..=partitions` in order ([`wire::ClusterMap::uniform`]).
 //! TODO(meta group): DESIGN.md keeps the map in a replicated meta group; not built yet.
 //!
+//! # Files and ports
+//! ```text
+//! data_dir/shard-<i>/wal/          the shard's WAL segments (wal crate format)
+//! data_dir/shard-<i>/snapshots/    <partition>-<index>-<term> snapshot files (engine::snapshot),
+//!                                  only the newest per partition is kept
+//! client_addr.port() + i           shard i's client listener
+//! peer_addr.port() + i             shard i's peer listener (shard i of every other node dials it)
+//! ```
+//!
+//! # Known limits of this version
+//! - Snapshot files are encoded on the shard thread and written (+ fsync) on glommio's
+//!   blocking thread pool; the shard's event loop waits for the write (sockets keep being
+//!   served), so a large partition's snapshot delays that shard's Raft turns meanwhile.
+//! - A shard's turn awaits its WAL sync before starting the next turn (the WAL could accept
+//!   the next turn's appends while one sync is in flight; not used yet).
+//! - Membership is static (no conf changes are proposed); the map epoch is always 1.
+//! - A request whose leader steps down is answered when another entry takes its index
+//!   (`NotLeader`), or after 10 s (`Timeout`); reads waiting on a read index likewise.
+//! - glommio 0.9 binds listeners with `SO_REUSEPORT`: a second process configured with the
+//!   same port binds it too, silently, and the kernel splits connections between the two.
+//!
 //! # Stopping
 //! [`run`] blocks SIGINT and SIGTERM in every thread, waits for one of them, then stops the
-//! shards like [`ServerHandle::stop`]: each shard notices the stop flag at its next tick
-//! (at most `tuning.tick_ms` later), drops its sockets and files and its thread ends. Nothing
-//! needs flushing: every acknowledged write was made durable before it was acknowledged.
+//! shards like [`ServerHandle::stop`]: each shard notices the stop flag at its next wake-up
+//! (at most one heartbeat interval, `heartbeat_ticks * tick_ms`, later), drops its sockets
+//! and files, and its thread ends. Nothing needs flushing: every acknowledged write was made
+//! durable before it was acknowledged. [`run`] also returns (with the shard's error) when a
+//! shard stops on its own after a fatal error such as a failed `fdatasync`.
 
 mod convert;
 mod net;

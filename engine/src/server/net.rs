@@ -40,6 +40,9 @@ pub const HELLO_PARTITION: u64 = u64::MAX;
 pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"CORUMHI1");
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Most frame-level error replies waiting on one connection; a client that keeps sending bad
+/// frames without reading the replies is disconnected.
+const FRAME_ERRORS_MAX: usize = 64;
 /// Most responses encoded into one frame.
 const RESPONSES_PER_FRAME_MAX: usize = 1024;
 /// Most encoded frames queued for one peer; beyond it frames are dropped (Raft retransmits).
@@ -250,6 +253,9 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                                 reason: format!("frame kind {:?} on the client port", frame.kind),
                             },
                         );
+                        if out.frame_errors.borrow().len() >= FRAME_ERRORS_MAX {
+                            break 'conn "too many bad frames unanswered";
+                        }
                         continue;
                     }
                     let requests = match wire::decode_requests(&frame.body, &io.limits) {
@@ -257,9 +263,17 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                         Err(e) => {
                             tracing::warn!(client = %peer, error = %e, "bad request frame body");
                             out.frame_error(frame.request_id, e.to_server_error());
+                            if out.frame_errors.borrow().len() >= FRAME_ERRORS_MAX {
+                                break 'conn "too many bad frames unanswered";
+                            }
                             continue;
                         }
                     };
+                    // Busy answers are not counted in flight: a client that floods requests
+                    // without reading its answers is disconnected rather than buffered.
+                    if out.responses.borrow().len() > 2 * inflight_max {
+                        break 'conn "client does not read its responses";
+                    }
                     let mut queued = false;
                     for r in requests {
                         if out.inflight.get() >= inflight_max {

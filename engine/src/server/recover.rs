@@ -57,6 +57,16 @@ pub fn remove_older_snapshots(dir: &Path, partition: u64, keep_index: u64) {
     }
 }
 
+/// The state machine settings of `partition`; they must be equal on every replica, since
+/// session eviction depends on them.
+pub fn sm_config(partition: u64, tuning: &crate::config::Tuning) -> SmConfig {
+    SmConfig {
+        partition_id: partition,
+        sessions_max: tuning.sessions_max,
+        session_results_max: tuning.session_results_max,
+    }
+}
+
 /// Recovers (or bootstraps) one partition. Returns the Raft restart state and the state machine
 /// as of the snapshot.
 pub async fn recover_partition(
@@ -65,23 +75,20 @@ pub async fn recover_partition(
     snap_dir: &Path,
     partition: u64,
     voters: &[u64],
-    sessions_max: usize,
+    tuning: &crate::config::Tuning,
 ) -> Result<(RestartState, StateMachine), ServerError> {
     let err = |reason: String| ServerError::Recovery {
         shard,
         partition,
         reason,
     };
-    let sm_config = SmConfig {
-        partition_id: partition,
-        sessions_max,
-    };
+    let sm_config = sm_config(partition, tuning);
     let (snap, sm) = match newest_snapshot_file(snap_dir, partition) {
         Some((path, index, term)) => {
             let bytes =
                 std::fs::read(&path).map_err(|e| err(format!("read {}: {e}", path.display())))?;
             let bytes = Bytes::from(bytes);
-            let decoded = snapshot::decode(&bytes, sessions_max)
+            let decoded = snapshot::decode(&bytes, &sm_config)
                 .map_err(|e| err(format!("snapshot file {}: {e}", path.display())))?;
             if decoded.meta.applied_index != index
                 || decoded.meta.applied_term != term

@@ -206,7 +206,8 @@ impl Shard {
         }
         let wal_cfg = WalConfig {
             segment_bytes: config.tuning.wal_segment_bytes,
-            batch_bytes_max: (config.tuning.wal_segment_bytes / 4).min(8 << 20),
+            // Room for the largest entry (a frame) and then some; at most 16 MiB of memory.
+            batch_bytes_max: (config.tuning.wal_segment_bytes - 8192).min(16 << 20),
             ..WalConfig::default()
         };
         let wal = Wal::open(&wal_dir, wal_cfg).await.map_err(wal_err(i))?;
@@ -219,15 +220,8 @@ impl Shard {
             if !voters.contains(&config.id) {
                 continue;
             }
-            let (state, sm) = recover::recover_partition(
-                i,
-                &wal,
-                &snap_dir,
-                p,
-                &voters,
-                config.tuning.sessions_max,
-            )
-            .await?;
+            let (state, sm) =
+                recover::recover_partition(i, &wal, &snap_dir, p, &voters, &config.tuning).await?;
             let raft = RawNode::new(raft_config(&config, p), state).map_err(|e| {
                 ServerError::Recovery {
                     shard: i,
@@ -716,26 +710,16 @@ impl Shard {
             if let Some(s) = &rd.snapshot {
                 // The file is durable (write_file fsyncs) before the WAL drops any entry.
                 let name = snapshot::file_name(*p, s.meta.index, s.meta.term);
-                snapshot::write_file(&self.snap_dir, &name, &s.data).map_err(|e| {
-                    ServerError::Snapshot {
-                        shard: self.i,
-                        reason: e.to_string(),
-                    }
-                })?;
+                write_snapshot_file(self.i, &self.snap_dir, name, s.data.clone()).await?;
                 if self.wal.last_index(*p) > s.meta.index {
-                    self.wal
-                        .truncate(*p, s.meta.index + 1)
-                        .map_err(wal_err(self.i))?;
+                    let from = s.meta.index + 1;
+                    wal_op(self.i, &self.wal, |w| w.truncate(*p, from)).await?;
                 }
-                self.wal
-                    .compact(
-                        *p,
-                        SnapshotPoint {
-                            index: s.meta.index,
-                            term: s.meta.term,
-                        },
-                    )
-                    .map_err(wal_err(self.i))?;
+                let point = SnapshotPoint {
+                    index: s.meta.index,
+                    term: s.meta.term,
+                };
+                wal_op(self.i, &self.wal, |w| w.compact(*p, point)).await?;
                 part.log_bytes = 0;
             }
             if let Some(first) = rd.entries.first() {
@@ -746,20 +730,16 @@ impl Shard {
                         .map_err(wal_err(self.i))?;
                 }
                 let entries: Vec<wal::Entry> = rd.entries.iter().map(convert::to_wal).collect();
-                self.wal.append(*p, &entries).map_err(wal_err(self.i))?;
+                append_entries(self.i, &self.wal, *p, &entries).await?;
                 part.log_bytes += rd.entries.iter().map(|e| e.size_bytes()).sum::<u64>();
             }
             if let Some(hs) = rd.hard_state {
-                self.wal
-                    .put_hard_state(
-                        *p,
-                        wal::HardState {
-                            term: hs.term,
-                            vote: hs.vote,
-                            commit: hs.commit,
-                        },
-                    )
-                    .map_err(wal_err(self.i))?;
+                let hs = wal::HardState {
+                    term: hs.term,
+                    vote: hs.vote,
+                    commit: hs.commit,
+                };
+                wal_op(self.i, &self.wal, |w| w.put_hard_state(*p, hs)).await?;
             }
         }
         if must_sync {
@@ -787,20 +767,20 @@ impl Shard {
         self.send(after);
         // 4. Apply, answer writers and readers.
         for (p, rd) in readies {
-            self.apply_ready(p, rd)?;
+            self.apply_ready(p, rd).await?;
         }
         self.publish();
         Ok(true)
     }
 
-    fn apply_ready(&mut self, p: u64, rd: Ready) -> Result<(), ServerError> {
+    async fn apply_ready(&mut self, p: u64, rd: Ready) -> Result<(), ServerError> {
         let i = self.i;
-        let sessions_max = self.config.tuning.sessions_max;
+        let sm_config = recover::sm_config(p, &self.config.tuning);
         let snapshot_log_bytes = self.config.tuning.snapshot_log_bytes;
         let part = self.parts.get_mut(&p).ok_or_else(|| internal(i, p))?;
         if let Some(s) = rd.snapshot {
             let decoded =
-                snapshot::decode(&s.data, sessions_max).map_err(|e| ServerError::Snapshot {
+                snapshot::decode(&s.data, &sm_config).map_err(|e| ServerError::Snapshot {
                     shard: i,
                     reason: format!("received snapshot of partition {p}: {e}"),
                 })?;
@@ -889,7 +869,7 @@ impl Shard {
         }
         // Snapshot when the retained log is large (Raft paper §7).
         if part.log_bytes >= snapshot_log_bytes && applied > part.raft.first_index() {
-            take_snapshot(i, &self.snap_dir, &self.wal, part)?;
+            take_snapshot(i, &self.snap_dir, &self.wal, part).await?;
         }
         Ok(())
     }
@@ -966,8 +946,66 @@ fn internal(shard: usize, partition: u64) -> ServerError {
     }
 }
 
+/// Runs a buffering WAL operation; when the WAL's batch is full (`batch_bytes_max`), makes the
+/// batch durable first and retries once. Syncing in the middle of a turn keeps the order of
+/// Readys; they are reported persisted only after the turn's final sync.
+async fn wal_op(
+    shard: usize,
+    wal: &Wal,
+    f: impl Fn(&Wal) -> Result<(), wal::WalError>,
+) -> Result<(), ServerError> {
+    match f(wal) {
+        Err(wal::WalError::BatchFull { bytes, bytes_max }) => {
+            tracing::debug!(shard, bytes, bytes_max, "WAL batch full; syncing mid-turn");
+            wal.sync().await.map_err(wal_err(shard))?;
+            f(wal).map_err(wal_err(shard))
+        }
+        r => r.map_err(wal_err(shard)),
+    }
+}
+
+/// Appends entries, splitting them when they do not fit in one WAL batch.
+async fn append_entries(
+    shard: usize,
+    wal: &Wal,
+    partition: u64,
+    entries: &[wal::Entry],
+) -> Result<(), ServerError> {
+    match wal_op(shard, wal, |w| w.append(partition, entries)).await {
+        Err(ServerError::Wal {
+            source: wal::WalError::BatchFull { .. },
+            ..
+        }) if entries.len() > 1 => {
+            let (a, b) = entries.split_at(entries.len() / 2);
+            Box::pin(append_entries(shard, wal, partition, a)).await?;
+            Box::pin(append_entries(shard, wal, partition, b)).await
+        }
+        r => r,
+    }
+}
+
+/// Writes a snapshot file (write, fsync, rename, fsync the directory: `snapshot::write_file`)
+/// on glommio's blocking thread pool, so the shard's other tasks (sockets) keep running while
+/// the disk works. The shard's event loop still waits for it: the WAL must not drop entries
+/// before the file is durable.
+async fn write_snapshot_file(
+    shard: usize,
+    dir: &std::path::Path,
+    name: String,
+    data: Bytes,
+) -> Result<(), ServerError> {
+    let dir = dir.to_path_buf();
+    glommio::executor()
+        .spawn_blocking(move || snapshot::write_file(&dir, &name, &data).map(|_| ()))
+        .await
+        .map_err(|e| ServerError::Snapshot {
+            shard,
+            reason: e.to_string(),
+        })
+}
+
 /// Writes a snapshot of `part` at its applied index, compacts Raft's log and the WAL behind it.
-fn take_snapshot(
+async fn take_snapshot(
     i: usize,
     snap_dir: &std::path::Path,
     wal: &Wal,
@@ -977,12 +1015,7 @@ fn take_snapshot(
     let term = part.sm.applied_term();
     let data = snapshot::encode(&part.sm, &convert::encode_conf(part.raft.conf()));
     let name = snapshot::file_name(part.id, index, term);
-    // TODO(engine): blocking std::fs write + fsync on the shard thread (snapshot module docs);
-    // move to glommio's blocking pool or a DMA stream writer.
-    snapshot::write_file(snap_dir, &name, &data).map_err(|e| ServerError::Snapshot {
-        shard: i,
-        reason: e.to_string(),
-    })?;
+    write_snapshot_file(i, snap_dir, name, data.clone()).await?;
     let bytes = data.len();
     match part.raft.compact(index, data) {
         Ok(()) => {}
@@ -991,8 +1024,10 @@ fn take_snapshot(
             return Ok(());
         }
     }
-    wal.compact(part.id, SnapshotPoint { index, term })
-        .map_err(wal_err(i))?;
+    wal_op(i, wal, |w| {
+        w.compact(part.id, SnapshotPoint { index, term })
+    })
+    .await?;
     recover::remove_older_snapshots(snap_dir, part.id, index);
     part.log_bytes = 0;
     tracing::info!(
@@ -1101,6 +1136,7 @@ fn to_command(req: &Request) -> Result<Command, WireError> {
     let session = (req.session != 0).then_some(Session {
         client_id: req.session,
         sequence: req.seq,
+        first_unacked: req.first_unacked,
     });
     if session.is_some() && req.seq == 0 {
         return Err(WireError::InvalidArgument {
@@ -1125,11 +1161,11 @@ fn to_response(
         Ok(r) => r,
         Err(e) => {
             let err = match e {
-                ApplyError::SessionSequenceStale { .. } | ApplyError::SessionExpired { .. } => {
-                    WireError::InvalidArgument {
-                        reason: e.to_string(),
-                    }
-                }
+                // The client already had an answer for this sequence, or gave up waiting for
+                // it; not retryable, and the write's outcome is unknown to this request.
+                ApplyError::SessionSequenceStale { .. } => WireError::InvalidArgument {
+                    reason: e.to_string(),
+                },
                 other => WireError::Internal {
                     reason: other.to_string(),
                 },
