@@ -10,8 +10,8 @@
 //! - [`server`]: the node itself: thread-per-core glommio shards, each with its partitions'
 //!   Raft groups and state machines, one group-commit WAL, client and peer listeners.
 //!   [`server::run`] serves until SIGTERM/SIGINT; [`server::start`] returns a
-//!   [`server::ServerHandle`] to stop it (tests, embedding).
-//! - [`cli`]: the `corum` command (`serve`, `local`, `ctl`).
+//!   [`server::ServerHandle`] to stop it (tests, embedding);
+//! - [`cli`]: the `corum` command (`serve`, `local`, `ctl`; see `engine/CLI.md`).
 #![deny(missing_docs)]
 
 pub mod cli;
