@@ -146,7 +146,6 @@ async fn check_all(c: &Client, acked: &BTreeMap<String, String>) {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "fails until the client's session numbering and the state machine's session rule agree (engine/CLI.md, Known issue); run with --ignored"]
 fn local_cluster_serves_every_operation_through_client_and_ctl() {
     let _serial = serial();
     let dir = test_dir("ops");
@@ -392,7 +391,6 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "fails until the client's session numbering and the state machine's session rule agree (engine/CLI.md, Known issue); run with --ignored"]
 fn killing_a_leader_loses_no_acknowledged_write() {
     let _serial = serial();
     let dir = test_dir("leader-kill");
@@ -461,6 +459,7 @@ async fn raw_request(endpoint: &str, op: Op) -> Result<Result<Outcome, ServerErr
         seq: 0,
         map_epoch: 0,
         op,
+        first_unacked: 0,
     };
     BodyEncoder::new()
         .request_frame(&mut out, 1, &[req], &limits)
@@ -509,7 +508,6 @@ async fn read_frames(
 }
 
 #[test]
-#[ignore = "fails until the client's session numbering and the state machine's session rule agree (engine/CLI.md, Known issue); run with --ignored"]
 fn restarted_follower_catches_up_by_snapshot_and_serves_follower_reads() {
     let _serial = serial();
     let dir = test_dir("snapshot");
@@ -722,7 +720,6 @@ fn frame_error(frames: &[wire::frame::Frame]) -> Option<ServerError> {
 }
 
 #[test]
-#[ignore = "fails until the client's session numbering and the state machine's session rule agree (engine/CLI.md, Known issue); run with --ignored"]
 fn bad_frames_on_both_ports_are_refused_and_the_cluster_keeps_serving() {
     let _serial = serial();
     let dir = test_dir("bad-frames");
@@ -751,6 +748,7 @@ fn bad_frames_on_both_ports_are_refused_and_the_cluster_keeps_serving() {
                     key: Bytes::from("k"),
                     consistency: Consistency::Linearizable,
                 },
+                first_unacked: 0,
             }],
             &limits,
         )

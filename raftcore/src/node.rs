@@ -142,6 +142,8 @@ pub struct RawNode {
     lease_until_tick: u64,
     /// No lease reads before this tick (set when this leader hands leadership away).
     lease_blocked_until_tick: u64,
+    /// Term in which this node last sent TimeoutNow: no lease reads for the rest of it.
+    timeout_now_term: u64,
     need_read_round: bool,
     need_broadcast: bool,
     transferee: u64,
@@ -173,10 +175,23 @@ impl RawNode {
             }
             prev_term = e.term;
         }
+        // The Ready contract writes entries before the hard state, so a crash may keep entries
+        // of a term whose hard state never reached the disk (a follower that first hears of a
+        // term through an Append carrying entries of that term). That is a legal durable state,
+        // not corruption: adopt the log's term with no vote. No vote in that term can have been
+        // sent, because a vote is sent only once the hard state holding it is durable
+        // (thesis §3.8); the raised term is persisted with the next Ready.
+        let durable_hard_state = hard_state;
+        let mut hard_state = hard_state;
         if hard_state.term < prev_term {
-            return Err(Error::InvalidRestartState(
-                "hard state term below last entry term",
-            ));
+            tracing::warn!(
+                id = cfg.id,
+                hard_state_term = hard_state.term,
+                log_term = prev_term,
+                "durable log is ahead of the durable term (torn write); adopting the log's term"
+            );
+            hard_state.term = prev_term;
+            hard_state.vote = 0;
         }
         let log = RaftLog::new(snap_index, snapshot.meta.term, entries, hard_state.commit);
         let mut rng = SplitMix64::new(cfg.seed ^ 0x5eed_0000_0000_0000 ^ cfg.id);
@@ -202,7 +217,7 @@ impl RawNode {
             msgs_after_persist: Vec::new(),
             pending_readies: VecDeque::new(),
             ready_seq: 0,
-            last_hard_state: hard_state,
+            last_hard_state: durable_hard_state,
             snapshot,
             received_snapshot: None,
             assembly: None,
@@ -213,6 +228,7 @@ impl RawNode {
             round_sent_ticks: VecDeque::new(),
             lease_until_tick: 0,
             lease_blocked_until_tick: 0,
+            timeout_now_term: 0,
             need_read_round: false,
             need_broadcast: false,
             transferee: 0,
@@ -222,6 +238,26 @@ impl RawNode {
             log,
             cfg,
         };
+        // The commit index is durable only through the hard state, which the Ready contract
+        // writes after the entries, so a crash can lose it while keeping the entries. Membership
+        // changes take effect when known committed, so a lost commit index would put this node
+        // back under an older configuration than one the cluster already left: a removed voter
+        // holding C_old,new and C_new in its log could then be elected by a C_old majority while
+        // C_new commits on its own (thesis §4.3 needs every decision to be made under the
+        // latest configuration). Recover the knowledge instead: a leader proposes a membership
+        // change only once every earlier change in its log is applied (one at a time,
+        // `propose_conf_change`), so in any log every ConfChange entry that is followed by
+        // another ConfChange entry is committed, and so is everything before it.
+        let mut conf_entries = (node.log.committed + 1..=node.log.last_index())
+            .filter(|&i| {
+                node.log
+                    .entry(i)
+                    .is_some_and(|e| e.kind == EntryKind::ConfChange)
+            })
+            .rev();
+        if let (Some(_), Some(known)) = (conf_entries.next(), conf_entries.next()) {
+            node.log.commit_to(known);
+        }
         node.last_hard_state.commit = node.log.committed;
         // Membership changes committed before the crash take effect again at once.
         let upto = node.log.committed;
@@ -1300,6 +1336,10 @@ impl RawNode {
         // void from now on.
         self.lease_until_tick = 0;
         self.lease_blocked_until_tick = self.ticks + 2 * self.cfg.election_ticks_min as u64;
+        // The TimeoutNow may arrive long after the transfer was abandoned (a slow link), and
+        // still elect its target past the voters' lease check: no lease for this term again
+        // (reads fall back to a confirming heartbeat round, thesis §6.4).
+        self.timeout_now_term = self.term;
         let m = Message::new(MessageKind::TimeoutNow, self.id, to, self.term);
         self.msgs.push(m);
     }
@@ -1503,6 +1543,7 @@ impl RawNode {
         let single = self.conf.voters == [self.id] && self.conf.voters_outgoing.is_empty();
         let lease = self.cfg.lease_reads
             && self.transferee == 0
+            && self.timeout_now_term != self.term
             && self.ticks >= self.lease_blocked_until_tick
             && self.ticks < self.lease_until_tick;
         if single || lease {

@@ -320,8 +320,9 @@ struct Disk {
 }
 
 impl Disk {
-    /// Applies (part of) a write in the contract's order: snapshot, entries, hard state.
-    fn apply(&mut self, w: &Write, entries_kept: usize) {
+    /// Applies (part of) a write in the contract's order: snapshot, entries, hard state. The
+    /// hard state is written only if every entry was, and then only if `hard_state_kept`.
+    fn apply(&mut self, w: &Write, entries_kept: usize, hard_state_kept: bool) {
         if let Some(s) = &w.snapshot {
             let idx = s.meta.index;
             self.entries.retain(|e| e.index > idx);
@@ -338,7 +339,7 @@ impl Disk {
                 }
             }
         }
-        if entries_kept == w.entries.len() {
+        if entries_kept == w.entries.len() && hard_state_kept {
             if let Some(hs) = w.hard_state {
                 self.hard_state = hs;
             }
@@ -422,6 +423,9 @@ struct Sim {
     faults: Faults,
     tuning: Tuning,
     rng: SplitMix64,
+    /// Decides whether a torn write that kept all its entries also kept its hard state
+    /// (separate generator, so the rest of the fault schedule is unchanged).
+    tear_rng: SplitMix64,
     now: u64,
     nodes: Vec<Node>,
     net: Vec<InFlight>,
@@ -554,6 +558,7 @@ impl Sim {
             faults,
             tuning,
             rng,
+            tear_rng: SplitMix64::new(seed ^ 0x7ea2_0000_0000_0000),
             now: 0,
             nodes,
             net: Vec::new(),
@@ -889,7 +894,7 @@ impl Sim {
                 let mut msgs = Vec::new();
                 for mut w in writes {
                     let k = w.entries.len();
-                    self.nodes[n].replicas[g].disk.apply(&w, k);
+                    self.nodes[n].replicas[g].disk.apply(&w, k, true);
                     msgs.append(&mut w.persisted_messages);
                 }
                 for m in msgs {
@@ -1095,16 +1100,19 @@ impl Sim {
             let rep = &mut node.replicas[g];
             rep.raw = None;
             // Unsynced writes: a random prefix of them reached the disk anyway, the last of
-            // those torn (only a prefix of its entries, and no hard state unless all entries).
+            // those torn (only a prefix of its entries, and no hard state unless all entries;
+            // the contract writes the hard state last, so even with all entries it may be
+            // missing).
             let writes: Vec<Write> = rep.disk.unsynced.drain(..).collect();
             let survive = self.rng.below(writes.len() as u64 + 1) as usize;
             for (i, w) in writes.iter().enumerate().take(survive) {
-                let k = if i + 1 == survive {
-                    self.rng.below(w.entries.len() as u64 + 1) as usize
+                let (k, hs) = if i + 1 == survive {
+                    let k = self.rng.below(w.entries.len() as u64 + 1) as usize;
+                    (k, self.tear_rng.below(2) == 0)
                 } else {
-                    w.entries.len()
+                    (w.entries.len(), true)
                 };
-                rep.disk.apply(w, k);
+                rep.disk.apply(w, k, hs);
             }
             for (_, (_, c)) in std::mem::take(&mut rep.pending_writes) {
                 lost_clients.push(c);

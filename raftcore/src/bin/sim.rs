@@ -35,11 +35,16 @@ fn main() {
         trace,
         ..SimConfig::default()
     };
-    let (mut passed, mut failed) = (0u64, 0u64);
+    let (mut passed, mut failed, mut lin_unknown) = (0u64, 0u64, 0u64);
     for seed in range {
         match run(seed, &cfg) {
             Ok(stats) => {
                 passed += 1;
+                if stats.lin_unknown {
+                    // Not a failure, but not a verdict either: the history was not checked.
+                    lin_unknown += 1;
+                    println!("seed {seed}: linearizability search ran out of budget (unknown)");
+                }
                 if verbose {
                     println!("seed {seed}: ok {stats:?}");
                 }
@@ -49,6 +54,9 @@ fn main() {
                 println!("FAIL {f}");
             }
         }
+    }
+    if lin_unknown > 0 {
+        println!("sim: {lin_unknown} of the passed seeds have no linearizability verdict");
     }
     println!("sim: {passed} seeds passed, {failed} failed");
     if failed > 0 {
