@@ -4,6 +4,8 @@
 //! - [`target`]: the [`target::Target`] / [`target::Connection`] traits every system under test
 //!   implements (put, get with a consistency level, compare-and-set, range, delete), plus the
 //!   in-process [`target::mem::MemTarget`] that measures loadgen's own overhead;
+//! - [`corum`]: the corum target (the wire crate's Rust client) and [`localcorum`], a 3-node
+//!   corum cluster on loopback started through `corum local`;
 //! - [`etcd`]: the etcd v3 target (gRPC through the `etcd-client` crate) and [`localetcd`], a
 //!   3-member etcd cluster on loopback that loadgen starts and stops itself;
 //! - [`keys`] and [`workload`]: key distributions (uniform, zipfian, sequential) and operation
@@ -15,9 +17,11 @@
 //! - [`suite`]: the standard suite of issue 6 and `compare`.
 #![deny(missing_docs)]
 
+pub mod corum;
 pub mod cpu;
 pub mod etcd;
 pub mod keys;
+pub mod localcorum;
 pub mod localetcd;
 pub mod report;
 pub mod runner;

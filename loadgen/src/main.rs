@@ -6,11 +6,13 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use loadgen::corum::CorumTarget;
 use loadgen::etcd::EtcdTarget;
 use loadgen::keys::Distribution;
+use loadgen::localcorum::CorumLaunch;
 use loadgen::report::{self, CaseSummary, Machine, Report};
 use loadgen::runner::{run, RunConfig, RunResult};
-use loadgen::suite::{self, LocalSystem, SuiteOptions, System, CORUM_NOT_BUILT};
+use loadgen::suite::{self, LocalOptions, LocalSystem, SuiteOptions, System};
 use loadgen::target::mem::MemTarget;
 use loadgen::target::Consistency;
 use loadgen::workload::Workload;
@@ -46,7 +48,7 @@ enum Cmd {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
-    /// corum, native protocol (not built yet).
+    /// corum, native protocol (the wire crate's client).
     Corum,
     /// etcd v3 gRPC API.
     Etcd,
@@ -144,6 +146,26 @@ struct OutArgs {
     /// A note to record in the report (repeatable), e.g. that the machine was shared.
     #[arg(long)]
     note: Vec<String>,
+    /// The `corum` binary for local corum clusters. Default: `$CORUM_BIN`, else built with
+    /// `cargo build --release -p engine --bin corum` in the source tree loadgen came from, else
+    /// `corum` next to loadgen or on PATH.
+    #[arg(long)]
+    corum_bin: Option<PathBuf>,
+    /// An extra argument for `corum local` (repeatable), e.g. `--corum-local-arg=--partitions=16`.
+    #[arg(long, allow_hyphen_values = true)]
+    corum_local_arg: Vec<String>,
+}
+
+impl OutArgs {
+    fn local_options(&self) -> LocalOptions {
+        LocalOptions {
+            data_root: self.data_root.clone(),
+            corum: CorumLaunch {
+                bin: self.corum_bin.clone(),
+                local_args: self.corum_local_arg.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -185,6 +207,13 @@ struct SuiteCommon {
     /// Override every case's measurement window.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Override every case's warm-up.
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Override every case's number of connections (default 16; the concurrency stays, so
+    /// this sets the pipelining depth per connection).
+    #[arg(long)]
+    connections: Option<usize>,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -330,24 +359,38 @@ async fn cmd_run(a: RunArgs, command: &str) -> Result<(), CliError> {
         .unwrap_or_else(|| format!("{system}-{workload}"));
     let cfg = run_config(&a, name.clone())?;
     let result = match a.target {
-        TargetKind::Corum => return Err(CliError::Usage(CORUM_NOT_BUILT.into())),
+        TargetKind::Corum | TargetKind::Etcd if a.local => {
+            if !a.endpoints.is_empty() {
+                return Err(CliError::Usage(
+                    "--local and --endpoints exclude each other".into(),
+                ));
+            }
+            let system = if a.target == TargetKind::Corum {
+                System::Corum
+            } else {
+                System::Etcd
+            };
+            let local = LocalSystem::start_with(system, &a.out.local_options()).await?;
+            let r = local.run(&cfg).await?;
+            local.stop();
+            r
+        }
+        TargetKind::Corum => {
+            if a.endpoints.is_empty() {
+                return Err(CliError::Usage(
+                    "--target corum needs --endpoints or --local".into(),
+                ));
+            }
+            let target =
+                CorumTarget::new(a.endpoints.clone())?.with_request_timeout(cfg.op_timeout);
+            run(&target, &cfg).await?
+        }
         TargetKind::Mem if a.local || !a.endpoints.is_empty() => {
             return Err(CliError::Usage(
                 "--target mem takes neither --local nor --endpoints".into(),
             ))
         }
         TargetKind::Mem => run(&MemTarget::new(), &cfg).await?,
-        TargetKind::Etcd if a.local => {
-            if !a.endpoints.is_empty() {
-                return Err(CliError::Usage(
-                    "--local and --endpoints exclude each other".into(),
-                ));
-            }
-            let local = LocalSystem::start(System::Etcd, &a.out.data_root).await?;
-            let r = local.run(&cfg).await?;
-            local.stop();
-            r
-        }
         TargetKind::Etcd => {
             if a.endpoints.is_empty() {
                 return Err(CliError::Usage(
@@ -423,17 +466,23 @@ async fn cmd_suite(system: Option<System>, c: SuiteCommon, command: &str) -> Res
             }
         }
     }
-    if let Some(d) = c.duration {
-        for k in &mut cases {
+    for k in &mut cases {
+        if let Some(d) = c.duration {
             k.duration = d;
+        }
+        if let Some(w) = c.warmup {
+            k.warmup = w;
+        }
+        if let Some(n) = c.connections {
+            k.connections = n;
         }
     }
     let systems: Vec<System> = match system {
         Some(s) => vec![s],
-        // compare: corum first, so that until it exists the command fails before any etcd load.
+        // compare: corum first, so a corum that cannot start fails before any etcd load.
         None => vec![System::Corum, System::Etcd],
     };
-    let runs = suite::run_cases(&systems, &cases, &o.data_root).await?;
+    let runs = suite::run_cases(&systems, &cases, &c.out.local_options()).await?;
     let summaries: Vec<CaseSummary> = runs.iter().map(CaseSummary::from_run).collect();
     let ratios = if system.is_none() {
         suite::ratios(&summaries)

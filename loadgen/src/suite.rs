@@ -15,18 +15,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::corum::CorumTarget;
 use crate::etcd::EtcdTarget;
 use crate::keys::Distribution;
+use crate::localcorum::{CorumLaunch, LocalCorum};
 use crate::localetcd::LocalEtcd;
 use crate::report::{CaseSummary, Ratios};
 use crate::runner::{run, RunConfig, RunError, RunResult};
 use crate::target::{Consistency, TargetError};
 use crate::workload::Workload;
-
-/// The message every corum entry point gives until the engine and the wire client exist.
-pub const CORUM_NOT_BUILT: &str = "the corum target is not built yet: it needs the engine \
-     (`corum local`) and the wire crate's client, which do not exist in this build; \
-     use `--target etcd` (with `--local` to start a local etcd cluster)";
 
 /// A system loadgen can benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -48,17 +45,51 @@ pub enum LocalSystem {
         /// The target over their endpoints.
         target: EtcdTarget,
     },
-    // corum: add `Corum { cluster: LocalCorum, target: CorumTarget }` here once the engine's
-    // `corum local` and the wire client exist, and the matching arms below.
+    /// A 3-node corum cluster run by `corum local`.
+    Corum {
+        /// The running cluster.
+        cluster: LocalCorum,
+        /// The target over its client endpoints.
+        target: CorumTarget,
+    },
+}
+
+/// How to start local clusters.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Where the clusters keep their data (a temporary directory is made inside).
+    pub data_root: PathBuf,
+    /// How to start corum (binary, extra `corum local` arguments).
+    pub corum: CorumLaunch,
+}
+
+impl LocalOptions {
+    /// Data under `data_root`, corum found by [`crate::localcorum::locate_corum`].
+    pub fn new(data_root: &Path) -> Self {
+        LocalOptions {
+            data_root: data_root.to_path_buf(),
+            corum: CorumLaunch::default(),
+        }
+    }
 }
 
 impl LocalSystem {
-    /// Starts a local cluster of `system`, its data under `data_root`.
+    /// Starts a local cluster of `system`, its data under `data_root` (corum found by
+    /// [`crate::localcorum::locate_corum`]).
     pub async fn start(system: System, data_root: &Path) -> Result<Self, TargetError> {
+        Self::start_with(system, &LocalOptions::new(data_root)).await
+    }
+
+    /// Starts a local cluster of `system` with these options.
+    pub async fn start_with(system: System, o: &LocalOptions) -> Result<Self, TargetError> {
         match system {
-            System::Corum => Err(TargetError::Unavailable(CORUM_NOT_BUILT.into())),
+            System::Corum => {
+                let cluster = LocalCorum::start(&o.data_root, &o.corum).await?;
+                let target = CorumTarget::new(cluster.endpoints().to_vec())?;
+                Ok(LocalSystem::Corum { cluster, target })
+            }
             System::Etcd => {
-                let cluster = LocalEtcd::start(data_root).await?;
+                let cluster = LocalEtcd::start(&o.data_root).await?;
                 let target = EtcdTarget::new(cluster.endpoints().to_vec())?;
                 Ok(LocalSystem::Etcd { cluster, target })
             }
@@ -69,6 +100,7 @@ impl LocalSystem {
     pub fn pids(&self) -> Vec<u32> {
         match self {
             LocalSystem::Etcd { cluster, .. } => cluster.pids(),
+            LocalSystem::Corum { cluster, .. } => cluster.pids(),
         }
     }
 
@@ -78,6 +110,10 @@ impl LocalSystem {
         cfg.server_pids = self.pids();
         match self {
             LocalSystem::Etcd { target, .. } => run(target, &cfg).await,
+            LocalSystem::Corum { target, .. } => {
+                let target = target.clone().with_request_timeout(cfg.op_timeout);
+                run(&target, &cfg).await
+            }
         }
     }
 
@@ -85,6 +121,7 @@ impl LocalSystem {
     pub fn stop(self) {
         match self {
             LocalSystem::Etcd { cluster, .. } => cluster.stop(),
+            LocalSystem::Corum { cluster, .. } => cluster.stop(),
         }
     }
 }
@@ -180,16 +217,16 @@ pub fn standard_cases(o: &SuiteOptions) -> Vec<RunConfig> {
 /// Starts a local cluster of each system, runs every case on each, alternating (case 1 on every
 /// system, then case 2, ...), stops the clusters and returns the runs in that order.
 ///
-/// `compare` passes `[Corum, Etcd]`: corum first, so that until corum exists the call fails at
-/// once with [`CORUM_NOT_BUILT`], before minutes of etcd load.
+/// `compare` passes `[Corum, Etcd]`: corum first, so a corum that cannot start (e.g. fails to
+/// build) fails the call at once, before minutes of etcd load.
 pub async fn run_cases(
     systems: &[System],
     cases: &[RunConfig],
-    data_root: &Path,
+    local: &LocalOptions,
 ) -> Result<Vec<RunResult>, RunError> {
     let mut locals = Vec::new();
     for s in systems {
-        locals.push(LocalSystem::start(*s, data_root).await?);
+        locals.push(LocalSystem::start_with(*s, local).await?);
     }
     let mut runs = Vec::new();
     for cfg in cases {

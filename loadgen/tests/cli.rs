@@ -1,5 +1,7 @@
-//! The `loadgen` command line: the last stdout line is the JSON summary; compare refuses to run
-//! without the corum target.
+//! The `loadgen` command line: the last stdout line is the JSON summary; `loadgen --local` runs
+//! against a local corum cluster; Ctrl-C stops a local cluster.
+
+mod support;
 
 use std::process::Command;
 
@@ -45,16 +47,66 @@ fn run_ends_with_a_json_line() {
     assert!(dir.join("summary.json").is_file());
 }
 
+/// The README's main command: `loadgen --local` (target corum by default) starts a local corum
+/// cluster, runs the default workload, stops the cluster and ends with the JSON line, CPU of the
+/// corum processes included; the report it names exists and parses, and its histograms hold
+/// exactly the operations counted.
 #[test]
-fn compare_fails_clearly_without_corum() {
+fn local_corum_run() {
+    let data = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["compare", "--quick"])
+        .args([
+            "--local",
+            "--keys",
+            "2000",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+        ])
+        .args([
+            "--connections",
+            "4",
+            "--concurrency",
+            "32",
+            "--quiet",
+            "--name",
+            "main",
+        ])
+        .arg("--data-root")
+        .arg(data.path())
+        .arg("--out-dir")
+        .arg(out_dir.path())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("corum target is not built yet"), "{err}");
-    assert!(out.stdout.is_empty(), "no figures may be printed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["system"], "corum", "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    let ops = v["ops"].as_u64().unwrap();
+    assert!(ops > 0 && v["ops_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["cpu_us_per_op"].as_f64().unwrap() > 0.0, "{v}");
+    let dir = std::path::PathBuf::from(v["report_dir"].as_str().unwrap());
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(rep["cases"][0]["ops"].as_u64(), Some(ops));
+    assert_eq!(rep["cases"][0]["cpu_pids"].as_array().unwrap().len(), 4);
+    // YCSB A: gets and puts, and together exactly the operations counted.
+    let counts = support::hlog_counts(&dir);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["corum/main/get", "corum/main/put"]
+    );
+    assert_eq!(counts.values().sum::<u64>(), ops);
+    assert!(dir.join("corum-main.hgrm").is_file());
+    assert_eq!(
+        std::fs::read_dir(data.path()).unwrap().count(),
+        0,
+        "the cluster's directory was not removed"
+    );
 }
 
 /// Children of `pid` whose command name is `etcd`, from /proc.
