@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::localetcd::which;
+use crate::localetcd::{die_with_parent, io, which};
 use crate::target::TargetError;
 
 /// Time given to the supervisor to stop its nodes after SIGTERM before loadgen SIGKILLs
@@ -53,11 +53,6 @@ pub const NODES: usize = 3;
 
 /// `corum local`'s grace between SIGTERM and SIGKILL of its nodes, milliseconds.
 const NODE_GRACE_MS: u64 = 5_000;
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TargetError {
-    let what = what.into();
-    move |source| TargetError::Io { what, source }
-}
 
 /// How to start the local corum cluster.
 #[derive(Debug, Clone, Default)]
@@ -239,17 +234,7 @@ impl LocalCorum {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        // SAFETY: the closure only calls prctl, which is async-signal-safe, between fork and
-        // exec. It asks the kernel to SIGTERM the supervisor if loadgen dies without cleaning up.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .map_err(io(format!("starting {} local", bin.display())))?;

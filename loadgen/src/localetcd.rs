@@ -30,9 +30,25 @@ pub const MEMBERS: usize = 3;
 /// The install script, relative to the repository root.
 const INSTALL_SCRIPT: &str = "scripts/install-etcd.sh";
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TargetError {
+/// Maps an I/O error to [`TargetError::Io`] naming what was being done.
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TargetError {
     let what = what.into();
     move |source| TargetError::Io { what, source }
+}
+
+/// Asks the kernel to SIGTERM the child `cmd` starts if loadgen dies without cleaning up, so a
+/// killed benchmark leaves no cluster behind.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure only calls prctl, which is async-signal-safe, between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Finds a program on `PATH`.
@@ -152,17 +168,7 @@ impl LocalEtcd {
                 .stdin(Stdio::null())
                 .stdout(log)
                 .stderr(log2);
-            // SAFETY: the closure only calls prctl, which is async-signal-safe, between fork and
-            // exec. It asks the kernel to SIGTERM the member if loadgen dies without cleaning up.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            die_with_parent(&mut cmd);
             let child = cmd
                 .spawn()
                 .map_err(io(format!("starting {}", etcd.display())))?;
