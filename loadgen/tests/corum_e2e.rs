@@ -9,12 +9,11 @@ mod support;
 use std::time::Duration;
 
 use loadgen::keys::Distribution;
-use loadgen::report::{self, CaseSummary, Machine, Report};
 use loadgen::runner::RunConfig;
 use loadgen::suite::{LocalSystem, System};
 use loadgen::target::{Connection, Consistency, Target};
 use loadgen::workload::Workload;
-use support::{alive, hlog_counts};
+use support::{alive, write_and_check_report};
 
 /// Every operation of the corum target, with the answers a real cluster must give.
 async fn operations(local: &LocalSystem) {
@@ -179,47 +178,5 @@ async fn quick_corum_run() {
     assert!(rmw.per_kind.keys().any(|k| k.name() == "rmw"));
 
     let out = tempfile::tempdir().unwrap();
-    let dir = report::create_report_dir(out.path(), "corum-e2e").unwrap();
-    let cases: Vec<CaseSummary> = [&put, &get, &rmw]
-        .iter()
-        .map(|r| CaseSummary::from_run(r))
-        .collect();
-    let rep = Report {
-        name: "corum-e2e".into(),
-        created_unix_s: 0.0,
-        commit: report::git_commit(),
-        machine: Machine::describe(data.path()),
-        command: "cargo test".into(),
-        notes: vec![],
-        cases,
-        ratios: None,
-    };
-    report::write_report(&dir, &rep, &[&put, &get, &rmw]).unwrap();
-    let back: Report =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(
-        back.cases.iter().map(|c| c.ops).collect::<Vec<_>>(),
-        vec![put.ops, get.ops, rmw.ops]
-    );
-    assert!(back
-        .cases
-        .iter()
-        .all(|c| c.system == "corum" && c.cpu_us_per_op.is_some()));
-    let counts = hlog_counts(&dir);
-    for r in [&put, &get, &rmw] {
-        for (kind, h) in &r.per_kind {
-            assert_eq!(
-                counts[&format!("corum/{}/{}", r.config.name, kind.name())],
-                h.len()
-            );
-        }
-    }
-    for f in [
-        "README.md",
-        "throughput.svg",
-        "latency-put.svg",
-        "corum-get.hgrm",
-    ] {
-        assert!(dir.join(f).is_file(), "{f} missing");
-    }
+    write_and_check_report(out.path(), "corum", data.path(), &[&put, &get, &rmw]);
 }

@@ -3,13 +3,15 @@
 //! seconds of puts, gets and read-modify-writes, writes a report and reads it back, and stops the
 //! cluster.
 
+mod support;
+
 use std::time::Duration;
 
 use loadgen::keys::Distribution;
-use loadgen::report::{self, CaseSummary, Machine, Report};
 use loadgen::runner::RunConfig;
 use loadgen::suite::{LocalSystem, System};
 use loadgen::workload::Workload;
+use support::write_and_check_report;
 
 fn alive(pid: u32) -> bool {
     // A zombie has no `State: Z` once reaped; a reaped pid has no /proc entry at all.
@@ -101,39 +103,5 @@ async fn quick_etcd_run() {
     assert!(rmw.per_kind.keys().any(|k| k.name() == "rmw"));
 
     let out = tempfile::tempdir().unwrap();
-    let dir = report::create_report_dir(out.path(), "etcd-e2e").unwrap();
-    let cases: Vec<CaseSummary> = [&put, &get, &rmw]
-        .iter()
-        .map(|r| CaseSummary::from_run(r))
-        .collect();
-    let rep = Report {
-        name: "etcd-e2e".into(),
-        created_unix_s: 0.0,
-        commit: report::git_commit(),
-        machine: Machine::describe(data.path()),
-        command: "cargo test".into(),
-        notes: vec![],
-        cases,
-        ratios: None,
-    };
-    report::write_report(&dir, &rep, &[&put, &get, &rmw]).unwrap();
-    let back: Report =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(
-        back.cases.iter().map(|c| c.ops).collect::<Vec<_>>(),
-        vec![put.ops, get.ops, rmw.ops]
-    );
-    assert!(back
-        .cases
-        .iter()
-        .all(|c| c.system == "etcd" && c.cpu_us_per_op.is_some()));
-    for f in [
-        "README.md",
-        "histograms.hlog",
-        "throughput.svg",
-        "latency-put.svg",
-        "etcd-get.hgrm",
-    ] {
-        assert!(dir.join(f).is_file(), "{f} missing");
-    }
+    write_and_check_report(out.path(), "etcd", data.path(), &[&put, &get, &rmw]);
 }

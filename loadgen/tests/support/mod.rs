@@ -1,5 +1,5 @@
-//! Helpers shared by the end-to-end tests: process liveness from /proc, and reading a report's
-//! HdrHistogram interval log back.
+//! Helpers shared by the end-to-end tests: process liveness from /proc, reading a report's
+//! HdrHistogram interval log back, and writing a report and checking every file of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -8,6 +8,8 @@ use std::path::Path;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
+use loadgen::report::{self, CaseSummary, Machine, Report};
+use loadgen::runner::RunResult;
 
 /// Whether `pid` is a live process (not a zombie, not reaped).
 pub fn alive(pid: u32) -> bool {
@@ -53,4 +55,52 @@ pub fn hlog_counts(report_dir: &Path) -> BTreeMap<String, u64> {
         }
     }
     by_tag
+}
+
+/// Writes a report of `runs` (a put, a get and an open-loop case of `system` against local
+/// servers) under `out`, reads it back and checks it: summary.json holds each run's operation
+/// count and CPU per operation, the interval log's counts equal every histogram's, and the
+/// markdown page, plots and percentile files exist.
+pub fn write_and_check_report(out: &Path, system: &str, data_dir: &Path, runs: &[&RunResult]) {
+    let name = format!("{system}-e2e");
+    let dir = report::create_report_dir(out, &name).unwrap();
+    let rep = Report {
+        name,
+        created_unix_s: 0.0,
+        commit: report::git_commit(),
+        machine: Machine::describe(data_dir),
+        command: "cargo test".into(),
+        notes: vec![],
+        cases: runs.iter().map(|r| CaseSummary::from_run(r)).collect(),
+        ratios: None,
+    };
+    report::write_report(&dir, &rep, runs).unwrap();
+    let back: Report =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        back.cases.iter().map(|c| c.ops).collect::<Vec<_>>(),
+        runs.iter().map(|r| r.ops).collect::<Vec<_>>()
+    );
+    assert!(back
+        .cases
+        .iter()
+        .all(|c| c.system == system && c.cpu_us_per_op.is_some()));
+    let counts = hlog_counts(&dir);
+    for r in runs {
+        for (kind, h) in &r.per_kind {
+            assert_eq!(
+                counts[&format!("{system}/{}/{}", r.config.name, kind.name())],
+                h.len()
+            );
+        }
+    }
+    for f in [
+        "README.md".to_string(),
+        "histograms.hlog".into(),
+        "throughput.svg".into(),
+        "latency-put.svg".into(),
+        format!("{system}-get.hgrm"),
+    ] {
+        assert!(dir.join(&f).is_file(), "{f} missing");
+    }
 }
