@@ -7,6 +7,7 @@
 //!   (Raft thesis §6.3);
 //! - [`snapshot`]: the partition state as a checksummed, versioned file;
 //! - [`config`]: the node configuration (`corum serve` flags / TOML);
+//! - [`meta`]: the meta group (partition 0) and the cluster map it replicates;
 //! - [`server`]: the node itself: thread-per-core glommio shards, each with its partitions'
 //!   Raft groups and state machines, one group-commit WAL, client and peer listeners.
 //!   [`server::run`] serves until SIGTERM/SIGINT; [`server::start`] returns a
@@ -18,6 +19,7 @@ pub mod cli;
 mod codec;
 pub mod command;
 pub mod config;
+pub mod meta;
 pub mod server;
 pub mod snapshot;
 pub mod state_machine;

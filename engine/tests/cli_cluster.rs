@@ -367,8 +367,12 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
     // status
     let j: Value = serde_json::from_str(&ok(&["status", "--json"])).expect("status json");
     assert_eq!(j["healthy"], true, "{j}");
+    assert_eq!(j["map_epoch"], 1, "{j}");
     let parts = j["partitions"].as_array().expect("partitions");
-    assert_eq!(parts.len(), 4);
+    // 4 data partitions and the meta group (partition 0, a replica on every node).
+    assert_eq!(parts.len(), 5);
+    assert_eq!(parts[0]["partition"], 0, "{j}");
+    assert_eq!(parts[0]["meta"], true, "{j}");
     for p in parts {
         assert!(p["leader"].as_u64().is_some(), "{p}");
         let (commit, applied) = (p["commit_index"].as_u64(), p["applied_index"].as_u64());

@@ -79,7 +79,18 @@ impl Cluster {
         for id in 1..=3 {
             c.start(id);
         }
+        c.wait_for_map();
         c
+    }
+
+    /// Waits until every running node has applied the cluster map from the meta group (a
+    /// fresh cluster commits it once the meta group has a leader).
+    fn wait_for_map(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.handles.values().any(|h| h.shared().map_epoch() == 0) {
+            assert!(Instant::now() < deadline, "no cluster map after 20 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn start(&mut self, id: u64) {
@@ -795,4 +806,259 @@ fn requests_over_the_connection_limit_get_busy_and_every_request_is_answered() {
             assert!(matches!(answers[&id], Ok(Outcome::Status(_))));
         }
     });
+}
+
+/// The cluster map lives in the meta group (partition 0, a replica on every node): every node
+/// serves the same map at epoch 1, Status shows the meta group with a leader, a restarted node
+/// knows the map as soon as it starts (recovered from its own log), and a node restarted with
+/// a different partition count is refused with the difference named.
+#[test]
+fn the_cluster_map_is_replicated_in_the_meta_group() {
+    init_logs();
+    let mut cluster = Cluster::new("meta", tuning());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut maps = Vec::new();
+        for node in 1..=3u64 {
+            let endpoint = cluster.configs[node as usize - 1].client_addr.to_string();
+            let r = call(&endpoint, Op::ClusterMap).await;
+            let Ok(Outcome::ClusterMap(map)) = r.outcome else {
+                panic!("map from node {node}: {r:?}");
+            };
+            map.validate().unwrap();
+            assert_eq!(map.epoch, 1);
+            assert_eq!(map.partitions.len(), PARTITIONS as usize);
+            assert!(map.partitions.iter().all(|p| p.id != 0));
+            let mut placement: Vec<(u64, Vec<(u64, u32)>)> = map
+                .partitions
+                .iter()
+                .map(|p| (p.id, p.replicas.iter().map(|r| (r.node, r.shard)).collect()))
+                .collect();
+            placement.sort();
+            maps.push((map.ranges.clone(), placement));
+        }
+        assert!(
+            maps.windows(2).all(|w| w[0] == w[1]),
+            "nodes serve different maps"
+        );
+
+        // Status: partition 0 is hosted by every node and has exactly one leader.
+        let cl = client(&cluster).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = cl.status().await.unwrap();
+            let meta: Vec<_> = st
+                .iter()
+                .flat_map(|(_, s)| &s.partitions)
+                .filter(|p| p.partition == 0)
+                .collect();
+            assert!(st.iter().all(|(_, s)| s.map_epoch == 1));
+            let leaders = meta.iter().filter(|p| p.is_leader).count();
+            // Every node's shard 0 reports partition 0 (other shards report it too).
+            let nodes: std::collections::BTreeSet<u64> = st
+                .iter()
+                .filter(|(_, s)| s.partitions.iter().any(|p| p.partition == 0))
+                .map(|(_, s)| s.node)
+                .collect();
+            assert_eq!(nodes.len(), 3, "{st:?}");
+            if leaders >= 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "meta group without a leader");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A request routed with a newer epoch than the node has: Unavailable (retry later).
+        let e = cluster.configs[0].client_addr.to_string();
+        let mut s = tokio::net::TcpStream::connect(&e).await.unwrap();
+        let limits = Limits::default();
+        let mut out = BytesMut::new();
+        let req = Request {
+            id: 9,
+            session: 0,
+            seq: 0,
+            map_epoch: 1,
+            op: get_op("k", Consistency::Stale),
+            first_unacked: 0,
+        };
+        let mut unset = req.clone();
+        unset.map_epoch = 0; // 0: the client has no map yet; served
+        let mut newer = req.clone();
+        newer.map_epoch = 2;
+        newer.id = 10;
+        BodyEncoder::new()
+            .request_frame(&mut out, 1, &[unset, newer], &limits)
+            .unwrap();
+        s.write_all(&out).await.unwrap();
+        let dec = FrameDecoder::new(limits);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                got.extend(wire::decode_responses(&f.body, &limits).unwrap().responses);
+                continue;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
+        }
+        got.sort_by_key(|r| r.id);
+        assert!(
+            matches!(
+                got[0].outcome,
+                Ok(Outcome::Get(_)) | Err(ServerError::WrongShard { .. })
+            ),
+            "{:?}",
+            got[0]
+        );
+        assert!(
+            matches!(got[1].outcome, Err(ServerError::Unavailable { .. })),
+            "{:?}",
+            got[1]
+        );
+    });
+
+    // Restart: the map comes back from the node's own meta log before it serves.
+    cluster.stop(2);
+    cluster.start(2);
+    assert_eq!(cluster.handles[&2].shared().map_epoch(), 1);
+
+    // A node restarted with a different partition count is refused, naming the setting.
+    cluster.stop(3);
+    let mut bad = cluster.configs[2].clone();
+    bad.partitions = PARTITIONS * 2;
+    let err = server::start(bad).expect_err("a node that disagrees with the map");
+    assert!(err.to_string().contains("--partitions"), "{err}");
+    cluster.start(3);
+    assert_eq!(cluster.handles[&3].shared().map_epoch(), 1);
+}
+
+/// Writes a leader accepted but could not commit before it lost its followers are answered
+/// with a definite outcome once the new leader's first entry commits, instead of waiting for
+/// the server's 10 s request timeout; and each answer is true: a write answered `NotLeader`
+/// is absent afterwards, a write answered OK is present.
+#[test]
+fn writes_orphaned_by_a_leader_change_get_a_definite_answer() {
+    init_logs();
+    let mut cluster = Cluster::new("orphans", tuning());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let key = |i: u32| format!("{{orphan}}k{i}");
+    let (leader, partition) = rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put(key(100), "warm-up").await.unwrap();
+        let p = cl
+            .cluster_map()
+            .partition_of_key(key(0).as_bytes())
+            .unwrap()
+            .id;
+        loop {
+            let st = cl.status().await.unwrap();
+            if let Some(ps) = st
+                .iter()
+                .flat_map(|(_, s)| &s.partitions)
+                .find(|ps| ps.partition == p && ps.is_leader)
+            {
+                break (ps.leader_node, p);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let followers: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
+    // Stop both followers, then write at once (before CheckQuorum makes the leader step down,
+    // about one election timeout later): the writes are appended but cannot commit.
+    cluster.stop(followers[0]);
+    cluster.stop(followers[1]);
+    const WRITES: u32 = 6;
+    let endpoint = cluster.endpoint(leader, partition);
+    let limits = Limits::default();
+    let mut stream = rt
+        .block_on(tokio::net::TcpStream::connect(&endpoint))
+        .unwrap();
+    let requests: Vec<Request> = (0..WRITES)
+        .map(|i| Request {
+            id: u64::from(i) + 1,
+            session: 0,
+            seq: 0,
+            map_epoch: 0,
+            op: Op::Put(wire::Put {
+                key: Bytes::from(key(i)),
+                value: Bytes::from_static(b"v"),
+                if_absent: false,
+                return_previous: false,
+            }),
+            first_unacked: 0,
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    BodyEncoder::new()
+        .request_frame(&mut out, 1, &requests, &limits)
+        .unwrap();
+    rt.block_on(stream.write_all(&out)).unwrap();
+    // CheckQuorum (thesis §6.2): the leader steps down about one election timeout later.
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = call(&endpoint, Op::Status).await;
+            let Ok(Outcome::Status(st)) = r.outcome else {
+                panic!("status: {r:?}");
+            };
+            if !st
+                .partitions
+                .iter()
+                .any(|p| p.partition == partition && p.is_leader)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the leader never stepped down");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    // Restart the followers with a short election timeout, so one of them (whose log lacks
+    // the writes) most likely wins and the writes are overwritten; if the old leader wins
+    // instead, they commit. Either way every answer must be definite.
+    for &f in &followers {
+        cluster.configs[f as usize - 1].tuning.election_ticks_min = 5;
+        cluster.start(f);
+    }
+    let answers: Vec<Response> = rt.block_on(async {
+        let dec = FrameDecoder::new(limits);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        while got.len() < WRITES as usize {
+            if let Some(f) = dec.decode(&mut buf).unwrap() {
+                got.extend(wire::decode_responses(&f.body, &limits).unwrap().responses);
+                continue;
+            }
+            assert!(
+                stream.read_buf(&mut buf).await.unwrap() > 0,
+                "server closed"
+            );
+        }
+        got.sort_by_key(|r| r.id);
+        got
+    });
+    let mut committed = 0;
+    let mut lost = 0;
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        for r in &answers {
+            let k = key(r.id as u32 - 1);
+            let present = cl.get(k.clone()).await.unwrap().is_some();
+            match &r.outcome {
+                Ok(Outcome::Put(p)) if p.written => {
+                    assert!(present, "{k} acknowledged but missing");
+                    committed += 1;
+                }
+                Err(ServerError::NotLeader { .. }) => {
+                    assert!(!present, "{k} answered NotLeader but applied");
+                    lost += 1;
+                }
+                other => panic!("{k}: not a definite answer: {other:?}"),
+            }
+        }
+    });
+    println!("orphaned writes: {committed} committed, {lost} answered NotLeader");
 }

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
+
+use crate::meta::META_PARTITION;
 use serde_json::{json, Value};
 use wire::client::{Client, ClientConfig, ClientError, RangeOptions};
 use wire::messages::{
@@ -542,7 +544,7 @@ pub struct ShardStatus {
 pub struct ClusterStatus {
     /// The map's epoch.
     pub map_epoch: u64,
-    /// Partition ids in the map.
+    /// Partition ids in the map, and 0 (the meta group).
     pub partitions: Vec<u64>,
     /// Every shard in the map, by (node, shard).
     pub shards: Vec<ShardStatus>,
@@ -561,6 +563,14 @@ pub async fn cluster_status(client: &Client) -> ClusterStatus {
             entry.1.push(p.id);
         }
     }
+    // The meta group (partition 0, no slots, not in the client map) has a replica on shard 0 of
+    // every node (`engine::meta`).
+    let nodes: Vec<u64> = seen.keys().map(|(n, _)| *n).collect();
+    for node in nodes {
+        if let Some(entry) = seen.get_mut(&(node, 0)) {
+            entry.1.push(META_PARTITION);
+        }
+    }
     let mut shards = Vec::new();
     for ((node, shard), (endpoint, mut hosts)) in seen {
         hosts.sort_unstable();
@@ -574,6 +584,7 @@ pub async fn cluster_status(client: &Client) -> ClusterStatus {
         });
     }
     let mut partitions: Vec<u64> = map.partitions.iter().map(|p| p.id).collect();
+    partitions.push(META_PARTITION);
     partitions.sort_unstable();
     ClusterStatus {
         map_epoch: map.epoch,
@@ -644,6 +655,7 @@ impl ClusterStatus {
                     .max_by_key(|(_, p)| p.term);
                 json!({
                     "partition": id,
+                    "meta": id == META_PARTITION,
                     "leader": leader.map(|(n, _)| *n),
                     "term": leader.map(|(_, p)| p.term),
                     "commit_index": leader.map(|(_, p)| p.commit_index),
@@ -671,7 +683,7 @@ impl ClusterStatus {
             format!(
             "cluster map epoch {}, {} partitions, {}\n\nNODE SHARD ENDPOINT              STATE\n",
             self.map_epoch,
-            self.partitions.len(),
+            self.partitions.iter().filter(|&&p| p != META_PARTITION).count(),
             if self.healthy() { "healthy" } else { "NOT HEALTHY" }
         );
         for s in &self.shards {
@@ -703,8 +715,13 @@ impl ClusterStatus {
                 .iter()
                 .map(|(n, p)| format!("{n}:{}", p.applied_index))
                 .collect();
+            let name = if id == META_PARTITION {
+                "0 meta".to_owned()
+            } else {
+                id.to_string()
+            };
             out.push_str(&format!(
-                "{id:<9} {l:<6} {t:<5} {c:<8} {a:<8} {}\n",
+                "{name:<9} {l:<6} {t:<5} {c:<8} {a:<8} {}\n",
                 replicas.join(" ")
             ));
         }

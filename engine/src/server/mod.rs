@@ -5,9 +5,12 @@
 //! `LocalExecutor` (pinned to core `i` when `config.pin`; glommio's spin-before-park is left
 //! off, so an idle shard sleeps in `io_uring_enter` until a socket, a disk completion or its
 //! tick timer wakes it). A shard owns, with nothing shared on the hot path:
-//! - the partitions `p` with `p % shards == i` that have a replica on this node (initial
-//!   placement, [`NodeConfig::initial_replicas`]): a `raftcore::RawNode` and a
-//!   [`StateMachine`](crate::state_machine::StateMachine) each;
+//! - the partitions the cluster map places on shard `i` of this node (partition `p` lives on
+//!   shard `p % shards`; before a fresh cluster has committed its map, the configuration's
+//!   initial placement [`NodeConfig::initial_replicas`], which the map is built from): a
+//!   `raftcore::RawNode` and a [`StateMachine`](crate::state_machine::StateMachine) each;
+//! - shard 0 also holds this node's replica of the meta group (partition 0, see
+//!   [`crate::meta`]), which replicates the cluster map;
 //! - one WAL in `data_dir/shard-<i>/wal/` and snapshot files in `data_dir/shard-<i>/snapshots/`;
 //! - a client listener on [`NodeConfig::shard_client_addr`]`(i)` and a peer listener on
 //!   [`NodeConfig::shard_peer_addr`]`(i)`;
@@ -15,9 +18,10 @@
 //!   shard `i`, DESIGN.md "Data placement").
 //!
 //! The only state shared between shards is [`shared::NodeShared`]: per-partition status
-//! atomics (leader, term, commit, applied) each shard publishes after a loop turn, and the
-//! client endpoints learnt from peers' hellos; both serve `Status` and `ClusterMap` answers,
-//! which cover every partition of the node whichever shard answers.
+//! atomics (leader, term, commit, applied) each shard publishes after a loop turn, the client
+//! endpoints learnt from peers' hellos, and the cluster map shard 0 applied from the meta
+//! group; they serve `Status` and `ClusterMap` answers, which cover every partition of the
+//! node whichever shard answers.
 //!
 //! # The event loop of a shard (see `shard.rs`)
 //! Each turn: tick if the tick is due; step every peer message received; route and propose
@@ -30,9 +34,27 @@
 //! waiting on them; answer reads whose read index has been applied.
 //!
 //! # Cluster map
-//! Static for now: derived from the configuration's initial placement, epoch 1, slots split
-//! uniformly over partitions `1..=partitions` in order ([`wire::ClusterMap::uniform`]).
-//! TODO(meta group): DESIGN.md keeps the map in a replicated meta group; not built yet.
+//! Kept in the meta group (partition 0, a voter on shard 0 of every node; [`crate::meta`]
+//! describes the bootstrap and the encoding). Shard 0 publishes each newly applied map to
+//! [`shared::NodeShared`]; every shard compares the published epoch with its own at the start
+//! of a turn and adopts a newer map after checking it hosts exactly what the map places on it
+//! (a node whose configuration disagrees stops with [`ServerError::Map`]). Served:
+//! - `ClusterMap`: the map with each shard's client endpoint and, for partitions hosted here,
+//!   the leader hint; `Unavailable` until this node has applied a map;
+//! - data requests: `Unavailable` until a map is applied; a request routed with an older
+//!   epoch gets `StaleMap`, with a newer one `Unavailable` (this node is behind); epoch 0
+//!   (a client with no map) is routed by this node's map;
+//! - `Range` on partition 0 is refused: the meta group holds no client keys.
+//!
+//! # Requests that lose their leader
+//! A write is answered when its log index is applied: with its result if the applied entry is
+//! the one it proposed (same term), else `NotLeader` (another leader's entry took the index,
+//! so it never committed: Raft paper §5.4). A write above the applied index is answered
+//! `NotLeader` as soon as an entry of a later term is applied (terms never decrease along a
+//! log, so no future leader can commit it; `resolve_orphans` in `shard.rs`). A read waiting for
+//! a read index from an earlier term is answered `Unavailable` (raftcore drops them on a term
+//! change). Only a leader cut off from every peer keeps its requests until the 10 s timeout,
+//! when their outcome is genuinely unknown.
 //!
 //! # Files and ports
 //! ```text
@@ -49,9 +71,8 @@
 //!   served), so a large partition's snapshot delays that shard's Raft turns meanwhile.
 //! - A shard's turn awaits its WAL sync before starting the next turn (the WAL could accept
 //!   the next turn's appends while one sync is in flight; not used yet).
-//! - Membership is static (no conf changes are proposed); the map epoch is always 1.
-//! - A request whose leader steps down is answered when another entry takes its index
-//!   (`NotLeader`), or after 10 s (`Timeout`); reads waiting on a read index likewise.
+//! - Membership and placement are static: raftcore supports learners and joint consensus,
+//!   but nothing proposes a change yet (roadmap phase 2), so the map epoch stays 1.
 //! - glommio 0.9 binds listeners with `SO_REUSEPORT`: a second process configured with the
 //!   same port binds it too, silently, and the kernel splits connections between the two.
 //!
@@ -132,6 +153,16 @@ pub enum ServerError {
         shard: usize,
         /// glommio's error.
         reason: String,
+    },
+    /// The cluster map committed by the meta group cannot be read, or this node's
+    /// configuration disagrees with it.
+    #[error("shard {shard}: {source}")]
+    Map {
+        /// The shard.
+        shard: usize,
+        /// What is wrong.
+        #[source]
+        source: crate::meta::MetaError,
     },
     /// A shard thread panicked (a bug).
     #[error("shard {0} panicked")]

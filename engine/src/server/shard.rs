@@ -14,22 +14,21 @@ use glommio::{LocalExecutorBuilder, Placement};
 use raftcore::{EntryKind, Message, RawNode, Ready, Role};
 use wal::{LogStore, SnapshotPoint, Wal, WalConfig};
 use wire::{
-    BodyEncoder, ClusterMap, Consistency, NodeStatus, Op, Outcome, PartitionInfo, PartitionStatus,
-    PeerBatch, RaftMessage, Replica, Request, Response, ResponseHeader, ServerError as WireError,
+    BodyEncoder, ClusterMap, Consistency, NodeStatus, Op, Outcome, PartitionStatus, PeerBatch,
+    RaftMessage, Request, Response, ResponseHeader, ServerError as WireError,
 };
 
 use super::convert;
 use super::net::{self, ConnOut, ShardIo};
 use super::recover;
-use super::shared::NodeShared;
+use super::shared::{Boot, NodeShared};
 use super::{shard_dir, ServerError, IO_MEMORY_BYTES};
 use crate::command::{self, Command, CommandOp, Session};
 use crate::config::NodeConfig;
+use crate::meta::{MetaMap, MAP_KEY, META_PARTITION};
 use crate::snapshot;
 use crate::state_machine::{self as sm, ApplyError, StateMachine};
 
-/// The map epoch of the static cluster map (see the module docs of `server`).
-pub const MAP_EPOCH: u64 = 1;
 /// Keys returned by one Range when the request's limit is 0.
 const RANGE_KEYS_DEFAULT: usize = 10_000;
 /// How long a request may wait for commit or for its read index before `Timeout`.
@@ -59,6 +58,9 @@ pub fn thread_main(
     let ex = match ex {
         Ok(ex) => ex,
         Err(e) => {
+            if i == 0 {
+                shared.set_boot(Boot::Failed);
+            }
             let _ = ready_tx.send((
                 i,
                 Err(ServerError::Executor {
@@ -70,10 +72,14 @@ pub fn thread_main(
         }
     };
     ex.run(async move {
-        let opened = Shard::open(i, config, shared, stop).await;
+        let opened = Shard::open(i, config, shared.clone(), stop).await;
         let (shard, wake_rx) = match opened {
             Ok(x) => x,
             Err(e) => {
+                if i == 0 {
+                    // Harmless if shard 0 already reported its recovered map.
+                    shared.set_boot(Boot::Failed);
+                }
                 let _ = ready_tx.send((i, Err(e)));
                 return Ok(());
             }
@@ -99,6 +105,8 @@ struct PendingRead {
     id: u64,
     op: Op,
     deadline: Instant,
+    /// The partition's term when the read was asked for.
+    term: u64,
     /// Set once the read index is known.
     index: Option<u64>,
 }
@@ -127,7 +135,14 @@ struct Shard {
     reads: HashMap<u64, PendingRead>,
     next_read_id: u64,
     enc: BodyEncoder,
+    /// The cluster map this shard routes with (None until the meta group committed one), and
+    /// its slot ranges as a wire map (no endpoints) for key -> partition lookups.
+    map: Option<Arc<MetaMap>>,
     route_map: ClusterMap,
+    /// Shard 0: the meta state machine's revision when the map key was last read.
+    meta_seen_revision: u64,
+    /// Shard 0: the term in which this node last proposed the bootstrap map.
+    meta_boot_term: u64,
     cmd_limits: command::Limits,
     ticks: u64,
 }
@@ -157,36 +172,6 @@ fn raft_config(config: &NodeConfig, partition: u64) -> raftcore::Config {
     c
 }
 
-/// The static cluster map: slots split uniformly over partitions `1..=partitions`.
-fn build_map(config: &NodeConfig, shared: &NodeShared) -> ClusterMap {
-    let partitions = (1..=u64::from(config.partitions))
-        .map(|p| {
-            let shard = config.shard_of_partition(p);
-            let nodes = config.initial_replicas(p);
-            let leader = if nodes.contains(&config.id) {
-                shared
-                    .stat(p)
-                    .map_or(0, |s| s.leader.load(Ordering::Relaxed))
-            } else {
-                0
-            };
-            PartitionInfo {
-                id: p,
-                replicas: nodes
-                    .iter()
-                    .map(|&n| Replica {
-                        node: n,
-                        shard: shard as u32,
-                        endpoint: shared.client_endpoint(config, n, shard),
-                    })
-                    .collect(),
-                leader_node: if nodes.contains(&leader) { leader } else { 0 },
-            }
-        })
-        .collect();
-    ClusterMap::uniform(MAP_EPOCH, partitions)
-}
-
 impl Shard {
     async fn open(
         i: usize,
@@ -212,35 +197,50 @@ impl Shard {
         };
         let wal = Wal::open(&wal_dir, wal_cfg).await.map_err(wal_err(i))?;
         let mut parts = BTreeMap::new();
-        for p in 1..=u64::from(config.partitions) {
-            if config.shard_of_partition(p) != i {
-                continue;
-            }
-            let voters = config.initial_replicas(p);
-            if !voters.contains(&config.id) {
-                continue;
-            }
-            let (state, sm) =
-                recover::recover_partition(i, &wal, &snap_dir, p, &voters, &config.tuning).await?;
-            let raft = RawNode::new(raft_config(&config, p), state).map_err(|e| {
-                ServerError::Recovery {
-                    shard: i,
-                    partition: p,
-                    reason: e.to_string(),
+        // The meta group first (shard 0): the map it holds decides which partitions every
+        // shard opens (module docs of `meta`).
+        let boot_map = if i == 0 {
+            let voters: Vec<u64> = config.peers.keys().copied().collect();
+            let part = open_partition(i, &config, &wal, &snap_dir, META_PARTITION, &voters).await?;
+            let map = match part.sm.get(MAP_KEY) {
+                Some(kv) => Some(Arc::new(MetaMap::decode(&kv.value).map_err(|e| {
+                    ServerError::Recovery {
+                        shard: i,
+                        partition: META_PARTITION,
+                        reason: e.to_string(),
+                    }
+                })?)),
+                None => None,
+            };
+            parts.insert(META_PARTITION, part);
+            shared.set_boot(Boot::Recovered(map.clone()));
+            map
+        } else {
+            match shared.wait_boot(&stop) {
+                Some(Boot::Recovered(map)) => map,
+                _ => {
+                    return Err(ServerError::Executor {
+                        shard: i,
+                        reason: "shard 0 (the meta group) did not start".into(),
+                    })
                 }
-            })?;
-            parts.insert(
-                p,
-                Partition {
-                    id: p,
-                    raft,
-                    sm,
-                    pending: BTreeMap::new(),
-                    queued: Vec::new(),
-                    queued_bytes: 0,
-                    log_bytes: 0,
-                },
-            );
+            }
+        };
+        let placement: Vec<(u64, Vec<u64>)> = match &boot_map {
+            Some(map) => map
+                .hosted(config.id, i)
+                .into_iter()
+                .map(|p| (p, map.voters(p).unwrap_or_default()))
+                .collect(),
+            None => (1..=u64::from(config.partitions))
+                .filter(|&p| config.shard_of_partition(p) == i)
+                .map(|p| (p, config.initial_replicas(p)))
+                .filter(|(_, voters)| voters.contains(&config.id))
+                .collect(),
+        };
+        for (p, voters) in placement {
+            let part = open_partition(i, &config, &wal, &snap_dir, p, &voters).await?;
+            parts.insert(p, part);
         }
         // Bootstrap records (snapshot points) become durable before anything else happens.
         wal.sync().await.map_err(wal_err(i))?;
@@ -271,22 +271,12 @@ impl Shard {
             peer = %peer_addr,
             "shard serving"
         );
-        let route_map = ClusterMap::uniform(
-            MAP_EPOCH,
-            (1..=u64::from(config.partitions))
-                .map(|p| PartitionInfo {
-                    id: p,
-                    replicas: Vec::new(),
-                    leader_node: 0,
-                })
-                .collect(),
-        );
         let cmd_limits = command::Limits {
             key_bytes_max: config.tuning.key_bytes_max,
             value_bytes_max: config.tuning.value_bytes_max,
             ..command::Limits::default()
         };
-        let shard = Shard {
+        let mut shard = Shard {
             i,
             config,
             io,
@@ -297,12 +287,109 @@ impl Shard {
             reads: HashMap::new(),
             next_read_id: 1,
             enc: BodyEncoder::new(),
-            route_map,
+            map: None,
+            route_map: ClusterMap::default(),
+            meta_seen_revision: 0,
+            meta_boot_term: 0,
             cmd_limits,
             ticks: 0,
         };
+        if let Some(m) = shard.parts.get(&META_PARTITION) {
+            // The map key as recovered (from the snapshot or replayed log) is already known.
+            shard.meta_seen_revision = m.sm.get(MAP_KEY).map_or(0, |kv| kv.mod_revision);
+        }
+        shard.adopt_map()?;
         shard.publish();
         Ok((shard, wake_rx))
+    }
+
+    /// Takes the node's newest applied map if it is newer than this shard's, after checking
+    /// that this shard hosts exactly what the map places on it.
+    fn adopt_map(&mut self) -> Result<(), ServerError> {
+        let Some(map) = self.io.shared.map() else {
+            return Ok(());
+        };
+        if self.map.as_ref().is_some_and(|m| m.epoch >= map.epoch) {
+            return Ok(());
+        }
+        let here: Vec<u64> = self
+            .parts
+            .keys()
+            .copied()
+            .filter(|&p| p != META_PARTITION)
+            .collect();
+        map.check_node(&self.config, self.i, &here)
+            .map_err(|source| ServerError::Map {
+                shard: self.i,
+                source,
+            })?;
+        self.route_map = map.to_wire(|_, _| String::new(), |_| 0);
+        tracing::info!(shard = self.i, epoch = map.epoch, "cluster map adopted");
+        self.map = Some(map);
+        Ok(())
+    }
+
+    /// Shard 0, meta group leader, no map committed yet: proposes the bootstrap map once per
+    /// term, after this term's no-op is applied (module docs of `meta`).
+    fn maybe_bootstrap_map(&mut self) {
+        let Some(part) = self.parts.get_mut(&META_PARTITION) else {
+            return;
+        };
+        let term = part.raft.term();
+        if part.raft.role() != Role::Leader
+            || self.meta_boot_term == term
+            || part.sm.applied_term() != term
+            || part.sm.get(MAP_KEY).is_some()
+        {
+            return;
+        }
+        self.meta_boot_term = term;
+        let map = MetaMap::initial(&self.config);
+        let cmd = Command {
+            session: None,
+            op: CommandOp::Put(command::Put {
+                key: Bytes::from_static(MAP_KEY),
+                value: map.encode(),
+                if_absent: true,
+                return_prev: false,
+            }),
+        };
+        match part.raft.propose(&[cmd.encode()]) {
+            Ok(_) => tracing::info!(
+                shard = self.i,
+                term,
+                partitions = map.partitions.len(),
+                "proposed the bootstrap cluster map"
+            ),
+            Err(e) => {
+                tracing::warn!(shard = self.i, error = %e, "could not propose the bootstrap map")
+            }
+        }
+    }
+
+    /// Shard 0, after applying meta entries: publishes a map that changed.
+    fn meta_applied(&mut self) -> Result<(), ServerError> {
+        let Some(part) = self.parts.get(&META_PARTITION) else {
+            return Ok(());
+        };
+        let Some(kv) = part.sm.get(MAP_KEY) else {
+            return Ok(());
+        };
+        if kv.mod_revision == self.meta_seen_revision {
+            return Ok(());
+        }
+        self.meta_seen_revision = kv.mod_revision;
+        let map = MetaMap::decode(&kv.value).map_err(|source| ServerError::Map {
+            shard: self.i,
+            source,
+        })?;
+        tracing::info!(
+            epoch = map.epoch,
+            partitions = map.partitions.len(),
+            "cluster map committed by the meta group"
+        );
+        self.io.shared.set_map(Arc::new(map));
+        Ok(())
     }
 
     async fn run(mut self, wake_rx: LocalReceiver<()>) -> Result<(), ServerError> {
@@ -362,9 +449,17 @@ impl Shard {
                     ),
                 }
             }
+            if self.io.shared.map_epoch() != self.map.as_ref().map_or(0, |m| m.epoch) {
+                if let Err(e) = self.adopt_map() {
+                    tracing::error!(shard = self.i, error = %e, "shard stopping");
+                    self.io.shutdown().await;
+                    return Err(e);
+                }
+            }
             for (conn, r) in requests {
                 self.handle_request(conn, r);
             }
+            self.maybe_bootstrap_map();
             self.flush_proposals();
             let worked = match self.process_readies().await {
                 Ok(w) => w,
@@ -439,27 +534,40 @@ impl Shard {
 
     fn node_status(&self) -> NodeStatus {
         let shared = &self.io.shared;
-        let partitions = (1..=u64::from(self.config.partitions))
-            .filter(|&p| self.config.initial_replicas(p).contains(&self.config.id))
-            .filter_map(|p| {
-                let s = shared.stat(p)?;
+        let partitions = shared
+            .hosted()
+            .map(|(p, s)| {
                 let leader = s.leader.load(Ordering::Relaxed);
-                Some(PartitionStatus {
+                PartitionStatus {
                     partition: p,
                     term: s.term.load(Ordering::Relaxed),
                     leader_node: leader,
                     commit_index: s.commit.load(Ordering::Relaxed),
                     applied_index: s.applied.load(Ordering::Relaxed),
                     is_leader: leader == self.config.id,
-                })
+                }
             })
             .collect();
         NodeStatus {
             node: self.config.id,
             shard: self.i as u32,
-            map_epoch: MAP_EPOCH,
+            map_epoch: shared.map_epoch(),
             partitions,
         }
+    }
+
+    /// The map as served to clients: endpoints, and leader hints for partitions hosted here.
+    fn wire_map(&self, map: &MetaMap) -> ClusterMap {
+        let shared = &self.io.shared;
+        map.to_wire(
+            |node, shard| shared.client_endpoint(&self.config, node, shard as usize),
+            |p| {
+                shared
+                    .stat(p)
+                    .filter(|s| s.hosted.load(Ordering::Relaxed))
+                    .map_or(0, |s| s.leader.load(Ordering::Relaxed))
+            },
+        )
     }
 
     /// Routes one request (module docs of `server`): answers it at once, or queues a proposal
@@ -477,11 +585,46 @@ impl Shard {
                 return;
             }
             Op::ClusterMap => {
-                let map = build_map(&self.config, &self.io.shared);
-                conn.respond(ok_response(
+                let resp = match &self.map {
+                    Some(map) => ok_response(
+                        id,
+                        ResponseHeader::default(),
+                        Outcome::ClusterMap(self.wire_map(map)),
+                    ),
+                    None => error_response(id, no_map()),
+                };
+                conn.respond(resp);
+                return;
+            }
+            _ if self.map.is_none() => {
+                conn.respond(error_response(id, no_map()));
+                return;
+            }
+            _ if req.map_epoch != 0 && req.map_epoch != self.route_map.epoch => {
+                // Thesis-independent routing rule: a request routed with another placement
+                // than ours may belong elsewhere. Older: the client refreshes. Newer: this
+                // node has not applied the map yet; the client backs off and retries.
+                let e = if req.map_epoch < self.route_map.epoch {
+                    WireError::StaleMap {
+                        epoch: self.route_map.epoch,
+                    }
+                } else {
+                    WireError::Unavailable {
+                        reason: format!(
+                            "this node has map epoch {}, the request was routed with {}",
+                            self.route_map.epoch, req.map_epoch
+                        ),
+                    }
+                };
+                conn.respond(error_response(id, e));
+                return;
+            }
+            Op::Range(r) if r.partition == META_PARTITION => {
+                conn.respond(error_response(
                     id,
-                    ResponseHeader::default(),
-                    Outcome::ClusterMap(map),
+                    WireError::InvalidArgument {
+                        reason: "partition 0 is the meta group; it holds no keys".into(),
+                    },
                 ));
                 return;
             }
@@ -529,7 +672,9 @@ impl Shard {
         let Some(part) = self.parts.get(&partition) else {
             conn.respond(error_response(
                 id,
-                WireError::WrongShard { epoch: MAP_EPOCH },
+                WireError::WrongShard {
+                    epoch: self.route_map.epoch,
+                },
             ));
             return;
         };
@@ -624,6 +769,7 @@ impl Shard {
                         id,
                         op,
                         deadline: Instant::now() + REQUEST_TIMEOUT,
+                        term: part.raft.term(),
                         index: None,
                     },
                 );
@@ -769,6 +915,7 @@ impl Shard {
         for (p, rd) in readies {
             self.apply_ready(p, rd).await?;
         }
+        self.meta_applied()?;
         self.publish();
         Ok(true)
     }
@@ -811,19 +958,18 @@ impl Shard {
         }
         let mut last_applied = None;
         for e in rd.committed_entries {
+            last_applied = Some(e.index);
             if e.index <= part.sm.applied_index() {
+                // Applied already (the meta group's entries at startup, `open_partition`).
                 continue;
             }
-            let result = match e.kind {
-                EntryKind::Normal => Some(part.sm.apply_entry(e.index, e.term, &e.data)),
-                EntryKind::Noop | EntryKind::ConfChange => {
-                    if let Err(err) = part.sm.advance_applied(e.index, e.term) {
-                        tracing::error!(shard = i, partition = p, error = %err, "advance applied");
-                    }
+            let result = match apply_entry(&mut part.sm, &e) {
+                Ok(r) => r,
+                Err(reason) => {
+                    tracing::error!(shard = i, partition = p, %reason, "apply");
                     None
                 }
             };
-            last_applied = Some(e.index);
             if let Some(w) = part.pending.remove(&e.index) {
                 let header = ResponseHeader {
                     partition: p,
@@ -854,6 +1000,7 @@ impl Shard {
                 r.index = Some(rs.index);
             }
         }
+        resolve_orphans(part, &mut self.reads);
         let applied = part.sm.applied_index();
         let ready: Vec<u64> = self
             .reads
@@ -935,6 +1082,114 @@ impl Shard {
                 part.sm.applied_index(),
             );
         }
+    }
+}
+
+/// Answers the requests of `part` that lost their leader and will never be answered by an
+/// apply or a read state:
+/// - A write proposed in term `t` at index `j` above the applied index, once an entry of a
+///   later term is applied: the entry at the applied index is committed, so every future
+///   leader has it (Leader Completeness, Raft paper §5.4), and terms never decrease along a
+///   log, so no future leader's log can hold a term-`t` entry after it. The write can never
+///   commit: `NotLeader`, and a retry is a new attempt (safe even without a session).
+///   (A write at or below the applied index was answered when that index was applied.)
+/// - A read still waiting for its read index from an earlier term: raftcore drops pending
+///   ReadIndex requests when leadership changes (its docs), so it would only time out.
+///   `Unavailable`; reads are safe to retry.
+fn resolve_orphans(part: &mut Partition, reads: &mut HashMap<u64, PendingRead>) {
+    let applied = part.sm.applied_index();
+    let applied_term = part.sm.applied_term();
+    let lost: Vec<u64> = part
+        .pending
+        .range(applied + 1..)
+        .filter(|(_, w)| w.term < applied_term)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in lost {
+        if let Some(w) = part.pending.remove(&k) {
+            w.conn.respond(error_response(
+                w.id,
+                WireError::NotLeader {
+                    leader_node: part.raft.leader(),
+                    leader_endpoint: None,
+                },
+            ));
+        }
+    }
+    let term = part.raft.term();
+    let orphaned: Vec<u64> = reads
+        .iter()
+        .filter(|(_, r)| r.partition == part.id && r.index.is_none() && r.term < term)
+        .map(|(k, _)| *k)
+        .collect();
+    for k in orphaned {
+        if let Some(r) = reads.remove(&k) {
+            r.conn.respond(error_response(
+                r.id,
+                WireError::Unavailable {
+                    reason: "leadership changed before the read index was known; retry".into(),
+                },
+            ));
+        }
+    }
+}
+
+/// Recovers (or bootstraps) one partition with `voters` as its founding replicas. The meta
+/// group's committed entries are applied at once, so the map it holds is known before any
+/// shard chooses its partitions; raftcore hands them out again in the first Ready, and
+/// `apply_ready` skips what the state machine already applied.
+async fn open_partition(
+    i: usize,
+    config: &NodeConfig,
+    wal: &Wal,
+    snap_dir: &std::path::Path,
+    p: u64,
+    voters: &[u64],
+) -> Result<Partition, ServerError> {
+    let (state, mut sm) =
+        recover::recover_partition(i, wal, snap_dir, p, voters, &config.tuning).await?;
+    if p == META_PARTITION {
+        let commit = state.hard_state.commit;
+        for e in state.entries.iter().filter(|e| e.index <= commit) {
+            if e.index <= sm.applied_index() {
+                continue;
+            }
+            apply_entry(&mut sm, e).map_err(|reason| ServerError::Recovery {
+                shard: i,
+                partition: p,
+                reason,
+            })?;
+        }
+    }
+    let raft = RawNode::new(raft_config(config, p), state).map_err(|e| ServerError::Recovery {
+        shard: i,
+        partition: p,
+        reason: e.to_string(),
+    })?;
+    Ok(Partition {
+        id: p,
+        raft,
+        sm,
+        pending: BTreeMap::new(),
+        queued: Vec::new(),
+        queued_bytes: 0,
+        log_bytes: 0,
+    })
+}
+
+/// Applies one committed entry to a state machine. Returns the command's result for a normal
+/// entry; a no-op or membership entry only advances the applied index. Err: the state machine
+/// refused the index (a bug: entries out of order).
+fn apply_entry(
+    sm: &mut StateMachine,
+    e: &raftcore::Entry,
+) -> Result<Option<Result<sm::Response, ApplyError>>, String> {
+    match e.kind {
+        EntryKind::Normal => Ok(Some(sm.apply_entry(e.index, e.term, &e.data))),
+        EntryKind::Noop | EntryKind::ConfChange => sm
+            .advance_applied(e.index, e.term)
+            .map(|()| None)
+            .map_err(|err| format!("advance applied to {}: {err}", e.index)),
     }
 }
 
@@ -1038,6 +1293,13 @@ async fn take_snapshot(
         "snapshot taken, log compacted"
     );
     Ok(())
+}
+
+fn no_map() -> WireError {
+    WireError::Unavailable {
+        reason: "no cluster map yet: the meta group has not committed one (cluster starting)"
+            .into(),
+    }
 }
 
 fn ok_response(id: u64, header: ResponseHeader, outcome: Outcome) -> Response {

@@ -1,13 +1,26 @@
-//! The little state the shards of one node share: status atomics per partition and the client
-//! endpoints of other nodes. Written once per loop turn (atomics, no locks) or on a peer hello
-//! (a mutex, rare); read to answer `Status` and `ClusterMap`, never on the write path.
+//! The little state the shards of one node share: status atomics per partition, the client
+//! endpoints of other nodes, and the cluster map shard 0 applies from the meta group.
+//! Written once per loop turn (atomics, no locks), on a peer hello or a map change (a lock,
+//! rare); read to answer `Status` and `ClusterMap` and, for the map, by a shard once when its
+//! epoch changes. Never on the write path.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use crate::config::{shard_addr, NodeConfig};
+use crate::meta::MetaMap;
+
+/// What shard 0 found when it recovered the meta group at startup.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// The map recovered from the meta group (None: a fresh cluster, no map committed yet).
+    Recovered(Option<Arc<MetaMap>>),
+    /// Shard 0 could not start.
+    Failed,
+}
 
 /// One partition's status as its shard last published it.
 #[derive(Debug, Default)]
@@ -20,16 +33,25 @@ pub struct PartitionStat {
     pub commit: AtomicU64,
     /// Applied index.
     pub applied: AtomicU64,
+    /// A shard of this node hosts the partition (set by its first publish).
+    pub hosted: AtomicBool,
 }
 
 /// State shared by the shards of one node.
 #[derive(Debug)]
 pub struct NodeShared {
-    /// Indexed by partition id (index 0 unused); only partitions with a replica here are set.
+    /// Indexed by partition id (0: the meta group); only partitions with a replica here are set.
     stats: Vec<PartitionStat>,
     /// Base client address (shard 0) of each node, learnt from peers' hellos (this node's own
     /// from its configuration).
     client_bases: Mutex<BTreeMap<u64, SocketAddr>>,
+    /// The newest cluster map this node applied (shard 0 writes it).
+    map: RwLock<Option<Arc<MetaMap>>>,
+    /// Its epoch (0: none yet), read by every shard each turn.
+    map_epoch: AtomicU64,
+    /// Shard 0's startup result, awaited by the other shards before they choose partitions.
+    boot: Mutex<Option<Boot>>,
+    boot_cv: Condvar,
 }
 
 impl NodeShared {
@@ -42,12 +64,25 @@ impl NodeShared {
                 .map(|_| PartitionStat::default())
                 .collect(),
             client_bases: Mutex::new(bases),
+            map: RwLock::new(None),
+            map_epoch: AtomicU64::new(0),
+            boot: Mutex::new(None),
+            boot_cv: Condvar::new(),
         }
     }
 
-    /// The status slot of `partition`.
+    /// The status slot of `partition` (0: the meta group).
     pub fn stat(&self, partition: u64) -> Option<&PartitionStat> {
-        self.stats.get(partition as usize).filter(|_| partition > 0)
+        self.stats.get(partition as usize)
+    }
+
+    /// The partitions some shard of this node hosts, ascending (0, the meta group, included).
+    pub fn hosted(&self) -> impl Iterator<Item = (u64, &PartitionStat)> {
+        self.stats
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.hosted.load(Ordering::Relaxed))
+            .map(|(p, s)| (p as u64, s))
     }
 
     /// Publishes a partition's status.
@@ -57,6 +92,54 @@ impl NodeShared {
             s.term.store(term, Ordering::Relaxed);
             s.commit.store(commit, Ordering::Relaxed);
             s.applied.store(applied, Ordering::Relaxed);
+            s.hosted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The epoch of the newest map this node applied (0: none yet).
+    pub fn map_epoch(&self) -> u64 {
+        self.map_epoch.load(Ordering::Acquire)
+    }
+
+    /// The newest map this node applied.
+    pub fn map(&self) -> Option<Arc<MetaMap>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Installs a map applied from the meta group (ignored unless its epoch is newer).
+    pub fn set_map(&self, map: Arc<MetaMap>) {
+        let mut g = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if g.as_ref().is_none_or(|m| m.epoch < map.epoch) {
+            let epoch = map.epoch;
+            *g = Some(map);
+            self.map_epoch.store(epoch, Ordering::Release);
+        }
+    }
+
+    /// Shard 0 reports how its startup went (the other shards wait for it in [`Self::wait_boot`]).
+    pub fn set_boot(&self, boot: Boot) {
+        if let Boot::Recovered(Some(m)) = &boot {
+            self.set_map(m.clone());
+        }
+        *self.boot.lock().unwrap_or_else(|p| p.into_inner()) = Some(boot);
+        self.boot_cv.notify_all();
+    }
+
+    /// Waits for shard 0's startup report; None if `stop` was raised meanwhile.
+    pub fn wait_boot(&self, stop: &AtomicBool) -> Option<Boot> {
+        let mut g = self.boot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(b) = g.as_ref() {
+                return Some(b.clone());
+            }
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            g = self
+                .boot_cv
+                .wait_timeout(g, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 

@@ -1,0 +1,501 @@
+//! The meta group: the replicated cluster map (DESIGN.md "Data placement").
+//!
+//! # What it is
+//! Partition **0** is the meta group. It is a Raft group like every data partition (same
+//! raftcore node, same [`StateMachine`](crate::state_machine::StateMachine), same WAL, snapshots
+//! and recovery), with two differences:
+//! - it has a voting replica on **every** node of the initial cluster, on shard 0 (so every node
+//!   learns the map by applying its own log, and the map survives as long as a majority of nodes
+//!   does);
+//! - no slot maps to it: clients cannot read or write it; only the server proposes to it.
+//!
+//! Its key-value state holds the placement under [`MAP_KEY`]: a [`MetaMap`] (slot ranges ->
+//! partitions -> replicas on distinct nodes -> a shard on each node, and an epoch that grows
+//! with every change of placement).
+//!
+//! # Bootstrap
+//! A fresh cluster has no map. The meta group's first leader, once it has applied an entry of
+//! its own term (its no-op, thesis §6.4: its state machine is then current), proposes
+//! [`MetaMap::initial`] derived from its configuration, at epoch 1, as a put-if-absent: a second
+//! proposal (a later leader, a retry) finds the key and changes nothing, so the first committed
+//! map wins and is never overwritten by a bootstrap.
+//!
+//! Until a node has applied the map it answers data requests and `ClusterMap` requests with
+//! `Unavailable` (clients retry); a restarted node has it at once from its recovered snapshot
+//! or log.
+//!
+//! # Which partitions a node opens
+//! On a restart with a known map, each shard opens the partitions the map places on it
+//! ([`MetaMap::hosted`]). On a first start (no map yet), it opens the configuration's initial
+//! placement, the same one the map will be built from. When the applied map and what a node
+//! hosts disagree (nodes started with different `--partitions`, `--replicas`, `--shards` or
+//! peer lists), the node stops with an error naming the difference ([`MetaMap::check_node`]):
+//! serving with a placement the rest of the cluster does not share would misroute requests.
+//! Changing the placement of a running cluster (moving replicas, splits) is roadmap phase 2; the
+//! map format and epoch already carry what it needs.
+//!
+//! # Encoding of a [`MetaMap`] (version 1, little-endian)
+//! ```text
+//! offset size  field
+//! 0      4     magic "CMAP"
+//! 4      1     version = 1
+//! 5      3     zero
+//! 8      8     epoch (>= 1)
+//! 16     4     shards per node the placement assumes
+//! 20     4     R = number of slot ranges
+//! 24     4     P = number of partitions
+//! 28     4     zero
+//! 32     16*R  ranges: start u16, end u16, zero u32, partition u64
+//! ...    per partition: id u64, replica count N u32, zero u32, then N x (node u64, shard u32,
+//!              zero u32)
+//! end-4  4     crc32c (Castagnoli) of every byte before it
+//! ```
+//! [`MetaMap::decode`] checks the magic, version, lengths, checksum and then the map's own
+//! invariants ([`wire::ClusterMap::validate`]); any failure is a typed [`MetaError`].
+
+use bytes::{BufMut, Bytes, BytesMut};
+use thiserror::Error;
+use wire::{ClusterMap, PartitionInfo, Replica, SlotRange};
+
+use crate::config::NodeConfig;
+
+/// The meta group's partition id.
+pub const META_PARTITION: u64 = 0;
+/// The key of the cluster map in the meta group's state machine.
+pub const MAP_KEY: &[u8] = b"cluster/map";
+
+const MAGIC: &[u8; 4] = b"CMAP";
+const VERSION: u8 = 1;
+const HEADER_BYTES: usize = 32;
+const RANGE_BYTES: usize = 16;
+const REPLICA_BYTES: usize = 16;
+const PARTITION_HEAD_BYTES: usize = 16;
+
+/// Why a map could not be decoded or does not fit this node.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MetaError {
+    /// The bytes are not a map of a known version.
+    #[error("cluster map encoding: {0}")]
+    Encoding(String),
+    /// The checksum does not match.
+    #[error("cluster map checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum {
+        /// The checksum in the value.
+        stored: u32,
+        /// The checksum of the bytes.
+        computed: u32,
+    },
+    /// The map breaks one of its invariants.
+    #[error("{0}")]
+    Invalid(#[from] wire::MapError),
+    /// The map and this node's configuration disagree.
+    #[error("this node's configuration disagrees with the cluster map (epoch {epoch}): {reason}")]
+    Mismatch {
+        /// The map's epoch.
+        epoch: u64,
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// One partition's replicas: (node, shard on that node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaPartition {
+    /// Partition id (>= 1).
+    pub id: u64,
+    /// (node, shard) of each replica, on distinct nodes.
+    pub replicas: Vec<(u64, u32)>,
+}
+
+/// The placement stored in the meta group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaMap {
+    /// Grows with every change of placement (1 for the bootstrap map).
+    pub epoch: u64,
+    /// Shards per node the placement assumes (every node runs this many).
+    pub shards: u32,
+    /// Slot ranges, sorted and covering every slot.
+    pub ranges: Vec<SlotRange>,
+    /// The data partitions.
+    pub partitions: Vec<MetaPartition>,
+}
+
+impl MetaMap {
+    /// The bootstrap map of `config`: epoch 1, slots split evenly over partitions
+    /// `1..=partitions`, replicas as [`NodeConfig::initial_replicas`], partition `p` on shard
+    /// `p % shards` of every node.
+    pub fn initial(config: &NodeConfig) -> MetaMap {
+        let partitions: Vec<MetaPartition> = (1..=u64::from(config.partitions))
+            .map(|p| MetaPartition {
+                id: p,
+                replicas: config
+                    .initial_replicas(p)
+                    .into_iter()
+                    .map(|n| (n, config.shard_of_partition(p) as u32))
+                    .collect(),
+            })
+            .collect();
+        let ranges = ClusterMap::uniform(
+            1,
+            partitions
+                .iter()
+                .map(|p| PartitionInfo {
+                    id: p.id,
+                    replicas: Vec::new(),
+                    leader_node: 0,
+                })
+                .collect(),
+        )
+        .ranges;
+        MetaMap {
+            epoch: 1,
+            shards: config.shards as u32,
+            ranges,
+            partitions,
+        }
+    }
+
+    /// The data partitions with a replica on shard `shard` of `node`, ascending.
+    pub fn hosted(&self, node: u64, shard: usize) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.contains(&(node, shard as u32)))
+            .map(|p| p.id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The voters of `partition`, if the map has it.
+    pub fn voters(&self, partition: u64) -> Option<Vec<u64>> {
+        self.partitions
+            .iter()
+            .find(|p| p.id == partition)
+            .map(|p| p.replicas.iter().map(|r| r.0).collect())
+    }
+
+    /// Checks that shard `shard` of this node can serve this map: same shard count, same
+    /// partition count, and the data partitions it hosts (`here`, ascending) are exactly those
+    /// the map places there.
+    pub fn check_node(
+        &self,
+        config: &NodeConfig,
+        shard: usize,
+        here: &[u64],
+    ) -> Result<(), MetaError> {
+        let mismatch = |reason: String| MetaError::Mismatch {
+            epoch: self.epoch,
+            reason,
+        };
+        if self.shards as usize != config.shards {
+            return Err(mismatch(format!(
+                "the map assumes {} shards per node, this node runs {} (--shards)",
+                self.shards, config.shards
+            )));
+        }
+        if self.partitions.len() != config.partitions as usize {
+            return Err(mismatch(format!(
+                "the map has {} partitions, this node is configured with {} (--partitions)",
+                self.partitions.len(),
+                config.partitions
+            )));
+        }
+        let want = self.hosted(config.id, shard);
+        if want != here {
+            return Err(mismatch(format!(
+                "shard {shard} hosts partitions {here:?}, the map places {want:?} there \
+                 (check --replicas and --peers on every node)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The wire form: endpoints from `endpoint(node, shard)`, leader hints from
+    /// `leader(partition)` (0 when unknown).
+    pub fn to_wire(
+        &self,
+        endpoint: impl Fn(u64, u32) -> String,
+        leader: impl Fn(u64) -> u64,
+    ) -> ClusterMap {
+        ClusterMap {
+            epoch: self.epoch,
+            ranges: self.ranges.clone(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| {
+                    let l = leader(p.id);
+                    PartitionInfo {
+                        id: p.id,
+                        replicas: p
+                            .replicas
+                            .iter()
+                            .map(|&(node, shard)| Replica {
+                                node,
+                                shard,
+                                endpoint: endpoint(node, shard),
+                            })
+                            .collect(),
+                        leader_node: if p.replicas.iter().any(|r| r.0 == l) {
+                            l
+                        } else {
+                            0
+                        },
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks the map's invariants (those of [`ClusterMap::validate`], plus epoch >= 1, a
+    /// shard count >= 1, partition ids >= 1 and every shard below the shard count).
+    pub fn validate(&self) -> Result<(), MetaError> {
+        let bad = |s: String| MetaError::Encoding(s);
+        if self.epoch == 0 {
+            return Err(bad("epoch 0".into()));
+        }
+        if self.shards == 0 {
+            return Err(bad("0 shards".into()));
+        }
+        for p in &self.partitions {
+            if p.id == META_PARTITION {
+                return Err(bad("partition 0 (the meta group) owns no slots".into()));
+            }
+            if let Some(&(n, s)) = p.replicas.iter().find(|r| r.1 >= self.shards) {
+                return Err(bad(format!(
+                    "partition {}: node {n} shard {s} >= {} shards",
+                    p.id, self.shards
+                )));
+            }
+        }
+        self.to_wire(|_, _| String::new(), |_| 0).validate()?;
+        Ok(())
+    }
+
+    /// Encodes the map (layout in the module docs).
+    pub fn encode(&self) -> Bytes {
+        let len = HEADER_BYTES
+            + RANGE_BYTES * self.ranges.len()
+            + self
+                .partitions
+                .iter()
+                .map(|p| PARTITION_HEAD_BYTES + REPLICA_BYTES * p.replicas.len())
+                .sum::<usize>()
+            + 4;
+        let mut b = BytesMut::with_capacity(len);
+        b.put_slice(MAGIC);
+        b.put_u8(VERSION);
+        b.put_bytes(0, 3);
+        b.put_u64_le(self.epoch);
+        b.put_u32_le(self.shards);
+        b.put_u32_le(self.ranges.len() as u32);
+        b.put_u32_le(self.partitions.len() as u32);
+        b.put_u32_le(0);
+        for r in &self.ranges {
+            b.put_u16_le(r.start);
+            b.put_u16_le(r.end);
+            b.put_u32_le(0);
+            b.put_u64_le(r.partition);
+        }
+        for p in &self.partitions {
+            b.put_u64_le(p.id);
+            b.put_u32_le(p.replicas.len() as u32);
+            b.put_u32_le(0);
+            for &(node, shard) in &p.replicas {
+                b.put_u64_le(node);
+                b.put_u32_le(shard);
+                b.put_u32_le(0);
+            }
+        }
+        let crc = crc32c::crc32c(&b);
+        b.put_u32_le(crc);
+        debug_assert_eq!(b.len(), len);
+        b.freeze()
+    }
+
+    /// Decodes and validates a map (layout in the module docs).
+    pub fn decode(data: &[u8]) -> Result<MetaMap, MetaError> {
+        let bad = |s: &str| MetaError::Encoding(s.to_owned());
+        if data.len() < HEADER_BYTES + 4 {
+            return Err(bad("shorter than the header"));
+        }
+        let (body, crc) = data.split_at(data.len() - 4);
+        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        let computed = crc32c::crc32c(body);
+        if stored != computed {
+            return Err(MetaError::Checksum { stored, computed });
+        }
+        if &body[0..4] != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        if body[4] != VERSION {
+            return Err(MetaError::Encoding(format!(
+                "unknown version {} (this build reads {VERSION})",
+                body[4]
+            )));
+        }
+        let mut r = Reader { b: body, at: 8 };
+        let epoch = r.u64()?;
+        let shards = r.u32()?;
+        let n_ranges = r.u32()? as usize;
+        let n_parts = r.u32()? as usize;
+        r.u32()?;
+        // Counts are bounded by the bytes present before anything is allocated.
+        if n_ranges > body.len() / RANGE_BYTES || n_parts > body.len() / PARTITION_HEAD_BYTES {
+            return Err(bad("counts larger than the value"));
+        }
+        let mut ranges = Vec::with_capacity(n_ranges);
+        for _ in 0..n_ranges {
+            let start = r.u16()?;
+            let end = r.u16()?;
+            r.u32()?;
+            let partition = r.u64()?;
+            ranges.push(SlotRange {
+                start,
+                end,
+                partition,
+            });
+        }
+        let mut partitions = Vec::with_capacity(n_parts);
+        for _ in 0..n_parts {
+            let id = r.u64()?;
+            let n = r.u32()? as usize;
+            r.u32()?;
+            if n > body.len() / REPLICA_BYTES {
+                return Err(bad("replica count larger than the value"));
+            }
+            let mut replicas = Vec::with_capacity(n);
+            for _ in 0..n {
+                let node = r.u64()?;
+                let shard = r.u32()?;
+                r.u32()?;
+                replicas.push((node, shard));
+            }
+            partitions.push(MetaPartition { id, replicas });
+        }
+        if r.at != body.len() {
+            return Err(bad("trailing bytes"));
+        }
+        let map = MetaMap {
+            epoch,
+            shards,
+            ranges,
+            partitions,
+        };
+        map.validate()?;
+        Ok(map)
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], MetaError> {
+        let s = self
+            .b
+            .get(self.at..self.at + N)
+            .ok_or_else(|| MetaError::Encoding("truncated".into()))?;
+        self.at += N;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<u16, MetaError> {
+        self.take::<2>().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Result<u32, MetaError> {
+        self.take::<4>().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Result<u64, MetaError> {
+        self.take::<8>().map(u64::from_le_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn config(nodes: u64, partitions: u32, shards: usize) -> NodeConfig {
+        let peers = (1..=nodes)
+            .map(|n| (n, format!("127.0.0.1:{}", 9000 + n * 100).parse().unwrap()))
+            .collect::<std::collections::BTreeMap<u64, SocketAddr>>();
+        NodeConfig {
+            id: 1,
+            data_dir: "/tmp/unused".into(),
+            client_addr: "127.0.0.1:9001".parse().unwrap(),
+            peer_addr: peers[&1],
+            peers,
+            shards,
+            partitions,
+            replicas: 3,
+            pin: false,
+            tuning: Default::default(),
+        }
+    }
+
+    #[test]
+    fn initial_map_round_trips_and_places_every_replica_on_its_shard() {
+        let c = config(3, 8, 2);
+        let m = MetaMap::initial(&c);
+        m.validate().unwrap();
+        assert_eq!(MetaMap::decode(&m.encode()).unwrap(), m);
+        for p in &m.partitions {
+            assert_eq!(p.replicas.len(), 3);
+            assert!(p.replicas.iter().all(|r| r.1 as u64 == p.id % 2));
+        }
+        let hosted: Vec<Vec<u64>> = (0..2).map(|s| m.hosted(1, s)).collect();
+        assert_eq!(hosted[0], vec![2, 4, 6, 8]);
+        assert_eq!(hosted[1], vec![1, 3, 5, 7]);
+        m.check_node(&c, 0, &hosted[0]).unwrap();
+        m.check_node(&c, 1, &hosted[1]).unwrap();
+    }
+
+    #[test]
+    fn mismatched_configuration_is_named() {
+        let c = config(3, 8, 2);
+        let m = MetaMap::initial(&c);
+        let other = config(3, 16, 2);
+        let e = m.check_node(&other, 0, &[]).unwrap_err();
+        assert!(e.to_string().contains("--partitions"), "{e}");
+        let other = config(3, 8, 1);
+        let e = m.check_node(&other, 0, &[]).unwrap_err();
+        assert!(e.to_string().contains("--shards"), "{e}");
+        let e = m.check_node(&c, 0, &[2, 4]).unwrap_err();
+        assert!(e.to_string().contains("shard 0"), "{e}");
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_a_typed_error() {
+        let m = MetaMap::initial(&config(3, 4, 1));
+        let bytes = m.encode();
+        for cut in 0..bytes.len() {
+            assert!(MetaMap::decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.to_vec();
+                b[i] ^= 1 << bit;
+                assert!(MetaMap::decode(&b).is_err(), "flip byte {i} bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_checksummed_but_invalid_map_is_refused() {
+        let mut m = MetaMap::initial(&config(3, 4, 1));
+        m.ranges.pop();
+        let e = MetaMap::decode(&m.encode()).unwrap_err();
+        assert!(matches!(e, MetaError::Invalid(_)), "{e}");
+        let mut m = MetaMap::initial(&config(3, 4, 1));
+        m.partitions[0].replicas[0].1 = 5;
+        assert!(MetaMap::decode(&m.encode()).is_err());
+        let mut m = MetaMap::initial(&config(3, 4, 1));
+        m.epoch = 0;
+        assert!(MetaMap::decode(&m.encode()).is_err());
+    }
+}
