@@ -513,7 +513,8 @@ impl Client {
         }
     }
 
-    /// Sends `op` to the leader of its key's partition, with retries (see the module docs),
+    /// Sends `op` to its partition's leader, or for follower and stale reads to a replica
+    /// chosen by [`ClientConfig::read_preference`], with retries (see the module docs),
     /// and returns the answering replica's header and the result. The building block of
     /// every other method; loadgen may use it directly.
     pub async fn execute(&self, op: Op) -> Result<(ResponseHeader, Outcome), ClientError> {
@@ -550,8 +551,11 @@ impl Client {
         let mut quick_retries = 0u32;
         let mut last = String::from("no attempt");
         loop {
-            let fetches = self.map_fetches();
+            // Map first: `fetches` then counts the fetch that installed this map, so a later
+            // refresh is skipped only for a map installed after this read, never for the one
+            // this attempt used (at worst a refresh is redundant).
             let map = self.cluster_map();
+            let fetches = self.map_fetches();
             let (next, replicas) = match route::pick(&map, &target, spread.as_ref()) {
                 None => {
                     last = format!("no route in map epoch {}", map.epoch);
