@@ -14,9 +14,10 @@
 //!    [`PeerBatch`]) that the engine and the client use; they never touch generated code.
 //!    Keys, values and entry payloads are zero-copy [`bytes::Bytes`] slices of the frame body.
 //! 4. **Placement**: [`slot_of`] (crc32c mod 16384, with `{hash tags}`) and [`ClusterMap`].
-//! 5. **Client** ([`client`], feature `client`, on by default): a tokio client that routes each
-//!    request to its partition leader, pipelines many requests per connection, and retries
-//!    with session sequence numbers so retried writes apply once.
+//! 5. **Client** ([`client`], feature `client`, on by default): a tokio client that routes
+//!    writes and linearizable reads to the partition leader, spreads follower and stale reads
+//!    over the replicas, pipelines many requests per connection, and retries with session
+//!    sequence numbers so retried writes apply once.
 //!
 //! # Frame kinds and bodies
 //! | kind | value | body | direction |

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use wire::client::{Client, ClientConfig, ClientError, RangeOptions};
+use wire::client::{Client, ClientConfig, ClientError, RangeOptions, ReadPreference};
 use wire::*;
 
 /// What a fake node does with one request.
@@ -715,4 +715,558 @@ async fn a_refused_frame_fails_its_requests_with_the_typed_error() {
     // The connection stays usable: the frame boundary was never lost.
     assert!(client.put("good", "v").await.unwrap().written);
     assert_eq!(fake.conns.load(Ordering::SeqCst), 1);
+}
+
+// ---- replica choice for follower and stale reads ----------------------------------------------
+
+/// A `host:port` that refuses connections: a socket bound to it but never listening, so no
+/// other test can take the port while the returned socket lives.
+fn closed_endpoint() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    (socket, addr)
+}
+
+/// A get answered by `node`: the value names the node, so the caller sees who served it.
+fn get_from(node: u64, key: &Bytes) -> Action {
+    Action::Reply(Ok(Outcome::Get(Some(KeyValue {
+        key: key.clone(),
+        value: Bytes::from(format!("node-{node}")),
+        create_revision: 1,
+        mod_revision: 1,
+        version: 1,
+    }))))
+}
+
+fn unavailable(reason: &str) -> Action {
+    Action::Reply(Err(ServerError::Unavailable {
+        reason: reason.into(),
+    }))
+}
+
+/// Per node id, how many of `seen` it got.
+fn per_node(seen: &[Seen]) -> BTreeMap<u64, usize> {
+    let mut out = BTreeMap::new();
+    for s in seen {
+        *out.entry(s.node).or_insert(0) += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn follower_and_stale_reads_spread_over_the_followers() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |node, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Get { key, .. } => get_from(node, key),
+            Op::Range(_) => Action::Reply(Ok(Outcome::Range(RangeResult::default()))),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1, 2, 3]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let expected = client.cluster_map();
+
+    // One hot key, read again and again: both followers of its partition share the reads.
+    let hot = "hot-key";
+    let hot_leader = expected
+        .partition_of_key(hot.as_bytes())
+        .unwrap()
+        .leader_node;
+    for consistency in [Consistency::Follower, Consistency::Stale] {
+        let before = fake.data_requests().len();
+        for _ in 0..10 {
+            let kv = client.get_with(hot, consistency).await.unwrap().unwrap();
+            assert_ne!(
+                kv.value,
+                format!("node-{hot_leader}"),
+                "served by the leader"
+            );
+        }
+        let seen = &fake.data_requests()[before..];
+        assert!(seen
+            .iter()
+            .all(|s| matches!(&s.req.op, Op::Get { consistency: c, .. } if *c == consistency)));
+        let counts = per_node(seen);
+        assert_eq!(counts.get(&hot_leader), None, "{consistency:?}: {counts:?}");
+        assert_eq!(
+            counts.len(),
+            2,
+            "{consistency:?}: both followers: {counts:?}"
+        );
+        assert!(
+            counts.values().all(|&n| n == 5),
+            "{consistency:?}: round robin over two followers: {counts:?}"
+        );
+    }
+
+    // Many keys: each read lands on a follower of its own partition.
+    let before = fake.data_requests().len();
+    for i in 0..30 {
+        client
+            .get_with(format!("key-{i}"), Consistency::Stale)
+            .await
+            .unwrap();
+    }
+    for s in &fake.data_requests()[before..] {
+        let Op::Get { key, .. } = &s.req.op else {
+            panic!("not a get")
+        };
+        let p = expected.partition_of_key(key).unwrap();
+        assert_ne!(s.node, p.leader_node, "key {key:?} read at its leader");
+        assert_eq!(s.req.seq, 0, "reads carry no sequence number");
+    }
+
+    // Follower ranges: every partition is scanned at one of its followers.
+    let before = fake.data_requests().len();
+    for _ in 0..2 {
+        let page = client
+            .range(RangeOptions {
+                consistency: Consistency::Follower,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page, Default::default());
+    }
+    let seen = &fake.data_requests()[before..];
+    assert_eq!(seen.len(), 6, "two scans of three partitions");
+    for s in seen {
+        let Op::Range(r) = &s.req.op else {
+            panic!("not a range")
+        };
+        assert_eq!(r.consistency, Consistency::Follower);
+        assert_ne!(
+            s.node,
+            expected.partition(r.partition).unwrap().leader_node,
+            "partition {} scanned at its leader",
+            r.partition
+        );
+    }
+}
+
+#[tokio::test]
+async fn any_replica_preference_spreads_reads_over_the_leader_too() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |node, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Get { key, .. } => get_from(node, key),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[2]);
+    let mut cfg = config(&fake);
+    cfg.read_preference = ReadPreference::AnyReplica;
+    let client = Client::connect(cfg).await.unwrap();
+    for _ in 0..9 {
+        client.get_with("k", Consistency::Follower).await.unwrap();
+    }
+    let counts = per_node(&fake.data_requests());
+    assert_eq!(
+        counts,
+        BTreeMap::from([(1, 3), (2, 3), (3, 3)]),
+        "round robin over all three replicas"
+    );
+}
+
+/// A config under which any backoff fails the call at once: the first backoff already reaches
+/// past the deadline. A call that succeeds under it retried without backing off.
+fn no_backoff_config(seeds: Vec<String>) -> ClientConfig {
+    let mut cfg = ClientConfig::new(seeds);
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg.backoff_min = Duration::from_secs(10);
+    cfg.backoff_max = Duration::from_secs(10);
+    cfg
+}
+
+#[tokio::test]
+async fn a_follower_that_refuses_connections_hands_the_read_to_the_other_follower() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |node, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Get { key, .. } => get_from(node, key),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    // Node 2's endpoint is a closed port (a crashed node); node 1 leads.
+    let (_closed, closed) = closed_endpoint();
+    let endpoints = vec![fake.endpoints[0].clone(), closed, fake.endpoints[2].clone()];
+    *map.lock().unwrap() = map_of(1, &endpoints, &[1]);
+    let client = Client::connect(no_backoff_config(vec![fake.endpoints[0].clone()]))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let kv = client
+            .get_with(format!("k{i}"), Consistency::Follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kv.value, "node-3");
+    }
+    // Half of the reads chose node 2 first, failed to connect and moved on to node 3 at once;
+    // the leader saw none of them.
+    assert_eq!(per_node(&fake.data_requests()), BTreeMap::from([(3, 6)]));
+}
+
+#[tokio::test]
+async fn an_unavailable_follower_hands_the_read_to_the_other_follower() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |node, req| match (&req.op, node) {
+            (Op::ClusterMap, _) => {
+                Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone())))
+            }
+            (Op::Get { .. }, 2) => unavailable("no read index yet"),
+            (Op::Get { key, .. }, _) => get_from(node, key),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(no_backoff_config(vec![fake.endpoints[0].clone()]))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        let kv = client
+            .get_with(format!("k{i}"), Consistency::Stale)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kv.value, "node-3");
+    }
+    let nodes: Vec<u64> = fake.data_requests().iter().map(|s| s.node).collect();
+    // Reads alternate their first choice: node 2 (refuses, then node 3), node 3, ...
+    assert_eq!(nodes, [2, 3, 3, 2, 3, 3, 2, 3, 3]);
+}
+
+#[tokio::test]
+async fn when_every_follower_fails_the_leader_serves_the_read() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |node, req| match (&req.op, node) {
+            (Op::ClusterMap, _) => {
+                Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone())))
+            }
+            (Op::Get { .. }, 3) => Action::Reply(Err(ServerError::NotLeader {
+                leader_node: 0,
+                leader_endpoint: None,
+            })),
+            (Op::Get { key, .. }, _) => get_from(node, key),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    // Node 2 is down (closed port), node 3 knows no leader, node 1 leads.
+    let (_closed, closed) = closed_endpoint();
+    let endpoints = vec![fake.endpoints[0].clone(), closed, fake.endpoints[2].clone()];
+    *map.lock().unwrap() = map_of(1, &endpoints, &[1]);
+    let client = Client::connect(no_backoff_config(vec![fake.endpoints[0].clone()]))
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let kv = client
+            .get_with(format!("k{i}"), Consistency::Follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kv.value, "node-1");
+    }
+    let nodes: Vec<u64> = fake.data_requests().iter().map(|s| s.node).collect();
+    // Each read tries node 3 (its other choice, node 2, fails to connect) and then the leader.
+    assert_eq!(nodes, [3, 1, 3, 1, 3, 1, 3, 1]);
+}
+
+#[tokio::test]
+async fn a_follower_read_backs_off_only_after_every_replica_failed() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            _ => unavailable("no quorum"),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let mut cfg = config(&fake);
+    cfg.request_timeout = Duration::from_millis(300);
+    cfg.backoff_min = Duration::from_millis(5);
+    cfg.backoff_max = Duration::from_millis(40);
+    let client = Client::connect(cfg).await.unwrap();
+    let err = client
+        .get_with("k", Consistency::Follower)
+        .await
+        .unwrap_err();
+    let ClientError::Timeout { attempts, last } = err else {
+        panic!("expected a timeout, got {err:?}")
+    };
+    assert!(last.contains("no quorum"), "{last}");
+    let nodes: Vec<u64> = fake.data_requests().iter().map(|s| s.node).collect();
+    assert_eq!(nodes.len() as u32, attempts);
+    assert!(
+        attempts >= 6,
+        "at least two rounds, got {attempts} attempts"
+    );
+    // Every round: both followers (in the same order), then the leader.
+    let round = &nodes[..3];
+    assert!(round == [2, 3, 1] || round == [3, 2, 1], "{nodes:?}");
+    for chunk in nodes.chunks(3) {
+        assert_eq!(chunk, &round[..chunk.len()], "{nodes:?}");
+    }
+}
+
+#[tokio::test]
+async fn linearizable_reads_and_writes_go_to_the_leader() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        3,
+        Box::new(move |node, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Get { key, .. } => get_from(node, key),
+            Op::Put(_) => put_ok(),
+            Op::Delete { .. } => Action::Reply(Ok(Outcome::Delete(DeleteResult::default()))),
+            Op::Txn(_) => Action::Reply(Ok(Outcome::Txn(TxnResult::default()))),
+            Op::Range(_) => Action::Reply(Ok(Outcome::Range(RangeResult::default()))),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[2]);
+    for preference in [ReadPreference::Followers, ReadPreference::AnyReplica] {
+        let before = fake.data_requests().len();
+        let mut cfg = config(&fake);
+        cfg.read_preference = preference;
+        let client = Client::connect(cfg).await.unwrap();
+        for i in 0..3 {
+            let key = format!("k{i}");
+            let kv = client.get(key.clone()).await.unwrap().unwrap();
+            assert_eq!(kv.value, "node-2");
+            client.put(key.clone(), "v").await.unwrap();
+            client.delete(key.clone()).await.unwrap();
+            client.cas(key.clone(), None, "v").await.unwrap();
+            client.range(RangeOptions::default()).await.unwrap();
+        }
+        let seen = &fake.data_requests()[before..];
+        assert_eq!(seen.len(), 15);
+        assert_eq!(
+            per_node(seen),
+            BTreeMap::from([(2, 15)]),
+            "{preference:?}: everything at the leader"
+        );
+    }
+}
+
+// ---- map fetch while the cluster starts ---------------------------------------------------------
+
+#[tokio::test]
+async fn connect_retries_while_the_map_is_unavailable() {
+    let map = shared_map();
+    let m = map.clone();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let f = fetches.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap if f.fetch_add(1, Ordering::SeqCst) < 2 => {
+                unavailable("meta group has not committed the map")
+            }
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Put(_) => put_ok(),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(7, &fake.endpoints, &[1]);
+    // The first seed refuses connections (a node not listening yet).
+    let mut cfg = config(&fake);
+    let (_closed, closed) = closed_endpoint();
+    cfg.seeds = vec![closed, fake.endpoints[0].clone()];
+    let client = Client::connect(cfg).await.unwrap();
+    assert_eq!(client.cluster_map().epoch, 7);
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        3,
+        "two refusals, then the map"
+    );
+    assert!(client.put("k", "v").await.unwrap().written);
+}
+
+#[tokio::test]
+async fn connect_times_out_while_every_endpoint_stays_unavailable() {
+    let fake = Fake::start(2, Box::new(|_, _| unavailable("meta group has no leader"))).await;
+    let mut cfg = config(&fake);
+    let (_closed, closed) = closed_endpoint();
+    cfg.seeds = vec![closed, fake.endpoints[0].clone(), fake.endpoints[1].clone()];
+    cfg.request_timeout = Duration::from_millis(300);
+    cfg.backoff_min = Duration::from_millis(5);
+    cfg.backoff_max = Duration::from_millis(40);
+    let start = std::time::Instant::now();
+    let err = Client::connect(cfg).await.unwrap_err();
+    let elapsed = start.elapsed();
+    let ClientError::Timeout { attempts, last } = err else {
+        panic!("expected a timeout, got {err:?}")
+    };
+    assert!(last.contains("meta group has no leader"), "{last}");
+    let per = per_node(&fake.seen());
+    assert!(
+        per.len() == 2 && per.values().all(|&n| n >= 3),
+        "every endpoint asked again and again: {per:?}"
+    );
+    assert_eq!(
+        attempts as usize,
+        3 * per[&1],
+        "whole passes over the three seeds"
+    );
+    // It kept trying until close to its deadline (it stops when the next backoff, at most
+    // 40 ms, would pass it), and not much longer.
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn connect_fails_at_once_on_a_map_error_that_retrying_does_not_fix() {
+    let fake = Fake::start(
+        1,
+        Box::new(|_, _| {
+            Action::Reply(Err(ServerError::Internal {
+                reason: "map table corrupt".into(),
+            }))
+        }),
+    )
+    .await;
+    let err = Client::connect(config(&fake)).await.unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::Server(ServerError::Internal {
+            reason: "map table corrupt".into()
+        })
+    );
+    assert_eq!(fake.seen().len(), 1, "no retry");
+}
+
+#[tokio::test]
+async fn a_lagging_server_map_neither_triggers_a_refresh_nor_rolls_the_client_back() {
+    // Phase 0: both nodes serve epoch 2 (node 1 leads). Phase 1: node 1 lags at epoch 1, node 2
+    // has epoch 3 (node 2 leads). Phase 2: both serve the old epoch 1 map.
+    let maps: Arc<Mutex<Vec<ClusterMap>>> = Arc::new(Mutex::new(Vec::new()));
+    let phase = Arc::new(AtomicUsize::new(0));
+    let (m, ph) = (maps.clone(), phase.clone());
+    let mut puts = 0;
+    let fake = Fake::start(
+        2,
+        Box::new(move |node, req| {
+            let maps = m.lock().unwrap();
+            let phase = ph.load(Ordering::SeqCst);
+            match &req.op {
+                Op::ClusterMap => {
+                    let epoch = match (phase, node) {
+                        (0, _) => 2,
+                        (1, 2) => 3,
+                        _ => 1,
+                    };
+                    let map = maps.iter().find(|m| m.epoch == epoch).unwrap().clone();
+                    Action::Reply(Ok(Outcome::ClusterMap(map)))
+                }
+                Op::Put(_) => {
+                    puts += 1;
+                    match puts {
+                        // The server is behind the client: no refresh, retry after a backoff.
+                        1 => Action::Reply(Err(ServerError::StaleMap { epoch: 1 })),
+                        // The server is ahead: refresh, past node 1's lagging map.
+                        3 => Action::Reply(Err(ServerError::StaleMap { epoch: 3 })),
+                        // Ask for a refresh that only finds older maps.
+                        5 => Action::Reply(Err(ServerError::WrongShard { epoch: 3 })),
+                        _ => put_ok(),
+                    }
+                }
+                _ => Action::Reply(Err(ServerError::Internal {
+                    reason: "unexpected".into(),
+                })),
+            }
+        }),
+    )
+    .await;
+    *maps.lock().unwrap() = vec![
+        map_of(1, &fake.endpoints, &[1]),
+        map_of(2, &fake.endpoints, &[1]),
+        map_of(3, &fake.endpoints, &[2]),
+    ];
+    let map_fetches = || {
+        fake.seen()
+            .iter()
+            .filter(|s| matches!(s.req.op, Op::ClusterMap))
+            .count()
+    };
+    let client = Client::connect(config(&fake)).await.unwrap();
+    assert_eq!(client.cluster_map().epoch, 2);
+
+    client.put("a", "1").await.unwrap();
+    assert_eq!(
+        map_fetches(),
+        1,
+        "a server behind the client is no reason to refresh"
+    );
+
+    phase.store(1, Ordering::SeqCst);
+    client.put("b", "2").await.unwrap();
+    assert_eq!(client.cluster_map().epoch, 3);
+    assert_eq!(
+        map_fetches(),
+        3,
+        "node 1's epoch 1 map is not enough; node 2's is"
+    );
+
+    phase.store(2, Ordering::SeqCst);
+    client.put("c", "3").await.unwrap();
+    assert_eq!(
+        map_fetches(),
+        5,
+        "a pass over both endpoints found only epoch 1"
+    );
+    assert_eq!(client.cluster_map().epoch, 3, "the newer map is kept");
+    assert_eq!(client.cluster_map().partition(1).unwrap().leader_node, 2);
+
+    let summary: Vec<(u64, u64)> = fake
+        .data_requests()
+        .iter()
+        .map(|s| (s.node, s.req.map_epoch))
+        .collect();
+    assert_eq!(
+        summary,
+        [(1, 2), (1, 2), (1, 2), (2, 3), (2, 3), (2, 3)],
+        "each put at the leader of the client's map, with its epoch"
+    );
 }

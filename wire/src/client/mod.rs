@@ -11,23 +11,50 @@
 //! ```
 //!
 //! # Routing
-//! The client fetches the [`ClusterMap`] from a seed endpoint, hashes each key to a slot
-//! ([`crate::slot_of`]), finds the slot's partition and sends the request straight to the
-//! endpoint of the shard that leads it (the map's leader hint, else the first replica).
+//! The client fetches the [`ClusterMap`] (see "Map fetch"), hashes each key to a slot
+//! ([`crate::slot_of`]) and finds the slot's partition; a `range` names each partition itself.
+//! Then the request kind decides the replica:
+//! - **Writes, transactions and `Linearizable` reads** go to the shard that leads the partition:
+//!   the map's leader hint, else the first replica. Only the leader serves them.
+//! - **`Follower` and `Stale` reads** (`get_with` and `range` with those consistencies) may be
+//!   served by any replica (a follower read asks the leader for a read index, Raft thesis
+//!   §6.4.1; a stale read is local), so they are spread over the replicas as
+//!   [`ClientConfig::read_preference`] says. With the default, [`ReadPreference::Followers`],
+//!   they go to the non-leader replicas and reach the leader only when every follower failed.
+//!   Each such call takes the next value of a per-client counter and starts at that position
+//!   of the candidate list (round robin), so consecutive reads, even of one hot key, land on
+//!   different replicas; a hash of the key would pin a hot key to one replica instead.
 //!
-//! # Pipelining
-//! One connection per endpoint, shared by every caller (the client is `Clone` and cheap to
-//! share across tasks). Requests issued concurrently are batched into one frame per writer
-//! turn; responses are matched by request id, so thousands can be in flight on a connection.
+//! # Map fetch
+//! [`Client::connect`], and every refresh during a call, asks the seeds and then every endpoint
+//! of the current map, in order, for the map; it stops at the first that answers with one.
+//! While every endpoint refuses the connection or answers `Unavailable`, `Busy`, `Timeout` or
+//! `NotLeader` (a cluster that is starting: its meta group has not committed the map yet), the
+//! client backs off exponentially (`backoff_min` doubling up to `backoff_max`) and asks again,
+//! until the deadline of the call (for `connect`, [`ClientConfig::request_timeout`]), then
+//! fails with [`ClientError::Timeout`]. An answer that retrying does not fix (another server
+//! error, a wrong result kind) fails the fetch after that pass over the endpoints, without
+//! backing off. A fetched map older than the client's is not installed: the client keeps the
+//! newer one. One refresh runs at a time; callers that wait for it skip their own fetch when it
+//! installed a map meanwhile (and, after `StaleMap`, the map is at least the server's epoch).
 //!
 //! # Retries
 //! Each call has a deadline ([`ClientConfig::request_timeout`]). Until it passes the client
 //! retries on:
 //! - `NotLeader`: follows the leader hint at once (a hint it cannot place refreshes the map);
-//! - `StaleMap` / `WrongShard`: refreshes the map, then retries;
-//! - `Unavailable`, `Busy`, `Timeout`, or a lost connection: backs off exponentially
-//!   (`backoff_min` doubling up to `backoff_max`), refreshes the map after a lost connection,
-//!   and retries.
+//! - `StaleMap` with an epoch newer than the client's map, or `WrongShard`: refreshes the map
+//!   (looking for a map at least as new as the server's), then retries;
+//! - `Unavailable`, `Busy`, `Timeout`, `StaleMap` with an epoch the client already has (that
+//!   server lags), or a lost connection: backs off exponentially (`backoff_min` doubling up to
+//!   `backoff_max`), refreshes the map after a lost connection, and retries.
+//!
+//! A new map or a followed leader hint is retried at once, at most three times in a row before
+//! backing off. Follower and stale reads differ in one way: when the chosen replica fails with
+//! any of the errors above except a map refresh (`NotLeader`, whose hint is still recorded,
+//! `Unavailable`, `Busy`, `Timeout`, an older `StaleMap`, a lost or refused connection), the
+//! read goes at once to the next replica of its order, the leader included; only when every
+//! replica of the partition has failed once does the client refresh the map (if a connection
+//! was lost), back off and start over from the first replica of its order.
 //!
 //! # Exactly-once writes
 //! A client has a random session id; each write takes the next sequence number once, and every
@@ -44,8 +71,10 @@
 //! window above a low-water mark), not only the largest one.
 
 mod conn;
+mod route;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -61,6 +90,8 @@ use crate::messages::{
 use crate::DecodeError;
 pub use conn::ConnError;
 use conn::Connection;
+pub use route::ReadPreference;
+use route::{Spread, Target};
 
 /// Client settings. Every limit has a default.
 #[derive(Debug, Clone)]
@@ -83,6 +114,9 @@ pub struct ClientConfig {
     pub batch_requests_max: usize,
     /// Keys per partition per `range` page when the caller passes limit 0. Default 1,000.
     pub range_keys_default: u32,
+    /// Which replicas serve `Follower` and `Stale` reads (gets and ranges); see "Routing" in
+    /// the module docs. Default [`ReadPreference::Followers`].
+    pub read_preference: ReadPreference,
 }
 
 impl ClientConfig {
@@ -98,6 +132,7 @@ impl ClientConfig {
             queue_requests_max: 4096,
             batch_requests_max: 256,
             range_keys_default: 1000,
+            read_preference: ReadPreference::default(),
         }
     }
 }
@@ -158,6 +193,11 @@ struct Inner {
     session: u64,
     seqs: Mutex<SeqTracker>,
     map: RwLock<Arc<ClusterMap>>,
+    /// Maps installed so far: a caller that saw `n` skips its refresh when another caller
+    /// installed one since.
+    map_fetches: AtomicU64,
+    /// Round-robin counter spreading follower and stale reads over replicas.
+    read_rotation: AtomicU64,
     conns: Mutex<HashMap<String, Arc<Connection>>>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -227,27 +267,27 @@ impl Drop for SeqGuard<'_> {
     }
 }
 
-/// Where a request goes.
-enum Target {
-    Key(Bytes),
-    Partition(u64),
-}
-
 impl Client {
-    /// Connects: fetches the cluster map from the first seed that answers.
+    /// Connects: fetches the cluster map from the first seed that answers with one, retrying
+    /// with backoff until [`ClientConfig::request_timeout`] while the seeds refuse connections
+    /// or answer `Unavailable`, `Busy`, `Timeout` or `NotLeader` (a cluster that is starting).
+    /// Fails with [`ClientError::Timeout`] at the deadline, or with the server's error when an
+    /// endpoint answers one that retrying does not fix (and no endpoint answers a map).
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         let client = Self {
             inner: Arc::new(Inner {
                 session: random_session(),
                 seqs: Mutex::new(SeqTracker::default()),
                 map: RwLock::new(Arc::new(ClusterMap::default())),
+                map_fetches: AtomicU64::new(0),
+                read_rotation: AtomicU64::new(0),
                 conns: Mutex::new(HashMap::new()),
                 refresh: tokio::sync::Mutex::new(()),
                 config,
             }),
         };
         let deadline = Instant::now() + client.inner.config.request_timeout;
-        client.refresh_map(0, deadline).await?;
+        client.refresh_map(0, 0, deadline).await?;
         Ok(client)
     }
 
@@ -473,7 +513,8 @@ impl Client {
         }
     }
 
-    /// Sends `op` to the leader of its key's partition, with retries (see the module docs),
+    /// Sends `op` to its partition's leader, or for follower and stale reads to a replica
+    /// chosen by [`ClientConfig::read_preference`], with retries (see the module docs),
     /// and returns the answering replica's header and the result. The building block of
     /// every other method; loadgen may use it directly.
     pub async fn execute(&self, op: Op) -> Result<(ResponseHeader, Outcome), ClientError> {
@@ -503,32 +544,27 @@ impl Client {
         // so the server keeps their cached results until the client has its answer.
         let guard = op.is_write().then(|| SeqGuard::new(&self.inner.seqs));
         let seq = guard.as_ref().map_or(0, |g| g.seq);
+        let mut spread = Spread::for_op(&op, cfg.read_preference, &self.inner.read_rotation);
         let deadline = Instant::now() + cfg.request_timeout;
         let mut backoff = cfg.backoff_min;
         let mut attempts = 0u32;
         let mut quick_retries = 0u32;
         let mut last = String::from("no attempt");
         loop {
+            // Map first: `fetches` then counts the fetch that installed this map, so a later
+            // refresh is skipped only for a map installed after this read, never for the one
+            // this attempt used (at worst a refresh is redundant).
             let map = self.cluster_map();
-            let routed = match &target {
-                Target::Key(k) => map
-                    .route(k)
-                    .map(|(p, r)| (p.id, r.node, r.endpoint.clone())),
-                Target::Partition(id) => map.partition(*id).and_then(|p| {
-                    p.leader()
-                        .or_else(|| p.replicas.first())
-                        .map(|r| (p.id, r.node, r.endpoint.clone()))
-                }),
-            };
-            let mut retry_now = false;
-            let mut refresh = false;
-            match routed {
+            let fetches = self.map_fetches();
+            let (next, replicas) = match route::pick(&map, &target, spread.as_ref()) {
                 None => {
                     last = format!("no route in map epoch {}", map.epoch);
-                    refresh = true;
+                    (Next::Refresh { want_epoch: 0 }, 0)
                 }
-                Some((partition, node, endpoint)) => {
+                Some(routed) => {
                     attempts += 1;
+                    let (partition, node) = (routed.partition.id, routed.replica.node);
+                    let endpoint = routed.replica.endpoint.as_str();
                     let request = Request {
                         id: 0,
                         session: self.inner.session,
@@ -537,40 +573,13 @@ impl Client {
                         op: op.clone(),
                         first_unacked: guard.as_ref().map_or(0, SeqGuard::first_unacked),
                     };
-                    match self.send(&endpoint, request, deadline).await {
+                    let next = match self.send(endpoint, request, deadline).await {
                         Ok(resp) => match resp.outcome {
                             Ok(outcome) => return Ok((resp.header, outcome)),
-                            Err(ServerError::NotLeader {
-                                leader_node,
-                                leader_endpoint,
-                            }) => {
-                                last = format!(
-                                    "not leader at node {node} ({endpoint}), hint {leader_node}"
-                                );
-                                if leader_node != 0
-                                    && leader_node != node
-                                    && self.set_leader(partition, leader_node)
-                                {
-                                    retry_now = true;
-                                } else {
-                                    let _ = leader_endpoint; // the map, not the hint, names endpoints
-                                    refresh = true;
-                                }
+                            Err(e) => {
+                                last = format!("node {node} ({endpoint}): {e}");
+                                self.on_server_error(e, partition, node, &map, spread.is_some())?
                             }
-                            Err(
-                                e @ (ServerError::StaleMap { .. } | ServerError::WrongShard { .. }),
-                            ) => {
-                                last = e.to_string();
-                                refresh = true;
-                            }
-                            Err(
-                                e @ (ServerError::Unavailable { .. }
-                                | ServerError::Busy
-                                | ServerError::Timeout),
-                            ) => {
-                                last = e.to_string();
-                            }
-                            Err(e) => return Err(ClientError::Server(e)),
                         },
                         Err(SendError::Deadline) => {
                             return Err(ClientError::Timeout { attempts, last })
@@ -580,22 +589,39 @@ impl Client {
                         }
                         Err(SendError::Conn(ConnError::Lost(why))) => {
                             last = format!("{endpoint}: {why}");
-                            refresh = true;
+                            Next::ReplicaFailed { lost_conn: true }
                         }
-                    }
+                    };
+                    (next, routed.partition.replicas.len())
                 }
-            }
-            if refresh {
-                // A failed refresh is not fatal: the next attempt (or its error) tells more.
-                if let Err(e) = self.refresh_map(map.epoch, deadline).await {
-                    tracing::debug!(error = %e, "cluster map refresh failed");
+            };
+            let mut retry_now = false;
+            match next {
+                Next::FollowHint => retry_now = true,
+                Next::Refresh { want_epoch } => {
+                    self.refresh_quietly(fetches, want_epoch, deadline).await;
+                    // A new map is worth an immediate retry.
+                    retry_now = self.cluster_map().epoch > map.epoch;
+                }
+                Next::ReplicaFailed { lost_conn } => {
+                    let mut refresh = lost_conn;
+                    if let Some(s) = spread.as_mut() {
+                        if s.failed(replicas, lost_conn) {
+                            continue; // the next replica in this call's order, at once
+                        }
+                        // Every replica failed once: refresh if any lost its connection, then
+                        // back off and start over.
+                        refresh = std::mem::take(&mut s.lost_conn);
+                    }
+                    if refresh {
+                        // The endpoint may have moved: a new map is worth an immediate retry.
+                        self.refresh_quietly(fetches, 0, deadline).await;
+                        retry_now = self.cluster_map().epoch > map.epoch;
+                    }
                 }
             }
             // A new map or a usable leader hint is worth an immediate retry, but only a few in
             // a row, so two replicas pointing at each other cannot spin until the deadline.
-            if refresh && self.cluster_map().epoch > map.epoch {
-                retry_now = true;
-            }
             if retry_now && quick_retries < 3 {
                 quick_retries += 1;
                 continue;
@@ -611,6 +637,45 @@ impl Client {
         }
     }
 
+    /// What to do after replica `node` of `partition` answered `e` to a request routed with
+    /// `map`; `spread`: the request is a follower/stale read that any replica may serve.
+    fn on_server_error(
+        &self,
+        e: ServerError,
+        partition: u64,
+        node: u64,
+        map: &ClusterMap,
+        spread: bool,
+    ) -> Result<Next, ClientError> {
+        Ok(match e {
+            ServerError::NotLeader { leader_node, .. } => {
+                // The map, not the hint's endpoint, names endpoints: a hinted node missing from
+                // our map needs a new map.
+                let usable = leader_node != 0
+                    && leader_node != node
+                    && self.set_leader(partition, leader_node);
+                if spread {
+                    // Another replica can serve the read; the hint still helps later writes.
+                    Next::ReplicaFailed { lost_conn: false }
+                } else if usable {
+                    Next::FollowHint
+                } else {
+                    Next::Refresh { want_epoch: 0 }
+                }
+            }
+            ServerError::StaleMap { epoch } if epoch > map.epoch => {
+                Next::Refresh { want_epoch: epoch }
+            }
+            // The server's map is older than ours: it has to catch up, not us.
+            ServerError::StaleMap { .. } => Next::ReplicaFailed { lost_conn: false },
+            ServerError::WrongShard { epoch } => Next::Refresh { want_epoch: epoch },
+            ServerError::Unavailable { .. } | ServerError::Busy | ServerError::Timeout => {
+                Next::ReplicaFailed { lost_conn: false }
+            }
+            e => return Err(ClientError::Server(e)),
+        })
+    }
+
     /// Records a leader hint. False when the hinted node is not a replica in our map.
     fn set_leader(&self, partition: u64, node: u64) -> bool {
         let mut guard = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
@@ -623,41 +688,152 @@ impl Client {
         known
     }
 
-    /// Fetches the map from the seeds and the map's endpoints, unless a newer map than
-    /// `seen_epoch` arrived meanwhile. Keeps the newest map seen.
-    async fn refresh_map(&self, seen_epoch: u64, deadline: Instant) -> Result<(), ClientError> {
-        let _one_at_a_time = self.inner.refresh.lock().await;
-        let current = self.cluster_map();
-        if current.epoch > seen_epoch {
+    /// How many maps have been fetched and installed so far.
+    fn map_fetches(&self) -> u64 {
+        self.inner.map_fetches.load(Ordering::Acquire)
+    }
+
+    /// [`Self::refresh_map`] inside a request's retry loop: a failure is not fatal there, the
+    /// next attempt (or its error) tells more.
+    async fn refresh_quietly(&self, seen_fetches: u64, want_epoch: u64, deadline: Instant) {
+        if let Err(e) = self.refresh_map(seen_fetches, want_epoch, deadline).await {
+            tracing::debug!(error = %e, "cluster map refresh failed");
+        }
+    }
+
+    /// Fetches the cluster map from the seeds and the current map's endpoints, in that order
+    /// (see "Map fetch" in the module docs), unless another caller installed one since this
+    /// caller read `seen_fetches` and it is at least `want_epoch`. A pass over the endpoints
+    /// stops at the first map of epoch `want_epoch` or newer; a pass that only got older maps
+    /// installs the newest of them. While no endpoint answers a map, passes repeat with
+    /// exponential backoff until `deadline`, unless some endpoint answered with an error that
+    /// retrying does not fix: then that error is returned after the pass.
+    async fn refresh_map(
+        &self,
+        seen_fetches: u64,
+        want_epoch: u64,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        let cfg = &self.inner.config;
+        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.inner.refresh.lock()).await
+        else {
+            return Err(ClientError::Timeout {
+                attempts: 0,
+                last: "deadline passed waiting for another map fetch".into(),
+            });
+        };
+        if self.map_fetches() > seen_fetches && self.cluster_map().epoch >= want_epoch {
             return Ok(());
         }
+        let mut backoff = cfg.backoff_min;
+        let mut attempts = 0u32;
+        let mut last = String::from("no endpoint to ask");
+        loop {
+            let mut best: Option<ClusterMap> = None;
+            let mut fatal: Option<ClientError> = None;
+            for endpoint in self.map_endpoints() {
+                attempts += 1;
+                match self.fetch_map_from(&endpoint, deadline).await {
+                    Ok(map) => {
+                        let enough = map.epoch >= want_epoch;
+                        if !enough {
+                            last = format!(
+                                "{endpoint}: map epoch {} is older than {want_epoch}",
+                                map.epoch
+                            );
+                        }
+                        if best.as_ref().is_none_or(|b| map.epoch > b.epoch) {
+                            best = Some(map);
+                        }
+                        if enough {
+                            break;
+                        }
+                    }
+                    Err(MapFetchError::Retryable(why)) => last = format!("{endpoint}: {why}"),
+                    Err(MapFetchError::Fatal(e)) => {
+                        last = format!("{endpoint}: {e}");
+                        fatal.get_or_insert(e);
+                    }
+                    Err(MapFetchError::Deadline) => {
+                        return Err(ClientError::Timeout { attempts, last })
+                    }
+                }
+            }
+            if let Some(map) = best {
+                self.install_map(map);
+                return Ok(());
+            }
+            if let Some(e) = fatal {
+                return Err(e);
+            }
+            if Instant::now() + backoff >= deadline {
+                return Err(ClientError::Timeout { attempts, last });
+            }
+            tracing::debug!(attempts, backoff_us = backoff.as_micros() as u64, last = %last, "retrying the map fetch");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(cfg.backoff_max);
+        }
+    }
+
+    /// Where to ask for the map: the seeds, then the current map's other endpoints.
+    fn map_endpoints(&self) -> Vec<String> {
         let mut endpoints: Vec<String> = self.inner.config.seeds.clone();
-        for e in current.endpoints() {
+        for e in self.cluster_map().endpoints() {
             if !endpoints.iter().any(|s| s == e) {
                 endpoints.push(e.to_owned());
             }
         }
-        let mut last = String::from("no endpoint to ask");
-        for endpoint in &endpoints {
-            match self.call_endpoint(endpoint, Op::ClusterMap, deadline).await {
-                Ok((_, Outcome::ClusterMap(map))) => {
-                    let mut guard = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
-                    if map.epoch >= guard.epoch {
-                        *guard = Arc::new(map);
-                    }
-                    return Ok(());
-                }
-                Ok((_, other)) => last = unexpected("ClusterMap", &other).to_string(),
-                Err(e) => last = format!("{endpoint}: {e}"),
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
+        endpoints
+    }
+
+    /// Installs a fetched map, unless the client already has a newer one (a lagging endpoint
+    /// must not roll the client back).
+    fn install_map(&self, map: ClusterMap) {
+        let mut guard = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.epoch >= guard.epoch {
+            *guard = Arc::new(map);
+        } else {
+            tracing::debug!(
+                fetched = map.epoch,
+                kept = guard.epoch,
+                "fetched an older cluster map; keeping ours"
+            );
         }
-        Err(ClientError::Timeout {
-            attempts: endpoints.len() as u32,
-            last,
-        })
+        self.inner.map_fetches.fetch_add(1, Ordering::Release);
+    }
+
+    /// One map request to `endpoint`, classified for [`Self::refresh_map`].
+    async fn fetch_map_from(
+        &self,
+        endpoint: &str,
+        deadline: Instant,
+    ) -> Result<ClusterMap, MapFetchError> {
+        let request = Request {
+            id: 0,
+            session: self.inner.session,
+            seq: 0,
+            map_epoch: self.cluster_map().epoch,
+            op: Op::ClusterMap,
+            first_unacked: 0,
+        };
+        match self.send(endpoint, request, deadline).await {
+            Ok(resp) => match resp.outcome {
+                Ok(Outcome::ClusterMap(map)) => Ok(map),
+                Ok(other) => Err(MapFetchError::Fatal(unexpected("ClusterMap", &other))),
+                Err(
+                    e @ (ServerError::Unavailable { .. }
+                    | ServerError::Busy
+                    | ServerError::Timeout
+                    | ServerError::NotLeader { .. }),
+                ) => Err(MapFetchError::Retryable(e.to_string())),
+                Err(e) => Err(MapFetchError::Fatal(ClientError::Server(e))),
+            },
+            Err(SendError::Deadline) => Err(MapFetchError::Deadline),
+            Err(SendError::Conn(ConnError::FrameRefused(e))) => {
+                Err(MapFetchError::Fatal(ClientError::Server(e)))
+            }
+            Err(SendError::Conn(ConnError::Lost(why))) => Err(MapFetchError::Retryable(why)),
+        }
     }
 
     /// One attempt at `endpoint` with a read-only `op` (no sequence number), no retry.
@@ -750,6 +926,33 @@ impl Client {
 enum SendError {
     Deadline,
     Conn(ConnError),
+}
+
+/// What a request's retry loop does after a failed attempt.
+enum Next {
+    /// Retry at once: the server named a leader the map knows.
+    FollowHint,
+    /// Fetch a map (of at least this epoch; 0: any), then retry.
+    Refresh {
+        /// The server's epoch, when it named one.
+        want_epoch: u64,
+    },
+    /// This replica cannot serve the request now: a spread read tries the next replica, anything
+    /// else backs off. `lost_conn`: the connection failed (the map may be out of date).
+    ReplicaFailed {
+        /// The connection to the replica failed.
+        lost_conn: bool,
+    },
+}
+
+/// Why one map request failed.
+enum MapFetchError {
+    /// Not ready, overloaded, or unreachable: another endpoint or a later pass may answer.
+    Retryable(String),
+    /// An answer that retrying does not fix.
+    Fatal(ClientError),
+    /// The caller's deadline passed.
+    Deadline,
 }
 
 fn unexpected(wanted: &str, got: &Outcome) -> ClientError {
