@@ -108,7 +108,8 @@ pub enum CompareOp {
 }
 
 /// What a [`Compare`] looks at, with its operand. A missing key has version, create and mod
-/// revision 0 and an empty value.
+/// revision 0 and `Exists(false)` holds; every `Value` comparison on a missing key is false
+/// (whatever the operator, as in etcd), so test existence with `Exists`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CompareTarget {
     /// The value (bytewise order).
