@@ -385,6 +385,21 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
         assert_eq!(n["shards"].as_array().map(Vec::len), Some(2), "{n}");
     }
     assert!(ok(&["status"]).contains("healthy"));
+    // map: the placement the meta group committed
+    let m: Value = serde_json::from_str(&ok(&["map", "--json"])).expect("map json");
+    assert_eq!(m["epoch"], 1, "{m}");
+    let mparts = m["partitions"].as_array().expect("partitions");
+    assert_eq!(mparts.len(), 4, "{m}");
+    let mut slots = 0;
+    for p in mparts {
+        assert_eq!(p["replicas"].as_array().map(Vec::len), Some(3), "{p}");
+        for r in p["slots"].as_array().expect("slots") {
+            let (a, b) = r.as_str().unwrap().split_once("..").unwrap();
+            slots += b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap();
+        }
+    }
+    assert_eq!(slots, 16384, "{m}");
+    assert!(ok(&["map"]).starts_with("cluster map epoch 1, 4 partitions"));
     // usage errors
     assert_eq!(code(&["get"]), Some(2));
     assert_eq!(code(&["get", "k", "--consistency", "sometimes"]), Some(2));

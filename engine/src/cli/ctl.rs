@@ -155,6 +155,9 @@ pub enum CtlCommand {
     /// Every partition (leader, term, commit and applied index) and every node's shards.
     /// Exit 1 when a shard does not answer or a partition has no leader.
     Status,
+    /// The cluster map as the meta group holds it: epoch, and per partition its slot
+    /// ranges, replicas (node, shard, endpoint) and leader hint.
+    Map,
 }
 
 /// The failure of one `ctl` command.
@@ -408,6 +411,15 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
             };
             Ok((EXIT_OK, out))
         }
+        CtlCommand::Map => {
+            let map = client.cluster_map();
+            let out = if json {
+                map_json(&map).to_string()
+            } else {
+                map_text(&map)
+            };
+            Ok((EXIT_OK, out))
+        }
         CtlCommand::Status => {
             let status = cluster_status(&client).await;
             let code = if status.healthy() {
@@ -423,6 +435,63 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
             Ok((code, out))
         }
     }
+}
+
+/// Slot ranges of each partition, as `a..b` strings.
+fn slot_ranges(map: &wire::ClusterMap, partition: u64) -> Vec<String> {
+    map.ranges
+        .iter()
+        .filter(|r| r.partition == partition)
+        .map(|r| format!("{}..{}", r.start, r.end))
+        .collect()
+}
+
+/// The JSON form of `corum ctl map`.
+fn map_json(map: &wire::ClusterMap) -> Value {
+    let mut parts: Vec<&wire::PartitionInfo> = map.partitions.iter().collect();
+    parts.sort_by_key(|p| p.id);
+    json!({
+        "epoch": map.epoch,
+        "partitions": parts.iter().map(|p| json!({
+            "partition": p.id,
+            "slots": slot_ranges(map, p.id),
+            "leader_hint": p.leader_node,
+            "replicas": p.replicas.iter().map(|r| json!({
+                "node": r.node, "shard": r.shard, "endpoint": r.endpoint,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The text form of `corum ctl map`.
+fn map_text(map: &wire::ClusterMap) -> String {
+    let mut parts: Vec<&wire::PartitionInfo> = map.partitions.iter().collect();
+    parts.sort_by_key(|p| p.id);
+    let mut out = format!(
+        "cluster map epoch {}, {} partitions, {} slots\n\nPARTITION SLOTS        LEADER REPLICAS (node/shard endpoint)\n",
+        map.epoch,
+        parts.len(),
+        wire::SLOT_COUNT
+    );
+    for p in parts {
+        let leader = if p.leader_node == 0 {
+            "-".to_owned()
+        } else {
+            p.leader_node.to_string()
+        };
+        let replicas: Vec<String> = p
+            .replicas
+            .iter()
+            .map(|r| format!("{}/{} {}", r.node, r.shard, r.endpoint))
+            .collect();
+        out.push_str(&format!(
+            "{:<9} {:<12} {leader:<6} {}\n",
+            p.id,
+            slot_ranges(map, p.id).join(","),
+            replicas.join(", ")
+        ));
+    }
+    out.trim_end().to_owned()
 }
 
 /// Builds a [`Txn`] from the `--if`, `--then` and `--else` arguments.
