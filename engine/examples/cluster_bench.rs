@@ -10,7 +10,9 @@
 //! Prints one JSON object on stdout.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
+
+use engine::cli::local::free_port_block;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -20,23 +22,6 @@ use wire::client::{Client, ClientConfig};
 
 const IDLE_SECS: u64 = 10;
 const SHARDS: usize = 2;
-
-fn free_base(n: u16) -> u16 {
-    loop {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 60000 {
-            continue;
-        }
-        let all: Vec<_> = (0..n)
-            .map(|k| TcpListener::bind(("127.0.0.1", base + k)))
-            .collect();
-        if all.iter().all(|r| r.is_ok()) {
-            return base;
-        }
-    }
-}
 
 /// CPU seconds (user + system) of this process's threads whose name starts with `corum-n`.
 fn shard_cpu_secs() -> f64 {
@@ -71,7 +56,12 @@ fn main() {
     let value_bytes: usize = args.get(4).and_then(|v| v.parse().ok()).unwrap_or(256);
     let _ = std::fs::remove_dir_all(&dir);
     let bases: Vec<(u16, u16)> = (0..3)
-        .map(|_| (free_base(SHARDS as u16), free_base(SHARDS as u16)))
+        .map(|_| {
+            (
+                free_port_block(SHARDS as u16),
+                free_port_block(SHARDS as u16),
+            )
+        })
         .collect();
     let peers: BTreeMap<u64, SocketAddr> = bases
         .iter()

@@ -3,11 +3,12 @@
 //! `ServerHandle::stop`.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use engine::cli::local::free_port_block;
 use engine::config::{NodeConfig, Tuning};
 use engine::server::{self, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,24 +21,6 @@ use wire::{
 const SHARDS: usize = 2;
 const PARTITIONS: u32 = 8;
 
-/// Finds `n` consecutive free ports on 127.0.0.1 (checked by binding them).
-fn free_ports(n: u16) -> u16 {
-    loop {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = probe.local_addr().unwrap().port();
-        drop(probe);
-        if base > 60000 {
-            continue;
-        }
-        let all: Vec<_> = (0..n)
-            .map(|k| TcpListener::bind(("127.0.0.1", base + k)))
-            .collect();
-        if all.iter().all(|r| r.is_ok()) {
-            return base;
-        }
-    }
-}
-
 struct Cluster {
     configs: Vec<NodeConfig>,
     handles: BTreeMap<u64, ServerHandle>,
@@ -49,7 +32,12 @@ impl Cluster {
             .join(format!("cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let bases: Vec<(u16, u16)> = (0..3)
-            .map(|_| (free_ports(SHARDS as u16), free_ports(SHARDS as u16)))
+            .map(|_| {
+                (
+                    free_port_block(SHARDS as u16),
+                    free_port_block(SHARDS as u16),
+                )
+            })
             .collect();
         let peers: BTreeMap<u64, SocketAddr> = bases
             .iter()

@@ -124,6 +124,32 @@ pub fn read_tuning(path: &Path) -> Result<Tuning, LocalError> {
     Ok(file.tuning)
 }
 
+/// `n` consecutive loopback ports that were free when checked, starting at a port the kernel
+/// picked (so concurrent callers rarely collide, unlike a fixed `--base-port`). For tests and
+/// examples that start nodes in-process; a port may still be taken between the check and the
+/// bind.
+pub fn free_port_block(n: u16) -> u16 {
+    loop {
+        let Ok(probe) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = probe.local_addr() else {
+            continue;
+        };
+        drop(probe);
+        let base = addr.port();
+        if base > 60000 {
+            continue;
+        }
+        let all: Vec<_> = (0..n)
+            .map(|k| TcpListener::bind(("127.0.0.1", base + k)))
+            .collect();
+        if all.iter().all(|r| r.is_ok()) {
+            return base;
+        }
+    }
+}
+
 fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
