@@ -238,8 +238,12 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.partitions == 0 {
-            return Err(range("partitions", "0".into(), "must be at least 1"));
+        if self.partitions == 0 || self.partitions > u32::from(wire::SLOT_COUNT) {
+            return Err(range(
+                "partitions",
+                self.partitions.to_string(),
+                "must be 1..=16384 (every partition owns at least one slot)",
+            ));
         }
         if self.replicas == 0 || self.replicas > self.peers.len() {
             return Err(range(
@@ -279,6 +283,19 @@ impl NodeConfig {
                 "frame_bytes_max",
                 t.frame_bytes_max.to_string(),
                 "must hold the largest key and value with room for headers",
+            ));
+        }
+        // The cluster map is one meta-group entry, so it must travel in one peer frame (the
+        // engine fills frames to half the limit) and sit in one WAL segment with room to spare.
+        let map_bytes = crate::meta::MetaMap::initial(self).encoded_len();
+        if map_bytes + 4096 > t.frame_bytes_max / 2
+            || (map_bytes as u64) + 8192 > t.wal_segment_bytes / 2
+        {
+            return Err(range(
+                "frame_bytes_max",
+                t.frame_bytes_max.to_string(),
+                "the cluster map (partitions x replicas) must fit in half a frame and half a WAL \
+                 segment; raise frame_bytes_max / wal_segment_bytes or use fewer partitions",
             ));
         }
         Ok(())
@@ -413,6 +430,36 @@ mod tests {
             c.validate(),
             Err(ConfigError::OutOfRange { name: "shards", .. })
         ));
+        let mut c = three();
+        c.partitions = 16385;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "partitions",
+                ..
+            })
+        ));
+        // 500 partitions x 3 replicas: a 40 KiB map does not fit half of a 32 KiB frame.
+        let mut c = three();
+        c.partitions = 500;
+        c.tuning.value_bytes_max = 16 << 10;
+        c.tuning.frame_bytes_max = 32 << 10;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "frame_bytes_max",
+                ..
+            })
+        ));
+        c.tuning.frame_bytes_max = 1 << 20;
+        assert_eq!(c.validate(), Ok(()));
+        let mut c = three();
+        c.partitions = 16384;
+        assert_eq!(
+            c.validate(),
+            Ok(()),
+            "the largest map fits the default frame"
+        );
         assert!(matches!(
             parse_peers("1=127.0.0.1:1,1=127.0.0.1:2"),
             Err(ConfigError::DuplicatePeer(1))

@@ -26,11 +26,16 @@
 //!
 //! # Which partitions a node opens
 //! On a restart with a known map, each shard opens the partitions the map places on it
-//! ([`MetaMap::hosted`]). On a first start (no map yet), it opens the configuration's initial
-//! placement, the same one the map will be built from. When the applied map and what a node
-//! hosts disagree (nodes started with different `--partitions`, `--replicas`, `--shards` or
-//! peer lists), the node stops with an error naming the difference ([`MetaMap::check_node`]):
-//! serving with a placement the rest of the cluster does not share would misroute requests.
+//! ([`MetaMap::hosted`]): the map, not `--replicas`, decides. On a first start (no map yet),
+//! it opens the configuration's initial placement, the same one the map will be built from.
+//! When a shard adopts a map it checks, and the node stops with an error naming the difference
+//! if any fails ([`MetaMap::check_node`], [`MetaMap::check_voters`]): serving with a placement
+//! the rest of the cluster does not share would misroute requests.
+//! - the shard count and partition count equal `--shards` and `--partitions`;
+//! - every node the map names is in `--peers`;
+//! - the shard hosts exactly the partitions the map places on it (a fresh node started with a
+//!   different `--replicas` or peer list), and each one's Raft voters are the map's replicas.
+//!
 //! Changing the placement of a running cluster (moving replicas, splits) is roadmap phase 2; the
 //! map format and epoch already carry what it needs.
 //!
@@ -201,12 +206,42 @@ impl MetaMap {
                 config.partitions
             )));
         }
+        if let Some(n) = self
+            .partitions
+            .iter()
+            .flat_map(|p| &p.replicas)
+            .map(|r| r.0)
+            .find(|n| !config.peers.contains_key(n))
+        {
+            return Err(mismatch(format!(
+                "the map places replicas on node {n}, which is not in --peers"
+            )));
+        }
         let want = self.hosted(config.id, shard);
         if want != here {
             return Err(mismatch(format!(
                 "shard {shard} hosts partitions {here:?}, the map places {want:?} there \
                  (check --replicas and --peers on every node)"
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks that each hosted partition's Raft voters (`(partition, sorted voters)`) are the
+    /// replicas the map lists for it (membership never changes yet, so they must be equal).
+    pub fn check_voters(&self, voters: &[(u64, Vec<u64>)]) -> Result<(), MetaError> {
+        for (p, have) in voters {
+            let mut want = self.voters(*p).unwrap_or_default();
+            want.sort_unstable();
+            if &want != have {
+                return Err(MetaError::Mismatch {
+                    epoch: self.epoch,
+                    reason: format!(
+                        "partition {p} has voters {have:?} here, the map lists {want:?} \
+                         (check --replicas and --peers on every node)"
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -273,16 +308,21 @@ impl MetaMap {
         Ok(())
     }
 
-    /// Encodes the map (layout in the module docs).
-    pub fn encode(&self) -> Bytes {
-        let len = HEADER_BYTES
+    /// Length of [`Self::encode`]'s result in bytes.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_BYTES
             + RANGE_BYTES * self.ranges.len()
             + self
                 .partitions
                 .iter()
                 .map(|p| PARTITION_HEAD_BYTES + REPLICA_BYTES * p.replicas.len())
                 .sum::<usize>()
-            + 4;
+            + 4
+    }
+
+    /// Encodes the map (layout in the module docs).
+    pub fn encode(&self) -> Bytes {
+        let len = self.encoded_len();
         let mut b = BytesMut::with_capacity(len);
         b.put_slice(MAGIC);
         b.put_u8(VERSION);
@@ -455,6 +495,10 @@ mod tests {
         m.check_node(&c, 1, &hosted[1]).unwrap();
     }
 
+    fn hosted_of(m: &MetaMap, shard: usize) -> Vec<u64> {
+        m.hosted(1, shard)
+    }
+
     #[test]
     fn mismatched_configuration_is_named() {
         let c = config(3, 8, 2);
@@ -465,6 +509,21 @@ mod tests {
         let other = config(3, 8, 1);
         let e = m.check_node(&other, 0, &[]).unwrap_err();
         assert!(e.to_string().contains("--shards"), "{e}");
+        let mut fewer = config(2, 8, 2);
+        fewer.id = 1;
+        let e = m.check_node(&fewer, 0, &hosted_of(&m, 0)).unwrap_err();
+        assert!(
+            e.to_string().contains("node 3, which is not in --peers"),
+            "{e}"
+        );
+        let e = m
+            .check_voters(&[(1, vec![1, 2]), (2, vec![1, 2, 3])])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("partition 1 has voters [1, 2]"),
+            "{e}"
+        );
+        m.check_voters(&[(1, vec![1, 2, 3])]).unwrap();
         let e = m.check_node(&c, 0, &[2, 4]).unwrap_err();
         assert!(e.to_string().contains("shard 0"), "{e}");
     }

@@ -634,9 +634,25 @@ pub async fn cluster_status(client: &Client) -> ClusterStatus {
     }
     // The meta group (partition 0, no slots, not in the client map) has a replica on shard 0 of
     // every node (`engine::meta`).
-    let nodes: Vec<u64> = seen.keys().map(|(n, _)| *n).collect();
-    for node in nodes {
-        if let Some(entry) = seen.get_mut(&(node, 0)) {
+    // A node whose shard 0 holds no data partition is not in the map under shard 0; its
+    // endpoint follows from any other shard's (shard i listens on the base port + i).
+    let nodes: Vec<(u64, u32, String)> = seen
+        .iter()
+        .map(|((n, s), (e, _))| (*n, *s, e.clone()))
+        .collect();
+    for (node, shard, endpoint) in nodes {
+        if seen.contains_key(&(node, 0)) {
+            continue;
+        }
+        if let Ok(mut addr) = endpoint.parse::<std::net::SocketAddr>() {
+            if let Some(port) = addr.port().checked_sub(shard as u16) {
+                addr.set_port(port);
+                seen.insert((node, 0), (addr.to_string(), Vec::new()));
+            }
+        }
+    }
+    for ((_, shard), entry) in seen.iter_mut() {
+        if *shard == 0 {
             entry.1.push(META_PARTITION);
         }
     }

@@ -53,8 +53,10 @@
 //! `NotLeader` as soon as an entry of a later term is applied (terms never decrease along a
 //! log, so no future leader can commit it; `resolve_orphans` in `shard.rs`). A read waiting for
 //! a read index from an earlier term is answered `Unavailable` (raftcore drops them on a term
-//! change). Only a leader cut off from every peer keeps its requests until the 10 s timeout,
-//! when their outcome is genuinely unknown.
+//! change), and so is one asked at a leader that has since stepped down in the same term
+//! (CheckQuorum: no quorum heard from for an election timeout) or at a follower whose leader
+//! changed. Only writes at a leader cut off from a quorum, while it has not heard of a newer
+//! leader, stay until the 10 s timeout: their outcome is genuinely unknown.
 //!
 //! # Files and ports
 //! ```text

@@ -45,6 +45,9 @@ pub fn thread_main(
     stop: Arc<AtomicBool>,
     ready_tx: std::sync::mpsc::Sender<(usize, Result<(), ServerError>)>,
 ) -> Result<(), ServerError> {
+    // Shard 0 releases the shards waiting for its boot report however it ends (error or
+    // panic); a report already made stays. Dropped after any error was sent on `ready_tx`.
+    let _boot_guard = (i == 0).then(|| BootGuard(shared.clone()));
     let placement = if config.pin {
         Placement::Fixed(i)
     } else {
@@ -58,9 +61,6 @@ pub fn thread_main(
     let ex = match ex {
         Ok(ex) => ex,
         Err(e) => {
-            if i == 0 {
-                shared.set_boot(Boot::Failed);
-            }
             let _ = ready_tx.send((
                 i,
                 Err(ServerError::Executor {
@@ -76,17 +76,27 @@ pub fn thread_main(
         let (shard, wake_rx) = match opened {
             Ok(x) => x,
             Err(e) => {
-                if i == 0 {
-                    // Harmless if shard 0 already reported its recovered map.
-                    shared.set_boot(Boot::Failed);
-                }
+                // Report the real cause before releasing the waiting shards (whose own
+                // "shard 0 did not start" must not arrive first).
                 let _ = ready_tx.send((i, Err(e)));
+                if i == 0 {
+                    shared.fail_boot();
+                }
                 return Ok(());
             }
         };
         let _ = ready_tx.send((i, Ok(())));
         shard.run(wake_rx).await
     })
+}
+
+/// Marks shard 0's boot as failed when dropped, unless it reported already.
+struct BootGuard(Arc<NodeShared>);
+
+impl Drop for BootGuard {
+    fn drop(&mut self) {
+        self.0.fail_boot();
+    }
 }
 
 /// A request waiting for its entry to be applied.
@@ -105,8 +115,9 @@ struct PendingRead {
     id: u64,
     op: Op,
     deadline: Instant,
-    /// The partition's term when the read was asked for.
+    /// The partition's term and known leader when the read was asked for.
     term: u64,
+    leader: u64,
     /// Set once the read index is known.
     index: Option<u64>,
 }
@@ -122,6 +133,9 @@ struct Partition {
     queued_bytes: usize,
     /// Bytes of entries written since the last snapshot (drives snapshotting).
     log_bytes: u64,
+    /// (applied term, term, leader) when `resolve_orphans` last looked: it scans only when
+    /// one of them changed.
+    orphans_seen: (u64, u64, u64),
 }
 
 struct Shard {
@@ -318,7 +332,14 @@ impl Shard {
             .copied()
             .filter(|&p| p != META_PARTITION)
             .collect();
+        let voters: Vec<(u64, Vec<u64>)> = self
+            .parts
+            .iter()
+            .filter(|(&p, _)| p != META_PARTITION)
+            .map(|(&p, part)| (p, part.raft.conf().voters.clone()))
+            .collect();
         map.check_node(&self.config, self.i, &here)
+            .and_then(|()| map.check_voters(&voters))
             .map_err(|source| ServerError::Map {
                 shard: self.i,
                 source,
@@ -343,8 +364,14 @@ impl Shard {
         {
             return;
         }
-        self.meta_boot_term = term;
         let map = MetaMap::initial(&self.config);
+        if let Err(e) = map.validate() {
+            // `NodeConfig::validate` refuses such configurations; never commit a map that
+            // every node would refuse to read.
+            tracing::error!(shard = self.i, error = %e, "bootstrap map is invalid; not proposed");
+            self.meta_boot_term = term;
+            return;
+        }
         let cmd = Command {
             session: None,
             op: CommandOp::Put(command::Put {
@@ -355,14 +382,18 @@ impl Shard {
             }),
         };
         match part.raft.propose(&[cmd.encode()]) {
-            Ok(_) => tracing::info!(
-                shard = self.i,
-                term,
-                partitions = map.partitions.len(),
-                "proposed the bootstrap cluster map"
-            ),
+            Ok(_) => {
+                self.meta_boot_term = term;
+                tracing::info!(
+                    shard = self.i,
+                    term,
+                    partitions = map.partitions.len(),
+                    "proposed the bootstrap cluster map"
+                )
+            }
+            // Retried next turn (e.g. a leadership transfer in progress).
             Err(e) => {
-                tracing::warn!(shard = self.i, error = %e, "could not propose the bootstrap map")
+                tracing::debug!(shard = self.i, error = %e, "could not propose the bootstrap map")
             }
         }
     }
@@ -770,6 +801,7 @@ impl Shard {
                         op,
                         deadline: Instant::now() + REQUEST_TIMEOUT,
                         term: part.raft.term(),
+                        leader: part.raft.leader(),
                         index: None,
                     },
                 );
@@ -1093,12 +1125,22 @@ impl Shard {
 ///   log, so no future leader's log can hold a term-`t` entry after it. The write can never
 ///   commit: `NotLeader`, and a retry is a new attempt (safe even without a session).
 ///   (A write at or below the applied index was answered when that index was applied.)
-/// - A read still waiting for its read index from an earlier term: raftcore drops pending
-///   ReadIndex requests when leadership changes (its docs), so it would only time out.
-///   `Unavailable`; reads are safe to retry.
+/// - A read still waiting for its read index when the term or the known leader changed since
+///   it was asked: raftcore drops pending ReadIndex requests whenever it resets its role
+///   (a new term, or a leader stepping down in the same term by CheckQuorum), and a follower's
+///   request to a leader that is gone is never answered. `Unavailable`; reads are safe to
+///   retry.
+///
+/// Requests issued after the last change cannot be orphaned by it, so this scans only when
+/// (applied term, term, leader) changed since the previous call.
 fn resolve_orphans(part: &mut Partition, reads: &mut HashMap<u64, PendingRead>) {
     let applied = part.sm.applied_index();
     let applied_term = part.sm.applied_term();
+    let (term, leader) = (part.raft.term(), part.raft.leader());
+    if part.orphans_seen == (applied_term, term, leader) {
+        return;
+    }
+    part.orphans_seen = (applied_term, term, leader);
     let lost: Vec<u64> = part
         .pending
         .range(applied + 1..)
@@ -1116,10 +1158,11 @@ fn resolve_orphans(part: &mut Partition, reads: &mut HashMap<u64, PendingRead>) 
             ));
         }
     }
-    let term = part.raft.term();
     let orphaned: Vec<u64> = reads
         .iter()
-        .filter(|(_, r)| r.partition == part.id && r.index.is_none() && r.term < term)
+        .filter(|(_, r)| {
+            r.partition == part.id && r.index.is_none() && (r.term != term || r.leader != leader)
+        })
         .map(|(k, _)| *k)
         .collect();
     for k in orphaned {
@@ -1174,6 +1217,7 @@ async fn open_partition(
         queued: Vec::new(),
         queued_bytes: 0,
         log_bytes: 0,
+        orphans_seen: (0, 0, 0),
     })
 }
 

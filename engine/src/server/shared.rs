@@ -125,6 +125,15 @@ impl NodeShared {
         self.boot_cv.notify_all();
     }
 
+    /// Reports shard 0's startup as failed, unless it already reported.
+    pub fn fail_boot(&self) {
+        let mut g = self.boot.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(Boot::Failed);
+            self.boot_cv.notify_all();
+        }
+    }
+
     /// Waits for shard 0's startup report; None if `stop` was raised meanwhile.
     pub fn wait_boot(&self, stop: &AtomicBool) -> Option<Boot> {
         let mut g = self.boot.lock().unwrap_or_else(|p| p.into_inner());
