@@ -138,6 +138,16 @@ struct Partition {
     apply_deferred: usize,
 }
 
+/// What ended an idle wait of the event loop.
+enum Woke {
+    /// The sync in flight completed.
+    Synced(Result<(), wal::WalError>),
+    /// A socket task put something in the inbox (or a stale wake token).
+    Inbox,
+    /// The idle timer (ticks are due).
+    Timer,
+}
+
 /// What is left of a Ready after its messages went out and its records were buffered in the
 /// WAL: what must wait until the sync covering it completes.
 struct Unpersisted {
@@ -489,44 +499,65 @@ impl Shard {
                     return Err(e);
                 }
             };
-            let idle = {
-                let inbox = self.io.inbox.borrow();
-                inbox.peer.is_empty() && inbox.requests.is_empty()
-            };
-            if worked || !idle {
+            if worked {
+                // Let the sockets' tasks and the sync task run before deciding.
                 futures_lite::future::yield_now().await;
-                continue;
             }
-            // Nothing to do until a socket, the sync in flight or the timer wakes us.
-            let wait = (last_tick + idle_wait).saturating_duration_since(Instant::now());
-            let syncing = &mut self.syncing;
-            let synced = futures_lite::future::or(
-                async {
-                    match syncing {
-                        Some(s) => Some((&mut s.task).await),
-                        None => futures_lite::future::pending().await,
-                    }
-                },
-                async {
+            // Sleep until a socket, the sync in flight or the timer wakes us, unless there is
+            // work already. A wake-up finding the inbox empty (its token was left by messages
+            // an earlier turn already took) goes back to sleep instead of running an empty turn.
+            loop {
+                if self.has_work() {
+                    break;
+                }
+                let wait = (last_tick + idle_wait).saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                let syncing = &mut self.syncing;
+                let woke = futures_lite::future::or(
+                    async {
+                        match syncing {
+                            Some(s) => Woke::Synced((&mut s.task).await),
+                            None => futures_lite::future::pending().await,
+                        }
+                    },
                     futures_lite::future::or(
                         async {
                             wake_rx.recv().await;
+                            Woke::Inbox
                         },
-                        glommio::timer::sleep(wait),
-                    )
-                    .await;
-                    None
-                },
-            )
-            .await;
-            if let Some(result) = synced {
-                if let Err(e) = self.sync_done(result).await {
-                    tracing::error!(shard = self.i, error = %e, "shard stopping on a fatal error");
-                    self.io.shutdown().await;
-                    return Err(e);
+                        async {
+                            glommio::timer::sleep(wait).await;
+                            Woke::Timer
+                        },
+                    ),
+                )
+                .await;
+                match woke {
+                    Woke::Inbox => continue,
+                    Woke::Timer => break,
+                    Woke::Synced(result) => {
+                        if let Err(e) = self.sync_done(result).await {
+                            tracing::error!(shard = self.i, error = %e, "shard stopping on a fatal error");
+                            self.io.shutdown().await;
+                            return Err(e);
+                        }
+                        break;
+                    }
                 }
             }
         }
+    }
+
+    /// True if a turn has something to do now: messages or requests in the inbox, or a
+    /// partition with a Ready (e.g. after an apply changed the membership).
+    fn has_work(&self) -> bool {
+        let inbox = self.io.inbox.borrow();
+        !inbox.peer.is_empty()
+            || !inbox.requests.is_empty()
+            || self.io.stop.load(Ordering::Relaxed)
+            || self.parts.values().any(|p| p.raft.has_ready())
     }
 
     /// One loop turn after the ticks (module docs of `server`): report a completed sync, step
