@@ -555,7 +555,7 @@ impl Shard {
     fn has_work(&self) -> bool {
         let inbox = self.io.inbox.borrow();
         !inbox.peer.is_empty()
-            || !inbox.requests.is_empty()
+            || (!inbox.requests.is_empty() && self.syncing.is_none())
             || self.io.stop.load(Ordering::Relaxed)
             || self.parts.values().any(|p| p.raft.has_ready())
     }
@@ -582,10 +582,14 @@ impl Shard {
                 );
                 inbox.peer_dropped = 0;
             }
-            (
-                std::mem::take(&mut inbox.peer),
-                std::mem::take(&mut inbox.requests),
-            )
+            // While a sync is in flight, client requests wait in the inbox for its
+            // completion: they then form one proposal batch, as large as without pipelining.
+            let requests = if self.syncing.is_none() {
+                std::mem::take(&mut inbox.requests)
+            } else {
+                Vec::new()
+            };
+            (std::mem::take(&mut inbox.peer), requests)
         };
         for (p, m) in peer {
             match self.parts.get_mut(&p) {
