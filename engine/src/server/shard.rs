@@ -1,4 +1,5 @@
-//! One shard: its partitions, its WAL, its event loop (module docs of `server` describe a turn).
+//! One shard: its partitions, its WAL, its event loop (module docs of `server` describe a turn
+//! and the pipelining of turns across WAL syncs, with its invariants).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -1453,8 +1454,9 @@ fn internal(shard: usize, partition: u64) -> ServerError {
 }
 
 /// Runs a buffering WAL operation; when the WAL's batch is full (`batch_bytes_max`), makes the
-/// batch durable first and retries once. Syncing in the middle of a turn keeps the order of
-/// Readys; they are reported persisted only after the turn's final sync.
+/// batch durable first (after the sync in flight, if any: the WAL serialises them) and retries
+/// once. Syncing in the middle of a turn keeps the order of Readys; they are still reported
+/// persisted only when the sync their group belongs to completes (module docs of `server`).
 async fn wal_op(
     shard: usize,
     wal: &Wal,
