@@ -54,7 +54,11 @@
 //!   joins the group of its partition's newest pending Ready, or is durable at once when its
 //!   partition has none), and `on_persisted(n)` is called only when that group's sync
 //!   returned `Ok`: nothing is reported durable, and no vote grant or append acknowledgement
-//!   (`persisted_messages`) leaves, before it is durable (Raft thesis §3.8 / §10.2.1);
+//!   (`persisted_messages`) leaves, before it is durable (Raft thesis §3.8 / §10.2.1). While
+//!   a Ready that overwrote a conflicting suffix (Raft paper §5.3) is pending, the earlier
+//!   Readys of its partition are reported only together with it: raftcore caps an earlier
+//!   Ready's durable index by the log's current last index only, so it would count the
+//!   replacement entries as durable too early;
 //! - committed entries are applied, and their clients answered, as soon as a Ready hands
 //!   them out, even before that Ready's own records are durable: raftcore hands out only
 //!   entries that are committed and already reported durable here, so the answer

@@ -137,6 +137,10 @@ struct Partition {
     /// Readys of this partition whose step 4 (apply) waits for their sync: one that carried a
     /// snapshot, and every later one until it is applied.
     apply_deferred: usize,
+    /// Sync generation of the group holding this partition's newest Ready that overwrote a
+    /// conflicting suffix of the log (0: none). Earlier Readys of the partition are reported
+    /// persisted only together with it (`Shard::sync_done`).
+    truncate_gen: u64,
 }
 
 /// What ended an idle wait of the event loop.
@@ -662,7 +666,21 @@ impl Shard {
         let mut last: BTreeMap<u64, u64> = BTreeMap::new();
         let mut after: Vec<(u64, Message)> = Vec::new();
         let mut deferred: Vec<(u64, Ready)> = Vec::new();
+        let mut carried: Vec<Unpersisted> = Vec::new();
         for u in done.covers {
+            // A later, still pending Ready of this partition overwrote a conflicting suffix
+            // (§5.3): raftcore, told that this earlier Ready is durable, would cap its last
+            // index by the log's current last index only and count the replacement entries
+            // as durable (a leader elected meanwhile would count them toward commit). Report
+            // it together with the overwrite instead: it moves to the front of that group.
+            if self
+                .parts
+                .get(&u.partition)
+                .is_some_and(|p| p.truncate_gen > done.gen)
+            {
+                carried.push(u);
+                continue;
+            }
             let n = last.entry(u.partition).or_insert(u.number);
             debug_assert!(*n <= u.number, "Readys covered out of number order");
             *n = u.number;
@@ -670,6 +688,12 @@ impl Shard {
             if let Some(rd) = u.deferred {
                 deferred.push((u.partition, rd));
             }
+        }
+        if !carried.is_empty() {
+            // The overwriting Ready is in the next group (`unsynced`): it was buffered after
+            // the sync that just completed had started.
+            carried.append(&mut self.unsynced);
+            self.unsynced = carried;
         }
         for (p, n) in last {
             let part = self.parts.get_mut(&p).ok_or_else(|| internal(self.i, p))?;
@@ -1083,6 +1107,7 @@ impl Shard {
                     self.wal
                         .truncate(*p, first.index)
                         .map_err(wal_err(self.i))?;
+                    part.truncate_gen = self.next_gen;
                 }
                 let entries: Vec<wal::Entry> = rd.entries.iter().map(convert::to_wal).collect();
                 append_entries(self.i, &self.wal, *p, &entries).await?;
@@ -1426,6 +1451,7 @@ async fn open_partition(
         log_bytes: 0,
         pending_gen: 0,
         apply_deferred: 0,
+        truncate_gen: 0,
     })
 }
 
