@@ -1122,7 +1122,7 @@ impl Shard {
                 wal_op(self.i, &self.wal, |w| w.put_hard_state(*p, hs)).await?;
             }
         }
-        // 3. for the Readys that need no sync: a Ready with nothing to persist, of a
+        // 3. At once for the Readys that need no sync: a Ready with nothing to persist, of a
         //    partition with no Ready awaiting durability, is durable now ("every Ready up to
         //    n"). Every other Ready joins the group of the sync that will make it durable:
         //    the next sync if it has records, else the group of its partition's newest
