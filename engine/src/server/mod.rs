@@ -24,14 +24,54 @@
 //! node whichever shard answers.
 //!
 //! # The event loop of a shard (see `shard.rs`)
-//! Each turn: tick if the tick is due; step every peer message received; route and propose
-//! the client requests received (one `propose` batch per partition); collect the Readys of
-//! every partition with work; send their `messages` at once, batched into one frame per
-//! destination node; write all entries, hard states, truncations and snapshot points to the
-//! WAL and make them durable with ONE `sync` (group commit); report them persisted and send
-//! the `persisted_messages` (vote grants and append acknowledgements only after they are
-//! durable: Raft thesis §3.8 / §10.2.1); apply committed entries and answer the clients
-//! waiting on them; answer reads whose read index has been applied.
+//! Each turn: report the WAL sync that completed, if one did (below); tick if the tick is
+//! due; step every peer message received; route and propose the client requests received (one
+//! `propose` batch per partition); collect the Readys of every partition with work; send their
+//! `messages` at once, batched into one frame per destination node; buffer all their entries,
+//! hard states, truncations and snapshot points in the WAL's next batch; apply the committed
+//! entries they carry and answer the clients waiting on them and the reads whose read index
+//! has been applied; start a sync of the batch unless one is in flight (group commit: ONE
+//! write + fdatasync for everything buffered since the previous sync started).
+//!
+//! # Pipelining: turns keep running while a sync is in flight
+//! The sync runs in a glommio local task holding an `Rc` of the WAL; the loop keeps that
+//! task's handle and, when idle, sleeps on whichever comes first: the sync task, an inbox
+//! wake-up, or the idle timer. While sync *k* is in flight the loop keeps running turns for
+//! peer messages (a follower buffers the leader's appends into the next batch at once; a leader
+//! counts acknowledgements, commits, applies and answers), and the Readys of those turns
+//! send their `messages` at once and buffer their records behind batch *k*. Client requests
+//! wait in the inbox until sync *k* completes, then form one proposal batch (measured: letting
+//! every request start its own small turn cost more CPU per write than it saved, see
+//! `bench-results/`). When sync *k* completes, the Readys it covers get step 3 of the Ready
+//! contract in order (`on_persisted` with each partition's highest covered number, then their
+//! `persisted_messages`), then their deferred applies; the next turn starts sync *k+1* for
+//! what accumulated. Invariants (checked where they are kept, `shard.rs`):
+//! - at most one sync in flight (the WAL serialises them anyway), and it is never cancelled
+//!   while the shard runs (a dropped sync poisons the WAL; on stop the loop awaits it);
+//! - Readys are buffered in the WAL in number order per partition and the WAL writes batches
+//!   in order, so they become durable in number order; each Ready joins the group of the
+//!   first sync started after its last record was buffered (a Ready with nothing to persist
+//!   joins the group of its partition's newest pending Ready, or is durable at once when its
+//!   partition has none), and `on_persisted(n)` is called only when that group's sync
+//!   returned `Ok`: nothing is reported durable, and no vote grant or append acknowledgement
+//!   (`persisted_messages`) leaves, before it is durable (Raft thesis §3.8 / §10.2.1). While
+//!   a Ready that overwrote a conflicting suffix (Raft paper §5.3) is pending, the earlier
+//!   Readys of its partition are reported only together with it: raftcore caps an earlier
+//!   Ready's durable index by the log's current last index only, so it would count the
+//!   replacement entries as durable too early;
+//! - committed entries are applied, and their clients answered, as soon as a Ready hands
+//!   them out, even before that Ready's own records are durable: raftcore hands out only
+//!   entries that are committed and already reported durable here, so the answer
+//!   acknowledges nothing that could be lost. Applies stay in order per partition: a Ready
+//!   carrying a received snapshot defers its apply (the restore) and every later apply of the
+//!   partition until its sync completes; the snapshot file itself is written and fsynced
+//!   before the WAL drops any entry for it, as before;
+//! - a WAL batch that fills up mid-turn (`batch_bytes_max`) is synced inline (after the one
+//!   in flight); this only makes Readys durable earlier than reported;
+//! - bounded: at most `PIPELINE_TURNS_MAX` turns and `PIPELINE_BYTES_MAX` buffered bytes
+//!   while a sync is in flight; past them the next turn waits for that sync;
+//! - a failed sync is fatal: the shard stops with the error (wal crate docs);
+//! - nothing busy-polls: a wake-up that finds the inbox empty goes back to sleep.
 //!
 //! # Cluster map
 //! Kept in the meta group (partition 0, a voter on shard 0 of every node; [`crate::meta`]
@@ -71,8 +111,8 @@
 //! - Snapshot files are encoded on the shard thread and written (+ fsync) on glommio's
 //!   blocking thread pool; the shard's event loop waits for the write (sockets keep being
 //!   served), so a large partition's snapshot delays that shard's Raft turns meanwhile.
-//! - A shard's turn awaits its WAL sync before starting the next turn (the WAL could accept
-//!   the next turn's appends while one sync is in flight; not used yet).
+//! - The WAL writes one batch at a time: the next batch's write waits for the previous
+//!   batch's fdatasync (the shard's turns do not; see "Pipelining").
 //! - Membership and placement are static: raftcore supports learners and joint consensus,
 //!   but nothing proposes a change yet (roadmap phase 2), so the map epoch stays 1.
 //! - glommio 0.9 binds listeners with `SO_REUSEPORT`: a second process configured with the

@@ -1,4 +1,5 @@
-//! One shard: its partitions, its WAL, its event loop (module docs of `server` describe a turn).
+//! One shard: its partitions, its WAL, its event loop (module docs of `server` describe a turn
+//! and the pipelining of turns across WAL syncs, with its invariants).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -36,6 +37,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest peer frame body this shard builds, as a fraction of the frame limit (headroom for
 /// flatbuffers overhead beyond the payload estimate).
 const PEER_FRAME_FILL_DIVISOR: usize = 2;
+/// Most loop turns a shard runs while one WAL sync is in flight (module docs of `server`,
+/// "Pipelining"); at the limit the next turn waits for that sync. Bounds the Readys (their
+/// `persisted_messages`, and any apply deferred behind a snapshot) held until durable.
+const PIPELINE_TURNS_MAX: u32 = 64;
+/// Most bytes buffered in the WAL's next batch while a sync is in flight before the shard
+/// waits for that sync instead of running another turn (the WAL's own `batch_bytes_max`, a
+/// mid-turn sync, stays the hard limit).
+const PIPELINE_BYTES_MAX: u64 = 4 << 20;
 
 /// Entry point of a shard thread.
 pub fn thread_main(
@@ -136,13 +145,53 @@ struct Partition {
     /// (applied term, term, leader) when `resolve_orphans` last looked: it scans only when
     /// one of them changed.
     orphans_seen: (u64, u64, u64),
+    /// Sync generation of the group holding this partition's newest Ready not yet reported
+    /// persisted; `<= Shard::durable_gen` when there is none (module docs, "Pipelining").
+    pending_gen: u64,
+    /// Readys of this partition whose step 4 (apply) waits for their sync: one that carried a
+    /// snapshot, and every later one until it is applied.
+    apply_deferred: usize,
+    /// Sync generation of the group holding this partition's newest Ready that overwrote a
+    /// conflicting suffix of the log (0: none). Earlier Readys of the partition are reported
+    /// persisted only together with it (`Shard::sync_done`).
+    truncate_gen: u64,
+}
+
+/// What ended an idle wait of the event loop.
+enum Woke {
+    /// The sync in flight completed.
+    Synced(Result<(), wal::WalError>),
+    /// A socket task put something in the inbox (or a stale wake token).
+    Inbox,
+    /// The idle timer (ticks are due).
+    Timer,
+}
+
+/// What is left of a Ready after its messages went out and its records were buffered in the
+/// WAL: what must wait until the sync covering it completes.
+struct Unpersisted {
+    partition: u64,
+    number: u64,
+    persisted_messages: Vec<Message>,
+    /// The Ready itself when its apply was deferred (`Partition::apply_deferred`); its
+    /// `entries` and `messages` are already emptied.
+    deferred: Option<Ready>,
+}
+
+/// The WAL sync in flight: a local task running `Wal::sync` (never cancelled while the shard
+/// runs: a dropped sync poisons the WAL), and the Readys whose records its batch holds.
+struct InFlightSync {
+    gen: u64,
+    task: glommio::Task<Result<(), wal::WalError>>,
+    covers: Vec<Unpersisted>,
 }
 
 struct Shard {
     i: usize,
     config: Arc<NodeConfig>,
     io: Rc<ShardIo>,
-    wal: Wal,
+    /// Shared with the sync task in flight.
+    wal: Rc<Wal>,
     snap_dir: PathBuf,
     parts: BTreeMap<u64, Partition>,
     peers_out: BTreeMap<u64, Rc<net::PeerQueue>>,
@@ -159,6 +208,19 @@ struct Shard {
     meta_boot_term: u64,
     cmd_limits: command::Limits,
     ticks: u64,
+    /// The sync in flight, if any (at most one: the WAL serialises them anyway).
+    syncing: Option<InFlightSync>,
+    /// Readys buffered in the WAL since the in-flight sync took its batch (or since the last
+    /// sync when none is in flight), in collection order; the next sync covers them. Non-empty
+    /// only if one of them has something to persist.
+    unsynced: Vec<Unpersisted>,
+    /// Generation the next sync gets (the one `unsynced` goes into); generations increase by
+    /// one per sync, so the in-flight sync has `next_gen - 1`.
+    next_gen: u64,
+    /// Generation of the last completed sync: every Ready of a group `<= durable_gen` is durable.
+    durable_gen: u64,
+    /// Turns run since the in-flight sync started (bounded by `PIPELINE_TURNS_MAX`).
+    turns_in_flight: u32,
 }
 
 fn wal_err(shard: usize) -> impl Fn(wal::WalError) -> ServerError {
@@ -294,7 +356,7 @@ impl Shard {
             i,
             config,
             io,
-            wal,
+            wal: Rc::new(wal),
             snap_dir,
             parts,
             peers_out,
@@ -307,6 +369,11 @@ impl Shard {
             meta_boot_term: 0,
             cmd_limits,
             ticks: 0,
+            syncing: None,
+            unsynced: Vec::new(),
+            next_gen: 1,
+            durable_gen: 0,
+            turns_in_flight: 0,
         };
         if let Some(m) = shard.parts.get(&META_PARTITION) {
             // The map key as recovered (from the snapshot or replayed log) is already known.
@@ -439,6 +506,11 @@ impl Shard {
         loop {
             if self.io.stop.load(Ordering::Relaxed) {
                 tracing::info!(shard = self.i, "shard stopping");
+                // Let the sync in flight finish (dropping it would poison the WAL); nothing
+                // waits for its outcome any more.
+                if let Some(s) = self.syncing.take() {
+                    let _ = s.task.await;
+                }
                 self.io.shutdown().await;
                 return Ok(());
             }
@@ -455,44 +527,7 @@ impl Shard {
                     last_tick + tick * due as u32
                 };
             }
-            let (peer, requests) = {
-                let mut inbox = self.io.inbox.borrow_mut();
-                if inbox.peer_dropped > 0 {
-                    tracing::warn!(
-                        shard = self.i,
-                        dropped = inbox.peer_dropped,
-                        "peer inbox full; messages dropped"
-                    );
-                    inbox.peer_dropped = 0;
-                }
-                (
-                    std::mem::take(&mut inbox.peer),
-                    std::mem::take(&mut inbox.requests),
-                )
-            };
-            for (p, m) in peer {
-                match self.parts.get_mut(&p) {
-                    Some(part) => part.raft.step(m),
-                    None => tracing::debug!(
-                        shard = self.i,
-                        partition = p,
-                        "message for a partition not here"
-                    ),
-                }
-            }
-            if self.io.shared.map_epoch() != self.map.as_ref().map_or(0, |m| m.epoch) {
-                if let Err(e) = self.adopt_map() {
-                    tracing::error!(shard = self.i, error = %e, "shard stopping");
-                    self.io.shutdown().await;
-                    return Err(e);
-                }
-            }
-            for (conn, r) in requests {
-                self.handle_request(conn, r);
-            }
-            self.maybe_bootstrap_map();
-            self.flush_proposals();
-            let worked = match self.process_readies().await {
+            let worked = match self.turn().await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(shard = self.i, error = %e, "shard stopping on a fatal error");
@@ -500,23 +535,217 @@ impl Shard {
                     return Err(e);
                 }
             };
-            let idle = {
-                let inbox = self.io.inbox.borrow();
-                inbox.peer.is_empty() && inbox.requests.is_empty()
-            };
-            if worked || !idle {
+            if worked {
+                // Let the sockets' tasks and the sync task run before deciding.
                 futures_lite::future::yield_now().await;
+            }
+            // Sleep until a socket, the sync in flight or the timer wakes us, unless there is
+            // work already. A wake-up finding the inbox empty (its token was left by messages
+            // an earlier turn already took) goes back to sleep instead of running an empty turn.
+            loop {
+                if self.has_work() {
+                    break;
+                }
+                let wait = (last_tick + idle_wait).saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    break;
+                }
+                let syncing = &mut self.syncing;
+                let woke = futures_lite::future::or(
+                    async {
+                        match syncing {
+                            Some(s) => Woke::Synced((&mut s.task).await),
+                            None => futures_lite::future::pending().await,
+                        }
+                    },
+                    futures_lite::future::or(
+                        async {
+                            wake_rx.recv().await;
+                            Woke::Inbox
+                        },
+                        async {
+                            glommio::timer::sleep(wait).await;
+                            Woke::Timer
+                        },
+                    ),
+                )
+                .await;
+                match woke {
+                    Woke::Inbox => continue,
+                    Woke::Timer => break,
+                    Woke::Synced(result) => {
+                        if let Err(e) = self.sync_done(result).await {
+                            tracing::error!(shard = self.i, error = %e, "shard stopping on a fatal error");
+                            self.io.shutdown().await;
+                            return Err(e);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// True if a turn has something to do now: messages or requests in the inbox, or a
+    /// partition with a Ready (e.g. after an apply changed the membership).
+    fn has_work(&self) -> bool {
+        let inbox = self.io.inbox.borrow();
+        !inbox.peer.is_empty()
+            || (!inbox.requests.is_empty() && self.syncing.is_none())
+            || self.io.stop.load(Ordering::Relaxed)
+            || self.parts.values().any(|p| p.raft.has_ready())
+    }
+
+    /// One loop turn after the ticks (module docs of `server`): report a completed sync, step
+    /// peer messages, route requests, propose, collect and handle Readys, start the next sync.
+    /// Returns whether there was work.
+    async fn turn(&mut self) -> Result<bool, ServerError> {
+        let mut worked = false;
+        // A sync that completed while the shard was busy: its Readys first, in order.
+        if let Some(s) = self.syncing.as_mut() {
+            if let Some(result) = futures_lite::future::poll_once(&mut s.task).await {
+                self.sync_done(result).await?;
+                worked = true;
+            }
+        }
+        let (peer, requests) = {
+            let mut inbox = self.io.inbox.borrow_mut();
+            if inbox.peer_dropped > 0 {
+                tracing::warn!(
+                    shard = self.i,
+                    dropped = inbox.peer_dropped,
+                    "peer inbox full; messages dropped"
+                );
+                inbox.peer_dropped = 0;
+            }
+            // While a sync is in flight, client requests wait in the inbox for its
+            // completion: they then form one proposal batch, as large as without pipelining.
+            let requests = if self.syncing.is_none() {
+                std::mem::take(&mut inbox.requests)
+            } else {
+                Vec::new()
+            };
+            (std::mem::take(&mut inbox.peer), requests)
+        };
+        for (p, m) in peer {
+            match self.parts.get_mut(&p) {
+                Some(part) => part.raft.step(m),
+                None => tracing::debug!(
+                    shard = self.i,
+                    partition = p,
+                    "message for a partition not here"
+                ),
+            }
+        }
+        if self.io.shared.map_epoch() != self.map.as_ref().map_or(0, |m| m.epoch) {
+            self.adopt_map()?;
+        }
+        for (conn, r) in requests {
+            self.handle_request(conn, r);
+        }
+        self.maybe_bootstrap_map();
+        self.flush_proposals();
+        worked |= self.process_readies().await?;
+        self.start_sync();
+        // Bound the pipeline: past the limits, wait for the sync in flight before another turn
+        // (the sockets' tasks keep reading into the inbox meanwhile).
+        if self.syncing.is_some()
+            && (self.turns_in_flight >= PIPELINE_TURNS_MAX
+                || self.wal.buffered_bytes() >= PIPELINE_BYTES_MAX)
+        {
+            if let Some(s) = self.syncing.as_mut() {
+                let result = (&mut s.task).await;
+                self.sync_done(result).await?;
+                self.start_sync();
+                worked = true;
+            }
+        }
+        Ok(worked)
+    }
+
+    /// Starts a sync of the WAL's buffered batch, covering the Readys in `unsynced`, unless one
+    /// is in flight already or there is nothing to sync.
+    fn start_sync(&mut self) {
+        if self.syncing.is_some() || self.unsynced.is_empty() {
+            return;
+        }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let wal = self.wal.clone();
+        let task = glommio::spawn_local(async move { wal.sync().await.map(|_| ()) });
+        self.syncing = Some(InFlightSync {
+            gen,
+            task,
+            covers: std::mem::take(&mut self.unsynced),
+        });
+        self.turns_in_flight = 0;
+    }
+
+    /// The sync in flight completed with `result`: steps 3 and 4 of the Ready contract for the
+    /// Readys it covers, in order (module docs of `server`, "Pipelining").
+    async fn sync_done(&mut self, result: Result<(), wal::WalError>) -> Result<(), ServerError> {
+        let Some(done) = self.syncing.take() else {
+            return Ok(());
+        };
+        // A failed fdatasync is fatal (wal crate docs): the shard stops with the error.
+        result.map_err(wal_err(self.i))?;
+        debug_assert!(done.gen > self.durable_gen);
+        self.durable_gen = done.gen;
+        // 3. Durable: report it (per partition, the highest Ready number covered: "every Ready
+        //    up to n is durable"), then send what had to wait for it (vote grants, append
+        //    acknowledgements; thesis §3.8).
+        let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut after: Vec<(u64, Message)> = Vec::new();
+        let mut deferred: Vec<(u64, Ready)> = Vec::new();
+        let mut carried: Vec<Unpersisted> = Vec::new();
+        for u in done.covers {
+            // A later, still pending Ready of this partition overwrote a conflicting suffix
+            // (§5.3): raftcore, told that this earlier Ready is durable, would cap its last
+            // index by the log's current last index only and count the replacement entries
+            // as durable (a leader elected meanwhile would count them toward commit). Report
+            // it together with the overwrite instead: it moves to the front of that group.
+            if self
+                .parts
+                .get(&u.partition)
+                .is_some_and(|p| p.truncate_gen > done.gen)
+            {
+                carried.push(u);
                 continue;
             }
-            let wait = (last_tick + idle_wait).saturating_duration_since(Instant::now());
-            futures_lite::future::or(
-                async {
-                    wake_rx.recv().await;
-                },
-                glommio::timer::sleep(wait),
-            )
-            .await;
+            let n = last.entry(u.partition).or_insert(u.number);
+            debug_assert!(*n <= u.number, "Readys covered out of number order");
+            *n = u.number;
+            after.extend(u.persisted_messages.into_iter().map(|m| (u.partition, m)));
+            if let Some(rd) = u.deferred {
+                deferred.push((u.partition, rd));
+            }
         }
+        if !carried.is_empty() {
+            // The overwriting Ready is in the next group (`unsynced`): it was buffered after
+            // the sync that just completed had started.
+            carried.append(&mut self.unsynced);
+            self.unsynced = carried;
+        }
+        for (p, n) in last {
+            let part = self.parts.get_mut(&p).ok_or_else(|| internal(self.i, p))?;
+            part.raft
+                .on_persisted(n)
+                .map_err(|e| ServerError::Recovery {
+                    shard: self.i,
+                    partition: p,
+                    reason: format!("on_persisted: {e}"),
+                })?;
+        }
+        self.send(after);
+        // 4. The applies that waited for this sync (a received snapshot and what followed it).
+        for (p, rd) in deferred {
+            let part = self.parts.get_mut(&p).ok_or_else(|| internal(self.i, p))?;
+            part.apply_deferred -= 1;
+            self.apply_ready(p, rd).await?;
+        }
+        self.meta_applied()?;
+        self.publish();
+        Ok(())
     }
 
     fn tick(&mut self, now: Instant) {
@@ -854,8 +1083,10 @@ impl Shard {
         }
     }
 
-    /// Collects and handles the Readys of every partition with work (group commit). Returns
-    /// whether there was any.
+    /// Collects and handles the Readys of every partition with work: sends their messages,
+    /// buffers their records in the WAL's next batch (group commit: the next sync covers
+    /// them), applies what may be applied at once, and reports at once the Readys that need
+    /// no sync. Returns whether there was any.
     async fn process_readies(&mut self) -> Result<bool, ServerError> {
         let mut readies: Vec<(u64, Ready)> = Vec::new();
         for (&p, part) in self.parts.iter_mut() {
@@ -865,6 +1096,9 @@ impl Shard {
         }
         if readies.is_empty() {
             return Ok(false);
+        }
+        if self.syncing.is_some() {
+            self.turns_in_flight += 1;
         }
         // 1. Messages that may go at once (thesis §10.2.1: the leader's appends in parallel
         //    with its own disk write).
@@ -877,13 +1111,12 @@ impl Shard {
             );
         }
         self.send(out);
-        // 2. Persist every Ready of this turn, then ONE sync (group commit).
-        let mut must_sync = false;
+        // 2. Buffer every Ready's records in the WAL, in number order per partition: the
+        //    WAL writes its batches in order, so Readys become durable in order.
         for (p, rd) in readies.iter() {
             if !rd.must_persist() {
                 continue;
             }
-            must_sync = true;
             let part = self.parts.get_mut(p).ok_or_else(|| internal(self.i, *p))?;
             if let Some(s) = &rd.snapshot {
                 // The file is durable (write_file fsyncs) before the WAL drops any entry.
@@ -906,6 +1139,7 @@ impl Shard {
                     self.wal
                         .truncate(*p, first.index)
                         .map_err(wal_err(self.i))?;
+                    part.truncate_gen = self.next_gen;
                 }
                 let entries: Vec<wal::Entry> = rd.entries.iter().map(convert::to_wal).collect();
                 append_entries(self.i, &self.wal, *p, &entries).await?;
@@ -920,31 +1154,72 @@ impl Shard {
                 wal_op(self.i, &self.wal, |w| w.put_hard_state(*p, hs)).await?;
             }
         }
-        if must_sync {
-            // A failed fdatasync is fatal (wal crate docs): the shard stops with the error.
-            self.wal.sync().await.map_err(wal_err(self.i))?;
-        }
-        // 3. Durable: report it, then send what had to wait for it (vote grants, append
-        //    acknowledgements; thesis §3.8).
+        // 3. At once for the Readys that need no sync: a Ready with nothing to persist, of a
+        //    partition with no Ready awaiting durability, is durable now ("every Ready up to
+        //    n"). Every other Ready joins the group of the sync that will make it durable:
+        //    the next sync if it has records, else the group of its partition's newest
+        //    pending Ready (which that group's sync covers).
         let mut after: Vec<(u64, Message)> = Vec::new();
-        for (p, rd) in readies.iter_mut() {
-            let part = self.parts.get_mut(p).ok_or_else(|| internal(self.i, *p))?;
-            part.raft
-                .on_persisted(rd.number)
-                .map_err(|e| ServerError::Recovery {
-                    shard: self.i,
-                    partition: *p,
-                    reason: format!("on_persisted: {e}"),
-                })?;
-            after.extend(
-                std::mem::take(&mut rd.persisted_messages)
-                    .into_iter()
-                    .map(|m| (*p, m)),
-            );
+        let mut apply_now: Vec<(u64, Ready)> = Vec::with_capacity(readies.len());
+        for (p, mut rd) in readies {
+            let part = self.parts.get_mut(&p).ok_or_else(|| internal(self.i, p))?;
+            let must_persist = rd.must_persist();
+            if !must_persist && part.pending_gen <= self.durable_gen {
+                debug_assert_eq!(part.apply_deferred, 0);
+                after.extend(
+                    std::mem::take(&mut rd.persisted_messages)
+                        .into_iter()
+                        .map(|m| (p, m)),
+                );
+                part.raft
+                    .on_persisted(rd.number)
+                    .map_err(|e| ServerError::Recovery {
+                        shard: self.i,
+                        partition: p,
+                        reason: format!("on_persisted: {e}"),
+                    })?;
+                apply_now.push((p, rd));
+                continue;
+            }
+            let gen = if must_persist {
+                self.next_gen
+            } else {
+                part.pending_gen
+            };
+            part.pending_gen = gen;
+            // 4. may run before the Ready is durable: its committed entries are committed and
+            //    already durable here (raftcore hands out only entries up to what was reported
+            //    persisted), so applying them and answering their clients acknowledges nothing
+            //    that could be lost. Applies stay in order per partition: a Ready carrying a
+            //    snapshot (restore only once the snapshot is durable) defers its own apply and
+            //    every later one of the partition to its sync's completion.
+            let defer = part.apply_deferred > 0 || rd.snapshot.is_some();
+            let number = rd.number;
+            let persisted_messages = std::mem::take(&mut rd.persisted_messages);
+            let deferred = if defer {
+                part.apply_deferred += 1;
+                rd.entries = Vec::new();
+                Some(rd)
+            } else {
+                apply_now.push((p, rd));
+                None
+            };
+            let u = Unpersisted {
+                partition: p,
+                number,
+                persisted_messages,
+                deferred,
+            };
+            match &mut self.syncing {
+                Some(s) if s.gen == gen => s.covers.push(u),
+                _ => {
+                    debug_assert_eq!(gen, self.next_gen);
+                    self.unsynced.push(u);
+                }
+            }
         }
         self.send(after);
-        // 4. Apply, answer writers and readers.
-        for (p, rd) in readies {
+        for (p, rd) in apply_now {
             self.apply_ready(p, rd).await?;
         }
         self.meta_applied()?;
@@ -1218,6 +1493,9 @@ async fn open_partition(
         queued_bytes: 0,
         log_bytes: 0,
         orphans_seen: (0, 0, 0),
+        pending_gen: 0,
+        apply_deferred: 0,
+        truncate_gen: 0,
     })
 }
 
@@ -1246,8 +1524,9 @@ fn internal(shard: usize, partition: u64) -> ServerError {
 }
 
 /// Runs a buffering WAL operation; when the WAL's batch is full (`batch_bytes_max`), makes the
-/// batch durable first and retries once. Syncing in the middle of a turn keeps the order of
-/// Readys; they are reported persisted only after the turn's final sync.
+/// batch durable first (after the sync in flight, if any: the WAL serialises them) and retries
+/// once. Syncing in the middle of a turn keeps the order of Readys; they are still reported
+/// persisted only when the sync their group belongs to completes (module docs of `server`).
 async fn wal_op(
     shard: usize,
     wal: &Wal,
