@@ -56,9 +56,11 @@
 //!   returned `Ok`: nothing is reported durable, and no vote grant or append acknowledgement
 //!   (`persisted_messages`) leaves, before it is durable (Raft thesis §3.8 / §10.2.1). While
 //!   a Ready that overwrote a conflicting suffix (Raft paper §5.3) is pending, the earlier
-//!   Readys of its partition are reported only together with it: raftcore caps an earlier
-//!   Ready's durable index by the log's current last index only, so it would count the
-//!   replacement entries as durable too early;
+//!   Readys of its partition are reported only together with it. This is a second guard:
+//!   raftcore already clips the last index of every pending Ready at a truncation
+//!   (`clip_pending` in raftcore's node.rs), so an earlier Ready reported alone would not make
+//!   it count the replacement entries as durable; the guard costs a little latency only when
+//!   a follower's log conflicts;
 //! - committed entries are applied, and their clients answered, as soon as a Ready hands
 //!   them out, even before that Ready's own records are durable: raftcore hands out only
 //!   entries that are committed and already reported durable here, so the answer

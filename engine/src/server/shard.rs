@@ -700,10 +700,10 @@ impl Shard {
         let mut carried: Vec<Unpersisted> = Vec::new();
         for u in done.covers {
             // A later, still pending Ready of this partition overwrote a conflicting suffix
-            // (§5.3): raftcore, told that this earlier Ready is durable, would cap its last
-            // index by the log's current last index only and count the replacement entries
-            // as durable (a leader elected meanwhile would count them toward commit). Report
-            // it together with the overwrite instead: it moves to the front of that group.
+            // (§5.3): report this earlier Ready together with the overwrite (it moves to the
+            // front of that group). A second guard: raftcore clips pending Readys' last index
+            // at the truncation already (`clip_pending`), so reporting it alone would not
+            // count the replacement entries as durable either (module docs of `server`).
             if self
                 .parts
                 .get(&u.partition)
