@@ -1270,3 +1270,41 @@ async fn a_lagging_server_map_neither_triggers_a_refresh_nor_rolls_the_client_ba
         "each put at the leader of the client's map, with its epoch"
     );
 }
+
+/// A node that answers `NotLeader` naming itself leads now (e.g. the write it refused was
+/// overwritten by a newer leader's entry before this node was elected): the client retries
+/// there at once, with the same sequence number, instead of refreshing the map and backing off.
+#[tokio::test]
+async fn not_leader_naming_the_answering_node_is_retried_there_at_once() {
+    let map = shared_map();
+    let m = map.clone();
+    let mut refused = false;
+    let fake = Fake::start(
+        2,
+        Box::new(move |node, req| match (&req.op, node) {
+            (Op::ClusterMap, _) => {
+                Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone())))
+            }
+            (Op::Put(_), 1) if !refused => {
+                refused = true;
+                Action::Reply(Err(ServerError::NotLeader {
+                    leader_node: 1,
+                    leader_endpoint: None,
+                }))
+            }
+            (Op::Put(_), 1) => put_ok(),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(no_backoff_config(vec![fake.endpoints[0].clone()]))
+        .await
+        .unwrap();
+    assert!(client.put("a", "1").await.unwrap().written);
+    let seen = fake.data_requests();
+    let summary: Vec<(u64, u64)> = seen.iter().map(|s| (s.node, s.req.seq)).collect();
+    assert_eq!(summary, vec![(1, 1), (1, 1)]);
+}

@@ -41,7 +41,9 @@
 //! # Retries
 //! Each call has a deadline ([`ClientConfig::request_timeout`]). Until it passes the client
 //! retries on:
-//! - `NotLeader`: follows the leader hint at once (a hint it cannot place refreshes the map);
+//! - `NotLeader`: follows the leader hint at once, also when the hint names the node that
+//!   answered (it leads now; the refused attempt was from an earlier term); a hint it cannot
+//!   place refreshes the map;
 //! - `StaleMap` with an epoch newer than the client's map, or `WrongShard`: refreshes the map
 //!   (looking for a map at least as new as the server's), then retries;
 //! - `Unavailable`, `Busy`, `Timeout`, `StaleMap` with an epoch the client already has (that
@@ -578,7 +580,7 @@ impl Client {
                             Ok(outcome) => return Ok((resp.header, outcome)),
                             Err(e) => {
                                 last = format!("node {node} ({endpoint}): {e}");
-                                self.on_server_error(e, partition, node, &map, spread.is_some())?
+                                self.on_server_error(e, partition, &map, spread.is_some())?
                             }
                         },
                         Err(SendError::Deadline) => {
@@ -637,23 +639,22 @@ impl Client {
         }
     }
 
-    /// What to do after replica `node` of `partition` answered `e` to a request routed with
-    /// `map`; `spread`: the request is a follower/stale read that any replica may serve.
+    /// What to do after a replica of `partition` answered `e` to a request routed with `map`;
+    /// `spread`: the request is a follower/stale read that any replica may serve.
     fn on_server_error(
         &self,
         e: ServerError,
         partition: u64,
-        node: u64,
         map: &ClusterMap,
         spread: bool,
     ) -> Result<Next, ClientError> {
         Ok(match e {
             ServerError::NotLeader { leader_node, .. } => {
                 // The map, not the hint's endpoint, names endpoints: a hinted node missing from
-                // our map needs a new map.
-                let usable = leader_node != 0
-                    && leader_node != node
-                    && self.set_leader(partition, leader_node);
+                // our map needs a new map. A node naming itself leads now (it refused an
+                // attempt that lost an earlier term, e.g. a write overwritten by another
+                // leader's entry): retry there at once.
+                let usable = leader_node != 0 && self.set_leader(partition, leader_node);
                 if spread {
                     // Another replica can serve the read; the hint still helps later writes.
                     Next::ReplicaFailed { lost_conn: false }
