@@ -757,28 +757,12 @@ impl Shard {
         // never came (leadership changed, partitioned away).
         if self.ticks % 16 == 0 {
             for part in self.parts.values_mut() {
-                let expired: Vec<u64> = part
-                    .pending
-                    .iter()
-                    .filter(|(_, w)| w.deadline <= now)
-                    .map(|(i, _)| *i)
-                    .collect();
-                for i in expired {
-                    if let Some(w) = part.pending.remove(&i) {
-                        w.conn.respond(error_response(w.id, WireError::Timeout));
-                    }
+                for w in take_waiters(&mut part.pending, .., |w| w.deadline <= now) {
+                    w.conn.respond(error_response(w.id, WireError::Timeout));
                 }
             }
-            let expired: Vec<u64> = self
-                .reads
-                .iter()
-                .filter(|(_, r)| r.deadline <= now)
-                .map(|(i, _)| *i)
-                .collect();
-            for i in expired {
-                if let Some(r) = self.reads.remove(&i) {
-                    r.conn.respond(error_response(r.id, WireError::Timeout));
-                }
+            for r in take_reads(&mut self.reads, |r| r.deadline <= now) {
+                r.conn.respond(error_response(r.id, WireError::Timeout));
             }
         }
     }
@@ -1240,20 +1224,13 @@ impl Shard {
                 })?;
             part.sm = decoded.state;
             // Requests waiting on entries the snapshot replaced: outcome unknown here.
-            let covered: Vec<u64> = part
-                .pending
-                .range(..=s.meta.index)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in covered {
-                if let Some(w) = part.pending.remove(&k) {
-                    w.conn.respond(error_response(
-                        w.id,
-                        WireError::Unavailable {
-                            reason: "replaced by a snapshot; retry".into(),
-                        },
-                    ));
-                }
+            for w in take_waiters(&mut part.pending, ..=s.meta.index, |_| true) {
+                w.conn.respond(error_response(
+                    w.id,
+                    WireError::Unavailable {
+                        reason: "replaced by a snapshot; retry".into(),
+                    },
+                ));
             }
             recover::remove_older_snapshots(&self.snap_dir, p, s.meta.index);
             tracing::info!(
@@ -1309,17 +1286,10 @@ impl Shard {
         }
         resolve_orphans(part, &mut self.reads);
         let applied = part.sm.applied_index();
-        let ready: Vec<u64> = self
-            .reads
-            .iter()
-            .filter(|(_, r)| r.partition == p && r.index.is_some_and(|x| x <= applied))
-            .map(|(k, _)| *k)
-            .collect();
-        for k in ready {
-            if let Some(r) = self.reads.remove(&k) {
-                let resp = serve_read(part, r.id, &r.op);
-                r.conn.respond(resp);
-            }
+        for r in take_reads(&mut self.reads, |r| {
+            r.partition == p && r.index.is_some_and(|x| x <= applied)
+        }) {
+            r.conn.respond(serve_read(part, r.id, &r.op));
         }
         // Snapshot when the retained log is large (Raft paper §7).
         if part.log_bytes >= snapshot_log_bytes && applied > part.raft.first_index() {
@@ -1416,40 +1386,55 @@ fn resolve_orphans(part: &mut Partition, reads: &mut HashMap<u64, PendingRead>) 
         return;
     }
     part.orphans_seen = (applied_term, term, leader);
-    let lost: Vec<u64> = part
-        .pending
-        .range(applied + 1..)
-        .filter(|(_, w)| w.term < applied_term)
+    for w in take_waiters(&mut part.pending, applied + 1.., |w| w.term < applied_term) {
+        w.conn.respond(error_response(
+            w.id,
+            WireError::NotLeader {
+                leader_node: leader,
+                leader_endpoint: None,
+            },
+        ));
+    }
+    let id = part.id;
+    for r in take_reads(reads, |r| {
+        r.partition == id && r.index.is_none() && (r.term != term || r.leader != leader)
+    }) {
+        r.conn.respond(error_response(
+            r.id,
+            WireError::Unavailable {
+                reason: "leadership changed before the read index was known; retry".into(),
+            },
+        ));
+    }
+}
+
+/// Removes and returns the waiters of `pending` in `range` that `pred` selects, in index order.
+fn take_waiters(
+    pending: &mut BTreeMap<u64, Waiter>,
+    range: impl std::ops::RangeBounds<u64>,
+    pred: impl Fn(&Waiter) -> bool,
+) -> Vec<Waiter> {
+    let keys: Vec<u64> = pending
+        .range(range)
+        .filter(|(_, w)| pred(w))
         .map(|(k, _)| *k)
         .collect();
-    for k in lost {
-        if let Some(w) = part.pending.remove(&k) {
-            w.conn.respond(error_response(
-                w.id,
-                WireError::NotLeader {
-                    leader_node: part.raft.leader(),
-                    leader_endpoint: None,
-                },
-            ));
-        }
-    }
-    let orphaned: Vec<u64> = reads
+    keys.into_iter()
+        .filter_map(|k| pending.remove(&k))
+        .collect()
+}
+
+/// Removes and returns the pending reads that `pred` selects.
+fn take_reads(
+    reads: &mut HashMap<u64, PendingRead>,
+    pred: impl Fn(&PendingRead) -> bool,
+) -> Vec<PendingRead> {
+    let keys: Vec<u64> = reads
         .iter()
-        .filter(|(_, r)| {
-            r.partition == part.id && r.index.is_none() && (r.term != term || r.leader != leader)
-        })
+        .filter(|(_, r)| pred(r))
         .map(|(k, _)| *k)
         .collect();
-    for k in orphaned {
-        if let Some(r) = reads.remove(&k) {
-            r.conn.respond(error_response(
-                r.id,
-                WireError::Unavailable {
-                    reason: "leadership changed before the read index was known; retry".into(),
-                },
-            ));
-        }
-    }
+    keys.into_iter().filter_map(|k| reads.remove(&k)).collect()
 }
 
 /// Recovers (or bootstraps) one partition with `voters` as its founding replicas. The meta
