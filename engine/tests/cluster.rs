@@ -131,35 +131,71 @@ async fn client(c: &Cluster) -> Client {
     Client::connect(cfg).await.expect("client connects")
 }
 
-/// One request on a fresh connection to `endpoint` (lets a test talk to a chosen replica).
-async fn call(endpoint: &str, op: Op) -> Response {
-    let mut s = tokio::net::TcpStream::connect(endpoint).await.unwrap();
-    let limits = Limits::default();
-    let mut out = BytesMut::new();
-    let req = Request {
-        id: 7,
+/// A request without session or map epoch.
+fn request(id: u64, op: Op) -> Request {
+    Request {
+        id,
         session: 0,
         seq: 0,
         map_epoch: 0,
         op,
         first_unacked: 0,
-    };
-    BodyEncoder::new()
-        .request_frame(&mut out, 1, &[req], &limits)
-        .unwrap();
-    s.write_all(&out).await.unwrap();
-    let dec = FrameDecoder::new(limits);
-    let mut buf = BytesMut::new();
-    loop {
-        if let Some(f) = dec.decode(&mut buf).unwrap() {
-            assert_eq!(f.kind, FrameKind::ClientResponses);
-            let mut b = wire::decode_responses(&f.body, &limits).unwrap();
-            assert!(b.frame_error.is_none(), "{:?}", b.frame_error);
-            return b.responses.pop().unwrap();
-        }
-        let n = s.read_buf(&mut buf).await.unwrap();
-        assert!(n > 0, "server closed");
     }
+}
+
+/// A raw client connection to one shard: request frames out, every response in (lets a test
+/// pick the replica and see each answer, pipelined ones included).
+struct RawConn {
+    stream: tokio::net::TcpStream,
+    limits: Limits,
+    dec: FrameDecoder,
+    buf: BytesMut,
+}
+
+impl RawConn {
+    async fn connect(endpoint: impl tokio::net::ToSocketAddrs) -> RawConn {
+        let limits = Limits::default();
+        RawConn {
+            stream: tokio::net::TcpStream::connect(endpoint).await.unwrap(),
+            limits,
+            dec: FrameDecoder::new(limits),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Sends `requests` in one frame.
+    async fn send(&mut self, requests: &[Request]) {
+        let mut out = BytesMut::new();
+        BodyEncoder::new()
+            .request_frame(&mut out, 1, requests, &self.limits)
+            .unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next `n` responses, in arrival order (each frame must be a response frame without
+    /// a frame-level error).
+    async fn recv(&mut self, n: usize) -> Vec<Response> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Some(f) = self.dec.decode(&mut self.buf).unwrap() {
+                assert_eq!(f.kind, FrameKind::ClientResponses);
+                let b = wire::decode_responses(&f.body, &self.limits).unwrap();
+                assert!(b.frame_error.is_none(), "{:?}", b.frame_error);
+                got.extend(b.responses);
+                continue;
+            }
+            let read = self.stream.read_buf(&mut self.buf).await.unwrap();
+            assert!(read > 0, "server closed");
+        }
+        got
+    }
+}
+
+/// One request on a fresh connection to `endpoint` (lets a test talk to a chosen replica).
+async fn call(endpoint: &str, op: Op) -> Response {
+    let mut conn = RawConn::connect(endpoint).await;
+    conn.send(&[request(7, op)]).await;
+    conn.recv(1).await.pop().unwrap()
 }
 
 fn get_op(key: &str, consistency: Consistency) -> Op {
@@ -201,28 +237,32 @@ async fn follower_get(
 
 /// Replicas of `key`'s partition that do not lead it (per the leader's status).
 async fn followers_of(c: &Cluster, cl: &Client, key: &str) -> Vec<u64> {
-    let p = cl
-        .cluster_map()
-        .partition_of_key(key.as_bytes())
-        .unwrap()
-        .id;
-    let leader = loop {
-        let st = cl.status().await.unwrap();
-        let l = st
-            .iter()
-            .flat_map(|(_, s)| &s.partitions)
-            .find(|ps| ps.partition == p && ps.is_leader)
-            .map(|ps| ps.leader_node);
-        if let Some(l) = l {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (p, leader) = leader_of(cl, key).await;
     let cfg = &c.configs[0];
     cfg.initial_replicas(p)
         .into_iter()
         .filter(|&n| n != leader)
         .collect()
+}
+
+/// `key`'s partition and the node that leads it (per the leader's status; waits for one).
+async fn leader_of(cl: &Client, key: &str) -> (u64, u64) {
+    let p = cl
+        .cluster_map()
+        .partition_of_key(key.as_bytes())
+        .unwrap()
+        .id;
+    loop {
+        let st = cl.status().await.unwrap();
+        if let Some(ps) = st
+            .iter()
+            .flat_map(|(_, s)| &s.partitions)
+            .find(|ps| ps.partition == p && ps.is_leader)
+        {
+            return (p, ps.leader_node);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn init_logs() {
@@ -747,39 +787,14 @@ fn requests_over_the_connection_limit_get_busy_and_every_request_is_answered() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let limits = Limits::default();
-        let mut s = tokio::net::TcpStream::connect(cluster.configs[0].client_addr)
-            .await
-            .unwrap();
+        let mut conn = RawConn::connect(cluster.configs[0].client_addr).await;
         // One frame with 50 requests: the connection may have 4 in flight, so the server
         // accepts the first 4 and answers the other 46 with Busy at once.
-        let reqs: Vec<Request> = (1..=50)
-            .map(|id| Request {
-                id,
-                session: 0,
-                seq: 0,
-                map_epoch: 0,
-                op: Op::Status,
-                first_unacked: 0,
-            })
-            .collect();
-        let mut out = BytesMut::new();
-        BodyEncoder::new()
-            .request_frame(&mut out, 1, &reqs, &limits)
-            .unwrap();
-        s.write_all(&out).await.unwrap();
-        let dec = FrameDecoder::new(limits);
-        let mut buf = BytesMut::new();
+        let reqs: Vec<Request> = (1..=50).map(|id| request(id, Op::Status)).collect();
+        conn.send(&reqs).await;
         let mut answers = BTreeMap::new();
-        while answers.len() < 50 {
-            match dec.decode(&mut buf).unwrap() {
-                Some(f) => {
-                    for r in wire::decode_responses(&f.body, &limits).unwrap().responses {
-                        assert!(answers.insert(r.id, r.outcome).is_none(), "answered twice");
-                    }
-                }
-                None => assert!(s.read_buf(&mut buf).await.unwrap() > 0),
-            }
+        for r in conn.recv(50).await {
+            assert!(answers.insert(r.id, r.outcome).is_none(), "answered twice");
         }
         let busy = answers
             .values()
@@ -859,37 +874,12 @@ fn the_cluster_map_is_replicated_in_the_meta_group() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // A request routed with a newer epoch than the node has: Unavailable (retry later).
-        let e = cluster.configs[0].client_addr.to_string();
-        let mut s = tokio::net::TcpStream::connect(&e).await.unwrap();
-        let limits = Limits::default();
-        let mut out = BytesMut::new();
-        let req = Request {
-            id: 9,
-            session: 0,
-            seq: 0,
-            map_epoch: 1,
-            op: get_op("k", Consistency::Stale),
-            first_unacked: 0,
-        };
-        let mut unset = req.clone();
-        unset.map_epoch = 0; // 0: the client has no map yet; served
-        let mut newer = req.clone();
+        let mut conn = RawConn::connect(cluster.configs[0].client_addr).await;
+        let unset = request(9, get_op("k", Consistency::Stale)); // epoch 0: no map yet; served
+        let mut newer = request(10, get_op("k", Consistency::Stale));
         newer.map_epoch = 2;
-        newer.id = 10;
-        BodyEncoder::new()
-            .request_frame(&mut out, 1, &[unset, newer], &limits)
-            .unwrap();
-        s.write_all(&out).await.unwrap();
-        let dec = FrameDecoder::new(limits);
-        let mut buf = BytesMut::new();
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            if let Some(f) = dec.decode(&mut buf).unwrap() {
-                got.extend(wire::decode_responses(&f.body, &limits).unwrap().responses);
-                continue;
-            }
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0);
-        }
+        conn.send(&[unset, newer]).await;
+        let mut got = conn.recv(2).await;
         got.sort_by_key(|r| r.id);
         assert!(
             matches!(
@@ -935,25 +925,10 @@ fn writes_orphaned_by_a_leader_change_get_a_definite_answer() {
         .build()
         .unwrap();
     let key = |i: u32| format!("{{orphan}}k{i}");
-    let (leader, partition) = rt.block_on(async {
+    let (partition, leader) = rt.block_on(async {
         let cl = client(&cluster).await;
         cl.put(key(100), "warm-up").await.unwrap();
-        let p = cl
-            .cluster_map()
-            .partition_of_key(key(0).as_bytes())
-            .unwrap()
-            .id;
-        loop {
-            let st = cl.status().await.unwrap();
-            if let Some(ps) = st
-                .iter()
-                .flat_map(|(_, s)| &s.partitions)
-                .find(|ps| ps.partition == p && ps.is_leader)
-            {
-                break (ps.leader_node, p);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        leader_of(&cl, &key(0)).await
     });
     let followers: Vec<u64> = (1..=3).filter(|&n| n != leader).collect();
     // Stop both followers, then write at once (before CheckQuorum makes the leader step down,
@@ -962,63 +937,28 @@ fn writes_orphaned_by_a_leader_change_get_a_definite_answer() {
     cluster.stop(followers[1]);
     const WRITES: u32 = 6;
     let endpoint = cluster.endpoint(leader, partition);
-    let limits = Limits::default();
-    let mut stream = rt
-        .block_on(tokio::net::TcpStream::connect(&endpoint))
-        .unwrap();
+    let mut conn = rt.block_on(RawConn::connect(endpoint.as_str()));
     let mut requests: Vec<Request> = (0..WRITES)
-        .map(|i| Request {
-            id: u64::from(i) + 1,
-            session: 0,
-            seq: 0,
-            map_epoch: 0,
-            op: Op::Put(wire::Put {
-                key: Bytes::from(key(i)),
-                value: Bytes::from_static(b"v"),
-                if_absent: false,
-                return_previous: false,
-            }),
-            first_unacked: 0,
+        .map(|i| {
+            request(
+                u64::from(i) + 1,
+                Op::Put(wire::Put {
+                    key: Bytes::from(key(i)),
+                    value: Bytes::from_static(b"v"),
+                    if_absent: false,
+                    return_previous: false,
+                }),
+            )
         })
         .collect();
     // And a linearizable read, whose heartbeat round cannot complete either.
     const READ_ID: u64 = 1000;
-    requests.push(Request {
-        id: READ_ID,
-        session: 0,
-        seq: 0,
-        map_epoch: 0,
-        op: get_op(&key(0), Consistency::Linearizable),
-        first_unacked: 0,
-    });
-    let mut out = BytesMut::new();
-    BodyEncoder::new()
-        .request_frame(&mut out, 1, &requests, &limits)
-        .unwrap();
-    rt.block_on(stream.write_all(&out)).unwrap();
-    // Answers arrive on the one connection; read them as they come.
-    let dec = FrameDecoder::new(limits);
-    let mut buf = BytesMut::new();
-    let mut next_answers = |want: usize, got: &mut Vec<Response>| {
-        rt.block_on(async {
-            while got.len() < want {
-                if let Some(f) = dec.decode(&mut buf).unwrap() {
-                    got.extend(wire::decode_responses(&f.body, &limits).unwrap().responses);
-                    continue;
-                }
-                assert!(
-                    stream.read_buf(&mut buf).await.unwrap() > 0,
-                    "server closed"
-                );
-            }
-        })
-    };
+    requests.push(request(READ_ID, get_op(&key(0), Consistency::Linearizable)));
+    rt.block_on(conn.send(&requests));
     // CheckQuorum (thesis §6.2): about one election timeout later the leader steps down in
     // the same term, and raftcore drops the read. With the followers still down, nothing but
     // that step-down can answer it before the 10 s request timeout (`Timeout`).
-    let mut got = Vec::new();
-    next_answers(1, &mut got);
-    let read = got.pop().unwrap();
+    let read = rt.block_on(conn.recv(1)).pop().unwrap();
     assert_eq!(
         read.id, READ_ID,
         "a write answered before any leader change: {read:?}"
@@ -1034,9 +974,8 @@ fn writes_orphaned_by_a_leader_change_get_a_definite_answer() {
         cluster.configs[f as usize - 1].tuning.election_ticks_min = 5;
         cluster.start(f);
     }
-    next_answers(WRITES as usize, &mut got);
-    got.sort_by_key(|r| r.id);
-    let answers = &got;
+    let mut answers = rt.block_on(conn.recv(WRITES as usize));
+    answers.sort_by_key(|r| r.id);
     let mut committed = 0;
     let mut lost = 0;
     rt.block_on(async {
