@@ -310,22 +310,6 @@ impl NodeConfig {
     pub fn shard_peer_addr(&self, shard: usize) -> SocketAddr {
         shard_addr(self.peer_addr, shard)
     }
-
-    /// The shard of every node that holds partition `partition`.
-    pub fn shard_of_partition(&self, partition: u64) -> usize {
-        (partition % self.shards as u64) as usize
-    }
-
-    /// The nodes that hold replicas of `partition` in the initial placement: `replicas`
-    /// consecutive node ids (in ascending order, wrapping) starting at position
-    /// `partition % nodes`, so replicas are on distinct nodes and leaders spread evenly.
-    pub fn initial_replicas(&self, partition: u64) -> Vec<u64> {
-        let ids: Vec<u64> = self.peers.keys().copied().collect();
-        let start = (partition % ids.len() as u64) as usize;
-        (0..self.replicas)
-            .map(|k| ids[(start + k) % ids.len()])
-            .collect()
-    }
 }
 
 /// The address of shard `shard` given a node's base address.
@@ -384,7 +368,7 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.shard_client_addr(1).port(), 7202);
         assert_eq!(c.shard_peer_addr(1).port(), 7203);
-        assert_eq!(c.shard_of_partition(5), 1);
+        assert_eq!(crate::meta::shard_of_partition(&c, 5), 1);
     }
 
     #[test]
@@ -392,7 +376,7 @@ mod tests {
         let c = three();
         let mut first = [0usize; 4];
         for p in 1..=c.partitions as u64 {
-            let r = c.initial_replicas(p);
+            let r = crate::meta::initial_replicas(&c, p);
             assert_eq!(r.len(), 3);
             let mut d = r.clone();
             d.sort();

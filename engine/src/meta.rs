@@ -103,6 +103,36 @@ pub enum MetaError {
     },
 }
 
+// ---------------------------------------------------------------- placement policy
+
+/// The shard of every node that holds partition `partition` in the initial placement
+/// (`partition % shards`: shard i of one node talks only to shard i of the others).
+pub fn shard_of_partition(config: &NodeConfig, partition: u64) -> usize {
+    (partition % config.shards as u64) as usize
+}
+
+/// The nodes that hold replicas of `partition` in the initial placement: `replicas`
+/// consecutive node ids (in ascending order, wrapping) starting at position
+/// `partition % nodes`, so replicas are on distinct nodes and leaders spread evenly.
+pub fn initial_replicas(config: &NodeConfig, partition: u64) -> Vec<u64> {
+    let ids: Vec<u64> = config.peers.keys().copied().collect();
+    let start = (partition % ids.len() as u64) as usize;
+    (0..config.replicas)
+        .map(|k| ids[(start + k) % ids.len()])
+        .collect()
+}
+
+/// What shard `shard` of this node opens before any map is committed (a fresh cluster): the
+/// partitions the bootstrap map ([`MetaMap::initial`]) will place there, with their voters.
+/// Once a map is committed, the map decides ([`MetaMap::hosted`]).
+pub fn initial_placement(config: &NodeConfig, shard: usize) -> Vec<(u64, Vec<u64>)> {
+    let map = MetaMap::initial(config);
+    map.hosted(config.id, shard)
+        .into_iter()
+        .map(|p| (p, map.voters(p).unwrap_or_default()))
+        .collect()
+}
+
 /// One partition's replicas: (node, shard on that node).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaPartition {
@@ -127,16 +157,15 @@ pub struct MetaMap {
 
 impl MetaMap {
     /// The bootstrap map of `config`: epoch 1, slots split evenly over partitions
-    /// `1..=partitions`, replicas as [`NodeConfig::initial_replicas`], partition `p` on shard
-    /// `p % shards` of every node.
+    /// `1..=partitions`, replicas as [`initial_replicas`], partition `p` on shard
+    /// [`shard_of_partition`] of every node.
     pub fn initial(config: &NodeConfig) -> MetaMap {
         let partitions: Vec<MetaPartition> = (1..=u64::from(config.partitions))
             .map(|p| MetaPartition {
                 id: p,
-                replicas: config
-                    .initial_replicas(p)
+                replicas: initial_replicas(config, p)
                     .into_iter()
-                    .map(|n| (n, config.shard_of_partition(p) as u32))
+                    .map(|n| (n, shard_of_partition(config, p) as u32))
                     .collect(),
             })
             .collect();

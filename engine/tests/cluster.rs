@@ -102,7 +102,7 @@ impl Cluster {
 
     fn endpoint(&self, node: u64, partition: u64) -> String {
         let c = &self.configs[node as usize - 1];
-        c.shard_client_addr(c.shard_of_partition(partition))
+        c.shard_client_addr(engine::meta::shard_of_partition(c, partition))
             .to_string()
     }
 }
@@ -239,7 +239,7 @@ async fn follower_get(
 async fn followers_of(c: &Cluster, cl: &Client, key: &str) -> Vec<u64> {
     let (p, leader) = leader_of(cl, key).await;
     let cfg = &c.configs[0];
-    cfg.initial_replicas(p)
+    engine::meta::initial_replicas(cfg, p)
         .into_iter()
         .filter(|&n| n != leader)
         .collect()
@@ -450,7 +450,8 @@ fn three_nodes_replicate_serve_all_read_modes_and_survive_restart() {
 /// Snapshot files of `partition` in a node's shard directory: their indexes.
 fn snapshot_indexes(c: &Cluster, node: u64, partition: u64) -> Vec<u64> {
     let cfg = &c.configs[node as usize - 1];
-    let dir = server::shard_dir(cfg, cfg.shard_of_partition(partition)).join("snapshots");
+    let dir =
+        server::shard_dir(cfg, engine::meta::shard_of_partition(cfg, partition)).join("snapshots");
     let mut out: Vec<u64> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()

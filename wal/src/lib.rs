@@ -395,6 +395,9 @@ pub trait LogStore {
     fn term(&self, partition: PartitionId, index: u64) -> Option<u64>;
     /// All partitions the log knows, ascending.
     fn partitions(&self) -> Vec<PartitionId>;
+    /// Bytes buffered for the next [`LogStore::sync`] (a caller bounds its pipeline with it;
+    /// buffering past the batch limit returns [`WalError::BatchFull`]).
+    fn buffered_bytes(&self) -> u64;
 }
 
 /// Validates an entry slice for `append`: non-empty, index >= 1, contiguous.

@@ -344,4 +344,8 @@ impl LogStore for MemLog {
     fn partitions(&self) -> Vec<PartitionId> {
         self.inner.borrow().state.keys().copied().collect()
     }
+
+    fn buffered_bytes(&self) -> u64 {
+        self.inner.borrow().batch_bytes
+    }
 }

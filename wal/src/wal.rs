@@ -793,11 +793,6 @@ impl Wal {
         self.inner.borrow_mut().fail_next_fdatasync = true;
     }
 
-    /// Bytes buffered for the next sync.
-    pub fn buffered_bytes(&self) -> u64 {
-        self.inner.borrow().batch.len() as u64
-    }
-
     fn with_inner<R>(
         &self,
         f: impl FnOnce(&mut Inner) -> Result<R, WalError>,
@@ -1429,5 +1424,9 @@ impl LogStore for Wal {
 
     fn partitions(&self) -> Vec<PartitionId> {
         self.inner.borrow().parts.keys().copied().collect()
+    }
+
+    fn buffered_bytes(&self) -> u64 {
+        self.inner.borrow().batch.len() as u64
     }
 }

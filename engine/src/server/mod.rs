@@ -7,7 +7,7 @@
 //! tick timer wakes it). A shard owns, with nothing shared on the hot path:
 //! - the partitions the cluster map places on shard `i` of this node (partition `p` lives on
 //!   shard `p % shards`; before a fresh cluster has committed its map, the configuration's
-//!   initial placement [`NodeConfig::initial_replicas`], which the map is built from): a
+//!   initial placement [`crate::meta::initial_placement`], which the map is built from): a
 //!   `raftcore::RawNode` and a [`StateMachine`](crate::state_machine::StateMachine) each;
 //! - shard 0 also holds this node's replica of the meta group (partition 0, see
 //!   [`crate::meta`]), which replicates the cluster map;
@@ -129,9 +129,11 @@
 //! shard stops on its own after a fatal error such as a failed `fdatasync`.
 
 mod convert;
+mod driver;
 mod net;
 mod recover;
-mod shard;
+mod requests;
+pub mod shard_core;
 pub mod shared;
 
 use std::path::PathBuf;
@@ -208,6 +210,17 @@ pub enum ServerError {
         #[source]
         source: crate::meta::MetaError,
     },
+    /// An internal invariant does not hold (a bug): the shard stops rather than go on with
+    /// state it cannot trust (STYLE.md §4).
+    #[error("shard {shard}, partition {partition}: internal invariant violated: {what}")]
+    Invariant {
+        /// The shard.
+        shard: usize,
+        /// The partition (0 when shard-wide).
+        partition: u64,
+        /// What does not hold.
+        what: String,
+    },
     /// A shard thread panicked (a bug).
     #[error("shard {0} panicked")]
     Panicked(usize),
@@ -281,7 +294,7 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
         let ready_tx = ready_tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("corum-n{}-s{i}", config.id))
-            .spawn(move || shard::thread_main(i, config, shared, stop2, ready_tx));
+            .spawn(move || driver::thread_main(i, config, shared, stop2, ready_tx));
         match spawned {
             Ok(t) => threads.push(t),
             Err(source) => {

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use raftcore::{ConfState, HardState, RestartState, Snapshot, SnapshotMeta};
-use wal::{LogStore, SnapshotPoint, Wal};
+use wal::{LogStore, SnapshotPoint};
 
 use super::convert;
+use super::shard_core::SnapshotStore;
 use super::ServerError;
 use crate::snapshot;
 use crate::state_machine::{Config as SmConfig, StateMachine};
@@ -67,12 +68,34 @@ pub fn sm_config(partition: u64, tuning: &crate::config::Tuning) -> SmConfig {
     }
 }
 
+/// Snapshot files in a directory: `data_dir/shard-<i>/snapshots/` (the real node's
+/// [`SnapshotStore`]).
+pub struct FileSnapshots {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl SnapshotStore for FileSnapshots {
+    fn newest(&self, partition: u64) -> Result<Option<(u64, u64, Bytes)>, String> {
+        match newest_snapshot_file(&self.dir, partition) {
+            Some((path, index, term)) => std::fs::read(&path)
+                .map(|b| Some((index, term, Bytes::from(b))))
+                .map_err(|e| format!("read {}: {e}", path.display())),
+            None => Ok(None),
+        }
+    }
+
+    fn remove_older(&self, partition: u64, keep_index: u64) {
+        remove_older_snapshots(&self.dir, partition, keep_index)
+    }
+}
+
 /// Recovers (or bootstraps) one partition. Returns the Raft restart state and the state machine
 /// as of the snapshot.
-pub async fn recover_partition(
+pub async fn recover_partition<L: LogStore, S: SnapshotStore>(
     shard: usize,
-    wal: &Wal,
-    snap_dir: &Path,
+    wal: &L,
+    snaps: &S,
     partition: u64,
     voters: &[u64],
     tuning: &crate::config::Tuning,
@@ -83,24 +106,19 @@ pub async fn recover_partition(
         reason,
     };
     let sm_config = sm_config(partition, tuning);
-    let (snap, sm) = match newest_snapshot_file(snap_dir, partition) {
-        Some((path, index, term)) => {
-            let bytes =
-                std::fs::read(&path).map_err(|e| err(format!("read {}: {e}", path.display())))?;
-            let bytes = Bytes::from(bytes);
+    let (snap, sm) = match snaps.newest(partition).map_err(&err)? {
+        Some((index, term, bytes)) => {
+            let name = snapshot::file_name(partition, index, term);
             let decoded = snapshot::decode(&bytes, &sm_config)
-                .map_err(|e| err(format!("snapshot file {}: {e}", path.display())))?;
+                .map_err(|e| err(format!("snapshot file {name}: {e}")))?;
             if decoded.meta.applied_index != index
                 || decoded.meta.applied_term != term
                 || decoded.meta.partition_id != partition
             {
-                return Err(err(format!(
-                    "snapshot file {} does not match its name",
-                    path.display()
-                )));
+                return Err(err(format!("snapshot file {name} does not match its name")));
             }
             let conf = convert::decode_conf(&decoded.meta.membership)
-                .ok_or_else(|| err(format!("bad membership in {}", path.display())))?;
+                .ok_or_else(|| err(format!("bad membership in {name}")))?;
             tracing::info!(shard, partition, index, term, "recovered snapshot");
             (
                 Snapshot {
@@ -175,10 +193,25 @@ pub async fn recover_partition(
         });
     let last_index = entries.last().map_or(snap_index, |e| e.index);
     hard_state.commit = hard_state.commit.clamp(snap_index, last_index);
-    if let Some(t) = entries.last().map(|e| e.term) {
-        hard_state.term = hard_state.term.max(t);
+    // The durable term is at least the term of any durable entry or snapshot (a snapshot file
+    // is made durable before the WAL batch holding the hard state that came with it). When it
+    // has to be raised, the vote recorded was cast in an older term: it says nothing about the
+    // new one, so it is cleared (keeping it would record a vote in a term this node never
+    // voted in; finding 8 of issue 10). Clearing is safe: a vote this node granted in the
+    // higher term was sent only after its hard state was durable (thesis §3.8), and that hard
+    // state would carry the higher term, so no granted vote is forgotten.
+    let log_term = entries.last().map_or(0, |e| e.term).max(snap.meta.term);
+    if log_term > hard_state.term {
+        tracing::info!(
+            shard,
+            partition,
+            from = hard_state.term,
+            to = log_term,
+            "recovery raised the term to the log's; vote cleared"
+        );
+        hard_state.term = log_term;
+        hard_state.vote = 0;
     }
-    hard_state.term = hard_state.term.max(snap.meta.term);
     tracing::info!(
         shard,
         partition,
