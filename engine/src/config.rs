@@ -160,6 +160,9 @@ pub struct Tuning {
     /// Cached write results remembered per session and partition (pipelined writes awaiting
     /// their answer); at least `connection_requests_max`.
     pub session_results_max: usize,
+    /// How long a request may wait for its commit or its read index before the server answers
+    /// `Timeout` (outcome unknown for a write), in milliseconds.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Tuning {
@@ -179,6 +182,7 @@ impl Default for Tuning {
             wal_segment_bytes: 64 << 20,
             sessions_max: 65_536,
             session_results_max: 4096,
+            request_timeout_ms: 10_000,
         }
     }
 }

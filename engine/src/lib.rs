@@ -12,6 +12,8 @@
 //!   Raft groups and state machines, one group-commit WAL, client and peer listeners.
 //!   [`server::run`] serves until SIGTERM/SIGINT; [`server::start`] returns a
 //!   [`server::ServerHandle`] to stop it (tests, embedding);
+//! - [`sim`]: the whole-node simulator (the real shard core on simulated disks, network and
+//!   clients; `node-sim` runs it);
 //! - [`cli`]: the `corum` command (`serve`, `local`, `ctl`; see `engine/CLI.md`).
 #![deny(missing_docs)]
 
@@ -21,5 +23,6 @@ pub mod command;
 pub mod config;
 pub mod meta;
 pub mod server;
+pub mod sim;
 pub mod snapshot;
 pub mod state_machine;

@@ -72,9 +72,6 @@ pub use durability::SnapshotWrite;
 use durability::{Durability, WalBacklog};
 use partition::{Partition, PendingRead};
 
-/// Ticks a request may wait for commit or for its read index before `Timeout` (10 s of the
-/// default 10 ms tick; `Tuning::tick_ms` converts).
-pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Most loop turns a shard runs while one WAL sync is in flight (module docs of `server`,
 /// "Pipelining"); at the limit the driver waits for that sync. Bounds the Readys (their
 /// `persisted_messages`, and any apply deferred behind a snapshot) held until durable.
@@ -211,7 +208,8 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             value_bytes_max: config.tuning.value_bytes_max,
             ..command::Limits::default()
         };
-        let request_timeout_ticks = (REQUEST_TIMEOUT_MS / config.tuning.tick_ms.max(1)).max(1);
+        let request_timeout_ticks =
+            (config.tuning.request_timeout_ms / config.tuning.tick_ms.max(1)).max(1);
         let mut core = ShardCore {
             i,
             config,
