@@ -39,11 +39,17 @@
 //! Changing the placement of a running cluster (moving replicas, splits) is roadmap phase 2; the
 //! map format and epoch already carry what it needs.
 //!
-//! # Encoding of a [`MetaMap`] (version 1, little-endian)
+//! The map also carries the settings every replica must share because they decide replicated
+//! state: `tuning.sessions_max` and `tuning.session_results_max` decide which session results
+//! each partition's state machine keeps, so two replicas with different values would answer a
+//! retry differently (finding 7 of issue 10). The bootstrap map records the first leader's
+//! values; a node whose tuning differs stops at adoption with an error naming the setting.
+//!
+//! # Encoding of a [`MetaMap`] (version 2, little-endian)
 //! ```text
 //! offset size  field
 //! 0      4     magic "CMAP"
-//! 4      1     version = 1
+//! 4      1     version = 2 (version 1: no session settings; read as 0 = not recorded)
 //! 5      3     zero
 //! 8      8     epoch (>= 1)
 //! 16     4     shards per node the placement assumes
@@ -53,6 +59,7 @@
 //! 32     16*R  ranges: start u16, end u16, zero u32, partition u64
 //! ...    per partition: id u64, replica count N u32, zero u32, then N x (node u64, shard u32,
 //!              zero u32)
+//! ...    16    version 2 only: sessions_max u64, session_results_max u64
 //! end-4  4     crc32c (Castagnoli) of every byte before it
 //! ```
 //! [`MetaMap::decode`] checks the magic, version, lengths, checksum and then the map's own
@@ -70,7 +77,9 @@ pub const META_PARTITION: u64 = 0;
 pub const MAP_KEY: &[u8] = b"cluster/map";
 
 const MAGIC: &[u8; 4] = b"CMAP";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// Bytes of the session settings (version 2).
+const SESSION_BYTES: usize = 16;
 const HEADER_BYTES: usize = 32;
 const RANGE_BYTES: usize = 16;
 const REPLICA_BYTES: usize = 16;
@@ -153,6 +162,10 @@ pub struct MetaMap {
     pub ranges: Vec<SlotRange>,
     /// The data partitions.
     pub partitions: Vec<MetaPartition>,
+    /// `tuning.sessions_max` every replica must use (0: not recorded, a version-1 map).
+    pub sessions_max: u64,
+    /// `tuning.session_results_max` every replica must use (0: not recorded).
+    pub session_results_max: u64,
 }
 
 impl MetaMap {
@@ -186,6 +199,8 @@ impl MetaMap {
             shards: config.shards as u32,
             ranges,
             partitions,
+            sessions_max: config.tuning.sessions_max as u64,
+            session_results_max: config.tuning.session_results_max as u64,
         }
     }
 
@@ -227,6 +242,25 @@ impl MetaMap {
                 "the map assumes {} shards per node, this node runs {} (--shards)",
                 self.shards, config.shards
             )));
+        }
+        for (name, map, here) in [
+            (
+                "tuning.sessions_max",
+                self.sessions_max,
+                config.tuning.sessions_max as u64,
+            ),
+            (
+                "tuning.session_results_max",
+                self.session_results_max,
+                config.tuning.session_results_max as u64,
+            ),
+        ] {
+            if map != 0 && map != here {
+                return Err(mismatch(format!(
+                    "the cluster uses {name} = {map}, this node is configured with {here}; \
+                     every replica must keep the same session results"
+                )));
+            }
         }
         if self.partitions.len() != config.partitions as usize {
             return Err(mismatch(format!(
@@ -346,6 +380,7 @@ impl MetaMap {
                 .iter()
                 .map(|p| PARTITION_HEAD_BYTES + REPLICA_BYTES * p.replicas.len())
                 .sum::<usize>()
+            + SESSION_BYTES
             + 4
     }
 
@@ -377,6 +412,8 @@ impl MetaMap {
                 b.put_u32_le(0);
             }
         }
+        b.put_u64_le(self.sessions_max);
+        b.put_u64_le(self.session_results_max);
         let crc = crc32c::crc32c(&b);
         b.put_u32_le(crc);
         debug_assert_eq!(b.len(), len);
@@ -398,7 +435,8 @@ impl MetaMap {
         if &body[0..4] != MAGIC {
             return Err(bad("bad magic"));
         }
-        if body[4] != VERSION {
+        let version = body[4];
+        if version != 1 && version != VERSION {
             return Err(MetaError::Encoding(format!(
                 "unknown version {} (this build reads {VERSION})",
                 body[4]
@@ -443,6 +481,11 @@ impl MetaMap {
             }
             partitions.push(MetaPartition { id, replicas });
         }
+        let (sessions_max, session_results_max) = if version >= 2 {
+            (r.u64()?, r.u64()?)
+        } else {
+            (0, 0)
+        };
         if r.at != body.len() {
             return Err(bad("trailing bytes"));
         }
@@ -451,6 +494,8 @@ impl MetaMap {
             shards,
             ranges,
             partitions,
+            sessions_max,
+            session_results_max,
         };
         map.validate()?;
         Ok(map)
@@ -555,6 +600,34 @@ mod tests {
         m.check_voters(&[(1, vec![1, 2, 3])]).unwrap();
         let e = m.check_node(&c, 0, &[2, 4]).unwrap_err();
         assert!(e.to_string().contains("shard 0"), "{e}");
+    }
+
+    /// Finding 7 of issue 10: the session limits decide replicated state, so the map records
+    /// them and a node configured otherwise is refused, naming the setting.
+    #[test]
+    fn session_limits_must_match_the_cluster() {
+        let c = config(3, 8, 2);
+        let m = MetaMap::initial(&c);
+        assert_eq!(m.sessions_max, c.tuning.sessions_max as u64);
+        let mut other = c.clone();
+        other.tuning.sessions_max += 1;
+        let e = m.check_node(&other, 0, &hosted_of(&m, 0)).unwrap_err();
+        assert!(e.to_string().contains("tuning.sessions_max"), "{e}");
+        let mut other = c.clone();
+        other.tuning.session_results_max *= 2;
+        let e = m.check_node(&other, 0, &hosted_of(&m, 0)).unwrap_err();
+        assert!(e.to_string().contains("tuning.session_results_max"), "{e}");
+        // A version-1 map (no session settings) decodes and checks nothing about them.
+        let mut v1 = m.encode().to_vec();
+        v1[4] = 1;
+        let body = v1.len() - 4 - SESSION_BYTES;
+        v1.drain(body..body + SESSION_BYTES);
+        let n = v1.len() - 4;
+        let crc = crc32c::crc32c(&v1[..n]);
+        v1[n..].copy_from_slice(&crc.to_le_bytes());
+        let old = MetaMap::decode(&v1).unwrap();
+        assert_eq!((old.sessions_max, old.session_results_max), (0, 0));
+        old.check_node(&other, 0, &hosted_of(&m, 0)).unwrap();
     }
 
     #[test]

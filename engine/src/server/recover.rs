@@ -230,3 +230,97 @@ pub async fn recover_partition<L: LogStore, S: SnapshotStore>(
         sm,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use wal::MemLog;
+
+    /// Snapshot files in memory.
+    #[derive(Default)]
+    struct MemSnaps(RefCell<BTreeMap<u64, (u64, u64, Bytes)>>);
+
+    impl SnapshotStore for MemSnaps {
+        fn newest(&self, partition: u64) -> Result<Option<(u64, u64, Bytes)>, String> {
+            Ok(self.0.borrow().get(&partition).cloned())
+        }
+        fn remove_older(&self, _: u64, _: u64) {}
+    }
+
+    /// Finding 8 of issue 10: a recovered hard state older than the log's last term keeps a
+    /// vote cast in an older term. The term is raised to the log's and the vote cleared.
+    #[test]
+    fn raising_the_term_clears_the_vote() {
+        let log = MemLog::default();
+        let snaps = MemSnaps::default();
+        let tuning = crate::config::Tuning::default();
+        // Bootstrap (snapshot at 1), then entries of term 5 with a hard state of term 3 that
+        // voted for node 2.
+        let (boot, _) = futures_lite::future::block_on(recover_partition(
+            0,
+            &log,
+            &snaps,
+            7,
+            &[1, 2, 3],
+            &tuning,
+        ))
+        .unwrap();
+        assert_eq!(boot.hard_state.term, 1);
+        let entries: Vec<wal::Entry> = (2..=4)
+            .map(|index| wal::Entry {
+                index,
+                term: 5,
+                kind: raftcore::EntryKind::Normal as u8,
+                data: Bytes::new(),
+            })
+            .collect();
+        log.append(7, &entries).unwrap();
+        log.put_hard_state(
+            7,
+            wal::HardState {
+                term: 3,
+                vote: 2,
+                commit: 1,
+            },
+        )
+        .unwrap();
+        futures_lite::future::block_on(log.sync()).unwrap();
+        let (state, _) = futures_lite::future::block_on(recover_partition(
+            0,
+            &log,
+            &snaps,
+            7,
+            &[1, 2, 3],
+            &tuning,
+        ))
+        .unwrap();
+        assert_eq!(state.hard_state.term, 5);
+        assert_eq!(
+            state.hard_state.vote, 0,
+            "a vote of term 3 must not count in term 5"
+        );
+        // A hard state as new as the log keeps its vote.
+        log.put_hard_state(
+            7,
+            wal::HardState {
+                term: 5,
+                vote: 3,
+                commit: 1,
+            },
+        )
+        .unwrap();
+        futures_lite::future::block_on(log.sync()).unwrap();
+        let (state, _) = futures_lite::future::block_on(recover_partition(
+            0,
+            &log,
+            &snaps,
+            7,
+            &[1, 2, 3],
+            &tuning,
+        ))
+        .unwrap();
+        assert_eq!((state.hard_state.term, state.hard_state.vote), (5, 3));
+    }
+}

@@ -105,9 +105,12 @@ struct Faults {
     drift: bool,
 }
 
+/// Files of one partition: index -> (term, bytes).
+type SnapFiles = BTreeMap<u64, (u64, Bytes)>;
+
 /// Snapshot files of one shard, kept across crashes once written.
 #[derive(Clone, Default)]
-struct SimSnaps(Rc<RefCell<BTreeMap<u64, BTreeMap<u64, (u64, Bytes)>>>>);
+struct SimSnaps(Rc<RefCell<BTreeMap<u64, SnapFiles>>>);
 
 impl SnapshotStore for SimSnaps {
     fn newest(&self, partition: u64) -> Result<Option<(u64, u64, Bytes)>, String> {
@@ -435,7 +438,8 @@ impl World {
         }
         node.restart_at = Some(self.step + down_for);
         let (id, inc) = (node.id, node.incarnation);
-        self.open_requests.retain(|_, (nd, i)| !(*nd == id && *i == inc));
+        self.open_requests
+            .retain(|_, (nd, i)| !(*nd == id && *i == inc));
         self.stats.faults += 1;
         self.trace(|| format!("node {id} crashed ({why})"));
     }
@@ -483,7 +487,9 @@ impl World {
         let now = self.step;
         let due: Vec<(u64, u64)> = self.net.range(..(now + 1, 0)).map(|(k, _)| *k).collect();
         for k in due {
-            let Some(p) = self.net.remove(&k) else { continue };
+            let Some(p) = self.net.remove(&k) else {
+                continue;
+            };
             match p {
                 Packet::Peer {
                     from,
@@ -584,14 +590,13 @@ impl World {
     /// systemd would restart it); anything else is a bug.
     fn node_error(&mut self, n: usize, s: usize, e: ServerError) -> Result<(), SimFailure> {
         match &e {
-            ServerError::Wal { source, .. }
-                if matches!(
-                    source,
+            ServerError::Wal {
+                source:
                     wal::WalError::SyncFailed { .. }
-                        | wal::WalError::Io { .. }
-                        | wal::WalError::Poisoned(_)
-                ) =>
-            {
+                    | wal::WalError::Io { .. }
+                    | wal::WalError::Poisoned(_),
+                ..
+            } => {
                 self.crash_node(n, &format!("shard {s} stopped: {e}"));
                 Ok(())
             }
@@ -767,7 +772,9 @@ impl World {
             self.heal_at = now + 50 + self.rng.below(600);
             self.stats.faults += 1;
             let (cut, cc) = (self.cut.len(), self.client_cut.len());
-            self.trace(|| format!("partition kind {kind} victim {victim}: {cut} cut links, {cc} client cuts"));
+            self.trace(|| {
+                format!("partition kind {kind} victim {victim}: {cut} cut links, {cc} client cuts")
+            });
         }
         if self.rng.chance(self.faults.crash_ppm) {
             let n = self.rng.below(self.nodes.len() as u64) as usize;
@@ -843,36 +850,56 @@ impl World {
         };
         let kind = self.rng.below(10);
         let cl = &mut self.clients[c];
-        let (op, is_write, spread, checked, value) = match kind {
-            0..=3 => {
-                self.next_value += 1;
-                let v = Bytes::from(format!("v{}", self.next_value));
-                (client::put(&key, v.clone()), true, false, true, Some(v))
-            }
-            4..=5 => {
-                // Cas from the value last read of this key, if any, else from absent.
-                let expected = self.history.events.iter().rev().find_map(|e| match (&e.input, &e.output) {
-                    (raftcore::linearizability::KvInput::Get { key: k }, Some(KvOutput::Get(v)))
-                        if k.as_slice() == key.as_ref() =>
-                    {
-                        Some(v.clone())
-                    }
-                    _ => None,
-                });
-                self.next_value += 1;
-                let v = Bytes::from(format!("v{}", self.next_value));
-                (
-                    client::cas(&key, expected.flatten().map(Bytes::from), v.clone()),
-                    true,
+        let (op, is_write, spread, checked, value) =
+            match kind {
+                0..=3 => {
+                    self.next_value += 1;
+                    let v = Bytes::from(format!("v{}", self.next_value));
+                    (client::put(&key, v.clone()), true, false, true, Some(v))
+                }
+                4..=5 => {
+                    // Cas from the value last read of this key, if any, else from absent.
+                    let expected = self.history.events.iter().rev().find_map(|e| {
+                        match (&e.input, &e.output) {
+                            (
+                                raftcore::linearizability::KvInput::Get { key: k },
+                                Some(KvOutput::Get(v)),
+                            ) if k.as_slice() == key.as_ref() => Some(v.clone()),
+                            _ => None,
+                        }
+                    });
+                    self.next_value += 1;
+                    let v = Bytes::from(format!("v{}", self.next_value));
+                    (
+                        client::cas(&key, expected.flatten().map(Bytes::from), v.clone()),
+                        true,
+                        false,
+                        true,
+                        Some(v),
+                    )
+                }
+                6..=7 => (
+                    client::get(&key, Consistency::Linearizable),
+                    false,
                     false,
                     true,
-                    Some(v),
-                )
-            }
-            6..=7 => (client::get(&key, Consistency::Linearizable), false, false, true, None),
-            8 => (client::get(&key, Consistency::Follower), false, true, true, None),
-            _ => (client::get(&key, Consistency::Stale), false, true, false, None),
-        };
+                    None,
+                ),
+                8 => (
+                    client::get(&key, Consistency::Follower),
+                    false,
+                    true,
+                    true,
+                    None,
+                ),
+                _ => (
+                    client::get(&key, Consistency::Stale),
+                    false,
+                    true,
+                    false,
+                    None,
+                ),
+            };
         let seq = if is_write {
             cl.next_seq += 1;
             cl.next_seq - 1
@@ -1049,14 +1076,20 @@ impl World {
             if waiting != 0 {
                 return Err(fail(
                     &self,
-                    format!("shard {} still holds {waiting} unanswered requests after healing", s.core.shard()),
+                    format!(
+                        "shard {} still holds {waiting} unanswered requests after healing",
+                        s.core.shard()
+                    ),
                 ));
             }
         }
         if !self.open_requests.is_empty() {
             return Err(fail(
                 &self,
-                format!("{} requests never answered after healing", self.open_requests.len()),
+                format!(
+                    "{} requests never answered after healing",
+                    self.open_requests.len()
+                ),
             ));
         }
         // Liveness: every client wrote after healing.
@@ -1071,7 +1104,8 @@ impl World {
             return Err(fail(&self, "no write completed after healing"));
         }
         // Convergence: every replica of a partition has the same data at the same index.
-        let mut seen: BTreeMap<u64, (u64, u64, Vec<(Bytes, Bytes)>)> = BTreeMap::new();
+        type Seen = (u64, u64, Vec<(Bytes, Bytes)>);
+        let mut seen: BTreeMap<u64, Seen> = BTreeMap::new();
         for node in &self.nodes {
             for s in &node.shards {
                 for p in s.core.partitions().collect::<Vec<_>>() {
@@ -1102,7 +1136,12 @@ impl World {
         // Definite errors were not applied.
         for e in &self.history.events {
             if let Some(KvOutput::Get(Some(v))) = &e.output {
-                if let Some((_, why)) = self.history.failed_values.iter().find(|(f, _)| f.as_ref() == v.as_slice()) {
+                if let Some((_, why)) = self
+                    .history
+                    .failed_values
+                    .iter()
+                    .find(|(f, _)| f.as_ref() == v.as_slice())
+                {
                     return Err(fail(
                         &self,
                         format!("a read saw {:?}, written by a put answered with a definite error ({why})", String::from_utf8_lossy(v)),

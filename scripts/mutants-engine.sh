@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Bug injection for the whole-node simulator: applies each engine/mutants/*.patch to a scratch
+# copy of the tree, builds node-sim and runs the seeds named for it in engine/mutants/seeds.txt
+# (NAME: A..B). Every mutant must be caught (node-sim exits 1); a mutant that survives fails
+# this script. Usage: scripts/mutants-engine.sh [--survey N]  (--survey: run seeds 0..N for
+# every mutant and print the fraction that fail, for the table in engine/mutants/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+survey=""
+if [[ "${1:-}" == "--survey" ]]; then survey="${2:?--survey N}"; fi
+scratch=$(mktemp -d /tmp/corum-mutants.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+# One target dir for every mutant: dependencies are built once.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target/mutants}"
+survived=0
+for patch in engine/mutants/*.patch; do
+  name=$(basename "$patch" .patch)
+  rm -rf "$scratch/tree"; mkdir -p "$scratch/tree"
+  git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$scratch/tree"
+  (cd "$scratch/tree" && patch -s -p1 < "$root/$patch")
+  (cd "$scratch/tree" && cargo build -q --release -p engine --bin node-sim)
+  if [[ -n "$survey" ]]; then
+    out=$("$CARGO_TARGET_DIR/release/node-sim" --seeds "0..$survey" 2>/dev/null | tail -1 || true)
+    echo "$name: $out"
+    continue
+  fi
+  seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2 | tr -d ' ')
+  if [[ -z "$seeds" ]]; then echo "mutant $name: no seeds in engine/mutants/seeds.txt"; exit 1; fi
+  if "$CARGO_TARGET_DIR/release/node-sim" --seeds "$seeds" > "$scratch/out" 2>&1; then
+    echo "mutant $name SURVIVED seeds $seeds"
+    survived=$((survived + 1))
+  else
+    echo "mutant $name caught: $(grep -m1 'failed at step' "$scratch/out" || tail -1 "$scratch/out")"
+  fi
+done
+if [[ $survived -gt 0 ]]; then echo "mutants-engine: $survived mutants survived"; exit 1; fi
+echo "mutants-engine: every mutant caught"
