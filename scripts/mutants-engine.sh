@@ -14,20 +14,20 @@ trap 'rm -rf "$scratch"' EXIT
 # One target dir for every mutant: dependencies are built once.
 export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target/mutants}"
 survived=0
-for patch in engine/mutants/*.patch; do
+for patch in ${MUTANTS:-engine/mutants/*.patch}; do
   name=$(basename "$patch" .patch)
   rm -rf "$scratch/tree"; mkdir -p "$scratch/tree"
   git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$scratch/tree"
   (cd "$scratch/tree" && patch -s -p1 < "$root/$patch")
   (cd "$scratch/tree" && cargo build -q --release -p engine --bin node-sim)
   if [[ -n "$survey" ]]; then
-    out=$("$CARGO_TARGET_DIR/release/node-sim" --seeds "0..$survey" 2>/dev/null | tail -1 || true)
+    out=$(timeout 600 "$CARGO_TARGET_DIR/release/node-sim" --seeds "0..$survey" 2>/dev/null | tail -1 || true)
     echo "$name: $out"
     continue
   fi
   seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2 | tr -d ' ')
   if [[ -z "$seeds" ]]; then echo "mutant $name: no seeds in engine/mutants/seeds.txt"; exit 1; fi
-  if "$CARGO_TARGET_DIR/release/node-sim" --seeds "$seeds" > "$scratch/out" 2>&1; then
+  if timeout 300 "$CARGO_TARGET_DIR/release/node-sim" --seeds "$seeds" > "$scratch/out" 2>&1; then
     echo "mutant $name SURVIVED seeds $seeds"
     survived=$((survived + 1))
   else

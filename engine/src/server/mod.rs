@@ -23,7 +23,17 @@
 //! group; they serve `Status` and `ClusterMap` answers, which cover every partition of the
 //! node whichever shard answers.
 //!
-//! # The event loop of a shard (see `shard.rs`)
+//! # Driver and core
+//! A shard is two parts (module docs of [`shard_core`] have the full table of events and
+//! actions): [`shard_core::ShardCore`] takes every decision and touches no socket, file, thread
+//! or clock; it is generic over the log (`wal::LogStore`), the snapshot files it reads at
+//! recovery and the reply handle. `driver.rs` is the glommio loop that feeds it events
+//! (ticks from the real clock, peer messages and client requests from `net.rs`, completed WAL
+//! syncs and snapshot-file writes) and carries out its actions (send frames, write replies,
+//! start a sync, write a snapshot file). The whole-node simulator (`crate::sim`) drives the
+//! same core on `wal::MemLog` with simulated time, network and disks.
+//!
+//! # The event loop of a shard (`driver.rs` runs it, `shard_core` decides)
 //! Each turn: report the WAL sync that completed, if one did (below); tick if the tick is
 //! due; step every peer message received; route and propose the client requests received (one
 //! `propose` batch per partition); collect the Readys of every partition with work; send their
@@ -45,7 +55,7 @@
 //! `bench-results/`). When sync *k* completes, the Readys it covers get step 3 of the Ready
 //! contract in order (`on_persisted` with each partition's highest covered number, then their
 //! `persisted_messages`), then their deferred applies; the next turn starts sync *k+1* for
-//! what accumulated. Invariants (checked where they are kept, `shard.rs`):
+//! what accumulated. Invariants (checked where they are kept, `shard_core/durability.rs`):
 //! - at most one sync in flight (the WAL serialises them anyway), and it is never cancelled
 //!   while the shard runs (a dropped sync poisons the WAL; on stop the loop awaits it);
 //! - Readys are buffered in the WAL in number order per partition and the WAL writes batches
@@ -93,12 +103,15 @@
 //! the one it proposed (same term), else `NotLeader` (another leader's entry took the index,
 //! so it never committed: Raft paper §5.4). A write above the applied index is answered
 //! `NotLeader` as soon as an entry of a later term is applied (terms never decrease along a
-//! log, so no future leader can commit it; `resolve_orphans` in `shard.rs`). A read waiting for
+//! log, so no future leader can commit it; `resolve_orphans` in `shard_core/partition.rs`). A
+//! write whose leader's log reused its index for a newer term's entry keeps waiting (waiters are
+//! keyed by index and term) until one of these rules answers it. A read waiting for
 //! a read index from an earlier term is answered `Unavailable` (raftcore drops them on a term
 //! change), and so is one asked at a leader that has since stepped down in the same term
 //! (CheckQuorum: no quorum heard from for an election timeout) or at a follower whose leader
 //! changed. Only writes at a leader cut off from a quorum, while it has not heard of a newer
-//! leader, stay until the 10 s timeout: their outcome is genuinely unknown.
+//! leader, stay until the request timeout (`tuning.request_timeout_ms`, 10 s): their outcome is
+//! genuinely unknown.
 //!
 //! # Files and ports
 //! ```text
@@ -111,8 +124,10 @@
 //!
 //! # Known limits of this version
 //! - Snapshot files are encoded on the shard thread and written (+ fsync) on glommio's
-//!   blocking thread pool; the shard's event loop waits for the write (sockets keep being
-//!   served), so a large partition's snapshot delays that shard's Raft turns meanwhile.
+//!   blocking thread pool while the shard keeps running turns; but a *received* snapshot's
+//!   file blocks the shard's WAL backlog until it is durable (every later record of every
+//!   partition of the shard waits behind it, so records stay in order), so a large received
+//!   snapshot delays that shard's durability meanwhile.
 //! - The WAL writes one batch at a time: the next batch's write waits for the previous
 //!   batch's fdatasync (the shard's turns do not; see "Pipelining").
 //! - Membership and placement are static: raftcore supports learners and joint consensus,
