@@ -65,8 +65,9 @@
 //! 6. at most `session_results_max` results are cached per session. When a new result would
 //!    exceed it, the lowest cached sequence `s` is dropped *and* `first_unacked` is raised to
 //!    `s + 1`, so a late retry of `s` is refused as stale (rule 3) rather than applied twice.
-//!    Refusing is always safe; the client gets an error for a write whose outcome it never
-//!    learned and must treat it like a timeout (outcome unknown). The default bound equals the
+//!    Refusing is always safe; the server answers the client `OutcomeUnknown` for a write
+//!    whose outcome it never learned (applied once, or never), which the client reports like
+//!    a timeout and does not retry. The default bound equals the
 //!    client's in-flight limit per connection (4096), and a partition's writes go over one
 //!    connection, so the dropped result is normally one the client already has. It may not
 //!    be: `first_unacked` is global, so one write stuck on another partition holds it back
@@ -201,8 +202,9 @@ pub enum OpResult {
 pub enum ApplyError {
     /// The command's sequence number is below the session's `first_unacked`: either the
     /// client already has its answer (a stray duplicate), or its cached result was dropped to
-    /// respect `session_results_max`. Nothing was applied; if the client is still waiting for
-    /// this write, its outcome is unknown (treat it like a timeout). Module docs, rules 3 and 6.
+    /// respect `session_results_max`. Nothing was applied now; if the client is still waiting
+    /// for this write, its outcome is unknown (the server answers `OutcomeUnknown`, never a
+    /// definite error). Module docs, rules 3 and 6.
     #[error(
         "session {client_id}: sequence {sequence} is below the first unacknowledged {first_unacked}"
     )]

@@ -998,3 +998,69 @@ fn writes_orphaned_by_a_leader_change_get_a_definite_answer() {
     });
     println!("orphaned writes: {committed} committed, {lost} answered NotLeader");
 }
+
+// ---- review issue 10 -------------------------------------------------------------------------
+
+/// A put request with a session (number `seq`, `first_unacked` 1: the client still waits for
+/// every earlier write), routed without a map epoch.
+fn session_put(id: u64, session: u64, seq: u64, key: &str, value: Bytes, prev: bool) -> Request {
+    Request {
+        id,
+        session,
+        seq,
+        map_epoch: 0,
+        op: Op::Put(wire::Put {
+            key: Bytes::from(key.to_owned()),
+            value,
+            if_absent: false,
+            return_previous: prev,
+        }),
+        first_unacked: 1,
+    }
+}
+
+/// Finding 1a: a late retry whose cached result the session dropped (`session_results_max`)
+/// may or may not have been applied: it is answered `OutcomeUnknown`, never a definite error
+/// (it was `InvalidArgument`, which the client returned as final, so an application re-issuing
+/// the write would apply it twice).
+#[test]
+fn a_retry_whose_cached_result_was_dropped_is_answered_outcome_unknown() {
+    init_logs();
+    let cluster = Cluster::new(
+        "stale-seq",
+        Tuning {
+            session_results_max: 2,
+            connection_requests_max: 2,
+            ..tuning()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        let key = |i: u32| format!("{{stale}}k{i}");
+        cl.put(key(100), "warm-up").await.unwrap();
+        let (partition, leader) = leader_of(&cl, &key(0)).await;
+        let mut conn = RawConn::connect(cluster.endpoint(leader, partition)).await;
+        let session = 0x5e55_1047;
+        let v = || Bytes::from_static(b"v");
+        // Three writes while the client still waits for the first: the cache holds two, so
+        // the result of seq 1 is dropped once seq 3 is applied.
+        for seq in 1..=3u64 {
+            conn.send(&[session_put(seq, session, seq, &key(seq as u32), v(), false)])
+                .await;
+            let r = conn.recv(1).await.pop().unwrap();
+            assert!(matches!(r.outcome, Ok(Outcome::Put(_))), "seq {seq}: {r:?}");
+        }
+        // The lost answer of seq 1 is retried: applied once, but the server cannot tell.
+        conn.send(&[session_put(4, session, 1, &key(1), v(), false)])
+            .await;
+        let r = conn.recv(1).await.pop().unwrap();
+        assert!(
+            matches!(&r.outcome, Err(ServerError::OutcomeUnknown { reason }) if reason.contains("sequence 1")),
+            "{r:?}"
+        );
+    });
+}

@@ -1733,7 +1733,7 @@ fn to_response(
             let err = match e {
                 // The client already had an answer for this sequence, or gave up waiting for
                 // it; not retryable, and the write's outcome is unknown to this request.
-                ApplyError::SessionSequenceStale { .. } => WireError::InvalidArgument {
+                ApplyError::SessionSequenceStale { .. } => WireError::OutcomeUnknown {
                     reason: e.to_string(),
                 },
                 other => WireError::Internal {
