@@ -1064,3 +1064,68 @@ fn a_retry_whose_cached_result_was_dropped_is_answered_outcome_unknown() {
         );
     });
 }
+
+/// Finding 3: the Rust client's read-only transactions go through (they carry a sequence
+/// number); a read-only transaction sent with a session and sequence 0 (older clients) is run
+/// without a session; a writing one is still refused (its retries could apply twice).
+#[test]
+fn read_only_transactions_succeed() {
+    init_logs();
+    let cluster = Cluster::new("ro-txn", tuning());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put("{ro}a", "1").await.unwrap();
+        let get = |k: &str| wire::TxnOp::Get {
+            key: Bytes::from(k.to_owned()),
+        };
+        let txn = wire::Txn {
+            compares: vec![wire::Compare {
+                key: Bytes::from_static(b"{ro}a"),
+                op: wire::CompareOp::Equal,
+                target: wire::CompareTarget::Exists(true),
+            }],
+            success: vec![get("{ro}a"), get("{ro}b")],
+            failure: vec![],
+        };
+        let r = cl.txn(txn.clone()).await.unwrap();
+        assert!(r.succeeded);
+        let wire::TxnOpResult::Get(Some(kv)) = &r.results[0] else {
+            panic!("{r:?}");
+        };
+        assert_eq!(kv.value, "1");
+        assert_eq!(r.results[1], wire::TxnOpResult::Get(None));
+        assert_eq!(r.revision, 0);
+
+        // Raw: session with sequence 0.
+        let (partition, leader) = leader_of(&cl, "{ro}a").await;
+        let mut conn = RawConn::connect(cluster.endpoint(leader, partition)).await;
+        let mut read_only = request(1, Op::Txn(txn.clone()));
+        read_only.session = 77;
+        let mut writing = txn;
+        writing.success.push(wire::TxnOp::Put(wire::Put {
+            key: Bytes::from_static(b"{ro}c"),
+            value: Bytes::from_static(b"x"),
+            if_absent: false,
+            return_previous: false,
+        }));
+        let mut writing = request(2, Op::Txn(writing));
+        writing.session = 77;
+        conn.send(&[read_only, writing]).await;
+        let mut got = conn.recv(2).await;
+        got.sort_by_key(|r| r.id);
+        assert!(
+            matches!(&got[0].outcome, Ok(Outcome::Txn(t)) if t.succeeded),
+            "{:?}",
+            got[0]
+        );
+        assert!(
+            matches!(got[1].outcome, Err(ServerError::InvalidArgument { .. })),
+            "{:?}",
+            got[1]
+        );
+    });
+}

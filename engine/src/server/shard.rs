@@ -1703,7 +1703,7 @@ fn to_command(req: &Request) -> Result<Command, WireError> {
             })
         }
     };
-    let session = (req.session != 0).then_some(Session {
+    let session = (req.session != 0 && !(req.seq == 0 && op.is_read_only())).then_some(Session {
         client_id: req.session,
         sequence: req.seq,
         first_unacked: req.first_unacked,
