@@ -101,7 +101,13 @@
 //! [`StateMachine::range`] follows etcd: `end` empty reads the single key `start`; `end == [0]`
 //! (one zero byte) reads every key `>= start` (so `start = []`, `end = [0]` is the whole
 //! partition); any other `end` reads `[start, end)`, which is empty when `end <= start`.
-//! `limit == 0` means no limit.
+//! `limit == 0` means no limit. A range also stops before the key-value that would bring the
+//! bytes it returns over `bytes_max`, counting each key-value as its key and value lengths
+//! plus [`RANGE_ENTRY_OVERHEAD_BYTES`] (the server derives `bytes_max` from its frame limit, so
+//! a page always fits one reply frame, as etcd bounds a response by its size limit). Either
+//! cut sets `more` and `next_key`. The first key-value is returned whatever its size, so every
+//! page makes progress (one key-value always fits a frame: the configuration requires
+//! `frame_bytes_max >= key_bytes_max + value_bytes_max + 4096`).
 //!
 //! # Memory
 //!
@@ -386,12 +392,18 @@ impl SessionTable {
     }
 }
 
+/// What [`StateMachine::range`] counts for one key-value on top of its key and value bytes:
+/// an upper bound of what it costs in an encoded reply (metadata, framing, padding). The
+/// server checks at compile time that the wire encoding needs no more
+/// (`wire::KV_ENCODED_OVERHEAD_BYTES`).
+pub const RANGE_ENTRY_OVERHEAD_BYTES: usize = 128;
+
 /// Result of [`StateMachine::range`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RangeResult {
     /// The keys found, ascending, with their key-values (empty values when keys-only).
     pub kvs: Vec<(Bytes, KeyValue)>,
-    /// Whether the limit cut the result short.
+    /// Whether the key limit or the byte limit cut the result short.
     pub more: bool,
     /// When `more`: the first key not returned, where the next page starts.
     pub next_key: Option<Bytes>,
@@ -522,8 +534,17 @@ impl StateMachine {
         self.kvs.get(key)
     }
 
-    /// Reads keys per the range rules in the module docs.
-    pub fn range(&self, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> RangeResult {
+    /// Reads keys per the range rules in the module docs: at most `limit` key-values (0: no
+    /// limit) and at most `bytes_max` bytes counted as the module docs say (at least one
+    /// key-value, if any is in the range).
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keys_only: bool,
+        bytes_max: usize,
+    ) -> RangeResult {
         let upper: Bound<&[u8]> = if end.is_empty() {
             Bound::Included(start)
         } else if end == [0] {
@@ -535,8 +556,12 @@ impl StateMachine {
         };
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = RangeResult::default();
+        let mut bytes = 0usize;
         for (k, kv) in self.kvs.range::<[u8], _>((Bound::Included(start), upper)) {
-            if out.kvs.len() == limit {
+            let value_len = if keys_only { 0 } else { kv.value.len() };
+            bytes = bytes.saturating_add(k.len() + value_len + RANGE_ENTRY_OVERHEAD_BYTES);
+            // Counted before cloning anything: the page stops at the budget, not after it.
+            if out.kvs.len() == limit || (bytes > bytes_max && !out.kvs.is_empty()) {
                 out.more = true;
                 out.next_key = Some(k.clone());
                 break;

@@ -1129,3 +1129,97 @@ fn read_only_transactions_succeed() {
         );
     });
 }
+
+/// Findings 2 and 1b: replies are bounded by the frame limit before they are built. A range
+/// over values larger in total than a frame comes back in pages (`more`), each within the
+/// limit, and the client's paging returns every key; an applied write whose reply (here, the
+/// previous values of a transaction) cannot fit is answered `OutcomeUnknown` naming its
+/// revision, never the definite `TooLarge` of a request refused before it was proposed.
+#[test]
+fn large_replies_are_paged_or_answered_outcome_unknown_never_too_large() {
+    init_logs();
+    let cluster = Cluster::new("large-replies", tuning());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        let value_max = Tuning::default().value_bytes_max;
+        let key = |i: u32| format!("{{huge}}k{i:02}");
+        const KEYS: u32 = 10;
+        for i in 0..KEYS {
+            cl.put(key(i), vec![b'a' + i as u8; value_max]).await.unwrap();
+        }
+        let (partition, leader) = leader_of(&cl, &key(0)).await;
+        let mut conn = RawConn::connect(cluster.endpoint(leader, partition)).await;
+        // A transaction overwriting five 1 MiB values and asking for them back: applied, but
+        // its 5 MiB reply cannot fit a 4 MiB frame.
+        let txn = wire::Txn {
+            compares: vec![],
+            success: (0..5)
+                .map(|i| {
+                    wire::TxnOp::Put(wire::Put {
+                        key: Bytes::from(key(i)),
+                        value: Bytes::from_static(b"small"),
+                        if_absent: false,
+                        return_previous: true,
+                    })
+                })
+                .collect(),
+            failure: vec![],
+        };
+        conn.send(&[request(2, Op::Txn(txn))]).await;
+        let r = conn.recv(1).await.pop().unwrap();
+        assert!(
+            matches!(&r.outcome, Err(ServerError::OutcomeUnknown { reason }) if reason.contains("applied at revision")),
+            "{:?}",
+            r.outcome.as_ref().map(|_| ())
+        );
+        for i in 0..5 {
+            assert_eq!(cl.get(key(i)).await.unwrap().unwrap().value, "small");
+        }
+        // One range of 5 MiB and five small values: one page that fits a frame, `more` set.
+        conn.send(&[request(
+            3,
+            Op::Range(wire::Range {
+                partition,
+                start: Bytes::from_static(b"{huge}"),
+                end: Bytes::from_static(b"{huge}~"),
+                ..Default::default()
+            }),
+        )])
+        .await;
+        let r = conn.recv(1).await.pop().unwrap();
+        let Ok(Outcome::Range(page)) = &r.outcome else {
+            panic!("{:?}", r.outcome.map(|_| ()));
+        };
+        assert!(page.more);
+        assert!(!page.kvs.is_empty() && page.kvs.len() < KEYS as usize);
+        assert_eq!(page.kvs[0].key, key(0));
+        // The client pages through all of it.
+        let mut seen = Vec::new();
+        let mut after = Bytes::new();
+        loop {
+            let p = cl
+                .range(RangeOptions {
+                    start: Bytes::from_static(b"{huge}"),
+                    end: Bytes::from_static(b"{huge}~"),
+                    after: after.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(p.kvs.iter().map(|kv| (kv.key.clone(), kv.value.len())));
+            match p.next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let want: Vec<(Bytes, usize)> = (0..KEYS)
+            .map(|i| (Bytes::from(key(i)), if i < 5 { 5 } else { value_max }))
+            .collect();
+        assert_eq!(seen, want);
+
+    });
+}

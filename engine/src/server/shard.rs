@@ -982,7 +982,7 @@ impl Shard {
             return;
         };
         if c == Consistency::Stale {
-            let r = serve_read(part, id, &op);
+            let r = serve_read(part, id, &op, &self.io);
             conn.respond(r);
             return;
         }
@@ -1289,7 +1289,7 @@ impl Shard {
         for r in take_reads(&mut self.reads, |r| {
             r.partition == p && r.index.is_some_and(|x| x <= applied)
         }) {
-            r.conn.respond(serve_read(part, r.id, &r.op));
+            r.conn.respond(serve_read(part, r.id, &r.op, &self.io));
         }
         // Snapshot when the retained log is large (Raft paper §7).
         if part.log_bytes >= snapshot_log_bytes && applied > part.raft.first_index() {
@@ -1804,7 +1804,7 @@ fn to_response(
 }
 
 /// Serves a read from the local state machine.
-fn serve_read(part: &Partition, id: u64, op: &Op) -> Response {
+fn serve_read(part: &Partition, id: u64, op: &Op, io: &ShardIo) -> Response {
     let header = ResponseHeader {
         partition: part.id,
         term: part.raft.term(),
@@ -1843,7 +1843,8 @@ fn serve_read(part: &Partition, id: u64, op: &Op) -> Response {
             let res = if !r.end.is_empty() && r.end <= start {
                 sm::RangeResult::default()
             } else {
-                part.sm.range(&start, end, limit, r.keys_only)
+                part.sm
+                    .range(&start, end, limit, r.keys_only, io.range_bytes_max())
             };
             let kvs = res
                 .kvs
