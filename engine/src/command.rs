@@ -182,6 +182,27 @@ pub enum CommandOp {
     Txn(Txn),
 }
 
+impl CommandOp {
+    /// Whether applying the operation can change no key: a transaction whose branches hold
+    /// only gets. The server proposes such a transaction without a session when a client sent
+    /// its session with sequence 0 (older clients did, treating it as a read), instead of
+    /// refusing it: exactly-once only matters for commands that change state. Applying a
+    /// read-only transaction again (a retry) changes nothing and answers with the state at its
+    /// new log position, which is still linearizable: the answer reflects every write
+    /// committed before the retry was applied. It never touches the session table either, so
+    /// it cannot move a session's `first_unacked` or evict a cached result.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            CommandOp::Put(_) | CommandOp::Delete(_) => false,
+            CommandOp::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .all(|o| matches!(o, TxnOp::Get { .. })),
+        }
+    }
+}
+
 /// Write `value` at `key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Put {

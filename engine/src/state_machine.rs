@@ -65,8 +65,9 @@
 //! 6. at most `session_results_max` results are cached per session. When a new result would
 //!    exceed it, the lowest cached sequence `s` is dropped *and* `first_unacked` is raised to
 //!    `s + 1`, so a late retry of `s` is refused as stale (rule 3) rather than applied twice.
-//!    Refusing is always safe; the client gets an error for a write whose outcome it never
-//!    learned and must treat it like a timeout (outcome unknown). The default bound equals the
+//!    Refusing is always safe; the server answers the client `OutcomeUnknown` for a write
+//!    whose outcome it never learned (applied once, or never), which the client reports like
+//!    a timeout and does not retry. The default bound equals the
 //!    client's in-flight limit per connection (4096), and a partition's writes go over one
 //!    connection, so the dropped result is normally one the client already has. It may not
 //!    be: `first_unacked` is global, so one write stuck on another partition holds it back
@@ -100,7 +101,13 @@
 //! [`StateMachine::range`] follows etcd: `end` empty reads the single key `start`; `end == [0]`
 //! (one zero byte) reads every key `>= start` (so `start = []`, `end = [0]` is the whole
 //! partition); any other `end` reads `[start, end)`, which is empty when `end <= start`.
-//! `limit == 0` means no limit.
+//! `limit == 0` means no limit. A range also stops before the key-value that would bring the
+//! bytes it returns over `bytes_max`, counting each key-value as its key and value lengths
+//! plus [`RANGE_ENTRY_OVERHEAD_BYTES`] (the server derives `bytes_max` from its frame limit, so
+//! a page always fits one reply frame, as etcd bounds a response by its size limit). Either
+//! cut sets `more` and `next_key`. The first key-value is returned whatever its size, so every
+//! page makes progress (one key-value always fits a frame: the configuration requires
+//! `frame_bytes_max >= key_bytes_max + value_bytes_max + 4096`).
 //!
 //! # Memory
 //!
@@ -201,8 +208,9 @@ pub enum OpResult {
 pub enum ApplyError {
     /// The command's sequence number is below the session's `first_unacked`: either the
     /// client already has its answer (a stray duplicate), or its cached result was dropped to
-    /// respect `session_results_max`. Nothing was applied; if the client is still waiting for
-    /// this write, its outcome is unknown (treat it like a timeout). Module docs, rules 3 and 6.
+    /// respect `session_results_max`. Nothing was applied now; if the client is still waiting
+    /// for this write, its outcome is unknown (the server answers `OutcomeUnknown`, never a
+    /// definite error). Module docs, rules 3 and 6.
     #[error(
         "session {client_id}: sequence {sequence} is below the first unacknowledged {first_unacked}"
     )]
@@ -384,12 +392,18 @@ impl SessionTable {
     }
 }
 
+/// What [`StateMachine::range`] counts for one key-value on top of its key and value bytes:
+/// an upper bound of what it costs in an encoded reply (metadata, framing, padding). The
+/// server checks at compile time that the wire encoding needs no more
+/// (`wire::KV_ENCODED_OVERHEAD_BYTES`).
+pub const RANGE_ENTRY_OVERHEAD_BYTES: usize = 128;
+
 /// Result of [`StateMachine::range`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RangeResult {
     /// The keys found, ascending, with their key-values (empty values when keys-only).
     pub kvs: Vec<(Bytes, KeyValue)>,
-    /// Whether the limit cut the result short.
+    /// Whether the key limit or the byte limit cut the result short.
     pub more: bool,
     /// When `more`: the first key not returned, where the next page starts.
     pub next_key: Option<Bytes>,
@@ -520,8 +534,17 @@ impl StateMachine {
         self.kvs.get(key)
     }
 
-    /// Reads keys per the range rules in the module docs.
-    pub fn range(&self, start: &[u8], end: &[u8], limit: usize, keys_only: bool) -> RangeResult {
+    /// Reads keys per the range rules in the module docs: at most `limit` key-values (0: no
+    /// limit) and at most `bytes_max` bytes counted as the module docs say (at least one
+    /// key-value, if any is in the range).
+    pub fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keys_only: bool,
+        bytes_max: usize,
+    ) -> RangeResult {
         let upper: Bound<&[u8]> = if end.is_empty() {
             Bound::Included(start)
         } else if end == [0] {
@@ -533,8 +556,12 @@ impl StateMachine {
         };
         let limit = if limit == 0 { usize::MAX } else { limit };
         let mut out = RangeResult::default();
+        let mut bytes = 0usize;
         for (k, kv) in self.kvs.range::<[u8], _>((Bound::Included(start), upper)) {
-            if out.kvs.len() == limit {
+            let value_len = if keys_only { 0 } else { kv.value.len() };
+            bytes = bytes.saturating_add(k.len() + value_len + RANGE_ENTRY_OVERHEAD_BYTES);
+            // Counted before cloning anything: the page stops at the budget, not after it.
+            if out.kvs.len() == limit || (bytes > bytes_max && !out.kvs.is_empty()) {
                 out.more = true;
                 out.next_key = Some(k.clone());
                 break;

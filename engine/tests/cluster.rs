@@ -999,3 +999,228 @@ fn writes_orphaned_by_a_leader_change_get_a_definite_answer() {
     });
     println!("orphaned writes: {committed} committed, {lost} answered NotLeader");
 }
+
+// ---- review issue 10 -------------------------------------------------------------------------
+
+/// A put request with a session (number `seq`, `first_unacked` 1: the client still waits for
+/// every earlier write), routed without a map epoch.
+fn session_put(id: u64, session: u64, seq: u64, key: &str, value: Bytes, prev: bool) -> Request {
+    Request {
+        id,
+        session,
+        seq,
+        map_epoch: 0,
+        op: Op::Put(wire::Put {
+            key: Bytes::from(key.to_owned()),
+            value,
+            if_absent: false,
+            return_previous: prev,
+        }),
+        first_unacked: 1,
+    }
+}
+
+/// Finding 1a: a late retry whose cached result the session dropped (`session_results_max`)
+/// may or may not have been applied: it is answered `OutcomeUnknown`, never a definite error
+/// (it was `InvalidArgument`, which the client returned as final, so an application re-issuing
+/// the write would apply it twice).
+#[test]
+fn a_retry_whose_cached_result_was_dropped_is_answered_outcome_unknown() {
+    init_logs();
+    let cluster = Cluster::new(
+        "stale-seq",
+        Tuning {
+            session_results_max: 2,
+            connection_requests_max: 2,
+            ..tuning()
+        },
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        let key = |i: u32| format!("{{stale}}k{i}");
+        cl.put(key(100), "warm-up").await.unwrap();
+        let (partition, leader) = leader_of(&cl, &key(0)).await;
+        let mut conn = RawConn::connect(cluster.endpoint(leader, partition)).await;
+        let session = 0x5e55_1047;
+        let v = || Bytes::from_static(b"v");
+        // Three writes while the client still waits for the first: the cache holds two, so
+        // the result of seq 1 is dropped once seq 3 is applied.
+        for seq in 1..=3u64 {
+            conn.send(&[session_put(seq, session, seq, &key(seq as u32), v(), false)])
+                .await;
+            let r = conn.recv(1).await.pop().unwrap();
+            assert!(matches!(r.outcome, Ok(Outcome::Put(_))), "seq {seq}: {r:?}");
+        }
+        // The lost answer of seq 1 is retried: applied once, but the server cannot tell.
+        conn.send(&[session_put(4, session, 1, &key(1), v(), false)])
+            .await;
+        let r = conn.recv(1).await.pop().unwrap();
+        assert!(
+            matches!(&r.outcome, Err(ServerError::OutcomeUnknown { reason }) if reason.contains("sequence 1")),
+            "{r:?}"
+        );
+    });
+}
+
+/// Finding 3: the Rust client's read-only transactions go through (they carry a sequence
+/// number); a read-only transaction sent with a session and sequence 0 (older clients) is run
+/// without a session; a writing one is still refused (its retries could apply twice).
+#[test]
+fn read_only_transactions_succeed() {
+    init_logs();
+    let cluster = Cluster::new("ro-txn", tuning());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        cl.put("{ro}a", "1").await.unwrap();
+        let get = |k: &str| wire::TxnOp::Get {
+            key: Bytes::from(k.to_owned()),
+        };
+        let txn = wire::Txn {
+            compares: vec![wire::Compare {
+                key: Bytes::from_static(b"{ro}a"),
+                op: wire::CompareOp::Equal,
+                target: wire::CompareTarget::Exists(true),
+            }],
+            success: vec![get("{ro}a"), get("{ro}b")],
+            failure: vec![],
+        };
+        let r = cl.txn(txn.clone()).await.unwrap();
+        assert!(r.succeeded);
+        let wire::TxnOpResult::Get(Some(kv)) = &r.results[0] else {
+            panic!("{r:?}");
+        };
+        assert_eq!(kv.value, "1");
+        assert_eq!(r.results[1], wire::TxnOpResult::Get(None));
+        assert_eq!(r.revision, 0);
+
+        // Raw: session with sequence 0.
+        let (partition, leader) = leader_of(&cl, "{ro}a").await;
+        let mut conn = RawConn::connect(cluster.endpoint(leader, partition)).await;
+        let mut read_only = request(1, Op::Txn(txn.clone()));
+        read_only.session = 77;
+        let mut writing = txn;
+        writing.success.push(wire::TxnOp::Put(wire::Put {
+            key: Bytes::from_static(b"{ro}c"),
+            value: Bytes::from_static(b"x"),
+            if_absent: false,
+            return_previous: false,
+        }));
+        let mut writing = request(2, Op::Txn(writing));
+        writing.session = 77;
+        conn.send(&[read_only, writing]).await;
+        let mut got = conn.recv(2).await;
+        got.sort_by_key(|r| r.id);
+        assert!(
+            matches!(&got[0].outcome, Ok(Outcome::Txn(t)) if t.succeeded),
+            "{:?}",
+            got[0]
+        );
+        assert!(
+            matches!(got[1].outcome, Err(ServerError::InvalidArgument { .. })),
+            "{:?}",
+            got[1]
+        );
+    });
+}
+
+/// Findings 2 and 1b: replies are bounded by the frame limit before they are built. A range
+/// over values larger in total than a frame comes back in pages (`more`), each within the
+/// limit, and the client's paging returns every key; an applied write whose reply (here, the
+/// previous values of a transaction) cannot fit is answered `OutcomeUnknown` naming its
+/// revision, never the definite `TooLarge` of a request refused before it was proposed.
+#[test]
+fn large_replies_are_paged_or_answered_outcome_unknown_never_too_large() {
+    init_logs();
+    let cluster = Cluster::new("large-replies", tuning());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cl = client(&cluster).await;
+        let value_max = Tuning::default().value_bytes_max;
+        let key = |i: u32| format!("{{huge}}k{i:02}");
+        const KEYS: u32 = 10;
+        for i in 0..KEYS {
+            cl.put(key(i), vec![b'a' + i as u8; value_max]).await.unwrap();
+        }
+        let (partition, leader) = leader_of(&cl, &key(0)).await;
+        let mut conn = RawConn::connect(cluster.endpoint(leader, partition)).await;
+        // A transaction overwriting five 1 MiB values and asking for them back: applied, but
+        // its 5 MiB reply cannot fit a 4 MiB frame.
+        let txn = wire::Txn {
+            compares: vec![],
+            success: (0..5)
+                .map(|i| {
+                    wire::TxnOp::Put(wire::Put {
+                        key: Bytes::from(key(i)),
+                        value: Bytes::from_static(b"small"),
+                        if_absent: false,
+                        return_previous: true,
+                    })
+                })
+                .collect(),
+            failure: vec![],
+        };
+        conn.send(&[request(2, Op::Txn(txn))]).await;
+        let r = conn.recv(1).await.pop().unwrap();
+        assert!(
+            matches!(&r.outcome, Err(ServerError::OutcomeUnknown { reason }) if reason.contains("applied at revision")),
+            "{:?}",
+            r.outcome.as_ref().map(|_| ())
+        );
+        for i in 0..5 {
+            assert_eq!(cl.get(key(i)).await.unwrap().unwrap().value, "small");
+        }
+        // One range of 5 MiB and five small values: one page that fits a frame, `more` set.
+        conn.send(&[request(
+            3,
+            Op::Range(wire::Range {
+                partition,
+                start: Bytes::from_static(b"{huge}"),
+                end: Bytes::from_static(b"{huge}~"),
+                ..Default::default()
+            }),
+        )])
+        .await;
+        let r = conn.recv(1).await.pop().unwrap();
+        let Ok(Outcome::Range(page)) = &r.outcome else {
+            panic!("{:?}", r.outcome.map(|_| ()));
+        };
+        assert!(page.more);
+        assert!(!page.kvs.is_empty() && page.kvs.len() < KEYS as usize);
+        assert_eq!(page.kvs[0].key, key(0));
+        // The client pages through all of it.
+        let mut seen = Vec::new();
+        let mut after = Bytes::new();
+        loop {
+            let p = cl
+                .range(RangeOptions {
+                    start: Bytes::from_static(b"{huge}"),
+                    end: Bytes::from_static(b"{huge}~"),
+                    after: after.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(p.kvs.iter().map(|kv| (kv.key.clone(), kv.value.len())));
+            match p.next {
+                Some(n) => after = n,
+                None => break,
+            }
+        }
+        let want: Vec<(Bytes, usize)> = (0..KEYS)
+            .map(|i| (Bytes::from(key(i)), if i < 5 { 5 } else { value_max }))
+            .collect();
+        assert_eq!(seen, want);
+
+    });
+}

@@ -399,7 +399,7 @@ proptest! {
             }
         }
         for (start, end, limit, keys_only) in queries {
-            let got = sm.range(&start, &end, limit, keys_only);
+            let got = sm.range(&start, &end, limit, keys_only, usize::MAX);
             let (want, next) = model_range(&model, &start, &end, limit, keys_only);
             let got_kvs: Vec<(Vec<u8>, KeyValue)> =
                 got.kvs.iter().map(|(k, kv)| (k.to_vec(), kv.clone())).collect();

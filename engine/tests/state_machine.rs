@@ -580,40 +580,78 @@ fn range_semantics() {
     }
     let sm = &l.sm;
     // Empty end: the single key.
-    assert_eq!(keys(&sm.range(b"b", b"", 0, false)), vec![b"b" as &[u8]]);
-    assert!(sm.range(b"bb", b"", 0, false).kvs.is_empty());
+    assert_eq!(
+        keys(&sm.range(b"b", b"", 0, false, usize::MAX)),
+        vec![b"b" as &[u8]]
+    );
+    assert!(sm.range(b"bb", b"", 0, false, usize::MAX).kvs.is_empty());
     // [start, end)
     assert_eq!(
-        keys(&sm.range(b"b", b"c", 0, false)),
+        keys(&sm.range(b"b", b"c", 0, false, usize::MAX)),
         vec![b"b" as &[u8], b"ba"]
     );
     // "\0": to the end of the keyspace; with an empty start: everything.
     assert_eq!(
-        keys(&sm.range(b"c", b"\0", 0, false)),
+        keys(&sm.range(b"c", b"\0", 0, false, usize::MAX)),
         vec![b"c" as &[u8], b"d"]
     );
-    assert_eq!(sm.range(b"", b"\0", 0, false).kvs.len(), 5);
+    assert_eq!(sm.range(b"", b"\0", 0, false, usize::MAX).kvs.len(), 5);
     // end <= start: empty, not a panic.
-    assert!(sm.range(b"d", b"a", 0, false).kvs.is_empty());
-    assert!(sm.range(b"c", b"c", 0, false).kvs.is_empty());
+    assert!(sm.range(b"d", b"a", 0, false, usize::MAX).kvs.is_empty());
+    assert!(sm.range(b"c", b"c", 0, false, usize::MAX).kvs.is_empty());
     // Limit and continuation.
-    let page = sm.range(b"a", b"\0", 2, false);
+    let page = sm.range(b"a", b"\0", 2, false, usize::MAX);
     assert_eq!(keys(&page), vec![b"a" as &[u8], b"b"]);
     assert!(page.more);
     assert_eq!(page.next_key, Some(b("ba")));
-    let page2 = sm.range(page.next_key.as_ref().unwrap(), b"\0", 2, false);
+    let page2 = sm.range(page.next_key.as_ref().unwrap(), b"\0", 2, false, usize::MAX);
     assert_eq!(keys(&page2), vec![b"ba" as &[u8], b"c"]);
-    let last = sm.range(b"d", b"\0", 2, false);
+    let last = sm.range(b"d", b"\0", 2, false, usize::MAX);
     assert_eq!(keys(&last), vec![b"d" as &[u8]]);
     assert!(!last.more);
     assert_eq!(last.next_key, None);
     // Exactly `limit` keys left: no more.
-    let exact = sm.range(b"c", b"\0", 2, false);
+    let exact = sm.range(b"c", b"\0", 2, false, usize::MAX);
     assert!(!exact.more);
     // Keys only: metadata kept, values empty.
-    let ko = sm.range(b"a", b"", 0, true);
+    let ko = sm.range(b"a", b"", 0, true, usize::MAX);
     assert_eq!(ko.kvs[0].1.value, Bytes::new());
     assert_eq!(ko.kvs[0].1.create_revision, 1);
+}
+
+/// Review issue 10, finding 2: a page is bounded by bytes as well as by keys, so a range of
+/// large values never builds a reply over the frame limit; the first key-value is always
+/// returned, so paging makes progress.
+#[test]
+fn range_stops_at_the_byte_budget() {
+    use engine::state_machine::RANGE_ENTRY_OVERHEAD_BYTES as O;
+    let mut l = Log::new(8);
+    for k in ["a", "b", "c", "d", "e"] {
+        l.apply(Command::put(k, vec![b'v'; 1000])).unwrap();
+    }
+    let sm = &l.sm;
+    let entry = 1 + 1000 + O;
+    let page = sm.range(b"a", b"\0", 0, false, 2 * entry);
+    assert_eq!(keys(&page), vec![b"a" as &[u8], b"b"]);
+    assert!(page.more);
+    assert_eq!(page.next_key, Some(b("c")));
+    let page = sm.range(b"a", b"\0", 0, false, 2 * entry + 1000);
+    assert_eq!(keys(&page).len(), 2, "a third entry does not fit");
+    // The key limit still applies under the budget.
+    let page = sm.range(b"a", b"\0", 1, false, usize::MAX);
+    assert_eq!(keys(&page), vec![b"a" as &[u8]]);
+    // One key-value over the budget on its own: returned anyway (progress).
+    let page = sm.range(b"c", b"\0", 0, false, 0);
+    assert_eq!(keys(&page), vec![b"c" as &[u8]]);
+    assert_eq!(page.next_key, Some(b("d")));
+    // Keys only: values do not count.
+    let page = sm.range(b"a", b"\0", 0, true, 5 * (1 + O));
+    assert_eq!(keys(&page).len(), 5);
+    assert!(!page.more);
+    // Exactly the budget: everything, no more.
+    let page = sm.range(b"a", b"\0", 0, false, 5 * entry);
+    assert_eq!(keys(&page).len(), 5);
+    assert!(!page.more);
 }
 
 #[test]

@@ -45,6 +45,15 @@ pub enum DecodeError {
         /// The limit.
         limit: usize,
     },
+    /// A message whose encoded body (estimated before encoding, an upper bound) would not fit a
+    /// frame: e.g. a transaction of many values, each under the value limit.
+    #[error("encoded body of up to {len} bytes exceeds the limit of {limit} bytes")]
+    BodyTooLarge {
+        /// Upper bound of the encoded body in bytes.
+        len: usize,
+        /// The largest body a frame may carry ([`Limits::body_bytes_max`](crate::Limits::body_bytes_max)).
+        limit: usize,
+    },
     /// A cluster map that breaks its invariants.
     #[error(transparent)]
     InvalidMap(#[from] MapError),
@@ -74,7 +83,8 @@ impl DecodeError {
         match self {
             DecodeError::KeyTooLarge { limit, .. }
             | DecodeError::ValueTooLarge { limit, .. }
-            | DecodeError::TooManyItems { limit, .. } => ServerError::TooLarge {
+            | DecodeError::TooManyItems { limit, .. }
+            | DecodeError::BodyTooLarge { limit, .. } => ServerError::TooLarge {
                 limit: *limit as u64,
             },
             other => ServerError::InvalidArgument {

@@ -10,6 +10,8 @@
 //!    body passes the flatbuffers verifier, with depth and table limits, before any field is
 //!    read; then key (default 8 KiB), value (default 1 MiB) and batch limits are checked.
 //!    Failures are typed [`DecodeError`]s.
+//!    Senders bound an encoded body before building it ([`size`]), so nothing over the frame
+//!    limit is ever built.
 //! 3. **Messages**: owned Rust types ([`Request`], [`Response`], [`ResponseBatch`],
 //!    [`PeerBatch`]) that the engine and the client use; they never touch generated code.
 //!    Keys, values and entry payloads are zero-copy [`bytes::Bytes`] slices of the frame body.
@@ -39,6 +41,7 @@ pub mod generated;
 pub mod map;
 pub mod messages;
 pub mod peer;
+pub mod size;
 pub mod slot;
 
 #[cfg(feature = "client")]
@@ -57,6 +60,10 @@ pub use messages::{
 };
 pub use peer::{
     decode_peer_batch, ConfState, Entry, MessageKind, PeerBatch, RaftMessage, SnapshotChunk,
+};
+pub use size::{
+    kv_encoded_bytes_max, requests_encoded_bytes_max, BATCH_ENCODED_BYTES_MAX,
+    KV_ENCODED_OVERHEAD_BYTES,
 };
 pub use slot::{slot_of, SLOT_COUNT};
 

@@ -294,6 +294,18 @@ pub enum ServerError {
         /// Why.
         reason: String,
     },
+    /// The request may or may not have taken effect and the server cannot tell which: a
+    /// retried write whose cached result was dropped from its session (so it was applied once,
+    /// or never), or an applied write whose reply does not fit a frame. Never a definite
+    /// failure: a write answered this way must not be re-issued as a new write before the
+    /// caller has checked (read) what happened. The Rust client does not retry it and returns
+    /// it as its outcome-unknown error, `ClientError::Timeout` (the same answer as a deadline
+    /// that passed while a write was in flight).
+    #[error("outcome unknown: {reason}")]
+    OutcomeUnknown {
+        /// What the server knows, in words.
+        reason: String,
+    },
 }
 
 /// Outcome of a Put.
@@ -503,7 +515,17 @@ impl Op {
         }
     }
 
-    /// Whether the operation may change state (and so needs a session sequence number).
+    /// Whether the server runs the operation through the partition's Raft log: puts, deletes
+    /// and every transaction, read-only ones included (a transaction's reads are atomic with
+    /// its compares only there). Such a request carries a session sequence number.
+    pub fn is_logged(&self) -> bool {
+        match self {
+            Op::Put(_) | Op::Delete { .. } | Op::Txn(_) => true,
+            Op::Get { .. } | Op::Range(_) | Op::Status | Op::ClusterMap => false,
+        }
+    }
+
+    /// Whether the operation may change state.
     pub fn is_write(&self) -> bool {
         match self {
             Op::Put(_) | Op::Delete { .. } => true,
@@ -768,6 +790,10 @@ fn enc_error(fbb: &mut Fbb, e: &ServerError) -> WIPOffset<fb::ErrorInfo<'static>
         }
         ServerError::Internal { reason: r } => {
             args.code = fb::ErrorCode::Internal;
+            args.reason = reason(fbb, r);
+        }
+        ServerError::OutcomeUnknown { reason: r } => {
+            args.code = fb::ErrorCode::OutcomeUnknown;
             args.reason = reason(fbb, r);
         }
     }
@@ -1272,6 +1298,7 @@ fn dec_error(e: fb::ErrorInfo<'_>) -> Result<ServerError, DecodeError> {
         fb::ErrorCode::Busy => ServerError::Busy,
         fb::ErrorCode::CrossPartition => ServerError::CrossPartition { reason: reason() },
         fb::ErrorCode::Internal => ServerError::Internal { reason: reason() },
+        fb::ErrorCode::OutcomeUnknown => ServerError::OutcomeUnknown { reason: reason() },
         other => {
             return Err(DecodeError::UnknownEnum {
                 field: "ErrorInfo.code",

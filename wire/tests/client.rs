@@ -1308,3 +1308,145 @@ async fn not_leader_naming_the_answering_node_is_retried_there_at_once() {
     let summary: Vec<(u64, u64)> = seen.iter().map(|s| (s.node, s.req.seq)).collect();
     assert_eq!(summary, vec![(1, 1), (1, 1)]);
 }
+
+// ---- review issue 10 -------------------------------------------------------------------------
+
+/// A server that cannot tell whether a write took effect answers `OutcomeUnknown`: the client
+/// returns its outcome-unknown error (`Timeout`, as for a deadline that passed with the write in
+/// flight), at once and without retrying, never a definite server error.
+#[tokio::test]
+async fn outcome_unknown_is_returned_as_unknown_at_once_and_never_retried() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            _ => Action::Reply(Err(ServerError::OutcomeUnknown {
+                reason: "result dropped from the session cache".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = client.put("k", "v").await.unwrap_err();
+    let ClientError::Timeout { attempts, last } = &err else {
+        panic!("not the outcome-unknown error: {err:?}");
+    };
+    assert_eq!(*attempts, 1);
+    assert!(
+        last.contains("outcome unknown: result dropped from the session cache"),
+        "{last}"
+    );
+    assert!(err.to_string().contains("outcome unknown"), "{err}");
+    assert_eq!(fake.data_requests().len(), 1, "retried");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "waited for a deadline"
+    );
+}
+
+/// A transaction goes through the log even when every op is a Get, so it carries a sequence
+/// number like a write (the server refuses a session with sequence 0 for log commands).
+#[tokio::test]
+async fn a_read_only_txn_carries_a_sequence_number() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Txn(_) if req.session != 0 && req.seq == 0 => {
+                Action::Reply(Err(ServerError::InvalidArgument {
+                    reason: "a write with a session needs a sequence number >= 1".into(),
+                }))
+            }
+            Op::Txn(_) => Action::Reply(Ok(Outcome::Txn(TxnResult {
+                succeeded: true,
+                results: vec![TxnOpResult::Get(None)],
+                revision: 0,
+            }))),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let txn = Txn {
+        compares: vec![],
+        success: vec![TxnOp::Get { key: "a".into() }],
+        failure: vec![],
+    };
+    let r = client.txn(txn).await.unwrap();
+    assert!(r.succeeded);
+    let seen = fake.data_requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].req.seq >= 1, "{:?}", seen[0].req);
+    assert_eq!(seen[0].req.first_unacked, seen[0].req.seq);
+}
+
+/// Requests queued together are packed into frames by size: five concurrent 1 MiB puts (each
+/// valid) on one connection all succeed, in frames the server accepts; a request too large
+/// for any frame is refused locally with a typed error and never sent.
+#[tokio::test]
+async fn concurrent_large_puts_are_packed_into_frames_under_the_limit() {
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Put(_) => put_ok(),
+            _ => Action::Reply(Err(ServerError::Internal {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let limits = Limits::default();
+    let value = Bytes::from(vec![b'v'; limits.value_bytes_max]);
+    let puts = (0..5).map(|i| {
+        let client = client.clone();
+        let value = value.clone();
+        async move { client.put(format!("big-{i}"), value).await }
+    });
+    for r in futures_join_all(puts).await {
+        assert!(r.unwrap().written);
+    }
+    let seen = fake.data_requests();
+    assert_eq!(seen.len(), 5);
+    assert!(
+        seen.iter().all(|s| s.frame_requests <= 3),
+        "a frame holds at most 3 MiB of values: {:?}",
+        seen.iter().map(|s| s.frame_requests).collect::<Vec<_>>()
+    );
+    assert_eq!(fake.conns.load(Ordering::SeqCst), 1, "one connection");
+
+    // Five 1 MiB puts in one transaction: each value is valid, the request is not.
+    let txn = Txn {
+        compares: vec![],
+        success: (0..5)
+            .map(|i| {
+                TxnOp::Put(Put {
+                    key: format!("{{t}}k{i}").into(),
+                    value: value.clone(),
+                    if_absent: false,
+                    return_previous: false,
+                })
+            })
+            .collect(),
+        failure: vec![],
+    };
+    let err = client.txn(txn).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Invalid(DecodeError::BodyTooLarge { .. })),
+        "{err:?}"
+    );
+    assert_eq!(fake.data_requests().len(), 5, "sent anyway");
+}

@@ -34,6 +34,16 @@ proptest! {
         prop_assert_eq!(decode_body(&frame, &Limits::default()).unwrap(), Body::Responses(batch));
     }
 
+    /// The size bounds senders pack frames by (`wire::size`) are never below the encoding.
+    #[test]
+    fn encoded_size_bounds_hold(reqs in proptest::collection::vec(request(), 0..8), batch in response_batch()) {
+        let mut enc = BodyEncoder::new();
+        let n = enc.requests(&reqs).len();
+        prop_assert!(n <= requests_encoded_bytes_max(&reqs), "{} > bound", n);
+        let n = enc.responses(&batch).len();
+        prop_assert!(n <= batch.encoded_bytes_max(), "{} > bound", n);
+    }
+
     #[test]
     fn peer_batches_round_trip(batch in peer_batch()) {
         let mut enc = BodyEncoder::new();

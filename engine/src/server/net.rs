@@ -27,7 +27,7 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use wire::{
     BodyEncoder, FrameDecoder, FrameKind, Limits, PeerBatch, RaftMessage, Request, Response,
-    ResponseBatch, ServerError as WireError,
+    ResponseBatch, ServerError as WireError, BATCH_ENCODED_BYTES_MAX,
 };
 
 use super::convert;
@@ -43,7 +43,7 @@ const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Most frame-level error replies waiting on one connection; a client that keeps sending bad
 /// frames without reading the replies is disconnected.
 const FRAME_ERRORS_MAX: usize = 64;
-/// Most responses encoded into one frame.
+/// Most responses encoded into one frame (frames are also packed by size: `pack_responses`).
 const RESPONSES_PER_FRAME_MAX: usize = 1024;
 /// Most encoded frames queued for one peer; beyond it frames are dropped (Raft retransmits).
 pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
@@ -127,13 +127,7 @@ impl ShardIo {
         stop: Arc<AtomicBool>,
     ) -> (Rc<ShardIo>, LocalReceiver<()>) {
         let (wake, wake_rx) = local_channel::new_bounded(1);
-        let t = &config.tuning;
-        let limits = Limits {
-            frame_bytes_max: t.frame_bytes_max,
-            key_bytes_max: t.key_bytes_max,
-            value_bytes_max: t.value_bytes_max,
-            ..Limits::default()
-        };
+        let limits = wire_limits(&config);
         let io = ShardIo {
             shard,
             shared,
@@ -336,7 +330,18 @@ async fn client_writer(
             let _ = enc.response_frame(&mut buf, id, &batch, &limits);
         }
         let responses: Vec<Response> = std::mem::take(&mut *out.responses.borrow_mut());
-        encode_responses(&mut enc, &mut buf, responses, &limits);
+        for frame in pack_responses(responses, &limits) {
+            encode_frame(&mut enc, &mut buf, frame, &limits);
+            // Write as we go: at most about two frames wait in `buf`, however many responses
+            // were queued.
+            if buf.len() >= limits.frame_bytes_max {
+                if wr.write_all(&buf).await.is_err() {
+                    out.closed.set(true);
+                    return;
+                }
+                buf.clear();
+            }
+        }
         if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
             out.closed.set(true);
             return;
@@ -348,54 +353,180 @@ async fn client_writer(
     }
 }
 
-/// Encodes responses into frames of at most [`RESPONSES_PER_FRAME_MAX`], splitting further
-/// when a frame would exceed the frame limit (a response too large alone becomes `TooLarge`).
-fn encode_responses(
-    enc: &mut BodyEncoder,
-    buf: &mut BytesMut,
-    responses: Vec<Response>,
-    limits: &Limits,
-) {
-    let mut rest = responses;
-    while !rest.is_empty() {
-        let n = rest.len().min(RESPONSES_PER_FRAME_MAX);
-        let tail = rest.split_off(n);
-        encode_chunk(enc, buf, rest, limits);
-        rest = tail;
+/// The wire limits of a node (from its tuning).
+pub fn wire_limits(config: &NodeConfig) -> Limits {
+    let t = &config.tuning;
+    Limits {
+        frame_bytes_max: t.frame_bytes_max,
+        key_bytes_max: t.key_bytes_max,
+        value_bytes_max: t.value_bytes_max,
+        ..Limits::default()
     }
 }
 
-fn encode_chunk(enc: &mut BodyEncoder, buf: &mut BytesMut, chunk: Vec<Response>, limits: &Limits) {
+/// The budget for the key-values of one range reply, as [`crate::state_machine::StateMachine::range`]
+/// counts them: what a frame's body holds besides the batch and the response around them. A
+/// page within it always fits one frame (the state machine counts every key-value at least as
+/// large as its encoding, checked below).
+pub fn range_bytes_max(limits: &Limits) -> usize {
+    let empty = Response {
+        id: 0,
+        header: Default::default(),
+        outcome: Ok(wire::Outcome::Range(wire::RangeResult::default())),
+    };
+    limits
+        .body_bytes_max()
+        .saturating_sub(BATCH_ENCODED_BYTES_MAX + empty.encoded_bytes_max())
+}
+
+// The state machine's range budget counts each key-value at least as large as the wire needs.
+const _: () =
+    assert!(wire::KV_ENCODED_OVERHEAD_BYTES <= crate::state_machine::RANGE_ENTRY_OVERHEAD_BYTES);
+
+/// Splits `responses` into frames of at most [`RESPONSES_PER_FRAME_MAX`] and at most the frame
+/// limit, by their encoded-size bounds ([`Response::encoded_bytes_max`]), before encoding
+/// anything: no body over the limit is ever built. A response too large for a frame alone is
+/// first cut down by [`fit_frame`].
+fn pack_responses(responses: Vec<Response>, limits: &Limits) -> Vec<Vec<Response>> {
+    let body_max = limits.body_bytes_max();
+    let mut frames = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = BATCH_ENCODED_BYTES_MAX;
+    for r in responses {
+        let (r, n) = fit_frame(r, limits);
+        if !frame.is_empty() && (bytes + n > body_max || frame.len() == RESPONSES_PER_FRAME_MAX) {
+            frames.push(std::mem::take(&mut frame));
+            bytes = BATCH_ENCODED_BYTES_MAX;
+        }
+        bytes += n;
+        frame.push(r);
+    }
+    if !frame.is_empty() {
+        frames.push(frame);
+    }
+    frames
+}
+
+/// `r` as it can go alone in a frame, with its encoded-size bound. A response over the limit
+/// is answered as honestly as fits:
+/// - a range: its longest prefix that fits, with `more` set (the client pages on);
+/// - a put, delete or transaction that changed state: `OutcomeUnknown` naming the revision it
+///   was applied at. Never a definite error: the write was applied, and an application told
+///   otherwise would apply it again;
+/// - anything else (a read, or a conditional write that changed nothing): `TooLarge`, which is
+///   definite and true, since nothing was changed.
+///
+/// With the configured limits (one key-value always fits a frame) only a transaction's
+/// results, or a range page bounded by another node's larger frame limit, can get here.
+fn fit_frame(r: Response, limits: &Limits) -> (Response, usize) {
+    let room = limits
+        .body_bytes_max()
+        .saturating_sub(BATCH_ENCODED_BYTES_MAX);
+    let n = r.encoded_bytes_max();
+    if n <= room {
+        return (r, n);
+    }
+    let r = cut_down(r, n, room, limits);
+    let n = r.encoded_bytes_max();
+    (r, n)
+}
+
+/// [`fit_frame`]'s answer for `r`, whose size bound `n` exceeds the `room` a frame has.
+fn cut_down(r: Response, n: usize, room: usize, limits: &Limits) -> Response {
+    let too_large = WireError::TooLarge {
+        limit: limits.frame_bytes_max as u64,
+    };
+    let mut bytes = r.encoded_bytes_max_without_kvs();
+    let Response {
+        id,
+        header,
+        outcome,
+    } = r;
+    let outcome = match outcome {
+        Ok(wire::Outcome::Range(mut range)) => {
+            let keep = range
+                .kvs
+                .iter()
+                .take_while(|kv| {
+                    bytes += wire::kv_encoded_bytes_max(kv.key.len(), kv.value.len());
+                    bytes <= room
+                })
+                .count();
+            if keep == 0 {
+                Err(too_large)
+            } else {
+                range.kvs.truncate(keep);
+                range.more = true;
+                Ok(wire::Outcome::Range(range))
+            }
+        }
+        Ok(o @ (wire::Outcome::Put(_) | wire::Outcome::Delete(_) | wire::Outcome::Txn(_))) => {
+            let applied = match &o {
+                wire::Outcome::Put(p) if p.written => Some((p.revision, String::new())),
+                wire::Outcome::Delete(d) if d.deleted => Some((d.revision, String::new())),
+                wire::Outcome::Txn(t) if t.revision != 0 => Some((
+                    t.revision,
+                    format!(
+                        " (the {} branch ran)",
+                        if t.succeeded { "success" } else { "failure" }
+                    ),
+                )),
+                _ => None,
+            };
+            match applied {
+                Some((revision, branch)) => Err(WireError::OutcomeUnknown {
+                    reason: format!(
+                        "the write was applied at revision {revision}{branch}, but its reply \
+                         (up to {n} bytes) does not fit a frame of {} bytes: read the keys for \
+                         its result (ask for fewer previous values to keep replies small)",
+                        limits.frame_bytes_max
+                    ),
+                }),
+                None => Err(too_large),
+            }
+        }
+        Ok(_) => Err(too_large),
+        // Error replies are short; should one not fit, it must still not look definite.
+        Err(_) => Err(WireError::OutcomeUnknown {
+            reason: "the error reply does not fit a frame".into(),
+        }),
+    };
+    tracing::warn!(
+        id,
+        bytes = n,
+        limit = limits.frame_bytes_max,
+        answer = ?outcome.as_ref().err(),
+        "response over the frame limit; cut down"
+    );
+    Response {
+        id,
+        header,
+        outcome,
+    }
+}
+
+/// Encodes one packed frame. It fits by construction (its size bounds add up to at most the
+/// limit); should the encoder disagree, that is a bug in the bounds: it is logged and every
+/// response of the frame is answered alone, cut down to its minimum by [`fit_frame`] rules
+/// (never a definite error for an applied write).
+fn encode_frame(enc: &mut BodyEncoder, buf: &mut BytesMut, frame: Vec<Response>, limits: &Limits) {
     let batch = ResponseBatch {
         frame_error: None,
-        responses: chunk,
+        responses: frame,
     };
-    if enc.response_frame(buf, 0, &batch, limits).is_ok() {
+    let Err(e) = enc.response_frame(buf, 0, &batch, limits) else {
         return;
-    }
-    let mut chunk = batch.responses;
-    if chunk.len() > 1 {
-        let tail = chunk.split_off(chunk.len() / 2);
-        encode_chunk(enc, buf, chunk, limits);
-        encode_chunk(enc, buf, tail, limits);
-        return;
-    }
-    for r in chunk {
-        tracing::warn!(
-            id = r.id,
-            "response over the frame limit; answering TooLarge"
-        );
-        let small = ResponseBatch {
+    };
+    tracing::error!(error = %e, responses = batch.responses.len(),
+        "a response frame packed by its size bounds does not fit; the bounds are wrong");
+    debug_assert!(false, "response size bounds too small: {e}");
+    for r in batch.responses {
+        let n = r.encoded_bytes_max();
+        let single = ResponseBatch {
             frame_error: None,
-            responses: vec![Response {
-                id: r.id,
-                header: r.header,
-                outcome: Err(WireError::TooLarge {
-                    limit: limits.frame_bytes_max as u64,
-                }),
-            }],
+            responses: vec![cut_down(r, n, 0, limits)],
         };
-        let _ = enc.response_frame(buf, 0, &small, limits);
+        let _ = enc.response_frame(buf, 0, &single, limits);
     }
 }
 
@@ -670,5 +801,153 @@ pub async fn peer_dialer(
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use wire::{Outcome, PutResult, RangeResult, ResponseHeader, TxnOpResult, TxnResult};
+
+    fn kv(i: u32, value_bytes: usize) -> wire::KeyValue {
+        wire::KeyValue {
+            key: Bytes::from(format!("key-{i:04}")),
+            value: Bytes::from(vec![b'v'; value_bytes]),
+            create_revision: 1,
+            mod_revision: 2,
+            version: 1,
+        }
+    }
+
+    fn ok(id: u64, outcome: Outcome) -> Response {
+        Response {
+            id,
+            header: ResponseHeader::default(),
+            outcome: Ok(outcome),
+        }
+    }
+
+    /// Packs, encodes and decodes `responses`: every frame within the limit, every response
+    /// answered once. Returns the decoded answers by id and the number of frames.
+    fn round_trip(responses: Vec<Response>, limits: &Limits) -> (Vec<Response>, usize) {
+        let frames = pack_responses(responses, limits);
+        let count = frames.len();
+        let mut enc = BodyEncoder::new();
+        let mut buf = BytesMut::new();
+        for f in frames {
+            let batch = ResponseBatch {
+                frame_error: None,
+                responses: f,
+            };
+            assert!(batch.encoded_bytes_max() <= limits.body_bytes_max());
+            enc.response_frame(&mut buf, 0, &batch, limits)
+                .expect("a packed frame fits");
+        }
+        let dec = FrameDecoder::new(*limits);
+        let mut got = Vec::new();
+        while let Some(f) = dec.decode(&mut buf).unwrap() {
+            got.extend(wire::decode_responses(&f.body, limits).unwrap().responses);
+        }
+        got.sort_by_key(|r| r.id);
+        (got, count)
+    }
+
+    /// Finding 1b: an applied write whose reply cannot fit a frame (a transaction returning
+    /// five 1 MiB previous values) is answered `OutcomeUnknown` naming its revision, not the
+    /// definite `TooLarge` of a request refused before it was proposed. A conditional write
+    /// that changed nothing may be answered `TooLarge`: that is true and definite.
+    #[test]
+    fn an_applied_write_whose_reply_does_not_fit_is_outcome_unknown() {
+        let limits = Limits::default();
+        let big = |written| TxnResult {
+            succeeded: true,
+            results: (0..5)
+                .map(|i| TxnOpResult::Put {
+                    written,
+                    previous: Some(kv(i, limits.value_bytes_max)),
+                })
+                .collect(),
+            revision: if written { 9 } else { 0 },
+        };
+        let small = ok(
+            3,
+            Outcome::Put(PutResult {
+                written: true,
+                previous: None,
+                revision: 8,
+            }),
+        );
+        let (got, _) = round_trip(
+            vec![
+                ok(1, Outcome::Txn(big(true))),
+                ok(2, Outcome::Txn(big(false))),
+                small.clone(),
+            ],
+            &limits,
+        );
+        assert_eq!(got.len(), 3);
+        assert!(
+            matches!(&got[0].outcome, Err(WireError::OutcomeUnknown { reason })
+                if reason.contains("applied at revision 9")),
+            "{:?}",
+            got[0].outcome
+        );
+        assert_eq!(
+            got[1].outcome,
+            Err(WireError::TooLarge {
+                limit: limits.frame_bytes_max as u64
+            })
+        );
+        assert_eq!(got[2], small);
+    }
+
+    /// Finding 2: responses are packed into frames by their size bounds before encoding (no
+    /// body over the limit is built), and a range reply over the limit is cut to a page.
+    #[test]
+    fn responses_are_packed_by_size_and_a_range_is_cut_to_a_page() {
+        let limits = Limits::default();
+        let mut responses: Vec<Response> = (0..10)
+            .map(|i| ok(i, Outcome::Get(Some(kv(i as u32, limits.value_bytes_max)))))
+            .collect();
+        responses.push(ok(
+            10,
+            Outcome::Range(RangeResult {
+                kvs: (0..10).map(|i| kv(i, limits.value_bytes_max)).collect(),
+                more: false,
+            }),
+        ));
+        let (got, frames) = round_trip(responses, &limits);
+        assert_eq!(got.len(), 11);
+        assert!(
+            frames >= 4,
+            "ten 1 MiB values need at least four 4 MiB frames"
+        );
+        for r in &got[..10] {
+            let Ok(Outcome::Get(Some(kv))) = &r.outcome else {
+                panic!("{r:?}");
+            };
+            assert_eq!(kv.value.len(), limits.value_bytes_max);
+        }
+        let Ok(Outcome::Range(page)) = &got[10].outcome else {
+            panic!("{:?}", got[10].outcome);
+        };
+        assert!(page.more);
+        assert_eq!(page.kvs.len(), 3, "three 1 MiB values fit a 4 MiB frame");
+        assert_eq!(page.kvs[0].key, "key-0000");
+
+        // What the state machine is given for a range is what a reply frame can hold.
+        let budget = range_bytes_max(&limits);
+        let per_kv = 9 + limits.value_bytes_max + crate::state_machine::RANGE_ENTRY_OVERHEAD_BYTES;
+        let page = ok(
+            11,
+            Outcome::Range(RangeResult {
+                kvs: (0..(budget / per_kv) as u32)
+                    .map(|i| kv(i, limits.value_bytes_max))
+                    .collect(),
+                more: true,
+            }),
+        );
+        assert_eq!(fit_frame(page.clone(), &limits).0, page);
     }
 }

@@ -27,10 +27,9 @@ pub fn not_leader(leader_node: u64, leader_endpoint: Option<String>) -> WireErro
 /// The answer to a write whose outcome this node cannot know (its entry may or may not have
 /// been applied): never a definite-looking error (README "Guarantees").
 pub fn outcome_unknown(reason: &str) -> WireError {
-    // The wire protocol's outcome-unknown answer; `Timeout` is what clients already treat as
-    // "may or may not have happened".
-    let _ = reason;
-    WireError::Timeout
+    WireError::OutcomeUnknown {
+        reason: reason.into(),
+    }
 }
 
 pub fn no_map() -> WireError {
@@ -133,7 +132,7 @@ pub fn to_command(req: &Request) -> Result<Command, WireError> {
             })
         }
     };
-    let session = (req.session != 0).then_some(Session {
+    let session = (req.session != 0 && !(req.seq == 0 && op.is_read_only())).then_some(Session {
         client_id: req.session,
         sequence: req.seq,
         first_unacked: req.first_unacked,
@@ -163,7 +162,7 @@ pub fn to_response(
             let err = match e {
                 // The client already had an answer for this sequence, or gave up waiting for
                 // it; not retryable, and the write's outcome is unknown to this request.
-                ApplyError::SessionSequenceStale { .. } => WireError::InvalidArgument {
+                ApplyError::SessionSequenceStale { .. } => WireError::OutcomeUnknown {
                     reason: e.to_string(),
                 },
                 other => WireError::Internal {
@@ -235,7 +234,15 @@ pub fn to_response(
 
 /// Serves a read from a partition's state machine; `header` names the partition, its term
 /// and the applied index the read saw.
-pub fn serve_read(sm: &StateMachine, header: ResponseHeader, id: u64, op: &Op) -> Response {
+/// `range_bytes_max` bounds a range page's key-values (`net::range_bytes_max`): a page always
+/// fits one frame.
+pub fn serve_read(
+    sm: &StateMachine,
+    header: ResponseHeader,
+    id: u64,
+    op: &Op,
+    range_bytes_max: usize,
+) -> Response {
     match op {
         Op::Get { key, .. } => {
             let kv = sm.get(key).map(|kv| convert::kv_to_wire(key.clone(), kv));
@@ -266,7 +273,7 @@ pub fn serve_read(sm: &StateMachine, header: ResponseHeader, id: u64, op: &Op) -
             let res = if !r.end.is_empty() && r.end <= start {
                 sm::RangeResult::default()
             } else {
-                sm.range(&start, end, limit, r.keys_only)
+                sm.range(&start, end, limit, r.keys_only, range_bytes_max)
             };
             let kvs = res
                 .kvs

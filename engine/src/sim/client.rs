@@ -59,6 +59,8 @@ pub enum Verdict {
     Retry { target: Option<u64>, delay: u64 },
     /// A definite error: the operation did not take effect.
     DefiniteError(String),
+    /// `OutcomeUnknown`: the client returns it to the caller at once, never retries it.
+    Unknown,
 }
 
 /// The history under construction, with the values of writes that got a definite error.
@@ -186,6 +188,7 @@ pub fn judge(resp: &Response, spread: bool) -> (Verdict, Option<KvOutput>) {
             },
             None,
         ),
+        Err(WireError::OutcomeUnknown { .. }) => (Verdict::Unknown, None),
         Err(e) => (Verdict::DefiniteError(format!("{e:?}")), None),
     }
 }

@@ -1015,6 +1015,11 @@ impl World {
                 op.target = next;
                 op.retry_at = Some(now + delay);
             }
+            Verdict::Unknown => {
+                // The client stops waiting: the outcome stays unknown (ret = None).
+                cl.op = None;
+                cl.idle_until = now + 1;
+            }
             Verdict::DefiniteError(why) => {
                 if let Some(e) = op.event {
                     // Not applied: the operation is removed from the history (it did not
@@ -1111,7 +1116,7 @@ impl World {
                 for p in s.core.partitions().collect::<Vec<_>>() {
                     let (_, sm) = s.core.inspect(p).expect("listed");
                     let data: Vec<(Bytes, Bytes)> = sm
-                        .range(b"", &[0], usize::MAX, false)
+                        .range(b"", &[0], usize::MAX, false, usize::MAX)
                         .kvs
                         .into_iter()
                         .map(|(k, kv)| (k, kv.value))

@@ -1,10 +1,14 @@
 //! One pipelined connection to one server endpoint.
 //!
 //! Callers hand requests to a bounded queue. One task owns the socket: its writer half takes
-//! every request waiting in the queue (up to `batch_requests_max`), encodes them as one frame
-//! and writes it; its reader half decodes response frames and hands each response to the
-//! caller waiting on that request id. Any I/O or framing error ends the task, closes the
-//! socket and fails every request in flight with [`ConnError::Lost`].
+//! the requests waiting in the queue, in order, while they fit one frame (at most
+//! `batch_requests_max` of them, and at most [`Limits::body_bytes_max`] by their encoded-size
+//! bounds, [`Request::encoded_bytes_max`]), encodes them as one frame and writes it; the first
+//! request that does not fit starts the next frame. Its reader half decodes response frames and
+//! hands each response to the caller waiting on that request id. Any I/O or framing error ends
+//! the task, closes the socket and fails every request in flight with [`ConnError::Lost`].
+//! (The client refuses a request too large for a frame alone before it reaches the queue; one
+//! that reaches it anyway fails alone with `FrameRefused(TooLarge)`.)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{FrameDecoder, FrameKind, Limits};
 use crate::messages::{decode_responses, BodyEncoder, Request, Response, ServerError};
+use crate::size::BATCH_ENCODED_BYTES_MAX;
 
 /// Why a request sent on a connection got no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,20 +131,36 @@ async fn run(
         let mut out = BytesMut::new();
         let mut batch: Vec<Request> = Vec::new();
         let mut frame_id = 0u64;
+        let body_max = limits.body_bytes_max();
+        // A request taken from the queue that did not fit the previous frame: it starts this
+        // one.
+        let mut carried: Option<Pending> = None;
         loop {
-            let Some(first) = rx.recv().await else {
-                return "client dropped".to_owned();
+            let first = match carried.take() {
+                Some(p) => p,
+                None => {
+                    let Some(p) = rx.recv().await else {
+                        return "client dropped".to_owned();
+                    };
+                    // Let the callers that are ready run before draining the queue, so
+                    // requests issued together leave in one frame (one write) instead of one
+                    // frame each.
+                    tokio::task::yield_now().await;
+                    p
+                }
             };
             frame_id += 1;
-            // Let the callers that are ready run before draining the queue, so requests issued
-            // together leave in one frame (one write) instead of one frame each.
-            tokio::task::yield_now().await;
+            let mut body_bytes = BATCH_ENCODED_BYTES_MAX + first.request.encoded_bytes_max();
             let mut pendings = vec![first];
             while pendings.len() < batch_requests_max {
-                match rx.try_recv() {
-                    Ok(p) => pendings.push(p),
-                    Err(_) => break,
+                let Ok(p) = rx.try_recv() else { break };
+                let n = p.request.encoded_bytes_max();
+                if body_bytes + n > body_max {
+                    carried = Some(p);
+                    break;
                 }
+                body_bytes += n;
+                pendings.push(p);
             }
             {
                 let mut g = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,8 +175,9 @@ async fn run(
             }
             out.clear();
             if let Err(e) = enc.request_frame(&mut out, frame_id, &batch, &limits) {
-                // Requests were checked against the key/value limits, but a batch of many
-                // large ones can still exceed the frame limit: fail this batch only.
+                // Only a single request over the frame limit gets here (several are packed by
+                // their size bounds): the client checks that before queueing, so this is a
+                // request that bypassed the check. Fail this batch only.
                 let mut g = shared.waiting.lock().unwrap_or_else(|p| p.into_inner());
                 for r in &batch {
                     if let Some((_, reply)) = g.1.remove(&r.id) {

@@ -61,10 +61,22 @@
 //! # Exactly-once writes
 //! A client has a random session id; each write takes the next sequence number once, and every
 //! retry of that write carries the same (session, seq), so the server's session table applies
-//! it at most once (Raft thesis §6.3). Reads carry seq 0. Writes are pipelined, so every write
+//! it at most once (Raft thesis §6.3). Transactions take a sequence number too, read-only ones
+//! included: the server runs every transaction through the log, where a session needs one
+//! ([`Op::is_logged`]). Gets and ranges carry seq 0. Writes are pipelined, so every write
 //! also carries `first_unacked`, the lowest sequence number the client is still waiting for:
 //! the server keeps the cached results of everything from there on and may forget the rest.
 //! A write the caller stops waiting for (deadline, dropped future) stops holding it back.
+//!
+//! # Outcome unknown
+//! [`ClientError::Timeout`] is the one answer that says "this call may or may not have taken
+//! effect": the deadline passed while a write was in flight, or the server answered
+//! `OutcomeUnknown` (a retry whose cached result its session had dropped, or an applied write
+//! whose reply did not fit a frame; `last` then holds the server's reason). The client does not
+//! retry `OutcomeUnknown`: the same (session, seq) would get the same answer, and a new
+//! sequence number could apply the write twice. Find out (read the keys) before writing again.
+//! Every other error means the call did not take effect (or, for `Server` errors of a write,
+//! was refused before it was applied).
 //!
 //! Sequence numbers are unique and increasing in issue order per session, but one client
 //! pipelines writes to many partitions at once, so a partition sees a subset of them and may
@@ -112,7 +124,8 @@ pub struct ClientConfig {
     pub limits: Limits,
     /// Requests queued per connection before callers wait. Default 4,096.
     pub queue_requests_max: usize,
-    /// Requests per frame. Default 256.
+    /// Most requests per frame. Default 256. A frame also holds at most
+    /// `limits.frame_bytes_max` bytes: requests are packed by their encoded-size bounds.
     pub batch_requests_max: usize,
     /// Keys per partition per `range` page when the caller passes limit 0. Default 1,000.
     pub range_keys_default: u32,
@@ -145,15 +158,18 @@ pub enum ClientError {
     /// The server answered with an error that retrying does not fix.
     #[error("server error: {0}")]
     Server(ServerError),
-    /// The deadline passed; `last` describes the last failure seen.
-    #[error("deadline passed after {attempts} attempts; last failure: {last}")]
+    /// The outcome is unknown (module docs, "Outcome unknown"): the deadline passed, or the
+    /// server answered `OutcomeUnknown`. A write may or may not have been applied. `last`
+    /// describes the last failure seen (the server's reason for `OutcomeUnknown`).
+    #[error("outcome unknown after {attempts} attempts (deadline passed or the server could not tell); last failure: {last}")]
     Timeout {
         /// Attempts made.
         attempts: u32,
         /// The last failure.
         last: String,
     },
-    /// The request breaks a local limit (key, value or batch size) and was not sent.
+    /// The request breaks a local limit (key, value or batch size, or its encoded size is over
+    /// the frame limit: [`DecodeError::BodyTooLarge`]) and was not sent.
     #[error("request refused locally: {0}")]
     Invalid(DecodeError),
     /// A transaction's keys are in more than one partition (refused locally, not sent).
@@ -541,10 +557,13 @@ impl Client {
     ) -> Result<(ResponseHeader, Outcome), ClientError> {
         let cfg = &self.inner.config;
         op.check(&cfg.limits).map_err(ClientError::Invalid)?;
-        // Thesis §6.3: one sequence number per write, reused by every retry of it.
-        // Writes still in flight keep the session's `first_unacked` at or below their number,
-        // so the server keeps their cached results until the client has its answer.
-        let guard = op.is_write().then(|| SeqGuard::new(&self.inner.seqs));
+        op.check_fits_frame(&cfg.limits)
+            .map_err(ClientError::Invalid)?;
+        // Thesis §6.3: one sequence number per write (per logged command: transactions too,
+        // module docs), reused by every retry of it. Writes still in flight keep the session's
+        // `first_unacked` at or below their number, so the server keeps their cached results
+        // until the client has its answer.
+        let guard = op.is_logged().then(|| SeqGuard::new(&self.inner.seqs));
         let seq = guard.as_ref().map_or(0, |g| g.seq);
         let mut spread = Spread::for_op(&op, cfg.read_preference, &self.inner.read_rotation);
         let deadline = Instant::now() + cfg.request_timeout;
@@ -580,6 +599,11 @@ impl Client {
                             Ok(outcome) => return Ok((resp.header, outcome)),
                             Err(e) => {
                                 last = format!("node {node} ({endpoint}): {e}");
+                                if matches!(e, ServerError::OutcomeUnknown { .. }) {
+                                    // Not retried: the same seq gets the same answer, a new one
+                                    // could apply the write twice. Module docs.
+                                    return Err(ClientError::Timeout { attempts, last });
+                                }
                                 self.on_server_error(e, partition, &map, spread.is_some())?
                             }
                         },
@@ -854,10 +878,13 @@ impl Client {
             first_unacked: 0,
         };
         match self.send(endpoint, request, deadline).await {
-            Ok(resp) => resp
-                .outcome
-                .map(|o| (resp.header, o))
-                .map_err(ClientError::Server),
+            Ok(resp) => resp.outcome.map(|o| (resp.header, o)).map_err(|e| match e {
+                ServerError::OutcomeUnknown { .. } => ClientError::Timeout {
+                    attempts: 1,
+                    last: format!("{endpoint}: {e}"),
+                },
+                e => ClientError::Server(e),
+            }),
             Err(SendError::Deadline) => Err(ClientError::Timeout {
                 attempts: 1,
                 last: "deadline".into(),

@@ -533,13 +533,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u8 = 9;
+        pub const ENUM_MAX_ERROR_CODE: u8 = 10;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 10] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
             ErrorCode::Internal,
             ErrorCode::NotLeader,
             ErrorCode::WrongShard,
@@ -550,6 +550,7 @@ pub mod corum {
             ErrorCode::InvalidArgument,
             ErrorCode::Busy,
             ErrorCode::CrossPartition,
+            ErrorCode::OutcomeUnknown,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -567,9 +568,14 @@ pub mod corum {
             pub const InvalidArgument: Self = Self(7);
             pub const Busy: Self = Self(8);
             pub const CrossPartition: Self = Self(9);
+            /// The request may or may not have taken effect, and the server cannot tell the client
+            /// which (e.g. a retried write whose cached result was dropped, or an applied write whose
+            /// reply does not fit a frame). Not retryable as a new write: the caller must find out (read
+            /// the keys) before writing again. `reason` says what is known.
+            pub const OutcomeUnknown: Self = Self(10);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 9;
+            pub const ENUM_MAX: u8 = 10;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::Internal,
                 Self::NotLeader,
@@ -581,6 +587,7 @@ pub mod corum {
                 Self::InvalidArgument,
                 Self::Busy,
                 Self::CrossPartition,
+                Self::OutcomeUnknown,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -595,6 +602,7 @@ pub mod corum {
                     Self::InvalidArgument => Some("InvalidArgument"),
                     Self::Busy => Some("Busy"),
                     Self::CrossPartition => Some("CrossPartition"),
+                    Self::OutcomeUnknown => Some("OutcomeUnknown"),
                     _ => None,
                 }
             }
@@ -3562,7 +3570,7 @@ pub mod corum {
                 // which contains a valid value in this slot
                 unsafe { self._tab.get::<u64>(ErrorInfo::VT_LIMIT, Some(0)).unwrap() }
             }
-            /// InvalidArgument / Internal / others: a human-readable reason.
+            /// InvalidArgument / Internal / OutcomeUnknown / others: a human-readable reason.
             #[inline]
             pub fn reason(&self) -> Option<&'a str> {
                 // Safety:

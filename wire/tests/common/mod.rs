@@ -157,6 +157,7 @@ pub fn server_error() -> impl Strategy<Value = ServerError> {
         Just(ServerError::Busy),
         s.prop_map(|reason| ServerError::CrossPartition { reason }),
         s.prop_map(|reason| ServerError::Internal { reason }),
+        s.prop_map(|reason| ServerError::OutcomeUnknown { reason }),
     ]
 }
 

@@ -151,6 +151,8 @@ pub struct ShardCore<L: LogStore, S: SnapshotStore, C: Clone> {
     ticks: u64,
     /// Ticks a request may wait before `Timeout`.
     request_timeout_ticks: u64,
+    /// Byte budget of one range page (`net::range_bytes_max`).
+    range_bytes_max: usize,
     /// Client requests held while a sync is in flight (they form one proposal batch when it
     /// completes: module docs of `server`, "Pipelining").
     held: Vec<(C, Request)>,
@@ -210,6 +212,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         };
         let request_timeout_ticks =
             (config.tuning.request_timeout_ms / config.tuning.tick_ms.max(1)).max(1);
+        let config_limits = config.clone();
         let mut core = ShardCore {
             i,
             config,
@@ -226,6 +229,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             cmd_limits,
             ticks: 0,
             request_timeout_ticks,
+            range_bytes_max: super::net::range_bytes_max(&super::net::wire_limits(&config_limits)),
             held: Vec::new(),
             dur: Durability::new(),
             backlog: WalBacklog::default(),

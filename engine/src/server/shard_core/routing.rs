@@ -201,7 +201,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             .get(&partition)
             .expect("routed to a hosted partition");
         if c == Consistency::Stale {
-            let r = serve_read(&part.sm, part.header(), id, &op);
+            let r = serve_read(&part.sm, part.header(), id, &op, self.range_bytes_max);
             return self.reply(conn, r);
         }
         if c == Consistency::Linearizable && part.raft.role() != Role::Leader {
