@@ -37,6 +37,9 @@ pub struct ClientOp {
 /// One simulated client.
 pub struct Client {
     pub id: u64,
+    /// Writes without a session (as etcd clients through the gateway send them): `NotLeader`
+    /// then means "not applied, the retry is a new write" and is checked as a definite error.
+    pub sessionless: bool,
     pub session: u64,
     pub next_seq: u64,
     pub next_req: u64,
@@ -75,11 +78,19 @@ pub fn request(c: &mut Client, op: &ClientOp) -> Request {
     c.next_req += 1;
     Request {
         id: c.next_req,
-        session: if op.is_write { c.session } else { 0 },
+        session: if op.is_write && !c.sessionless {
+            c.session
+        } else {
+            0
+        },
         seq: op.seq,
         map_epoch: 0,
         op: op.op.clone(),
-        first_unacked: if op.is_write { op.seq } else { 0 },
+        first_unacked: if op.is_write && !c.sessionless {
+            op.seq
+        } else {
+            0
+        },
     }
 }
 
@@ -156,8 +167,13 @@ pub fn input_of(op: &Op) -> Option<KvInput> {
 /// crate docs, "Retries" and "Exactly-once writes"): `NotLeader` follows the hint at once;
 /// `Unavailable`, `Busy`, `Timeout` and map errors back off and retry with the same
 /// (session, seq); anything else is a definite error. Returns the output on success.
-pub fn judge(resp: &Response, spread: bool) -> (Verdict, Option<KvOutput>) {
+pub fn judge(resp: &Response, spread: bool, sessionless_write: bool) -> (Verdict, Option<KvOutput>) {
     match &resp.outcome {
+        // Without a session, a retry is a new write: NotLeader must mean "not applied".
+        Err(WireError::NotLeader { .. }) if sessionless_write => (
+            Verdict::DefiniteError("NotLeader (session-less write)".into()),
+            None,
+        ),
         Ok(Outcome::Get(kv)) => (
             Verdict::Done,
             Some(KvOutput::Get(kv.as_ref().map(|kv| kv.value.to_vec()))),

@@ -317,6 +317,7 @@ impl World {
         let clients = (0..cfg.clients)
             .map(|id| Client {
                 id,
+                sessionless: id % 3 == 2,
                 session: 1 + rng.next_u64() % (u64::MAX - 1),
                 next_seq: 1,
                 next_req: 0,
@@ -818,6 +819,7 @@ impl World {
         let now = self.step;
         let quiet = self.cfg.safety_steps + self.cfg.liveness_steps / 2;
         for c in 0..self.clients.len() {
+            let sessionless = self.clients[c].sessionless;
             // Timeouts and retries of the current op.
             if let Some(op) = &mut self.clients[c].op {
                 if now >= op.deadline {
@@ -830,6 +832,12 @@ impl World {
                     Some(t) => t <= now,
                     None => now >= op.attempt_timeout,
                 };
+                if resend && op.is_write && sessionless && !op.attempts.is_empty() {
+                    // No answer: without a session the client cannot retry safely.
+                    self.clients[c].op = None;
+                    self.clients[c].idle_until = now + 5;
+                    continue;
+                }
                 if resend {
                     self.send_attempt(c);
                 }
@@ -983,7 +991,12 @@ impl World {
         if !op.attempts.contains(&resp.id) {
             return; // an answer to an operation given up on (stays unknown)
         }
-        let (verdict, output) = client::judge(&resp, op.spread);
+        let sessionless_write = op.is_write && cl.sessionless;
+        let (mut verdict, output) = client::judge(&resp, op.spread, sessionless_write);
+        if sessionless_write && matches!(verdict, Verdict::Retry { .. }) {
+            // Without a session a retry could apply the write twice: give up, outcome unknown.
+            verdict = Verdict::Unknown;
+        }
         match verdict {
             Verdict::Done => {
                 if let Some(e) = op.event {
