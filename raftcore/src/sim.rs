@@ -61,6 +61,11 @@ pub struct SimConfig {
     pub lin_step_budget: u64,
     /// Print a line per notable event (faults, crashes, new leaders, membership changes).
     pub trace: bool,
+    /// Negative control, off by default: in lease-read seeds, clocks drift far past the lease
+    /// allowance (some nodes run at 30-100% speed, others up to 2x). Lease reads are unsafe
+    /// then, so seeds may fail on correct code; this shows the checks can see a stale lease
+    /// read at all.
+    pub drift_beyond_allowance: bool,
 }
 
 impl Default for SimConfig {
@@ -77,6 +82,7 @@ impl Default for SimConfig {
             compact_entries: 24,
             lin_step_budget: 2_000_000,
             trace: false,
+            drift_beyond_allowance: false,
         }
     }
 }
@@ -96,12 +102,28 @@ struct Faults {
     conf_change_ppm: u64,
     transfer_ppm: u64,
     sync_ppm: u64,
+    /// A message is held 5-40 ticks instead of 1-4 (a slow link, a stalled queue): stale
+    /// answers, snapshot chunks and TimeoutNow arrive long after their moment.
+    long_delay_ppm: u64,
+    /// Partitions between clients and nodes: a client cut off from a node cannot reach it and
+    /// loses the operation it had pending there.
+    client_cut_ppm: u64,
+    /// Crashes aimed at the worst moment for durability: a node whose disk holds an unsynced
+    /// hard state with a vote (thesis §3.8: a vote must be durable before it is sent).
+    crash_unsynced_vote_ppm: u64,
 }
 
 /// Raft limits drawn per seed, so message splitting and windows vary across seeds.
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     lease_reads: bool,
+    /// Off in some seeds without lease reads: a leader cut off from its quorum keeps leading
+    /// (and answering clients that still reach it) until it hears of a newer term, which is
+    /// the window in which a missing ReadIndex quorum round returns stale data.
+    check_quorum: bool,
+    /// Clients ask a random reachable node who leads before each operation, so they move to a
+    /// new leader quickly while an old, isolated one may still believe it leads.
+    fast_discovery: bool,
     entries_per_msg_max: usize,
     msg_bytes_max: u64,
     inflight_msgs_max: usize,
@@ -366,14 +388,26 @@ struct Replica {
     /// (request id, client, read index once known)
     pending_reads: Vec<(u64, u64, Option<u64>)>,
     leader_term_checked: u64,
+    /// Reads asked on this incarnation without an outcome from raftcore yet: id -> tick asked.
+    /// The Ready contract (item 6) promises each one exactly one ReadState or ReadFailure.
+    reads_asked: BTreeMap<u64, u64>,
+    /// Highest commit index and applied index seen on this incarnation (neither goes back).
+    committed_seen: u64,
+    applied_seen: u64,
+    /// As leader: the term, configuration and commit index at which the commit quorum was
+    /// last checked (see `check_commit_quorum`).
+    quorum_checked: Option<(u64, ConfState, u64)>,
 }
 
 #[derive(Debug)]
 struct Node {
     alive: bool,
     restart_at: u64,
-    /// Clock drift: this node's clock misses one tick in every `slow_every` (0 = exact).
-    slow_every: u64,
+    /// Clock rate: this node's ticks per simulated tick, in millionths (1_000_000 = exact;
+    /// below it the node misses ticks, above it some simulated ticks give it two).
+    clock_ppm: u64,
+    /// Fraction of a tick accumulated (millionths).
+    clock_acc: u64,
     incarnation: u64,
     replicas: Vec<Replica>,
 }
@@ -401,6 +435,13 @@ struct ClientOp {
 struct Client {
     pending: Option<ClientOp>,
     leader_guess: Vec<u64>,
+    /// Reads only, always at its leader guess, and asks who leads only after an operation
+    /// failed: it keeps talking to an old leader for as long as that node answers as leader
+    /// (client 0 in seeds with fast discovery, where the other clients ask before every
+    /// operation and move on to a new leader quickly).
+    sticky_reader: bool,
+    /// The last operation failed (timeout, crash, refusal): ask who leads before the next.
+    rediscover: bool,
     seq: u64,
     last_seen: BTreeMap<Vec<u8>, Vec<u8>>,
 }
@@ -434,6 +475,10 @@ struct Sim {
     clients: Vec<Client>,
     history: HistoryRecorder<KvInput, KvOutput>,
     checks: Vec<GroupCheck>,
+    /// Client-to-node cuts: (client, node) pairs that cannot reach each other.
+    client_blocked: Vec<(u64, u64)>,
+    /// Read ids that already got an outcome from raftcore (none may get a second).
+    reads_answered: std::collections::BTreeSet<u64>,
     next_read_id: u64,
     healed: bool,
     stats: SimStats,
@@ -442,16 +487,28 @@ struct Sim {
 type SimResult<T> = Result<T, String>;
 
 /// Runs one seed. `Ok` carries counters; `Err` says what was violated and how to replay.
+/// A panic inside raftcore (a broken invariant, a second leader in a term) is a failure of the
+/// seed like any other, reported with its message and the replay command.
 pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimStats, SimFailure> {
     let mut sim = Sim::new(seed, cfg.clone());
-    match sim.run() {
-        Ok(()) => Ok(sim.stats),
-        Err(what) => Err(SimFailure {
-            seed,
-            tick: sim.now,
-            what,
-        }),
-    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
+    let what = match result {
+        Ok(Ok(())) => return Ok(sim.stats),
+        Ok(Err(what)) => what,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(no message)".into());
+            format!("panic: {msg}")
+        }
+    };
+    Err(SimFailure {
+        seed,
+        tick: sim.now,
+        what,
+    })
 }
 
 fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -> Config {
@@ -462,6 +519,7 @@ fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(node * 1_000_003 + group * 7919 + incarnation * 104_729);
     c.lease_reads = t.lease_reads;
+    c.check_quorum = t.check_quorum;
     c.entries_per_msg_max = t.entries_per_msg_max;
     c.msg_bytes_max = t.msg_bytes_max;
     c.inflight_msgs_max = t.inflight_msgs_max;
@@ -485,9 +543,22 @@ impl Sim {
             conf_change_ppm: 8_000 + rng.below(12_000),
             transfer_ppm: 3_000 + rng.below(8_000),
             sync_ppm: 100_000 + rng.below(800_000),
+            long_delay_ppm: 0,
+            client_cut_ppm: 0,
+            crash_unsynced_vote_ppm: 0,
         };
+        // Draws added after the original ones come from a separate generator, so seeds keep
+        // the rest of their schedule shape.
+        let mut shape_rng = SplitMix64::new(seed ^ 0x05ba_9e00_0000_0000);
+        let mut faults = faults;
+        faults.long_delay_ppm = [0, 2_000, 10_000][shape_rng.below(3) as usize];
+        faults.client_cut_ppm = [0, 5_000, 20_000][shape_rng.below(3) as usize];
+        faults.crash_unsynced_vote_ppm = [0, 100_000, 300_000][shape_rng.below(3) as usize];
+        let lease_reads = rng.below(3) == 0;
         let tuning = Tuning {
-            lease_reads: rng.below(3) == 0,
+            lease_reads,
+            check_quorum: lease_reads || shape_rng.below(2) == 0,
+            fast_discovery: shape_rng.below(3) != 0,
             entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
             msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
             inflight_msgs_max: 1 + rng.below(4) as usize,
@@ -524,27 +595,47 @@ impl Sim {
                     pending_writes: BTreeMap::new(),
                     pending_reads: Vec::new(),
                     leader_term_checked: 0,
+                    reads_asked: BTreeMap::new(),
+                    committed_seen: 0,
+                    applied_seen: 0,
+                    quorum_checked: None,
                 });
             }
             nodes.push(Node {
                 alive: true,
                 restart_at: 0,
-                slow_every: 0,
+                clock_ppm: 1_000_000,
+                clock_acc: 0,
                 incarnation: 0,
                 replicas,
             });
         }
-        // Bounded clock drift (separate generator, so the fault schedule is unchanged): up to
-        // 3 of every 5 nodes run 2.5-5% slow. That stays inside the lease allowance
-        // (lease_drift_ticks = 2 of election_ticks_min = 10), so lease reads must stay correct.
+        // Clock drift (separate generator, so the fault schedule is unchanged). Without lease
+        // reads, up to 3 of every 5 nodes run 2.5-5% slow. With lease reads, every node draws
+        // a rate in [0.88, 1.05] ticks per simulated tick: rates differ by at most 16% of the
+        // fastest, inside the lease allowance (`Config::lease_drift_ticks` = 2 of
+        // `election_ticks_min` = 10, i.e. 20%), so lease reads must stay correct while the
+        // drift uses most of the allowance. `drift_beyond_allowance` (a negative control)
+        // draws rates in [0.3, 2.0] instead.
         let mut clock_rng = SplitMix64::new(seed ^ 0xc10c_d21f_7000_0000);
         for node in nodes.iter_mut() {
-            if clock_rng.below(5) < 3 {
-                node.slow_every = 20 + clock_rng.below(21);
+            node.clock_acc = clock_rng.below(1_000_000);
+            if tuning.lease_reads && cfg.drift_beyond_allowance {
+                node.clock_ppm = if clock_rng.below(2) == 0 {
+                    300_000 + clock_rng.below(700_000)
+                } else {
+                    1_000_000 + clock_rng.below(1_000_000)
+                };
+            } else if tuning.lease_reads {
+                node.clock_ppm = 880_000 + clock_rng.below(170_001);
+            } else if clock_rng.below(5) < 3 {
+                node.clock_ppm = 950_000 + clock_rng.below(25_001);
             }
         }
         let clients = (0..cfg.clients)
-            .map(|_| Client {
+            .map(|c| Client {
+                sticky_reader: c == 0 && tuning.fast_discovery,
+                rediscover: true,
                 pending: None,
                 leader_guess: (0..cfg.groups).map(|g| g % cfg.nodes + 1).collect(),
                 seq: 0,
@@ -566,6 +657,8 @@ impl Sim {
             clients,
             history: HistoryRecorder::new(),
             checks,
+            client_blocked: Vec::new(),
+            reads_answered: std::collections::BTreeSet::new(),
             next_read_id: 1,
             healed: false,
             stats: SimStats::default(),
@@ -590,6 +683,20 @@ impl Sim {
             }
         }
         self.check_log_matching()?;
+        // Ready contract item 6: every read asked on a replica that stayed up got an outcome
+        // (reads asked in the last ticks may still be in their round).
+        for n in 0..self.nodes.len() {
+            for g in 0..self.cfg.groups as usize {
+                let rep = &self.nodes[n].replicas[g];
+                if let Some((rid, at)) = rep.reads_asked.iter().find(|(_, &at)| at + 50 < self.now)
+                {
+                    return Err(format!(
+                        "read contract: node {} group {g} never answered read {rid} asked at tick {at}",
+                        n + 1
+                    ));
+                }
+            }
+        }
         // Everything still pending has an unknown outcome.
         for c in 0..self.clients.len() {
             if let Some(op) = self.clients[c].pending.take() {
@@ -620,6 +727,10 @@ impl Sim {
         self.trace(|| "heal: liveness phase starts".into());
         self.healed = true;
         self.blocked.clear();
+        self.client_blocked.clear();
+        self.faults.long_delay_ppm = 0;
+        self.faults.client_cut_ppm = 0;
+        self.faults.crash_unsynced_vote_ppm = 0;
         self.faults.drop_ppm = 0;
         self.faults.dup_ppm = 0;
         self.faults.delay_max_ticks = 1;
@@ -635,13 +746,18 @@ impl Sim {
         self.restart_due()?;
         self.deliver()?;
         for n in 0..self.nodes.len() {
-            let k = self.nodes[n].slow_every;
-            if !self.nodes[n].alive || (k > 0 && (self.now + n as u64) % k == 0) {
+            let node = &mut self.nodes[n];
+            if !node.alive {
                 continue;
             }
-            for g in 0..self.cfg.groups as usize {
-                if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
-                    raw.tick();
+            node.clock_acc += node.clock_ppm;
+            let ticks = node.clock_acc / 1_000_000;
+            node.clock_acc %= 1_000_000;
+            for _ in 0..ticks {
+                for g in 0..self.cfg.groups as usize {
+                    if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
+                        raw.tick();
+                    }
                 }
             }
         }
@@ -673,7 +789,10 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let at = self.now + 1 + self.rng.below(self.faults.delay_max_ticks);
+            let mut at = self.now + 1 + self.rng.below(self.faults.delay_max_ticks);
+            if self.faults.long_delay_ppm > 0 && self.rng.chance(self.faults.long_delay_ppm) {
+                at = self.now + 5 + self.rng.below(36);
+            }
             let msg = msg.clone();
             self.net.push(InFlight {
                 at,
@@ -772,6 +891,15 @@ impl Sim {
                     ));
                 }
             }
+            // A snapshot from the leader moves a replica forward only: raftcore hands one out
+            // only above its commit index, hence above everything applied. Installing one at or
+            // below the applied index would roll the state machine back.
+            if s.meta.index <= rep.applied {
+                return Err(format!(
+                    "applied index regressed: node {node_id} group {g} was handed a snapshot at {} with {} already applied",
+                    s.meta.index, rep.applied
+                ));
+            }
             rep.sm = kv;
             rep.applied = s.meta.index;
             self.stats.snapshots_installed += 1;
@@ -832,13 +960,37 @@ impl Sim {
                 None => self.fail_client(client),
             }
         }
-        // Reads.
+        // Reads: each id asked gets exactly one outcome (Ready contract item 6).
+        let outcomes = rd
+            .read_states
+            .iter()
+            .map(|r| r.request_id)
+            .chain(rd.read_failures.iter().map(|f| f.request_id));
+        for rid in outcomes {
+            let rep = &mut self.nodes[n].replicas[g];
+            if rep.reads_asked.remove(&rid).is_none() || !self.reads_answered.insert(rid) {
+                return Err(format!(
+                    "read contract: node {node_id} group {g} reported read {rid} that it was not asked for or already answered"
+                ));
+            }
+        }
+        let mut failed_clients = Vec::new();
         let rep = &mut self.nodes[n].replicas[g];
+        for f in &rd.read_failures {
+            if let Some(at) = rep.pending_reads.iter().position(|r| r.0 == f.request_id) {
+                failed_clients.push(rep.pending_reads.remove(at).1);
+            }
+        }
         for rs in rd.read_states {
             if let Some(r) = rep.pending_reads.iter_mut().find(|r| r.0 == rs.request_id) {
                 r.2 = Some(rs.index);
             }
         }
+        for c in failed_clients {
+            // The read was never confirmed: it had no effect, its outcome is unknown.
+            self.fail_client(c);
+        }
+        let rep = &mut self.nodes[n].replicas[g];
         let applied = rep.applied;
         let mut done = Vec::new();
         rep.pending_reads.retain(|r| match r.2 {
@@ -914,9 +1066,9 @@ impl Sim {
     fn inject_faults(&mut self) -> SimResult<()> {
         let nn = self.cfg.nodes;
         if self.rng.chance(self.faults.partition_ppm) {
-            match self.rng.below(5) {
+            match self.rng.below(6) {
                 0 => self.blocked.clear(),
-                4 => {
+                4 | 5 => {
                     // Isolate the leader of a random group (both directions).
                     let g = self.rng.below(self.cfg.groups) as usize;
                     if let Some(l) = self.leader_of(g) {
@@ -962,6 +1114,49 @@ impl Sim {
                 }
             }
             self.trace(|| format!("partition: blocked links {:?}", self.blocked));
+        }
+        if self.faults.client_cut_ppm > 0 && self.rng.chance(self.faults.client_cut_ppm) {
+            match self.rng.below(3) {
+                0 => self.client_blocked.clear(),
+                1 => {
+                    // Cut every client but one off from a group's leader: the others move on to
+                    // a new leader while the one left may still read at the old one.
+                    let g = self.rng.below(self.cfg.groups) as usize;
+                    if let Some(l) = self.leader_of(g) {
+                        let keep = self.rng.below(self.cfg.clients);
+                        for c in 0..self.cfg.clients {
+                            if c != keep {
+                                self.cut_client(c, l as u64 + 1);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let c = self.rng.below(self.cfg.clients);
+                    let node = 1 + self.rng.below(self.cfg.nodes);
+                    self.cut_client(c, node);
+                }
+            }
+            self.trace(|| format!("client cuts: {:?}", self.client_blocked));
+        }
+        if self.faults.crash_unsynced_vote_ppm > 0 {
+            let voted: Vec<usize> = (0..self.nodes.len())
+                .filter(|&n| {
+                    self.nodes[n].alive
+                        && self.nodes[n].replicas.iter().any(|r| {
+                            r.disk
+                                .unsynced
+                                .iter()
+                                .any(|w| w.hard_state.is_some_and(|h| h.vote != 0))
+                        })
+                })
+                .collect();
+            let down = self.nodes.iter().filter(|n| !n.alive).count();
+            if !voted.is_empty() && down < 2 && self.rng.chance(self.faults.crash_unsynced_vote_ppm)
+            {
+                let x = voted[self.rng.below(voted.len() as u64) as usize];
+                self.crash(x);
+            }
         }
         if self.rng.chance(self.faults.crash_ppm) {
             let down = self.nodes.iter().filter(|n| !n.alive).count();
@@ -1045,7 +1240,9 @@ impl Sim {
         let nn = self.cfg.nodes;
         let others: Vec<u64> = (1..=nn).filter(|n| !conf.members().contains(n)).collect();
         let pick = |rng: &mut SplitMix64, v: &[u64]| v[rng.below(v.len() as u64) as usize];
-        let steps = match self.rng.below(5) {
+        // Swaps weigh more: they are the changes where C_new's majority does not imply
+        // C_old's, so they exercise the joint rule (thesis §4.3).
+        let steps = match self.rng.below(7) {
             0 if !conf.learners.is_empty() => {
                 vec![ConfChangeStep::AddVoter(pick(
                     &mut self.rng,
@@ -1062,7 +1259,7 @@ impl Sim {
             3 if !conf.learners.is_empty() => {
                 vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.learners))]
             }
-            4 if !conf.learners.is_empty() => {
+            4..=6 if !conf.learners.is_empty() => {
                 // Swap a voter (maybe the leader) for a learner in one joint change.
                 vec![
                     ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners)),
@@ -1120,6 +1317,8 @@ impl Sim {
             for (_, c, _) in std::mem::take(&mut rep.pending_reads) {
                 lost_clients.push(c);
             }
+            // The RawNode is gone with its reads; a restarted one owes them nothing.
+            rep.reads_asked.clear();
         }
         for c in lost_clients {
             self.fail_client(c);
@@ -1163,12 +1362,50 @@ impl Sim {
                 rep.applied = rep.disk.snapshot.meta.index;
                 rep.raw = Some(raw);
                 rep.leader_term_checked = 0;
+                rep.committed_seen = 0;
+                rep.applied_seen = 0;
+                rep.quorum_checked = None;
             }
         }
         Ok(())
     }
 
     // ---------------------------------------------------------- clients
+
+    /// A client asks a random node it can reach who leads group `g` (as a real client does
+    /// after a NotLeader answer or a refresh), and takes the answer if it can reach that node.
+    fn discover_leader(&mut self, c: usize, g: usize) {
+        let asked = 1 + self.rng.below(self.cfg.nodes);
+        let n = (asked - 1) as usize;
+        if !self.nodes[n].alive || self.client_blocked.contains(&(c as u64, asked)) {
+            return;
+        }
+        let Some(hint) = self.nodes[n].replicas[g].raw.as_ref().map(|r| r.leader()) else {
+            return;
+        };
+        if hint != 0 && !self.client_blocked.contains(&(c as u64, hint)) {
+            self.clients[c].leader_guess[g] = hint;
+        }
+    }
+
+    /// Cuts client `c` off from node `node`: its operation pending there is lost (outcome
+    /// unknown), and it will pick another node.
+    fn cut_client(&mut self, c: u64, node: u64) {
+        if !self.client_blocked.contains(&(c, node)) {
+            self.client_blocked.push((c, node));
+        }
+        let Some(op) = self.clients[c as usize].pending.as_ref() else {
+            return;
+        };
+        if op.node != node {
+            return;
+        }
+        let (n, g, rid) = ((node - 1) as usize, op.group as usize, op.read_id);
+        let rep = &mut self.nodes[n].replicas[g];
+        rep.pending_writes.retain(|_, (_, cl)| *cl != c);
+        rep.pending_reads.retain(|r| r.0 != rid);
+        self.fail_client(c);
+    }
 
     fn complete_client(&mut self, c: u64, out: KvOutput, g: usize) {
         let Some(op) = self.clients[c as usize].pending.take() else {
@@ -1197,6 +1434,7 @@ impl Sim {
     }
 
     fn fail_client(&mut self, c: u64) {
+        self.clients[c as usize].rediscover = true;
         if let Some(op) = self.clients[c as usize].pending.take() {
             self.history.fail(op.op);
             self.stats.ops_unknown += 1;
@@ -1221,8 +1459,13 @@ impl Sim {
             }
             let key_i = self.rng.below(self.cfg.keys);
             let g = (key_i % self.cfg.groups) as usize;
+            let sticky = self.clients[c].sticky_reader;
+            if self.tuning.fast_discovery && (!sticky || self.clients[c].rediscover) {
+                self.clients[c].rediscover = false;
+                self.discover_leader(c, g);
+            }
             let key = format!("k{key_i}").into_bytes();
-            let kind = self.rng.below(10);
+            let kind = if sticky { 5 } else { self.rng.below(10) };
             let cl = &mut self.clients[c];
             cl.seq += 1;
             let value = format!("c{c}v{}", cl.seq).into_bytes();
@@ -1244,13 +1487,13 @@ impl Sim {
             };
             let is_read = matches!(input, KvInput::Get { .. });
             // Reads go to a random node half the time (follower reads via ReadIndex).
-            let target = if is_read && self.rng.below(2) == 0 {
+            let target = if is_read && !sticky && self.rng.below(2) == 0 {
                 1 + self.rng.below(self.cfg.nodes)
             } else {
                 self.clients[c].leader_guess[g]
             };
             let n = (target - 1) as usize;
-            if !self.nodes[n].alive {
+            if !self.nodes[n].alive || self.client_blocked.contains(&(c as u64, target)) {
                 self.clients[c].leader_guess[g] = 1 + self.rng.below(self.cfg.nodes);
                 continue;
             }
@@ -1267,9 +1510,9 @@ impl Sim {
                 }
                 self.next_read_id += 1;
                 let op = self.history.invoke(c as u64, now, input.clone());
-                self.nodes[n].replicas[g]
-                    .pending_reads
-                    .push((rid, c as u64, None));
+                let rep = &mut self.nodes[n].replicas[g];
+                rep.pending_reads.push((rid, c as u64, None));
+                rep.reads_asked.insert(rid, now);
                 self.clients[c].pending = Some(ClientOp {
                     op,
                     node: target,
@@ -1320,9 +1563,35 @@ impl Sim {
                 };
                 raw.check_invariants()
                     .map_err(|e| format!("node {} group {g}: invariant: {e}", n + 1))?;
+                // Within one incarnation neither the commit index nor the applied index goes
+                // back (a snapshot below either would roll the replica back).
+                if raw.committed() < rep.committed_seen || raw.applied() < rep.applied_seen {
+                    return Err(format!(
+                        "node {} group {g}: commit/applied went back from {}/{} to {}/{}",
+                        n + 1,
+                        rep.committed_seen,
+                        rep.applied_seen,
+                        raw.committed(),
+                        raw.applied()
+                    ));
+                }
+                let (committed, applied) = (raw.committed(), raw.applied());
+                let rep = &mut self.nodes[n].replicas[g];
+                rep.committed_seen = committed;
+                rep.applied_seen = applied;
+                let rep = &self.nodes[n].replicas[g];
+                let Some(raw) = rep.raw.as_ref() else {
+                    continue;
+                };
                 if raw.role() != Role::Leader {
                     continue;
                 }
+                self.check_leader_matches(n, g)?;
+                self.check_commit_quorum(n, g)?;
+                let rep = &self.nodes[n].replicas[g];
+                let Some(raw) = rep.raw.as_ref() else {
+                    continue;
+                };
                 let term = raw.term();
                 // Election safety (paper §5.2): at most one leader per term.
                 let chk = &mut self.checks[g];
@@ -1367,6 +1636,138 @@ impl Sim {
                     }
                 }
                 self.nodes[n].replicas[g].leader_term_checked = term;
+            }
+        }
+        Ok(())
+    }
+
+    /// A leader's match index for a replica names an entry that replica really holds, with the
+    /// leader's term for it (paper §5.3: an acknowledgement means the follower's log matches
+    /// the leader's through that index). Checked for live replicas in the leader's own term
+    /// only: a replica that moved to a newer term may have dropped entries the old leader
+    /// still counts, which is legal.
+    fn check_leader_matches(&self, n: usize, g: usize) -> SimResult<()> {
+        let Some(leader) = self.nodes[n].replicas[g].raw.as_ref() else {
+            return Ok(());
+        };
+        for id in leader.conf().members() {
+            let f = (id - 1) as usize;
+            if f == n || f >= self.nodes.len() || !self.nodes[f].alive {
+                continue;
+            }
+            let Some((matched, _, _)) = leader.progress(id) else {
+                continue;
+            };
+            let Some(follower) = self.nodes[f].replicas[g].raw.as_ref() else {
+                continue;
+            };
+            if matched == 0 || follower.term() != leader.term() {
+                continue;
+            }
+            let Some(want) = leader.log_term(matched) else {
+                continue; // compacted on the leader
+            };
+            if matched < follower.first_index().saturating_sub(1) {
+                continue; // covered by the follower's snapshot (committed)
+            }
+            let have = follower.log_term(matched);
+            if have != Some(want) {
+                return Err(format!(
+                    "match index: group {g} leader {} term {} counts node {id} as holding {matched} (term {want}), but it holds {:?} there (last index {})",
+                    n + 1,
+                    leader.term(),
+                    have,
+                    follower.last_index()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every commit index a leader reaches is durable on a majority of each half of the
+    /// configuration that counted it (paper §5.3: committed once stored on a majority;
+    /// thesis §4.3: in C_old,new on separate majorities of both), read from the nodes'
+    /// simulated disks. A membership change takes effect when its entry commits, so when the
+    /// configuration changed since the last check, the newest ConfChange entry committed since
+    /// then was counted under the previous configuration, and the commit index under the
+    /// current one.
+    fn check_commit_quorum(&mut self, n: usize, g: usize) -> SimResult<()> {
+        let Some(leader) = self.nodes[n].replicas[g].raw.as_ref() else {
+            return Ok(());
+        };
+        let (term, conf, committed) = (leader.term(), leader.conf().clone(), leader.committed());
+        let prev = self.nodes[n].replicas[g].quorum_checked.clone();
+        let mut todo: Vec<(u64, ConfState)> = Vec::new();
+        let mut either: Option<(u64, ConfState, ConfState)> = None;
+        if let Some((pterm, pconf, pcommitted)) = prev {
+            if pterm == term && committed > pcommitted {
+                if pconf == conf {
+                    todo.push((committed, conf.clone()));
+                } else {
+                    let k = (pcommitted + 1..=committed).rev().find(|&i| {
+                        leader
+                            .log_entry(i)
+                            .is_some_and(|e| e.kind == EntryKind::ConfChange)
+                    });
+                    // One advance counts everything it commits under the configuration in
+                    // force before it; a second advance in the same tick counts under the new
+                    // one. Entries after the change may have been counted under either.
+                    match k {
+                        Some(k) => {
+                            todo.push((k, pconf.clone()));
+                            if committed > k {
+                                either = Some((committed, pconf, conf.clone()));
+                            }
+                        }
+                        None => either = Some((committed, pconf, conf.clone())),
+                    }
+                }
+            }
+        }
+        let todo: Vec<(u64, u64, ConfState)> = todo
+            .into_iter()
+            .filter_map(|(i, c)| leader.log_term(i).map(|t| (i, t, c)))
+            .collect();
+        let either = either.and_then(|(i, a, b)| leader.log_term(i).map(|t| (i, t, a, b)));
+        self.nodes[n].replicas[g].quorum_checked = Some((term, conf, committed));
+        for (index, want, conf) in todo {
+            self.quorum_holds(g, index, want, &conf).map_err(|e| {
+                format!(
+                    "commit quorum: group {g} leader {} term {term} committed {index} but {e}",
+                    n + 1
+                )
+            })?;
+        }
+        if let Some((index, want, a, b)) = either {
+            if let (Err(e), Err(_)) = (
+                self.quorum_holds(g, index, want, &a),
+                self.quorum_holds(g, index, want, &b),
+            ) {
+                return Err(format!(
+                    "commit quorum: group {g} leader {} term {term} committed {index} but {e}, nor under the new configuration {b:?}",
+                    n + 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Err` unless a majority of each half of `conf` holds (index, term) durably.
+    fn quorum_holds(&self, g: usize, index: u64, term: u64, conf: &ConfState) -> SimResult<()> {
+        let holds = |id: u64| {
+            let d = &self.nodes[(id - 1) as usize].replicas[g].disk;
+            d.snapshot.meta.index >= index
+                || d.entries.iter().any(|e| e.index == index && e.term == term)
+        };
+        for half in [&conf.voters, &conf.voters_outgoing] {
+            if half.is_empty() {
+                continue;
+            }
+            let have = half.iter().filter(|&&id| holds(id)).count();
+            if have <= half.len() / 2 {
+                return Err(format!(
+                    "only {have} of voters {half:?} hold it durably (configuration {conf:?})"
+                ));
             }
         }
         Ok(())
