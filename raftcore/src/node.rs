@@ -131,6 +131,8 @@ pub struct RawNode {
     prs: Vec<Progress>,
     votes: Vec<(u64, bool)>,
     election_elapsed: u32,
+    /// Leader: ticks since the last CheckQuorum round.
+    quorum_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
     ticks: u64,
@@ -229,6 +231,7 @@ impl RawNode {
             prs: Vec::new(),
             votes: Vec::new(),
             election_elapsed: 0,
+            quorum_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_ticks: randomized,
             ticks: 0,
@@ -505,9 +508,10 @@ impl RawNode {
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.cfg.election_ticks_min {
-            self.election_elapsed = 0;
-            if self.cfg.check_quorum {
+        self.quorum_elapsed += 1;
+        if self.cfg.check_quorum && self.quorum_elapsed >= self.cfg.check_quorum_period_ticks() {
+            self.quorum_elapsed = 0;
+            {
                 // Thesis §6.2 / §9.6 CheckQuorum: a leader that has not heard from a quorum in an
                 // election timeout steps down, so a partitioned leader stops serving.
                 let id = self.id;
@@ -523,6 +527,9 @@ impl RawNode {
                     return;
                 }
             }
+        }
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.election_elapsed = 0;
             // A transfer that did not finish within an election timeout is abandoned (§3.10).
             self.transferee = 0;
         }
@@ -1011,6 +1018,7 @@ impl RawNode {
         }
         self.leader = 0;
         self.election_elapsed = 0;
+        self.quorum_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.randomized_election_ticks =
             self.cfg.election_ticks_min + self.rng.below(self.cfg.election_ticks_min as u64) as u32;

@@ -121,6 +121,10 @@ struct Tuning {
     /// (and answering clients that still reach it) until it hears of a newer term, which is
     /// the window in which a missing ReadIndex quorum round returns stale data.
     check_quorum: bool,
+    /// CheckQuorum period (`Config::check_quorum_ticks`): 0 (an election timeout) or, in some
+    /// seeds, several election timeouts, so an isolated leader keeps believing it leads (and
+    /// serving lease reads, which must stay correct) long after a new leader took over.
+    check_quorum_ticks: u32,
     /// Clients ask a random reachable node who leads before each operation, so they move to a
     /// new leader quickly while an old, isolated one may still believe it leads.
     fast_discovery: bool,
@@ -391,6 +395,11 @@ struct Replica {
     /// Reads asked on this incarnation without an outcome from raftcore yet: id -> tick asked.
     /// The Ready contract (item 6) promises each one exactly one ReadState or ReadFailure.
     reads_asked: BTreeMap<u64, u64>,
+    /// Read id -> the highest index applied anywhere in the group when the read was asked.
+    /// Everything applied was committed before the read began, so a linearizable read index
+    /// (thesis §6.4) is at least that high: a lower one is a stale read, whether or not a
+    /// client happens to observe a changed value.
+    read_floors: BTreeMap<u64, u64>,
     /// Highest commit index and applied index seen on this incarnation (neither goes back).
     committed_seen: u64,
     applied_seen: u64,
@@ -442,6 +451,11 @@ struct Client {
     sticky_reader: bool,
     /// The last operation failed (timeout, crash, refusal): ask who leads before the next.
     rediscover: bool,
+    /// (group, node): set when `node`, leader of `group`, is cut off from the other nodes. The
+    /// client still reaches it and reads only there, keys of `group` only, until the network
+    /// changes: a cut-off leader that answers it without a quorum or past its lease serves
+    /// stale data while the others elect and use a new leader.
+    pinned: Option<(usize, u64)>,
     seq: u64,
     last_seen: BTreeMap<Vec<u8>, Vec<u8>>,
 }
@@ -520,6 +534,7 @@ fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -
         .wrapping_add(node * 1_000_003 + group * 7919 + incarnation * 104_729);
     c.lease_reads = t.lease_reads;
     c.check_quorum = t.check_quorum;
+    c.check_quorum_ticks = t.check_quorum_ticks;
     c.entries_per_msg_max = t.entries_per_msg_max;
     c.msg_bytes_max = t.msg_bytes_max;
     c.inflight_msgs_max = t.inflight_msgs_max;
@@ -554,10 +569,18 @@ impl Sim {
         faults.long_delay_ppm = [0, 2_000, 10_000][shape_rng.below(3) as usize];
         faults.client_cut_ppm = [0, 5_000, 20_000][shape_rng.below(3) as usize];
         faults.crash_unsynced_vote_ppm = [0, 100_000, 300_000][shape_rng.below(3) as usize];
+        // Swarm testing: a quarter of the seeds have no crashes at all, so partitions (an
+        // isolated leader that keeps serving next to a new one) play out undisturbed.
+        if shape_rng.below(4) == 0 {
+            faults.crash_ppm = 0;
+            faults.leader_crash_ppm = 0;
+            faults.crash_unsynced_vote_ppm = 0;
+        }
         let lease_reads = rng.below(3) == 0;
         let tuning = Tuning {
             lease_reads,
             check_quorum: lease_reads || shape_rng.below(2) == 0,
+            check_quorum_ticks: [0, 0, 40, 80][shape_rng.below(4) as usize],
             fast_discovery: shape_rng.below(3) != 0,
             entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
             msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
@@ -596,6 +619,7 @@ impl Sim {
                     pending_reads: Vec::new(),
                     leader_term_checked: 0,
                     reads_asked: BTreeMap::new(),
+                    read_floors: BTreeMap::new(),
                     committed_seen: 0,
                     applied_seen: 0,
                     quorum_checked: None,
@@ -636,6 +660,7 @@ impl Sim {
             .map(|c| Client {
                 sticky_reader: c == 0 && tuning.fast_discovery,
                 rediscover: true,
+                pinned: None,
                 pending: None,
                 leader_guess: (0..cfg.groups).map(|g| g % cfg.nodes + 1).collect(),
                 seq: 0,
@@ -666,6 +691,7 @@ impl Sim {
     }
 
     fn run(&mut self) -> SimResult<()> {
+        self.trace(|| format!("tuning {:?}, faults {:?}", self.tuning, self.faults));
         let total = self.cfg.safety_ticks + self.cfg.liveness_ticks;
         while self.now < total {
             if self.now == self.cfg.safety_ticks {
@@ -726,6 +752,7 @@ impl Sim {
     fn heal(&mut self) {
         self.trace(|| "heal: liveness phase starts".into());
         self.healed = true;
+        self.unpin_clients();
         self.blocked.clear();
         self.client_blocked.clear();
         self.faults.long_delay_ppm = 0;
@@ -966,8 +993,20 @@ impl Sim {
             .iter()
             .map(|r| r.request_id)
             .chain(rd.read_failures.iter().map(|f| f.request_id));
+        for rs in &rd.read_states {
+            let floor = self.nodes[n].replicas[g].read_floors.get(&rs.request_id);
+            if let Some(&floor) = floor {
+                if rs.index < floor {
+                    return Err(format!(
+                        "stale read: node {node_id} group {g} read {} got read index {} but {floor} was already applied when it was asked",
+                        rs.request_id, rs.index
+                    ));
+                }
+            }
+        }
         for rid in outcomes {
             let rep = &mut self.nodes[n].replicas[g];
+            rep.read_floors.remove(&rid);
             if rep.reads_asked.remove(&rid).is_none() || !self.reads_answered.insert(rid) {
                 return Err(format!(
                     "read contract: node {node_id} group {g} reported read {rid} that it was not asked for or already answered"
@@ -1067,12 +1106,17 @@ impl Sim {
         let nn = self.cfg.nodes;
         if self.rng.chance(self.faults.partition_ppm) {
             match self.rng.below(6) {
-                0 => self.blocked.clear(),
+                0 => {
+                    self.unpin_clients();
+                    self.blocked.clear();
+                }
                 4 | 5 => {
-                    // Isolate the leader of a random group (both directions).
+                    // Isolate the leader of a random group (both directions); one client stays
+                    // with it (`Client::pinned`).
                     let g = self.rng.below(self.cfg.groups) as usize;
                     if let Some(l) = self.leader_of(g) {
                         let x = l as u64 + 1;
+                        self.unpin_clients();
                         self.blocked.clear();
                         for o in 1..=nn {
                             if o != x {
@@ -1080,10 +1124,13 @@ impl Sim {
                                 self.blocked.push((o, x));
                             }
                         }
+                        let c = self.rng.below(self.cfg.clients) as usize;
+                        self.clients[c].pinned = Some((g, x));
                     }
                 }
                 1 => {
                     // Symmetric split into two sides.
+                    self.unpin_clients();
                     self.blocked.clear();
                     let side: Vec<bool> = (0..nn).map(|_| self.rng.below(2) == 0).collect();
                     for a in 1..=nn {
@@ -1319,6 +1366,7 @@ impl Sim {
             }
             // The RawNode is gone with its reads; a restarted one owes them nothing.
             rep.reads_asked.clear();
+            rep.read_floors.clear();
         }
         for c in lost_clients {
             self.fail_client(c);
@@ -1371,6 +1419,12 @@ impl Sim {
     }
 
     // ---------------------------------------------------------- clients
+
+    fn unpin_clients(&mut self) {
+        for c in self.clients.iter_mut() {
+            c.pinned = None;
+        }
+    }
 
     /// A client asks a random node it can reach who leads group `g` (as a real client does
     /// after a NotLeader answer or a refresh), and takes the answer if it can reach that node.
@@ -1457,10 +1511,19 @@ impl Sim {
             if !self.rng.chance(500_000) {
                 continue;
             }
-            let key_i = self.rng.below(self.cfg.keys);
+            let pinned = self.clients[c].pinned;
+            let key_i = match pinned {
+                Some((g, _)) => {
+                    g as u64 + self.cfg.groups * self.rng.below(self.cfg.keys / self.cfg.groups)
+                }
+                None => self.rng.below(self.cfg.keys),
+            };
             let g = (key_i % self.cfg.groups) as usize;
-            let sticky = self.clients[c].sticky_reader;
-            if self.tuning.fast_discovery && (!sticky || self.clients[c].rediscover) {
+            if let Some((_, x)) = pinned {
+                self.clients[c].leader_guess[g] = x;
+            }
+            let sticky = self.clients[c].sticky_reader || pinned.is_some();
+            if self.tuning.fast_discovery && pinned.is_none() && (!sticky || self.clients[c].rediscover) {
                 self.clients[c].rediscover = false;
                 self.discover_leader(c, g);
             }
@@ -1513,6 +1576,7 @@ impl Sim {
                 let rep = &mut self.nodes[n].replicas[g];
                 rep.pending_reads.push((rid, c as u64, None));
                 rep.reads_asked.insert(rid, now);
+                rep.read_floors.insert(rid, self.checks[g].max_applied);
                 self.clients[c].pending = Some(ClientOp {
                     op,
                     node: target,
