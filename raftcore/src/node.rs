@@ -91,6 +91,9 @@ struct PendingRead {
     request_id: u64,
     index: u64,
     round: u64,
+    /// `ticks` when the read reached this leader; unconfirmed after `election_ticks_min`
+    /// more ticks, it fails ([`ReadFailReason::NoAnswer`]).
+    asked_tick: u64,
 }
 
 /// A read this follower forwarded to its leader and has no answer for yet.
@@ -150,7 +153,8 @@ pub struct RawNode {
     /// Follower: reads forwarded to `leader` in this term, oldest first.
     forwarded_reads: VecDeque<ForwardedRead>,
     reads: VecDeque<PendingRead>,
-    reads_waiting_commit: Vec<(u64, u64)>,
+    /// Reads waiting for this leader's first commit in its term: (from, request id, asked tick).
+    reads_waiting_commit: Vec<(u64, u64, u64)>,
     round: u64,
     round_sent_ticks: VecDeque<(u64, u64)>,
     lease_until_tick: u64,
@@ -505,7 +509,35 @@ impl RawNode {
         }
     }
 
+    /// A leader's read not confirmed within `election_ticks_min` ticks fails: its heartbeat
+    /// rounds reach no quorum (this leader is cut off, possibly deposed without knowing it,
+    /// e.g. with `check_quorum` off or a long CheckQuorum period), or it cannot commit in its
+    /// term. Later rounds would confirm an earlier read, so a read still waiting after an
+    /// election timeout is waiting on the cluster, not on one lost message.
+    fn expire_leader_reads(&mut self) {
+        let (now, timeout) = (self.ticks, self.cfg.election_ticks_min as u64);
+        let mut expired = Vec::new();
+        self.reads.retain(|r| {
+            let keep = now - r.asked_tick < timeout;
+            if !keep {
+                expired.push((r.from, r.request_id));
+            }
+            keep
+        });
+        self.reads_waiting_commit.retain(|&(from, rid, asked)| {
+            let keep = now - asked < timeout;
+            if !keep {
+                expired.push((from, rid));
+            }
+            keep
+        });
+        for (from, rid) in expired {
+            self.fail_read(from, rid, ReadFailReason::NoAnswer);
+        }
+    }
+
     fn tick_leader(&mut self) {
+        self.expire_leader_reads();
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         self.quorum_elapsed += 1;
@@ -750,7 +782,7 @@ impl RawNode {
 
     fn read_index_inner(&mut self, request_id: u64) -> Result<(), Error> {
         match self.role {
-            Role::Leader => self.leader_read(self.id, request_id),
+            Role::Leader => self.leader_read(self.id, request_id, self.ticks),
             Role::Follower if self.leader != 0 => {
                 let limit = self.cfg.read_requests_pending_max;
                 if self.forwarded_reads.len() >= limit {
@@ -791,14 +823,15 @@ impl RawNode {
         }
     }
 
-    /// Answers a ReadIndex this node will not serve: a refusal to a peer, a failure for a read
-    /// of our own.
+    /// Answers a ReadIndex this node will not serve: a refusal to a peer, a failure
+    /// ([`ReadFailReason::Abandoned`]) for a read of our own.
     fn reject_read(&mut self, from: u64, request_id: u64) {
+        self.fail_read(from, request_id, ReadFailReason::Abandoned);
+    }
+
+    fn fail_read(&mut self, from: u64, request_id: u64, reason: ReadFailReason) {
         if from == self.id {
-            self.read_failures.push(ReadFailure {
-                request_id,
-                reason: ReadFailReason::Abandoned,
-            });
+            self.read_failures.push(ReadFailure { request_id, reason });
         } else {
             let mut r = Message::new(MessageKind::ReadIndexResponse, self.id, from, self.term);
             r.context = request_id;
@@ -1031,7 +1064,7 @@ impl RawNode {
         for r in std::mem::take(&mut self.reads) {
             self.reject_read(r.from, r.request_id);
         }
-        for (from, request_id) in std::mem::take(&mut self.reads_waiting_commit) {
+        for (from, request_id, _) in std::mem::take(&mut self.reads_waiting_commit) {
             self.reject_read(from, request_id);
         }
         for r in std::mem::take(&mut self.forwarded_reads) {
@@ -1495,7 +1528,7 @@ impl RawNode {
             MessageKind::AppendResponse => self.handle_append_response(m),
             MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
             MessageKind::SnapshotResponse => self.handle_snapshot_response(m),
-            MessageKind::ReadIndex if self.leader_read(m.from, m.context).is_err() => {
+            MessageKind::ReadIndex if self.leader_read(m.from, m.context, self.ticks).is_err() => {
                 self.reject_read(m.from, m.context);
             }
             MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
@@ -1796,8 +1829,8 @@ impl RawNode {
             }
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
             if !self.reads_waiting_commit.is_empty() {
-                for (from, rid) in std::mem::take(&mut self.reads_waiting_commit) {
-                    if self.leader_read(from, rid).is_err() {
+                for (from, rid, asked) in std::mem::take(&mut self.reads_waiting_commit) {
+                    if self.leader_read(from, rid, asked).is_err() {
                         self.reject_read(from, rid);
                     }
                 }
@@ -1811,7 +1844,7 @@ impl RawNode {
         self.log.term(self.log.committed) == Some(self.term)
     }
 
-    fn leader_read(&mut self, from: u64, request_id: u64) -> Result<(), Error> {
+    fn leader_read(&mut self, from: u64, request_id: u64, asked_tick: u64) -> Result<(), Error> {
         let limit = self.cfg.read_requests_pending_max;
         if self.reads.len() + self.reads_waiting_commit.len() >= limit {
             return Err(Error::ReadQueueFull { limit });
@@ -1819,7 +1852,8 @@ impl RawNode {
         // Thesis §6.4 step 1: the leader's commit index is only known to be current once it has
         // committed an entry of its own term (its no-op).
         if !self.committed_in_term() {
-            self.reads_waiting_commit.push((from, request_id));
+            self.reads_waiting_commit
+                .push((from, request_id, asked_tick));
             return Ok(());
         }
         let index = self.log.committed;
@@ -1840,6 +1874,7 @@ impl RawNode {
             request_id,
             index,
             round: self.round + 1,
+            asked_tick,
         });
         self.need_read_round = true;
         Ok(())
@@ -2269,7 +2304,7 @@ mod invariant_tests {
     #[should_panic(expected = "N6: Follower holds 1 reads")]
     fn n6_follower_holds_leader_reads() {
         let mut n = follower();
-        n.reads_waiting_commit.push((3, 9));
+        n.reads_waiting_commit.push((3, 9, 0));
         n.tick();
     }
 

@@ -36,8 +36,10 @@
 //!    - the leader it was forwarded to refuses it (it is not the leader in our term, or its
 //!      read queue is full): [`crate::ReadFailReason::Rejected`];
 //!    - a forwarded read has no answer after `election_ticks_min` ticks (a lost request or
-//!      answer, a full peer queue): [`crate::ReadFailReason::NoAnswer`]. It is not resent:
-//!      the caller holds the client's deadline and decides where and whether to retry;
+//!      answer, a full peer queue), or a leader's read is not confirmed by a quorum within
+//!      `election_ticks_min` ticks of reaching it (the leader is cut off or deposed without
+//!      knowing it): [`crate::ReadFailReason::NoAnswer`]. It is not resent: the caller holds
+//!      the client's deadline and decides where and whether to retry;
 //!    - this node's role or term changes while the read is pending, which is the only time a
 //!      leader drops its reads (it steps down, or is deposed by a higher term) and the time a
 //!      follower stops trusting the leader it forwarded to (a new term, an election):
@@ -49,8 +51,8 @@
 //!    reported twice: a late or duplicated answer after a failure is dropped. Limits: at most
 //!    `read_requests_pending_max` reads wait on a leader and, separately, at most that many
 //!    forwarded reads on a follower; beyond that `read_index` returns `ReadQueueFull` and
-//!    reports nothing later. With `check_quorum` off, a leader cut off from its quorum holds its
-//!    own reads until it learns of a newer term (nothing deposes it sooner).
+//!    reports nothing later. So every accepted read ends within about `election_ticks_min`
+//!    ticks of the node's clock (plus a network delay for a forwarded read's answer).
 //!
 //! The caller may ask for Ready n+1 before Ready n is durable (pipelining); steps 2 and 3 must
 //! still happen in number order. After a crash, everything not reported durable may be lost,

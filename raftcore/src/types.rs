@@ -380,8 +380,9 @@ pub enum ReadFailReason {
     /// The node this follower forwarded the read to refused it: it is not the leader (any
     /// more), or its read queue is full.
     Rejected,
-    /// A forwarded read got no answer within `election_ticks_min` ticks (the request or the
-    /// answer was lost, or the leader could not confirm its leadership). It is not resent.
+    /// No answer within `election_ticks_min` ticks: a forwarded read whose request or answer
+    /// was lost (it is not resent), or a read on a leader whose heartbeat rounds reached no
+    /// quorum in that time (it may have been deposed without knowing it).
     NoAnswer,
     /// This node's role or term changed while the read was pending (a leader stepped down, a
     /// follower moved to a new term or started an election), or the leader could no longer

@@ -894,19 +894,63 @@ fn reads_pending_at_a_term_change_are_reported_failed() {
 
 #[test]
 fn leader_that_steps_down_in_its_term_fails_its_reads() {
-    // CheckQuorum deposes an isolated leader without a new term: its reads fail then.
+    // CheckQuorum deposes a leader without a new term: its reads fail then. (The read is
+    // asked after 9 ticks of isolation, so it is still unconfirmed but not yet expired when
+    // CheckQuorum fires at tick 20.)
     let mut c = Cluster::new(&[1, 2, 3]);
     c.elect(1);
     c.propose(1, b"x");
     c.isolated.insert(1);
+    c.tick_all(15);
+    assert_eq!(c.nodes[&1].role(), Role::Leader);
     c.node(1).read_index(5).unwrap();
-    c.tick_all(20);
+    c.tick_all(5);
     assert_ne!(c.nodes[&1].role(), Role::Leader);
     assert_eq!(
         c.read_failures,
         vec![failure(1, 5, ReadFailReason::Abandoned)]
     );
     assert!(c.read_states.is_empty());
+}
+
+#[test]
+fn leader_read_unconfirmed_for_an_election_timeout_fails() {
+    // A leader cut off from its quorum that does not step down (check_quorum off here) fails
+    // its reads after election_ticks_min ticks instead of holding them until it hears of a
+    // newer term; a read forwarded to it is refused then.
+    let mut c = Cluster::with(&[1, 2, 3], |id| {
+        let mut x = cfg(id);
+        x.check_quorum = false;
+        x
+    });
+    c.elect(1);
+    c.propose(1, b"x");
+    c.node(2).read_index(20).unwrap();
+    let rd = c.node(2).ready();
+    for m in rd.messages {
+        c.node(1).step(m); // reaches the leader just before it is cut off
+    }
+    c.isolated.insert(1);
+    c.node(1).read_index(10).unwrap();
+    for _ in 0..9 {
+        c.node(1).tick();
+        c.stabilize();
+    }
+    assert!(c.read_failures.is_empty(), "not before the timeout");
+    c.node(1).tick();
+    c.stabilize();
+    assert_eq!(c.nodes[&1].role(), Role::Leader, "nothing deposed it");
+    assert_eq!(
+        c.read_failures,
+        vec![failure(1, 10, ReadFailReason::NoAnswer)]
+    );
+    let refusal = c
+        .sent
+        .iter()
+        .find(|m| m.kind == MessageKind::ReadIndexResponse && m.to == 2)
+        .expect("the forwarded read is refused");
+    assert!(refusal.reject);
+    assert_eq!(refusal.context, 20);
 }
 
 #[test]
