@@ -587,12 +587,16 @@ impl Sim {
             faults.crash_unsynced_vote_ppm = 0;
         }
         let lease_reads = rng.below(3) == 0;
+        let check_quorum = lease_reads || shape_rng.below(2) == 0;
         let tuning = Tuning {
             lease_reads,
-            check_quorum: lease_reads || shape_rng.below(2) == 0,
+            check_quorum,
             check_quorum_ticks: [0, 0, 40, 80][shape_rng.below(4) as usize],
             fast_discovery: shape_rng.below(3) != 0,
-            pre_vote: shape_rng.below(4) != 0,
+            // Off only with CheckQuorum on: with neither, a removed voter that never learns of
+            // its removal deposes every leader with its ever higher terms (thesis §4.2.3), a
+            // known property of Raft without them, not a bug to look for.
+            pre_vote: shape_rng.below(4) != 0 || !check_quorum,
             entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
             msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
             inflight_msgs_max: 1 + rng.below(4) as usize,
@@ -1223,9 +1227,10 @@ impl Sim {
                 }
                 let x = l as u64 + 1;
                 for &v in &conf.voters_outgoing {
-                    if v != x {
-                        self.blocked.push((x, v));
-                        self.blocked.push((v, x));
+                    for link in [(x, v), (v, x)] {
+                        if v != x && !self.blocked.contains(&link) {
+                            self.blocked.push(link);
+                        }
                     }
                 }
                 self.trace(|| format!("group {g}: joint split, blocked links {:?}", self.blocked));
@@ -1358,33 +1363,40 @@ impl Sim {
         let nn = self.cfg.nodes;
         let others: Vec<u64> = (1..=nn).filter(|n| !conf.members().contains(n)).collect();
         let pick = |rng: &mut SplitMix64, v: &[u64]| v[rng.below(v.len() as u64) as usize];
-        // Swaps weigh more: they are the changes where C_new's majority does not imply
-        // C_old's, so they exercise the joint rule (thesis §4.3).
-        let steps = match self.rng.below(7) {
-            0 if !conf.learners.is_empty() => {
-                vec![ConfChangeStep::AddVoter(pick(
-                    &mut self.rng,
-                    &conf.learners,
-                ))]
-            }
-            1 if !others.is_empty() => {
-                vec![ConfChangeStep::AddLearner(pick(&mut self.rng, &others))]
-            }
-            2 if conf.voters.len() > 3 => {
-                // May remove the leader itself.
-                vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters))]
-            }
-            3 if !conf.learners.is_empty() => {
-                vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.learners))]
-            }
-            4..=6 if !conf.learners.is_empty() => {
-                // Swap a voter (maybe the leader) for a learner in one joint change.
-                vec![
-                    ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners)),
-                    ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters)),
-                ]
-            }
-            _ => return,
+        // Pick among the changes that are possible now. Swaps weigh triple: they are the
+        // changes where C_new's majority does not imply C_old's, so they exercise the joint
+        // rule (thesis §4.3).
+        let has_learners = !conf.learners.is_empty();
+        let options: Vec<u8> = [
+            (0, has_learners),
+            (1, !others.is_empty()),
+            (2, conf.voters.len() > 3),
+            (3, has_learners),
+            (4, has_learners),
+            (4, has_learners),
+            (4, has_learners),
+        ]
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(k, _)| *k)
+        .collect();
+        if options.is_empty() {
+            return;
+        }
+        let steps = match options[self.rng.below(options.len() as u64) as usize] {
+            0 => vec![ConfChangeStep::AddVoter(pick(
+                &mut self.rng,
+                &conf.learners,
+            ))],
+            1 => vec![ConfChangeStep::AddLearner(pick(&mut self.rng, &others))],
+            // May remove the leader itself.
+            2 => vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters))],
+            3 => vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.learners))],
+            // Swap a voter (maybe the leader) for a learner in one joint change.
+            _ => vec![
+                ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners)),
+                ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters)),
+            ],
         };
         if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
             let cc = ConfChange { steps };

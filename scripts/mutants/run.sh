@@ -12,6 +12,9 @@
 #   scripts/mutants/run.sh --seeds N       measure: run seeds 0..N on each mutant, print the
 #                                          fraction that fails (markdown rows) and the first
 #                                          failing seeds.
+# Environment: MUTANTS_DIR (default raftcore/mutants; raftcore/mutants/not-caught holds a
+# mutant no schedule can catch, see its README), MUTANTS_TARGET_DIR, MUTANTS_TREE_DIR,
+# MUTANTS_SEED_TIMEOUT (seconds per seed, default 120).
 # Options: --only a,b (mutant names), --jobs J (parallel seed runs, default 2), --fallback K,
 #          --sim-rev REV (use raftcore/src/sim.rs and src/bin/sim.rs from git revision REV:
 #          how the "before" column of raftcore/mutants/README.md was measured).
@@ -42,6 +45,7 @@ done
 
 export CARGO_TARGET_DIR=${MUTANTS_TARGET_DIR:-$repo/target/mutants}
 tree=${MUTANTS_TREE_DIR:-$repo/target/mutants-tree}
+mutants_dir=${MUTANTS_DIR:-$repo/raftcore/mutants}
 seeds_file=$repo/raftcore/mutants/seeds.txt
 per_seed_timeout=${MUTANTS_SEED_TIMEOUT:-120}
 
@@ -83,7 +87,7 @@ named_seeds() { # $1 = mutant name
 }
 
 mutants=()
-for p in "$repo"/raftcore/mutants/*.patch; do
+for p in "$mutants_dir"/*.patch; do
     name=$(basename "$p" .patch)
     if [ -n "$only" ] && ! printf ',%s,' "$only" | grep -q ",$name,"; then
         continue
@@ -98,7 +102,7 @@ if [ -n "$seeds_n" ]; then
     echo "|---|---|---|---|---|"
 fi
 for name in "${mutants[@]}"; do
-    prepare_tree "$repo/raftcore/mutants/$name.patch"
+    prepare_tree "$mutants_dir/$name.patch"
     build
     if [ -n "$seeds_n" ]; then
         res=$(seq 0 $((seeds_n - 1)) | run_seeds | sort -n)
