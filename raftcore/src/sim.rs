@@ -7,22 +7,31 @@
 //!   durable, then sends the Ready's `persisted_messages` and calls `on_persisted`. A crash
 //!   loses every unsynced write except a random prefix of them, the last one torn (a prefix of
 //!   its entries survives, in the contract's order snapshot, entries, hard state);
-//! - **network**: per-message drop, duplication, delay (hence reordering), and symmetric or
-//!   asymmetric partitions;
-//! - **schedule**: crashes and restarts, membership changes (learners, promotions, removals
-//!   including of the leader, through joint consensus) and leadership transfers, all during the
-//!   faults;
-//! - **clocks** drift: some nodes miss one tick in every 20 to 40 (bounded drift, within the
-//!   lease allowance);
+//! - **network**: per-message drop, duplication, delay (hence reordering), rare long delays
+//!   (5-40 ticks), symmetric or asymmetric partitions, isolation of a leader, partitions during
+//!   joint consensus, and cuts between clients and nodes;
+//! - **schedule**: crashes and restarts (some aimed at leaders, some at nodes whose vote is not
+//!   durable yet), membership changes (learners, promotions, removals including of the leader,
+//!   swaps through joint consensus) and leadership transfers, all during the faults; per seed,
+//!   CheckQuorum may be off or slow and Pre-Vote off, and some seeds have no crashes at all;
+//! - **clocks**: every node ticks at its own rate, within the lease allowance in lease-read
+//!   seeds (`SimConfig::drift_beyond_allowance` is a negative control that leaves it);
 //! - **clients** issue put / get / compare-and-set on a few keys (writes as proposals, reads via
 //!   ReadIndex, some served by followers) and record a history with invocation and completion
-//!   ticks; operations whose outcome is unknown (timeout, crash) are recorded as such.
+//!   ticks; operations whose outcome is unknown (timeout, crash, cut, read failure) are
+//!   recorded as such. Clients may find a new leader quickly, keep reading at an old one, or be
+//!   pinned to an isolated leader.
 //!
 //! Checks: election safety (one leader per term, paper §5.2), leader completeness (a new leader
-//! holds every entry applied anywhere, §5.4), state machine safety (every replica applies the
-//! same entry at each index, §5.4.3), log matching (§5.3), `RawNode` invariants after every
-//! tick, liveness (after healing, every group commits a client write within a bounded number
-//! of ticks) and linearizability of the client history ([`crate::linearizability::check_kv`]).
+//! holds every entry committed in an earlier term, §5.4), state machine safety (every replica
+//! applies the same entry at each index, §5.4.3), log matching (§5.3), `RawNode` invariants
+//! after every tick, commit and applied indexes never go back, a leader's match index names an
+//! entry the follower holds, commits are durable on a quorum of the configuration that counted
+//! them (thesis §4.3), votes are durable before they are sent (thesis §3.8), each read gets
+//! exactly one outcome and no read index is below what was applied when the read began,
+//! liveness (after healing, every group commits a client write within a bounded number of
+//! ticks) and linearizability of the client history ([`crate::linearizability::check_kv`]).
+//! A panic inside raftcore fails the seed like any other check.
 
 use std::collections::{BTreeMap, VecDeque};
 

@@ -45,7 +45,7 @@ done
 
 export CARGO_TARGET_DIR=${MUTANTS_TARGET_DIR:-$repo/target/mutants}
 tree=${MUTANTS_TREE_DIR:-$repo/target/mutants-tree}
-mutants_dir=${MUTANTS_DIR:-$repo/raftcore/mutants}
+mutants_dir=$(cd "${MUTANTS_DIR:-$repo/raftcore/mutants}" && pwd)
 seeds_file=$repo/raftcore/mutants/seeds.txt
 per_seed_timeout=${MUTANTS_SEED_TIMEOUT:-120}
 
