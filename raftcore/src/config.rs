@@ -20,6 +20,12 @@ pub struct Config {
     /// followers that heard from a leader within `election_ticks_min` ignore (pre)votes
     /// (thesis §4.2.3 / §9.6).
     pub check_quorum: bool,
+    /// CheckQuorum period: the leader steps down if it heard from no quorum within this many
+    /// ticks. 0 (the default) means `election_ticks_min`; otherwise at least that. A longer
+    /// period lets a cut-off leader go on believing it leads (and answering clients) longer;
+    /// it does not shorten the followers' refusal to vote, so lease reads stay safe. The
+    /// simulator uses it to keep isolated leaders serving.
+    pub check_quorum_ticks: u32,
     /// Most entries in one Append message.
     pub entries_per_msg_max: usize,
     /// Most payload bytes in one Append message (at least one entry is always sent), and the
@@ -55,6 +61,7 @@ impl Config {
             seed: id,
             pre_vote: true,
             check_quorum: true,
+            check_quorum_ticks: 0,
             entries_per_msg_max: 4096,
             msg_bytes_max: 1 << 20,
             inflight_msgs_max: 64,
@@ -64,6 +71,15 @@ impl Config {
             read_requests_pending_max: 65_536,
             lease_reads: false,
             lease_drift_ticks: 2,
+        }
+    }
+
+    /// The CheckQuorum period in ticks (`check_quorum_ticks`, or `election_ticks_min` for 0).
+    pub fn check_quorum_period_ticks(&self) -> u32 {
+        if self.check_quorum_ticks == 0 {
+            self.election_ticks_min
+        } else {
+            self.check_quorum_ticks
         }
     }
 
@@ -79,6 +95,11 @@ impl Config {
         }
         if self.entries_per_msg_max == 0 || self.msg_bytes_max == 0 {
             return Err(Error::InvalidConfig("message limits must be positive"));
+        }
+        if self.check_quorum_ticks != 0 && self.check_quorum_ticks < self.election_ticks_min {
+            return Err(Error::InvalidConfig(
+                "check_quorum_ticks must be 0 or at least election_ticks_min",
+            ));
         }
         if self.inflight_msgs_max == 0 {
             return Err(Error::InvalidConfig("inflight_msgs_max must be positive"));

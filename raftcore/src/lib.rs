@@ -34,5 +34,5 @@ pub use ready::Ready;
 pub use rng::SplitMix64;
 pub use types::{
     ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, HardState, Message, MessageKind,
-    ReadState, Role, Snapshot, SnapshotChunk, SnapshotMeta,
+    ReadFailReason, ReadFailure, ReadState, Role, Snapshot, SnapshotChunk, SnapshotMeta,
 };

@@ -1,12 +1,19 @@
 //! The in-memory Raft log: every entry after the last snapshot / compaction point.
 //!
-//! Invariants (checked by [`RaftLog::check`] in debug builds and tests):
-//! 1. `entries[i].index == snap_index + 1 + i` (contiguous, starting right after the snapshot);
-//! 2. terms never decrease along the log, and `entries[0].term >= snap_term`;
-//! 3. `snap_index <= committed <= last_index()`;
-//! 4. `apply_next - 1 <= committed` and `apply_next - 1 <= max(persisted, snap_index)`:
-//!    nothing is handed out to apply before it is committed and durable locally;
-//! 5. `unstable_from <= last_index() + 1`: entries at or after it are not yet in a Ready.
+//! Invariants, numbered as the messages of [`RaftLog::check`] name them. `RawNode` checks them
+//! after every input in test and debug builds (`RaftLog::check(false)`: the O(1) form of L1
+//! and L2), and the simulator checks them in full after every tick:
+//! - L1. `entries[i].index == snap_index + 1 + i` (contiguous, starting right after the
+//!   snapshot);
+//! - L2. terms never decrease along the log, and `entries[0].term >= snap_term`;
+//! - L3. `snap_index <= committed <= last_index()`: a commit index names an entry this log
+//!   holds (or the snapshot covers); etcd's `commitTo` panics on the same condition;
+//! - L4. `apply_next - 1 <= committed` and `apply_next - 1 <= max(persisted, snap_index)`:
+//!   nothing is handed out to apply before it is committed and durable locally;
+//! - L5. `unstable_from <= last_index() + 1`: entries at or after it are not yet in a Ready;
+//! - L6. `snap_index <= applied <= apply_next - 1`: the caller applied the snapshot, and never
+//!   more than it was handed (with L4: applied <= committed);
+//! - L7. `persisted <= last_index()`: what is durable and consistent is part of this log.
 
 use std::collections::VecDeque;
 
@@ -32,9 +39,15 @@ pub(crate) struct RaftLog {
 
 impl RaftLog {
     /// A log that starts after a snapshot at (`snap_index`, `snap_term`); `entries` are durable.
+    /// The caller checks `commit <= last` (input from disk is an error, not a panic); a durable
+    /// commit below the snapshot is raised to it (the snapshot covers only committed entries).
     pub(crate) fn new(snap_index: u64, snap_term: u64, entries: Vec<Entry>, commit: u64) -> Self {
         let last = snap_index + entries.len() as u64;
-        let committed = commit.clamp(snap_index, last);
+        assert!(
+            commit <= last,
+            "tocommit({commit}) is out of range [lastIndex({last})]"
+        );
+        let committed = commit.max(snap_index);
         RaftLog {
             snap_index,
             snap_term,
@@ -205,8 +218,17 @@ impl RaftLog {
         out
     }
 
+    /// Raises the commit index to `index` (never lowers it). `index` beyond the last entry is a
+    /// bug of the caller, not an input to clamp: a node cannot know an entry committed that it
+    /// does not hold (L3; etcd's `commitTo` panics the same way). Callers that take a commit
+    /// index from the network bound it where the paper says how (Figure 2, AppendEntries rule 5:
+    /// `min(leaderCommit, index of last new entry)`).
     pub(crate) fn commit_to(&mut self, index: u64) -> bool {
-        let index = index.min(self.last_index());
+        assert!(
+            index <= self.last_index(),
+            "tocommit({index}) is out of range [lastIndex({})]",
+            self.last_index()
+        );
         if index > self.committed {
             self.committed = index;
             true
@@ -239,21 +261,43 @@ impl RaftLog {
         self.snap_term = term;
     }
 
-    /// Checks the invariants listed at the top of this file.
-    pub(crate) fn check(&self) -> Result<(), String> {
-        let mut prev_term = self.snap_term;
-        for (i, e) in self.entries.iter().enumerate() {
-            if e.index != self.snap_index + 1 + i as u64 {
-                return Err(format!("entry {} at position {}", e.index, i));
+    /// Checks the invariants listed at the top of this file; `Err` names the first violated one
+    /// (`"L3: ..."`). `full` also walks every entry for L1 and L2 (O(n)); without it only the
+    /// first and last entries are checked (O(1)), which is what runs after every input.
+    pub(crate) fn check(&self, full: bool) -> Result<(), String> {
+        if full {
+            let mut prev_term = self.snap_term;
+            for (i, e) in self.entries.iter().enumerate() {
+                if e.index != self.snap_index + 1 + i as u64 {
+                    return Err(format!("L1: entry {} at position {}", e.index, i));
+                }
+                if e.term < prev_term {
+                    return Err(format!("L2: term goes down at index {}", e.index));
+                }
+                prev_term = e.term;
             }
-            if e.term < prev_term {
-                return Err(format!("term goes down at index {}", e.index));
+        } else if let (Some(f), Some(b)) = (self.entries.front(), self.entries.back()) {
+            if f.index != self.snap_index + 1
+                || b.index != self.snap_index + self.entries.len() as u64
+            {
+                return Err(format!(
+                    "L1: entries {}..={} after snapshot {} with {} entries",
+                    f.index,
+                    b.index,
+                    self.snap_index,
+                    self.entries.len()
+                ));
             }
-            prev_term = e.term;
+            if f.term < self.snap_term || b.term < f.term {
+                return Err(format!(
+                    "L2: terms {} (first) and {} (last) after snapshot term {}",
+                    f.term, b.term, self.snap_term
+                ));
+            }
         }
         if self.committed < self.snap_index || self.committed > self.last_index() {
             return Err(format!(
-                "committed {} outside [{}, {}]",
+                "L3: committed {} outside [{}, {}]",
                 self.committed,
                 self.snap_index,
                 self.last_index()
@@ -261,14 +305,34 @@ impl RaftLog {
         }
         if self.apply_next > self.committed + 1 {
             return Err(format!(
-                "apply_next {} beyond committed {}",
+                "L4: apply_next {} beyond committed {}",
                 self.apply_next, self.committed
             ));
         }
         if self.apply_next > self.persisted.max(self.snap_index) + 1 {
             return Err(format!(
-                "apply_next {} beyond persisted {}",
+                "L4: apply_next {} beyond persisted {}",
                 self.apply_next, self.persisted
+            ));
+        }
+        if self.unstable_from > self.last_index() + 1 {
+            return Err(format!(
+                "L5: unstable_from {} beyond last index {} + 1",
+                self.unstable_from,
+                self.last_index()
+            ));
+        }
+        if self.applied < self.snap_index || self.applied + 1 > self.apply_next {
+            return Err(format!(
+                "L6: applied {} outside [snapshot {}, apply_next {} - 1]",
+                self.applied, self.snap_index, self.apply_next
+            ));
+        }
+        if self.persisted > self.last_index() {
+            return Err(format!(
+                "L7: persisted {} beyond last index {}",
+                self.persisted,
+                self.last_index()
             ));
         }
         Ok(())
@@ -304,7 +368,7 @@ mod tests {
         // Re-sending entries we already have changes nothing.
         assert_eq!(log.append_follower(vec![e(1, 1), e(2, 1)]), None);
         assert_eq!(log.last_index(), 3);
-        log.check().unwrap();
+        log.check(true).unwrap();
     }
 
     #[test]
@@ -326,7 +390,7 @@ mod tests {
         log.persisted = 2;
         let out = log.take_applicable(u64::MAX);
         assert_eq!(out.len(), 2);
-        log.check().unwrap();
+        log.check(true).unwrap();
     }
 
     #[test]
@@ -341,11 +405,13 @@ mod tests {
     #[test]
     fn compaction_keeps_terms_and_invariants() {
         let mut log = RaftLog::new(0, 0, (1..=10).map(|i| e(i, i / 4 + 1)).collect(), 10);
+        assert_eq!(log.take_applicable(u64::MAX).len(), 10);
+        log.applied = 10;
         log.compact(6);
         assert_eq!(log.first_index(), 7);
         assert_eq!(log.term(6), Some(2));
         assert_eq!(log.term(5), None);
-        log.check().unwrap();
+        log.check(true).unwrap();
         assert_eq!(log.find_conflict_by_term(10, 2), (7, 2));
         assert_eq!(
             log.find_conflict_by_term(10, 1),

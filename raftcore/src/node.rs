@@ -15,7 +15,7 @@ use crate::ready::Ready;
 use crate::rng::SplitMix64;
 use crate::types::{
     ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, HardState, Message, MessageKind,
-    ReadState, Role, Snapshot, SnapshotChunk, SnapshotMeta,
+    ReadFailReason, ReadFailure, ReadState, Role, Snapshot, SnapshotChunk, SnapshotMeta,
 };
 
 /// `context` value of a Vote triggered by leadership transfer: voters skip the lease check.
@@ -91,6 +91,18 @@ struct PendingRead {
     request_id: u64,
     index: u64,
     round: u64,
+    /// `ticks` when the read reached this leader; unconfirmed after `election_ticks_min`
+    /// more ticks, it fails ([`ReadFailReason::NoAnswer`]).
+    asked_tick: u64,
+}
+
+/// A read this follower forwarded to its leader and has no answer for yet.
+#[derive(Debug)]
+struct ForwardedRead {
+    request_id: u64,
+    /// `ticks` when it was sent; it fails with [`ReadFailReason::NoAnswer`] after
+    /// `election_ticks_min` more ticks.
+    sent_tick: u64,
 }
 
 #[derive(Debug)]
@@ -122,6 +134,8 @@ pub struct RawNode {
     prs: Vec<Progress>,
     votes: Vec<(u64, bool)>,
     election_elapsed: u32,
+    /// Leader: ticks since the last CheckQuorum round.
+    quorum_elapsed: u32,
     heartbeat_elapsed: u32,
     randomized_election_ticks: u32,
     ticks: u64,
@@ -135,8 +149,12 @@ pub struct RawNode {
     received_snapshot: Option<Snapshot>,
     assembly: Option<Assembly>,
     read_states: Vec<ReadState>,
+    read_failures: Vec<ReadFailure>,
+    /// Follower: reads forwarded to `leader` in this term, oldest first.
+    forwarded_reads: VecDeque<ForwardedRead>,
     reads: VecDeque<PendingRead>,
-    reads_waiting_commit: Vec<(u64, u64)>,
+    /// Reads waiting for this leader's first commit in its term: (from, request id, asked tick).
+    reads_waiting_commit: Vec<(u64, u64, u64)>,
     round: u64,
     round_sent_ticks: VecDeque<(u64, u64)>,
     lease_until_tick: u64,
@@ -175,6 +193,14 @@ impl RawNode {
             }
             prev_term = e.term;
         }
+        let durable_last = snap_index + entries.len() as u64;
+        if hard_state.commit > durable_last {
+            // The contract writes the hard state after the entries of the same Ready, so a
+            // durable commit index never names an entry that is not durable (invariant L3).
+            return Err(Error::InvalidRestartState(
+                "commit index beyond the last durable entry",
+            ));
+        }
         // The Ready contract writes entries before the hard state, so a crash may keep entries
         // of a term whose hard state never reached the disk (a follower that first hears of a
         // term through an Append carrying entries of that term). That is a legal durable state,
@@ -209,6 +235,7 @@ impl RawNode {
             prs: Vec::new(),
             votes: Vec::new(),
             election_elapsed: 0,
+            quorum_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_ticks: randomized,
             ticks: 0,
@@ -222,6 +249,8 @@ impl RawNode {
             received_snapshot: None,
             assembly: None,
             read_states: Vec::new(),
+            read_failures: Vec::new(),
+            forwarded_reads: VecDeque::new(),
             reads: VecDeque::new(),
             reads_waiting_commit: Vec::new(),
             round: 0,
@@ -346,27 +375,124 @@ impl RawNode {
     pub fn uncommitted_bytes(&self) -> u64 {
         self.uncommitted_bytes
     }
-    /// Checks internal invariants; `Err` describes the first violated one.
+    /// Checks internal invariants; `Err` names the first violated one (`"N3: ..."`). The log's
+    /// invariants L1-L7 are listed in `log.rs`; the node's are:
+    /// - N1. `term >= last log term`: a node never holds an entry from a term it has not seen;
+    /// - N2. a leader names itself as leader; a leader or candidate voted for itself in its term
+    ///   (paper §5.2: a candidate votes for itself, and a leader was a candidate of its term);
+    /// - N3. a leader's own match index equals its `persisted` index: it counts its own log
+    ///   toward a commit quorum exactly up to what it made durable (thesis §10.2.1);
+    /// - N4. for each replica a leader tracks: `match <= next - 1` and `match <= last_index`
+    ///   (a follower cannot have acknowledged an entry the leader never had);
+    /// - N5. a leader's in-flight window to each replica holds at most `inflight_msgs_max`;
+    /// - N6. only a leader holds reads waiting for confirmation, and only a follower that knows
+    ///   a leader other than itself holds forwarded reads; each queue holds at most
+    ///   `read_requests_pending_max` (every read that leaves a queue ends as a `ReadState` or a
+    ///   `ReadFailure`, see [`crate::ready`]).
+    ///
+    /// The simulator calls this after every tick (with the full O(n) log walk); the node itself
+    /// checks the O(1) form after every input in test and debug builds.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.log.check()?;
+        self.check_invariants_with(true)
+    }
+
+    fn check_invariants_with(&self, full: bool) -> Result<(), String> {
+        self.log.check(full)?;
         if self.term < self.log.last_term() {
             return Err(format!(
-                "term {} below last log term {}",
+                "N1: term {} below last log term {}",
                 self.term,
                 self.log.last_term()
             ));
         }
         if self.role == Role::Leader && self.leader != self.id {
-            return Err("leader does not name itself".into());
+            return Err(format!(
+                "N2: leader {} names {} as leader",
+                self.id, self.leader
+            ));
+        }
+        if matches!(self.role, Role::Leader | Role::Candidate) && self.vote != self.id {
+            return Err(format!(
+                "N2: {:?} {} voted for {} in its term {}",
+                self.role, self.id, self.vote, self.term
+            ));
+        }
+        if self.role == Role::Leader {
+            let last = self.log.last_index();
+            for p in &self.prs {
+                if p.id == self.id {
+                    if p.matched != self.log.persisted {
+                        return Err(format!(
+                            "N3: leader {} match {} but persisted {}",
+                            self.id, p.matched, self.log.persisted
+                        ));
+                    }
+                    continue;
+                }
+                if p.matched + 1 > p.next || p.matched > last {
+                    return Err(format!(
+                        "N4: replica {} match {} next {} (leader last index {})",
+                        p.id, p.matched, p.next, last
+                    ));
+                }
+                if p.inflights.len() > self.cfg.inflight_msgs_max {
+                    return Err(format!(
+                        "N5: {} messages in flight to {} (limit {})",
+                        p.inflights.len(),
+                        p.id,
+                        self.cfg.inflight_msgs_max
+                    ));
+                }
+            }
+        }
+        let limit = self.cfg.read_requests_pending_max;
+        let waiting = self.reads.len() + self.reads_waiting_commit.len();
+        if (self.role != Role::Leader && waiting > 0) || waiting > limit {
+            return Err(format!(
+                "N6: {:?} holds {waiting} reads waiting for confirmation (limit {limit})",
+                self.role
+            ));
+        }
+        let forwarded = self.forwarded_reads.len();
+        if forwarded > 0
+            && (self.role != Role::Follower
+                || self.leader == 0
+                || self.leader == self.id
+                || forwarded > limit)
+        {
+            return Err(format!(
+                "N6: {:?} with leader {} holds {forwarded} forwarded reads (limit {limit})",
+                self.role, self.leader
+            ));
         }
         Ok(())
+    }
+
+    /// Stops on a broken invariant in test and debug builds (O(1) checks; see
+    /// `check_invariants`). Called at the end of every input.
+    #[inline]
+    fn assert_invariants(&self) {
+        if cfg!(any(test, debug_assertions)) {
+            if let Err(e) = self.check_invariants_with(false) {
+                panic!(
+                    "raftcore invariant violated on node {} in term {}: {e}",
+                    self.id, self.term
+                );
+            }
+        }
     }
 
     // ---------------------------------------------------------------- inputs
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        self.tick_inner();
+        self.assert_invariants();
+    }
+
+    fn tick_inner(&mut self) {
         self.ticks += 1;
+        self.expire_forwarded_reads();
         let c = self.log.committed;
         self.apply_conf_changes_upto(c);
         if self.role == Role::Leader {
@@ -383,12 +509,41 @@ impl RawNode {
         }
     }
 
+    /// A leader's read not confirmed within `election_ticks_min` ticks fails: its heartbeat
+    /// rounds reach no quorum (this leader is cut off, possibly deposed without knowing it,
+    /// e.g. with `check_quorum` off or a long CheckQuorum period), or it cannot commit in its
+    /// term. Later rounds would confirm an earlier read, so a read still waiting after an
+    /// election timeout is waiting on the cluster, not on one lost message.
+    fn expire_leader_reads(&mut self) {
+        let (now, timeout) = (self.ticks, self.cfg.election_ticks_min as u64);
+        let mut expired = Vec::new();
+        self.reads.retain(|r| {
+            let keep = now - r.asked_tick < timeout;
+            if !keep {
+                expired.push((r.from, r.request_id));
+            }
+            keep
+        });
+        self.reads_waiting_commit.retain(|&(from, rid, asked)| {
+            let keep = now - asked < timeout;
+            if !keep {
+                expired.push((from, rid));
+            }
+            keep
+        });
+        for (from, rid) in expired {
+            self.fail_read(from, rid, ReadFailReason::NoAnswer);
+        }
+    }
+
     fn tick_leader(&mut self) {
+        self.expire_leader_reads();
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.cfg.election_ticks_min {
-            self.election_elapsed = 0;
-            if self.cfg.check_quorum {
+        self.quorum_elapsed += 1;
+        if self.cfg.check_quorum && self.quorum_elapsed >= self.cfg.check_quorum_period_ticks() {
+            self.quorum_elapsed = 0;
+            {
                 // Thesis §6.2 / §9.6 CheckQuorum: a leader that has not heard from a quorum in an
                 // election timeout steps down, so a partitioned leader stops serving.
                 let id = self.id;
@@ -404,6 +559,9 @@ impl RawNode {
                     return;
                 }
             }
+        }
+        if self.election_elapsed >= self.cfg.election_ticks_min {
+            self.election_elapsed = 0;
             // A transfer that did not finish within an election timeout is abandoned (§3.10).
             self.transferee = 0;
         }
@@ -436,8 +594,15 @@ impl RawNode {
     }
 
     /// Steps a message received from a peer. Messages that are stale or malformed are dropped
-    /// (with a trace line); they never panic and never half-apply.
+    /// (with a trace line); they never half-apply. The one message that stops the node is
+    /// proof of a second leader in this node's term (paper §5.2, Election Safety): that is a
+    /// bug of the cluster, not an input to survive.
     pub fn step(&mut self, m: Message) {
+        self.step_inner(m);
+        self.assert_invariants();
+    }
+
+    fn step_inner(&mut self, m: Message) {
         if m.to != self.id {
             tracing::warn!(
                 id = self.id,
@@ -492,6 +657,11 @@ impl RawNode {
                     r.reject = true;
                     self.msgs.push(r);
                 }
+                MessageKind::ReadIndex => {
+                    // A read forwarded from an older term: refuse it with our term, so the asker
+                    // learns the new term (and fails its pending reads) instead of waiting.
+                    self.reject_read(m.from, m.context);
+                }
                 _ => {}
             }
             return;
@@ -511,6 +681,12 @@ impl RawNode {
     /// Proposes a batch of commands (leader only). On success the entries are in the log and
     /// will be sent; see [`Proposed`] for how to learn whether they committed.
     pub fn propose(&mut self, commands: &[Bytes]) -> Result<Proposed, Error> {
+        let r = self.propose_inner(commands);
+        self.assert_invariants();
+        r
+    }
+
+    fn propose_inner(&mut self, commands: &[Bytes]) -> Result<Proposed, Error> {
         self.check_can_propose()?;
         if commands.len() > self.cfg.proposal_entries_max {
             return Err(Error::ProposalTooLarge {
@@ -561,6 +737,12 @@ impl RawNode {
     /// Proposes a membership change (leader only; one at a time). Voter changes go through a
     /// joint configuration (thesis §4.3) which the leader leaves on its own once applied.
     pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<Proposed, Error> {
+        let r = self.propose_conf_change_inner(cc);
+        self.assert_invariants();
+        r
+    }
+
+    fn propose_conf_change_inner(&mut self, cc: &ConfChange) -> Result<Proposed, Error> {
         self.check_can_propose()?;
         if self.pending_conf_index > self.log.applied {
             return Err(Error::ConfChangePending {
@@ -586,25 +768,87 @@ impl RawNode {
         })
     }
 
-    /// Asks for a linearizable read point (thesis §6.4). The answer arrives as a [`ReadState`]
-    /// with the same `request_id` in a later Ready; it may never arrive if leadership changes
-    /// (the caller times out). All reads asked before the next Ready share one heartbeat round.
+    /// Asks for a linearizable read point (thesis §6.4). On `Ok`, exactly one answer for
+    /// `request_id` arrives in a later Ready: a [`ReadState`] (serve the read once applied up to
+    /// its index) or a [`ReadFailure`] (the read will not be confirmed; retry it, at the leader
+    /// if one is known). See [`crate::ready`] for when reads fail. All reads asked on a leader
+    /// before the next Ready share one heartbeat round. `request_id` must not be reused while
+    /// a read with that id is pending on this node.
     pub fn read_index(&mut self, request_id: u64) -> Result<(), Error> {
+        let r = self.read_index_inner(request_id);
+        self.assert_invariants();
+        r
+    }
+
+    fn read_index_inner(&mut self, request_id: u64) -> Result<(), Error> {
         match self.role {
-            Role::Leader => self.leader_read(self.id, request_id),
-            _ if self.leader != 0 => {
+            Role::Leader => self.leader_read(self.id, request_id, self.ticks),
+            Role::Follower if self.leader != 0 => {
+                let limit = self.cfg.read_requests_pending_max;
+                if self.forwarded_reads.len() >= limit {
+                    return Err(Error::ReadQueueFull { limit });
+                }
                 let mut m = Message::new(MessageKind::ReadIndex, self.id, self.leader, self.term);
                 m.context = request_id;
                 self.msgs.push(m);
+                self.forwarded_reads.push_back(ForwardedRead {
+                    request_id,
+                    sent_tick: self.ticks,
+                });
                 Ok(())
             }
             _ => Err(Error::NoLeader),
         }
     }
 
+    /// A forwarded read that got no answer within `election_ticks_min` ticks fails
+    /// ([`ReadFailReason::NoAnswer`]) rather than being resent. The request or its answer was
+    /// lost (a dropped message, a full peer queue) or the leader cannot confirm its leadership;
+    /// a resend to the same leader would wait on the same cause, unbounded, while the caller
+    /// holds the client's deadline and knows whether a retry (elsewhere) is still worth it.
+    /// One election timeout is also when this follower stops trusting the leader (paper §5.2),
+    /// so a retry then goes to whichever leader it knows by then.
+    fn expire_forwarded_reads(&mut self) {
+        let timeout = self.cfg.election_ticks_min as u64;
+        while let Some(r) = self.forwarded_reads.front() {
+            if self.ticks - r.sent_tick < timeout {
+                break;
+            }
+            let request_id = r.request_id;
+            self.forwarded_reads.pop_front();
+            self.read_failures.push(ReadFailure {
+                request_id,
+                reason: ReadFailReason::NoAnswer,
+            });
+        }
+    }
+
+    /// Answers a ReadIndex this node will not serve: a refusal to a peer, a failure
+    /// ([`ReadFailReason::Abandoned`]) for a read of our own.
+    fn reject_read(&mut self, from: u64, request_id: u64) {
+        self.fail_read(from, request_id, ReadFailReason::Abandoned);
+    }
+
+    fn fail_read(&mut self, from: u64, request_id: u64, reason: ReadFailReason) {
+        if from == self.id {
+            self.read_failures.push(ReadFailure { request_id, reason });
+        } else {
+            let mut r = Message::new(MessageKind::ReadIndexResponse, self.id, from, self.term);
+            r.context = request_id;
+            r.reject = true;
+            self.msgs.push(r);
+        }
+    }
+
     /// Starts a leadership transfer to `to` (thesis §3.10): the leader stops accepting
     /// proposals, brings `to` up to date, then sends it TimeoutNow.
     pub fn transfer_leader(&mut self, to: u64) -> Result<(), Error> {
+        let r = self.transfer_leader_inner(to);
+        self.assert_invariants();
+        r
+    }
+
+    fn transfer_leader_inner(&mut self, to: u64) -> Result<(), Error> {
         if self.role != Role::Leader {
             return Err(Error::NotLeader {
                 leader_hint: self.leader,
@@ -634,6 +878,7 @@ impl RawNode {
         if self.role != Role::Leader && self.promotable() {
             self.campaign(self.cfg.pre_vote, false);
         }
+        self.assert_invariants();
     }
 
     /// The caller applied every committed entry up to `index`.
@@ -641,10 +886,17 @@ impl RawNode {
         let handed = self.log.apply_next - 1;
         self.log.applied = self.log.applied.max(index.min(handed));
         self.maybe_auto_leave();
+        self.assert_invariants();
     }
 
     /// Every Ready numbered `<= number` is durable.
     pub fn on_persisted(&mut self, number: u64) -> Result<(), Error> {
+        let r = self.on_persisted_inner(number);
+        self.assert_invariants();
+        r
+    }
+
+    fn on_persisted_inner(&mut self, number: u64) -> Result<(), Error> {
         if number > self.ready_seq {
             return Err(Error::UnknownReady(number));
         }
@@ -690,6 +942,12 @@ impl RawNode {
     /// applied), and drops the log up to `index`. The leader sends this snapshot (in chunks of
     /// `msg_bytes_max`) to followers that need entries before the new first index.
     pub fn compact(&mut self, index: u64, data: Bytes) -> Result<(), Error> {
+        let r = self.compact_inner(index, data);
+        self.assert_invariants();
+        r
+    }
+
+    fn compact_inner(&mut self, index: u64, data: Bytes) -> Result<(), Error> {
         if index <= self.log.snap_index {
             return Err(Error::InvalidCompaction {
                 index,
@@ -736,6 +994,7 @@ impl RawNode {
             || self.received_snapshot.is_some()
             || self.log.has_applicable()
             || !self.read_states.is_empty()
+            || !self.read_failures.is_empty()
             || (self.role == Role::Leader && (self.need_broadcast || self.need_read_round))
     }
 
@@ -764,7 +1023,7 @@ impl RawNode {
             hard_state,
             snapshot_index: snapshot.as_ref().map(|s| s.meta.index),
         });
-        Ready {
+        let rd = Ready {
             number,
             hard_state,
             entries,
@@ -773,7 +1032,10 @@ impl RawNode {
             persisted_messages: std::mem::take(&mut self.msgs_after_persist),
             committed_entries,
             read_states: std::mem::take(&mut self.read_states),
-        }
+            read_failures: std::mem::take(&mut self.read_failures),
+        };
+        self.assert_invariants();
+        rd
     }
 
     // ---------------------------------------------------------------- roles
@@ -789,13 +1051,28 @@ impl RawNode {
         }
         self.leader = 0;
         self.election_elapsed = 0;
+        self.quorum_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.randomized_election_ticks =
             self.cfg.election_ticks_min + self.rng.below(self.cfg.election_ticks_min as u64) as u32;
         self.votes.clear();
         self.transferee = 0;
-        self.reads.clear();
-        self.reads_waiting_commit.clear();
+        // Every pending read ends here with an answer (thesis §6.4 confirms a read only within
+        // the leader's term): our own reads fail, reads forwarded to us are refused (with the
+        // new term, so the asker learns it), and reads we forwarded to the old leader fail.
+        // The caller never has to infer lost reads from term or leader changes.
+        for r in std::mem::take(&mut self.reads) {
+            self.reject_read(r.from, r.request_id);
+        }
+        for (from, request_id, _) in std::mem::take(&mut self.reads_waiting_commit) {
+            self.reject_read(from, request_id);
+        }
+        for r in std::mem::take(&mut self.forwarded_reads) {
+            self.read_failures.push(ReadFailure {
+                request_id: r.request_id,
+                reason: ReadFailReason::Abandoned,
+            });
+        }
         self.need_read_round = false;
         self.need_broadcast = false;
         self.lease_until_tick = 0;
@@ -969,11 +1246,26 @@ impl RawNode {
                 self.record_vote(m.from, !m.reject);
                 self.poll();
             }
+            // No leader here: refuse at once rather than let the asker wait out its timeout.
+            MessageKind::ReadIndex => self.reject_read(m.from, m.context),
             _ => {}
         }
     }
 
     fn step_follower(&mut self, m: Message) {
+        if matches!(
+            m.kind,
+            MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot
+        ) && self.leader != 0
+            && self.leader != m.from
+        {
+            // We already follow another leader of this very term: Election Safety (paper
+            // §5.2) is broken somewhere in the cluster. Stop, naming both.
+            panic!(
+                "election safety violated (paper §5.2): nodes {} and {} both lead term {} (seen by node {})",
+                self.leader, m.from, self.term, self.id
+            );
+        }
         match m.kind {
             MessageKind::Append => {
                 self.election_elapsed = 0;
@@ -984,7 +1276,20 @@ impl RawNode {
                 self.election_elapsed = 0;
                 self.leader = m.from;
                 // The leader sends min(its commit, our match), which our log is known to hold.
-                self.log.commit_to(m.commit);
+                // A heartbeat carries no log position, so the paper's bound (Figure 2,
+                // AppendEntries rule 5: min(leaderCommit, index of last new entry)) becomes our
+                // last index; a commit beyond it is a malformed input, not a reason to stop.
+                let last = self.log.last_index();
+                if m.commit > last {
+                    tracing::warn!(
+                        id = self.id,
+                        from = m.from,
+                        commit = m.commit,
+                        last,
+                        "heartbeat commit beyond our last index"
+                    );
+                }
+                self.log.commit_to(m.commit.min(last));
                 let mut r =
                     Message::new(MessageKind::HeartbeatResponse, self.id, m.from, self.term);
                 r.context = m.context;
@@ -998,19 +1303,32 @@ impl RawNode {
             // Thesis §3.10: the transfer target campaigns at once, skipping Pre-Vote (the old
             // leader asked for it) and the lease check (CONTEXT_TRANSFER).
             MessageKind::TimeoutNow if self.promotable() => self.campaign(false, true),
-            MessageKind::ReadIndexResponse if !m.reject => {
-                self.read_states.push(ReadState {
-                    request_id: m.context,
-                    index: m.index,
-                });
+            MessageKind::ReadIndexResponse => {
+                // Only the first answer to a read we still wait for counts: a duplicate or an
+                // answer after the read failed is dropped, so each read ends exactly once.
+                let Some(at) = self
+                    .forwarded_reads
+                    .iter()
+                    .position(|r| r.request_id == m.context)
+                else {
+                    return;
+                };
+                self.forwarded_reads.remove(at);
+                if m.reject {
+                    self.read_failures.push(ReadFailure {
+                        request_id: m.context,
+                        reason: ReadFailReason::Rejected,
+                    });
+                } else {
+                    self.read_states.push(ReadState {
+                        request_id: m.context,
+                        index: m.index,
+                    });
+                }
             }
             MessageKind::ReadIndex => {
                 // We are not the leader: tell the asker to retry elsewhere.
-                let mut r =
-                    Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
-                r.context = m.context;
-                r.reject = true;
-                self.msgs.push(r);
+                self.reject_read(m.from, m.context);
             }
             _ => {}
         }
@@ -1210,20 +1528,16 @@ impl RawNode {
             MessageKind::AppendResponse => self.handle_append_response(m),
             MessageKind::HeartbeatResponse => self.handle_heartbeat_response(m),
             MessageKind::SnapshotResponse => self.handle_snapshot_response(m),
-            MessageKind::ReadIndex if self.leader_read(m.from, m.context).is_err() => {
-                let mut r =
-                    Message::new(MessageKind::ReadIndexResponse, self.id, m.from, self.term);
-                r.context = m.context;
-                r.reject = true;
-                self.msgs.push(r);
+            MessageKind::ReadIndex if self.leader_read(m.from, m.context, self.ticks).is_err() => {
+                self.reject_read(m.from, m.context);
             }
             MessageKind::Append | MessageKind::Heartbeat | MessageKind::Snapshot => {
-                // Two leaders in one term would violate Election Safety (paper §5.2).
-                tracing::error!(
-                    id = self.id,
-                    from = m.from,
-                    term = self.term,
-                    "second leader in term"
+                // Only a leader sends these, and we lead this term: two leaders in one term
+                // violate Election Safety (paper §5.2). Every later guarantee rests on it, so
+                // stop rather than log and go on.
+                panic!(
+                    "election safety violated (paper §5.2): nodes {} and {} both lead term {}",
+                    self.id, m.from, self.term
                 );
             }
             _ => {}
@@ -1515,8 +1829,10 @@ impl RawNode {
             }
             self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(freed);
             if !self.reads_waiting_commit.is_empty() {
-                for (from, rid) in std::mem::take(&mut self.reads_waiting_commit) {
-                    let _ = self.leader_read(from, rid);
+                for (from, rid, asked) in std::mem::take(&mut self.reads_waiting_commit) {
+                    if self.leader_read(from, rid, asked).is_err() {
+                        self.reject_read(from, rid);
+                    }
                 }
             }
             return true;
@@ -1528,7 +1844,7 @@ impl RawNode {
         self.log.term(self.log.committed) == Some(self.term)
     }
 
-    fn leader_read(&mut self, from: u64, request_id: u64) -> Result<(), Error> {
+    fn leader_read(&mut self, from: u64, request_id: u64, asked_tick: u64) -> Result<(), Error> {
         let limit = self.cfg.read_requests_pending_max;
         if self.reads.len() + self.reads_waiting_commit.len() >= limit {
             return Err(Error::ReadQueueFull { limit });
@@ -1536,7 +1852,8 @@ impl RawNode {
         // Thesis §6.4 step 1: the leader's commit index is only known to be current once it has
         // committed an entry of its own term (its no-op).
         if !self.committed_in_term() {
-            self.reads_waiting_commit.push((from, request_id));
+            self.reads_waiting_commit
+                .push((from, request_id, asked_tick));
             return Ok(());
         }
         let index = self.log.committed;
@@ -1557,6 +1874,7 @@ impl RawNode {
             request_id,
             index,
             round: self.round + 1,
+            asked_tick,
         });
         self.need_read_round = true;
         Ok(())
@@ -1796,4 +2114,226 @@ pub fn apply_conf_change(conf: &ConfState, cc: &ConfChange) -> Result<ConfState,
         learners_next,
         auto_leave: true,
     })
+}
+
+/// Each invariant check fires: a state that breaks it stops the node at its next input
+/// (`assert_invariants`, on in test and debug builds).
+#[cfg(test)]
+mod invariant_tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Bytes::from_static(b"x"),
+        }
+    }
+
+    /// Node 1 of {1, 2, 3}, leader of term 2 with its no-op durable and two more entries.
+    fn leader() -> RawNode {
+        let mut c = Config::new(1);
+        c.pre_vote = false;
+        let st = RestartState::bootstrap(ConfState::with_voters(&[1, 2, 3]), Bytes::new());
+        let mut n = RawNode::new(c, st).unwrap();
+        n.campaign_now();
+        let rd = n.ready();
+        n.on_persisted(rd.number).unwrap();
+        let mut v = Message::new(MessageKind::VoteResponse, 2, 1, n.term());
+        v.reject = false;
+        n.step(v);
+        assert_eq!(n.role(), Role::Leader);
+        n.propose(&[Bytes::from_static(b"a"), Bytes::from_static(b"b")])
+            .unwrap();
+        let rd = n.ready();
+        n.on_persisted(rd.number).unwrap();
+        n
+    }
+
+    /// Node 2 of {1, 2, 3}, following leader 1 in term 2, holding entries 2..=4.
+    fn follower() -> RawNode {
+        let st = RestartState::bootstrap(ConfState::with_voters(&[1, 2, 3]), Bytes::new());
+        let mut n = RawNode::new(Config::new(2), st).unwrap();
+        let mut m = Message::new(MessageKind::Append, 1, 2, 2);
+        m.index = 1;
+        m.log_term = 1;
+        m.commit = 2;
+        m.entries = vec![entry(2, 2), entry(3, 2), entry(4, 2)];
+        n.step(m);
+        let rd = n.ready();
+        n.on_persisted(rd.number).unwrap();
+        n
+    }
+
+    #[test]
+    fn healthy_nodes_pass() {
+        leader().check_invariants().unwrap();
+        follower().check_invariants().unwrap();
+    }
+
+    #[test]
+    #[should_panic(expected = "L1: entries")]
+    fn l1_entries_not_contiguous_after_the_snapshot() {
+        let mut n = follower();
+        n.log.snap_index = 0;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "L2: terms")]
+    fn l2_first_term_below_snapshot_term() {
+        let mut n = follower();
+        n.log.snap_term = 3;
+        n.term = 3;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "L3: committed")]
+    fn l3_commit_beyond_last_index() {
+        let mut n = follower();
+        n.log.committed = n.log.last_index() + 1;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "tocommit(5) is out of range [lastIndex(4)]")]
+    fn l3_commit_to_beyond_last_index_panics() {
+        let mut n = follower();
+        n.log.commit_to(5);
+    }
+
+    #[test]
+    #[should_panic(expected = "L4: apply_next")]
+    fn l4_applying_beyond_commit() {
+        let mut n = follower();
+        n.log.apply_next = n.log.committed + 2;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "L5: unstable_from")]
+    fn l5_unstable_beyond_the_log() {
+        let mut n = follower();
+        n.log.unstable_from = n.log.last_index() + 2;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "L6: applied")]
+    fn l6_applied_beyond_what_was_handed_out() {
+        let mut n = follower();
+        n.log.applied = n.log.apply_next;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "L7: persisted")]
+    fn l7_persisted_beyond_the_log() {
+        let mut n = follower();
+        n.log.persisted = n.log.last_index() + 1;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N1: term")]
+    fn n1_term_below_last_log_term() {
+        let mut n = follower();
+        n.term = 1;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N2: leader")]
+    fn n2_leader_names_another_leader() {
+        let mut n = leader();
+        n.leader = 2;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N2: Leader 1 voted for 3")]
+    fn n2_leader_voted_for_another() {
+        let mut n = leader();
+        n.vote = 3;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N3: leader 1 match")]
+    fn n3_leader_match_is_not_its_persisted_index() {
+        let mut n = leader();
+        n.log.persisted -= 1;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N4: replica 2")]
+    fn n4_follower_match_not_below_next() {
+        let mut n = leader();
+        let p = n.pr_mut(2).unwrap();
+        p.matched = p.next;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N4: replica 3")]
+    fn n4_follower_match_beyond_leader_log() {
+        let mut n = leader();
+        let last = n.log.last_index();
+        let p = n.pr_mut(3).unwrap();
+        p.matched = last + 1;
+        p.next = last + 2;
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N5: ")]
+    fn n5_inflight_window_overfull() {
+        let mut n = leader();
+        let cap = n.cfg.inflight_msgs_max;
+        let p = n.pr_mut(2).unwrap();
+        for i in 0..=cap as u64 {
+            p.inflights.add(i);
+        }
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N6: Follower holds 1 reads")]
+    fn n6_follower_holds_leader_reads() {
+        let mut n = follower();
+        n.reads_waiting_commit.push((3, 9, 0));
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "N6: Leader with leader 1 holds 1 forwarded")]
+    fn n6_leader_holds_forwarded_reads() {
+        let mut n = leader();
+        n.forwarded_reads.push_back(ForwardedRead {
+            request_id: 9,
+            sent_tick: n.ticks,
+        });
+        n.tick();
+    }
+
+    #[test]
+    #[should_panic(expected = "nodes 1 and 3 both lead term 2")]
+    fn election_safety_leader_hears_another_leader_of_its_term() {
+        // Paper §5.2: at most one leader per term.
+        let mut n = leader();
+        let mut m = Message::new(MessageKind::Heartbeat, 3, 1, n.term());
+        m.context = 1;
+        n.step(m);
+    }
+
+    #[test]
+    #[should_panic(expected = "nodes 1 and 3 both lead term 2 (seen by node 2)")]
+    fn election_safety_follower_hears_a_second_leader_of_its_term() {
+        let mut n = follower();
+        let m = Message::new(MessageKind::Heartbeat, 3, 2, 2);
+        n.step(m);
+    }
 }

@@ -7,22 +7,31 @@
 //!   durable, then sends the Ready's `persisted_messages` and calls `on_persisted`. A crash
 //!   loses every unsynced write except a random prefix of them, the last one torn (a prefix of
 //!   its entries survives, in the contract's order snapshot, entries, hard state);
-//! - **network**: per-message drop, duplication, delay (hence reordering), and symmetric or
-//!   asymmetric partitions;
-//! - **schedule**: crashes and restarts, membership changes (learners, promotions, removals
-//!   including of the leader, through joint consensus) and leadership transfers, all during the
-//!   faults;
-//! - **clocks** drift: some nodes miss one tick in every 20 to 40 (bounded drift, within the
-//!   lease allowance);
+//! - **network**: per-message drop, duplication, delay (hence reordering), rare long delays
+//!   (5-40 ticks), symmetric or asymmetric partitions, isolation of a leader, partitions during
+//!   joint consensus, and cuts between clients and nodes;
+//! - **schedule**: crashes and restarts (some aimed at leaders, some at nodes whose vote is not
+//!   durable yet), membership changes (learners, promotions, removals including of the leader,
+//!   swaps through joint consensus) and leadership transfers, all during the faults; per seed,
+//!   CheckQuorum may be off or slow and Pre-Vote off, and some seeds have no crashes at all;
+//! - **clocks**: every node ticks at its own rate, within the lease allowance in lease-read
+//!   seeds (`SimConfig::drift_beyond_allowance` is a negative control that leaves it);
 //! - **clients** issue put / get / compare-and-set on a few keys (writes as proposals, reads via
 //!   ReadIndex, some served by followers) and record a history with invocation and completion
-//!   ticks; operations whose outcome is unknown (timeout, crash) are recorded as such.
+//!   ticks; operations whose outcome is unknown (timeout, crash, cut, read failure) are
+//!   recorded as such. Clients may find a new leader quickly, keep reading at an old one, or be
+//!   pinned to an isolated leader.
 //!
 //! Checks: election safety (one leader per term, paper §5.2), leader completeness (a new leader
-//! holds every entry applied anywhere, §5.4), state machine safety (every replica applies the
-//! same entry at each index, §5.4.3), log matching (§5.3), `RawNode` invariants after every
-//! tick, liveness (after healing, every group commits a client write within a bounded number
-//! of ticks) and linearizability of the client history ([`crate::linearizability::check_kv`]).
+//! holds every entry committed in an earlier term, §5.4), state machine safety (every replica
+//! applies the same entry at each index, §5.4.3), log matching (§5.3), `RawNode` invariants
+//! after every tick, commit and applied indexes never go back, a leader's match index names an
+//! entry the follower holds, commits are durable on a quorum of the configuration that counted
+//! them (thesis §4.3), votes are durable before they are sent (thesis §3.8), each read gets
+//! exactly one outcome and no read index is below what was applied when the read began,
+//! liveness (after healing, every group commits a client write within a bounded number of
+//! ticks) and linearizability of the client history ([`crate::linearizability::check_kv`]).
+//! A panic inside raftcore fails the seed like any other check.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -32,7 +41,8 @@ use crate::linearizability::{check_kv, HistoryRecorder, KvInput, KvOutput, OpId,
 use crate::node::{RawNode, RestartState};
 use crate::rng::SplitMix64;
 use crate::types::{
-    ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, HardState, Message, Role, Snapshot,
+    ConfChange, ConfChangeStep, ConfState, Entry, EntryKind, HardState, Message, MessageKind, Role,
+    Snapshot,
 };
 use crate::Config;
 
@@ -61,6 +71,11 @@ pub struct SimConfig {
     pub lin_step_budget: u64,
     /// Print a line per notable event (faults, crashes, new leaders, membership changes).
     pub trace: bool,
+    /// Negative control, off by default: in lease-read seeds, clocks drift far past the lease
+    /// allowance (some nodes run at 30-100% speed, others up to 2x). Lease reads are unsafe
+    /// then, so seeds may fail on correct code; this shows the checks can see a stale lease
+    /// read at all.
+    pub drift_beyond_allowance: bool,
 }
 
 impl Default for SimConfig {
@@ -77,6 +92,7 @@ impl Default for SimConfig {
             compact_entries: 24,
             lin_step_budget: 2_000_000,
             trace: false,
+            drift_beyond_allowance: false,
         }
     }
 }
@@ -96,12 +112,36 @@ struct Faults {
     conf_change_ppm: u64,
     transfer_ppm: u64,
     sync_ppm: u64,
+    /// A message is held 5-40 ticks instead of 1-4 (a slow link, a stalled queue): stale
+    /// answers, snapshot chunks and TimeoutNow arrive long after their moment.
+    long_delay_ppm: u64,
+    /// Partitions between clients and nodes: a client cut off from a node cannot reach it and
+    /// loses the operation it had pending there.
+    client_cut_ppm: u64,
+    /// Crashes aimed at the worst moment for durability: a node whose disk holds an unsynced
+    /// hard state with a vote (thesis §3.8: a vote must be durable before it is sent).
+    crash_unsynced_vote_ppm: u64,
 }
 
 /// Raft limits drawn per seed, so message splitting and windows vary across seeds.
 #[derive(Clone, Copy, Debug)]
 struct Tuning {
     lease_reads: bool,
+    /// Off in some seeds without lease reads: a leader cut off from its quorum keeps leading
+    /// (and answering clients that still reach it) until it hears of a newer term, which is
+    /// the window in which a missing ReadIndex quorum round returns stale data.
+    check_quorum: bool,
+    /// CheckQuorum period (`Config::check_quorum_ticks`): 0 (an election timeout) or, in some
+    /// seeds, several election timeouts, so an isolated leader keeps believing it leads (and
+    /// serving lease reads, which must stay correct) long after a new leader took over.
+    check_quorum_ticks: u32,
+    /// Pre-Vote (thesis §9.6) off in some seeds: candidates then campaign at once, so
+    /// elections in the same term collide more often (split votes), which is where a vote that
+    /// was not durable before it was sent lets a restarted voter vote twice.
+    pre_vote: bool,
+    /// Clients ask a random reachable node who leads before each operation, so they move to a
+    /// new leader quickly while an old, isolated one may still believe it leads.
+    fast_discovery: bool,
     entries_per_msg_max: usize,
     msg_bytes_max: u64,
     inflight_msgs_max: usize,
@@ -366,14 +406,31 @@ struct Replica {
     /// (request id, client, read index once known)
     pending_reads: Vec<(u64, u64, Option<u64>)>,
     leader_term_checked: u64,
+    /// Reads asked on this incarnation without an outcome from raftcore yet: id -> tick asked.
+    /// The Ready contract (item 6) promises each one exactly one ReadState or ReadFailure.
+    reads_asked: BTreeMap<u64, u64>,
+    /// Read id -> the highest index applied anywhere in the group when the read was asked.
+    /// Everything applied was committed before the read began, so a linearizable read index
+    /// (thesis §6.4) is at least that high: a lower one is a stale read, whether or not a
+    /// client happens to observe a changed value.
+    read_floors: BTreeMap<u64, u64>,
+    /// Highest commit index and applied index seen on this incarnation (neither goes back).
+    committed_seen: u64,
+    applied_seen: u64,
+    /// As leader: the term, configuration and commit index at which the commit quorum was
+    /// last checked (see `check_commit_quorum`).
+    quorum_checked: Option<(u64, ConfState, u64)>,
 }
 
 #[derive(Debug)]
 struct Node {
     alive: bool,
     restart_at: u64,
-    /// Clock drift: this node's clock misses one tick in every `slow_every` (0 = exact).
-    slow_every: u64,
+    /// Clock rate: this node's ticks per simulated tick, in millionths (1_000_000 = exact;
+    /// below it the node misses ticks, above it some simulated ticks give it two).
+    clock_ppm: u64,
+    /// Fraction of a tick accumulated (millionths).
+    clock_acc: u64,
     incarnation: u64,
     replicas: Vec<Replica>,
 }
@@ -401,6 +458,18 @@ struct ClientOp {
 struct Client {
     pending: Option<ClientOp>,
     leader_guess: Vec<u64>,
+    /// Reads only, always at its leader guess, and asks who leads only after an operation
+    /// failed: it keeps talking to an old leader for as long as that node answers as leader
+    /// (client 0 in seeds with fast discovery, where the other clients ask before every
+    /// operation and move on to a new leader quickly).
+    sticky_reader: bool,
+    /// The last operation failed (timeout, crash, refusal): ask who leads before the next.
+    rediscover: bool,
+    /// (group, node): set when `node`, leader of `group`, is cut off from the other nodes. The
+    /// client still reaches it and reads only there, keys of `group` only, until the network
+    /// changes: a cut-off leader that answers it without a quorum or past its lease serves
+    /// stale data while the others elect and use a new leader.
+    pinned: Option<(usize, u64)>,
     seq: u64,
     last_seen: BTreeMap<Vec<u8>, Vec<u8>>,
 }
@@ -409,6 +478,10 @@ struct Client {
 struct GroupCheck {
     /// index -> (term, data hash) of the entry applied there.
     applied: BTreeMap<u64, (u64, u64)>,
+    /// index -> the term of the first replica that applied it, at that moment: the entry was
+    /// committed in that term or an earlier one (a replica learns of a commit from a leader of
+    /// a term no later than its own).
+    commit_term_bound: BTreeMap<u64, u64>,
     max_applied: u64,
     /// term -> leader.
     leaders: BTreeMap<u64, u64>,
@@ -434,6 +507,10 @@ struct Sim {
     clients: Vec<Client>,
     history: HistoryRecorder<KvInput, KvOutput>,
     checks: Vec<GroupCheck>,
+    /// Client-to-node cuts: (client, node) pairs that cannot reach each other.
+    client_blocked: Vec<(u64, u64)>,
+    /// Read ids that already got an outcome from raftcore (none may get a second).
+    reads_answered: std::collections::BTreeSet<u64>,
     next_read_id: u64,
     healed: bool,
     stats: SimStats,
@@ -442,16 +519,28 @@ struct Sim {
 type SimResult<T> = Result<T, String>;
 
 /// Runs one seed. `Ok` carries counters; `Err` says what was violated and how to replay.
+/// A panic inside raftcore (a broken invariant, a second leader in a term) is a failure of the
+/// seed like any other, reported with its message and the replay command.
 pub fn run(seed: u64, cfg: &SimConfig) -> Result<SimStats, SimFailure> {
     let mut sim = Sim::new(seed, cfg.clone());
-    match sim.run() {
-        Ok(()) => Ok(sim.stats),
-        Err(what) => Err(SimFailure {
-            seed,
-            tick: sim.now,
-            what,
-        }),
-    }
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.run()));
+    let what = match result {
+        Ok(Ok(())) => return Ok(sim.stats),
+        Ok(Err(what)) => what,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "(no message)".into());
+            format!("panic: {msg}")
+        }
+    };
+    Err(SimFailure {
+        seed,
+        tick: sim.now,
+        what,
+    })
 }
 
 fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -> Config {
@@ -462,6 +551,9 @@ fn node_config(node: u64, group: u64, seed: u64, incarnation: u64, t: &Tuning) -
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(node * 1_000_003 + group * 7919 + incarnation * 104_729);
     c.lease_reads = t.lease_reads;
+    c.check_quorum = t.check_quorum;
+    c.check_quorum_ticks = t.check_quorum_ticks;
+    c.pre_vote = t.pre_vote;
     c.entries_per_msg_max = t.entries_per_msg_max;
     c.msg_bytes_max = t.msg_bytes_max;
     c.inflight_msgs_max = t.inflight_msgs_max;
@@ -485,9 +577,35 @@ impl Sim {
             conf_change_ppm: 8_000 + rng.below(12_000),
             transfer_ppm: 3_000 + rng.below(8_000),
             sync_ppm: 100_000 + rng.below(800_000),
+            long_delay_ppm: 0,
+            client_cut_ppm: 0,
+            crash_unsynced_vote_ppm: 0,
         };
+        // Draws added after the original ones come from a separate generator, so seeds keep
+        // the rest of their schedule shape.
+        let mut shape_rng = SplitMix64::new(seed ^ 0x05ba_9e00_0000_0000);
+        let mut faults = faults;
+        faults.long_delay_ppm = [0, 2_000, 10_000][shape_rng.below(3) as usize];
+        faults.client_cut_ppm = [0, 5_000, 20_000][shape_rng.below(3) as usize];
+        faults.crash_unsynced_vote_ppm = [0, 100_000, 300_000][shape_rng.below(3) as usize];
+        // Swarm testing: a quarter of the seeds have no crashes at all, so partitions (an
+        // isolated leader that keeps serving next to a new one) play out undisturbed.
+        if shape_rng.below(4) == 0 {
+            faults.crash_ppm = 0;
+            faults.leader_crash_ppm = 0;
+            faults.crash_unsynced_vote_ppm = 0;
+        }
+        let lease_reads = rng.below(3) == 0;
+        let check_quorum = lease_reads || shape_rng.below(2) == 0;
         let tuning = Tuning {
-            lease_reads: rng.below(3) == 0,
+            lease_reads,
+            check_quorum,
+            check_quorum_ticks: [0, 0, 40, 80][shape_rng.below(4) as usize],
+            fast_discovery: shape_rng.below(3) != 0,
+            // Off only with CheckQuorum on: with neither, a removed voter that never learns of
+            // its removal deposes every leader with its ever higher terms (thesis §4.2.3), a
+            // known property of Raft without them, not a bug to look for.
+            pre_vote: shape_rng.below(4) != 0 || !check_quorum,
             entries_per_msg_max: [1, 2, 3, 8][rng.below(4) as usize],
             msg_bytes_max: [64, 256, 1024][rng.below(3) as usize],
             inflight_msgs_max: 1 + rng.below(4) as usize,
@@ -524,27 +642,49 @@ impl Sim {
                     pending_writes: BTreeMap::new(),
                     pending_reads: Vec::new(),
                     leader_term_checked: 0,
+                    reads_asked: BTreeMap::new(),
+                    read_floors: BTreeMap::new(),
+                    committed_seen: 0,
+                    applied_seen: 0,
+                    quorum_checked: None,
                 });
             }
             nodes.push(Node {
                 alive: true,
                 restart_at: 0,
-                slow_every: 0,
+                clock_ppm: 1_000_000,
+                clock_acc: 0,
                 incarnation: 0,
                 replicas,
             });
         }
-        // Bounded clock drift (separate generator, so the fault schedule is unchanged): up to
-        // 3 of every 5 nodes run 2.5-5% slow. That stays inside the lease allowance
-        // (lease_drift_ticks = 2 of election_ticks_min = 10), so lease reads must stay correct.
+        // Clock drift (separate generator, so the fault schedule is unchanged). Without lease
+        // reads, up to 3 of every 5 nodes run 2.5-5% slow. With lease reads, every node draws
+        // a rate in [0.88, 1.05] ticks per simulated tick: rates differ by at most 16% of the
+        // fastest, inside the lease allowance (`Config::lease_drift_ticks` = 2 of
+        // `election_ticks_min` = 10, i.e. 20%), so lease reads must stay correct while the
+        // drift uses most of the allowance. `drift_beyond_allowance` (a negative control)
+        // draws rates in [0.3, 2.0] instead.
         let mut clock_rng = SplitMix64::new(seed ^ 0xc10c_d21f_7000_0000);
         for node in nodes.iter_mut() {
-            if clock_rng.below(5) < 3 {
-                node.slow_every = 20 + clock_rng.below(21);
+            node.clock_acc = clock_rng.below(1_000_000);
+            if tuning.lease_reads && cfg.drift_beyond_allowance {
+                node.clock_ppm = if clock_rng.below(2) == 0 {
+                    300_000 + clock_rng.below(700_000)
+                } else {
+                    1_000_000 + clock_rng.below(1_000_000)
+                };
+            } else if tuning.lease_reads {
+                node.clock_ppm = 880_000 + clock_rng.below(170_001);
+            } else if clock_rng.below(5) < 3 {
+                node.clock_ppm = 950_000 + clock_rng.below(25_001);
             }
         }
         let clients = (0..cfg.clients)
-            .map(|_| Client {
+            .map(|c| Client {
+                sticky_reader: c == 0 && tuning.fast_discovery,
+                rediscover: true,
+                pinned: None,
                 pending: None,
                 leader_guess: (0..cfg.groups).map(|g| g % cfg.nodes + 1).collect(),
                 seq: 0,
@@ -566,6 +706,8 @@ impl Sim {
             clients,
             history: HistoryRecorder::new(),
             checks,
+            client_blocked: Vec::new(),
+            reads_answered: std::collections::BTreeSet::new(),
             next_read_id: 1,
             healed: false,
             stats: SimStats::default(),
@@ -573,6 +715,7 @@ impl Sim {
     }
 
     fn run(&mut self) -> SimResult<()> {
+        self.trace(|| format!("tuning {:?}, faults {:?}", self.tuning, self.faults));
         let total = self.cfg.safety_ticks + self.cfg.liveness_ticks;
         while self.now < total {
             if self.now == self.cfg.safety_ticks {
@@ -590,6 +733,20 @@ impl Sim {
             }
         }
         self.check_log_matching()?;
+        // Ready contract item 6: every read asked on a replica that stayed up got an outcome
+        // (reads asked in the last ticks may still be in their round).
+        for n in 0..self.nodes.len() {
+            for g in 0..self.cfg.groups as usize {
+                let rep = &self.nodes[n].replicas[g];
+                if let Some((rid, at)) = rep.reads_asked.iter().find(|(_, &at)| at + 50 < self.now)
+                {
+                    return Err(format!(
+                        "read contract: node {} group {g} never answered read {rid} asked at tick {at}",
+                        n + 1
+                    ));
+                }
+            }
+        }
         // Everything still pending has an unknown outcome.
         for c in 0..self.clients.len() {
             if let Some(op) = self.clients[c].pending.take() {
@@ -619,7 +776,12 @@ impl Sim {
     fn heal(&mut self) {
         self.trace(|| "heal: liveness phase starts".into());
         self.healed = true;
+        self.unpin_clients();
         self.blocked.clear();
+        self.client_blocked.clear();
+        self.faults.long_delay_ppm = 0;
+        self.faults.client_cut_ppm = 0;
+        self.faults.crash_unsynced_vote_ppm = 0;
         self.faults.drop_ppm = 0;
         self.faults.dup_ppm = 0;
         self.faults.delay_max_ticks = 1;
@@ -635,13 +797,18 @@ impl Sim {
         self.restart_due()?;
         self.deliver()?;
         for n in 0..self.nodes.len() {
-            let k = self.nodes[n].slow_every;
-            if !self.nodes[n].alive || (k > 0 && (self.now + n as u64) % k == 0) {
+            let node = &mut self.nodes[n];
+            if !node.alive {
                 continue;
             }
-            for g in 0..self.cfg.groups as usize {
-                if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
-                    raw.tick();
+            node.clock_acc += node.clock_ppm;
+            let ticks = node.clock_acc / 1_000_000;
+            node.clock_acc %= 1_000_000;
+            for _ in 0..ticks {
+                for g in 0..self.cfg.groups as usize {
+                    if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
+                        raw.tick();
+                    }
                 }
             }
         }
@@ -662,7 +829,32 @@ impl Sim {
 
     // ---------------------------------------------------------- network
 
-    fn send(&mut self, from: u64, group: u64, msg: Message) {
+    /// Thesis §3.8 at the network boundary: a vote leaves a node only once the hard state that
+    /// holds it is on its disk (the term it was granted in, or a later one, is durable), so a
+    /// crash cannot let the node vote again in that term.
+    fn check_vote_durable(&self, from: u64, group: u64, msg: &Message) -> SimResult<()> {
+        if msg.kind != MessageKind::VoteResponse || msg.reject {
+            return Ok(());
+        }
+        let hs = self.nodes[(from - 1) as usize].replicas[group as usize]
+            .disk
+            .hard_state;
+        if hs.term > msg.term || (hs.term == msg.term && hs.vote == msg.to) {
+            return Ok(());
+        }
+        Err(format!(
+            "vote durability: node {from} group {group} sent a vote for {} in term {} while its disk holds term {} vote {}",
+            msg.to, msg.term, hs.term, hs.vote
+        ))
+    }
+
+    fn send(&mut self, from: u64, group: u64, msg: Message) -> SimResult<()> {
+        self.check_vote_durable(from, group, &msg)?;
+        self.send_unchecked(from, group, msg);
+        Ok(())
+    }
+
+    fn send_unchecked(&mut self, from: u64, group: u64, msg: Message) {
         let to = msg.to;
         if self.blocked.contains(&(from, to)) || self.rng.chance(self.faults.drop_ppm) {
             return;
@@ -673,7 +865,10 @@ impl Sim {
             1
         };
         for _ in 0..copies {
-            let at = self.now + 1 + self.rng.below(self.faults.delay_max_ticks);
+            let mut at = self.now + 1 + self.rng.below(self.faults.delay_max_ticks);
+            if self.faults.long_delay_ppm > 0 && self.rng.chance(self.faults.long_delay_ppm) {
+                at = self.now + 5 + self.rng.below(36);
+            }
             let msg = msg.clone();
             self.net.push(InFlight {
                 at,
@@ -750,7 +945,7 @@ impl Sim {
         };
         let rd = raw.ready();
         for m in rd.messages {
-            self.send(node_id, g as u64, m);
+            self.send(node_id, g as u64, m)?;
         }
         let rep = &mut self.nodes[n].replicas[g];
         rep.disk.unsynced.push_back(Write {
@@ -772,6 +967,15 @@ impl Sim {
                     ));
                 }
             }
+            // A snapshot from the leader moves a replica forward only: raftcore hands one out
+            // only above its commit index, hence above everything applied. Installing one at or
+            // below the applied index would roll the state machine back.
+            if s.meta.index <= rep.applied {
+                return Err(format!(
+                    "applied index regressed: node {node_id} group {g} was handed a snapshot at {} with {} already applied",
+                    s.meta.index, rep.applied
+                ));
+            }
             rep.sm = kv;
             rep.applied = s.meta.index;
             self.stats.snapshots_installed += 1;
@@ -787,6 +991,10 @@ impl Sim {
             }
         }
         let mut completions = Vec::new();
+        let applier_term = self.nodes[n].replicas[g]
+            .raw
+            .as_ref()
+            .map_or(u64::MAX, |r| r.term());
         for e in &rd.committed_entries {
             let rep = &mut self.nodes[n].replicas[g];
             if e.index != rep.applied + 1 {
@@ -808,6 +1016,7 @@ impl Sim {
                 Some(_) => {}
                 None => {
                     chk.applied.insert(e.index, (e.term, h));
+                    chk.commit_term_bound.insert(e.index, applier_term);
                 }
             }
             chk.max_applied = chk.max_applied.max(e.index);
@@ -832,13 +1041,49 @@ impl Sim {
                 None => self.fail_client(client),
             }
         }
-        // Reads.
+        // Reads: each id asked gets exactly one outcome (Ready contract item 6).
+        let outcomes = rd
+            .read_states
+            .iter()
+            .map(|r| r.request_id)
+            .chain(rd.read_failures.iter().map(|f| f.request_id));
+        for rs in &rd.read_states {
+            let floor = self.nodes[n].replicas[g].read_floors.get(&rs.request_id);
+            if let Some(&floor) = floor {
+                if rs.index < floor {
+                    return Err(format!(
+                        "stale read: node {node_id} group {g} read {} got read index {} but {floor} was already applied when it was asked",
+                        rs.request_id, rs.index
+                    ));
+                }
+            }
+        }
+        for rid in outcomes {
+            let rep = &mut self.nodes[n].replicas[g];
+            rep.read_floors.remove(&rid);
+            if rep.reads_asked.remove(&rid).is_none() || !self.reads_answered.insert(rid) {
+                return Err(format!(
+                    "read contract: node {node_id} group {g} reported read {rid} that it was not asked for or already answered"
+                ));
+            }
+        }
+        let mut failed_clients = Vec::new();
         let rep = &mut self.nodes[n].replicas[g];
+        for f in &rd.read_failures {
+            if let Some(at) = rep.pending_reads.iter().position(|r| r.0 == f.request_id) {
+                failed_clients.push(rep.pending_reads.remove(at).1);
+            }
+        }
         for rs in rd.read_states {
             if let Some(r) = rep.pending_reads.iter_mut().find(|r| r.0 == rs.request_id) {
                 r.2 = Some(rs.index);
             }
         }
+        for c in failed_clients {
+            // The read was never confirmed: it had no effect, its outcome is unknown.
+            self.fail_client(c);
+        }
+        let rep = &mut self.nodes[n].replicas[g];
         let applied = rep.applied;
         let mut done = Vec::new();
         rep.pending_reads.retain(|r| match r.2 {
@@ -898,7 +1143,7 @@ impl Sim {
                     msgs.append(&mut w.persisted_messages);
                 }
                 for m in msgs {
-                    self.send(n as u64 + 1, g as u64, m);
+                    self.send(n as u64 + 1, g as u64, m)?;
                 }
                 if let Some(raw) = self.nodes[n].replicas[g].raw.as_mut() {
                     raw.on_persisted(last)
@@ -914,13 +1159,18 @@ impl Sim {
     fn inject_faults(&mut self) -> SimResult<()> {
         let nn = self.cfg.nodes;
         if self.rng.chance(self.faults.partition_ppm) {
-            match self.rng.below(5) {
-                0 => self.blocked.clear(),
-                4 => {
-                    // Isolate the leader of a random group (both directions).
+            match self.rng.below(6) {
+                0 => {
+                    self.unpin_clients();
+                    self.blocked.clear();
+                }
+                4 | 5 => {
+                    // Isolate the leader of a random group (both directions); one client stays
+                    // with it (`Client::pinned`).
                     let g = self.rng.below(self.cfg.groups) as usize;
                     if let Some(l) = self.leader_of(g) {
                         let x = l as u64 + 1;
+                        self.unpin_clients();
                         self.blocked.clear();
                         for o in 1..=nn {
                             if o != x {
@@ -928,10 +1178,13 @@ impl Sim {
                                 self.blocked.push((o, x));
                             }
                         }
+                        let c = self.rng.below(self.cfg.clients) as usize;
+                        self.clients[c].pinned = Some((g, x));
                     }
                 }
                 1 => {
                     // Symmetric split into two sides.
+                    self.unpin_clients();
                     self.blocked.clear();
                     let side: Vec<bool> = (0..nn).map(|_| self.rng.below(2) == 0).collect();
                     for a in 1..=nn {
@@ -962,6 +1215,80 @@ impl Sim {
                 }
             }
             self.trace(|| format!("partition: blocked links {:?}", self.blocked));
+        }
+        // A partition during joint consensus: the leader loses every outgoing voter, so only
+        // C_new can still reach a majority. Nothing may commit then (thesis §4.3: C_old,new
+        // needs both majorities); liveness is checked only after healing.
+        if self.faults.partition_ppm > 0 {
+            for g in 0..self.cfg.groups as usize {
+                let Some(l) = self.leader_of(g) else {
+                    continue;
+                };
+                let Some(conf) = self.nodes[l].replicas[g]
+                    .raw
+                    .as_ref()
+                    .map(|r| r.conf().clone())
+                else {
+                    continue;
+                };
+                if !conf.is_joint() || !self.rng.chance(200_000) {
+                    continue;
+                }
+                let x = l as u64 + 1;
+                for &v in &conf.voters_outgoing {
+                    for link in [(x, v), (v, x)] {
+                        if v != x && !self.blocked.contains(&link) {
+                            self.blocked.push(link);
+                        }
+                    }
+                }
+                self.trace(|| format!("group {g}: joint split, blocked links {:?}", self.blocked));
+            }
+        }
+        if self.faults.client_cut_ppm > 0 && self.rng.chance(self.faults.client_cut_ppm) {
+            match self.rng.below(3) {
+                0 => self.client_blocked.clear(),
+                1 => {
+                    // Cut every client but one off from a group's leader: the others move on to
+                    // a new leader while the one left may still read at the old one.
+                    let g = self.rng.below(self.cfg.groups) as usize;
+                    if let Some(l) = self.leader_of(g) {
+                        let keep = self.rng.below(self.cfg.clients);
+                        for c in 0..self.cfg.clients {
+                            if c != keep {
+                                self.cut_client(c, l as u64 + 1);
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let c = self.rng.below(self.cfg.clients);
+                    let node = 1 + self.rng.below(self.cfg.nodes);
+                    self.cut_client(c, node);
+                }
+            }
+            self.trace(|| format!("client cuts: {:?}", self.client_blocked));
+        }
+        if self.faults.crash_unsynced_vote_ppm > 0 {
+            let voted: Vec<usize> = (0..self.nodes.len())
+                .filter(|&n| {
+                    self.nodes[n].alive
+                        && self.nodes[n].replicas.iter().any(|r| {
+                            r.disk
+                                .unsynced
+                                .iter()
+                                .any(|w| w.hard_state.is_some_and(|h| h.vote != 0))
+                        })
+                })
+                .collect();
+            let down = self.nodes.iter().filter(|n| !n.alive).count();
+            if !voted.is_empty() && down < 2 && self.rng.chance(self.faults.crash_unsynced_vote_ppm)
+            {
+                let x = voted[self.rng.below(voted.len() as u64) as usize];
+                self.crash(x);
+                // A quick reboot: vote requests still in flight reach the restarted node.
+                self.nodes[x].restart_at = self.now + 1;
+            }
         }
         if self.rng.chance(self.faults.crash_ppm) {
             let down = self.nodes.iter().filter(|n| !n.alive).count();
@@ -1045,31 +1372,40 @@ impl Sim {
         let nn = self.cfg.nodes;
         let others: Vec<u64> = (1..=nn).filter(|n| !conf.members().contains(n)).collect();
         let pick = |rng: &mut SplitMix64, v: &[u64]| v[rng.below(v.len() as u64) as usize];
-        let steps = match self.rng.below(5) {
-            0 if !conf.learners.is_empty() => {
-                vec![ConfChangeStep::AddVoter(pick(
-                    &mut self.rng,
-                    &conf.learners,
-                ))]
-            }
-            1 if !others.is_empty() => {
-                vec![ConfChangeStep::AddLearner(pick(&mut self.rng, &others))]
-            }
-            2 if conf.voters.len() > 3 => {
-                // May remove the leader itself.
-                vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters))]
-            }
-            3 if !conf.learners.is_empty() => {
-                vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.learners))]
-            }
-            4 if !conf.learners.is_empty() => {
-                // Swap a voter (maybe the leader) for a learner in one joint change.
-                vec![
-                    ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners)),
-                    ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters)),
-                ]
-            }
-            _ => return,
+        // Pick among the changes that are possible now. Swaps weigh triple: they are the
+        // changes where C_new's majority does not imply C_old's, so they exercise the joint
+        // rule (thesis §4.3).
+        let has_learners = !conf.learners.is_empty();
+        let options: Vec<u8> = [
+            (0, has_learners),
+            (1, !others.is_empty()),
+            (2, conf.voters.len() > 3),
+            (3, has_learners),
+            (4, has_learners),
+            (4, has_learners),
+            (4, has_learners),
+        ]
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(k, _)| *k)
+        .collect();
+        if options.is_empty() {
+            return;
+        }
+        let steps = match options[self.rng.below(options.len() as u64) as usize] {
+            0 => vec![ConfChangeStep::AddVoter(pick(
+                &mut self.rng,
+                &conf.learners,
+            ))],
+            1 => vec![ConfChangeStep::AddLearner(pick(&mut self.rng, &others))],
+            // May remove the leader itself.
+            2 => vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters))],
+            3 => vec![ConfChangeStep::Remove(pick(&mut self.rng, &conf.learners))],
+            // Swap a voter (maybe the leader) for a learner in one joint change.
+            _ => vec![
+                ConfChangeStep::AddVoter(pick(&mut self.rng, &conf.learners)),
+                ConfChangeStep::Remove(pick(&mut self.rng, &conf.voters)),
+            ],
         };
         if let Some(raw) = self.nodes[l].replicas[g].raw.as_mut() {
             let cc = ConfChange { steps };
@@ -1120,6 +1456,9 @@ impl Sim {
             for (_, c, _) in std::mem::take(&mut rep.pending_reads) {
                 lost_clients.push(c);
             }
+            // The RawNode is gone with its reads; a restarted one owes them nothing.
+            rep.reads_asked.clear();
+            rep.read_floors.clear();
         }
         for c in lost_clients {
             self.fail_client(c);
@@ -1163,12 +1502,56 @@ impl Sim {
                 rep.applied = rep.disk.snapshot.meta.index;
                 rep.raw = Some(raw);
                 rep.leader_term_checked = 0;
+                rep.committed_seen = 0;
+                rep.applied_seen = 0;
+                rep.quorum_checked = None;
             }
         }
         Ok(())
     }
 
     // ---------------------------------------------------------- clients
+
+    fn unpin_clients(&mut self) {
+        for c in self.clients.iter_mut() {
+            c.pinned = None;
+        }
+    }
+
+    /// A client asks a random node it can reach who leads group `g` (as a real client does
+    /// after a NotLeader answer or a refresh), and takes the answer if it can reach that node.
+    fn discover_leader(&mut self, c: usize, g: usize) {
+        let asked = 1 + self.rng.below(self.cfg.nodes);
+        let n = (asked - 1) as usize;
+        if !self.nodes[n].alive || self.client_blocked.contains(&(c as u64, asked)) {
+            return;
+        }
+        let Some(hint) = self.nodes[n].replicas[g].raw.as_ref().map(|r| r.leader()) else {
+            return;
+        };
+        if hint != 0 && !self.client_blocked.contains(&(c as u64, hint)) {
+            self.clients[c].leader_guess[g] = hint;
+        }
+    }
+
+    /// Cuts client `c` off from node `node`: its operation pending there is lost (outcome
+    /// unknown), and it will pick another node.
+    fn cut_client(&mut self, c: u64, node: u64) {
+        if !self.client_blocked.contains(&(c, node)) {
+            self.client_blocked.push((c, node));
+        }
+        let Some(op) = self.clients[c as usize].pending.as_ref() else {
+            return;
+        };
+        if op.node != node {
+            return;
+        }
+        let (n, g, rid) = ((node - 1) as usize, op.group as usize, op.read_id);
+        let rep = &mut self.nodes[n].replicas[g];
+        rep.pending_writes.retain(|_, (_, cl)| *cl != c);
+        rep.pending_reads.retain(|r| r.0 != rid);
+        self.fail_client(c);
+    }
 
     fn complete_client(&mut self, c: u64, out: KvOutput, g: usize) {
         let Some(op) = self.clients[c as usize].pending.take() else {
@@ -1197,6 +1580,7 @@ impl Sim {
     }
 
     fn fail_client(&mut self, c: u64) {
+        self.clients[c as usize].rediscover = true;
         if let Some(op) = self.clients[c as usize].pending.take() {
             self.history.fail(op.op);
             self.stats.ops_unknown += 1;
@@ -1219,10 +1603,27 @@ impl Sim {
             if !self.rng.chance(500_000) {
                 continue;
             }
-            let key_i = self.rng.below(self.cfg.keys);
+            let pinned = self.clients[c].pinned;
+            let key_i = match pinned {
+                Some((g, _)) => {
+                    g as u64 + self.cfg.groups * self.rng.below(self.cfg.keys / self.cfg.groups)
+                }
+                None => self.rng.below(self.cfg.keys),
+            };
             let g = (key_i % self.cfg.groups) as usize;
+            if let Some((_, x)) = pinned {
+                self.clients[c].leader_guess[g] = x;
+            }
+            let sticky = self.clients[c].sticky_reader || pinned.is_some();
+            if self.tuning.fast_discovery
+                && pinned.is_none()
+                && (!sticky || self.clients[c].rediscover)
+            {
+                self.clients[c].rediscover = false;
+                self.discover_leader(c, g);
+            }
             let key = format!("k{key_i}").into_bytes();
-            let kind = self.rng.below(10);
+            let kind = if sticky { 5 } else { self.rng.below(10) };
             let cl = &mut self.clients[c];
             cl.seq += 1;
             let value = format!("c{c}v{}", cl.seq).into_bytes();
@@ -1244,13 +1645,13 @@ impl Sim {
             };
             let is_read = matches!(input, KvInput::Get { .. });
             // Reads go to a random node half the time (follower reads via ReadIndex).
-            let target = if is_read && self.rng.below(2) == 0 {
+            let target = if is_read && !sticky && self.rng.below(2) == 0 {
                 1 + self.rng.below(self.cfg.nodes)
             } else {
                 self.clients[c].leader_guess[g]
             };
             let n = (target - 1) as usize;
-            if !self.nodes[n].alive {
+            if !self.nodes[n].alive || self.client_blocked.contains(&(c as u64, target)) {
                 self.clients[c].leader_guess[g] = 1 + self.rng.below(self.cfg.nodes);
                 continue;
             }
@@ -1267,9 +1668,10 @@ impl Sim {
                 }
                 self.next_read_id += 1;
                 let op = self.history.invoke(c as u64, now, input.clone());
-                self.nodes[n].replicas[g]
-                    .pending_reads
-                    .push((rid, c as u64, None));
+                let rep = &mut self.nodes[n].replicas[g];
+                rep.pending_reads.push((rid, c as u64, None));
+                rep.reads_asked.insert(rid, now);
+                rep.read_floors.insert(rid, self.checks[g].max_applied);
                 self.clients[c].pending = Some(ClientOp {
                     op,
                     node: target,
@@ -1320,9 +1722,35 @@ impl Sim {
                 };
                 raw.check_invariants()
                     .map_err(|e| format!("node {} group {g}: invariant: {e}", n + 1))?;
+                // Within one incarnation neither the commit index nor the applied index goes
+                // back (a snapshot below either would roll the replica back).
+                if raw.committed() < rep.committed_seen || raw.applied() < rep.applied_seen {
+                    return Err(format!(
+                        "node {} group {g}: commit/applied went back from {}/{} to {}/{}",
+                        n + 1,
+                        rep.committed_seen,
+                        rep.applied_seen,
+                        raw.committed(),
+                        raw.applied()
+                    ));
+                }
+                let (committed, applied) = (raw.committed(), raw.applied());
+                let rep = &mut self.nodes[n].replicas[g];
+                rep.committed_seen = committed;
+                rep.applied_seen = applied;
+                let rep = &self.nodes[n].replicas[g];
+                let Some(raw) = rep.raw.as_ref() else {
+                    continue;
+                };
                 if raw.role() != Role::Leader {
                     continue;
                 }
+                self.check_leader_matches(n, g)?;
+                self.check_commit_quorum(n, g)?;
+                let rep = &self.nodes[n].replicas[g];
+                let Some(raw) = rep.raw.as_ref() else {
+                    continue;
+                };
                 let term = raw.term();
                 // Election safety (paper §5.2): at most one leader per term.
                 let chk = &mut self.checks[g];
@@ -1347,17 +1775,14 @@ impl Sim {
                 if rep.leader_term_checked == term {
                     continue;
                 }
-                // Leader completeness (paper §5.4): the leader holds every entry applied
-                // anywhere (applied implies committed).
-                if raw.last_index() < chk.max_applied {
-                    return Err(format!(
-                        "leader completeness: group {g} leader {} term {term} has last index {} < applied {}",
-                        n + 1,
-                        raw.last_index(),
-                        chk.max_applied
-                    ));
-                }
+                // Leader completeness (paper §5.4): the leader holds every entry committed in
+                // an earlier term (applied implies committed). A leader of an older term can
+                // still be elected late (its last vote delayed on the network) after a newer
+                // term committed entries; it need not hold those.
                 for (&i, &(t, _)) in chk.applied.range(raw.first_index()..) {
+                    if chk.commit_term_bound.get(&i).is_some_and(|&b| b >= term) {
+                        continue;
+                    }
                     if raw.log_term(i) != Some(t) {
                         return Err(format!(
                             "leader completeness: group {g} leader {} term {term} has term {:?} at {i}, committed term {t}",
@@ -1367,6 +1792,138 @@ impl Sim {
                     }
                 }
                 self.nodes[n].replicas[g].leader_term_checked = term;
+            }
+        }
+        Ok(())
+    }
+
+    /// A leader's match index for a replica names an entry that replica really holds, with the
+    /// leader's term for it (paper §5.3: an acknowledgement means the follower's log matches
+    /// the leader's through that index). Checked for live replicas in the leader's own term
+    /// only: a replica that moved to a newer term may have dropped entries the old leader
+    /// still counts, which is legal.
+    fn check_leader_matches(&self, n: usize, g: usize) -> SimResult<()> {
+        let Some(leader) = self.nodes[n].replicas[g].raw.as_ref() else {
+            return Ok(());
+        };
+        for id in leader.conf().members() {
+            let f = (id - 1) as usize;
+            if f == n || f >= self.nodes.len() || !self.nodes[f].alive {
+                continue;
+            }
+            let Some((matched, _, _)) = leader.progress(id) else {
+                continue;
+            };
+            let Some(follower) = self.nodes[f].replicas[g].raw.as_ref() else {
+                continue;
+            };
+            if matched == 0 || follower.term() != leader.term() {
+                continue;
+            }
+            let Some(want) = leader.log_term(matched) else {
+                continue; // compacted on the leader
+            };
+            if matched < follower.first_index().saturating_sub(1) {
+                continue; // covered by the follower's snapshot (committed)
+            }
+            let have = follower.log_term(matched);
+            if have != Some(want) {
+                return Err(format!(
+                    "match index: group {g} leader {} term {} counts node {id} as holding {matched} (term {want}), but it holds {:?} there (last index {})",
+                    n + 1,
+                    leader.term(),
+                    have,
+                    follower.last_index()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every commit index a leader reaches is durable on a majority of each half of the
+    /// configuration that counted it (paper §5.3: committed once stored on a majority;
+    /// thesis §4.3: in C_old,new on separate majorities of both), read from the nodes'
+    /// simulated disks. A membership change takes effect when its entry commits, so when the
+    /// configuration changed since the last check, the newest ConfChange entry committed since
+    /// then was counted under the previous configuration, and the commit index under the
+    /// current one.
+    fn check_commit_quorum(&mut self, n: usize, g: usize) -> SimResult<()> {
+        let Some(leader) = self.nodes[n].replicas[g].raw.as_ref() else {
+            return Ok(());
+        };
+        let (term, conf, committed) = (leader.term(), leader.conf().clone(), leader.committed());
+        let prev = self.nodes[n].replicas[g].quorum_checked.clone();
+        let mut todo: Vec<(u64, ConfState)> = Vec::new();
+        let mut either: Option<(u64, ConfState, ConfState)> = None;
+        if let Some((pterm, pconf, pcommitted)) = prev {
+            if pterm == term && committed > pcommitted {
+                if pconf == conf {
+                    todo.push((committed, conf.clone()));
+                } else {
+                    let k = (pcommitted + 1..=committed).rev().find(|&i| {
+                        leader
+                            .log_entry(i)
+                            .is_some_and(|e| e.kind == EntryKind::ConfChange)
+                    });
+                    // One advance counts everything it commits under the configuration in
+                    // force before it; a second advance in the same tick counts under the new
+                    // one. Entries after the change may have been counted under either.
+                    match k {
+                        Some(k) => {
+                            todo.push((k, pconf.clone()));
+                            if committed > k {
+                                either = Some((committed, pconf, conf.clone()));
+                            }
+                        }
+                        None => either = Some((committed, pconf, conf.clone())),
+                    }
+                }
+            }
+        }
+        let todo: Vec<(u64, u64, ConfState)> = todo
+            .into_iter()
+            .filter_map(|(i, c)| leader.log_term(i).map(|t| (i, t, c)))
+            .collect();
+        let either = either.and_then(|(i, a, b)| leader.log_term(i).map(|t| (i, t, a, b)));
+        self.nodes[n].replicas[g].quorum_checked = Some((term, conf, committed));
+        for (index, want, conf) in todo {
+            self.quorum_holds(g, index, want, &conf).map_err(|e| {
+                format!(
+                    "commit quorum: group {g} leader {} term {term} committed {index} but {e}",
+                    n + 1
+                )
+            })?;
+        }
+        if let Some((index, want, a, b)) = either {
+            if let (Err(e), Err(_)) = (
+                self.quorum_holds(g, index, want, &a),
+                self.quorum_holds(g, index, want, &b),
+            ) {
+                return Err(format!(
+                    "commit quorum: group {g} leader {} term {term} committed {index} but {e}, nor under the new configuration {b:?}",
+                    n + 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `Err` unless a majority of each half of `conf` holds (index, term) durably.
+    fn quorum_holds(&self, g: usize, index: u64, term: u64, conf: &ConfState) -> SimResult<()> {
+        let holds = |id: u64| {
+            let d = &self.nodes[(id - 1) as usize].replicas[g].disk;
+            d.snapshot.meta.index >= index
+                || d.entries.iter().any(|e| e.index == index && e.term == term)
+        };
+        for half in [&conf.voters, &conf.voters_outgoing] {
+            if half.is_empty() {
+                continue;
+            }
+            let have = half.iter().filter(|&&id| holds(id)).count();
+            if have <= half.len() / 2 {
+                return Err(format!(
+                    "only {have} of voters {half:?} hold it durably (configuration {conf:?})"
+                ));
             }
         }
         Ok(())

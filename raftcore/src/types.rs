@@ -374,6 +374,33 @@ pub enum Role {
     Leader,
 }
 
+/// Why a read asked with [`crate::RawNode::read_index`] ended without a [`ReadState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadFailReason {
+    /// The node this follower forwarded the read to refused it: it is not the leader (any
+    /// more), or its read queue is full.
+    Rejected,
+    /// No answer within `election_ticks_min` ticks: a forwarded read whose request or answer
+    /// was lost (it is not resent), or a read on a leader whose heartbeat rounds reached no
+    /// quorum in that time (it may have been deposed without knowing it).
+    NoAnswer,
+    /// This node's role or term changed while the read was pending (a leader stepped down, a
+    /// follower moved to a new term or started an election), or the leader could no longer
+    /// queue a read that waited for its first commit. Thesis §6.4 confirms reads only within
+    /// one leader's term, so such a read can never be confirmed.
+    Abandoned,
+}
+
+/// A read that will not be answered with a [`ReadState`]; the request may be retried (a read
+/// has no effect, so retrying is always safe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadFailure {
+    /// The id passed to `read_index`.
+    pub request_id: u64,
+    /// Why it failed.
+    pub reason: ReadFailReason,
+}
+
 /// A linearizable read point (thesis §6.4): once the caller has applied up to `index`, the
 /// read identified by `request_id` may be served from the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use bytes::Bytes;
 use raftcore::{
     ConfChange, ConfChangeStep, ConfState, Config, Entry, EntryKind, Error, HardState, Message,
-    MessageKind, ProgressState, RawNode, Ready, RestartState, Role,
+    MessageKind, ProgressState, RawNode, ReadFailReason, ReadFailure, ReadState, Ready,
+    RestartState, Role,
 };
 
 /// A tiny in-memory cluster: persistence is immediate (each Ready is durable as soon as it is
@@ -23,6 +24,9 @@ struct Cluster {
     /// When false, Readies are collected but not made durable (see `pending`).
     auto_persist: bool,
     pending: Vec<(u64, Ready)>,
+    /// Read outcomes handed out by `handle_ready`: (node, outcome).
+    read_states: Vec<(u64, ReadState)>,
+    read_failures: Vec<(u64, ReadFailure)>,
 }
 
 fn cfg(id: u64) -> Config {
@@ -51,6 +55,8 @@ impl Cluster {
             applied: BTreeMap::new(),
             auto_persist: true,
             pending: Vec::new(),
+            read_states: Vec::new(),
+            read_failures: Vec::new(),
         }
     }
 
@@ -76,6 +82,10 @@ impl Cluster {
         for m in rd.messages.clone() {
             self.post(m);
         }
+        self.read_states
+            .extend(rd.read_states.iter().map(|r| (id, *r)));
+        self.read_failures
+            .extend(rd.read_failures.iter().map(|r| (id, *r)));
         if self.auto_persist {
             self.finish_ready(id, rd);
         } else {
@@ -708,6 +718,275 @@ fn thesis_6_4_1_lease_reads_skip_the_round_when_enabled() {
     assert!(rd.messages.iter().all(|m| m.kind != MessageKind::Heartbeat));
 }
 
+// ------------------------------------------- reads end exactly once (Ready contract item 6)
+
+fn failure(id: u64, request_id: u64, reason: ReadFailReason) -> (u64, ReadFailure) {
+    (id, ReadFailure { request_id, reason })
+}
+
+#[test]
+fn read_forwarded_to_a_node_that_is_not_leader_fails_as_rejected() {
+    // The follower's leader hint is stale: the node it forwards to answers "not leader".
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.node(2).read_index(7).unwrap();
+    let rd = c.node(2).ready();
+    let forwarded: Vec<Message> = rd.messages;
+    c.finish_ready(2, rd_without_messages(rd.number));
+    // Before the ReadIndex arrives, node 1 is deposed by CheckQuorum in its own term: it
+    // hears from nobody for two election timeouts (only node 1's clock runs; its messages
+    // are lost).
+    for _ in 0..20 {
+        c.node(1).tick();
+        let rd = c.node(1).ready();
+        c.node(1).on_persisted(rd.number).unwrap();
+    }
+    assert_eq!(c.nodes[&1].role(), Role::Follower, "CheckQuorum deposed it");
+    assert_eq!(c.nodes[&2].leader(), 1, "node 2 still believes in node 1");
+    assert_eq!(c.nodes[&1].term(), c.nodes[&2].term());
+    for m in forwarded {
+        c.node(1).step(m);
+    }
+    c.stabilize();
+    assert_eq!(
+        c.read_failures,
+        vec![failure(2, 7, ReadFailReason::Rejected)]
+    );
+    assert!(c.read_states.is_empty());
+}
+
+fn rd_without_messages(number: u64) -> Ready {
+    Ready {
+        number,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn read_refused_by_a_full_leader_queue_fails_as_rejected() {
+    let mut c = Cluster::with(&[1, 2, 3], |id| {
+        let mut x = cfg(id);
+        x.read_requests_pending_max = 1;
+        x
+    });
+    c.elect(1);
+    c.propose(1, b"x");
+    c.node(1).read_index(1).unwrap(); // fills the leader's queue until its round is answered
+    c.node(2).read_index(2).unwrap();
+    let rd = c.node(2).ready();
+    for m in rd.messages {
+        c.node(1).step(m); // the forwarded read meets the full queue
+    }
+    c.stabilize();
+    assert_eq!(
+        c.read_failures,
+        vec![failure(2, 2, ReadFailReason::Rejected)]
+    );
+    assert_eq!(c.read_states.len(), 1, "the leader's own read is served");
+    assert_eq!(c.read_states[0].1.request_id, 1);
+}
+
+#[test]
+fn forwarded_read_without_an_answer_fails_after_an_election_timeout() {
+    // The ReadIndex is lost (a dropped message, a full peer queue): the follower reports it
+    // failed after election_ticks_min ticks instead of leaving the caller to its deadline.
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.node(2).read_index(7).unwrap();
+    let rd = c.node(2).ready();
+    assert!(rd.messages.iter().any(|m| m.kind == MessageKind::ReadIndex));
+    c.finish_ready(2, rd); // the ReadIndex is never delivered
+    for _ in 0..9 {
+        c.tick_all(1);
+        assert!(c.read_failures.is_empty(), "not before the timeout");
+    }
+    c.tick_all(1);
+    assert_eq!(
+        c.read_failures,
+        vec![failure(2, 7, ReadFailReason::NoAnswer)]
+    );
+    assert_eq!(
+        c.nodes[&2].leader(),
+        1,
+        "the leader itself was fine all along"
+    );
+    // A late answer is dropped: the read ended once.
+    let mut late = Message::new(MessageKind::ReadIndexResponse, 1, 2, c.nodes[&2].term());
+    late.context = 7;
+    late.index = c.nodes[&1].committed();
+    c.node(2).step(late);
+    c.stabilize();
+    assert!(c.read_states.is_empty(), "late answer ignored");
+    assert_eq!(c.read_failures.len(), 1);
+}
+
+#[test]
+fn duplicated_read_answer_is_reported_once() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.node(2).read_index(7).unwrap();
+    c.stabilize();
+    assert_eq!(c.read_states.len(), 1);
+    let mut dup = Message::new(MessageKind::ReadIndexResponse, 1, 2, c.nodes[&2].term());
+    dup.context = 7;
+    dup.index = 1;
+    c.node(2).step(dup);
+    c.stabilize();
+    assert_eq!(c.read_states.len(), 1);
+    assert!(c.read_failures.is_empty());
+}
+
+#[test]
+fn reads_pending_at_a_term_change_are_reported_failed() {
+    // Thesis §6.4 confirms a read only within one leader's term. When the leader is deposed
+    // its own pending read fails, the read a follower forwarded to it is refused (with the
+    // new term) and fails there, and a follower's read forwarded to the old leader fails when
+    // that follower moves to the new term.
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    // Leader 1 queues its own read and one forwarded by node 2; node 3 forwards one that is
+    // still in flight. No heartbeat round answers them.
+    c.node(1).read_index(10).unwrap();
+    c.node(2).read_index(20).unwrap();
+    let rd2 = c.node(2).ready();
+    for m in rd2.messages {
+        c.node(1).step(m);
+    }
+    c.node(3).read_index(30).unwrap();
+    let rd3 = c.node(3).ready();
+    assert_eq!(rd3.messages.len(), 1);
+    let old_term = c.nodes[&1].term();
+    // A vote request of a higher term (a transfer, so it passes the lease check) reaches every
+    // node first.
+    for to in [1, 2, 3] {
+        let mut v = Message::new(MessageKind::Vote, 4, to, old_term + 1);
+        v.context = raftcore::node::CONTEXT_TRANSFER;
+        v.index = 100;
+        v.log_term = old_term;
+        c.node(to).step(v);
+    }
+    let rd1 = c.node(1).ready();
+    let mut failures = rd1.read_failures.clone();
+    assert!(rd1.read_states.is_empty());
+    for m in rd1.messages {
+        if m.kind == MessageKind::ReadIndexResponse {
+            assert!(m.reject);
+            assert_eq!(m.term, old_term + 1);
+            c.node(m.to).step(m);
+        }
+    }
+    for id in [2, 3] {
+        let rd = c.node(id).ready();
+        assert!(rd.read_states.is_empty());
+        failures.extend(rd.read_failures);
+    }
+    failures.sort_by_key(|f| f.request_id);
+    let abandoned = |request_id| ReadFailure {
+        request_id,
+        reason: ReadFailReason::Abandoned,
+    };
+    assert_eq!(failures, vec![abandoned(10), abandoned(20), abandoned(30)]);
+}
+
+#[test]
+fn leader_that_steps_down_in_its_term_fails_its_reads() {
+    // CheckQuorum deposes a leader without a new term: its reads fail then. (The read is
+    // asked after 9 ticks of isolation, so it is still unconfirmed but not yet expired when
+    // CheckQuorum fires at tick 20.)
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    c.propose(1, b"x");
+    c.isolated.insert(1);
+    c.tick_all(15);
+    assert_eq!(c.nodes[&1].role(), Role::Leader);
+    c.node(1).read_index(5).unwrap();
+    c.tick_all(5);
+    assert_ne!(c.nodes[&1].role(), Role::Leader);
+    assert_eq!(
+        c.read_failures,
+        vec![failure(1, 5, ReadFailReason::Abandoned)]
+    );
+    assert!(c.read_states.is_empty());
+}
+
+#[test]
+fn leader_read_unconfirmed_for_an_election_timeout_fails() {
+    // A leader cut off from its quorum that does not step down (check_quorum off here) fails
+    // its reads after election_ticks_min ticks instead of holding them until it hears of a
+    // newer term; a read forwarded to it is refused then.
+    let mut c = Cluster::with(&[1, 2, 3], |id| {
+        let mut x = cfg(id);
+        x.check_quorum = false;
+        x
+    });
+    c.elect(1);
+    c.propose(1, b"x");
+    c.node(2).read_index(20).unwrap();
+    let rd = c.node(2).ready();
+    for m in rd.messages {
+        c.node(1).step(m); // reaches the leader just before it is cut off
+    }
+    c.isolated.insert(1);
+    c.node(1).read_index(10).unwrap();
+    for _ in 0..9 {
+        c.node(1).tick();
+        c.stabilize();
+    }
+    assert!(c.read_failures.is_empty(), "not before the timeout");
+    c.node(1).tick();
+    c.stabilize();
+    assert_eq!(c.nodes[&1].role(), Role::Leader, "nothing deposed it");
+    assert_eq!(
+        c.read_failures,
+        vec![failure(1, 10, ReadFailReason::NoAnswer)]
+    );
+    let refusal = c
+        .sent
+        .iter()
+        .find(|m| m.kind == MessageKind::ReadIndexResponse && m.to == 2)
+        .expect("the forwarded read is refused");
+    assert!(refusal.reject);
+    assert_eq!(refusal.context, 20);
+}
+
+#[test]
+fn candidate_refuses_a_forwarded_read_at_once() {
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let t = c.nodes[&2].term();
+    c.node(3).campaign_now(); // pre-vote: stays in term t without a leader
+    assert_eq!(c.nodes[&3].role(), Role::PreCandidate);
+    let mut m = Message::new(MessageKind::ReadIndex, 2, 3, t);
+    m.context = 4;
+    c.node(3).step(m);
+    let rd = c.node(3).ready();
+    let r = rd
+        .messages
+        .iter()
+        .find(|m| m.kind == MessageKind::ReadIndexResponse)
+        .expect("a refusal");
+    assert!(r.reject);
+    assert_eq!(r.context, 4);
+}
+
+#[test]
+fn heartbeat_commit_beyond_the_log_is_bounded_not_fatal() {
+    // Input from the network never stops the node: a heartbeat carries no log position, so
+    // its commit is bounded by our last index (paper Figure 2, AppendEntries rule 5).
+    let mut c = Cluster::new(&[1, 2, 3]);
+    c.elect(1);
+    let (t, last) = (c.nodes[&2].term(), c.nodes[&2].last_index());
+    let mut m = Message::new(MessageKind::Heartbeat, 1, 2, t);
+    m.commit = last + 10;
+    c.node(2).step(m);
+    assert_eq!(c.nodes[&2].committed(), last);
+    c.nodes[&2].check_invariants().unwrap();
+}
+
 // ---------------------------------------------------------------- transfer, membership
 
 #[test]
@@ -886,10 +1165,20 @@ fn restart_rebuilds_from_durable_state() {
             data: Bytes::new(),
         })
         .collect();
+    // The Ready contract writes the hard state after the entries of the same Ready, so a
+    // durable commit index beyond the durable log is a broken disk or caller: a typed error,
+    // not a value to clamp (invariant L3).
+    assert_eq!(
+        RawNode::new(cfg(1), st.clone()).err(),
+        Some(Error::InvalidRestartState(
+            "commit index beyond the last durable entry"
+        ))
+    );
+    st.hard_state.commit = 4;
     let n = RawNode::new(cfg(1), st.clone()).unwrap();
     assert_eq!(n.term(), 3);
     assert_eq!(n.last_index(), 4);
-    assert_eq!(n.committed(), 4, "commit is clamped to the durable log");
+    assert_eq!(n.committed(), 4);
     st.entries[1].index = 9;
     assert!(matches!(
         RawNode::new(cfg(1), st),

@@ -1,6 +1,9 @@
 //! `sim --seeds A..B`: runs the deterministic cluster simulator for seeds A (inclusive) to B
 //! (exclusive). Ends with `sim: N seeds passed, M failed`; exits 1 on any failure after
 //! printing each failing seed and the command that replays it.
+//!
+//! `--drift-beyond-allowance` is a negative control: clocks in lease-read seeds drift far past
+//! the lease allowance, where lease reads are unsafe, so failures are expected there.
 
 use raftcore::sim::{parse_seed_range, run, SimConfig};
 
@@ -9,12 +12,15 @@ fn main() {
     let mut range = 0..100;
     let mut verbose = false;
     let mut trace = false;
+    let mut drift_beyond_allowance = false;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--seeds" | "--seed" => {
                 let Some(r) = args.get(i + 1).and_then(|s| parse_seed_range(s)) else {
-                    eprintln!("usage: sim --seeds A..B [--verbose] [--trace]");
+                    eprintln!(
+                        "usage: sim --seeds A..B [--verbose] [--trace] [--drift-beyond-allowance]"
+                    );
                     std::process::exit(2);
                 };
                 range = r;
@@ -22,9 +28,10 @@ fn main() {
             }
             "--verbose" | "-v" => verbose = true,
             "--trace" => trace = true,
+            "--drift-beyond-allowance" => drift_beyond_allowance = true,
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: sim --seeds A..B [--verbose] [--trace]"
+                    "unknown argument {other}; usage: sim --seeds A..B [--verbose] [--trace] [--drift-beyond-allowance]"
                 );
                 std::process::exit(2);
             }
@@ -33,6 +40,7 @@ fn main() {
     }
     let cfg = SimConfig {
         trace,
+        drift_beyond_allowance,
         ..SimConfig::default()
     };
     let (mut passed, mut failed, mut lin_unknown) = (0u64, 0u64, 0u64);
