@@ -21,8 +21,9 @@ for patch in ${MUTANTS:-engine/mutants/*.patch}; do
   (cd "$scratch/tree" && patch -s -p1 < "$root/$patch")
   (cd "$scratch/tree" && cargo build -q --release -p engine --bin node-sim)
   if [[ -n "$survey" ]]; then
-    out=$(timeout 600 "$CARGO_TARGET_DIR/release/node-sim" --seeds "0..$survey" 2>/dev/null | tail -1 || true)
-    echo "$name: $out"
+    timeout 600 "$CARGO_TARGET_DIR/release/node-sim" --seeds "0..$survey" > "$scratch/out" 2>&1 || true
+    first=$(grep -o '^seed [0-9]* failed' "$scratch/out" | awk '{print $2}' | sort -n | head -3 | tr '\n' ' ')
+    echo "$name: $(tail -1 "$scratch/out"); first failing seeds: $first"
     continue
   fi
   seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2 | tr -d ' ')

@@ -650,13 +650,24 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         if let Some(idx) = last_applied {
             part.raft.on_applied(idx);
         }
-        // Reads: record read indexes, then serve every read whose index is applied.
+        // Reads: record read indexes, answer the reads raftcore gave up on (the Ready
+        // contract, item 6: every read gets exactly one outcome), then serve every read whose
+        // index is applied.
         for rs in rd.read_states {
             if let Some(r) = self.reads.get_mut(&rs.request_id) {
                 r.index = Some(rs.index);
             }
         }
-        partition::resolve_orphans(part, &mut self.reads, replies);
+        for rf in rd.read_failures {
+            if let Some(r) = self.reads.remove(&rf.request_id) {
+                let reason = format!("read index not confirmed ({:?}); retry", rf.reason);
+                replies.push((
+                    r.conn,
+                    error_response(r.id, wire::ServerError::Unavailable { reason }),
+                ));
+            }
+        }
+        partition::resolve_orphans(part, replies);
         let applied = part.sm.applied_index();
         for r in take_reads(&mut self.reads, |r| {
             r.partition == p && r.index.is_some_and(|x| x <= applied)

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use bytes::Bytes;
 use raftcore::{EntryKind, RawNode};
 use wal::LogStore;
-use wire::{Op, Response, ResponseHeader, ServerError as WireError};
+use wire::{Op, Response, ResponseHeader};
 
 use super::SnapshotStore;
 use crate::config::NodeConfig;
@@ -35,9 +35,6 @@ pub struct PendingRead<C> {
     pub op: Op,
     /// Deadline in ticks.
     pub deadline: u64,
-    /// The partition's term and known leader when the read was asked for.
-    pub term: u64,
-    pub leader: u64,
     /// Set once the read index is known.
     pub index: Option<u64>,
 }
@@ -186,19 +183,14 @@ pub fn apply_entry(
 ///   log, so no future leader's log can hold a term-`t` entry after it. The write can never
 ///   commit: `NotLeader`, and a retry is a new attempt (safe even without a session).
 ///   (A write at or below the applied index was answered when that index was applied.)
-/// - A read still waiting for its read index when the term or the known leader changed since
-///   it was asked: raftcore drops pending ReadIndex requests whenever it resets its role
-///   (a new term, or a leader stepping down in the same term by CheckQuorum), and a follower's
-///   request to a leader that is gone is never answered. `Unavailable`; reads are safe to
-///   retry.
 ///
-/// Requests issued after the last change cannot be orphaned by it, so this scans only when
+/// Reads need no such rule: raftcore reports every read it will not confirm in
+/// `Ready::read_failures` (finding 6 of issue 10: a rejected or unanswered ReadIndex used to
+/// wait out the client's deadline).
+///
+/// Writes proposed after the last change cannot be orphaned by it, so this scans only when
 /// (applied term, term, leader) changed since the previous call.
-pub fn resolve_orphans<C>(
-    part: &mut Partition<C>,
-    reads: &mut HashMap<u64, PendingRead<C>>,
-    replies: &mut Vec<(C, Response)>,
-) {
+pub fn resolve_orphans<C>(part: &mut Partition<C>, replies: &mut Vec<(C, Response)>) {
     let applied = part.sm.applied_index();
     let applied_term = part.sm.applied_term();
     let (term, leader) = (part.raft.term(), part.raft.leader());
@@ -210,20 +202,6 @@ pub fn resolve_orphans<C>(
         w.term < applied_term
     }) {
         replies.push((w.conn, error_response(w.id, not_leader(leader, None))));
-    }
-    let id = part.id;
-    for r in take_reads(reads, |r| {
-        r.partition == id && r.index.is_none() && (r.term != term || r.leader != leader)
-    }) {
-        replies.push((
-            r.conn,
-            error_response(
-                r.id,
-                WireError::Unavailable {
-                    reason: "leadership changed before the read index was known; retry".into(),
-                },
-            ),
-        ));
     }
 }
 

@@ -220,7 +220,6 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             .expect("routed to a hosted partition");
         match part.raft.read_index(rid) {
             Ok(()) => {
-                let (term, leader) = (part.raft.term(), part.raft.leader());
                 self.reads.insert(
                     rid,
                     PendingRead {
@@ -229,8 +228,6 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                         id,
                         op,
                         deadline,
-                        term,
-                        leader,
                         index: None,
                     },
                 );
