@@ -62,8 +62,10 @@ struct Inner {
     state: State,
     /// What a crash right now would certainly keep.
     durable: State,
-    /// Ops buffered since the last sync.
+    /// Ops buffered since the last sync (or seal).
     pending: Vec<Op>,
+    /// Ops sealed by [`MemLog::seal`]: the batch the next `sync` makes durable.
+    sealed: Option<Vec<Op>>,
     /// A batch whose write happened but whose sync failed: may survive a crash.
     limbo: Option<Vec<Op>>,
     next_seq: u64,
@@ -110,6 +112,21 @@ impl MemLog {
         self.inner.borrow_mut().batch_bytes_max = bytes;
     }
 
+    /// Seals the ops buffered so far as the next `sync`'s batch, as the real [`crate::Wal`] takes
+    /// its batch when a sync starts: ops buffered after this wait for the sync after it. A
+    /// simulator calls it when it starts a sync whose completion it delivers later, so a crash
+    /// in between loses exactly what a real crash could lose. At most one sealed batch: a
+    /// second seal before the sync adds to it.
+    pub fn seal(&self) {
+        let mut g = self.inner.borrow_mut();
+        let mut ops = std::mem::take(&mut g.pending);
+        match g.sealed.as_mut() {
+            Some(sealed) => sealed.append(&mut ops),
+            None => g.sealed = Some(ops),
+        }
+        g.batch_bytes = 0;
+    }
+
     /// The next `sync` fails like a failed write (ENOSPC): an `Io` error; the batch is lost.
     pub fn fail_next_write(&self) {
         self.inner.borrow_mut().fail_next_write = true;
@@ -137,6 +154,7 @@ impl MemLog {
             }
         }
         inner.pending.clear();
+        inner.sealed = None;
         inner.batch_bytes = 0;
         inner.poisoned = None;
         inner.fail_next_sync = false;
@@ -274,11 +292,16 @@ impl LogStore for MemLog {
         if let Some(p) = &inner.poisoned {
             return Err(WalError::Poisoned(p.clone()));
         }
-        if inner.pending.is_empty() {
+        let ops = match inner.sealed.take() {
+            Some(ops) => ops,
+            None => {
+                inner.batch_bytes = 0;
+                std::mem::take(&mut inner.pending)
+            }
+        };
+        if ops.is_empty() {
             return Ok(DurableReport::default());
         }
-        let ops = std::mem::take(&mut inner.pending);
-        inner.batch_bytes = 0;
         let seq = inner.next_seq;
         inner.next_seq += 1;
         if inner.fail_next_write {

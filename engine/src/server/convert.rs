@@ -21,7 +21,23 @@ pub enum ConvertError {
 
 /// raftcore message -> wire peer message.
 pub fn to_wire(m: Message) -> wire::RaftMessage {
-    let kind = wire::MessageKind::from_u8(m.kind as u8).unwrap_or(wire::MessageKind::Heartbeat);
+    // Exhaustive: a kind raftcore gains must be given a wire kind here (never a silent default,
+    // finding 9 of issue 10).
+    let kind = match m.kind {
+        MessageKind::Append => wire::MessageKind::Append,
+        MessageKind::AppendResponse => wire::MessageKind::AppendResponse,
+        MessageKind::Vote => wire::MessageKind::Vote,
+        MessageKind::VoteResponse => wire::MessageKind::VoteResponse,
+        MessageKind::PreVote => wire::MessageKind::PreVote,
+        MessageKind::PreVoteResponse => wire::MessageKind::PreVoteResponse,
+        MessageKind::Heartbeat => wire::MessageKind::Heartbeat,
+        MessageKind::HeartbeatResponse => wire::MessageKind::HeartbeatResponse,
+        MessageKind::ReadIndex => wire::MessageKind::ReadIndex,
+        MessageKind::ReadIndexResponse => wire::MessageKind::ReadIndexResponse,
+        MessageKind::TimeoutNow => wire::MessageKind::TimeoutNow,
+        MessageKind::Snapshot => wire::MessageKind::Snapshot,
+        MessageKind::SnapshotResponse => wire::MessageKind::SnapshotResponse,
+    };
     let mut w = wire::RaftMessage::new(kind);
     w.from = m.from;
     w.to = m.to;
@@ -236,5 +252,19 @@ mod tests {
         }));
         let back = from_wire(to_wire(m.clone())).unwrap();
         assert_eq!(back, m);
+    }
+
+    /// Every raftcore kind crosses the wire as itself (the conversion used to default unknown
+    /// kinds to Heartbeat).
+    #[test]
+    fn every_message_kind_round_trips() {
+        for k in 0..=u8::MAX {
+            let Ok(kind) = MessageKind::from_u8(k) else {
+                continue;
+            };
+            let m = Message::new(kind, 1, 2, 3);
+            assert_eq!(to_wire(m.clone()).kind as u8, k);
+            assert_eq!(from_wire(to_wire(m.clone())).unwrap(), m);
+        }
     }
 }

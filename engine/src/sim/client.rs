@@ -167,7 +167,11 @@ pub fn input_of(op: &Op) -> Option<KvInput> {
 /// crate docs, "Retries" and "Exactly-once writes"): `NotLeader` follows the hint at once;
 /// `Unavailable`, `Busy`, `Timeout` and map errors back off and retry with the same
 /// (session, seq); anything else is a definite error. Returns the output on success.
-pub fn judge(resp: &Response, spread: bool, sessionless_write: bool) -> (Verdict, Option<KvOutput>) {
+pub fn judge(
+    resp: &Response,
+    spread: bool,
+    sessionless_write: bool,
+) -> (Verdict, Option<KvOutput>) {
     match &resp.outcome {
         // Without a session, a retry is a new write: NotLeader must mean "not applied".
         Err(WireError::NotLeader { .. }) if sessionless_write => (

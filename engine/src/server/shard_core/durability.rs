@@ -356,7 +356,16 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                             // Raft paper §5.3: a conflicting suffix is replaced by the
                             // leader's entries.
                             r = log.truncate(p, first);
-                            work.truncated |= r.is_ok();
+                            if r.is_ok() {
+                                work.truncated = true;
+                                // The overwrite is in the next sync's batch: earlier Readys
+                                // of the partition are reported only with it (second guard,
+                                // module docs of `server`), also when the rest of this work
+                                // waits for a later batch.
+                                if let Some(part) = self.parts.get_mut(&p) {
+                                    part.truncate_gen = self.dur.next_gen;
+                                }
+                            }
                         }
                         match r {
                             Ok(()) => append_fitting(log, p, entries),
@@ -493,8 +502,10 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             self.apply_ready(p, rd)?;
         }
         self.meta_applied()?;
+        // The next sync is started by the next turn, after it routed the requests held behind
+        // this one (starting it here would hold them behind every sync while peer traffic
+        // keeps the log busy).
         self.pump_backlog()?;
-        self.dur.maybe_start_sync(&mut self.out);
         self.publish();
         Ok(())
     }
@@ -571,7 +582,6 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             ));
         }
         self.pump_backlog()?;
-        self.dur.maybe_start_sync(&mut self.out);
         Ok(())
     }
 
@@ -603,6 +613,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                     reason: format!("received snapshot of partition {p}: {e}"),
                 })?;
             part.sm = decoded.state;
+            part.log_bytes = 0;
             // Requests waiting on entries the snapshot replaced: their entries may or may not
             // be in it, so the outcome is unknown here.
             for w in take_waiters(&mut part.pending, ..=(s.meta.index, u64::MAX), |_| true) {
