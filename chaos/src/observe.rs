@@ -104,12 +104,16 @@ pub fn convergence_problems(status: &BTreeMap<u64, Result<NodeStatus, String>>) 
     problems
 }
 
-/// The partitions each node hosts, from its status.
+/// The partition id of the meta group, which holds the cluster map and no keys.
+pub const META_PARTITION: u64 = 0;
+
+/// The key-holding partitions each node hosts, from its status (the meta group left out: a
+/// range on it is refused; its convergence is checked through the applied indexes).
 pub fn hosted(status: &BTreeMap<u64, Result<NodeStatus, String>>) -> BTreeMap<u64, Vec<u64>> {
     let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for (node, s) in status {
         if let Ok(s) = s {
-            for p in &s.partitions {
+            for p in s.partitions.iter().filter(|p| p.partition != META_PARTITION) {
                 out.entry(p.partition).or_default().push(*node);
             }
         }
