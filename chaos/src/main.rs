@@ -85,6 +85,10 @@ struct RunArgs {
     /// See --fault-min-ms.
     #[arg(long, default_value_t = 8000)]
     fault_max_ms: u64,
+    /// Negative control: send every get as a stale read but check it as linearizable. With
+    /// partitions the verdict must be NOT CLEAN; a clean one means the checks are blind.
+    #[arg(long)]
+    control_stale_reads: bool,
 }
 
 fn corum_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -170,6 +174,7 @@ fn main() -> ExitCode {
             rate_per_client: args.rate,
             seed: args.seed,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
+            control_stale_reads: args.control_stale_reads,
         },
         out: out.clone(),
         corum,

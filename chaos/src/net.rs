@@ -199,6 +199,7 @@ pub struct Net {
     pub bridge: String,
     /// Namespace name of node `i + 1`.
     pub namespaces: Vec<String>,
+    pid: u32,
     torn_down: bool,
 }
 
@@ -219,9 +220,10 @@ impl Net {
             namespaces: (1..=nodes)
                 .map(|i| format!("{NS_PREFIX}{pid}-n{i}"))
                 .collect(),
+            pid,
             torn_down: false,
         };
-        match net.build(pid) {
+        match net.build() {
             Ok(()) => Ok(net),
             Err(e) => {
                 net.teardown();
@@ -230,7 +232,8 @@ impl Net {
         }
     }
 
-    fn build(&mut self, pid: u32) -> Result<(), NetError> {
+    fn build(&mut self) -> Result<(), NetError> {
+        let pid = self.pid;
         let br = self.bridge.clone();
         let cidr = format!("{}/24", bridge_addr());
         run("ip", &["link", "add", &br, "type", "bridge"], None)?;
@@ -238,7 +241,7 @@ impl Net {
         run("ip", &["link", "set", &br, "up"], None)?;
         for (i, ns) in self.namespaces.iter().enumerate() {
             let id = i as u64 + 1;
-            let host = format!("cc{pid}h{id}");
+            let host = self.host_veth(id);
             let peer = format!("cc{pid}p{id}");
             let addr = format!("{}/24", node_addr(id));
             run("ip", &["netns", "add", ns], None)?;
@@ -261,6 +264,11 @@ impl Net {
             nft(ns, BASE_RULESET)?;
         }
         Ok(())
+    }
+
+    /// The host-side veth of node `id`.
+    fn host_veth(&self, id: u64) -> String {
+        format!("cc{}h{id}", self.pid)
     }
 
     /// Namespace of node `id`.
@@ -331,8 +339,11 @@ impl Net {
             return;
         }
         self.torn_down = true;
-        for ns in &self.namespaces {
+        for (i, ns) in self.namespaces.iter().enumerate() {
             kill_all_in_ns(ns);
+            // Deleting one end of a veth pair deletes both; done explicitly because the kernel
+            // destroys a deleted namespace's devices asynchronously.
+            let _ = run("ip", &["link", "del", &self.host_veth(i as u64 + 1)], None);
             let _ = run("ip", &["netns", "del", ns], None);
         }
         let _ = run("ip", &["link", "del", &self.bridge], None);

@@ -113,7 +113,11 @@ pub fn hosted(status: &BTreeMap<u64, Result<NodeStatus, String>>) -> BTreeMap<u6
     let mut out: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for (node, s) in status {
         if let Ok(s) = s {
-            for p in s.partitions.iter().filter(|p| p.partition != META_PARTITION) {
+            for p in s
+                .partitions
+                .iter()
+                .filter(|p| p.partition != META_PARTITION)
+            {
                 out.entry(p.partition).or_default().push(*node);
             }
         }

@@ -516,6 +516,7 @@ pub async fn run(cfg: RunConfig, cancel: watch::Receiver<bool>) -> Result<RunOut
             0,
             &workload::register_key(k),
             Kind::GetLinearizable,
+            false,
         )
         .await;
     }

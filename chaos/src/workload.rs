@@ -35,6 +35,10 @@ pub struct WorkloadConfig {
     pub seed: u64,
     /// Deadline of one client call, retries included.
     pub request_timeout: Duration,
+    /// Negative control: send every get with `Stale` consistency but record it as the
+    /// linearizable or follower get it claims to be. Under partitions the checker must then
+    /// find violations; a run that stays clean this way shows the checks are blind.
+    pub control_stale_reads: bool,
 }
 
 /// Jepsen's three outcomes.
@@ -163,8 +167,10 @@ pub async fn get(
     client_id: u64,
     key: &str,
     kind: Kind,
+    control_stale: bool,
 ) -> Option<Option<String>> {
     let consistency = match kind {
+        _ if control_stale => Consistency::Stale,
         Kind::GetFollower => Consistency::Follower,
         Kind::GetStale => Consistency::Stale,
         _ => Consistency::Linearizable,
@@ -326,15 +332,33 @@ pub async fn client_loop(
                     .push(set_key);
             }
         } else if roll < 40 {
-            if let Some(v) = get(&rec, &client, id, &key, Kind::GetLinearizable).await {
+            if let Some(v) = get(
+                &rec,
+                &client,
+                id,
+                &key,
+                Kind::GetLinearizable,
+                cfg.control_stale_reads,
+            )
+            .await
+            {
                 seen[k as usize] = v;
             }
         } else if roll < 52 {
-            if let Some(v) = get(&rec, &client, id, &key, Kind::GetFollower).await {
+            if let Some(v) = get(
+                &rec,
+                &client,
+                id,
+                &key,
+                Kind::GetFollower,
+                cfg.control_stale_reads,
+            )
+            .await
+            {
                 seen[k as usize] = v;
             }
         } else if roll < 57 {
-            get(&rec, &client, id, &key, Kind::GetStale).await;
+            get(&rec, &client, id, &key, Kind::GetStale, false).await;
         } else if roll < 77 {
             if put(&rec, &client, id, &key, &value, Kind::Put).await {
                 seen[k as usize] = Some(value);
