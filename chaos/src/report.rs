@@ -84,13 +84,14 @@ fn markdown(out: &RunOutput, command: &str) -> String {
         s.crashes.len(),
         s.harness_errors.len()
     );
-    m += "## Faults\n\n| start s | end s | fault |\n|---|---|---|\n";
+    m += "## Faults\n\n| start s | end s | writes back after (ms) | fault |\n|---|---|---|---|\n";
     for f in &out.faults {
         m += &format!(
-            "| {:.1} | {} | {} |\n",
+            "| {:.1} | {} | {} | {} |\n",
             f.start_ms as f64 / 1000.0,
             f.end_ms
                 .map_or("-".into(), |e| format!("{:.1}", e as f64 / 1000.0)),
+            f.recovery_ms.map_or("-".into(), |r| r.to_string()),
             f.description
         );
     }

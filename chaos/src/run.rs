@@ -77,6 +77,23 @@ pub struct FaultEvent {
     /// Commands that failed while applying or healing it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// ms from the heal until the first acknowledged write invoked after it returned: how long
+    /// writes stayed unavailable after the fault ended. `None`: no such write.
+    pub recovery_ms: Option<u64>,
+}
+
+/// Fills in [`FaultEvent::recovery_ms`] from the history.
+pub fn recovery_times(faults: &mut [FaultEvent], history: &[OpRecord]) {
+    for f in faults.iter_mut() {
+        let Some(end_ms) = f.end_ms else { continue };
+        let healed_us = end_ms * 1000;
+        f.recovery_ms = history
+            .iter()
+            .filter(|o| matches!(o.kind, Kind::Put | Kind::Cas | Kind::Add))
+            .filter(|o| o.status == workload::Status::Ok && o.start_us >= healed_us)
+            .map(|o| (o.end_us - healed_us) / 1000)
+            .min();
+    }
 }
 
 /// The outcome of a run, as written to `report.json`.
@@ -257,6 +274,7 @@ async fn nemesis_loop(
                 start_ms,
                 end_ms: None,
                 errors,
+                recovery_ms: None,
             });
             ev.len() - 1
         };
@@ -572,7 +590,8 @@ pub async fn run(cfg: RunConfig, cancel: watch::Receiver<bool>) -> Result<RunOut
             .map_err(|e| format!("checker: {e}"))?
     };
     let phantom_reads = check::phantom_stale_reads(&history);
-    let faults: Vec<FaultEvent> = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut faults: Vec<FaultEvent> = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    recovery_times(&mut faults, &history);
     for f in &faults {
         harness_errors.extend(f.errors.iter().cloned());
     }
