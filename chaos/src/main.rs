@@ -212,7 +212,14 @@ fn main() -> ExitCode {
             eprintln!("chaos: interrupted; stopping the run and cleaning up");
             let _ = cancel_tx.send(true);
         });
-        chaos::run::run(cfg, cancel_rx).await
+        let mut interrupted = cancel_rx.clone();
+        tokio::select! {
+            r = chaos::run::run(cfg, cancel_rx) => r,
+            // Outside the workload (start-up, the checks after healing) the run does not watch
+            // for the signal: dropping it mid-way runs its teardown guard (nodes killed,
+            // namespaces removed) at once.
+            _ = interrupted.wait_for(|&c| c) => Err(chaos::run::INTERRUPTED.to_string()),
+        }
     });
     let output = match result {
         Ok(o) => o,
