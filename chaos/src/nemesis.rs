@@ -10,7 +10,7 @@ use crate::rng::Rng;
 
 /// Which kinds of fault a run may inject (`--nemesis kill,pause,partition,loss`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Nemesis {
     /// `kill -9` of a minority of nodes, restarted on heal.
     Kill,
@@ -20,6 +20,9 @@ pub enum Nemesis {
     Partition,
     /// Random packet loss on every node.
     Loss,
+    /// `kill -9` of every node at once, all restarted on heal: acknowledged writes must survive
+    /// a whole-cluster crash (they were fdatasynced on a majority).
+    KillAll,
 }
 
 impl std::str::FromStr for Nemesis {
@@ -30,8 +33,9 @@ impl std::str::FromStr for Nemesis {
             "pause" => Ok(Nemesis::Pause),
             "partition" => Ok(Nemesis::Partition),
             "loss" => Ok(Nemesis::Loss),
+            "kill-all" => Ok(Nemesis::KillAll),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, pause, partition, loss)"
+                "unknown nemesis {other:?} (kill, pause, partition, loss, kill-all)"
             )),
         }
     }
@@ -44,6 +48,11 @@ pub enum Fault {
     /// `kill -9` these nodes; restart them on heal.
     Kill {
         /// Node ids.
+        nodes: Vec<u64>,
+    },
+    /// `kill -9` every node; restart them all on heal.
+    KillAll {
+        /// Node ids (all of them).
         nodes: Vec<u64>,
     },
     /// SIGSTOP these nodes; SIGCONT on heal.
@@ -78,6 +87,7 @@ impl Fault {
     /// The nemesis this fault belongs to.
     pub fn nemesis(&self) -> Nemesis {
         match self {
+            Fault::KillAll { .. } => Nemesis::KillAll,
             Fault::Kill { .. } => Nemesis::Kill,
             Fault::Pause { .. } => Nemesis::Pause,
             Fault::Partition { .. } | Fault::OneWay { .. } => Nemesis::Partition,
@@ -89,6 +99,7 @@ impl Fault {
     pub fn describe(&self) -> String {
         match self {
             Fault::Kill { nodes } => format!("kill -9 nodes {nodes:?}"),
+            Fault::KillAll { nodes } => format!("kill -9 every node {nodes:?}"),
             Fault::Pause { nodes } => format!("SIGSTOP nodes {nodes:?}"),
             Fault::Partition {
                 shape,
@@ -226,6 +237,9 @@ pub fn schedule(
             Nemesis::Loss => Fault::Loss {
                 percent: rng.range(5, 31),
             },
+            Nemesis::KillAll => Fault::KillAll {
+                nodes: (1..=nodes).collect(),
+            },
         };
         out.push(Planned {
             at_ms: t,
@@ -283,9 +297,24 @@ mod tests {
                         }
                         Fault::OneWay { from, to } => assert_ne!(from, to),
                         Fault::Loss { percent } => assert!((5..=30).contains(percent)),
+                        Fault::KillAll { .. } => panic!("kill-all is not in ALL"),
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn kill_all_kills_every_node() {
+        let s = schedule(3, 5, 60_000, &[Nemesis::KillAll], Timing::default());
+        assert!(!s.is_empty());
+        for p in s {
+            assert_eq!(
+                p.fault,
+                Fault::KillAll {
+                    nodes: vec![1, 2, 3, 4, 5]
+                }
+            );
         }
     }
 

@@ -115,6 +115,7 @@ fn fault_color(f: &FaultEvent) -> RGBColor {
         crate::nemesis::Nemesis::Pause => RGBColor(230, 170, 60),
         crate::nemesis::Nemesis::Partition => RGBColor(90, 120, 230),
         crate::nemesis::Nemesis::Loss => RGBColor(150, 90, 200),
+        crate::nemesis::Nemesis::KillAll => RGBColor(150, 20, 20),
     }
 }
 
@@ -202,7 +203,10 @@ fn svg(
             .map_err(|e| err(&e))?;
         chart
             .draw_series(std::iter::once(Text::new(
-                format!("{:?}", f.fault.nemesis()).to_lowercase(),
+                serde_json::to_value(f.fault.nemesis())
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
                 (f.start_ms as f64 / 1000.0, y_max / 1.6),
                 ("sans-serif", 12).into_font().color(&c),
             )))

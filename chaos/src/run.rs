@@ -168,7 +168,9 @@ impl Cluster {
     fn apply(&mut self, fault: &Fault) -> Vec<String> {
         let mut errors = Vec::new();
         match fault {
-            Fault::Kill { nodes } => nodes.iter().for_each(|&n| self.nodes.kill(n)),
+            Fault::Kill { nodes } | Fault::KillAll { nodes } => {
+                nodes.iter().for_each(|&n| self.nodes.kill(n))
+            }
             Fault::Pause { nodes } => nodes.iter().for_each(|&n| self.nodes.pause(n, true)),
             Fault::Partition { side_a, side_b, .. } => {
                 for &a in side_a {
