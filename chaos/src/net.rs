@@ -314,6 +314,12 @@ impl Net {
         first.map_or(Ok(()), Err)
     }
 
+    /// The TCP sockets of node `id` with their timers (`ss -tino`): retransmission backoff and
+    /// RTO of the peer connections, for diagnosing slow recovery after a fault.
+    pub fn sockets(&self, id: u64) -> String {
+        run("ip", &["netns", "exec", self.ns(id), "ss", "-tino"], None).unwrap_or_else(|e| e.0)
+    }
+
     /// The rules now in node `id`'s table (for the report).
     pub fn ruleset(&self, id: u64) -> String {
         run(

@@ -82,6 +82,10 @@ pub struct FaultEvent {
     pub recovery_ms: Option<u64>,
 }
 
+/// A recovery slower than this is logged: two maximal election timeouts (2 x 2 s at the
+/// default tuning) plus a client backoff.
+pub const SLOW_RECOVERY_MS: u64 = 4_500;
+
 /// Fills in [`FaultEvent::recovery_ms`] from the history.
 pub fn recovery_times(faults: &mut [FaultEvent], history: &[OpRecord]) {
     for f in faults.iter_mut() {
@@ -255,7 +259,9 @@ async fn nemesis_loop(
     start: Instant,
     mut cancel: watch::Receiver<bool>,
     events: Arc<Mutex<Vec<FaultEvent>>>,
+    sockets_dir: PathBuf,
 ) {
+    let _ = std::fs::create_dir_all(&sockets_dir);
     for p in plan {
         tokio::select! {
             _ = tokio::time::sleep_until(start + Duration::from_millis(p.at_ms)) => {}
@@ -284,9 +290,22 @@ async fn nemesis_loop(
             _ = tokio::time::sleep_until(start + Duration::from_millis(p.at_ms + p.duration_ms)) => false,
             _ = cancel.changed() => true,
         };
-        let errors = lock(&cluster).heal_all();
+        let (errors, sockets) = {
+            let mut c = lock(&cluster);
+            let errors = c.heal_all();
+            let sockets: Vec<String> = (1..=c.net.namespaces.len() as u64)
+                .map(|id| format!("== node {id}\n{}", c.net.sockets(id)))
+                .collect();
+            (errors, sockets)
+        };
         let end_ms = start.elapsed().as_millis() as u64;
         log(format!("{:>6.1}s healed", end_ms as f64 / 1000.0));
+        // The TCP state right after the heal: a peer connection in retransmission backoff
+        // recovers only when its timer fires, which the per-fault recovery time then shows.
+        let _ = std::fs::write(
+            sockets_dir.join(format!("fault-{index:03}-after-heal.txt")),
+            sockets.join("\n"),
+        );
         let mut ev = events.lock().unwrap_or_else(|e| e.into_inner());
         ev[index].end_ms = Some(end_ms);
         ev[index].errors.extend(errors);
@@ -422,6 +441,7 @@ pub async fn run(cfg: RunConfig, cancel: watch::Receiver<bool>) -> Result<RunOut
         start,
         cancel.clone(),
         events.clone(),
+        cfg.out.join("sockets"),
     ));
     let mut tasks = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
@@ -594,6 +614,16 @@ pub async fn run(cfg: RunConfig, cancel: watch::Receiver<bool>) -> Result<RunOut
     let phantom_reads = check::phantom_stale_reads(&history);
     let mut faults: Vec<FaultEvent> = events.lock().unwrap_or_else(|p| p.into_inner()).clone();
     recovery_times(&mut faults, &history);
+    for f in &faults {
+        if f.recovery_ms.is_some_and(|r| r > SLOW_RECOVERY_MS) {
+            log(format!(
+                "slow recovery: writes failed for {} ms after healing \"{}\" (at {:.1} s)",
+                f.recovery_ms.unwrap_or_default(),
+                f.description,
+                f.end_ms.unwrap_or_default() as f64 / 1000.0
+            ));
+        }
+    }
     for f in &faults {
         harness_errors.extend(f.errors.iter().cloned());
     }
