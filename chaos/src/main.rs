@@ -44,8 +44,8 @@ struct RunArgs {
     /// Seed of the fault schedule and of the clients' choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Comma-separated nemeses: kill, pause, partition, loss, kill-all (every node at once;
-    /// not in the default). Empty: no faults.
+    /// Comma-separated nemeses: kill, pause, partition, loss; opt-in: kill-all (every node at
+    /// once), blackhole (one node drops all packets, clients' included). Empty: no faults.
     #[arg(
         long,
         default_value = "kill,pause,partition,loss",

@@ -23,6 +23,9 @@ pub enum Nemesis {
     /// `kill -9` of every node at once, all restarted on heal: acknowledged writes must survive
     /// a whole-cluster crash (they were fdatasynced on a majority).
     KillAll,
+    /// One node drops every packet in and out, the clients' included: connections to it hang
+    /// instead of being refused or answered, so clients must time out and move on.
+    Blackhole,
 }
 
 impl std::str::FromStr for Nemesis {
@@ -34,8 +37,9 @@ impl std::str::FromStr for Nemesis {
             "partition" => Ok(Nemesis::Partition),
             "loss" => Ok(Nemesis::Loss),
             "kill-all" => Ok(Nemesis::KillAll),
+            "blackhole" => Ok(Nemesis::Blackhole),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, pause, partition, loss, kill-all)"
+                "unknown nemesis {other:?} (kill, pause, partition, loss, kill-all, blackhole)"
             )),
         }
     }
@@ -76,6 +80,11 @@ pub enum Fault {
         /// The node that drops them.
         to: u64,
     },
+    /// This node drops every packet it sends or receives on the harness network.
+    Blackhole {
+        /// Node id.
+        node: u64,
+    },
     /// Every node drops `percent`% of the packets it receives, at random.
     Loss {
         /// Drop probability in percent.
@@ -88,6 +97,7 @@ impl Fault {
     pub fn nemesis(&self) -> Nemesis {
         match self {
             Fault::KillAll { .. } => Nemesis::KillAll,
+            Fault::Blackhole { .. } => Nemesis::Blackhole,
             Fault::Kill { .. } => Nemesis::Kill,
             Fault::Pause { .. } => Nemesis::Pause,
             Fault::Partition { .. } | Fault::OneWay { .. } => Nemesis::Partition,
@@ -108,6 +118,7 @@ impl Fault {
             } => format!("partition ({shape}) {side_a:?} | {side_b:?}"),
             Fault::OneWay { from, to } => format!("one-way: node {to} drops packets from {from}"),
             Fault::Loss { percent } => format!("{percent}% packet loss on every node"),
+            Fault::Blackhole { node } => format!("blackhole node {node} (clients included)"),
         }
     }
 }
@@ -240,6 +251,9 @@ pub fn schedule(
             Nemesis::KillAll => Fault::KillAll {
                 nodes: (1..=nodes).collect(),
             },
+            Nemesis::Blackhole => Fault::Blackhole {
+                node: rng.range(1, nodes + 1),
+            },
         };
         out.push(Planned {
             at_ms: t,
@@ -297,7 +311,9 @@ mod tests {
                         }
                         Fault::OneWay { from, to } => assert_ne!(from, to),
                         Fault::Loss { percent } => assert!((5..=30).contains(percent)),
-                        Fault::KillAll { .. } => panic!("kill-all is not in ALL"),
+                        Fault::KillAll { .. } | Fault::Blackhole { .. } => {
+                            panic!("{:?} is not in ALL", p.fault)
+                        }
                     }
                 }
             }

@@ -300,6 +300,15 @@ impl Net {
         nft(self.ns(id), &rule)
     }
 
+    /// Node `id` drops every packet to or from the harness subnet (peers and clients).
+    pub fn blackhole(&self, id: u64) -> Result<(), NetError> {
+        let subnet = format!("{}.{}.{}.0/24", SUBNET[0], SUBNET[1], SUBNET[2]);
+        let rules = format!(
+            "add rule inet chaos input ip saddr {subnet} drop\nadd rule inet chaos output ip daddr {subnet} drop\n"
+        );
+        nft(self.ns(id), &rules)
+    }
+
     /// Removes every fault rule in every namespace.
     pub fn heal(&self) -> Result<(), NetError> {
         let mut first = None;

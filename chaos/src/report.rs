@@ -116,6 +116,7 @@ fn fault_color(f: &FaultEvent) -> RGBColor {
         crate::nemesis::Nemesis::Partition => RGBColor(90, 120, 230),
         crate::nemesis::Nemesis::Loss => RGBColor(150, 90, 200),
         crate::nemesis::Nemesis::KillAll => RGBColor(150, 20, 20),
+        crate::nemesis::Nemesis::Blackhole => RGBColor(60, 60, 60),
     }
 }
 

@@ -193,6 +193,11 @@ impl Cluster {
                     errors.push(e.0);
                 }
             }
+            Fault::Blackhole { node } => {
+                if let Err(e) = self.net.blackhole(*node) {
+                    errors.push(e.0);
+                }
+            }
             Fault::Loss { percent } => {
                 for id in 1..=self.net.namespaces.len() as u64 {
                     if let Err(e) = self.net.lossy(id, *percent) {
