@@ -19,6 +19,7 @@ pub mod nemesis;
 pub mod net;
 pub mod nodes;
 pub mod observe;
+pub mod proxy;
 pub mod report;
 pub mod rng;
 pub mod run;

@@ -45,7 +45,8 @@ struct RunArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Comma-separated nemeses: kill, pause, partition, loss; opt-in: kill-all (every node at
-    /// once), blackhole (one node drops all packets, clients' included). Empty: no faults.
+    /// once), blackhole (one node drops all packets, clients' included), delay (peer links
+    /// through the harness's proxy, slowed by 20-1000 ms). Empty: no faults.
     #[arg(
         long,
         default_value = "kill,pause,partition,loss",

@@ -26,6 +26,9 @@ pub enum Nemesis {
     /// One node drops every packet in and out, the clients' included: connections to it hang
     /// instead of being refused or answered, so clients must time out and move on.
     Blackhole,
+    /// Peer links slowed down by the harness's proxy: every link, or one node's links.
+    /// Enabling it sends all peer traffic through the proxy for the whole run.
+    Delay,
 }
 
 impl std::str::FromStr for Nemesis {
@@ -38,8 +41,9 @@ impl std::str::FromStr for Nemesis {
             "loss" => Ok(Nemesis::Loss),
             "kill-all" => Ok(Nemesis::KillAll),
             "blackhole" => Ok(Nemesis::Blackhole),
+            "delay" => Ok(Nemesis::Delay),
             other => Err(format!(
-                "unknown nemesis {other:?} (kill, pause, partition, loss, kill-all, blackhole)"
+                "unknown nemesis {other:?} (kill, pause, partition, loss, kill-all, blackhole, delay)"
             )),
         }
     }
@@ -85,6 +89,13 @@ pub enum Fault {
         /// Node id.
         node: u64,
     },
+    /// Every peer link touching `nodes` delays each byte by `ms` (one way).
+    Delay {
+        /// The slow nodes (all of them: every link is slow).
+        nodes: Vec<u64>,
+        /// One-way delay, ms.
+        ms: u64,
+    },
     /// Every node drops `percent`% of the packets it receives, at random.
     Loss {
         /// Drop probability in percent.
@@ -98,6 +109,7 @@ impl Fault {
         match self {
             Fault::KillAll { .. } => Nemesis::KillAll,
             Fault::Blackhole { .. } => Nemesis::Blackhole,
+            Fault::Delay { .. } => Nemesis::Delay,
             Fault::Kill { .. } => Nemesis::Kill,
             Fault::Pause { .. } => Nemesis::Pause,
             Fault::Partition { .. } | Fault::OneWay { .. } => Nemesis::Partition,
@@ -119,6 +131,9 @@ impl Fault {
             Fault::OneWay { from, to } => format!("one-way: node {to} drops packets from {from}"),
             Fault::Loss { percent } => format!("{percent}% packet loss on every node"),
             Fault::Blackhole { node } => format!("blackhole node {node} (clients included)"),
+            Fault::Delay { nodes, ms } => {
+                format!("{ms} ms delay on the peer links of nodes {nodes:?}")
+            }
         }
     }
 }
@@ -254,6 +269,19 @@ pub fn schedule(
             Nemesis::Blackhole => Fault::Blackhole {
                 node: rng.range(1, nodes + 1),
             },
+            Nemesis::Delay => {
+                if rng.chance(50) {
+                    Fault::Delay {
+                        nodes: (1..=nodes).collect(),
+                        ms: rng.range(20, 300),
+                    }
+                } else {
+                    Fault::Delay {
+                        nodes: vec![rng.range(1, nodes + 1)],
+                        ms: rng.range(100, 1000),
+                    }
+                }
+            }
         };
         out.push(Planned {
             at_ms: t,
@@ -311,7 +339,7 @@ mod tests {
                         }
                         Fault::OneWay { from, to } => assert_ne!(from, to),
                         Fault::Loss { percent } => assert!((5..=30).contains(percent)),
-                        Fault::KillAll { .. } | Fault::Blackhole { .. } => {
+                        Fault::KillAll { .. } | Fault::Blackhole { .. } | Fault::Delay { .. } => {
                             panic!("{:?} is not in ALL", p.fault)
                         }
                     }

@@ -17,6 +17,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
+use crate::nodes::PEER_PORT;
+use crate::proxy::proxy_port;
+
 /// Subnet prefix of the harness network (a /24).
 pub const SUBNET: [u8; 3] = [10, 77, 0];
 /// Prefix of every namespace the harness creates.
@@ -200,6 +203,8 @@ pub struct Net {
     /// Namespace name of node `i + 1`.
     pub namespaces: Vec<String>,
     pid: u32,
+    /// Peer connections go through the harness's proxy ([`crate::proxy`]).
+    proxied: bool,
     torn_down: bool,
 }
 
@@ -211,9 +216,10 @@ const BASE_RULESET: &str = "table inet chaos {
 ";
 
 impl Net {
-    /// Creates the bridge and one namespace per node. On error, whatever was created is
-    /// removed again (the returned error is the first failure).
-    pub fn create(nodes: u64) -> Result<Net, NetError> {
+    /// Creates the bridge and one namespace per node; with `proxied`, every node's peer
+    /// connections are redirected to the harness's proxy ([`crate::proxy`]). On error,
+    /// whatever was created is removed again (the returned error is the first failure).
+    pub fn create(nodes: u64, proxied: bool) -> Result<Net, NetError> {
         let pid = std::process::id();
         let mut net = Net {
             bridge: format!("cc{pid}br"),
@@ -221,6 +227,7 @@ impl Net {
                 .map(|i| format!("{NS_PREFIX}{pid}-n{i}"))
                 .collect(),
             pid,
+            proxied,
             torn_down: false,
         };
         match net.build() {
@@ -262,6 +269,21 @@ impl Net {
             run("ip", &["-n", ns, "link", "set", "eth0", "up"], None)?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"], None)?;
             nft(ns, BASE_RULESET)?;
+            if self.proxied {
+                let n = self.namespaces.len() as u64;
+                let mut rules = String::from(
+                    "table ip chaosnat {\n  chain output { type nat hook output priority -100; policy accept; }\n}\n",
+                );
+                for to in (1..=n).filter(|&t| t != id) {
+                    rules += &format!(
+                        "add rule ip chaosnat output ip daddr {} tcp dport {PEER_PORT} dnat to {}:{}\n",
+                        node_addr(to),
+                        bridge_addr(),
+                        proxy_port(id, to)
+                    );
+                }
+                nft(ns, &rules)?;
+            }
         }
         Ok(())
     }
@@ -287,7 +309,21 @@ impl Net {
             "add rule inet chaos input ip saddr {{ {} }} drop\n",
             addrs.join(", ")
         );
-        nft(self.ns(id), &rule)
+        nft(self.ns(id), &rule)?;
+        if self.proxied {
+            // Through the proxy, `id` receives `f`'s frames from the bridge address; cut them
+            // where they leave `f` instead (its connection to `id`'s proxy port; the filter
+            // hook sees the address after DNAT).
+            for &f in from {
+                let rule = format!(
+                    "add rule inet chaos output ip daddr {} tcp dport {} drop\n",
+                    bridge_addr(),
+                    proxy_port(f, id)
+                );
+                nft(self.ns(f), &rule)?;
+            }
+        }
+        Ok(())
     }
 
     /// Node `id` drops `percent`% of the packets it receives from the subnet, at random

@@ -117,6 +117,7 @@ fn fault_color(f: &FaultEvent) -> RGBColor {
         crate::nemesis::Nemesis::Loss => RGBColor(150, 90, 200),
         crate::nemesis::Nemesis::KillAll => RGBColor(150, 20, 20),
         crate::nemesis::Nemesis::Blackhole => RGBColor(60, 60, 60),
+        crate::nemesis::Nemesis::Delay => RGBColor(40, 170, 120),
     }
 }
 

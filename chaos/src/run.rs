@@ -165,6 +165,8 @@ pub struct Cluster {
     pub nodes: Nodes,
     /// The namespaces and bridge.
     pub net: Net,
+    /// Link delays of the peer proxy, when the `delay` nemesis is enabled.
+    pub delays: Option<Arc<crate::proxy::Delays>>,
 }
 
 impl Cluster {
@@ -193,6 +195,10 @@ impl Cluster {
                     errors.push(e.0);
                 }
             }
+            Fault::Delay { nodes, ms } => match &self.delays {
+                Some(d) => d.slow(nodes, *ms),
+                None => errors.push("delay fault without the proxy".into()),
+            },
             Fault::Blackhole { node } => {
                 if let Err(e) = self.net.blackhole(*node) {
                     errors.push(e.0);
@@ -209,9 +215,13 @@ impl Cluster {
         errors
     }
 
-    /// Undoes every fault: rules flushed, paused nodes resumed, killed nodes restarted.
+    /// Undoes every fault: rules flushed, delays cleared, paused nodes resumed, killed nodes
+    /// restarted.
     fn heal_all(&mut self) -> Vec<String> {
         let mut errors = Vec::new();
+        if let Some(d) = &self.delays {
+            d.clear();
+        }
         if let Err(e) = self.net.heal() {
             errors.push(e.0);
         }
@@ -367,10 +377,13 @@ pub async fn run(cfg: RunConfig, cancel: watch::Receiver<bool>) -> Result<RunOut
         partitions: cfg.partitions,
         replicas: 3.min(cfg.nodes),
     };
-    let net = Net::create(cfg.nodes).map_err(|e| e.0)?;
+    let proxied = cfg.nemeses.contains(&Nemesis::Delay);
+    let net = Net::create(cfg.nodes, proxied).map_err(|e| e.0)?;
+    let delays = proxied.then(|| crate::proxy::Delays::new(cfg.nodes));
     let cluster = Arc::new(Mutex::new(Cluster {
         nodes: Nodes::new(&cfg.corum, &cfg.out, layout),
         net,
+        delays: delays.clone(),
     }));
     // Whatever happens below, the cluster goes away with this guard.
     struct Teardown(Arc<Mutex<Cluster>>);
@@ -382,9 +395,14 @@ pub async fn run(cfg: RunConfig, cancel: watch::Receiver<bool>) -> Result<RunOut
         }
     }
     let _teardown = Teardown(cluster.clone());
+    if let Some(d) = delays {
+        crate::proxy::start(cfg.nodes, d)
+            .await
+            .map_err(|e| format!("peer proxy: {e}"))?;
+    }
     {
         let mut c = lock(&cluster);
-        let Cluster { nodes, net } = &mut *c;
+        let Cluster { nodes, net, .. } = &mut *c;
         nodes
             .start_all(net)
             .map_err(|e| format!("start nodes: {e}"))?;

@@ -40,7 +40,7 @@ async fn writes_resume_soon_after_a_full_partition_heals() {
     let dir = std::env::temp_dir().join(format!("corum-peer-stall-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // Declared before the nodes so it is dropped after them: processes die, then namespaces.
-    let net = Net::create(3).expect("namespaces");
+    let net = Net::create(3, false).expect("namespaces");
     let mut nodes = Nodes::new(
         &corum,
         &dir,
