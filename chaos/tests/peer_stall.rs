@@ -1,0 +1,121 @@
+//! Reproduction: after a partition heals, corum's peer connections recover only when TCP's
+//! retransmission timer next fires, because the peer dialer (`engine/src/server/net.rs`,
+//! `peer_dialer`) never gives up on a connection whose writes stopped being acknowledged (no
+//! write deadline, no `TCP_USER_TIMEOUT`, no idle/heartbeat check). After a long partition the
+//! retransmission timer has backed off exponentially, so the cluster stays without a leader for
+//! seconds after every node can reach every other again.
+//!
+//! Scenario: 3 nodes in namespaces; every node cut off from the other two (nftables) for
+//! `CUT_S` seconds, so no partition has a quorum; then heal, and time the first acknowledged
+//! write. Expected: within two maximal election timeouts plus a backoff
+//! ([`chaos::run::SLOW_RECOVERY_MS`]); the socket state right after the heal (`ss -tino`:
+//! `timer:(on,Ns,k)` with k retransmissions, `backoff:k`) is printed as evidence.
+//!
+//! Needs root, `ip` and `nft`, and `target/release/corum`:
+//! `cargo build --release -p engine && cargo test -p chaos --release --test peer_stall -- --ignored --nocapture`
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chaos::net::{self, Net, RunLock};
+use chaos::nodes::{client_endpoint, Layout, Nodes};
+use chaos::observe;
+use tokio::time::Instant;
+use wire::client::{Client, ClientConfig};
+
+/// How long every node is cut off.
+const CUT_S: u64 = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root, iproute2, nftables and target/release/corum"]
+async fn writes_resume_soon_after_a_full_partition_heals() {
+    let corum = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/corum");
+    assert!(
+        corum.exists(),
+        "build it first: cargo build --release -p engine"
+    );
+    net::preflight().expect("root, ip and nft");
+    let _lock = RunLock::take().expect("no other corum-chaos run");
+    net::cleanup_leftovers();
+    let dir = std::env::temp_dir().join(format!("corum-peer-stall-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // Declared before the nodes so it is dropped after them: processes die, then namespaces.
+    let net = Net::create(3, false).expect("namespaces");
+    let mut nodes = Nodes::new(
+        &corum,
+        &dir,
+        Layout {
+            nodes: 3,
+            partitions: 8,
+            replicas: 3,
+        },
+    );
+    nodes.start_all(&net).expect("start");
+    let endpoints: Vec<(u64, String)> = (1..=3).map(|i| (i, client_endpoint(i))).collect();
+    let seeds: Vec<String> = endpoints.iter().map(|e| e.1.clone()).collect();
+    let mut cfg = ClientConfig::new(seeds);
+    cfg.request_timeout = Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match Client::connect(cfg.clone()).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cluster did not start: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    loop {
+        let problems = observe::health_problems(&observe::statuses(&client, &endpoints).await);
+        if problems.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no leaders: {problems:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Some traffic, so every peer connection is established and carries data.
+    for i in 0..200 {
+        client
+            .put(format!("k{}", i % 16), format!("v{i}"))
+            .await
+            .expect("put before the cut");
+    }
+
+    for id in 1..=3u64 {
+        let others: Vec<u64> = (1..=3).filter(|&o| o != id).collect();
+        net.drop_from(id, &others).expect("cut");
+    }
+    // Writes keep trying during the cut, so frames queue on the stalled connections.
+    let cut_end = Instant::now() + Duration::from_secs(CUT_S);
+    while Instant::now() < cut_end {
+        let _ = client.put("during", "cut").await;
+    }
+    net.heal().expect("heal");
+    let healed = Instant::now();
+    for id in 1..=3 {
+        println!("== node {id} right after the heal\n{}", net.sockets(id));
+    }
+    let recovered = loop {
+        if client.put("after", "heal").await.is_ok() {
+            break healed.elapsed();
+        }
+        assert!(
+            healed.elapsed() < Duration::from_secs(120),
+            "no write succeeded within 120 s of healing"
+        );
+    };
+    println!(
+        "first acknowledged write {} ms after the heal",
+        recovered.as_millis()
+    );
+    nodes.kill_all();
+    drop(nodes);
+    drop(net);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        recovered.as_millis() as u64 <= chaos::run::SLOW_RECOVERY_MS,
+        "writes resumed only {} ms after a {CUT_S} s partition healed (expected <= {} ms)",
+        recovered.as_millis(),
+        chaos::run::SLOW_RECOVERY_MS
+    );
+}
