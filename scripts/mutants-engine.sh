@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bug injection for the whole-node simulator: applies each engine/mutants/*.patch to a scratch
 # copy of the tree, builds node-sim and runs the seeds named for it in engine/mutants/seeds.txt
-# (NAME: A..B). Every mutant must be caught (node-sim exits 1); a mutant that survives fails
+# (NAME: seed seed ...). Every mutant must be caught (node-sim exits 1); a mutant that survives fails
 # this script. Usage: scripts/mutants-engine.sh [--survey N]  (--survey: run seeds 0..N for
 # every mutant and print the fraction that fail, for the table in engine/mutants/README.md).
 set -euo pipefail
@@ -26,13 +26,20 @@ for patch in ${MUTANTS:-engine/mutants/*.patch}; do
     echo "$name: $(tail -1 "$scratch/out"); first failing seeds: $first"
     continue
   fi
-  seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2 | tr -d ' ')
-  if [[ -z "$seeds" ]]; then echo "mutant $name: no seeds in engine/mutants/seeds.txt"; exit 1; fi
-  if timeout 300 "$CARGO_TARGET_DIR/release/node-sim" --seeds "$seeds" > "$scratch/out" 2>&1; then
-    echo "mutant $name SURVIVED seeds $seeds"
+  seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2)
+  if [[ -z "${seeds// }" ]]; then echo "mutant $name: no seeds in engine/mutants/seeds.txt"; exit 1; fi
+  caught=""
+  for seed in $seeds; do
+    if ! timeout 300 "$CARGO_TARGET_DIR/release/node-sim" --seeds "$seed" > "$scratch/out" 2>&1; then
+      caught="seed $seed: $(grep -m1 'failed at step' "$scratch/out" || tail -1 "$scratch/out")"
+      break
+    fi
+  done
+  if [[ -z "$caught" ]]; then
+    echo "mutant $name SURVIVED seeds$seeds"
     survived=$((survived + 1))
   else
-    echo "mutant $name caught: $(grep -m1 'failed at step' "$scratch/out" || tail -1 "$scratch/out")"
+    echo "mutant $name caught: $caught"
   fi
 done
 if [[ $survived -gt 0 ]]; then echo "mutants-engine: $survived mutants survived"; exit 1; fi
