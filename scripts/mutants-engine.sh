@@ -17,7 +17,9 @@ survived=0
 for patch in ${MUTANTS:-engine/mutants/*.patch}; do
   name=$(basename "$patch" .patch)
   rm -rf "$scratch/tree"; mkdir -p "$scratch/tree"
-  git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$scratch/tree"
+  # -m: fresh mtimes, so cargo rebuilds every crate of the copy (with copied mtimes it could
+  # take an artifact another mutant left in the shared target dir for fresh).
+  git ls-files -z | tar --null -T - -cf - | tar -xmf - -C "$scratch/tree"
   (cd "$scratch/tree" && patch -s -p1 < "$root/$patch")
   (cd "$scratch/tree" && cargo build -q --release -p engine --bin node-sim)
   if [[ -n "$survey" ]]; then
