@@ -105,7 +105,13 @@ impl<T> PartIndex<T> {
     /// Discards entries `>= from` (returns them). Lenient: out-of-range is a no-op.
     pub fn truncate(&mut self, from: u64) -> Vec<T> {
         if from < self.base {
-            return self.items.drain(..).collect();
+            // Every entry held is discarded and the next append starts at `from` (callers
+            // never truncate at or below a snapshot point, so nothing below `base` exists
+            // elsewhere). Keeping `base` made a recovered log that starts later than `from`
+            // report first/last `base`/`base - 1` instead of `from`/`from - 1`.
+            let dropped = self.items.drain(..).collect();
+            self.base = from;
+            return dropped;
         }
         let keep = (from - self.base) as usize;
         if keep >= self.items.len() {
