@@ -49,14 +49,11 @@ pub struct Client {
     /// Known leader per partition.
     pub leaders: BTreeMap<u64, u64>,
     pub ops_done: u64,
-    /// A write completed after the network healed (liveness).
-    pub wrote_after_heal: bool,
 }
 
 /// What the client does after an answer.
 pub enum Verdict {
-    /// The operation is over with this output (None: a read that is not checked, or a definite
-    /// error: `definite_error` is set).
+    /// The operation is over; the output returned beside the verdict goes into its event.
     Done,
     /// Retry (same seq) at `target` after `delay` steps.
     Retry { target: Option<u64>, delay: u64 },

@@ -329,7 +329,6 @@ impl World {
                 idle_until: 0,
                 leaders: BTreeMap::new(),
                 ops_done: 0,
-                wrote_after_heal: false,
             })
             .collect();
         let mut w = World {
@@ -845,9 +844,6 @@ impl World {
             }
             self.nodes[n].drift = 0;
         }
-        for c in &mut self.clients {
-            c.wrote_after_heal = false;
-        }
         self.trace(|| "healed: no more faults".into());
     }
 
@@ -1043,7 +1039,6 @@ impl World {
                     ev.output = output;
                 }
                 if op.is_write && healed {
-                    cl.wrote_after_heal = true;
                     self.written_after_heal.insert(op.partition);
                 }
                 cl.ops_done += 1;

@@ -118,17 +118,6 @@ impl<C> Default for Output<C> {
     }
 }
 
-impl<C> Output<C> {
-    /// True if there is nothing to do.
-    pub fn is_empty(&self) -> bool {
-        self.messages.is_empty()
-            && self.replies.is_empty()
-            && self.start_sync.is_none()
-            && self.snapshot_writes.is_empty()
-            && self.map_committed.is_none()
-    }
-}
-
 /// One shard's decisions (module docs).
 pub struct ShardCore<L: LogStore, S: SnapshotStore, C: Clone> {
     i: usize,
@@ -212,7 +201,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         };
         let request_timeout_ticks =
             (config.tuning.request_timeout_ms / config.tuning.tick_ms.max(1)).max(1);
-        let config_limits = config.clone();
+        let range_bytes_max = super::net::range_bytes_max(&super::net::wire_limits(&config));
         let mut core = ShardCore {
             i,
             config,
@@ -229,7 +218,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             cmd_limits,
             ticks: 0,
             request_timeout_ticks,
-            range_bytes_max: super::net::range_bytes_max(&super::net::wire_limits(&config_limits)),
+            range_bytes_max,
             held: Vec::new(),
             dur: Durability::new(),
             backlog: WalBacklog::default(),
