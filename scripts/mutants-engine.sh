@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Bug injection for the whole-node simulator: applies each engine/mutants/*.patch to a scratch
 # copy of the tree, builds node-sim and runs the seeds named for it in engine/mutants/seeds.txt
-# (NAME: seed seed ...). Every mutant must be caught (node-sim exits 1); a mutant that survives fails
-# this script. Usage: scripts/mutants-engine.sh [--survey N]  (--survey: run seeds 0..N for
+# (NAME: seed seed ...), or the engine unit test named there (NAME: test PATH::TO::TEST) for a
+# schedule the random simulator does not reach. Every mutant must be caught (node-sim or the
+# test fails); a mutant that survives fails this script. Usage: scripts/mutants-engine.sh [--survey N]  (--survey: run seeds 0..N for
 # every mutant and print the fraction that fail, for the table in engine/mutants/README.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +29,19 @@ for patch in ${MUTANTS:-engine/mutants/*.patch}; do
     echo "$name: $(tail -1 "$scratch/out"); first failing seeds: $first"
     continue
   fi
-  seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2)
+  seeds=$(grep "^$name:" engine/mutants/seeds.txt | cut -d: -f2-)
   if [[ -z "${seeds// }" ]]; then echo "mutant $name: no seeds in engine/mutants/seeds.txt"; exit 1; fi
   caught=""
+  if [[ "$seeds" == " test "* ]]; then
+    test_name=${seeds# test }
+    if (cd "$scratch/tree" && timeout 600 cargo test -q --release -p engine --lib -- --exact "$test_name") > "$scratch/out" 2>&1; then
+      echo "mutant $name SURVIVED test $test_name"
+      survived=$((survived + 1))
+    else
+      echo "mutant $name caught: test $test_name failed: $(grep -m1 -A1 'panicked at' "$scratch/out" | tr '\n' ' ')"
+    fi
+    continue
+  fi
   for seed in $seeds; do
     if ! timeout 300 "$CARGO_TARGET_DIR/release/node-sim" --seeds "$seed" > "$scratch/out" 2>&1; then
       caught="seed $seed: $(grep -m1 'failed at step' "$scratch/out" || tail -1 "$scratch/out")"

@@ -37,6 +37,8 @@
 //!   once), and all replicas of each partition converge to the same data.
 
 mod client;
+#[cfg(test)]
+mod script;
 mod world;
 
 pub use world::{run_seed, SimConfig, SimFailure, SimStats};

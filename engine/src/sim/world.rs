@@ -110,7 +110,7 @@ type SnapFiles = BTreeMap<u64, (u64, Bytes)>;
 
 /// Snapshot files of one shard, kept across crashes once written.
 #[derive(Clone, Default)]
-struct SimSnaps(Rc<RefCell<BTreeMap<u64, SnapFiles>>>);
+pub(super) struct SimSnaps(Rc<RefCell<BTreeMap<u64, SnapFiles>>>);
 
 impl SnapshotStore for SimSnaps {
     fn newest(&self, partition: u64) -> Result<Option<(u64, u64, Bytes)>, String> {
