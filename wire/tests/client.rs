@@ -1030,7 +1030,13 @@ async fn a_follower_read_backs_off_only_after_every_replica_failed() {
     };
     assert!(last.contains("no quorum"), "{last}");
     let nodes: Vec<u64> = fake.data_requests().iter().map(|s| s.node).collect();
-    assert_eq!(nodes.len() as u32, attempts);
+    // The last attempt may still be on its way when the deadline passes (seen on a loaded
+    // machine: 28 attempts, 27 received), so the fake saw every attempt or all but the last.
+    let seen = nodes.len() as u32;
+    assert!(
+        seen == attempts || seen + 1 == attempts,
+        "{seen} requests seen, {attempts} attempts"
+    );
     assert!(
         attempts >= 6,
         "at least two rounds, got {attempts} attempts"
