@@ -23,41 +23,62 @@
 //! machines with no bounded-error clock and keeps lease reads off by default for the same
 //! reason, so it takes the oracle: the meta group's leader (partition 0, shard 0 of its node)
 //! hands out revisions. The price, stated where users read it:
-//! - one extra round per proposal *batch* (not per write): a shard asks for the revisions of
-//!   a whole turn's writes, over all its partitions, in one request;
+//! - per proposal *batch* (not per write), a round trip to the meta leader plus its
+//!   confirmation round (one heartbeat to a quorum of the meta group, which has a voter on
+//!   every node of the initial cluster): a shard asks for the revisions of a whole turn's
+//!   writes, over all its partitions, in one request. With one request in flight per shard,
+//!   that round trip bounds a shard's batch rate (batches grow to absorb the load, as with
+//!   WAL syncs);
 //! - no writes anywhere while the meta group has no leader (a single-group store such as etcd
 //!   has the same dependency on its one group).
 //!
 //! # The oracle (built: [`Oracle`])
 //! State, on the meta group's leader only:
 //! - the **ceiling**: the highest revision any leader may hand out. It is replicated state:
-//!   the meta group's key [`CEILING_KEY`] (u64 little-endian), raised by proposing a put of a
-//!   larger value. It never decreases (an applied decrease stops the node: invariant).
+//!   the meta group's key [`CEILING_KEY`] (u64 little-endian), changed only by a **raise**: a
+//!   compare-and-set transaction "if the ceiling is `c`, put `c + window`" ([`Raise`]). So
+//!   the replicated value only grows, and a raise that applies proves which value it
+//!   replaced. The oracle keeps no copy of it between terms (a copy can be stale: a replica
+//!   restored from a snapshot never saw the puts behind it).
 //! - `next`: the next revision to hand out, in memory.
 //!
 //! Rules:
-//! 1. A new leader serves nothing until it has applied an entry of its own term (its no-op:
-//!    every entry committed by earlier leaders is then applied, so it knows the last committed
-//!    ceiling `c`), and then a ceiling raise of its own term: it sets `next = c + 1` and hands
-//!    out only numbers `<= ` the raised ceiling. Everything an earlier leader handed out was
-//!    `<= c` (rule 3), so R1 holds across leader changes.
-//! 2. It raises the ceiling again (one proposal of `ceiling + window`) when fewer than half a
-//!    window remain, so serving does not wait for a commit in the steady state.
-//! 3. It answers a request only with numbers below a ceiling that is *applied* (committed),
-//!    never one merely proposed.
+//! 1. A new leader reads the ceiling `c` from its meta state machine (best after its term's
+//!    no-op is applied, when no raise of an earlier leader is still to apply), sets
+//!    `next = c + 1` and proposes the raise `c -> c + window`. It serves nothing until *its
+//!    own* raise applies (identified by its own proposal's answer, not by the value). A raise
+//!    whose compare fails (another leader raised since) is redone from the value found, with
+//!    `next` moved above it. When its raise applies, the ceiling was exactly `c` at that log
+//!    position, so every number any leader handed out was `<= c < next` (rule 3): R1 holds
+//!    across leader changes, whatever the leader read and when.
+//! 2. It raises again from its own ceiling when fewer than half a window (or fewer than the
+//!    waiting requests need) remain, so serving does not wait for a commit in the steady state.
+//! 3. It hands out only numbers `<=` a ceiling its own applied raise set, never one merely
+//!    proposed.
 //! 4. **Confirmation**: a request is answered only after a leadership confirmation round
 //!    (raftcore's ReadIndex heartbeat round on partition 0, thesis §6.4) that *started after
-//!    the request arrived* has been confirmed. Requests arriving in one turn share one round.
+//!    the request arrived* has been confirmed, in the term the oracle serves (rounds are
+//!    tagged with their term). Requests arriving in one turn share one round; a round raftcore
+//!    gives up on without a step-down is started again. The meta group never answers it from
+//!    a leader lease: partition 0 runs with `lease_reads` off whatever the tuning says (an
+//!    increment that wires the oracle must enforce this; today `raft_config` applies the
+//!    tuning to every partition).
 //!
 //! Why R2 holds: A was allocated by leader O1 of term t1; B's request reached leader O2 of
 //! term t2 after A was acknowledged, so after A's allocation. If O2 = O1 (same term), `next`
 //! only grows. Otherwise O2's confirmation round (started after B's request arrived, so after
 //! O1 confirmed the round covering A) was answered by a majority still in term t2, and O1's
 //! round by a majority in term t1 earlier; majorities intersect and terms never go back, so
-//! t1 < t2 (t2 < t1 would need a member of O1's majority to go back to t2). The ceiling O1
-//! allocated A under was committed (rule 3) before O2 was elected in the later term, so it is
-//! in O2's log (Leader Completeness) and `next` of O2 is above it (rule 1): rev(A) < rev(B).
+//! t1 < t2 (t2 < t1 would need a member of O1's majority to go back to t2). The raise O1
+//! allocated A under is committed in term t1 (rule 3), so by Leader Completeness it is in
+//! O2's log, before every entry of term t2 (terms grow along a log), in particular before
+//! O2's own raise; that raise applied (rule 1) with the ceiling then `>=` O1's (the value only
+//! grows), and O2's `next` is above it: rev(A) < rev(B). (Leader Completeness, not real
+//! time: on five nodes O1's raise can reach its third replica after O2's election.)
 //! Without rule 4 a deposed leader that has not noticed could hand B a number below A's.
+//! The proof needs a quorum round; with a single-voter meta group the round is trivially
+//! confirmed, which is still correct (no other leader can exist), and a lease would replace
+//! it only under a clock-drift bound.
 //!
 //! Lease-based confirmation (skip the round while the leader lease holds) is the same trade as
 //! lease reads: an option with a clock-drift allowance, off by default. Not built.
@@ -70,13 +91,27 @@
 //! revision in the entry. Only requests that arrived before the `RevisionRequest` was sent are
 //! in it (R2). The shard keeps one request in flight and gathers the next turn's writes
 //! meanwhile, as it does for WAL syncs. A leader that answers `NotLeader` or does not answer
-//! within an election timeout is asked again at the new leader; revisions received by a shard
-//! that lost its partition's leadership are dropped (gaps, never reuse).
+//! within an election timeout is asked again at the new leader.
 //!
-//! R3 follows: a partition leader proposes with revisions from a fetch that started after its
-//! earlier proposals' fetches were answered, and a new partition leader fetches after its
-//! election, after every entry in its log was allocated. The state machine checks R3 on apply
-//! (a revision at or below the last applied one stops the node: invariant).
+//! Each fetch is tagged with, per partition it covers, the partition's term when it was sent.
+//! An answer is used only for partitions whose term is unchanged and only if it answers the
+//! newest fetch sent (a retried fetch supersedes the first: a late answer to the first is
+//! dropped). The revisions are used at once: proposed in the same turn, or, if the proposal
+//! is refused (`Busy`, a transfer in progress), dropped and fetched again. Dropped revisions
+//! are gaps, never reused. `Close` entries (below) are fetched through the same pipeline.
+//!
+//! R3 follows: a partition leader proposes, in its term, with revisions from a fetch sent in
+//! that term after its earlier fetches were answered, and a new partition leader fetches
+//! after its election, after every entry in its log was allocated (a fetch sent in an earlier
+//! term of the same node is never used: the review's schedule where a node leads, loses,
+//! wins again and then receives a stale answer). The state machine checks R3 on apply, and a
+//! command whose revision is not above the last applied one is *refused deterministically*
+//! (every replica refuses it the same way; its waiter gets a retryable error, the entry
+//! changes nothing), never a stop: a stop would repeat on every replica replaying the log.
+//!
+//! A retried session write (thesis §6.3) that finds its result cached answers with the
+//! revision of the original apply (its key's `mod_revision`), not the retry's; the retry's
+//! entry still counts for the R3 check and for the closed revision.
 //!
 //! # Multi-version state (increment 2)
 //! Each partition's state machine keeps, per key, its versions `(revision, create_revision,
@@ -94,22 +129,34 @@
 //! `C >= R`) or every `tuning.close_interval_ms` while watchers exist, fetches a revision `T`
 //! from the oracle and proposes a `Close(T)` entry: applying it sets `C = T` (R3 holds: later
 //! entries are fetched later). Close entries cost one small WAL record per idle partition per
-//! interval, only on demand, so thousands of quiet partitions stay quiet.
+//! interval, only on demand, and their revisions come in the shard's per-turn fetch with its
+//! writes. Quiet partitions stay quiet only while nobody watches them: one prefix watcher
+//! covers every partition (keys are hashed), so it makes each idle partition write a Close
+//! per interval (the review's L3; a side channel for closed revisions, as CockroachDB has,
+//! would avoid the log writes and is left for later).
 //!
 //! # Reads at a revision, and consistent ranges (increment 4)
 //! `get --rev R` and ranges across partitions at `R`: each partition's replica waits (bounded by
-//! the request deadline) until it is closed at `>= R`, then reads its versions `<= R`. A range
+//! the request deadline) until it is closed at `>= R`, then reads its versions `<= R`. A
+//! revision above any handed out (the oracle's next, asked once) is refused at once with
+//! `FutureRevision`, as etcd does; so is `compact R` for such an `R`. A range
 //! across partitions with no revision is served at `R` = a fresh oracle revision: every write
 //! acknowledged before the range was sent is below it (R2), so the range is linearizable and a
 //! snapshot of the whole store. A single-partition read keeps the ReadIndex path and reports
-//! the partition's newest applied revision in its header.
+//! the partition's closed revision in its header. Open: that header can be below a revision
+//! the same client saw from another partition (etcd clients assume the store's revision never
+//! goes back); the gateway may have to report a fresh oracle revision instead.
+//! Keys are spread over partitions by hash, so a prefix range or watch covers every
+//! partition: its latency is the oracle round plus the slowest partition's close.
 //!
 //! # Watch (increment 5)
 //! A watcher names a key, prefix or range, a start revision (or now) and `prev_kv`. The shard it
 //! is connected to subscribes to every partition its range covers; each partition's replica
 //! streams events from its version history (`>= start`, or `Compacted`), then from applies. The
-//! shard merges them and releases events up to `min(closed revision of every covered
-//! partition)`, in revision order, each once; a progress notification says "nothing more up to
+//! shard merges them lazily from the partitions' version histories and releases events up to
+//! `min(closed revision of every covered partition)`, in revision order, each once, holding
+//! nothing past that minimum in memory (a partition without a leader delays the watch; it
+//! does not make its buffer grow); a progress notification says "nothing more up to
 //! that minimum". Resuming at `last + 1` after a disconnect, leader change or crash replays
 //! from the history, so nothing is missed or repeated. A watcher has a byte budget; one that
 //! falls behind it is cancelled with a reason (`SlowWatcher`), never buffered without bound.
@@ -128,6 +175,15 @@
 //! when all of them applied, so after the acknowledgement no key of `L` is readable anywhere.
 //! (This departs from "expiry decided by partition leaders": a lease spans partitions, and
 //! one decider avoids two partitions disagreeing on whether it expired.)
+//! Points the increment must settle (design review): a registration of (L, q) applies only if
+//! L is live at its position in the meta log, and a revoke fans out to the partitions
+//! registered at its own position; a revoke is a persisted *revoking* state that a new meta
+//! leader resumes, and keep-alive / TTL report a lease gone only once every partition applied
+//! it; leases are keyed by (id, grant revision) so a reused id never meets an old marker;
+//! keep-alives are not logged, so a new leader resets every lease to its full TTL plus an
+//! election timeout, and frequent leader changes need lease checkpoints (as etcd added);
+//! session reads from a lagging follower can still show a revoked lease's keys, so the
+//! "nowhere readable" guarantee covers linearizable and at-revision reads.
 //!
 //! # Session consistency (increment 7)
 //! The client remembers, per partition, the highest revision it has seen (its writes' and
@@ -137,15 +193,21 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-/// The meta group's key holding the revision ceiling (u64 little-endian).
+/// The meta group's key holding the revision ceiling (u64 little-endian; absent = 0).
 pub const CEILING_KEY: &[u8] = b"oracle/ceiling";
 
 /// How far one ceiling raise reaches by default: about a million revisions. A leader change
 /// skips at most this many numbers; 2^64 / 2^20 leader changes is never reached.
 pub const WINDOW_DEFAULT: u64 = 1 << 20;
 
+/// The largest window accepted (a configuration bound: 2^24 leader changes still fit).
+pub const WINDOW_MAX: u64 = 1 << 40;
+
 /// Most revisions one request may ask for (a shard asks for one turn's writes).
 pub const REQUEST_MAX: u64 = 1 << 20;
+
+/// Most requests waiting at once; more are refused `Busy` (the shards retry).
+pub const WAITING_MAX: usize = 4096;
 
 /// An oracle error: the caller asks again at the current leader, or waits.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,14 +224,35 @@ pub enum OracleError {
         /// The count asked for.
         count: u64,
     },
-    /// A ceiling applied below the one already known: the meta group's log went back.
-    #[error("revision ceiling went back from {known} to {applied}")]
+    /// [`WAITING_MAX`] requests are waiting already.
+    #[error("{WAITING_MAX} revision requests waiting; retry")]
+    Busy,
+    /// The ceiling found by a failed raise is below the raise's expected value: the meta
+    /// group's replicated ceiling went back. A violated invariant: the node stops.
+    #[error("revision ceiling went back: expected at least {expected}, found {found}")]
     CeilingWentBack {
-        /// The ceiling known before.
-        known: u64,
-        /// The smaller one applied.
-        applied: u64,
+        /// The value the raise compared against.
+        expected: u64,
+        /// The smaller value found.
+        found: u64,
     },
+    /// The 64-bit revision space is used up (not reachable in practice: a violated invariant).
+    #[error("revision space exhausted at ceiling {ceiling}")]
+    Exhausted {
+        /// The ceiling that cannot be raised.
+        ceiling: u64,
+    },
+}
+
+/// A ceiling raise to propose in the meta group as a compare-and-set: if [`CEILING_KEY`]
+/// holds `expected` (absent counts as 0), put `ceiling`. Only the leader that proposed it may
+/// report its result ([`Oracle::raise_applied`]), from its own proposal's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Raise {
+    /// The value the ceiling must have for the raise to apply.
+    pub expected: u64,
+    /// The new ceiling (> `expected`).
+    pub ceiling: u64,
 }
 
 /// A request for `count` revisions from `requester` (opaque to the oracle: the driver's
@@ -192,49 +275,51 @@ struct Waiting<R> {
 }
 
 /// The meta leader's revision allocator (module docs, "The oracle"). Sans-I/O: the shard
-/// core of shard 0 feeds it leadership changes, applied ceilings and confirmed rounds, and
-/// carries out what it asks for (a ceiling to propose, a confirmation round to start).
+/// core of shard 0 feeds it leadership changes, its raises' results and confirmation rounds,
+/// and carries out what it asks for (a raise to propose, a round to start). It keeps no copy
+/// of the replicated ceiling between terms: [`Oracle::became_leader`] is told the value, and
+/// every raise is a compare-and-set whose success proves what it replaced (review of issue
+/// 16's design, S1/S2: a cached copy could be stale after a snapshot install).
 #[derive(Debug)]
 pub struct Oracle<R> {
     window: u64,
-    /// The highest ceiling applied by this replica's meta state machine.
-    ceiling: u64,
-    /// The term this node leads in and serves for (0: not serving).
+    /// The term this node leads in (0: not leading).
     term: u64,
-    /// Set once this leader's own ceiling raise is applied: it may hand out `next..=ceiling`.
+    /// The last term this node led in (terms only grow).
+    last_led: u64,
+    /// The ceiling this leader's own raise set (valid while `serving`).
+    ceiling: u64,
+    /// Set once a raise of this term applied: it may hand out `next..=ceiling`.
     serving: bool,
     next: u64,
-    /// A ceiling this leader proposed and has not seen applied.
-    raising: Option<u64>,
-    /// Rounds: `started` counts rounds started in this term, `confirmed` the highest confirmed.
+    /// The raise this leader proposed and has no result for.
+    raising: Option<Raise>,
+    /// Rounds of this term: `started` counts those started, `confirmed` the highest confirmed.
     started: u64,
     confirmed: u64,
     waiting: VecDeque<Waiting<R>>,
-    /// Revisions handed out in this term (for the invariant checks).
-    handed_out_max: u64,
 }
 
 impl<R> Oracle<R> {
-    /// An oracle that raises the ceiling `window` revisions at a time.
+    /// An oracle that raises the ceiling `window` revisions at a time (2..=[`WINDOW_MAX`]; the
+    /// configuration is checked before this is called).
     pub fn new(window: u64) -> Oracle<R> {
-        assert!(window >= 2, "revision window too small: {window}");
+        assert!(
+            (2..=WINDOW_MAX).contains(&window),
+            "revision window {window} outside 2..={WINDOW_MAX}"
+        );
         Oracle {
             window,
-            ceiling: 0,
             term: 0,
+            last_led: 0,
+            ceiling: 0,
             serving: false,
             next: 0,
             raising: None,
             started: 0,
             confirmed: 0,
             waiting: VecDeque::new(),
-            handed_out_max: 0,
         }
-    }
-
-    /// The highest ceiling applied here.
-    pub fn ceiling(&self) -> u64 {
-        self.ceiling
     }
 
     /// Whether this oracle hands out revisions now.
@@ -242,46 +327,102 @@ impl<R> Oracle<R> {
         self.serving
     }
 
-    /// The meta state machine applied ceiling `c` (a put of [`CEILING_KEY`]), on any replica.
-    /// Err: the ceiling went back, a violated invariant (the caller stops the node).
-    pub fn ceiling_applied(&mut self, c: u64) -> Result<(), OracleError> {
-        if c < self.ceiling {
-            return Err(OracleError::CeilingWentBack {
-                known: self.ceiling,
-                applied: c,
-            });
-        }
-        self.ceiling = c;
-        if self.term != 0 && self.raising.is_some_and(|r| r <= c) {
-            self.raising = None;
-            if !self.serving {
-                // Rule 1: the first raise of this term is applied; serve above the ceiling
-                // every earlier leader stayed under (set in `became_leader`).
-                self.serving = true;
-            }
-        }
-        Ok(())
+    /// The raise proposed and not yet reported.
+    pub fn raising(&self) -> Option<Raise> {
+        self.raising
     }
 
-    /// This node became the meta group's leader in `term` and has applied an entry of that
-    /// term (its no-op), so [`Oracle::ceiling`] is the last ceiling any earlier leader
-    /// committed. Returns the ceiling to propose (rule 1). Requests waiting from an earlier
-    /// term were answered `NotLeader` when it ended.
-    pub fn became_leader(&mut self, term: u64) -> u64 {
+    fn raise_from(&self, current: u64, wanted: u64) -> Result<Raise, OracleError> {
+        let ceiling = current
+            .checked_add(self.window.max(wanted))
+            .filter(|c| *c < u64::MAX)
+            .ok_or(OracleError::Exhausted { ceiling: current })?;
+        Ok(Raise {
+            expected: current,
+            ceiling,
+        })
+    }
+
+    /// This node became the meta group's leader in `term`; `current` is the ceiling its meta
+    /// state machine holds now (best read after this term's no-op is applied: then the first
+    /// raise rarely fails). Returns the raise to propose (rule 1). Nothing is handed out until
+    /// a raise of this term applies.
+    pub fn became_leader(&mut self, term: u64, current: u64) -> Result<Raise, OracleError> {
         assert!(
-            term > self.term,
-            "leader again in term {term} after {}",
-            self.term
+            term > self.last_led,
+            "meta leader in term {term} after leading term {}",
+            self.last_led
         );
         self.term = term;
+        self.last_led = term;
         self.serving = false;
-        self.next = self.ceiling + 1;
-        self.handed_out_max = self.ceiling;
+        self.next = current + 1;
         self.started = 0;
         self.confirmed = 0;
-        let raise = self.ceiling + self.window;
+        let raise = self.raise_from(current, 0)?;
         self.raising = Some(raise);
-        raise
+        Ok(raise)
+    }
+
+    /// The fate of this leader's own raise proposal: `Ok(())` it applied (the ceiling is now
+    /// `raise.ceiling`), `Err(found)` it was not applied (the compare found `found`, or the
+    /// proposal was dropped and the state machine holds `found`). Returns a raise to propose
+    /// next, if one is needed. A result for another raise than the one in flight, or after
+    /// stepping down, is ignored.
+    pub fn raise_applied(
+        &mut self,
+        raise: Raise,
+        result: Result<(), u64>,
+    ) -> Result<Option<Raise>, OracleError> {
+        if self.term == 0 || self.raising != Some(raise) {
+            return Ok(None);
+        }
+        self.raising = None;
+        match result {
+            Ok(()) => {
+                // The compare held: the ceiling was `expected`, so every revision any leader
+                // handed out is <= expected < next (rule 1).
+                debug_assert!(self.next > raise.expected);
+                self.ceiling = raise.ceiling;
+                self.serving = true;
+                Ok(self.want_raise()?)
+            }
+            Err(found) if found < raise.expected => Err(OracleError::CeilingWentBack {
+                expected: raise.expected,
+                found,
+            }),
+            Err(found) => {
+                // Another leader raised the ceiling since this one read it: numbers up to
+                // `found` may be handed out by it. Stop serving until a raise from `found`
+                // applies.
+                self.serving = false;
+                self.next = self.next.max(found + 1);
+                let wanted = self.wanted();
+                let r = self.raise_from(found, wanted)?;
+                self.raising = Some(r);
+                Ok(Some(r))
+            }
+        }
+    }
+
+    fn wanted(&self) -> u64 {
+        self.waiting.iter().map(|w| w.count).sum()
+    }
+
+    /// A raise to propose now (rule 2): serving, none in flight, and fewer than half a window
+    /// (or fewer than the waiting requests need) left.
+    fn want_raise(&mut self) -> Result<Option<Raise>, OracleError> {
+        if !self.serving || self.raising.is_some() {
+            return Ok(None);
+        }
+        let left = (self.ceiling + 1).saturating_sub(self.next);
+        let wanted = self.wanted();
+        if left >= self.window / 2 && left >= wanted {
+            return Ok(None);
+        }
+        let r = self.raise_from(self.ceiling, wanted)?;
+        self.raising = Some(r);
+        Ok(Some(r))
     }
 
     /// This node no longer leads (or never did): returns every waiting request, to be answered
@@ -293,13 +434,17 @@ impl<R> Oracle<R> {
         self.waiting.drain(..).map(|w| w.requester).collect()
     }
 
-    /// A request for `count` (>= 1) revisions arrived. Err when this node does not lead.
+    /// A request for `count` revisions arrived. Err when this node does not lead, the count
+    /// is out of bounds, or too many requests wait.
     pub fn request(&mut self, requester: R, count: u64, leader: u64) -> Result<(), OracleError> {
         if count == 0 || count > REQUEST_MAX {
             return Err(OracleError::BadCount { count });
         }
         if self.term == 0 {
             return Err(OracleError::NotLeader { leader });
+        }
+        if self.waiting.len() >= WAITING_MAX {
+            return Err(OracleError::Busy);
         }
         self.waiting.push_back(Waiting {
             requester,
@@ -310,73 +455,72 @@ impl<R> Oracle<R> {
     }
 
     /// Whether a confirmation round should start now: a request waits for a round not yet
-    /// started. The driver then starts one (a ReadIndex on partition 0) and calls
-    /// [`Oracle::round_started`].
+    /// started. The driver then starts one (a ReadIndex on partition 0, never answered from a
+    /// lease) and calls [`Oracle::round_started`].
     pub fn wants_round(&self) -> bool {
         self.term != 0 && self.waiting.back().is_some_and(|w| w.round > self.started)
     }
 
-    /// A confirmation round started; returns its number (to pass to `round_confirmed`).
-    pub fn round_started(&mut self) -> u64 {
+    /// A confirmation round started: returns (term, round) to pass to `round_confirmed` or
+    /// `round_failed`; None when this node does not lead.
+    pub fn round_started(&mut self) -> Option<(u64, u64)> {
+        if self.term == 0 {
+            return None;
+        }
         self.started += 1;
-        self.started
+        Some((self.term, self.started))
     }
 
-    /// Round `round` of this term was confirmed (a quorum answered its heartbeat in this
-    /// term). Returns the grants that can be made now, in arrival order, and a ceiling to
-    /// propose when fewer than half a window remain (rule 2). A request that does not fit
-    /// under the applied ceiling waits for the raise (rule 3).
-    pub fn round_confirmed(&mut self, round: u64) -> (Vec<Grant<R>>, Option<u64>) {
-        if self.term != 0 && round > self.confirmed && round <= self.started {
+    /// Round `round` of `term` was confirmed: a quorum answered its heartbeat in that term.
+    /// Returns the grants possible now and a raise to propose (rule 2). A round of another
+    /// term than the one this node leads now changes nothing.
+    #[allow(clippy::type_complexity)]
+    pub fn round_confirmed(
+        &mut self,
+        term: u64,
+        round: u64,
+    ) -> Result<(Vec<Grant<R>>, Option<Raise>), OracleError> {
+        if term == self.term && round > self.confirmed && round <= self.started {
             self.confirmed = round;
         }
         self.grant()
     }
 
-    /// Makes the grants possible now (also after a ceiling was applied).
-    pub fn grant(&mut self) -> (Vec<Grant<R>>, Option<u64>) {
+    /// Round `round` of `term` failed (raftcore gave up on it without losing leadership): the
+    /// requests waiting for it wait for the next round, which [`Oracle::wants_round`] now
+    /// asks for.
+    pub fn round_failed(&mut self, term: u64, round: u64) {
+        if term != self.term || round <= self.confirmed {
+            return;
+        }
+        let next = self.started + 1;
+        for w in self.waiting.iter_mut() {
+            if w.round <= round {
+                w.round = next;
+            }
+        }
+    }
+
+    /// Makes the grants possible now: requests whose round is confirmed, in arrival order,
+    /// each under the applied ceiling (rule 3); and a raise when one is needed (rule 2).
+    #[allow(clippy::type_complexity)]
+    pub fn grant(&mut self) -> Result<(Vec<Grant<R>>, Option<Raise>), OracleError> {
         let mut grants = Vec::new();
         if self.serving {
             while let Some(w) = self.waiting.front() {
-                if w.round > self.confirmed || self.next + w.count - 1 > self.ceiling {
+                if w.round > self.confirmed || self.next + (w.count - 1) > self.ceiling {
                     break;
                 }
                 let w = self.waiting.pop_front().expect("front");
                 let first = self.next;
                 self.next += w.count;
-                debug_assert!(first > self.handed_out_max || self.handed_out_max == 0);
-                self.handed_out_max = self.next - 1;
                 grants.push(Grant {
                     requester: w.requester,
                     revisions: first..self.next,
                 });
             }
         }
-        let mut raise = None;
-        if self.serving && self.raising.is_none() {
-            let wanted: u64 = self.waiting.iter().map(|w| w.count).sum();
-            let left = (self.ceiling + 1).saturating_sub(self.next);
-            if left < self.window / 2 || left < wanted {
-                let r = self.ceiling + self.window.max(wanted);
-                self.raising = Some(r);
-                raise = Some(r);
-            }
-        }
-        (grants, raise)
-    }
-
-    /// A ceiling proposal of this term failed (the proposal was refused or the entry lost):
-    /// returns the ceiling to propose again.
-    pub fn raise_lost(&mut self) -> Option<u64> {
-        if self.term == 0 {
-            return None;
-        }
-        let r = self.raising?;
-        if r <= self.ceiling {
-            self.raising = None;
-            return None;
-        }
-        Some(r)
+        Ok((grants, self.want_raise()?))
     }
 }
 
@@ -384,6 +528,10 @@ impl<R> Oracle<R> {
 mod tests {
     use super::*;
     use raftcore::SplitMix64;
+
+    fn ok<T>(r: Result<T, OracleError>) -> T {
+        r.expect("oracle error")
+    }
 
     /// Leader of term 1 serves after its raise; requests wait for a round started after them.
     #[test]
@@ -393,15 +541,21 @@ mod tests {
             o.request(1, 5, 2),
             Err(OracleError::NotLeader { leader: 2 })
         );
-        let raise = o.became_leader(1);
-        assert_eq!(raise, 100);
+        let raise = ok(o.became_leader(1, 0));
+        assert_eq!(
+            raise,
+            Raise {
+                expected: 0,
+                ceiling: 100
+            }
+        );
         o.request(1, 5, 1).unwrap();
         assert!(o.wants_round());
-        let r = o.round_started();
+        let (t, r) = o.round_started().unwrap();
         // Confirmed, but the raise is not applied: nothing yet (rule 3).
-        assert_eq!(o.round_confirmed(r).0, vec![]);
-        o.ceiling_applied(100).unwrap();
-        let (g, _) = o.grant();
+        assert_eq!(ok(o.round_confirmed(t, r)).0, vec![]);
+        assert_eq!(ok(o.raise_applied(raise, Ok(()))), None);
+        let (g, _) = ok(o.grant());
         assert_eq!(
             g,
             vec![Grant {
@@ -411,159 +565,268 @@ mod tests {
         );
         // A request arriving after round 1 started waits for round 2 (rule 4).
         o.request(2, 1, 1).unwrap();
-        assert_eq!(o.round_confirmed(r).0, vec![]);
+        assert_eq!(ok(o.round_confirmed(t, r)).0, vec![]);
         assert!(o.wants_round());
-        let r2 = o.round_started();
-        assert_eq!(o.round_confirmed(r2).0[0].revisions, 6..7);
+        let (t2, r2) = o.round_started().unwrap();
+        assert_eq!(ok(o.round_confirmed(t2, r2)).0[0].revisions, 6..7);
+    }
+
+    /// The review's S1: a leader whose idea of the ceiling is stale (say, restored from an old
+    /// snapshot) proposes a raise from the stale value; the compare fails, it learns the real
+    /// ceiling and serves above it.
+    #[test]
+    fn a_raise_from_a_stale_ceiling_fails_and_is_redone_from_the_real_one() {
+        let mut o: Oracle<u32> = Oracle::new(10);
+        let stale = ok(o.became_leader(4, 0));
+        o.request(1, 3, 4).unwrap();
+        let (t, r) = o.round_started().unwrap();
+        assert_eq!(ok(o.round_confirmed(t, r)).0, vec![]);
+        // The meta group holds 50: the compare fails.
+        let again = ok(o.raise_applied(stale, Err(50))).expect("a new raise");
+        assert_eq!(
+            again,
+            Raise {
+                expected: 50,
+                ceiling: 60
+            }
+        );
+        assert!(!o.serving());
+        assert_eq!(ok(o.raise_applied(again, Ok(()))), None);
+        let (g, _) = ok(o.grant());
+        assert_eq!(g[0].revisions, 51..54);
+        // A result for a raise that is not the one in flight is ignored.
+        assert_eq!(ok(o.raise_applied(stale, Ok(()))), None);
     }
 
     #[test]
-    fn bad_counts_are_refused() {
+    fn a_ceiling_that_went_back_is_an_invariant_violation() {
         let mut o: Oracle<u32> = Oracle::new(10);
-        o.became_leader(1);
+        let r = ok(o.became_leader(1, 50));
+        assert_eq!(
+            o.raise_applied(r, Err(49)),
+            Err(OracleError::CeilingWentBack {
+                expected: 50,
+                found: 49
+            })
+        );
+    }
+
+    #[test]
+    fn bad_counts_and_too_many_requests_are_refused() {
+        let mut o: Oracle<u32> = Oracle::new(10);
+        ok(o.became_leader(1, 0));
         assert_eq!(o.request(1, 0, 1), Err(OracleError::BadCount { count: 0 }));
         let huge = REQUEST_MAX + 1;
         assert_eq!(
             o.request(1, huge, 1),
             Err(OracleError::BadCount { count: huge })
         );
-        assert!(!o.wants_round());
+        for i in 0..WAITING_MAX {
+            o.request(i as u32, 1, 1).unwrap();
+        }
+        assert_eq!(o.request(0, 1, 1), Err(OracleError::Busy));
     }
 
     #[test]
-    fn a_ceiling_that_goes_back_is_an_invariant_violation() {
+    fn raises_before_running_out_and_for_big_requests() {
         let mut o: Oracle<u32> = Oracle::new(10);
-        o.ceiling_applied(50).unwrap();
-        assert_eq!(
-            o.ceiling_applied(49),
-            Err(OracleError::CeilingWentBack {
-                known: 50,
-                applied: 49
-            })
-        );
-    }
-
-    #[test]
-    fn raises_before_running_out_and_waits_for_big_requests() {
-        let mut o: Oracle<u32> = Oracle::new(10);
-        let c = o.became_leader(1);
-        o.ceiling_applied(c).unwrap();
+        let c = ok(o.became_leader(1, 0));
+        assert_eq!(ok(o.raise_applied(c, Ok(()))), None);
         o.request(1, 4, 1).unwrap();
-        let r = o.round_started();
-        let (g, raise) = o.round_confirmed(r);
+        let (t, r) = o.round_started().unwrap();
+        let (g, raise) = ok(o.round_confirmed(t, r));
         assert_eq!(g[0].revisions, 1..5);
         // 6 left of a window of 10: no raise yet.
         assert_eq!(raise, None);
         o.request(2, 25, 1).unwrap();
-        let r = o.round_started();
-        let (g, raise) = o.round_confirmed(r);
+        let (t, r) = o.round_started().unwrap();
+        let (g, raise) = ok(o.round_confirmed(t, r));
         assert!(g.is_empty(), "25 do not fit under ceiling 10");
-        assert_eq!(raise, Some(10 + 25));
-        o.ceiling_applied(35).unwrap();
-        let (g, _) = o.grant();
+        let raise = raise.expect("a raise for the big request");
+        assert_eq!(
+            raise,
+            Raise {
+                expected: 10,
+                ceiling: 35
+            }
+        );
+        ok(o.raise_applied(raise, Ok(())));
+        let (g, _) = ok(o.grant());
         assert_eq!(g[0].revisions, 5..30);
+    }
+
+    #[test]
+    fn rounds_of_another_term_confirm_nothing_and_failed_rounds_are_redone() {
+        let mut o: Oracle<u32> = Oracle::new(10);
+        let r = ok(o.became_leader(1, 0));
+        ok(o.raise_applied(r, Ok(())));
+        o.request(1, 1, 1).unwrap();
+        let (t1, r1) = o.round_started().unwrap();
+        o.stepped_down();
+        let r = ok(o.became_leader(3, 10));
+        ok(o.raise_applied(r, Ok(())));
+        o.request(2, 1, 1).unwrap();
+        let (t, r) = o.round_started().unwrap();
+        assert_eq!((t, r), (3, 1));
+        // Round 1 of term 1 (its answer arriving late) is not round 1 of term 3.
+        assert_eq!((t1, r1), (1, 1));
+        assert!(ok(o.round_confirmed(t1, r1)).0.is_empty());
+        o.round_failed(t, r);
+        assert!(o.wants_round(), "a failed round is redone");
+        assert!(ok(o.round_confirmed(t, r)).0.is_empty(), "round 1 failed");
+        let (t, r) = o.round_started().unwrap();
+        assert_eq!(ok(o.round_confirmed(t, r)).0[0].revisions, 11..12);
     }
 
     #[test]
     fn stepping_down_returns_every_waiting_request() {
         let mut o: Oracle<u32> = Oracle::new(10);
-        o.became_leader(3);
+        ok(o.became_leader(3, 0));
         o.request(7, 1, 1).unwrap();
         o.request(8, 2, 1).unwrap();
         assert_eq!(o.stepped_down(), vec![7, 8]);
         assert!(!o.wants_round());
+        assert_eq!(o.round_started(), None);
         assert_eq!(
             o.request(9, 1, 2),
             Err(OracleError::NotLeader { leader: 2 })
         );
     }
 
-    /// A model of the meta group: leaders come and go, each with its own oracle on one of three
-    /// replicas; raises commit (and are applied on every replica) or are lost. A leader is
-    /// elected only with every committed ceiling applied (rule 1's precondition), and a deposed
-    /// leader keeps its state but is never confirmed again (rule 4). Checks: every revision
-    /// handed out is unique, and each is above every revision handed out in an earlier term
-    /// (R2's core: the oracle of a later term never goes below an earlier term's grants).
+    /// One grant as the model saw it.
+    struct Seen {
+        arrived: u64,
+        granted: u64,
+        revisions: Range<u64>,
+    }
+
+    /// A model of the meta group around three oracles. Elections come at random; a deposed
+    /// leader goes on serving from its state until it notices (a random later step), but its
+    /// confirmation rounds are confirmed only if they started while its term was the newest
+    /// (raftcore's ReadIndex: a quorum answering in that term, which cannot happen after a
+    /// later election). Raises enter one meta log in proposal order and apply as
+    /// compare-and-sets at random later steps; at an election, a random prefix of the older
+    /// terms' unapplied raises stays in the log (committed by the new leader) and the rest is
+    /// dropped. A new leader reads the ceiling at once, before the older raises apply (the
+    /// early call the compare-and-set makes safe). Checks (R1 and R2 at the oracle): grants
+    /// never overlap, and a grant made before another request arrived is below that
+    /// request's grant.
     #[test]
-    fn random_leader_changes_never_reuse_or_reorder_revisions() {
+    fn random_leader_changes_keep_revisions_unique_and_in_real_time_order() {
         let mut grants_total = 0u64;
-        for seed in 0..300u64 {
+        let mut elections_total = 0u64;
+        for seed in 0..400u64 {
             let mut rng = SplitMix64::new(seed);
             let mut nodes: Vec<Oracle<u64>> = (0..3).map(|_| Oracle::new(8)).collect();
-            let mut committed = 0u64;
+            // Per node: unconfirmed rounds (term, round, term that was newest at its start).
+            let mut rounds: Vec<Vec<(u64, u64, u64)>> = vec![Vec::new(); 3];
+            let mut ceiling = 0u64; // the meta state machine's value
+            let mut log: VecDeque<(usize, u64, Raise)> = VecDeque::new();
             let mut term = 0u64;
-            let mut leader = usize::MAX;
-            let mut granted_max_before_term = 0u64;
-            let mut granted_max = 0u64;
+            let mut arrived: std::collections::HashMap<u64, u64> = Default::default();
+            let mut seen: Vec<Seen> = Vec::new();
             let mut next_req = 0u64;
-            for _ in 0..400 {
-                match rng.below(10) {
+            for step in 0..600u64 {
+                let n = rng.below(3) as usize;
+                match rng.below(12) {
                     0 => {
-                        // Election: the new leader has applied every committed ceiling.
-                        if leader != usize::MAX {
-                            nodes[leader].stepped_down();
-                        }
                         term += 1;
-                        leader = rng.below(3) as usize;
-                        granted_max_before_term = granted_max;
-                        let n = &mut nodes[leader];
-                        n.ceiling_applied(committed.max(n.ceiling())).unwrap();
-                        let raise = n.became_leader(term);
-                        if rng.chance(800_000) {
-                            committed = committed.max(raise);
-                            for n in nodes.iter_mut() {
-                                n.ceiling_applied(committed).unwrap();
-                            }
-                        } else if let Some(again) = nodes[leader].raise_lost() {
-                            // Proposed again later (below, on a grant).
-                            assert_eq!(again, raise);
+                        elections_total += 1;
+                        let keep = log.iter().take_while(|_| rng.chance(600_000)).count();
+                        log.truncate(keep);
+                        if let Ok(r) = nodes[n].became_leader(term, ceiling) {
+                            log.push_back((n, term, r));
                         }
                     }
-                    1..=5 if leader != usize::MAX => {
-                        next_req += 1;
-                        let n = &mut nodes[leader];
-                        n.request(next_req, 1 + rng.below(5), 0).unwrap();
+                    1 => {
+                        // A node notices it no longer leads.
+                        if nodes[n].term != term {
+                            nodes[n].stepped_down();
+                        }
                     }
-                    _ if leader != usize::MAX => {
-                        let n = &mut nodes[leader];
-                        if n.wants_round() {
-                            let r = n.round_started();
-                            let (grants, raise) = n.round_confirmed(r);
-                            for g in grants {
-                                assert!(
-                                    g.revisions.start > granted_max,
-                                    "seed {seed}: {:?} not above {granted_max}",
-                                    g.revisions
-                                );
-                                assert!(g.revisions.start > granted_max_before_term);
-                                assert!(g.revisions.end - 1 <= committed, "above the ceiling");
-                                granted_max = g.revisions.end - 1;
-                                grants_total += 1;
-                            }
-                            let raise = raise.or_else(|| n.raise_lost());
-                            if let Some(c) = raise {
-                                if rng.chance(700_000) {
-                                    committed = committed.max(c);
-                                    for n in nodes.iter_mut() {
-                                        n.ceiling_applied(committed).unwrap();
-                                    }
-                                    let (grants, _) = nodes[leader].grant();
-                                    for g in grants {
-                                        assert!(g.revisions.start > granted_max);
-                                        assert!(g.revisions.end - 1 <= committed);
-                                        granted_max = g.revisions.end - 1;
-                                    }
+                    2 | 3 => {
+                        if let Some((node, t, raise)) = log.pop_front() {
+                            let result = if ceiling == raise.expected {
+                                ceiling = raise.ceiling;
+                                Ok(())
+                            } else {
+                                Err(ceiling)
+                            };
+                            if nodes[node].term == t {
+                                if let Some(r) = ok(nodes[node].raise_applied(raise, result)) {
+                                    log.push_back((node, t, r));
                                 }
                             }
                         }
                     }
-                    _ => {}
+                    4..=7 => {
+                        next_req += 1;
+                        if nodes[n].request(next_req, 1 + rng.below(4), 0).is_ok() {
+                            arrived.insert(next_req, step);
+                        }
+                    }
+                    8 => {
+                        if nodes[n].wants_round() {
+                            let (t, r) = nodes[n].round_started().expect("leads");
+                            rounds[n].push((t, r, term));
+                        }
+                    }
+                    _ => {
+                        if rounds[n].is_empty() {
+                            continue;
+                        }
+                        let i = rng.below(rounds[n].len() as u64) as usize;
+                        let (t, r, newest) = rounds[n].swap_remove(i);
+                        if t != newest || rng.chance(100_000) {
+                            nodes[n].round_failed(t, r);
+                            continue;
+                        }
+                        let (grants, raise) = ok(nodes[n].round_confirmed(t, r));
+                        if let Some(raise) = raise {
+                            log.push_back((n, t, raise));
+                        }
+                        for g in grants {
+                            assert!(g.revisions.end - 1 <= ceiling, "above the ceiling");
+                            seen.push(Seen {
+                                arrived: arrived[&g.requester],
+                                granted: step,
+                                revisions: g.revisions,
+                            });
+                        }
+                    }
+                }
+            }
+            grants_total += seen.len() as u64;
+            let mut ranges: Vec<&Range<u64>> = seen.iter().map(|s| &s.revisions).collect();
+            ranges.sort_by_key(|r| r.start);
+            for w in ranges.windows(2) {
+                assert!(
+                    w[0].end <= w[1].start,
+                    "seed {seed}: {:?} overlaps {:?}",
+                    w[0],
+                    w[1]
+                );
+            }
+            for a in &seen {
+                for b in &seen {
+                    if a.granted < b.arrived {
+                        assert!(
+                            a.revisions.end <= b.revisions.start,
+                            "seed {seed}: {:?} granted at step {} but {:?} (arrived at {}) \
+                             is not above it",
+                            a.revisions,
+                            a.granted,
+                            b.revisions,
+                            b.arrived
+                        );
+                    }
                 }
             }
         }
         assert!(
-            grants_total > 10_000,
+            grants_total > 5_000,
             "the model granted only {grants_total} times"
         );
+        assert!(elections_total > 5_000, "only {elections_total} elections");
     }
 }
