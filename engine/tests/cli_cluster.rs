@@ -460,6 +460,71 @@ fn killing_a_leader_loses_no_acknowledged_write() {
     assert_eq!(rt.block_on(c.get(probe)).unwrap().unwrap().value, "after");
 }
 
+/// `corum ctl leader transfer` moves a data partition's and the meta group's leadership to
+/// each other node in turn while writes run; a node with no replica is refused by name; no
+/// acknowledged write is lost.
+#[test]
+fn leadership_moves_where_ctl_asks_under_writes() {
+    let _serial = serial();
+    let dir = test_dir("leader-transfer");
+    let cluster = Cluster::start(&dir, 3, 1, 4, base_port(5), "");
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    let writer = Writer::start(&rt, &c, "lt", 4);
+    writer.wait_more(
+        100,
+        Duration::from_secs(30),
+        "100 writes before the transfers",
+    );
+    let endpoints = cluster.endpoints();
+    for partition in [1u64, 0] {
+        let first = rt
+            .block_on(cluster_status(&c))
+            .leader_of(partition)
+            .expect("a leader");
+        // Every other node, then back to the first.
+        let mut targets: Vec<u64> = (1..=3).filter(|&n| n != first).collect();
+        targets.push(first);
+        for to in targets {
+            let p = partition.to_string();
+            let t = to.to_string();
+            let out = ctl(&endpoints, &["leader", "transfer", &p, "--to", &t]);
+            assert!(
+                out.status.success(),
+                "transfer of {partition} to {to}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let said = stdout(&out);
+            assert!(
+                said.starts_with(&format!("partition {partition}: node {to} leads (term ")),
+                "{said}"
+            );
+            // Every node's view agrees once the new leader's heartbeats arrive.
+            wait_for(
+                "status shows the new leader",
+                ELECTION_TIMEOUT_MAX * 10,
+                Duration::from_millis(20),
+                || (rt.block_on(cluster_status(&c)).leader_of(partition) == Some(to)).then_some(()),
+            );
+            writer.wait_more(20, Duration::from_secs(30), "writes after a transfer");
+        }
+    }
+    // Bad input: a node that holds no replica, and a partition that does not exist.
+    let out = ctl(&endpoints, &["leader", "transfer", "1", "--to", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node 9 is not a voter of partition 1"),
+        "{err}"
+    );
+    let (acked, failed) = writer.finish(&rt);
+    eprintln!(
+        "{} writes acknowledged, {failed} failed (unacknowledged) around 6 transfers",
+        acked.len()
+    );
+    rt.block_on(check_all(&c, &acked));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. a follower down for long catches up by snapshot
 // ---------------------------------------------------------------------------------------------

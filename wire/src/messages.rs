@@ -79,6 +79,14 @@ pub enum Op {
     Status,
     /// The cluster map.
     ClusterMap,
+    /// Move the leadership of a partition to another of its replicas (Raft thesis §3.10).
+    /// Sent to the partition's leader; answered once `to_node` leads.
+    TransferLeader {
+        /// The partition (0: the meta group).
+        partition: u64,
+        /// The node that should lead it.
+        to_node: u64,
+    },
 }
 
 /// A write of one key.
@@ -418,6 +426,19 @@ pub enum Outcome {
     Status(NodeStatus),
     /// The cluster map.
     ClusterMap(ClusterMap),
+    /// A completed leadership transfer.
+    TransferLeader(TransferLeaderResult),
+}
+
+/// A completed leadership transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TransferLeaderResult {
+    /// The partition.
+    pub partition: u64,
+    /// The node that leads it now.
+    pub leader_node: u64,
+    /// Its term.
+    pub term: u64,
 }
 
 /// The answer to one request.
@@ -501,7 +522,7 @@ impl Op {
                 check_key(&r.end, limits)?;
                 check_key(&r.after, limits)
             }
-            Op::Status | Op::ClusterMap => Ok(()),
+            Op::Status | Op::ClusterMap | Op::TransferLeader { .. } => Ok(()),
         }
     }
 
@@ -511,7 +532,7 @@ impl Op {
             Op::Get { key, .. } | Op::Delete { key, .. } => Some(key),
             Op::Put(p) => Some(&p.key),
             Op::Txn(t) => t.keys().next(),
-            Op::Range(_) | Op::Status | Op::ClusterMap => None,
+            Op::Range(_) | Op::Status | Op::ClusterMap | Op::TransferLeader { .. } => None,
         }
     }
 
@@ -521,7 +542,11 @@ impl Op {
     pub fn is_logged(&self) -> bool {
         match self {
             Op::Put(_) | Op::Delete { .. } | Op::Txn(_) => true,
-            Op::Get { .. } | Op::Range(_) | Op::Status | Op::ClusterMap => false,
+            Op::Get { .. }
+            | Op::Range(_)
+            | Op::Status
+            | Op::ClusterMap
+            | Op::TransferLeader { .. } => false,
         }
     }
 
@@ -534,7 +559,11 @@ impl Op {
                 .iter()
                 .chain(&t.failure)
                 .any(|o| !matches!(o, TxnOp::Get { .. })),
-            Op::Get { .. } | Op::Range(_) | Op::Status | Op::ClusterMap => false,
+            Op::Get { .. }
+            | Op::Range(_)
+            | Op::Status
+            | Op::ClusterMap
+            | Op::TransferLeader { .. } => false,
         }
     }
 }
@@ -727,6 +756,17 @@ fn enc_op(fbb: &mut Fbb, op: &Op) -> (fb::Op, WIPOffset<flatbuffers::UnionWIPOff
         Op::ClusterMap => (
             fb::Op::GetClusterMap,
             fb::GetClusterMap::create(fbb, &fb::GetClusterMapArgs {}).as_union_value(),
+        ),
+        Op::TransferLeader { partition, to_node } => (
+            fb::Op::TransferLeader,
+            fb::TransferLeader::create(
+                fbb,
+                &fb::TransferLeaderArgs {
+                    partition: *partition,
+                    to_node: *to_node,
+                },
+            )
+            .as_union_value(),
         ),
     }
 }
@@ -954,6 +994,17 @@ fn enc_outcome(
             let map = Some(enc_map(fbb, m));
             let t = fb::ClusterMapResult::create(fbb, &fb::ClusterMapResultArgs { map });
             (fb::Outcome::ClusterMapResult, t.as_union_value())
+        }
+        Outcome::TransferLeader(t) => {
+            let t = fb::TransferLeaderResult::create(
+                fbb,
+                &fb::TransferLeaderResultArgs {
+                    partition: t.partition,
+                    leader_node: t.leader_node,
+                    term: t.term,
+                },
+            );
+            (fb::Outcome::TransferLeaderResult, t.as_union_value())
         }
     }
 }
@@ -1234,6 +1285,15 @@ fn dec_request(cx: &Ctx<'_>, r: fb::Request<'_>) -> Result<Request, DecodeError>
                 .ok_or(DecodeError::MissingField("Request.op"))?;
             Op::ClusterMap
         }
+        fb::Op::TransferLeader => {
+            let t = r
+                .op_as_transfer_leader()
+                .ok_or(DecodeError::MissingField("Request.op"))?;
+            Op::TransferLeader {
+                partition: t.partition(),
+                to_node: t.to_node(),
+            }
+        }
         fb::Op::NONE => return Err(DecodeError::MissingField("Request.op")),
         other => {
             return Err(DecodeError::UnknownEnum {
@@ -1446,6 +1506,14 @@ fn dec_outcome(cx: &Ctx<'_>, r: &fb::Response<'_>) -> Result<Outcome, DecodeErro
                 t.map()
                     .ok_or(DecodeError::MissingField("ClusterMapResult.map"))?,
             )?)
+        }
+        fb::Outcome::TransferLeaderResult => {
+            let t = r.result_as_transfer_leader_result().ok_or(MISSING)?;
+            Outcome::TransferLeader(TransferLeaderResult {
+                partition: t.partition(),
+                leader_node: t.leader_node(),
+                term: t.term(),
+            })
         }
         fb::Outcome::NONE => return Err(MISSING),
         other => {

@@ -104,6 +104,7 @@ fn op(op: &Op) -> usize {
             table(26, 7) + bytes(r.start.len()) + opt_bytes(r.end.len()) + opt_bytes(r.after.len())
         }
         Op::Status | Op::ClusterMap => table(0, 0),
+        Op::TransferLeader { .. } => table(16, 2),
     }
 }
 
@@ -166,6 +167,7 @@ fn outcome(o: &Outcome) -> usize {
         Outcome::Range(r) => table(5, 2) + offsets(0) + r.kvs.iter().map(kv).sum::<usize>(),
         Outcome::Status(s) => table(24, 4) + offsets(0) + s.partitions.len() * (4 + table(41, 6)),
         Outcome::ClusterMap(m) => map(m),
+        Outcome::TransferLeader(_) => table(24, 3),
     }
 }
 
@@ -328,6 +330,13 @@ mod tests {
         ] {
             responses.push(response(Err(e)));
         }
+        responses.push(response(Ok(Outcome::TransferLeader(
+            crate::messages::TransferLeaderResult {
+                partition: u64::MAX,
+                leader_node: u64::MAX,
+                term: u64::MAX,
+            },
+        ))));
         // Each alone, then all together.
         for r in &responses {
             let batch = ResponseBatch {
@@ -377,6 +386,10 @@ mod tests {
                 }));
             }
         }
+        requests.push(Op::TransferLeader {
+            partition: u64::MAX,
+            to_node: u64::MAX,
+        });
         let requests: Vec<Request> = requests
             .into_iter()
             .map(|op| Request {

@@ -103,6 +103,10 @@ fn every_op_and_peer_kind_round_trips() {
         }),
         Op::Status,
         Op::ClusterMap,
+        Op::TransferLeader {
+            partition: 4,
+            to_node: 2,
+        },
     ];
     let reqs: Vec<Request> = ops
         .into_iter()
@@ -119,6 +123,21 @@ fn every_op_and_peer_kind_round_trips() {
     let mut enc = BodyEncoder::new();
     let body = Bytes::copy_from_slice(enc.requests(&reqs));
     assert_eq!(decode_requests(&body, &Limits::default()).unwrap(), reqs);
+
+    let resps = ResponseBatch {
+        frame_error: None,
+        responses: vec![Response {
+            id: 7,
+            header: ResponseHeader::default(),
+            outcome: Ok(Outcome::TransferLeader(TransferLeaderResult {
+                partition: 4,
+                leader_node: 2,
+                term: 9,
+            })),
+        }],
+    };
+    let body = Bytes::copy_from_slice(enc.responses(&resps));
+    assert_eq!(decode_responses(&body, &Limits::default()).unwrap(), resps);
 
     for kind in MessageKind::ALL {
         let mut m = RaftMessage::new(kind);

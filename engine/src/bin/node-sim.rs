@@ -71,6 +71,8 @@ fn main() {
     let failures: Arc<Mutex<Vec<SimFailure>>> = Arc::new(Mutex::new(Vec::new()));
     let ops = Arc::new(AtomicU64::new(0));
     let faults = Arc::new(AtomicU64::new(0));
+    let transfers = Arc::new(AtomicU64::new(0));
+    let transfers_done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
@@ -81,6 +83,7 @@ fn main() {
                 faults.clone(),
                 cfg.clone(),
             );
+            let (transfers, transfers_done) = (transfers.clone(), transfers_done.clone());
             std::thread::spawn(move || loop {
                 let seed = next.fetch_add(1, Ordering::Relaxed);
                 if seed >= hi {
@@ -105,6 +108,8 @@ fn main() {
                     Ok(stats) => {
                         ops.fetch_add(stats.ops, Ordering::Relaxed);
                         faults.fetch_add(stats.faults, Ordering::Relaxed);
+                        transfers.fetch_add(stats.transfers, Ordering::Relaxed);
+                        transfers_done.fetch_add(stats.transfers_done, Ordering::Relaxed);
                     }
                     Err(f) => {
                         eprintln!("{f}");
@@ -120,9 +125,11 @@ fn main() {
     let failed = failures.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
     let total = hi - lo;
     eprintln!(
-        "node-sim: {} client ops, {} faults, {:.1} s",
+        "node-sim: {} client ops, {} faults ({} leadership transfers asked, {} completed), {:.1} s",
         ops.load(Ordering::Relaxed),
         faults.load(Ordering::Relaxed),
+        transfers.load(Ordering::Relaxed),
+        transfers_done.load(Ordering::Relaxed),
         start.elapsed().as_secs_f64()
     );
     println!("node-sim: {} seeds passed, {failed} failed", total - failed);

@@ -158,6 +158,28 @@ pub enum CtlCommand {
     /// The cluster map as the meta group holds it: epoch, and per partition its slot
     /// ranges, replicas (node, shard, endpoint) and leader hint.
     Map,
+    /// Partition leadership.
+    Leader {
+        /// What to do.
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
+}
+
+/// `corum ctl leader ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum LeaderCommand {
+    /// Move the leadership of partition P to node N (Raft thesis §3.10: the leader brings N
+    /// up to date, then N campaigns at once). Returns when N leads; exit 1 when the transfer
+    /// was abandoned (N did not win within an election timeout: down or far behind) or N
+    /// holds no voting replica of P. Partition 0 is the meta group.
+    Transfer {
+        /// The partition.
+        partition: u64,
+        /// The node that should lead it.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// The failure of one `ctl` command.
@@ -417,6 +439,25 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
                 map_json(&map).to_string()
             } else {
                 map_text(&map)
+            };
+            Ok((EXIT_OK, out))
+        }
+        CtlCommand::Leader {
+            command: LeaderCommand::Transfer { partition, to },
+        } => {
+            let r = client.transfer_leader(*partition, *to).await?;
+            let out = if json {
+                serde_json::json!({
+                    "partition": r.partition,
+                    "leader": r.leader_node,
+                    "term": r.term,
+                })
+                .to_string()
+            } else {
+                format!(
+                    "partition {}: node {} leads (term {})",
+                    r.partition, r.leader_node, r.term
+                )
             };
             Ok((EXIT_OK, out))
         }

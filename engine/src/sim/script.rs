@@ -354,3 +354,96 @@ fn a_leader_that_wins_back_its_term_answers_every_overwritten_write() {
         );
     }
 }
+
+impl Script {
+    /// Sends a leadership transfer of partition 1 to node `to`, to node `at`; returns its token.
+    fn transfer(&mut self, at: u64, to: u64) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        let req = Request {
+            id: token,
+            session: 0,
+            seq: 0,
+            map_epoch: 0,
+            op: Op::TransferLeader {
+                partition: P,
+                to_node: to,
+            },
+            first_unacked: 0,
+        };
+        self.nodes[(at - 1) as usize].core.request(token, req);
+        token
+    }
+
+    /// Runs until every node agrees on one leader of partition 1 with everything committed.
+    fn settle(&mut self) {
+        self.run_until("a settled leader for partition 1", true, all, |s| {
+            (1..=3).all(|id| s.node(id).shared.map().is_some())
+                && s.raft(1).leader() != 0
+                && (1..=3).all(|id| s.raft(id).leader() == s.raft(1).leader())
+                && (1..=3)
+                    .all(|id| s.raft(id).committed() == s.raft(s.raft(1).leader()).last_index())
+        });
+    }
+}
+
+/// A transfer is answered once the target leads; one whose target cannot be reached is
+/// abandoned by raftcore within an election timeout and answered `Unavailable`, and the old
+/// leader keeps leading; a target with no replica is refused at once.
+#[test]
+fn leadership_transfers_are_answered_when_they_end() {
+    let mut s = Script::new();
+    s.settle();
+    let leader = s.raft(1).leader();
+    let other = if leader == 1 { 2 } else { 1 };
+    let third = 6 - leader - other;
+
+    // Refused at once: no such voter; asked of a follower: NotLeader.
+    let bad = s.transfer(leader, 9);
+    let at_follower = s.transfer(other, third);
+    s.turn_all();
+    match &s.answers[&bad][0].outcome {
+        Err(WireError::InvalidArgument { reason }) => {
+            assert!(reason.contains("node 9 is not a voter"), "{reason}")
+        }
+        o => panic!("transfer to node 9 answered {o:?}"),
+    }
+    assert!(matches!(
+        s.answers[&at_follower][0].outcome,
+        Err(WireError::NotLeader { .. })
+    ));
+
+    // The target is cut off: abandoned after an election timeout, still the same leader.
+    let term = s.raft(leader).term();
+    let cut = s.transfer(leader, other);
+    let cut_off = move |from: u64, to: u64, _: u64, _: &Message| from != other && to != other;
+    s.run_until("the cut-off transfer is answered", true, cut_off, |s| {
+        s.answers.contains_key(&cut)
+    });
+    match &s.answers[&cut][0].outcome {
+        Err(WireError::Unavailable { reason }) => assert!(reason.contains("abandoned"), "{reason}"),
+        o => panic!("cut-off transfer answered {o:?}"),
+    }
+    assert_eq!(s.raft(leader).role(), Role::Leader);
+    assert_eq!(s.raft(leader).term(), term);
+
+    // Healed: the transfer completes, answered with the new leader and its term.
+    s.settle();
+    let from = s.raft(1).leader();
+    let to = if from == 1 { 3 } else { 1 };
+    let ok = s.transfer(from, to);
+    s.run_until("the transfer is answered", true, all, |s| {
+        s.answers.contains_key(&ok)
+    });
+    match &s.answers[&ok][0].outcome {
+        Ok(wire::Outcome::TransferLeader(r)) => {
+            assert_eq!((r.partition, r.leader_node), (P, to));
+            assert_eq!(s.raft(to).role(), Role::Leader);
+            assert_eq!(s.raft(to).term(), r.term);
+        }
+        o => panic!("transfer answered {o:?}"),
+    }
+    for id in 1..=3 {
+        assert_eq!(s.node(id).core.requests_waiting(), 0);
+    }
+}

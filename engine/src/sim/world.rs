@@ -10,7 +10,7 @@ use bytes::Bytes;
 use raftcore::linearizability::{check_kv, Event, KvOutput, Outcome as LinOutcome};
 use raftcore::{Message, SplitMix64};
 use wal::{FaultConfig, LogStore, MemLog};
-use wire::{ClusterMap, Consistency, Request, Response};
+use wire::{ClusterMap, Consistency, Op, Outcome, Request, Response};
 
 use super::client::{self, Client, ClientOp, History, Verdict};
 use crate::config::{NodeConfig, Tuning};
@@ -87,6 +87,10 @@ pub struct SimStats {
     pub faults: u64,
     /// Snapshots installed or taken (files written).
     pub snapshots: u64,
+    /// Leadership transfers asked (`TransferLeader`).
+    pub transfers: u64,
+    /// Leadership transfers answered as completed.
+    pub transfers_done: u64,
 }
 
 /// Fault rates of one seed, per million steps.
@@ -190,6 +194,10 @@ struct World {
     cfg: SimConfig,
     rng: SplitMix64,
     faults: Faults,
+    /// Leadership transfers (an operator's `corum ctl leader transfer`), drawn from their
+    /// own generator so seeds without them replay exactly as before they existed.
+    admin_rng: SplitMix64,
+    transfer_ppm: u64,
     step: u64,
     nodes: Vec<Node>,
     net: BTreeMap<(u64, u64), Packet>,
@@ -214,6 +222,9 @@ struct World {
     /// Partitions that took a client write after healing.
     written_after_heal: BTreeSet<u64>,
 }
+
+/// The client id of the operator asking for leadership transfers.
+const ADMIN: u64 = u64::MAX;
 
 fn fail(w: &World, what: impl Into<String>) -> SimFailure {
     SimFailure {
@@ -257,6 +268,8 @@ impl World {
             drift: rng.chance(300_000),
         };
         let batch_bytes_max = if rng.chance(300_000) { 4096 } else { 8 << 20 };
+        let mut admin_rng = SplitMix64::new(seed ^ 0xad31_7a11);
+        let transfer_ppm = [0, 0, 3_000][admin_rng.below(3) as usize];
         let tuning = Tuning {
             tick_ms: 10,
             heartbeat_ticks: 2,
@@ -336,6 +349,8 @@ impl World {
             cfg,
             rng,
             faults,
+            admin_rng,
+            transfer_ppm,
             step: 0,
             nodes,
             net: BTreeMap::new(),
@@ -569,6 +584,12 @@ impl World {
                 }
                 Packet::Reply { conn, resp } => {
                     if self.client_cut.contains(&(conn.client, conn.node)) {
+                        continue;
+                    }
+                    if conn.client == ADMIN {
+                        if matches!(resp.outcome, Ok(Outcome::TransferLeader(_))) {
+                            self.stats.transfers_done += 1;
+                        }
                         continue;
                     }
                     self.client_reply(conn.client, resp);
@@ -818,6 +839,9 @@ impl World {
             let n = self.rng.below(self.nodes.len() as u64) as usize;
             self.crash_node(n, "injected");
         }
+        if self.admin_rng.chance(self.transfer_ppm) {
+            self.ask_transfer();
+        }
         for c in 0..self.clients.len() {
             if self.rng.chance(self.faults.client_death_ppm) && self.clients[c].op.is_some() {
                 // The client dies mid-operation and comes back with a new session: the
@@ -829,6 +853,54 @@ impl World {
                 self.stats.faults += 1;
             }
         }
+    }
+
+    /// An operator asks the leader of a random partition (the meta group too) to hand its
+    /// leadership to a random node (itself, another replica, or none that exists). Its
+    /// answer is only counted; the checks that matter are the ones every request has
+    /// (answered exactly once, nothing left in flight), and the safety checks under the
+    /// leadership changes it causes.
+    fn ask_transfer(&mut self) {
+        let partitions = u64::from(self.nodes[0].config.partitions);
+        let p = self.admin_rng.below(partitions + 1);
+        let to = 1 + self.admin_rng.below(self.nodes.len() as u64 + 1);
+        let leader = self.nodes.iter().find(|n| {
+            !n.shards.is_empty()
+                && n.shards.iter().any(|s| {
+                    s.core
+                        .inspect(p)
+                        .is_some_and(|(r, _)| r.role() == raftcore::Role::Leader)
+                })
+        });
+        let Some(node) = leader else { return };
+        let shard = if p == META_PARTITION {
+            0
+        } else {
+            meta::shard_of_partition(&node.config, p)
+        };
+        let req = Request {
+            id: self.stats.transfers,
+            session: 0,
+            seq: 0,
+            map_epoch: 0,
+            op: Op::TransferLeader {
+                partition: p,
+                to_node: to,
+            },
+            first_unacked: 0,
+        };
+        let packet = Packet::Request {
+            client: ADMIN,
+            node: node.id,
+            shard,
+            req,
+        };
+        // Straight into the network (no drop or delay draw from the main generator).
+        self.net_seq += 1;
+        self.net.insert((self.step + 1, self.net_seq), packet);
+        self.stats.transfers += 1;
+        self.stats.faults += 1;
+        self.trace(|| format!("transfer of partition {p} to node {to} asked"));
     }
 
     fn heal(&mut self) {

@@ -166,7 +166,8 @@ pub fn test_dir(name: &str) -> PathBuf {
 /// A port range for this test process, so concurrent runs on one machine rarely meet
 /// (`corum local` skips busy ports anyway).
 pub fn base_port(slot: u16) -> u16 {
-    20_000 + ((std::process::id() % 300) as u16) * 100 + slot * 20
+    assert!(slot < 10, "ten clusters per test binary");
+    20_000 + ((std::process::id() % 200) as u16) * 200 + slot * 20
 }
 
 /// A cluster started with `corum local`.

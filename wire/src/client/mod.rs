@@ -99,7 +99,8 @@ use crate::frame::Limits;
 use crate::map::ClusterMap;
 use crate::messages::{
     Compare, CompareOp, CompareTarget, Consistency, DeleteResult, KeyValue, NodeStatus, Op,
-    Outcome, Put, PutResult, Range, Request, ResponseHeader, ServerError, Txn, TxnOp, TxnResult,
+    Outcome, Put, PutResult, Range, Request, ResponseHeader, ServerError, TransferLeaderResult,
+    Txn, TxnOp, TxnResult,
 };
 use crate::DecodeError;
 pub use conn::ConnError;
@@ -528,6 +529,68 @@ impl Client {
             Ok((_, Outcome::Status(s))) => Ok(s),
             Ok((_, other)) => Err(unexpected("Status", &other)),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the leadership of `partition` to node `to_node` (Raft thesis §3.10) and returns
+    /// once that node leads: sent to the partition's leader (following `NotLeader` hints, as
+    /// any request). Partition 0, the meta group, is in no client map: its leader is found
+    /// from the nodes' status. The server answers `Unavailable` when the transfer was
+    /// abandoned (the target did not win within an election timeout) and `InvalidArgument`
+    /// when `to_node` holds no voting replica of the partition.
+    pub async fn transfer_leader(
+        &self,
+        partition: u64,
+        to_node: u64,
+    ) -> Result<TransferLeaderResult, ClientError> {
+        let op = Op::TransferLeader { partition, to_node };
+        let outcome = if partition == 0 {
+            let deadline = Instant::now() + self.inner.config.request_timeout;
+            let mut last = String::from("no node reports a leader of the meta group");
+            let mut attempts = 0;
+            loop {
+                let mut leader_endpoint = None;
+                let endpoints: Vec<String> = self
+                    .cluster_map()
+                    .endpoints()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect();
+                for endpoint in endpoints {
+                    // A node that does not answer is skipped: the leader may be elsewhere.
+                    let Ok(st) = self.status_of(&endpoint).await else {
+                        continue;
+                    };
+                    if st.shard == 0
+                        && st
+                            .partitions
+                            .iter()
+                            .any(|p| p.partition == 0 && p.is_leader)
+                    {
+                        leader_endpoint = Some(endpoint);
+                    }
+                }
+                if let Some(endpoint) = leader_endpoint {
+                    attempts += 1;
+                    match self.call_endpoint(&endpoint, op.clone(), deadline).await {
+                        Ok((_, outcome)) => break outcome,
+                        Err(ClientError::Server(e @ ServerError::NotLeader { .. })) => {
+                            last = format!("{endpoint}: {e}");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if Instant::now() >= deadline {
+                    return Err(ClientError::Timeout { attempts, last });
+                }
+                tokio::time::sleep(self.inner.config.backoff_min).await;
+            }
+        } else {
+            self.execute_at(Target::Partition(partition), op).await?.1
+        };
+        match outcome {
+            Outcome::TransferLeader(r) => Ok(r),
+            other => Err(unexpected("TransferLeader", &other)),
         }
     }
 
@@ -992,6 +1055,7 @@ fn unexpected(wanted: &str, got: &Outcome) -> ClientError {
         Outcome::Range(_) => "Range",
         Outcome::Status(_) => "Status",
         Outcome::ClusterMap(_) => "ClusterMap",
+        Outcome::TransferLeader(_) => "TransferLeader",
     };
     ClientError::Protocol(format!("expected a {wanted} result, got {got}"))
 }

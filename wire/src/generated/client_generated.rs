@@ -413,13 +413,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 7;
+        pub const ENUM_MAX_OP: u8 = 8;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 8] = [
+        pub const ENUM_VALUES_OP: [Op; 9] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -428,6 +428,7 @@ pub mod corum {
             Op::Range,
             Op::Status,
             Op::GetClusterMap,
+            Op::TransferLeader,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -443,9 +444,10 @@ pub mod corum {
             pub const Range: Self = Self(5);
             pub const Status: Self = Self(6);
             pub const GetClusterMap: Self = Self(7);
+            pub const TransferLeader: Self = Self(8);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 7;
+            pub const ENUM_MAX: u8 = 8;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -455,6 +457,7 @@ pub mod corum {
                 Self::Range,
                 Self::Status,
                 Self::GetClusterMap,
+                Self::TransferLeader,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -467,6 +470,7 @@ pub mod corum {
                     Self::Range => Some("Range"),
                     Self::Status => Some("Status"),
                     Self::GetClusterMap => Some("GetClusterMap"),
+                    Self::TransferLeader => Some("TransferLeader"),
                     _ => None,
                 }
             }
@@ -667,13 +671,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OUTCOME: u8 = 7;
+        pub const ENUM_MAX_OUTCOME: u8 = 8;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OUTCOME: [Outcome; 8] = [
+        pub const ENUM_VALUES_OUTCOME: [Outcome; 9] = [
             Outcome::NONE,
             Outcome::GetResult,
             Outcome::PutResult,
@@ -682,6 +686,7 @@ pub mod corum {
             Outcome::RangeResult,
             Outcome::StatusResult,
             Outcome::ClusterMapResult,
+            Outcome::TransferLeaderResult,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -697,9 +702,10 @@ pub mod corum {
             pub const RangeResult: Self = Self(5);
             pub const StatusResult: Self = Self(6);
             pub const ClusterMapResult: Self = Self(7);
+            pub const TransferLeaderResult: Self = Self(8);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 7;
+            pub const ENUM_MAX: u8 = 8;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::GetResult,
@@ -709,6 +715,7 @@ pub mod corum {
                 Self::RangeResult,
                 Self::StatusResult,
                 Self::ClusterMapResult,
+                Self::TransferLeaderResult,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -721,6 +728,7 @@ pub mod corum {
                     Self::RangeResult => Some("RangeResult"),
                     Self::StatusResult => Some("StatusResult"),
                     Self::ClusterMapResult => Some("ClusterMapResult"),
+                    Self::TransferLeaderResult => Some("TransferLeaderResult"),
                     _ => None,
                 }
             }
@@ -2694,6 +2702,141 @@ pub mod corum {
                 ds.finish()
             }
         }
+        pub enum TransferLeaderOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Move the leadership of `partition` to node `to_node` (Raft thesis §3.10). Sent to the
+        /// partition's leader; answered once `to_node` leads, or with an error when the transfer was
+        /// abandoned (within an election timeout) or the request's deadline passed.
+        pub struct TransferLeader<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TransferLeader<'a> {
+            type Inner = TransferLeader<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TransferLeader<'a> {
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+            pub const VT_TO_NODE: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TransferLeader { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TransferLeaderArgs,
+            ) -> ::flatbuffers::WIPOffset<TransferLeader<'bldr>> {
+                let mut builder = TransferLeaderBuilder::new(_fbb);
+                builder.add_to_node(args.to_node);
+                builder.add_partition(args.partition);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn partition(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransferLeader::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn to_node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransferLeader::VT_TO_NODE, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TransferLeader<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<u64>("to_node", Self::VT_TO_NODE, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TransferLeaderArgs {
+            pub partition: u64,
+            pub to_node: u64,
+        }
+        impl<'a> Default for TransferLeaderArgs {
+            #[inline]
+            fn default() -> Self {
+                TransferLeaderArgs {
+                    partition: 0,
+                    to_node: 0,
+                }
+            }
+        }
+
+        pub struct TransferLeaderBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_partition(&mut self, partition: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransferLeader::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_to_node(&mut self, to_node: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransferLeader::VT_TO_NODE, to_node, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TransferLeaderBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TransferLeaderBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeader<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TransferLeader<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TransferLeader");
+                ds.field("partition", &self.partition());
+                ds.field("to_node", &self.to_node());
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -2926,6 +3069,21 @@ pub mod corum {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_transfer_leader(&self) -> Option<TransferLeader<'a>> {
+                if self.op_type() == Op::TransferLeader {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { TransferLeader::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -2948,6 +3106,7 @@ pub mod corum {
           Op::Range => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Range>>("Op::Range", pos),
           Op::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Op::Status", pos),
           Op::GetClusterMap => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetClusterMap>>("Op::GetClusterMap", pos),
+          Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
           _ => Ok(()),
         }
      })?
@@ -3105,6 +3264,16 @@ pub mod corum {
                     }
                     Op::GetClusterMap => {
                         if let Some(x) = self.op_as_get_cluster_map() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::TransferLeader => {
+                        if let Some(x) = self.op_as_transfer_leader() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -5671,6 +5840,161 @@ pub mod corum {
                 ds.finish()
             }
         }
+        pub enum TransferLeaderResultOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// A completed leadership transfer: `leader_node` leads `partition` in `term`.
+        pub struct TransferLeaderResult<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TransferLeaderResult<'a> {
+            type Inner = TransferLeaderResult<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TransferLeaderResult<'a> {
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+            pub const VT_LEADER_NODE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_TERM: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TransferLeaderResult { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TransferLeaderResultArgs,
+            ) -> ::flatbuffers::WIPOffset<TransferLeaderResult<'bldr>> {
+                let mut builder = TransferLeaderResultBuilder::new(_fbb);
+                builder.add_term(args.term);
+                builder.add_leader_node(args.leader_node);
+                builder.add_partition(args.partition);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn partition(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransferLeaderResult::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn leader_node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransferLeaderResult::VT_LEADER_NODE, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn term(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(TransferLeaderResult::VT_TERM, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TransferLeaderResult<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<u64>("leader_node", Self::VT_LEADER_NODE, false)?
+                    .visit_field::<u64>("term", Self::VT_TERM, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TransferLeaderResultArgs {
+            pub partition: u64,
+            pub leader_node: u64,
+            pub term: u64,
+        }
+        impl<'a> Default for TransferLeaderResultArgs {
+            #[inline]
+            fn default() -> Self {
+                TransferLeaderResultArgs {
+                    partition: 0,
+                    leader_node: 0,
+                    term: 0,
+                }
+            }
+        }
+
+        pub struct TransferLeaderResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderResultBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_partition(&mut self, partition: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransferLeaderResult::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_leader_node(&mut self, leader_node: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransferLeaderResult::VT_LEADER_NODE, leader_node, 0);
+            }
+            #[inline]
+            pub fn add_term(&mut self, term: u64) {
+                self.fbb_
+                    .push_slot::<u64>(TransferLeaderResult::VT_TERM, term, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TransferLeaderResultBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TransferLeaderResultBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeaderResult<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TransferLeaderResult<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TransferLeaderResult");
+                ds.field("partition", &self.partition());
+                ds.field("leader_node", &self.leader_node());
+                ds.field("term", &self.term());
+                ds.finish()
+            }
+        }
         pub enum ResponseOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -5878,6 +6202,21 @@ pub mod corum {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn result_as_transfer_leader_result(&self) -> Option<TransferLeaderResult<'a>> {
+                if self.result_type() == Outcome::TransferLeaderResult {
+                    self.result().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { TransferLeaderResult::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -5899,6 +6238,7 @@ pub mod corum {
           Outcome::RangeResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RangeResult>>("Outcome::RangeResult", pos),
           Outcome::StatusResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResult>>("Outcome::StatusResult", pos),
           Outcome::ClusterMapResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterMapResult>>("Outcome::ClusterMapResult", pos),
+          Outcome::TransferLeaderResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderResult>>("Outcome::TransferLeaderResult", pos),
           _ => Ok(()),
         }
      })?
@@ -6051,6 +6391,16 @@ pub mod corum {
                     }
                     Outcome::ClusterMapResult => {
                         if let Some(x) = self.result_as_cluster_map_result() {
+                            ds.field("result", &x)
+                        } else {
+                            ds.field(
+                                "result",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Outcome::TransferLeaderResult => {
+                        if let Some(x) = self.result_as_transfer_leader_result() {
                             ds.field("result", &x)
                         } else {
                             ds.field(

@@ -282,7 +282,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             + self
                 .parts
                 .values()
-                .map(|p| p.pending.len() + p.queued.len())
+                .map(|p| p.pending.len() + p.queued.len() + p.transfers.len())
                 .sum::<usize>()
     }
 
@@ -320,6 +320,19 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                     self.out
                         .replies
                         .push((w.conn, error_response(w.id, wire::ServerError::Timeout)));
+                }
+            }
+            for part in self.parts.values_mut() {
+                let mut i = 0;
+                while i < part.transfers.len() {
+                    if part.transfers[i].deadline <= now {
+                        let t = part.transfers.swap_remove(i);
+                        self.out
+                            .replies
+                            .push((t.conn, error_response(t.id, wire::ServerError::Timeout)));
+                    } else {
+                        i += 1;
+                    }
                 }
             }
             for r in partition::take_reads(&mut self.reads, |r| r.deadline <= now) {
@@ -392,6 +405,11 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         self.maybe_bootstrap_map();
         self.flush_proposals();
         worked |= self.process_readies()?;
+        // Transfers end on leadership changes, which come with a Ready, but also when
+        // raftcore abandons one on a tick, which need not.
+        for part in self.parts.values_mut() {
+            partition::resolve_transfers(part, &mut self.out.replies);
+        }
         self.pump_backlog()?;
         self.dur.maybe_start_sync(&mut self.out);
         self.publish();

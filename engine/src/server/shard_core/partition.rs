@@ -39,6 +39,18 @@ pub struct PendingRead<C> {
     pub index: Option<u64>,
 }
 
+/// A leadership transfer waiting for its outcome (`corum ctl leader transfer`).
+pub struct TransferWaiter<C> {
+    pub conn: C,
+    pub id: u64,
+    /// The node that should lead.
+    pub to: u64,
+    /// The term the transfer started in.
+    pub term: u64,
+    /// Deadline in ticks.
+    pub deadline: u64,
+}
+
 /// Waiters keyed by (log index, proposal term). Two waiters can share an index: a leader that
 /// lost leadership and won it back proposes again at an index its older, uncommitted entry
 /// held (finding 4 of issue 10: keying by index alone dropped the older waiter unanswered,
@@ -51,6 +63,8 @@ pub struct Partition<C> {
     pub raft: RawNode,
     pub sm: StateMachine,
     pub pending: Pending<C>,
+    /// Leadership transfers asked of this replica, answered by [`resolve_transfers`].
+    pub transfers: Vec<TransferWaiter<C>>,
     /// Proposals gathered this turn.
     pub queued: Vec<(Bytes, Waiter<C>)>,
     pub queued_bytes: usize,
@@ -147,6 +161,7 @@ pub async fn open<C, L: LogStore, S: SnapshotStore>(
         raft,
         sm,
         pending: BTreeMap::new(),
+        transfers: Vec::new(),
         queued: Vec::new(),
         queued_bytes: 0,
         log_bytes: 0,
@@ -202,6 +217,66 @@ pub fn resolve_orphans<C>(part: &mut Partition<C>, replies: &mut Vec<(C, Respons
         w.term < applied_term
     }) {
         replies.push((w.conn, error_response(w.id, not_leader(leader, None))));
+    }
+}
+
+/// Answers the leadership transfers of `part` whose outcome is known (Raft thesis §3.10):
+/// - `to` leads in a later term: done;
+/// - this replica still leads in the transfer's term but no longer transfers: raftcore
+///   abandoned it (the target did not win within an election timeout), `Unavailable`;
+/// - another node than `to` leads in a later term: `Unavailable`, naming it.
+///
+/// Deadlines are checked with the other waiters' (`ShardCore::tick`).
+pub fn resolve_transfers<C>(part: &mut Partition<C>, replies: &mut Vec<(C, Response)>) {
+    if part.transfers.is_empty() {
+        return;
+    }
+    let (term, leader, role) = (part.raft.term(), part.raft.leader(), part.raft.role());
+    let transferring = part.raft.transferee();
+    let header = part.header();
+    let p = part.id;
+    let mut i = 0;
+    while i < part.transfers.len() {
+        let t = &part.transfers[i];
+        let outcome = if term > t.term && leader == t.to {
+            Some(Ok(wire::Outcome::TransferLeader(
+                wire::TransferLeaderResult {
+                    partition: p,
+                    leader_node: leader,
+                    term,
+                },
+            )))
+        } else if term == t.term && role == raftcore::Role::Leader && transferring != t.to {
+            Some(Err(wire::ServerError::Unavailable {
+                reason: format!(
+                    "leadership transfer of partition {p} to node {} abandoned: it did not win                      an election within an election timeout (is it up and caught up?)",
+                    t.to
+                ),
+            }))
+        } else if term > t.term && leader != 0 && leader != t.to {
+            Some(Err(wire::ServerError::Unavailable {
+                reason: format!(
+                    "leadership transfer of partition {p} to node {}: node {leader} won term                      {term} instead",
+                    t.to
+                ),
+            }))
+        } else {
+            None
+        };
+        match outcome {
+            Some(outcome) => {
+                let t = part.transfers.swap_remove(i);
+                replies.push((
+                    t.conn,
+                    Response {
+                        id: t.id,
+                        header,
+                        outcome,
+                    },
+                ));
+            }
+            None => i += 1,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use wire::{
     ServerError as WireError,
 };
 
-use super::partition::{PendingRead, Waiter};
+use super::partition::{self, PendingRead, Waiter};
 use super::{ShardCore, SnapshotStore};
 use crate::command;
 use crate::meta::{MetaMap, META_PARTITION};
@@ -83,6 +83,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 reason: "partition 0 is the meta group; it holds no keys".into(),
             }),
             Op::Range(r) => Ok(r.partition),
+            Op::TransferLeader { partition, .. } => Ok(*partition),
             Op::Txn(t) => {
                 let mut ps = t
                     .keys()
@@ -191,7 +192,67 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                     },
                 ));
             }
+            Op::TransferLeader { to_node, .. } => {
+                let to = *to_node;
+                self.transfer_leader(conn, id, partition, to)
+            }
             Op::Status | Op::ClusterMap => unreachable!("answered above"),
+        }
+    }
+
+    /// Starts a leadership transfer of `partition` to node `to` (Raft thesis §3.10), answered
+    /// when it ends (`partition::resolve_transfers`) or at the request's deadline.
+    fn transfer_leader(&mut self, conn: C, id: u64, partition: u64, to: u64) {
+        let deadline = self.ticks + self.request_timeout_ticks;
+        let me = self.config.id;
+        let part = self
+            .parts
+            .get_mut(&partition)
+            .expect("routed to a hosted partition");
+        if part.raft.role() != Role::Leader {
+            let e = not_leader(part.raft.leader(), None);
+            return self.reply(conn, error_response(id, e));
+        }
+        let header = part.header();
+        if to == me {
+            let r = ok_response(
+                id,
+                header,
+                Outcome::TransferLeader(wire::TransferLeaderResult {
+                    partition,
+                    leader_node: me,
+                    term: part.raft.term(),
+                }),
+            );
+            return self.reply(conn, r);
+        }
+        let started = match part.raft.transfer_leader(to) {
+            Ok(()) => Ok(()),
+            // A transfer to the same node is under way: wait for it too.
+            Err(raftcore::Error::TransferInProgress) if part.raft.transferee() == to => Ok(()),
+            Err(raftcore::Error::TransferInProgress) => Err(WireError::Unavailable {
+                reason: format!(
+                    "a leadership transfer of partition {partition} to node {} is under way",
+                    part.raft.transferee()
+                ),
+            }),
+            Err(raftcore::Error::InvalidTransferTarget(n)) => Err(WireError::InvalidArgument {
+                reason: format!("node {n} is not a voter of partition {partition}"),
+            }),
+            Err(raftcore::Error::NotLeader { leader_hint }) => Err(not_leader(leader_hint, None)),
+            Err(e) => Err(WireError::Unavailable {
+                reason: e.to_string(),
+            }),
+        };
+        match started {
+            Ok(()) => part.transfers.push(partition::TransferWaiter {
+                conn,
+                id,
+                to,
+                term: part.raft.term(),
+                deadline,
+            }),
+            Err(e) => self.reply(conn, error_response(id, e)),
         }
     }
 
