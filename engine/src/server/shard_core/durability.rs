@@ -679,7 +679,6 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             }
         }
         partition::resolve_orphans(part, replies);
-        partition::resolve_transfers(part, replies);
         let applied = part.sm.applied_index();
         for r in take_reads(&mut self.reads, |r| {
             r.partition == p && r.index.is_some_and(|x| x <= applied)

@@ -323,16 +323,14 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 }
             }
             for part in self.parts.values_mut() {
-                let mut i = 0;
-                while i < part.transfers.len() {
-                    if part.transfers[i].deadline <= now {
-                        let t = part.transfers.swap_remove(i);
-                        self.out
-                            .replies
-                            .push((t.conn, error_response(t.id, wire::ServerError::Timeout)));
-                    } else {
-                        i += 1;
-                    }
+                let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut part.transfers)
+                    .into_iter()
+                    .partition(|t| t.deadline <= now);
+                part.transfers = waiting;
+                for t in expired {
+                    self.out
+                        .replies
+                        .push((t.conn, error_response(t.id, wire::ServerError::Timeout)));
                 }
             }
             for r in partition::take_reads(&mut self.reads, |r| r.deadline <= now) {
@@ -405,8 +403,9 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         self.maybe_bootstrap_map();
         self.flush_proposals();
         worked |= self.process_readies()?;
-        // Transfers end on leadership changes, which come with a Ready, but also when
-        // raftcore abandons one on a tick, which need not.
+        // Transfers end on leadership changes and when raftcore abandons one on a tick
+        // (which need not make a Ready): checked here, once per turn, for every partition
+        // (`resolve_transfers` returns at once for a partition with none waiting).
         for part in self.parts.values_mut() {
             partition::resolve_transfers(part, &mut self.out.replies);
         }
