@@ -115,7 +115,8 @@ pub enum MetaError {
 // ---------------------------------------------------------------- placement policy
 
 /// The shard of every node that holds partition `partition` in the initial placement
-/// (`partition % shards`: shard i of one node talks only to shard i of the others).
+/// (`partition % shards`: shard i of one node talks only to shard i of the others). The meta
+/// group, partition 0, is on shard 0 of every node by this same rule.
 pub fn shard_of_partition(config: &NodeConfig, partition: u64) -> usize {
     (partition % config.shards as u64) as usize
 }

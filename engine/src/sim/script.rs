@@ -193,8 +193,8 @@ impl Script {
         self.nodes[(id - 1) as usize].core.step_peer(P, m);
     }
 
-    /// Sends a session-less put of `key` to node `id`; returns its token.
-    fn put(&mut self, id: u64, key: &str) -> u64 {
+    /// Sends a session-less request for `op` to node `at`; returns its token.
+    fn send(&mut self, at: u64, op: Op) -> u64 {
         self.next_token += 1;
         let token = self.next_token;
         let req = Request {
@@ -202,16 +202,44 @@ impl Script {
             session: 0,
             seq: 0,
             map_epoch: 0,
-            op: Op::Put(Put {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                value: Bytes::from_static(b"v"),
-                if_absent: false,
-                return_previous: false,
-            }),
+            op,
             first_unacked: 0,
         };
-        self.nodes[(id - 1) as usize].core.request(token, req);
+        self.nodes[(at - 1) as usize].core.request(token, req);
         token
+    }
+
+    /// Sends a put of `key` to node `id`; returns its token.
+    fn put(&mut self, id: u64, key: &str) -> u64 {
+        let op = Op::Put(Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::from_static(b"v"),
+            if_absent: false,
+            return_previous: false,
+        });
+        self.send(id, op)
+    }
+
+    /// Sends a leadership transfer of partition 1 to node `to`, to node `at`; returns its token.
+    fn transfer(&mut self, at: u64, to: u64) -> u64 {
+        self.send(
+            at,
+            Op::TransferLeader {
+                partition: P,
+                to_node: to,
+            },
+        )
+    }
+
+    /// Runs until every node agrees on one leader of partition 1 with everything committed.
+    fn settle(&mut self) {
+        self.run_until("a settled leader for partition 1", true, all, |s| {
+            (1..=3).all(|id| s.node(id).shared.map().is_some())
+                && s.raft(1).leader() != 0
+                && (1..=3).all(|id| s.raft(id).leader() == s.raft(1).leader())
+                && (1..=3)
+                    .all(|id| s.raft(id).committed() == s.raft(s.raft(1).leader()).last_index())
+        });
     }
 }
 
@@ -240,12 +268,7 @@ fn all(_: u64, _: u64, _: u64, _: &Message) -> bool {
 fn a_leader_that_wins_back_its_term_answers_every_overwritten_write() {
     let mut s = Script::new();
     // Warm-up with everything delivered: the map commits, partition 1 elects a leader.
-    s.run_until("a leader for partition 1", true, all, |s| {
-        (1..=3).all(|id| s.node(id).shared.map().is_some())
-            && s.raft(1).leader() != 0
-            && (1..=3).all(|id| s.raft(id).leader() == s.raft(1).leader())
-            && (1..=3).all(|id| s.raft(id).committed() == s.raft(s.raft(1).leader()).last_index())
-    });
+    s.settle();
     if s.raft(1).role() != Role::Leader {
         s.campaign(1);
         s.run_until("node 1 leads partition 1", false, all, |s| {
@@ -352,38 +375,6 @@ fn a_leader_that_wins_back_its_term_answers_every_overwritten_write() {
             sm.get(format!("new{k}").as_bytes()).is_some(),
             "new{k} applied"
         );
-    }
-}
-
-impl Script {
-    /// Sends a leadership transfer of partition 1 to node `to`, to node `at`; returns its token.
-    fn transfer(&mut self, at: u64, to: u64) -> u64 {
-        self.next_token += 1;
-        let token = self.next_token;
-        let req = Request {
-            id: token,
-            session: 0,
-            seq: 0,
-            map_epoch: 0,
-            op: Op::TransferLeader {
-                partition: P,
-                to_node: to,
-            },
-            first_unacked: 0,
-        };
-        self.nodes[(at - 1) as usize].core.request(token, req);
-        token
-    }
-
-    /// Runs until every node agrees on one leader of partition 1 with everything committed.
-    fn settle(&mut self) {
-        self.run_until("a settled leader for partition 1", true, all, |s| {
-            (1..=3).all(|id| s.node(id).shared.map().is_some())
-                && s.raft(1).leader() != 0
-                && (1..=3).all(|id| s.raft(id).leader() == s.raft(1).leader())
-                && (1..=3)
-                    .all(|id| s.raft(id).committed() == s.raft(s.raft(1).leader()).last_index())
-        });
     }
 }
 

@@ -14,7 +14,7 @@ use wire::{ClusterMap, Consistency, Op, Outcome, Request, Response};
 
 use super::client::{self, Client, ClientOp, History, Verdict};
 use crate::config::{NodeConfig, Tuning};
-use crate::meta::{self, MetaMap, META_PARTITION};
+use crate::meta::{self, MetaMap};
 use crate::server::shard_core::{ShardCore, SnapshotStore, SnapshotWrite};
 use crate::server::shared::NodeShared;
 use crate::server::ServerError;
@@ -551,11 +551,7 @@ impl World {
                     if node.shards.is_empty() || self.cut.contains(&(from, to)) {
                         continue;
                     }
-                    let s = if partition == META_PARTITION {
-                        0
-                    } else {
-                        meta::shard_of_partition(&node.config, partition)
-                    };
+                    let s = meta::shard_of_partition(&node.config, partition);
                     node.shards[s].core.step_peer(partition, msg);
                 }
                 Packet::Request {
@@ -873,11 +869,7 @@ impl World {
                 })
         });
         let Some(node) = leader else { return };
-        let shard = if p == META_PARTITION {
-            0
-        } else {
-            meta::shard_of_partition(&node.config, p)
-        };
+        let shard = meta::shard_of_partition(&node.config, p);
         let req = Request {
             id: self.stats.transfers,
             session: 0,
@@ -1074,11 +1066,7 @@ impl World {
         op.retry_at = None;
         op.attempt_timeout = now + 400;
         let node = op.target;
-        let shard = if op.partition == META_PARTITION {
-            0
-        } else {
-            meta::shard_of_partition(&self.nodes[0].config, op.partition)
-        };
+        let shard = meta::shard_of_partition(&self.nodes[0].config, op.partition);
         let client = self.clients[c].id;
         self.clients[c].op = Some(op);
         self.send(Packet::Request {
