@@ -237,8 +237,18 @@ impl RaftLog {
         }
     }
 
-    /// Replaces the whole log by a snapshot received from the leader.
+    /// Replaces the whole log by a snapshot received from the leader. The caller installs it
+    /// only when the log does not already hold `(index, term)`, so the local entries between
+    /// the old commit index and `index` may differ from the snapshot's: until the snapshot's
+    /// Ready is durable, only the committed prefix (equal on every node, Log Matching) is
+    /// durable and consistent with the new log (L7's meaning). `on_persisted` raises
+    /// `persisted` to `index` once it is.
     pub(crate) fn restore(&mut self, index: u64, term: u64) {
+        debug_assert!(
+            self.term(index) != Some(term),
+            "restore of a snapshot the log already matches"
+        );
+        self.persisted = self.persisted.min(self.committed).min(index);
         self.entries.clear();
         self.snap_index = index;
         self.snap_term = term;
@@ -246,7 +256,6 @@ impl RaftLog {
         self.unstable_from = index + 1;
         self.apply_next = index + 1;
         self.applied = self.applied.max(index);
-        self.persisted = self.persisted.min(index);
     }
 
     /// Drops entries up to and including `index` (which is covered by a snapshot now).

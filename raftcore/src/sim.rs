@@ -1285,7 +1285,7 @@ impl Sim {
             if !voted.is_empty() && down < 2 && self.rng.chance(self.faults.crash_unsynced_vote_ppm)
             {
                 let x = voted[self.rng.below(voted.len() as u64) as usize];
-                self.crash(x);
+                self.crash(x)?;
                 // A quick reboot: vote requests still in flight reach the restarted node.
                 self.nodes[x].restart_at = self.now + 1;
             }
@@ -1300,7 +1300,7 @@ impl Sim {
                     _ => self.rng.below(nn) as usize,
                 };
                 if self.nodes[x].alive {
-                    self.crash(x);
+                    self.crash(x)?;
                 }
             }
         }
@@ -1309,7 +1309,7 @@ impl Sim {
                 let down = self.nodes.iter().filter(|n| !n.alive).count();
                 if let Some(l) = self.leader_of(g) {
                     if down < 2 {
-                        self.crash(l);
+                        self.crash(l)?;
                     }
                 }
             }
@@ -1425,16 +1425,23 @@ impl Sim {
         }
     }
 
-    fn crash(&mut self, n: usize) {
+    /// Kills node `n`. What raftcore called durable (`persisted()`, with the term its log holds
+    /// there) must be on the disk afterwards (Ready contract, step 3, and L7): checked here
+    /// against the torn disk, `Err` if it is not.
+    fn crash(&mut self, n: usize) -> SimResult<()> {
         self.trace(|| format!("crash node {}", n + 1));
         self.stats.crashes += 1;
         let node = &mut self.nodes[n];
         node.alive = false;
         node.restart_at = self.now + 3 + self.rng.below(self.faults.restart_ticks_max);
         let mut lost_clients = Vec::new();
+        let mut broken = None;
         for g in 0..node.replicas.len() {
             let rep = &mut node.replicas[g];
-            rep.raw = None;
+            let claim = rep
+                .raw
+                .take()
+                .map(|r| (r.persisted(), r.log_term(r.persisted())));
             // Unsynced writes: a random prefix of them reached the disk anyway, the last of
             // those torn (only a prefix of its entries, and no hard state unless all entries;
             // the contract writes the hard state last, so even with all entries it may be
@@ -1450,6 +1457,25 @@ impl Sim {
                 };
                 rep.disk.apply(w, k, hs);
             }
+            if let Some((index, term)) = claim {
+                let d = &rep.disk;
+                let snap = &d.snapshot.meta;
+                let on_disk = if index == snap.index {
+                    Some(snap.term)
+                } else {
+                    index
+                        .checked_sub(snap.index + 1)
+                        .and_then(|i| d.entries.get(i as usize))
+                        .map(|e| e.term)
+                };
+                if index >= snap.index && term.is_some() && on_disk != term && broken.is_none() {
+                    broken = Some(format!(
+                        "node {} group {g}: persisted {index} (term {term:?}) but the disk holds \
+                         {on_disk:?} there after a crash",
+                        n + 1
+                    ));
+                }
+            }
             for (_, (_, c)) in std::mem::take(&mut rep.pending_writes) {
                 lost_clients.push(c);
             }
@@ -1463,6 +1489,7 @@ impl Sim {
         for c in lost_clients {
             self.fail_client(c);
         }
+        broken.map_or(Ok(()), Err)
     }
 
     fn restart_due(&mut self) -> SimResult<()> {
