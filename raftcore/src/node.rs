@@ -1493,8 +1493,11 @@ impl RawNode {
             // acknowledged already) and just learn that it is committed.
             self.log.commit_to(meta.index);
         } else {
+            // Readies handed out before the install may still become durable; of their
+            // entries only the committed prefix is the new log's (see `RaftLog::restore`).
+            let committed_before = self.log.committed;
             self.log.restore(meta.index, meta.term);
-            self.clip_pending(meta.index);
+            self.clip_pending(committed_before);
             self.conf = meta.conf.clone();
             self.conf_index = meta.index;
             self.conf_scan = meta.index;
@@ -2198,6 +2201,47 @@ mod invariant_tests {
         assert_eq!(rd.snapshot.as_ref().map(|s| s.meta.index), Some(4));
         n.on_persisted(rd.number).unwrap();
         assert_eq!(n.persisted(), 4, "durable once its Ready is");
+        n.check_invariants().unwrap();
+    }
+
+    /// The same claim reached through a Ready handed out before the install: its entries
+    /// (the old, divergent ones) become durable after the install, but the snapshot's Ready
+    /// does not yet; `persisted` may rise only to the committed prefix (review of the fix).
+    #[test]
+    fn a_ready_from_before_an_install_does_not_persist_the_snapshot_index() {
+        let st = RestartState::bootstrap(ConfState::with_voters(&[1, 2, 3]), Bytes::new());
+        let mut n = RawNode::new(Config::new(2), st).unwrap();
+        let mut m = Message::new(MessageKind::Append, 1, 2, 2);
+        m.index = 1;
+        m.log_term = 1;
+        m.commit = 1;
+        m.entries = vec![entry(2, 2), entry(3, 2), entry(4, 2)];
+        n.step(m);
+        let rd1 = n.ready();
+        assert_eq!(rd1.entries.len(), 3);
+        let committed_before = n.log.committed;
+        let mut m = Message::new(MessageKind::Snapshot, 1, 2, 3);
+        m.snapshot = Some(Box::new(SnapshotChunk {
+            index: 4,
+            term: 3,
+            conf: ConfState::with_voters(&[1, 2, 3]),
+            offset: 0,
+            total_bytes: 1,
+            data: Bytes::from_static(b"s"),
+            done: true,
+        }));
+        n.step(m);
+        let rd2 = n.ready();
+        assert!(rd2.snapshot.is_some());
+        n.on_persisted(rd1.number).unwrap();
+        assert!(
+            n.persisted() <= committed_before,
+            "persisted {} (term {:?}) while the durable log holds term 2 there",
+            n.persisted(),
+            n.log_term(n.persisted())
+        );
+        n.on_persisted(rd2.number).unwrap();
+        assert_eq!(n.persisted(), 4);
         n.check_invariants().unwrap();
     }
 

@@ -1458,6 +1458,9 @@ impl Sim {
                 rep.disk.apply(w, k, hs);
             }
             if let Some((index, term)) = claim {
+                // Below the in-memory snapshot the log has no term to name; the entry there was
+                // committed, so some replica applied it: that is the term the disk must hold.
+                let term = term.or_else(|| self.checks[g].applied.get(&index).map(|a| a.0));
                 let d = &rep.disk;
                 let snap = &d.snapshot.meta;
                 let on_disk = if index == snap.index {
@@ -1468,7 +1471,12 @@ impl Sim {
                         .and_then(|i| d.entries.get(i as usize))
                         .map(|e| e.term)
                 };
-                if index >= snap.index && term.is_some() && on_disk != term && broken.is_none() {
+                let wrong = match term {
+                    Some(_) => on_disk != term,
+                    // Applied nowhere yet: the disk must at least hold an entry there.
+                    None => index > 0 && on_disk.is_none(),
+                };
+                if index >= snap.index && wrong && broken.is_none() {
                     broken = Some(format!(
                         "node {} group {g}: persisted {index} (term {term:?}) but the disk holds \
                          {on_disk:?} there after a crash",
