@@ -715,3 +715,28 @@ fn a_reused_torn_tail_never_resurfaces() {
         assert!(checked > 50, "only {checked} crash images checked");
     });
 }
+
+/// Regression (review of 3f351a0): a batch whose write completed but whose fdatasync never ran
+/// (process killed mid-sync) is read back by recovery from the device's volatile cache and
+/// reported durable; since open no longer creates (and fsyncs) a new segment, nothing flushed it.
+/// Every open must fdatasync each segment it recovered before returning. (The flush itself is
+/// only observable on a device: counted on an ext4 loop device by the review, main 2, before
+/// the fix 0, after 1.)
+#[test]
+fn an_open_makes_the_recovered_tail_durable() {
+    run(|| async {
+        let dir = test_dir("open-syncs-tail");
+        let log = Wal::open(&dir, cfg()).await.unwrap();
+        log.append(0, &[entry(1, 1, 10, 0)]).unwrap();
+        log.sync().await.unwrap();
+        drop(log);
+        let log = Wal::open(&dir, cfg()).await.unwrap();
+        let st = log.stats();
+        assert!(
+            st.recovery_syncs >= 1 && st.recovery_syncs as usize == st.segments,
+            "open synced {} of the {} segments it recovered",
+            st.recovery_syncs,
+            st.segments
+        );
+    });
+}
