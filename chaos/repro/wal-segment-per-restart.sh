@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduction (found by corum-chaos, kill-all nemesis) of a bug FIXED by commit 30cad2c ("wal: an
+# Reproduction (found by corum-chaos, kill-all nemesis) of a bug FIXED by commit 3f351a0 ("wal: an
 # open continues writing in the last segment instead of starting a new one per start"): every
 # start of a node opened a new 64 MiB WAL segment, and recovery reads every segment, so a node
 # that restarted often took longer and longer to start even though its log held almost nothing.
@@ -14,7 +14,7 @@
 #   start 8: segments recovered 8, WAL on disk 513M, serving after 2.29 s
 # In a 300 s chaos run with kill-all (seed 301) nodes reached 10 segments and 5.5-7 s starts,
 # and writes stayed unavailable for up to 7.9 s after a whole-cluster restart.
-# Since 30cad2c every start continues in segment 1: 1 segment and 65M at every start, starts
+# Since 3f351a0 every start continues in segment 1: 1 segment and 65M at every start, starts
 # no longer growing (bench-results/2026-11-27-chaos-bugfixes.md has both runs side by side).
 # The automated check is wal/tests/crash.rs reopen_cycles_keep_the_segment_count_bounded
 # (10 open/append/crash cycles: at most 2 segments, bounded recovery reads).

@@ -177,6 +177,8 @@ pub struct Tuning {
 /// segment (retransmitted after Linux's minimum RTO of 200 ms, then 400 ms) would already close
 /// a healthy connection.
 pub const PEER_TIMEOUT_MIN_DERIVED_MS: u64 = 1000;
+/// The greatest peer timeout, set or derived (10 min).
+pub const PEER_TIMEOUT_MAX_MS: u64 = 600_000;
 
 impl Tuning {
     /// The peer-connection stall bound: `peer_timeout_ms` if set, else the longest randomized
@@ -187,7 +189,9 @@ impl Tuning {
     /// retransmission timer.
     pub fn peer_timeout(&self) -> std::time::Duration {
         let ms = self.peer_timeout_ms.unwrap_or_else(|| {
-            (2 * u64::from(self.election_ticks_min) * self.tick_ms).max(PEER_TIMEOUT_MIN_DERIVED_MS)
+            2u64.saturating_mul(u64::from(self.election_ticks_min))
+                .saturating_mul(self.tick_ms)
+                .clamp(PEER_TIMEOUT_MIN_DERIVED_MS, PEER_TIMEOUT_MAX_MS)
         });
         std::time::Duration::from_millis(ms)
     }
@@ -297,11 +301,12 @@ impl NodeConfig {
             ));
         }
         if let Some(ms) = t.peer_timeout_ms {
-            if !(100..=600_000).contains(&ms) {
+            if !(PEER_TIMEOUT_MIN_DERIVED_MS..=PEER_TIMEOUT_MAX_MS).contains(&ms) {
                 return Err(range(
                     "peer_timeout_ms",
                     ms.to_string(),
-                    "must be 100..=600000 (0.1 s to 10 min)",
+                    "must be 1000..=600000 (1 s to 10 min; below 1 s a healthy connection \
+                     that loses two segments in a row would be closed)",
                 ));
             }
         }
@@ -441,10 +446,10 @@ mod tests {
         assert_eq!(c.tuning.peer_timeout(), Duration::from_secs(6));
         c.tuning.election_ticks_min = 20;
         assert_eq!(c.tuning.peer_timeout(), Duration::from_secs(1));
-        c.tuning.peer_timeout_ms = Some(250);
-        assert_eq!(c.tuning.peer_timeout(), Duration::from_millis(250));
+        c.tuning.peer_timeout_ms = Some(1500);
+        assert_eq!(c.tuning.peer_timeout(), Duration::from_millis(1500));
         c.validate().unwrap();
-        for bad in [0, 99, 600_001] {
+        for bad in [0, 99, 250, 999, 600_001] {
             c.tuning.peer_timeout_ms = Some(bad);
             assert!(matches!(
                 c.validate(),

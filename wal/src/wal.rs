@@ -415,9 +415,10 @@ fn nonzero_end(data: &[u8], from: u64) -> Option<u64> {
 
 /// Makes every byte of a segment from `end` up to `zero_end` zero on disk, durably: the blocks
 /// from `align_down(end)` are rewritten with their bytes before `end` unchanged (`head`) and
-/// zeros after, a few 1 MiB writes in flight at a time, then `fdatasync`. Used by recovery on a
-/// cut torn tail and on the segment it continues writing in, so that no byte past the recovered
-/// end can ever be read back as a record (crate docs, "Recovery"). Writing zeros rather than
+/// zeros after, one 1 MiB write at a time (a whole 64 MiB segment at worst, before the node
+/// serves), then `fdatasync`. Used by recovery on a cut torn tail and on the segment it
+/// continues writing in, so that no byte past the recovered end can ever be read back as a
+/// record (crate docs, "Recovery"). Writing zeros rather than
 /// punching a hole keeps the blocks allocated and written, as prefilling made them (a write
 /// into a hole or an unwritten extent makes the next `fdatasync` commit the journal).
 async fn zero_from(

@@ -27,7 +27,8 @@
 //! - dialler: `TCP_USER_TIMEOUT` = T, so the kernel closes the connection (ETIMEDOUT) once
 //!   written bytes stay unacknowledged, or a zero window keeps them unsent, for T; glommio's
 //!   write timeout T ends a write blocked that long. Either makes the dialler redial;
-//! - dialler: a keepalive frame (an empty batch) when nothing was written for T/4, so an idle
+//! - dialler: a keepalive frame (an empty batch) when nothing was written for T/4 (at most
+//!   250 ms, so a listener with a shorter T of its own still hears from it), so an idle
 //!   connection carries bytes that must be acknowledged (the user timeout can fire) and the
 //!   listener hears from it;
 //! - dialler: a connection attempt gives up after T/4 (a SYN into a partition is otherwise
@@ -79,6 +80,11 @@ pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
 /// First reconnect backoff of an outgoing peer connection (it doubles up to
 /// [`PeerTiming::reconnect_max`]).
 const RECONNECT_MIN: Duration = Duration::from_millis(20);
+/// Longest interval between keepalives: a quarter of the least `peer_timeout_ms` a node
+/// accepts (1 s), so a listener hears from every dialler within its own timeout whatever the
+/// dialler's setting (nodes configured differently would otherwise close each other's idle
+/// connections).
+const KEEPALIVE_MAX: Duration = Duration::from_millis(250);
 
 /// The timings of peer connections, all derived from one stall bound (module docs, "Stalled
 /// peer connections").
@@ -87,7 +93,8 @@ pub struct PeerTiming {
     /// T: written bytes unacknowledged this long close a connection (`TCP_USER_TIMEOUT`), a
     /// write blocked this long fails, an incoming connection silent this long is closed.
     pub timeout: Duration,
-    /// T/4: the dialler sends a keepalive frame after writing nothing for this long.
+    /// T/4, at most 250 ms: the dialler sends a keepalive frame after writing nothing for
+    /// this long.
     pub keepalive: Duration,
     /// T/4: a connection attempt gives up after this long.
     pub connect: Duration,
@@ -101,7 +108,9 @@ impl PeerTiming {
         let timeout = t.peer_timeout();
         PeerTiming {
             timeout,
-            keepalive: timeout / 4,
+            // At most KEEPALIVE_MAX apart whatever this node's timeout: the listener applies
+            // its own bound (at least 1 s), which may be shorter than this node's.
+            keepalive: (timeout / 4).min(KEEPALIVE_MAX),
             connect: timeout / 4,
             reconnect_max: (timeout / 8).max(RECONNECT_MIN),
         }
@@ -783,11 +792,16 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
         }
         let read = match &replaced {
             None => Some(rd.read(&mut chunk).await),
+            // The replacement is polled first: a replaced connection stops at once, even with
+            // bytes still to read (`or` prefers its first future when both are ready).
             Some(rx) => {
-                futures_lite::future::or(async { Some(rd.read(&mut chunk).await) }, async {
-                    let _ = rx.recv().await;
-                    None
-                })
+                futures_lite::future::or(
+                    async {
+                        let _ = rx.recv().await;
+                        None
+                    },
+                    async { Some(rd.read(&mut chunk).await) },
+                )
                 .await
             }
         };
@@ -1034,7 +1048,9 @@ mod tests {
     // ------------------------------------------------ stalled peer connections
 
     /// The stall bound the peer-connection tests run with.
-    const PEER_TIMEOUT: Duration = Duration::from_millis(300);
+    /// Short for quick tests, long enough that a late timer on a loaded machine (the keepalive
+    /// loop below sleeps T/4 between frames) does not look like a silent peer.
+    const PEER_TIMEOUT: Duration = Duration::from_millis(600);
 
     /// Node `id` of a one-shard cluster of `peers`, with [`PEER_TIMEOUT`].
     fn peer_config(id: u64, peers: &[(u64, SocketAddr)]) -> Arc<NodeConfig> {
@@ -1242,14 +1258,17 @@ mod tests {
             // B from the same node replaces A: A is closed at once, long before the timeout.
             let mut b = TcpStream::connect(addr).await.unwrap();
             b.write_all(&hello).await.unwrap();
+            // The listener's silence timer starts once it has read the hello, after this.
+            let b_sent = Instant::now();
             let a_closed = closed_within(&mut a, PEER_TIMEOUT / 2).await;
             assert!(a_closed.is_some(), "the replaced connection is still open");
             // B then stays silent: closed after the peer timeout, not before.
             let b_closed = closed_within(&mut b, PEER_TIMEOUT * 10).await;
-            let b_closed = b_closed.expect("a silent peer connection was never closed");
+            b_closed.expect("a silent peer connection was never closed");
+            let b_silent = b_sent.elapsed();
             assert!(
-                b_closed >= PEER_TIMEOUT * 9 / 10,
-                "silent connection closed after only {b_closed:?}"
+                b_silent >= PEER_TIMEOUT * 9 / 10,
+                "silent connection closed after only {b_silent:?}"
             );
             // C sends a keepalive every quarter of the timeout: it stays open.
             let mut c = TcpStream::connect(addr).await.unwrap();
