@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Reproduction (found by corum-chaos, kill-all nemesis): every start of a node opens a new
-# 64 MiB WAL segment, and recovery reads every segment, so a node that restarts often takes
-# longer and longer to start even though its log holds almost nothing.
+# Reproduction (found by corum-chaos, kill-all nemesis) of a bug FIXED by commit 3f351a0 ("wal: an
+# open continues writing in the last segment instead of starting a new one per start"): every
+# start of a node opened a new 64 MiB WAL segment, and recovery reads every segment, so a node
+# that restarted often took longer and longer to start even though its log held almost nothing.
 #
 # One single-node cluster on loopback (ports 27700/27800), in a temporary directory: start,
 # write 10 keys, kill -9, repeat. Prints per start the number of segments recovered, the WAL
@@ -13,11 +14,16 @@
 #   start 8: segments recovered 8, WAL on disk 513M, serving after 2.29 s
 # In a 300 s chaos run with kill-all (seed 301) nodes reached 10 segments and 5.5-7 s starts,
 # and writes stayed unavailable for up to 7.9 s after a whole-cluster restart.
+# Since 3f351a0 every start continues in segment 1: 1 segment and 65M at every start, starts
+# no longer growing (bench-results/2026-11-27-chaos-bugfixes.md has both runs side by side).
+# The automated check is wal/tests/crash.rs reopen_cycles_keep_the_segment_count_bounded
+# (10 open/append/crash cycles: at most 2 segments, bounded recovery reads).
 #
-# Usage: chaos/repro/wal-segment-per-restart.sh [rounds]   (needs target/release/corum)
+# Usage: chaos/repro/wal-segment-per-restart.sh [rounds]   (needs target/release/corum;
+#        CORUM=path/to/corum runs another build, e.g. an older commit for a same-run A/B)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-corum=target/release/corum
+corum=${CORUM:-target/release/corum}
 rounds=${1:-6}
 dir=$(mktemp -d /tmp/corum-wal-repro.XXXXXX)
 pid=""

@@ -163,6 +163,38 @@ pub struct Tuning {
     /// How long a request may wait for its commit or its read index before the server answers
     /// `Timeout` (outcome unknown for a write), in milliseconds.
     pub request_timeout_ms: u64,
+    /// How long a peer connection may stall before it is dropped and redialed, in
+    /// milliseconds: bytes written but not acknowledged by the peer's TCP for this long
+    /// (`TCP_USER_TIMEOUT`), a write blocked this long, or an incoming connection on which
+    /// nothing arrived for this long. Unset (the default): [`Tuning::peer_timeout`] derives it
+    /// from the election timeout. The other peer-connection timings follow from it
+    /// (`engine::server` docs, "Stalled peer connections").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_timeout_ms: Option<u64>,
+}
+
+/// The least derived peer timeout: below about a second, two consecutive losses of one TCP
+/// segment (retransmitted after Linux's minimum RTO of 200 ms, then 400 ms) would already close
+/// a healthy connection.
+pub const PEER_TIMEOUT_MIN_DERIVED_MS: u64 = 1000;
+/// The greatest peer timeout, set or derived (10 min).
+pub const PEER_TIMEOUT_MAX_MS: u64 = 600_000;
+
+impl Tuning {
+    /// The peer-connection stall bound: `peer_timeout_ms` if set, else the longest randomized
+    /// election timeout (`2 * election_ticks_min * tick_ms`), at least
+    /// [`PEER_TIMEOUT_MIN_DERIVED_MS`]. With the defaults: 2 s. A connection that stalls that
+    /// long is useless for Raft anyway (every follower behind it has timed out and campaigned),
+    /// and redialing then bounds how long a healed network waits for TCP's backed-off
+    /// retransmission timer.
+    pub fn peer_timeout(&self) -> std::time::Duration {
+        let ms = self.peer_timeout_ms.unwrap_or_else(|| {
+            2u64.saturating_mul(u64::from(self.election_ticks_min))
+                .saturating_mul(self.tick_ms)
+                .clamp(PEER_TIMEOUT_MIN_DERIVED_MS, PEER_TIMEOUT_MAX_MS)
+        });
+        std::time::Duration::from_millis(ms)
+    }
 }
 
 impl Default for Tuning {
@@ -183,6 +215,7 @@ impl Default for Tuning {
             sessions_max: 65_536,
             session_results_max: 4096,
             request_timeout_ms: 10_000,
+            peer_timeout_ms: None,
         }
     }
 }
@@ -266,6 +299,16 @@ impl NodeConfig {
                 t.election_ticks_min.to_string(),
                 "must exceed heartbeat_ticks",
             ));
+        }
+        if let Some(ms) = t.peer_timeout_ms {
+            if !(PEER_TIMEOUT_MIN_DERIVED_MS..=PEER_TIMEOUT_MAX_MS).contains(&ms) {
+                return Err(range(
+                    "peer_timeout_ms",
+                    ms.to_string(),
+                    "must be 1000..=600000 (1 s to 10 min; below 1 s a healthy connection \
+                     that loses two segments in a row would be closed)",
+                ));
+            }
         }
         if t.wal_segment_bytes < (1 << 20) || t.wal_segment_bytes % 4096 != 0 {
             return Err(range(
@@ -392,6 +435,32 @@ mod tests {
         assert!(first[1..].iter().all(|&n| n == 21 || n == 22), "{first:?}");
     }
 
+    /// The peer stall bound: the longest election timeout by default, 1 s at least, or the
+    /// knob; out-of-range knob values are refused.
+    #[test]
+    fn peer_timeout_is_derived_from_the_election_timeout() {
+        use std::time::Duration;
+        let mut c = three();
+        assert_eq!(c.tuning.peer_timeout(), Duration::from_secs(2));
+        c.tuning.election_ticks_min = 300;
+        assert_eq!(c.tuning.peer_timeout(), Duration::from_secs(6));
+        c.tuning.election_ticks_min = 20;
+        assert_eq!(c.tuning.peer_timeout(), Duration::from_secs(1));
+        c.tuning.peer_timeout_ms = Some(1500);
+        assert_eq!(c.tuning.peer_timeout(), Duration::from_millis(1500));
+        c.validate().unwrap();
+        for bad in [0, 99, 250, 999, 600_001] {
+            c.tuning.peer_timeout_ms = Some(bad);
+            assert!(matches!(
+                c.validate(),
+                Err(ConfigError::OutOfRange {
+                    name: "peer_timeout_ms",
+                    ..
+                })
+            ));
+        }
+    }
+
     #[test]
     fn bad_configs_are_refused_with_reasons() {
         let mut c = three();
@@ -479,6 +548,11 @@ mod tests {
         assert_eq!(c.partitions, PARTITIONS_DEFAULT);
         assert_eq!(c.tuning.tick_ms, 5);
         assert_eq!(c.tuning.heartbeat_ticks, Tuning::default().heartbeat_ticks);
+        // Derived: two minimal election timeouts (100 ticks of 5 ms), at least 1 s.
+        assert_eq!(
+            c.tuning.peer_timeout(),
+            std::time::Duration::from_millis(1000)
+        );
         let back: NodeConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(toml::from_str::<NodeConfig>("id = 1\nbogus = 2").is_err());

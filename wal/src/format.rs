@@ -35,7 +35,10 @@ pub mod kind {
     pub const BATCH_END: u8 = 5;
 }
 
-/// Segment header flag: the segment was created by `Wal::open` after recovery.
+/// Segment header flag: the segment was created by `Wal::open` after recovery. Since the open
+/// continues writing in the last segment (crate docs, "Where writing continues"), it is written
+/// only when that is not possible (no segment, or a last file cut short); recovery still honours
+/// it in segments written by earlier versions, which started one such segment per open.
 pub const SEGMENT_SEALS_EARLIER: u32 = 1;
 
 /// The segment header at offset 0 of every segment file (the rest of block 0 is zero).

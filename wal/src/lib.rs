@@ -103,7 +103,8 @@
 //!  16   8 segment_no     equals the number in the file name
 //!  24   8 segment_bytes  configured size at creation
 //!  32   4 flags          bit 0: created by Wal::open after recovery ("seals" all earlier
-//!                        segments: none of them can hold a torn tail); other bits 0
+//!                        segments: none of them can hold a torn tail; written only when
+//!                        open cannot continue the last segment, see "Recovery"); other bits 0
 //!  36   4 crc32c         of bytes 0..36
 //! ```
 //! Records follow back to back, each starting at an 8-byte aligned offset:
@@ -115,7 +116,8 @@
 //!   6   2 reserved     0
 //!   8   4 payload_len  bytes of payload after the header
 //!  12   4 count        ENTRIES: entries in payload; BATCH_END: records in the batch before it
-//!  16   8 batch_seq    same for every record of one batch; +1 per batch, never reused
+//!  16   8 batch_seq    same for every record of one batch; +1 per batch; never reused by a
+//!                      record on disk (only a cut, zeroed batch's number can be reused)
 //!  24   8 partition    partition id (0 for BATCH_END)
 //!  32   8 index        ENTRIES: first index; SNAPSHOT: snapshot index; TRUNCATE: first
 //!                      discarded index; BATCH_END: byte length of the batch before it
@@ -146,9 +148,43 @@
 //! * In the tail segment, the torn tail is the batch in progress at X (the only write that may have
 //!   been in flight). The rest of the segment is searched (every 8-byte offset) for valid records:
 //!   one from any other batch means X is damage inside durable data: `Corrupt`. Otherwise the tail
-//!   from the start of the incomplete batch is cut off (logged with `tracing::warn!`, zeroed on disk
-//!   with a hole punch + `fdatasync`) and writing continues in a new segment, flagged "seals". A fresh segment with a
-//!   torn header and no valid record is removed.
+//!   from the start of the incomplete batch is cut off (logged with `tracing::warn!`) and zeroed on
+//!   disk (below). A fresh segment with a torn header and no valid record is removed.
+//!
+//! ## Where writing continues: the recovered end of the last segment
+//! After recovery, [`Wal::open`] continues writing in the **last** segment, at E, the end of its
+//! last complete batch (the cut, if its tail was torn); it creates no segment. So a node that
+//! restarts often keeps one segment, not one per start. The rule that keeps this crash safe:
+//!
+//! > Before the first new batch is written, every byte of the last segment from E to its end is
+//! > zero on disk, durably (`fdatasync` before `open` returns).
+//!
+//! Recovery has the segment's bytes in memory, so it rewrites, from the block holding E, the
+//! blocks up to the last nonzero byte: the bytes before E unchanged (exactly what the next
+//! batch's write rewrites anyway, see "On-disk format"), zeros from E on. This covers the cut torn
+//! batch and any bytes a clean scan left after E (a torn write whose first sector was lost but a
+//! later one, holding no whole record, was not). Writing zeros rather than punching a hole keeps
+//! the blocks written, as prefilling made them, so later syncs there stay cheap. A cut torn tail
+//! in any segment is zeroed the same way. Why it matters: the next batch may be shorter than
+//! what it overwrites, and its sequence number may equal the torn batch's (a torn batch whose
+//! first record was lost is not counted in `max_seq_seen`); a stale record left past the new end
+//! would, at the next recovery, either be taken for a record of the new batch or make the
+//! recovered tail look like damage before it (`Corrupt`). With the zeros durable first, a crash
+//! at any point of the next write leaves only that write's bytes past E, and the recovery above
+//! cuts exactly them. Everything before E is never written again except unchanged, so an
+//! acknowledged (synced) batch is never lost or altered.
+//!
+//! The last segment is not continued, and a new one (flag "seals") is started after it, only
+//! when its file no longer has the size its header says it was created with (cut short outside
+//! the WAL) or there are no segments. A segment continued after a configuration change keeps its
+//! own size; new segments take the configured one. Trailing segments created ahead (`spawn_spare`)
+//! that never got a record and have no "seals" flag are removed before that, so the last segment
+//! is the tail segment. WALs written by earlier versions (one "seals" segment per start) read the
+//! same way: their last segment is continued, the earlier ones are deleted as compaction passes
+//! them ("Compaction and segment deletion").
+//!
+//! Recovery reads every segment whole ([`WalStats::recovery_bytes_read`]), so its cost follows
+//! the live log (segments are deleted once compacted past), not the number of restarts.
 //!
 //! Limitation (shared by every log that checksums records): damage inside the very last batch
 //! looks exactly like a torn write and is cut off as one.

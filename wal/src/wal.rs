@@ -65,6 +65,12 @@ pub struct WalStats {
     pub device_bytes: u64,
     /// Segments deleted since open.
     pub segments_deleted: u64,
+    /// Bytes of segment files read by the recovery at open (every segment is read whole, so
+    /// this is the size of the segments kept: it grows with the live log, not with restarts).
+    pub recovery_bytes_read: u64,
+    /// fdatasyncs issued by the open on the segments it recovered (one each: every batch
+    /// recovery accepted is durable before the log reports it durable).
+    pub recovery_syncs: u64,
 }
 
 /// Where an entry lives: in the pending batch (`seg == 0`, `rec_off` relative to the batch) or
@@ -104,6 +110,10 @@ struct Inner {
     dir: PathBuf,
     segments: BTreeMap<u64, Segment>,
     cur: u64,
+    /// Size of the current segment's file: batches are written below it. The configured size
+    /// for segments this WAL created; a segment continued after recovery keeps the size it was
+    /// created with (its header's `segment_bytes`), even if the configuration has changed.
+    cur_bytes: u64,
     write_pos: u64,
     /// Bytes of the current segment from `align_down(write_pos)` to `write_pos`.
     tail: Vec<u8>,
@@ -378,11 +388,101 @@ async fn read_whole(file: &DmaFile, path: &Path) -> Result<Vec<u8>, WalError> {
     Ok(out)
 }
 
+/// Whether every byte of `b` is zero. Recovery checks tens of MiB of prefilled zeros per
+/// segment: a fold without an early exit compiles to vector ORs. Measured on the dev VM (busy),
+/// recovery of one 64 MiB segment holding 20 small batches spent 250-370 ms in the scans with
+/// `iter().all` / `rposition`, 25-55 ms with this (reading the file took 170-300 ms either way).
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |acc, &x| acc | x) == 0
+}
+
+/// End (exclusive, block aligned) of the nonzero bytes of `data` at or after `from`, if any.
+fn nonzero_end(data: &[u8], from: u64) -> Option<u64> {
+    let from = (from as usize).min(data.len());
+    let first_block_end = (align_up(from as u64) as usize).min(data.len());
+    // Whole blocks from the end backwards, then the partial block holding `from`.
+    let mut end = data.len();
+    while end > first_block_end {
+        let start = align_down(end as u64 - 1) as usize;
+        let start = start.max(first_block_end);
+        if !is_zero(&data[start..end]) {
+            return Some(align_up(end as u64));
+        }
+        end = start;
+    }
+    (!is_zero(&data[from..first_block_end])).then(|| align_up(first_block_end as u64))
+}
+
+/// Makes every byte of a segment from `end` up to `zero_end` zero on disk, durably: the blocks
+/// from `align_down(end)` are rewritten with their bytes before `end` unchanged (`head`) and
+/// zeros after, one 1 MiB write at a time (a whole 64 MiB segment at worst, before the node
+/// serves), then `fdatasync`. Used by recovery on a cut torn tail and on the segment it
+/// continues writing in, so that no byte past the recovered end can ever be read back as a
+/// record (crate docs, "Recovery"). Writing zeros rather than
+/// punching a hole keeps the blocks allocated and written, as prefilling made them (a write
+/// into a hole or an unwritten extent makes the next `fdatasync` commit the journal).
+async fn zero_from(
+    file: &DmaFile,
+    path: &Path,
+    end: u64,
+    head: &[u8],
+    zero_end: u64,
+) -> Result<(), WalError> {
+    let start = align_down(end);
+    debug_assert_eq!(head.len() as u64, end - start);
+    debug_assert!(zero_end % BLOCK_BYTES == 0 && zero_end > start);
+    const CHUNK: u64 = 1 << 20;
+    let mut off = start;
+    while off < zero_end {
+        let len = CHUNK.min(zero_end - off) as usize;
+        let mut buf = file.alloc_dma_buffer(len);
+        let b = buf.as_bytes_mut();
+        b.fill(0);
+        if off == start {
+            b[..head.len()].copy_from_slice(head);
+        }
+        match file.write_at(buf, off).await {
+            Ok(n) if n == len => {}
+            Ok(n) => {
+                return Err(io_err(
+                    "zero past the recovered end",
+                    path,
+                    io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        format!("short write {n} of {len}"),
+                    ),
+                ))
+            }
+            Err(e) => return Err(io_err("zero past the recovered end", path, e)),
+        }
+        off += len as u64;
+    }
+    file.fdatasync().await.map_err(|e| WalError::SyncFailed {
+        path: path.to_path_buf(),
+        source: e.into(),
+    })
+}
+
+/// What recovery keeps of the last segment it scanned, to continue writing in it.
+struct ScannedTail {
+    no: u64,
+    /// End of its last complete batch: where the next batch goes.
+    end: u64,
+    /// Its bytes from `align_down(end)` to `end` (the partial block the next write rewrites).
+    head: Vec<u8>,
+    /// End of nonzero bytes past `end` that are still on disk (a clean scan leaves bytes that
+    /// form no valid record where they are; they must go before writing there).
+    garbage_end: Option<u64>,
+    /// The file's size, and whether it is the size its header says it was created with.
+    file_bytes: u64,
+    intact: bool,
+}
+
 /// Result of scanning one segment during recovery.
 enum SegScan {
-    /// Data ends at the given offset.
-    Clean,
-    /// Torn tail: cut (zero) from this offset.
+    /// Every batch is complete; they end at `end`.
+    Clean { end: u64 },
+    /// Torn tail: cut (zero) from this offset, the end of the last complete batch.
     Torn { cut: u64 },
     /// Last segment whose header never made it: remove it.
     TornHeader,
@@ -414,7 +514,7 @@ fn find_later_records(data: &[u8], from: u64, seq: u64) -> (Option<(u64, u64)>, 
         let o = off as usize;
         if off % BLOCK_BYTES == 0 {
             let end = (o + BLOCK_BYTES as usize).min(data.len());
-            if data[o..end].iter().all(|&b| b == 0) {
+            if is_zero(&data[o..end]) {
                 off += BLOCK_BYTES;
                 continue;
             }
@@ -598,7 +698,7 @@ impl Recovery {
                     format!("{what} followed by a valid record at offset {off}"),
                 ));
             }
-            return Ok(SegScan::Clean);
+            return Ok(SegScan::Clean { end: batch_start });
         }
         // Only the batch in progress at `stop` may have been torn: a valid record of any other
         // batch after it means `stop` is damage inside durable data.
@@ -621,13 +721,14 @@ impl Recovery {
             );
             return Ok(SegScan::Torn { cut: batch_start });
         }
-        Ok(SegScan::Clean)
+        Ok(SegScan::Clean { end: batch_start })
     }
 }
 
 impl Wal {
-    /// Opens (creating if needed) the WAL in `dir`, recovers it (see the crate docs) and starts a
-    /// new segment for writing. Must run on a glommio executor.
+    /// Opens (creating if needed) the WAL in `dir`, recovers it (see the crate docs) and
+    /// continues writing in its last segment, at the end of the last complete batch (a new
+    /// segment only for an empty WAL or a last file cut short). Must run on a glommio executor.
     pub async fn open(dir: impl AsRef<Path>, cfg: WalConfig) -> Result<Wal, WalError> {
         let dir = dir.as_ref().to_path_buf();
         if cfg.segment_bytes % BLOCK_BYTES != 0 || cfg.segment_bytes < 4 * BLOCK_BYTES {
@@ -693,25 +794,26 @@ impl Wal {
         }
         let last_with_records = summaries.iter().rposition(|s| s.0).unwrap_or(0);
         let last_sealing = summaries.iter().rposition(|s| s.1);
+        let mut recovery_bytes_read = 0;
+        let mut tail: Option<ScannedTail> = None;
         for (i, &no) in nos.iter().enumerate() {
             let path = dir.join(segment_name(no));
             let file = open_rw(&path, false).await?;
             let data = read_whole(&file, &path).await?;
+            recovery_bytes_read += data.len() as u64;
             let is_last = i + 1 == nos.len();
             let may_have_tail = i >= last_with_records && last_sealing.is_none_or(|s| s <= i);
-            match rec.scan(&data, no, &path, is_last, may_have_tail)? {
-                SegScan::Clean => {}
+            let (end, garbage_end) = match rec.scan(&data, no, &path, is_last, may_have_tail)? {
+                SegScan::Clean { end } => (end, nonzero_end(&data, end)),
                 SegScan::Torn { cut } => {
-                    let len = data.len() as u64;
-                    if cut < len {
-                        file.deallocate(cut, len - cut)
-                            .await
-                            .map_err(|e| io_err("punch torn tail", &path, e))?;
-                        file.fdatasync().await.map_err(|e| WalError::SyncFailed {
-                            path: path.clone(),
-                            source: e.into(),
-                        })?;
+                    // Cut durably now, whether or not writing continues here: a later recovery
+                    // must find no record of the torn batch (in a segment that is no longer
+                    // the tail, one would be reported as corruption).
+                    if let Some(zero_end) = nonzero_end(&data, cut) {
+                        let head = &data[align_down(cut) as usize..cut as usize];
+                        zero_from(&file, &path, cut, head, zero_end).await?;
                     }
+                    (cut, None)
                 }
                 SegScan::TornHeader => {
                     let _ = file.close().await;
@@ -720,7 +822,19 @@ impl Wal {
                     sync_dir(&dir).await?;
                     continue;
                 }
-            }
+            };
+            let file_bytes = data.len() as u64;
+            let intact = file_bytes % BLOCK_BYTES == 0
+                && SegmentHeader::validate(&data, no)
+                    .is_ok_and(|h| h.segment_bytes.get() == file_bytes);
+            tail = Some(ScannedTail {
+                no,
+                end,
+                head: data[align_down(end) as usize..end as usize].to_vec(),
+                garbage_end,
+                file_bytes,
+                intact,
+            });
             segments.insert(
                 no,
                 Segment {
@@ -729,30 +843,73 @@ impl Wal {
                 },
             );
         }
-        let cur = segments.keys().next_back().copied().unwrap_or(0) + 1;
-        let seg = create_segment(
-            &dir,
-            cur,
-            cfg.segment_bytes,
-            cfg.prefill_segments,
-            format::SEGMENT_SEALS_EARLIER,
-        )
-        .await?;
-        segments.insert(cur, seg);
+        // Continue writing in the last segment, at the end of its last complete batch, once
+        // every byte past that end is zero on disk (crate docs, "Recovery"). A new segment is
+        // started only for an empty WAL, or when the last file no longer has the size it was
+        // created with (cut short outside the WAL): it is flagged "seals", as no earlier
+        // segment may then hold a torn tail.
+        // Recovery reads batches whose write completed but whose fdatasync may never have run
+        // (a process killed mid-sync: the bytes can sit in the device's volatile cache) and
+        // reports them durable (`durable_seq`), so every segment it read is synced before
+        // `open` returns. Before the log continued in its last segment, the new segment's
+        // creation flushed the device as a side effect; nothing else does now. (With O_DIRECT
+        // one flush covers the device, but the WAL does not rely on that: a file system that
+        // ignores O_DIRECT leaves the data in the page cache of each file.)
+        let recovered: Vec<u64> = segments.keys().copied().collect();
+        let (cur, cur_bytes, write_pos, head) = match tail {
+            Some(t) if t.intact && t.end <= t.file_bytes => {
+                if let Some(zero_end) = t.garbage_end {
+                    let seg = &segments[&t.no];
+                    tracing::warn!(file = %seg.path.display(), offset = t.end, bytes = zero_end - t.end,
+                        "WAL: nonzero bytes past the end of the last segment's data zeroed before writing there");
+                    zero_from(&seg.file, &seg.path, t.end, &t.head, zero_end).await?;
+                }
+                (t.no, t.file_bytes, t.end, t.head)
+            }
+            last => {
+                let cur = last.map_or(0, |t| t.no) + 1;
+                let seg = create_segment(
+                    &dir,
+                    cur,
+                    cfg.segment_bytes,
+                    cfg.prefill_segments,
+                    format::SEGMENT_SEALS_EARLIER,
+                )
+                .await?;
+                segments.insert(cur, seg);
+                (cur, cfg.segment_bytes, FIRST_RECORD_OFFSET, Vec::new())
+            }
+        };
+        let mut recovery_syncs = 0;
+        for no in recovered {
+            let seg = &segments[&no];
+            seg.file
+                .fdatasync()
+                .await
+                .map_err(|e| WalError::SyncFailed {
+                    path: seg.path.clone(),
+                    source: e.into(),
+                })?;
+            recovery_syncs += 1;
+        }
         let seq = rec.max_seq_seen.max(rec.last_seq) + 1;
         let stats = WalStats {
             segments: segments.len(),
+            recovery_bytes_read,
+            recovery_syncs,
             ..Default::default()
         };
-        tracing::info!(dir = %dir.display(), segments = segments.len(), partitions = rec.parts.len(), last_batch = rec.last_seq, "WAL recovered");
+        tracing::info!(dir = %dir.display(), segments = segments.len(), partitions = rec.parts.len(),
+            last_batch = rec.last_seq, recovery_bytes_read, segment = cur, offset = write_pos, "WAL recovered");
         Ok(Wal {
             inner: RefCell::new(Inner {
                 cfg,
                 dir,
                 segments,
                 cur,
-                write_pos: FIRST_RECORD_OFFSET,
-                tail: Vec::new(),
+                cur_bytes,
+                write_pos,
+                tail: head,
                 seq,
                 durable_seq: seq - 1,
                 batch: Vec::new(),
@@ -836,7 +993,7 @@ impl Wal {
             inner.batch_records = 0;
             inner.seq += 1;
             let report = std::mem::take(&mut inner.report);
-            let rollover = inner.write_pos + batch.len() as u64 > inner.cfg.segment_bytes;
+            let rollover = inner.write_pos + batch.len() as u64 > inner.cur_bytes;
             (
                 batch,
                 report,
@@ -859,6 +1016,7 @@ impl Wal {
                     let mut g = self.inner.borrow_mut();
                     g.segments.insert(next, seg);
                     g.cur = next;
+                    g.cur_bytes = segment_bytes;
                     g.write_pos = FIRST_RECORD_OFFSET;
                     g.tail.clear();
                     g.stats.segments = g.segments.len();
@@ -948,7 +1106,7 @@ impl Wal {
     /// records; recovery accepts such trailing segments.
     fn spawn_spare(&self) {
         let mut g = self.inner.borrow_mut();
-        if g.spare.is_some() || g.write_pos < g.cfg.segment_bytes / 2 {
+        if g.spare.is_some() || g.write_pos < g.cur_bytes / 2 {
             return;
         }
         let (dir, no, bytes, prefill) = (
@@ -1428,5 +1586,44 @@ impl LogStore for Wal {
 
     fn buffered_bytes(&self) -> u64 {
         self.inner.borrow().batch.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `nonzero_end` against the plain definition, on blocks, partial blocks and `from` inside a
+    /// block: bytes before `from` never count, the answer is block aligned.
+    #[test]
+    fn nonzero_end_matches_the_definition() {
+        let plain = |d: &[u8], from: usize| {
+            d[from.min(d.len())..]
+                .iter()
+                .rposition(|&b| b != 0)
+                .map(|i| align_up((from + i + 1) as u64))
+        };
+        for len in [0usize, 100, 4096, 4096 * 3, 4096 * 3 + 10] {
+            for set in [
+                None,
+                Some(0),
+                Some(50),
+                Some(4095),
+                Some(4096),
+                Some(len.max(1) - 1),
+            ] {
+                let mut d = vec![0u8; len];
+                if let Some(i) = set.filter(|&i| i < len) {
+                    d[i] = 7;
+                }
+                for from in [0, 1, 50, 51, 4096, 4097, 9000, len] {
+                    assert_eq!(
+                        nonzero_end(&d, from as u64),
+                        plain(&d, from),
+                        "len {len}, byte {set:?}, from {from}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -19,6 +19,25 @@ fn set_fsize(limit: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_FSIZE, &lim) }, 0);
 }
 
+/// Appends two 4000-byte entries per sync to partition 0, keeping `m` in step with what was
+/// synced, until a sync fails; returns that error.
+async fn write_until_failure(log: &Wal, m: &mut Model) -> WalError {
+    loop {
+        let next = log.last_index(0) + 1;
+        let es: Vec<_> = (next..next + 2).map(|i| entry(i, 1, 4000, 0)).collect();
+        log.append(0, &es).unwrap();
+        match log.sync().await {
+            Ok(_) => {
+                for e in es {
+                    m.part(0).entries.insert(e.index, e);
+                }
+                m.sync();
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
 #[test]
 fn write_and_allocation_failures_are_errors_and_the_log_reopens() {
     // SAFETY: ignoring SIGXFSZ so the over-limit write returns EFBIG instead of killing us.
@@ -50,31 +69,29 @@ fn write_and_allocation_failures_are_errors_and_the_log_reopens() {
         }
         set_fsize(128 << 10);
         // The write that crosses the limit fails (short write or EFBIG): an ordinary I/O error.
-        let err = loop {
-            let es: Vec<_> = (next..next + 2).map(|i| entry(i, 1, 4000, 0)).collect();
-            log.append(0, &es).unwrap();
-            next += 2;
-            match log.sync().await {
-                Ok(_) => {
-                    for i in next - 2..next {
-                        m.part(0).entries.insert(i, entry(i, 1, 4000, 0));
-                    }
-                    m.sync();
-                }
-                Err(e) => break e,
-            }
-        };
+        let err = write_until_failure(&log, &mut m).await;
         eprintln!("sync past the limit: {err}");
         assert!(matches!(err, WalError::Io { .. }), "{err}");
         assert!(!err.is_fatal());
         // Refuses further writes until reopened.
+        let next = log.last_index(0) + 1;
         assert!(matches!(
             log.append(0, &[entry(next, 1, 1, 0)]),
             Err(WalError::Poisoned(_))
         ));
         drop(log);
-        // Reopening while still "full": creating the next segment fails, cleanly.
-        match Wal::open(&dir, cfg.clone()).await {
+        // Reopening while still "full" works (writing continues in segment 1, nothing is
+        // created; the cut of the failed write stays below the limit) and recovers exactly
+        // what was synced; the log still cannot grow past the limit.
+        m.crash();
+        let log = Wal::open(&dir, cfg.clone()).await.unwrap();
+        compare(&log, &m.cur, 1).await.unwrap();
+        assert_eq!(log.stats().segments, 1);
+        let err = write_until_failure(&log, &mut m).await;
+        assert!(matches!(err, WalError::Io { .. }), "{err}");
+        drop(log);
+        // Creating a segment past the limit (here: a new WAL's first one) fails, cleanly.
+        match Wal::open(test_dir("enospc-new"), cfg.clone()).await {
             Err(WalError::Io { op, .. }) => assert_eq!(op, "fallocate"),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("segment creation past RLIMIT_FSIZE succeeded"),

@@ -122,6 +122,17 @@ fn wal_cfg() -> WalConfig {
     }
 }
 
+/// The segment files in `dir`.
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn run_wal_case(ops: Vec<Op>, case: u64) -> Result<(), String> {
     run(move || async move {
         let dir = test_dir(&format!("props-{case}"));
@@ -133,9 +144,18 @@ fn run_wal_case(ops: Vec<Op>, case: u64) -> Result<(), String> {
             if let Op::Reopen = op {
                 drop(log); // a crash: the buffered batch is lost
                 m.crash();
+                let before = segment_files(&dir);
                 log = Wal::open(&dir, wal_cfg())
                     .await
                     .map_err(|e| format!("reopen: {e}"))?;
+                // An open continues in the last segment: reopening never adds one (it may
+                // remove a segment created ahead that never got a record).
+                let after = segment_files(&dir);
+                if after > before.max(1) || log.stats().segments > before.max(1) {
+                    return Err(format!(
+                        "op {i}: reopen went from {before} segment files to {after}"
+                    ));
+                }
             } else {
                 step(&log, &mut m, op, i as u64)
                     .await

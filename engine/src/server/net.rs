@@ -12,10 +12,40 @@
 //! UTF-8 `host:port`. The wire crate has no hello message; this reuses the peer schema so the
 //! same decoder and verifier check it. A hello with another shard count, another shard index,
 //! a wrong recipient or a bad address is refused with a logged reason and the connection
-//! closed.
+//! closed. After the hello, a `PeerMessages` frame with an empty batch is a keepalive.
+//!
+//! # Stalled peer connections
+//! Peer connections are one-way (the dialler writes, the listener reads), so nothing at the
+//! application level acknowledges a write; a connection whose path died (a partition, heavy
+//! loss, a peer host gone without a reset) would otherwise keep the dialler writing into its
+//! send buffer while TCP retransmits with exponential backoff: after a 20 s partition the next
+//! retransmission was up to 13 s away (`rto:13056 backoff:6`), so the cluster stayed without
+//! leaders for seconds after the network healed (`chaos/tests/peer_stall.rs`). Every timing
+//! below derives from one bound, the peer timeout T ([`Tuning::peer_timeout`]: `peer_timeout_ms`,
+//! or by default the longest election timeout, 2 x `election_ticks_min` x `tick_ms`, at least
+//! 1 s; 2 s with the defaults), see [`PeerTiming`]:
+//! - dialler: `TCP_USER_TIMEOUT` = T, so the kernel closes the connection (ETIMEDOUT) once
+//!   written bytes stay unacknowledged, or a zero window keeps them unsent, for T; glommio's
+//!   write timeout T ends a write blocked that long. Either makes the dialler redial;
+//! - dialler: a keepalive frame (an empty batch) when nothing was written for T/4 (at most
+//!   250 ms, so a listener with a shorter T of its own still hears from it), so an idle
+//!   connection carries bytes that must be acknowledged (the user timeout can fire) and the
+//!   listener hears from it;
+//! - dialler: a connection attempt gives up after T/4 (a SYN into a partition is otherwise
+//!   retried for minutes), and the redial backoff doubles from 20 ms up to T/8 (250 ms by
+//!   default), so a healed path is used within about T/4 + T/8;
+//! - listener: an incoming connection on which nothing arrived for T is closed (its dialler
+//!   is gone or cut off; closing also frees the task and socket), and a newer connection from
+//!   the same node and shard that passed the hello replaces an older one, which is closed at
+//!   once (one dialler per node and shard, so the older one is dead or about to be).
+//!
+//! Nothing here polls: each wait is a socket operation, a channel or a glommio timer armed only
+//! while a task is waiting anyway.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +62,7 @@ use wire::{
 
 use super::convert;
 use super::shared::NodeShared;
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Tuning};
 
 /// Partition id reserved for the hello message (never a real partition).
 pub const HELLO_PARTITION: u64 = u64::MAX;
@@ -47,9 +77,68 @@ const FRAME_ERRORS_MAX: usize = 64;
 const RESPONSES_PER_FRAME_MAX: usize = 1024;
 /// Most encoded frames queued for one peer; beyond it frames are dropped (Raft retransmits).
 pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
-/// Reconnect backoff bounds for outgoing peer connections.
+/// First reconnect backoff of an outgoing peer connection (it doubles up to
+/// [`PeerTiming::reconnect_max`]).
 const RECONNECT_MIN: Duration = Duration::from_millis(20);
-const RECONNECT_MAX: Duration = Duration::from_millis(1000);
+/// Longest interval between keepalives: a quarter of the least `peer_timeout_ms` a node
+/// accepts (1 s), so a listener hears from every dialler within its own timeout whatever the
+/// dialler's setting (nodes configured differently would otherwise close each other's idle
+/// connections).
+const KEEPALIVE_MAX: Duration = Duration::from_millis(250);
+
+/// The timings of peer connections, all derived from one stall bound (module docs, "Stalled
+/// peer connections").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTiming {
+    /// T: written bytes unacknowledged this long close a connection (`TCP_USER_TIMEOUT`), a
+    /// write blocked this long fails, an incoming connection silent this long is closed.
+    pub timeout: Duration,
+    /// T/4, at most 250 ms: the dialler sends a keepalive frame after writing nothing for
+    /// this long.
+    pub keepalive: Duration,
+    /// T/4: a connection attempt gives up after this long.
+    pub connect: Duration,
+    /// T/8, at least [`RECONNECT_MIN`]: the longest wait between two connection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl PeerTiming {
+    /// The timings for a node's tuning ([`Tuning::peer_timeout`]).
+    pub fn from_tuning(t: &Tuning) -> PeerTiming {
+        let timeout = t.peer_timeout();
+        PeerTiming {
+            timeout,
+            // At most KEEPALIVE_MAX apart whatever this node's timeout: the listener applies
+            // its own bound (at least 1 s), which may be shorter than this node's.
+            keepalive: (timeout / 4).min(KEEPALIVE_MAX),
+            connect: timeout / 4,
+            reconnect_max: (timeout / 8).max(RECONNECT_MIN),
+        }
+    }
+}
+
+/// Sets `TCP_USER_TIMEOUT` on a connected socket: the kernel closes the connection (pending and
+/// later socket calls fail with ETIMEDOUT) once transmitted data has stayed unacknowledged, or
+/// buffered data unsent behind a zero window, for `timeout` (tcp(7)).
+fn set_tcp_user_timeout(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    let ms = libc::c_uint::try_from(timeout.as_millis()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: setsockopt reads `size_of::<c_uint>()` bytes from `&ms`, a live local; the fd
+    // belongs to `stream`, which is borrowed (so open) for the whole call.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
 
 /// The output side of one client connection: responses waiting to be written.
 pub struct ConnOut {
@@ -109,6 +198,13 @@ pub struct ShardIo {
     pub limits: Limits,
     /// Most peer messages waiting in the inbox.
     pub peer_inbox_max: usize,
+    /// Peer connection timings (from the tuning).
+    pub peer_timing: PeerTiming,
+    /// The current incoming connection of each peer node that passed the hello: its accept
+    /// number and the sender whose drop tells its task it was replaced by a newer one.
+    inbound: RefCell<BTreeMap<u64, (u64, LocalSender<()>)>>,
+    /// Incoming peer connections accepted so far (numbers them).
+    peer_accepts: Cell<u64>,
     /// Set when the node stops.
     pub stop: Arc<AtomicBool>,
     /// Closed at shutdown: every socket task waits on it alongside its work, so closing it
@@ -136,6 +232,9 @@ impl ShardIo {
             connections: Cell::new(0),
             limits,
             peer_inbox_max: 1 << 16,
+            peer_timing: PeerTiming::from_tuning(&config.tuning),
+            inbound: RefCell::new(BTreeMap::new()),
+            peer_accepts: Cell::new(0),
             stop,
             config,
             shutdown: glommio::sync::Semaphore::new(0),
@@ -543,8 +642,10 @@ pub async fn peer_listener(listener: TcpListener, io: Rc<ShardIo>) {
                 continue;
             }
         };
+        let accept_no = io.peer_accepts.get() + 1;
+        io.peer_accepts.set(accept_no);
         let io2 = io.clone();
-        io.spawn(async move { serve_peer(stream, &io2).await });
+        io.spawn(async move { serve_peer(stream, accept_no, &io2).await });
     }
 }
 
@@ -589,8 +690,34 @@ fn check_hello(batch: &PeerBatch, io: &ShardIo) -> Result<(u64, SocketAddr), Str
     Ok((m.from, addr))
 }
 
-async fn serve_peer(stream: TcpStream, io: &Rc<ShardIo>) {
+/// Makes connection `accept_no` the current one of `node`. Returns the receiver that ends
+/// (its sender dropped) when a newer connection of `node` replaces it, or `None` if a newer one
+/// is current already (then this one is the stale one).
+fn register_inbound(io: &ShardIo, node: u64, accept_no: u64) -> Option<LocalReceiver<()>> {
+    let mut inbound = io.inbound.borrow_mut();
+    if inbound.get(&node).is_some_and(|(no, _)| *no > accept_no) {
+        return None;
+    }
+    let (tx, rx) = local_channel::new_bounded(1);
+    // Dropping the previous sender ends the previous connection's task.
+    if let Some((old, _)) = inbound.insert(node, (accept_no, tx)) {
+        tracing::info!(
+            shard = io.shard,
+            node,
+            old_connection = old,
+            new_connection = accept_no,
+            "newer peer connection from the same node; closing the older one"
+        );
+    }
+    Some(rx)
+}
+
+async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
     let _ = stream.set_nodelay(true);
+    let timeout = io.peer_timing.timeout;
+    if let Err(e) = stream.set_read_timeout(Some(timeout)) {
+        tracing::warn!(shard = io.shard, error = %e, "cannot set the peer read timeout");
+    }
     let remote = stream
         .peer_addr()
         .map(|a| a.to_string())
@@ -600,6 +727,8 @@ async fn serve_peer(stream: TcpStream, io: &Rc<ShardIo>) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut from_node: Option<u64> = None;
+    // Ends when a newer connection from the same node replaces this one.
+    let mut replaced: Option<LocalReceiver<()>> = None;
     let reason: String = 'conn: loop {
         loop {
             let frame = match decoder.decode(&mut buf) {
@@ -617,6 +746,12 @@ async fn serve_peer(stream: TcpStream, io: &Rc<ShardIo>) {
             let Some(node) = from_node else {
                 match check_hello(&batch, io) {
                     Ok((node, base)) => {
+                        let Some(rx) = register_inbound(io, node, accept_no) else {
+                            break 'conn format!(
+                                "replaced: a newer connection from node {node} is current"
+                            );
+                        };
+                        replaced = Some(rx);
                         io.shared.learn_client_base(node, base);
                         tracing::info!(shard = io.shard, node, %remote, "peer connected");
                         from_node = Some(node);
@@ -630,6 +765,9 @@ async fn serve_peer(stream: TcpStream, io: &Rc<ShardIo>) {
                     "batch from node {} to {} on node {node}'s connection",
                     batch.from_node, batch.to_node
                 );
+            }
+            if batch.messages.is_empty() {
+                continue; // a keepalive
             }
             let mut inbox = io.inbox.borrow_mut();
             for (partition, m) in batch.messages {
@@ -652,14 +790,44 @@ async fn serve_peer(stream: TcpStream, io: &Rc<ShardIo>) {
             drop(inbox);
             io.wake();
         }
-        match rd.read(&mut chunk).await {
-            Ok(0) => break "closed by peer".into(),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => break format!("read failed: {e}"),
+        let read = match &replaced {
+            None => Some(rd.read(&mut chunk).await),
+            // The replacement is polled first: a replaced connection stops at once, even with
+            // bytes still to read (`or` prefers its first future when both are ready).
+            Some(rx) => {
+                futures_lite::future::or(
+                    async {
+                        let _ = rx.recv().await;
+                        None
+                    },
+                    async { Some(rd.read(&mut chunk).await) },
+                )
+                .await
+            }
+        };
+        match read {
+            None => break "replaced by a newer connection from the same node".into(),
+            Some(Ok(0)) => break "closed by peer".into(),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                break format!(
+                    "nothing received for {} ms (peer timeout)",
+                    timeout.as_millis()
+                )
+            }
+            Some(Err(e)) => break format!("read failed: {e}"),
         }
     };
+    if let Some(node) = from_node {
+        let mut inbound = io.inbound.borrow_mut();
+        if inbound.get(&node).is_some_and(|(no, _)| *no == accept_no) {
+            inbound.remove(&node);
+        }
+    }
     if reason.starts_with("closed") || reason.starts_with("read failed") {
         tracing::debug!(shard = io.shard, %remote, %reason, "peer connection ends");
+    } else if reason.starts_with("nothing received") || reason.starts_with("replaced") {
+        tracing::info!(shard = io.shard, %remote, node = ?from_node, %reason, "peer connection closed");
     } else {
         tracing::warn!(shard = io.shard, %remote, %reason, "peer connection closed");
     }
@@ -726,9 +894,25 @@ pub fn peer_queue() -> (Rc<PeerQueue>, LocalReceiver<()>) {
     )
 }
 
+/// Encodes the keepalive frame this shard sends to `to_node`: a batch with no message.
+fn keepalive_frame(io: &ShardIo, to_node: u64) -> Option<Bytes> {
+    let batch = PeerBatch {
+        from_node: io.config.id,
+        to_node,
+        messages: Vec::new(),
+    };
+    let mut out = BytesMut::new();
+    BodyEncoder::new()
+        .peer_frame(&mut out, 0, &batch, &io.limits)
+        .ok()?;
+    Some(out.freeze())
+}
+
 /// Keeps a connection to shard `io.shard` of `node` at `addr` and writes the frames queued on
-/// `queue`. Reconnects with exponential backoff; frames queued while disconnected are discarded
-/// when a new connection starts (Raft retransmits what matters).
+/// `queue`. Redials when a connection fails or stalls (module docs, "Stalled peer
+/// connections"), with a backoff from 20 ms up to [`PeerTiming::reconnect_max`]; frames queued
+/// while disconnected are discarded when a new connection starts (Raft retransmits what
+/// matters).
 pub async fn peer_dialer(
     io: Rc<ShardIo>,
     node: u64,
@@ -736,13 +920,19 @@ pub async fn peer_dialer(
     queue: Rc<PeerQueue>,
     notify: LocalReceiver<()>,
 ) {
+    let timing = io.peer_timing;
+    let (Some(hello), Some(keepalive)) = (hello_frame(&io, node), keepalive_frame(&io, node))
+    else {
+        tracing::error!("hello frame does not fit the frame limit");
+        return;
+    };
     let mut backoff = RECONNECT_MIN;
     let mut logged_down = false;
     loop {
         if io.stop.load(Ordering::Relaxed) {
             return;
         }
-        let mut stream = match TcpStream::connect(addr).await {
+        let mut stream = match TcpStream::connect_timeout(addr, timing.connect).await {
             Ok(s) => s,
             Err(e) => {
                 if !logged_down {
@@ -751,55 +941,99 @@ pub async fn peer_dialer(
                 }
                 queue.frames.borrow_mut().clear();
                 glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(RECONNECT_MAX);
+                backoff = (backoff * 2).min(timing.reconnect_max);
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Err(e) = set_tcp_user_timeout(&stream, timing.timeout).and_then(|()| {
+            stream
+                .set_write_timeout(Some(timing.timeout))
+                .map_err(Into::into)
+        }) {
+            tracing::warn!(shard = io.shard, node, error = %e, "cannot set the peer connection timeouts");
+        }
         // Drop whatever piled up while disconnected.
         queue.frames.borrow_mut().clear();
-        let Some(hello) = hello_frame(&io, node) else {
-            tracing::error!("hello frame does not fit the frame limit");
-            return;
-        };
-        if stream.write_all(&hello).await.is_err() {
+        let connected = std::time::Instant::now();
+        if let Err(e) = stream.write_all(&hello).await {
+            tracing::debug!(shard = io.shard, node, error = %e, "peer hello failed");
             glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(timing.reconnect_max);
             continue;
         }
         tracing::debug!(shard = io.shard, node, %addr, "connected to peer");
-        backoff = RECONNECT_MIN;
         logged_down = false;
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            if queue.frames.borrow().is_empty() && notify.recv().await.is_none() {
-                return;
-            }
-            let dropped = queue.dropped.replace(0);
-            if dropped > 0 {
-                tracing::debug!(
-                    shard = io.shard,
-                    node,
-                    dropped,
-                    "peer queue was full; frames dropped"
-                );
-            }
-            buf.clear();
-            {
-                let mut q = queue.frames.borrow_mut();
-                while buf.len() < (1 << 20) {
-                    match q.pop_front() {
-                        Some(f) => buf.extend_from_slice(&f),
-                        None => break,
+        let why = write_frames(&io, node, &mut stream, &queue, &notify, &keepalive).await;
+        let Some(why) = why else { return };
+        tracing::info!(shard = io.shard, node, error = %why, "peer connection lost; reconnecting");
+        drop(stream);
+        // A connection that lasted is redialed at once; one that failed quickly (the peer
+        // refuses us, or is restarting) waits, so a refusing peer is not redialed in a loop.
+        if connected.elapsed() >= timing.timeout {
+            backoff = RECONNECT_MIN;
+        } else {
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(timing.reconnect_max);
+        }
+    }
+}
+
+/// Writes the frames queued on `queue` to `stream`, and a keepalive after
+/// [`PeerTiming::keepalive`] without a write, until a write fails (returns why) or the queue's
+/// sender is gone (returns `None`: the shard stops).
+async fn write_frames(
+    io: &ShardIo,
+    node: u64,
+    stream: &mut TcpStream,
+    queue: &PeerQueue,
+    notify: &LocalReceiver<()>,
+    keepalive: &Bytes,
+) -> Option<std::io::Error> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if queue.frames.borrow().is_empty() {
+            let woke =
+                futures_lite::future::or(async { Some(notify.recv().await.is_some()) }, async {
+                    glommio::timer::sleep(io.peer_timing.keepalive).await;
+                    None
+                })
+                .await;
+            match woke {
+                Some(true) => {}
+                Some(false) => return None,
+                None => {
+                    if let Err(e) = stream.write_all(keepalive).await {
+                        return Some(e);
                     }
+                    continue;
                 }
             }
-            if buf.is_empty() {
-                continue;
+        }
+        let dropped = queue.dropped.replace(0);
+        if dropped > 0 {
+            tracing::debug!(
+                shard = io.shard,
+                node,
+                dropped,
+                "peer queue was full; frames dropped"
+            );
+        }
+        buf.clear();
+        {
+            let mut q = queue.frames.borrow_mut();
+            while buf.len() < (1 << 20) {
+                match q.pop_front() {
+                    Some(f) => buf.extend_from_slice(&f),
+                    None => break,
+                }
             }
-            if let Err(e) = stream.write_all(&buf).await {
-                tracing::info!(shard = io.shard, node, error = %e, "peer connection lost; reconnecting");
-                break;
-            }
+        }
+        if buf.is_empty() {
+            continue;
+        }
+        if let Err(e) = stream.write_all(&buf).await {
+            return Some(e);
         }
     }
 }
@@ -808,7 +1042,252 @@ pub async fn peer_dialer(
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use std::time::Instant;
     use wire::{Outcome, PutResult, RangeResult, ResponseHeader, TxnOpResult, TxnResult};
+
+    // ------------------------------------------------ stalled peer connections
+
+    /// The stall bound the peer-connection tests run with.
+    /// Short for quick tests, long enough that a late timer on a loaded machine (the keepalive
+    /// loop below sleeps T/4 between frames) does not look like a silent peer.
+    const PEER_TIMEOUT: Duration = Duration::from_millis(600);
+
+    /// Node `id` of a one-shard cluster of `peers`, with [`PEER_TIMEOUT`].
+    fn peer_config(id: u64, peers: &[(u64, SocketAddr)]) -> Arc<NodeConfig> {
+        let peers: BTreeMap<u64, SocketAddr> = peers.iter().copied().collect();
+        Arc::new(NodeConfig {
+            id,
+            data_dir: "/nonexistent".into(),
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            peer_addr: peers[&id],
+            peers,
+            shards: 1,
+            partitions: 1,
+            replicas: 1,
+            pin: false,
+            tuning: Tuning {
+                peer_timeout_ms: Some(PEER_TIMEOUT.as_millis() as u64),
+                ..Tuning::default()
+            },
+        })
+    }
+
+    /// Shard 0's socket context for `config` (call on the executor).
+    fn peer_io(config: Arc<NodeConfig>) -> (Rc<ShardIo>, LocalReceiver<()>) {
+        let shared = Arc::new(NodeShared::new(&config));
+        ShardIo::new(0, config, shared, Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Runs `f` on a fresh glommio executor thread, as a shard runs.
+    fn on_executor<T, Fut>(
+        f: impl FnOnce() -> Fut + Send + 'static,
+    ) -> glommio::ExecutorJoinHandle<T>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = T> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(crate::server::IO_MEMORY_BYTES)
+            .spawn(f)
+            .expect("executor")
+    }
+
+    /// `TCP_USER_TIMEOUT` is set on the socket as asked (read back with getsockopt).
+    #[test]
+    fn tcp_user_timeout_is_set_on_the_socket() {
+        on_executor(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let s = TcpStream::connect(addr).await.unwrap();
+            set_tcp_user_timeout(&s, Duration::from_millis(1234)).unwrap();
+            let mut ms: libc::c_uint = 0;
+            let mut len = std::mem::size_of::<libc::c_uint>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `ms`, a live local.
+            let r = unsafe {
+                libc::getsockopt(
+                    s.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_USER_TIMEOUT,
+                    (&mut ms as *mut libc::c_uint).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!((r, ms), (0, 1234));
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// Regression (chaos: writes stayed unavailable for seconds after a partition healed): a
+    /// dialer whose writes stop making progress must drop the connection and redial within
+    /// the peer timeout. The fake peer accepts and never reads (its receive window closes; on
+    /// a partitioned path the bytes would stay unacknowledged instead, which
+    /// `TCP_USER_TIMEOUT` bounds the same way; `chaos/tests/peer_stall.rs` runs that case).
+    /// Before the fix the dialer's write stayed blocked forever and it never redialed.
+    #[test]
+    fn a_dialer_redials_a_peer_that_stops_reading() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // A small receive buffer (inherited by accepted sockets) so the window closes soon.
+        let rcvbuf: libc::c_int = 16 << 10;
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&rcvbuf`, a live local, on
+        // the listener's open socket.
+        let r = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&rcvbuf as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let addr = listener.local_addr().unwrap();
+        let (accepted_tx, accepted) = std::sync::mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let done2 = done.clone();
+        let peer = std::thread::spawn(move || {
+            // Accept two connections, read nothing, hold them open until the second one.
+            let mut held = Vec::new();
+            for _ in 0..2 {
+                let Ok((s, _)) = listener.accept() else { break };
+                held.push(s);
+                let _ = accepted_tx.send(Instant::now());
+            }
+            done2.store(true, Ordering::Relaxed);
+        });
+        let shard = on_executor(move || async move {
+            let config = peer_config(1, &[(1, "127.0.0.1:9".parse().unwrap()), (2, addr)]);
+            let (io, _wake) = peer_io(config);
+            let (queue, notify) = peer_queue();
+            io.spawn(peer_dialer(io.clone(), 2, addr, queue.clone(), notify));
+            // Keep frames queued (paced by a timer, not spinning) until the peer has seen
+            // its second connection, or 20 s.
+            let frame = Bytes::from(vec![0xA5u8; 64 << 10]);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                while queue.frames.borrow().len() < 16 {
+                    queue.push(frame.clone());
+                }
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            io.shutdown().await;
+        });
+        let first = accepted
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the dialer connects");
+        let second = accepted.recv_timeout(Duration::from_secs(20));
+        shard.join().unwrap();
+        if second.is_err() {
+            // Unblock the fake peer's second accept, so its thread ends.
+            let _ = std::net::TcpStream::connect(addr);
+        }
+        peer.join().unwrap();
+        let second = second.expect("the dialer never redialed a peer that stopped reading");
+        let took = second - first;
+        // The window closes within milliseconds on loopback; then PEER_TIMEOUT; slack for a
+        // busy 2-core machine.
+        assert!(
+            took < PEER_TIMEOUT + Duration::from_secs(3),
+            "redialed {took:?} after connecting (peer timeout {PEER_TIMEOUT:?})"
+        );
+        assert!(took >= PEER_TIMEOUT, "redialed after only {took:?}");
+    }
+
+    /// The accepting side: a connection that sends nothing for the peer timeout is closed (its
+    /// dialer is gone or cut off), one that sends keepalives is not, and a newer connection
+    /// from the same node replaces an older one at once (a half-dead older connection must not
+    /// hold the node's place). Before the fix neither silent nor replaced connections were
+    /// ever closed.
+    #[test]
+    fn the_listener_closes_silent_and_replaced_peer_connections() {
+        on_executor(|| async {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let peers = [(1, addr), (2, "127.0.0.1:9".parse().unwrap())];
+            let (io, wake) = peer_io(peer_config(1, &peers));
+            io.spawn(peer_listener(listener, io.clone()));
+            // Node 2's frames, encoded as node 2's shard would.
+            let (io2, _) = peer_io(peer_config(2, &peers));
+            let hello = hello_frame(&io2, 1).unwrap();
+            let keepalive = keepalive_frame(&io2, 1).unwrap();
+            let mut heartbeat = RaftMessage::new(wire::MessageKind::Heartbeat);
+            (heartbeat.from, heartbeat.to, heartbeat.term) = (2, 1, 1);
+            let mut message = BytesMut::new();
+            BodyEncoder::new()
+                .peer_frame(
+                    &mut message,
+                    0,
+                    &PeerBatch {
+                        from_node: 2,
+                        to_node: 1,
+                        messages: vec![(1, heartbeat)],
+                    },
+                    &io.limits,
+                )
+                .unwrap();
+            // How a connection ends, seen from node 2: closed by node 1 (EOF or reset), or
+            // still open when `wait` has passed.
+            async fn closed_within(s: &mut TcpStream, wait: Duration) -> Option<Duration> {
+                s.set_read_timeout(Some(wait)).unwrap();
+                let t = Instant::now();
+                let mut b = [0u8; 64];
+                match s.read(&mut b).await {
+                    Ok(0) => Some(t.elapsed()),
+                    Ok(n) => panic!("the listener wrote {n} bytes"),
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => None,
+                    Err(_) => Some(t.elapsed()),
+                }
+            }
+
+            // A: a live connection delivers messages.
+            let mut a = TcpStream::connect(addr).await.unwrap();
+            a.write_all(&hello).await.unwrap();
+            a.write_all(&message).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while io.inbox.borrow().peer.is_empty() {
+                assert!(Instant::now() < deadline, "message not delivered");
+                let left = deadline.saturating_duration_since(Instant::now());
+                futures_lite::future::or(
+                    async {
+                        wake.recv().await;
+                    },
+                    glommio::timer::sleep(left),
+                )
+                .await;
+            }
+            // B from the same node replaces A: A is closed at once, long before the timeout.
+            let mut b = TcpStream::connect(addr).await.unwrap();
+            b.write_all(&hello).await.unwrap();
+            // The listener's silence timer starts once it has read the hello, after this.
+            let b_sent = Instant::now();
+            let a_closed = closed_within(&mut a, PEER_TIMEOUT / 2).await;
+            assert!(a_closed.is_some(), "the replaced connection is still open");
+            // B then stays silent: closed after the peer timeout, not before.
+            let b_closed = closed_within(&mut b, PEER_TIMEOUT * 10).await;
+            b_closed.expect("a silent peer connection was never closed");
+            let b_silent = b_sent.elapsed();
+            assert!(
+                b_silent >= PEER_TIMEOUT * 9 / 10,
+                "silent connection closed after only {b_silent:?}"
+            );
+            // C sends a keepalive every quarter of the timeout: it stays open.
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&hello).await.unwrap();
+            for _ in 0..12 {
+                glommio::timer::sleep(PEER_TIMEOUT / 4).await;
+                c.write_all(&keepalive).await.unwrap();
+            }
+            assert_eq!(closed_within(&mut c, PEER_TIMEOUT / 4).await, None);
+            assert_eq!(
+                io.inbox.borrow().peer.len(),
+                1,
+                "keepalives deliver nothing"
+            );
+            io.shutdown().await;
+        })
+        .join()
+        .unwrap();
+    }
 
     fn kv(i: u32, value_bytes: usize) -> wire::KeyValue {
         wire::KeyValue {
