@@ -62,7 +62,7 @@ use raftcore::{Message, Role};
 use wal::LogStore;
 use wire::{ClusterMap, Request, Response};
 
-use super::shared::NodeShared;
+use super::shared::{NodeShared, Published};
 use super::ServerError;
 use crate::command::{self, Command, CommandOp};
 use crate::config::NodeConfig;
@@ -488,15 +488,38 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         Ok(())
     }
 
-    /// Publishes every partition's status to the node.
-    fn publish(&self) {
-        for part in self.parts.values() {
+    /// Publishes every partition's status to the node, and counts the elections and leader
+    /// changes seen since the last turn (metrics: counted at turn granularity, which sees
+    /// every one, since an election needs an election timeout of ticks and a turn runs at
+    /// most `2 * heartbeat_ticks` of them; a pre-vote repeated in the same term while
+    /// already pre-candidate is not counted again).
+    fn publish(&mut self) {
+        let m = self.shared.metrics.shard(self.i);
+        for part in self.parts.values_mut() {
+            let (role, term, leader) = (part.raft.role(), part.raft.term(), part.raft.leader());
+            if (role, term, leader) != part.seen {
+                let (seen_role, seen_term, seen_leader) = part.seen;
+                if role == Role::Candidate && (seen_role != Role::Candidate || seen_term != term)
+                {
+                    m.elections.inc();
+                }
+                if role == Role::PreCandidate && seen_role != Role::PreCandidate {
+                    m.prevotes.inc();
+                }
+                if leader != 0 && (leader, term) != (seen_leader, seen_term) {
+                    m.leader_changes.inc();
+                }
+                part.seen = (role, term, leader);
+            }
             self.shared.publish(
                 part.id,
-                part.raft.leader(),
-                part.raft.term(),
-                part.raft.committed(),
-                part.sm.applied_index(),
+                Published {
+                    leader,
+                    term,
+                    commit: part.raft.committed(),
+                    applied: part.sm.applied_index(),
+                    sessions: part.sm.sessions().len() as u64,
+                },
             );
         }
     }

@@ -1,0 +1,1210 @@
+//! The operations port (`--metrics-addr`): Prometheus metrics, `/health` and `/ready`.
+//!
+//! # Thread
+//! One plain `std::thread` ("corum-metrics"), not a shard: DESIGN.md keeps anything slow and
+//! rare off the shard cores. It accepts one connection at a time, reads one HTTP/1.0 or 1.1
+//! request head (at most [`REQUEST_HEAD_BYTES_MAX`] bytes within [`REQUEST_DEADLINE`]),
+//! answers it and closes the connection (`Connection: close`; Prometheus reconnects each
+//! scrape). A client that sends nothing, or too slowly, holds the port at most
+//! [`REQUEST_DEADLINE`]: put the port on an operations network, not the internet.
+//! The shards never wait for it: it only reads their metrics (`super::metrics`: relaxed
+//! atomics each shard alone writes) and the status they publish (`super::shared`).
+//!
+//! # Endpoints
+//! | path | answer |
+//! |---|---|
+//! | `GET /metrics` | Prometheus text format 0.0.4, or OpenMetrics 1.0 when the `Accept` header asks for `application/openmetrics-text` (Prometheus does), written by the `prometheus-client` crate |
+//! | `GET /health` | 200 `ok`: the process is up and every shard's loop turned within [`stall_bound`] (a shard still recovering counts as up); 503 naming the stalled or stopped shard |
+//! | `GET /ready` | 200 `ready`: every shard serves, this node applied a cluster map, and every partition with a replica here knows its leader; 503 saying which of these is missing |
+//! | anything else | 404; a method other than GET/HEAD 405; a malformed request 400 |
+//!
+//! Bodies of `/health` and `/ready` are one line of plain text.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::metrics::{HistogramSnapshot, LoopState, OpKind, RESULTS};
+use super::shared::NodeShared;
+use super::ServerError;
+use crate::config::NodeConfig;
+
+/// Longest request head (request line and headers) read.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
+/// Time a client has to send its request head.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Time allowed to write an answer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A shard whose loop has not turned for this long is reported stalled, at least (see
+/// [`stall_bound`]).
+pub const STALL_MIN: Duration = Duration::from_secs(5);
+/// Partitions named in a `/ready` answer, at most.
+const NAMED_MAX: usize = 10;
+
+/// How long a shard's loop may go without a turn before `/health` reports it stalled: an
+/// idle loop turns at least every heartbeat interval (`tick_ms * heartbeat_ticks`), so four
+/// of those, and never less than [`STALL_MIN`].
+pub fn stall_bound(config: &NodeConfig) -> Duration {
+    let idle = Duration::from_millis(
+        config
+            .tuning
+            .tick_ms
+            .saturating_mul(u64::from(config.tuning.heartbeat_ticks)),
+    );
+    (idle * 4).max(STALL_MIN)
+}
+
+/// The running metrics thread.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    listener: Arc<TcpListener>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` (an error if it is taken) and starts the thread.
+    pub fn start(
+        addr: SocketAddr,
+        config: Arc<NodeConfig>,
+        shared: Arc<NodeShared>,
+    ) -> Result<MetricsServer, ServerError> {
+        let listener = TcpListener::bind(addr).map_err(|source| ServerError::Io {
+            what: format!("bind metrics port {addr}"),
+            source,
+        })?;
+        let addr = listener.local_addr().unwrap_or(addr);
+        let listener = Arc::new(listener);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l2, s2) = (listener.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("corum-metrics".into())
+            .spawn(move || serve(&l2, &s2, &Endpoints::new(config, shared)))
+            .map_err(|source| ServerError::Io {
+                what: "spawn the metrics thread".into(),
+                source,
+            })?;
+        tracing::info!(metrics = %addr, "metrics and health endpoints serving");
+        Ok(MetricsServer {
+            addr,
+            stop,
+            listener,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocked accept (Linux returns EINVAL from accept on a listening socket
+        // that was shut down); the connect covers a kernel that does not.
+        // SAFETY: the fd belongs to `self.listener`, alive until after the join below.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_inner();
+        }
+    }
+}
+
+fn serve(listener: &TcpListener, stop: &AtomicBool, endpoints: &Endpoints) {
+    loop {
+        let accepted = listener.accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match accepted {
+            Ok((stream, peer)) => {
+                if let Err(e) = handle(stream, endpoints) {
+                    tracing::debug!(%peer, error = %e, "metrics connection failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A request head as far as this server cares.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// `GET`, `HEAD`, ...
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// The client accepts OpenMetrics.
+    pub openmetrics: bool,
+}
+
+/// Parses a request head (everything before the blank line). Err: why it is malformed.
+pub fn parse_head(head: &[u8]) -> Result<RequestHead, &'static str> {
+    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
+    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
+    let line = lines.next().unwrap_or_default();
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("request line is not METHOD TARGET VERSION");
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err("bad method");
+    }
+    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
+        return Err("bad request target");
+    }
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Err("not HTTP/1.0 or HTTP/1.1");
+    }
+    let mut openmetrics = false;
+    for h in lines.filter(|l| !l.is_empty()) {
+        let Some((name, value)) = h.split_once(':') else {
+            return Err("header line without a colon");
+        };
+        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
+            return Err("bad header name");
+        }
+        if name.eq_ignore_ascii_case("accept") && value.contains("application/openmetrics-text")
+        {
+            openmetrics = true;
+        }
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    Ok(RequestHead {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        openmetrics,
+    })
+}
+
+/// Reads the request head: Ok(None) if the client closed or timed out before sending one.
+fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<Option<Vec<u8>>, &'static str>> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if let Some(end) = head_end(&buf) {
+            buf.truncate(end);
+            return Ok(Ok(Some(buf)));
+        }
+        if buf.len() > REQUEST_HEAD_BYTES_MAX {
+            return Ok(Err("request head too large"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err("request head incomplete")
+            });
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return Ok(if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err("request head incomplete")
+                })
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Where the head ends (before the blank line), if it has.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    let head = match read_head(&mut stream)? {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(()),
+        Err(why) => return respond(&mut stream, 400, "text/plain", why.as_bytes(), true),
+    };
+    let req = match parse_head(&head) {
+        Ok(r) => r,
+        Err(why) => return respond(&mut stream, 400, "text/plain", why.as_bytes(), true),
+    };
+    if req.method != "GET" && req.method != "HEAD" {
+        return respond(
+            &mut stream,
+            405,
+            "text/plain",
+            b"only GET and HEAD are served",
+            true,
+        );
+    }
+    let body_wanted = req.method == "GET";
+    let now = Instant::now();
+    let (status, content_type, body): (u16, &str, Vec<u8>) = match req.path.as_str() {
+        "/metrics" => match endpoints.scrape(req.openmetrics) {
+            Ok((ct, text)) => (200, ct, text.into_bytes()),
+            Err(_) => (500, "text/plain", b"could not encode the metrics".to_vec()),
+        },
+        "/health" => {
+            let (ok, text) = health(&endpoints.config, &endpoints.shared, now);
+            (if ok { 200 } else { 503 }, "text/plain", line(text))
+        }
+        "/ready" => {
+            let (ok, text) = ready(&endpoints.config, &endpoints.shared, now);
+            (if ok { 200 } else { 503 }, "text/plain", line(text))
+        }
+        "/" => (
+            200,
+            "text/plain",
+            b"corum operations port: /metrics /health /ready\n".to_vec(),
+        ),
+        _ => (404, "text/plain", b"not found: /metrics /health /ready\n".to_vec()),
+    };
+    respond(&mut stream, status, content_type, &body, body_wanted)
+}
+
+fn line(mut s: String) -> Vec<u8> {
+    s.push('\n');
+    s.into_bytes()
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    body_wanted: bool,
+) -> std::io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        _ => "Service Unavailable",
+    };
+    let content_type = if content_type == "text/plain" {
+        "text/plain; charset=utf-8"
+    } else {
+        content_type
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status == 405 {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    if body_wanted {
+        bytes.extend_from_slice(body);
+    }
+    stream.write_all(&bytes)?;
+    stream.flush()?;
+    // Let the client read everything before the close (no RST over unread request bytes).
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// `/health` (module docs): (healthy, one line saying why).
+pub fn health(config: &NodeConfig, shared: &NodeShared, now: Instant) -> (bool, String) {
+    let m = &shared.metrics;
+    let bound = stall_bound(config);
+    let mut starting = Vec::new();
+    for (i, s) in m.shards().iter().enumerate() {
+        match s.loop_state(m.start, now) {
+            LoopState::Stopped => return (false, format!("unhealthy: shard {i} stopped")),
+            LoopState::Turning { since } if since > bound => {
+                return (
+                    false,
+                    format!(
+                        "unhealthy: shard {i} has not turned its loop for {:.1} s (bound {:.1} s)",
+                        since.as_secs_f64(),
+                        bound.as_secs_f64()
+                    ),
+                )
+            }
+            LoopState::Turning { .. } => {}
+            LoopState::Starting => starting.push(i),
+        }
+    }
+    if starting.is_empty() {
+        (true, "ok".into())
+    } else {
+        (true, format!("ok (starting: shards {starting:?})"))
+    }
+}
+
+/// `/ready` (module docs): (ready, one line saying why).
+pub fn ready(config: &NodeConfig, shared: &NodeShared, now: Instant) -> (bool, String) {
+    let (healthy, why) = health(config, shared, now);
+    if !healthy {
+        return (false, format!("not ready: {why}"));
+    }
+    let m = &shared.metrics;
+    for (i, s) in m.shards().iter().enumerate() {
+        if s.loop_state(m.start, now) == LoopState::Starting {
+            return (false, format!("not ready: shard {i} is starting"));
+        }
+    }
+    let epoch = shared.map_epoch();
+    if epoch == 0 {
+        return (
+            false,
+            "not ready: no cluster map applied yet (the meta group has not committed one)".into(),
+        );
+    }
+    let mut hosted = 0;
+    let mut leaderless = Vec::new();
+    for (p, s) in shared.hosted() {
+        hosted += 1;
+        if s.leader.load(Ordering::Relaxed) == 0 {
+            leaderless.push(p);
+        }
+    }
+    if leaderless.is_empty() {
+        return (
+            true,
+            format!("ready: map epoch {epoch}, {hosted} partitions here, each with a known leader"),
+        );
+    }
+    let mut named = String::new();
+    for (k, p) in leaderless.iter().take(NAMED_MAX).enumerate() {
+        let _ = write!(named, "{}{p}", if k == 0 { "" } else { ", " });
+    }
+    if leaderless.len() > NAMED_MAX {
+        named.push_str(", ...");
+    }
+    (
+        false,
+        format!(
+            "not ready: {} of {hosted} partitions here have no known leader ({named}; 0 is the \
+             meta group)",
+            leaderless.len()
+        ),
+    )
+}
+
+/// What the thread serves from.
+struct Endpoints {
+    config: Arc<NodeConfig>,
+    shared: Arc<NodeShared>,
+    registry: Registry,
+}
+
+impl Endpoints {
+    fn new(config: Arc<NodeConfig>, shared: Arc<NodeShared>) -> Endpoints {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(NodeCollector {
+            config: config.clone(),
+            shared: shared.clone(),
+        }));
+        Endpoints {
+            config,
+            shared,
+            registry,
+        }
+    }
+
+    /// (content type, text) of one scrape.
+    fn scrape(&self, openmetrics: bool) -> Result<(&'static str, String), std::fmt::Error> {
+        let mut out = String::with_capacity(32 << 10);
+        if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+            Ok((
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                out,
+            ))
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
+            Ok((prometheus_client::encoding::prometheus_text::CONTENT_TYPE, out))
+        }
+    }
+}
+
+/// Encodes every metric at scrape time from the shards' metrics and published status.
+#[derive(Debug)]
+pub struct NodeCollector {
+    config: Arc<NodeConfig>,
+    shared: Arc<NodeShared>,
+}
+
+impl NodeCollector {
+    /// A collector for one node.
+    pub fn new(config: Arc<NodeConfig>, shared: Arc<NodeShared>) -> Self {
+        NodeCollector { config, shared }
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn shard_label(i: usize) -> Labels {
+    vec![("shard", i.to_string())]
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, u64)>,
+) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut me = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counters_f64(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, f64)>,
+) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut me = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (labels, v) in rows {
+        ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, f64)>,
+) -> std::fmt::Result {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut me = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(me.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn histograms(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, HistogramSnapshot)>,
+) -> std::fmt::Result {
+    let mut me = enc.encode_descriptor(name, help, unit, MetricType::Histogram)?;
+    for (labels, h) in rows {
+        me.encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                h.sum, h.count, &h.buckets, None,
+            )?;
+    }
+    Ok(())
+}
+
+/// Per-shard sums and maxima of what the shards publish per partition.
+#[derive(Default, Clone, Copy)]
+struct PartitionTotals {
+    hosted: u64,
+    led: u64,
+    leaderless: u64,
+    apply_lag_max: u64,
+    sessions: u64,
+}
+
+impl NodeCollector {
+    fn partition_totals(&self) -> Vec<PartitionTotals> {
+        let mut t = vec![PartitionTotals::default(); self.config.shards.max(1)];
+        for (p, s) in self.shared.hosted() {
+            let Some(x) = t.get_mut(crate::meta::shard_of_partition(&self.config, p)) else {
+                continue;
+            };
+            let leader = s.leader.load(Ordering::Relaxed);
+            x.hosted += 1;
+            x.led += u64::from(leader == self.config.id);
+            x.leaderless += u64::from(leader == 0);
+            let lag = s
+                .commit
+                .load(Ordering::Relaxed)
+                .saturating_sub(s.applied.load(Ordering::Relaxed));
+            x.apply_lag_max = x.apply_lag_max.max(lag);
+            x.sessions += s.sessions.load(Ordering::Relaxed);
+        }
+        t
+    }
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.shared.metrics;
+        let shards = m.shards();
+        let per = |f: &dyn Fn(&super::metrics::ShardMetrics) -> u64| -> Vec<(Labels, u64)> {
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (shard_label(i), f(s)))
+                .collect()
+        };
+        let e = &mut enc;
+
+        // Requests.
+        let mut rows = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
+            for kind in OpKind::ALL {
+                for (r, result) in RESULTS.iter().enumerate() {
+                    let v = s.requests(kind, r);
+                    // Every kind's `ok` series always exists (rates start from 0); errors
+                    // appear once they happened.
+                    if v > 0 || r == 0 {
+                        rows.push((
+                            vec![
+                                ("shard", i.to_string()),
+                                ("kind", kind.label().to_owned()),
+                                ("result", (*result).to_owned()),
+                            ],
+                            v,
+                        ));
+                    }
+                }
+            }
+        }
+        counters(
+            e,
+            "corum_requests",
+            "Client requests answered, by kind and result (ok, or the error the client got).",
+            None,
+            rows,
+        )?;
+        let mut rows = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
+            for (reason, r) in [("busy", 8), ("too_large", 6)] {
+                debug_assert_eq!(RESULTS[r], reason);
+                let v: u64 = OpKind::ALL.iter().map(|&k| s.requests(k, r)).sum();
+                rows.push((
+                    vec![("shard", i.to_string()), ("reason", reason.to_owned())],
+                    v,
+                ));
+            }
+        }
+        counters(
+            e,
+            "corum_requests_rejected",
+            "Requests refused before proposing: busy (a queue or the connection's in-flight \
+             limit is full) or too_large (over a size limit). The same answers are in \
+             corum_requests_total by result.",
+            None,
+            rows,
+        )?;
+        gauges(
+            e,
+            "corum_client_connections",
+            "Client connections open.",
+            None,
+            per(&|s| s.client_connections.get())
+                .into_iter()
+                .map(|(l, v)| (l, v as f64))
+                .collect(),
+        )?;
+        counters(
+            e,
+            "corum_client_connections_accepted",
+            "Client connections accepted.",
+            None,
+            per(&|s| s.client_connections_accepted.get()),
+        )?;
+        counters(
+            e,
+            "corum_client_connections_refused",
+            "Client connections refused because connections_max were open.",
+            None,
+            per(&|s| s.client_connections_refused.get()),
+        )?;
+
+        // Proposals.
+        counters(
+            e,
+            "corum_proposals",
+            "Commands proposed to Raft (writes and transactions, on leaders).",
+            None,
+            per(&|s| s.proposals.get()),
+        )?;
+        histograms(
+            e,
+            "corum_proposal_batch_size",
+            "Commands per proposal batch (one batch per partition per loop turn).",
+            None,
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (shard_label(i), s.proposal_batch.snapshot()))
+                .collect(),
+        )?;
+
+        // WAL.
+        counters(
+            e,
+            "corum_wal_syncs",
+            "WAL batches written and fdatasynced (group commit: one per batch of all the \
+             shard's partitions).",
+            None,
+            per(&|s| s.wal_syncs.get()),
+        )?;
+        counters(
+            e,
+            "corum_wal_written",
+            "Bytes written to the WAL device (padding and rewritten partial blocks included).",
+            Some(&Unit::Bytes),
+            per(&|s| s.wal_bytes.get()),
+        )?;
+        histograms(
+            e,
+            "corum_wal_write_duration",
+            "Duration of one WAL batch write (O_DIRECT, before its fdatasync).",
+            Some(&Unit::Seconds),
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (shard_label(i), s.wal_write.snapshot()))
+                .collect(),
+        )?;
+        histograms(
+            e,
+            "corum_wal_fdatasync_duration",
+            "Duration of one WAL fdatasync.",
+            Some(&Unit::Seconds),
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (shard_label(i), s.wal_fdatasync.snapshot()))
+                .collect(),
+        )?;
+
+        // Raft.
+        let totals = self.partition_totals();
+        let gauge_rows = |f: &dyn Fn(&PartitionTotals) -> u64| -> Vec<(Labels, f64)> {
+            totals
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (shard_label(i), f(t) as f64))
+                .collect()
+        };
+        gauges(
+            e,
+            "corum_partitions",
+            "Partition replicas on this shard (the meta group, partition 0, on shard 0).",
+            None,
+            gauge_rows(&|t| t.hosted),
+        )?;
+        gauges(
+            e,
+            "corum_partitions_led",
+            "Partitions this shard leads.",
+            None,
+            gauge_rows(&|t| t.led),
+        )?;
+        gauges(
+            e,
+            "corum_partitions_without_leader",
+            "Partition replicas on this shard that know no leader (an election is running, or \
+             no quorum).",
+            None,
+            gauge_rows(&|t| t.leaderless),
+        )?;
+        gauges(
+            e,
+            "corum_apply_lag_entries",
+            "Largest commit index minus applied index of a partition replica on this shard \
+             (entries committed, as this replica knows, but not yet applied).",
+            None,
+            gauge_rows(&|t| t.apply_lag_max),
+        )?;
+        gauges(
+            e,
+            "corum_sessions",
+            "Client sessions in the session tables of this shard's partitions.",
+            None,
+            gauge_rows(&|t| t.sessions),
+        )?;
+        counters(
+            e,
+            "corum_leader_changes",
+            "Times a partition replica on this shard learnt of a new leader (a new term's \
+             leader, the first one included).",
+            None,
+            per(&|s| s.leader_changes.get()),
+        )?;
+        counters(
+            e,
+            "corum_elections_started",
+            "Elections started by partition replicas on this shard (became candidate in a new \
+             term).",
+            None,
+            per(&|s| s.elections.get()),
+        )?;
+        counters(
+            e,
+            "corum_prevotes_started",
+            "Pre-vote rounds started by partition replicas on this shard.",
+            None,
+            per(&|s| s.prevotes.get()),
+        )?;
+        gauges(
+            e,
+            "corum_map_epoch",
+            "Epoch of the cluster map this node applied (0: none yet).",
+            None,
+            vec![(vec![], self.shared.map_epoch() as f64)],
+        )?;
+
+        // Snapshots.
+        counters(
+            e,
+            "corum_snapshots_sent",
+            "Snapshots sent to lagging followers.",
+            None,
+            per(&|s| s.snapshots_sent.get()),
+        )?;
+        counters(
+            e,
+            "corum_snapshot_sent",
+            "Bytes of snapshots sent.",
+            Some(&Unit::Bytes),
+            per(&|s| s.snapshot_sent_bytes.get()),
+        )?;
+        counters(
+            e,
+            "corum_snapshots_received",
+            "Snapshots received from a leader.",
+            None,
+            per(&|s| s.snapshots_received.get()),
+        )?;
+        counters(
+            e,
+            "corum_snapshot_received",
+            "Bytes of snapshots received.",
+            Some(&Unit::Bytes),
+            per(&|s| s.snapshot_received_bytes.get()),
+        )?;
+        counters(
+            e,
+            "corum_snapshots_taken",
+            "Snapshots taken locally (a partition's log grew past snapshot_log_bytes).",
+            None,
+            per(&|s| s.snapshots_taken.get()),
+        )?;
+
+        // Peers.
+        counters(
+            e,
+            "corum_peer_frames_dropped",
+            "Frames for a peer dropped because its send queue was full (Raft retransmits).",
+            None,
+            per(&|s| s.peer_frames_dropped.get()),
+        )?;
+        counters(
+            e,
+            "corum_peer_messages_dropped",
+            "Peer messages dropped because the shard's inbox was full (Raft retransmits).",
+            None,
+            per(&|s| s.peer_messages_dropped.get()),
+        )?;
+
+        // Shard loops.
+        counters(
+            e,
+            "corum_shard_loop_turns",
+            "Event-loop turns of the shard.",
+            None,
+            per(&|s| s.loop_turns.get()),
+        )?;
+        let now = Instant::now();
+        gauges(
+            e,
+            "corum_shard_last_turn_age",
+            "Time since the shard's loop last turned (/health fails past its bound).",
+            Some(&Unit::Seconds),
+            shards
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s.loop_state(m.start, now) {
+                    LoopState::Turning { since } => Some((shard_label(i), since.as_secs_f64())),
+                    _ => None,
+                })
+                .collect(),
+        )?;
+        let tick = proc::clock_ticks_per_second();
+        counters_f64(
+            e,
+            "corum_shard_cpu",
+            "CPU time of the shard's thread (user + system).",
+            Some(&Unit::Seconds),
+            shards
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let tid = s.tid();
+                    let stat = proc::stat(&format!("/proc/self/task/{tid}/stat"))?;
+                    (tid != 0).then(|| (shard_label(i), stat.cpu_ticks as f64 / tick))
+                })
+                .collect(),
+        )?;
+
+        // Process (the names every Prometheus client library uses).
+        if let Some(stat) = proc::stat("/proc/self/stat") {
+            counters_f64(
+                e,
+                "process_cpu",
+                "Total user and system CPU time spent.",
+                Some(&Unit::Seconds),
+                vec![(vec![], stat.cpu_ticks as f64 / tick)],
+            )?;
+            gauges(
+                e,
+                "process_resident_memory",
+                "Resident memory size.",
+                Some(&Unit::Bytes),
+                vec![(vec![], (stat.rss_pages * proc::page_bytes()) as f64)],
+            )?;
+            gauges(
+                e,
+                "process_virtual_memory",
+                "Virtual memory size.",
+                Some(&Unit::Bytes),
+                vec![(vec![], stat.vsize_bytes as f64)],
+            )?;
+            gauges(
+                e,
+                "process_threads",
+                "Threads of the process.",
+                None,
+                vec![(vec![], stat.threads as f64)],
+            )?;
+            if let Some(boot) = proc::boot_time() {
+                gauges(
+                    e,
+                    "process_start_time",
+                    "Start time of the process since the Unix epoch.",
+                    Some(&Unit::Seconds),
+                    vec![(vec![], boot + stat.start_ticks as f64 / tick)],
+                )?;
+            }
+        }
+        if let Some(fds) = proc::open_fds() {
+            gauges(
+                e,
+                "process_open_fds",
+                "Open file descriptors.",
+                None,
+                vec![(vec![], fds as f64)],
+            )?;
+        }
+        if let Some(max) = proc::max_fds() {
+            gauges(
+                e,
+                "process_max_fds",
+                "Limit on open file descriptors.",
+                None,
+                vec![(vec![], max as f64)],
+            )?;
+        }
+        let (healthy, _) = health(&self.config, &self.shared, now);
+        let (is_ready, _) = ready(&self.config, &self.shared, now);
+        gauges(
+            e,
+            "corum_node_healthy",
+            "1 when GET /health would answer 200 (every shard's loop turns), else 0.",
+            None,
+            vec![(vec![], f64::from(u8::from(healthy)))],
+        )?;
+        gauges(
+            e,
+            "corum_node_ready",
+            "1 when GET /ready would answer 200 (map applied, every partition here has a known \
+             leader), else 0.",
+            None,
+            vec![(vec![], f64::from(u8::from(is_ready)))],
+        )?;
+        gauges(
+            e,
+            "corum_build_info",
+            "Always 1; the version label names the corum build.",
+            None,
+            vec![(
+                vec![("version", env!("CARGO_PKG_VERSION").to_owned())],
+                1.0,
+            )],
+        )?;
+        gauges(
+            e,
+            "corum_node_id",
+            "This node's id.",
+            None,
+            vec![(vec![], self.config.id as f64)],
+        )?;
+        Ok(())
+    }
+}
+
+/// Reading `/proc` for the process and per-thread metrics.
+mod proc {
+    /// What the metrics use from a `stat` file (proc(5)).
+    pub struct Stat {
+        /// utime + stime, clock ticks.
+        pub cpu_ticks: u64,
+        /// Threads (`num_threads`).
+        pub threads: u64,
+        /// Start time after boot, clock ticks.
+        pub start_ticks: u64,
+        /// Virtual memory, bytes.
+        pub vsize_bytes: u64,
+        /// Resident set, pages.
+        pub rss_pages: u64,
+    }
+
+    /// Parses a `/proc/.../stat` file; None if unreadable.
+    pub fn stat(path: &str) -> Option<Stat> {
+        let text = std::fs::read_to_string(path).ok()?;
+        parse_stat(&text)
+    }
+
+    /// Parses the text of a stat file.
+    pub fn parse_stat(text: &str) -> Option<Stat> {
+        // The command name (field 2) is in parentheses and may hold spaces: fields count
+        // from after the last ')'. Field 3 (state) is then index 0.
+        let (_, rest) = text.rsplit_once(')')?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |field: usize| -> Option<u64> { f.get(field - 3)?.parse().ok() };
+        Some(Stat {
+            cpu_ticks: num(14)? + num(15)?,
+            threads: num(20)?,
+            start_ticks: num(22)?,
+            vsize_bytes: num(23)?,
+            rss_pages: num(24)?,
+        })
+    }
+
+    /// `sysconf(_SC_CLK_TCK)`.
+    pub fn clock_ticks_per_second() -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        if t > 0 {
+            t as f64
+        } else {
+            100.0
+        }
+    }
+
+    /// `sysconf(_SC_PAGESIZE)`.
+    pub fn page_bytes() -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 {
+            p as u64
+        } else {
+            4096
+        }
+    }
+
+    /// Boot time from `/proc/stat` (`btime`), seconds since the epoch.
+    pub fn boot_time() -> Option<f64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = text.lines().find(|l| l.starts_with("btime "))?;
+        line["btime ".len()..].trim().parse().ok()
+    }
+
+    /// Entries of `/proc/self/fd`.
+    pub fn open_fds() -> Option<usize> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+    }
+
+    /// The soft RLIMIT_NOFILE.
+    pub fn max_fds() -> Option<u64> {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `r` is a valid out-pointer.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+        (rc == 0).then_some(r.rlim_cur)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads_are_parsed_strictly() {
+        let h = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
+        assert_eq!(
+            h,
+            RequestHead {
+                method: "GET".into(),
+                path: "/metrics".into(),
+                openmetrics: true
+            }
+        );
+        let h = parse_head(b"HEAD /health HTTP/1.0").unwrap();
+        assert_eq!(h.method, "HEAD");
+        assert!(!h.openmetrics);
+        for bad in [
+            &b"\x00\x01\x02garbage"[..],
+            b"GET /metrics",
+            b"GET /metrics HTTP/2.0",
+            b"GET metrics HTTP/1.1",
+            b"get /metrics HTTP/1.1",
+            b"GET /metrics HTTP/1.0 extra",
+            b"GET /metrics HTTP/1.0\r\nno colon here",
+            b"\xff\xfe HTTP/1.0",
+            b"",
+        ] {
+            assert!(parse_head(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_head_ends_at_the_first_blank_line() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.0\n\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.0\r\n"), None);
+    }
+
+    #[test]
+    fn proc_stat_fields_are_read_after_the_command_name() {
+        // A command name with spaces and a ')' inside, as proc(5) allows.
+        let text = "1234 (corum n1 (s)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 \
+                    7 0 12345 987654321 2048 18446744073709551615";
+        let s = proc::parse_stat(text).unwrap();
+        assert_eq!(s.cpu_ticks, 300);
+        assert_eq!(s.threads, 7);
+        assert_eq!(s.start_ticks, 12345);
+        assert_eq!(s.vsize_bytes, 987654321);
+        assert_eq!(s.rss_pages, 2048);
+        assert!(proc::stat("/proc/self/stat").is_some());
+    }
+
+    fn config() -> NodeConfig {
+        let peers =
+            crate::config::parse_peers("1=127.0.0.1:9100,2=127.0.0.1:9200,3=127.0.0.1:9300")
+                .unwrap();
+        NodeConfig {
+            id: 1,
+            data_dir: "/tmp/unused".into(),
+            client_addr: "127.0.0.1:9001".parse().unwrap(),
+            peer_addr: peers[&1],
+            peers,
+            shards: 2,
+            partitions: 1,
+            replicas: 3,
+            pin: false,
+            metrics_addr: None,
+            tuning: Default::default(),
+        }
+    }
+
+    #[test]
+    fn health_and_ready_say_why() {
+        let c = config();
+        let shared = NodeShared::new(&c);
+        let m = &shared.metrics;
+        let t0 = m.start;
+        let (ok, why) = health(&c, &shared, t0);
+        assert!(ok, "{why}");
+        assert!(why.contains("starting"), "{why}");
+        let (ok, why) = ready(&c, &shared, t0);
+        assert!(!ok && why.contains("shard 0 is starting"), "{why}");
+        for s in m.shards() {
+            s.serving();
+            s.turned(t0, t0);
+        }
+        let (ok, why) = ready(&c, &shared, t0);
+        assert!(!ok && why.contains("no cluster map"), "{why}");
+        shared.set_map(Arc::new(crate::meta::MetaMap::initial(&c)));
+        shared.publish(0, crate::server::shared::Published::default());
+        shared.publish(
+            1,
+            crate::server::shared::Published {
+                leader: 2,
+                term: 1,
+                ..Default::default()
+            },
+        );
+        let (ok, why) = ready(&c, &shared, t0);
+        assert!(!ok && why.contains("1 of 2 partitions") && why.contains("(0;"), "{why}");
+        shared.publish(
+            0,
+            crate::server::shared::Published {
+                leader: 1,
+                term: 1,
+                ..Default::default()
+            },
+        );
+        let (ok, why) = ready(&c, &shared, t0);
+        assert!(ok, "{why}");
+        // A loop that stops turning fails both.
+        let later = t0 + stall_bound(&c) + Duration::from_secs(1);
+        m.shard(0).turned(t0, later);
+        let (ok, why) = health(&c, &shared, later);
+        assert!(!ok && why.contains("shard 1 has not turned"), "{why}");
+        let (ok, _) = ready(&c, &shared, later);
+        assert!(!ok);
+        m.shard(1).loop_ended();
+        let (ok, why) = health(&c, &shared, t0);
+        assert!(!ok && why.contains("shard 1 stopped"), "{why}");
+    }
+}
