@@ -94,7 +94,8 @@ fn sum(scrape: &str, name: &str, with: &[&str]) -> f64 {
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
             let (n, labels) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && with.iter().all(|w| labels.contains(w))).then(|| value.parse::<f64>().ok())?
+            (n == name && with.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())?
         })
         .sum()
 }
@@ -210,11 +211,9 @@ fn metrics_health_and_ready_on_a_running_cluster() {
             body
         })
         .collect();
-    let total = |name: &str, with: &[&str]| -> f64 { scrapes.iter().map(|s| sum(s, name, with)).sum() };
-    let puts_ok = total(
-        "corum_requests_total",
-        &["kind=\"put\"", "result=\"ok\""],
-    );
+    let total =
+        |name: &str, with: &[&str]| -> f64 { scrapes.iter().map(|s| sum(s, name, with)).sum() };
+    let puts_ok = total("corum_requests_total", &["kind=\"put\"", "result=\"ok\""]);
     assert!(puts_ok >= PUTS as f64, "puts answered ok: {puts_ok}");
     assert!(total("corum_proposals_total", &[]) >= PUTS as f64);
     assert!(total("corum_proposal_batch_size_count", &[]) >= 1.0);
@@ -233,7 +232,11 @@ fn metrics_health_and_ready_on_a_running_cluster() {
             ),
             fsyncs
         );
-        assert_eq!(sum(s, "corum_partitions", &[]), 9.0, "{a}: 8 + the meta group");
+        assert_eq!(
+            sum(s, "corum_partitions", &[]),
+            9.0,
+            "{a}: 8 + the meta group"
+        );
         assert_eq!(sum(s, "corum_partitions_without_leader", &[]), 0.0, "{a}");
         assert_eq!(sum(s, "corum_node_ready", &[]), 1.0, "{a}");
         assert_eq!(sum(s, "corum_node_healthy", &[]), 1.0, "{a}");
@@ -242,7 +245,10 @@ fn metrics_health_and_ready_on_a_running_cluster() {
         assert!(sum(s, "corum_shard_loop_turns_total", &[]) > 0.0, "{a}");
         assert!(sum(s, "process_cpu_seconds_total", &[]) > 0.0, "{a}");
         assert!(sum(s, "process_resident_memory_bytes", &[]) > 1e6, "{a}");
-        assert!(sum(s, "corum_shard_cpu_seconds_total", &["shard=\"0\""]) > 0.0, "{a}");
+        assert!(
+            sum(s, "corum_shard_cpu_seconds_total", &["shard=\"0\""]) > 0.0,
+            "{a}"
+        );
         promtool_check_metrics(&promtool, s);
     }
     // The client's session is in the session table of every partition it wrote to.
@@ -286,7 +292,10 @@ fn metrics_health_and_ready_on_a_running_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     let exposed = names(&scrapes[0]);
-    for file in ["deploy/prometheus-alerts.yml", "deploy/grafana-dashboard.json"] {
+    for file in [
+        "deploy/prometheus-alerts.yml",
+        "deploy/grafana-dashboard.json",
+    ] {
         let text = std::fs::read_to_string(repo().join(file)).expect(file);
         if file.ends_with(".json") {
             let v: Value = serde_json::from_str(&text).expect("dashboard is JSON");
@@ -299,7 +308,10 @@ fn metrics_health_and_ready_on_a_running_cluster() {
             .collect();
         assert!(!used.is_empty(), "{file}");
         let missing: Vec<_> = used.difference(&exposed).collect();
-        assert!(missing.is_empty(), "{file} uses metrics no node exposes: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "{file} uses metrics no node exposes: {missing:?}"
+        );
     }
 
     // Junk on the metrics port gets 400 (or 404/405 for well-formed requests it does not
@@ -326,9 +338,15 @@ fn metrics_health_and_ready_on_a_running_cluster() {
     assert!(raw(a, b"POST /metrics HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 405 "));
     assert!(raw(a, b"GET /nope HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 404 "));
     let answer = raw(a, b"GET /health HTTP/1.0\r\n\r\n");
-    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\r\n\r\nok\n"), "{answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\r\n\r\nok\n"),
+        "{answer:?}"
+    );
     let answer = raw(a, b"HEAD /metrics HTTP/1.0\r\n\r\n");
-    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\r\n\r\n"), "{answer:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\r\n\r\n"),
+        "{answer:?}"
+    );
     // A client that connects and sends nothing holds the port at most the request deadline.
     let idle = TcpStream::connect(a).expect("idle connection");
     let t = Instant::now();
@@ -336,7 +354,13 @@ fn metrics_health_and_ready_on_a_running_cluster() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     drop(idle);
     rt.block_on(async {
-        assert!(client.put("metrics/after-junk", "ok").await.expect("put").written);
+        assert!(
+            client
+                .put("metrics/after-junk", "ok")
+                .await
+                .expect("put")
+                .written
+        );
     });
     promtool_check_metrics(&promtool, &get(a, "/metrics").1);
 

@@ -198,8 +198,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, &'static str> {
         if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
             return Err("bad header name");
         }
-        if name.eq_ignore_ascii_case("accept") && value.contains("application/openmetrics-text")
-        {
+        if name.eq_ignore_ascii_case("accept") && value.contains("application/openmetrics-text") {
             openmetrics = true;
         }
     }
@@ -303,7 +302,11 @@ fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
             "text/plain",
             b"corum operations port: /metrics /health /ready\n".to_vec(),
         ),
-        _ => (404, "text/plain", b"not found: /metrics /health /ready\n".to_vec()),
+        _ => (
+            404,
+            "text/plain",
+            b"not found: /metrics /health /ready\n".to_vec(),
+        ),
     };
     respond(&mut stream, status, content_type, &body, body_wanted)
 }
@@ -464,7 +467,10 @@ impl Endpoints {
             ))
         } else {
             prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
-            Ok((prometheus_client::encoding::prometheus_text::CONTENT_TYPE, out))
+            Ok((
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                out,
+            ))
         }
     }
 }
@@ -984,10 +990,7 @@ impl Collector for NodeCollector {
             "corum_build_info",
             "Always 1; the version label names the corum build.",
             None,
-            vec![(
-                vec![("version", env!("CARGO_PKG_VERSION").to_owned())],
-                1.0,
-            )],
+            vec![(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1.0)],
         )?;
         gauges(
             e,
@@ -1113,7 +1116,11 @@ mod tests {
             b"\xff\xfe HTTP/1.0",
             b"",
         ] {
-            assert!(parse_head(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_head(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -1185,7 +1192,10 @@ mod tests {
             },
         );
         let (ok, why) = ready(&c, &shared, t0);
-        assert!(!ok && why.contains("1 of 2 partitions") && why.contains("(0;"), "{why}");
+        assert!(
+            !ok && why.contains("1 of 2 partitions") && why.contains("(0;"),
+            "{why}"
+        );
         shared.publish(
             0,
             crate::server::shared::Published {

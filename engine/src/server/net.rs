@@ -277,10 +277,10 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                     let mut queued = false;
                     for r in requests {
                         if out.inflight.get() >= inflight_max {
-                            io.shared.metrics.shard(io.shard).answered(
-                                super::metrics::OpKind::of(&r.op),
-                                Err(&WireError::Busy),
-                            );
+                            io.shared
+                                .metrics
+                                .shard(io.shard)
+                                .answered(super::metrics::OpKind::of(&r.op), Err(&WireError::Busy));
                             out.respond_uncounted(Response {
                                 id: r.id,
                                 header: Default::default(),

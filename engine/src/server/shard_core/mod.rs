@@ -499,8 +499,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             let (role, term, leader) = (part.raft.role(), part.raft.term(), part.raft.leader());
             if (role, term, leader) != part.seen {
                 let (seen_role, seen_term, seen_leader) = part.seen;
-                if role == Role::Candidate && (seen_role != Role::Candidate || seen_term != term)
-                {
+                if role == Role::Candidate && (seen_role != Role::Candidate || seen_term != term) {
                     m.elections.inc();
                 }
                 if role == Role::PreCandidate && seen_role != Role::PreCandidate {
