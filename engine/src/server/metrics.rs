@@ -9,6 +9,11 @@
 //! a histogram's buckets from slightly different instants; its `_count` is computed from the
 //! buckets it read, so `_count` always equals the `+Inf` bucket.
 //!
+//! Answers are counted by the driver when it hands them to their connection (kind and result
+//! of every request the core answered), and by the socket task for the `Busy` answers it gives
+//! itself at a connection's in-flight limit. A reply the connection's writer must cut down to
+//! fit a frame (`net.rs`, `fit_frame`) is counted with the outcome the core gave it.
+//!
 //! What is not counted here is read from state the node publishes anyway
 //! ([`super::shared::NodeShared`]: leaders, terms, commit and applied indexes, session table
 //! sizes per partition), at scrape time.

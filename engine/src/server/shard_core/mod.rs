@@ -43,6 +43,12 @@
 //! (`WalBacklog`) until the sync in flight or the file write completes. Everything after the
 //! head of the backlog waits behind it, so records still reach the log in Ready order.
 //!
+//! # Metrics
+//! The core counts what only it sees (commands proposed and their batch sizes, elections,
+//! pre-votes and leader changes, snapshots received and taken) into its shard's
+//! `super::metrics::ShardMetrics`: single-writer counters, no clock. Durations are the
+//! driver's.
+//!
 //! # Invariants checked here (a violation stops the shard with a message)
 //! - A Ready's records reach the log in number order per partition, and a Ready is reported
 //!   persisted only after the sync that covers its last record returned `Ok`.
@@ -488,11 +494,11 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         Ok(())
     }
 
-    /// Publishes every partition's status to the node, and counts the elections and leader
-    /// changes seen since the last turn (metrics: counted at turn granularity, which sees
-    /// every one, since an election needs an election timeout of ticks and a turn runs at
-    /// most `2 * heartbeat_ticks` of them; a pre-vote repeated in the same term while
-    /// already pre-candidate is not counted again).
+    /// Publishes every partition's status to the node, and counts the elections, pre-votes
+    /// and leader changes seen since the last publish (after every turn and every completed
+    /// sync). Counted from what changed between two publishes, so a replica that campaigns
+    /// twice between two of them (two election timeouts within one turn's ticks) counts once,
+    /// and so does a pre-vote repeated while still pre-candidate.
     fn publish(&mut self) {
         let m = self.shared.metrics.shard(self.i);
         for part in self.parts.values_mut() {
