@@ -1066,8 +1066,11 @@ mod proc {
     /// Boot time from `/proc/stat` (`btime`), seconds since the epoch.
     pub fn boot_time() -> Option<f64> {
         let text = std::fs::read_to_string("/proc/stat").ok()?;
-        let line = text.lines().find(|l| l.starts_with("btime "))?;
-        line["btime ".len()..].trim().parse().ok()
+        text.lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Entries of `/proc/self/fd`.
