@@ -72,15 +72,19 @@ impl Gauge {
     }
 }
 
+/// Most bucket bounds of a [`Histogram`] (the `+Inf` bucket comes on top).
+pub const BOUNDS_MAX: usize = 16;
+
 /// A histogram with fixed bucket bounds and a single writer. Values are `u64` in the
 /// histogram's base unit (nanoseconds for durations, a count for sizes); the exposition
-/// divides by [`Histogram::scale`].
+/// divides by `scale`. Its buckets are inline (no heap allocation another shard's data could
+/// sit next to).
 #[derive(Debug)]
 pub struct Histogram {
     /// Upper bounds (inclusive), ascending, in the base unit; the last bucket is `+Inf`.
     bounds: &'static [u64],
-    /// One more than `bounds`: the `+Inf` bucket last. Not cumulative.
-    buckets: Box<[AtomicU64]>,
+    /// `bounds.len() + 1` used: the `+Inf` bucket last. Not cumulative.
+    buckets: [AtomicU64; BOUNDS_MAX + 1],
     sum: AtomicU64,
     /// Base units per exposed unit (1e9 for nanoseconds -> seconds, 1 for counts).
     scale: f64,
@@ -101,10 +105,11 @@ pub struct HistogramSnapshot {
 impl Histogram {
     /// A histogram over `bounds` (ascending, base unit) exposed divided by `scale`.
     pub fn new(bounds: &'static [u64], scale: f64) -> Self {
+        assert!(bounds.len() <= BOUNDS_MAX, "at most {BOUNDS_MAX} bounds");
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "bounds ascend");
         Histogram {
             bounds,
-            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum: AtomicU64::new(0),
             scale,
         }
@@ -134,9 +139,9 @@ impl Histogram {
 
     /// The current values (any thread).
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut buckets = Vec::with_capacity(self.buckets.len());
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
         let mut count = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
+        for (i, b) in self.buckets[..=self.bounds.len()].iter().enumerate() {
             let n = b.load(Ordering::Relaxed);
             count += n;
             let le = match self.bounds.get(i) {
@@ -294,11 +299,15 @@ pub fn result_index(outcome: Result<(), &WireError>) -> usize {
 
 const KINDS: usize = OpKind::ALL.len();
 
-/// One shard's metrics (module docs: the shard writes, the metrics thread reads).
+/// One shard's metrics (module docs: the shard writes, the metrics thread reads). Everything
+/// is inline and the struct is aligned to 128 bytes (two cache lines, as adjacent-line
+/// prefetching pairs them), so the shards' metrics, which sit side by side in
+/// [`NodeMetrics`], share no cache line: one shard's updates never invalidate another's.
 #[derive(Debug)]
+#[repr(align(128))]
 pub struct ShardMetrics {
     /// Answers by (kind, result): `requests[kind * RESULTS.len() + result]`.
-    requests: Box<[Counter]>,
+    requests: [Counter; KINDS * RESULTS.len()],
     /// Client connections open now.
     pub client_connections: Gauge,
     /// Client connections accepted.
@@ -354,9 +363,7 @@ pub struct ShardMetrics {
 impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
-            requests: (0..KINDS * RESULTS.len())
-                .map(|_| Counter::default())
-                .collect(),
+            requests: std::array::from_fn(|_| Counter::default()),
             client_connections: Gauge::default(),
             client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
@@ -490,6 +497,11 @@ impl NodeMetrics {
         &self.shards
     }
 }
+
+// Shards' metrics never share a cache line (struct docs).
+const _: () = assert!(std::mem::align_of::<ShardMetrics>() == 128);
+const _: () = assert!(std::mem::size_of::<ShardMetrics>() % 128 == 0);
+const _: () = assert!(DURATION_BOUNDS_NS.len() <= BOUNDS_MAX && BATCH_BOUNDS.len() <= BOUNDS_MAX);
 
 #[cfg(test)]
 mod tests {
