@@ -220,11 +220,13 @@ pub enum OpKind {
     Status,
     /// `ClusterMap`.
     ClusterMap,
+    /// `TransferLeader`.
+    TransferLeader,
 }
 
 impl OpKind {
     /// Every kind, in label order.
-    pub const ALL: [OpKind; 7] = [
+    pub const ALL: [OpKind; 8] = [
         OpKind::Get,
         OpKind::Range,
         OpKind::Put,
@@ -232,6 +234,7 @@ impl OpKind {
         OpKind::Txn,
         OpKind::Status,
         OpKind::ClusterMap,
+        OpKind::TransferLeader,
     ];
 
     /// The kind of a request.
@@ -244,6 +247,7 @@ impl OpKind {
             Op::Txn(_) => OpKind::Txn,
             Op::Status => OpKind::Status,
             Op::ClusterMap => OpKind::ClusterMap,
+            Op::TransferLeader { .. } => OpKind::TransferLeader,
         }
     }
 
@@ -257,6 +261,7 @@ impl OpKind {
             OpKind::Txn => "txn",
             OpKind::Status => "status",
             OpKind::ClusterMap => "cluster_map",
+            OpKind::TransferLeader => "transfer_leader",
         }
     }
 }
