@@ -1,31 +1,42 @@
 //! The operations port (`--metrics-addr`): Prometheus metrics, `/health` and `/ready`.
 //!
-//! # Thread
-//! One plain `std::thread` ("corum-metrics"), not a shard: DESIGN.md keeps anything slow and
-//! rare off the shard cores. It accepts one connection at a time, reads one HTTP/1.0 or 1.1
-//! request head (at most [`REQUEST_HEAD_BYTES_MAX`] bytes within [`REQUEST_DEADLINE`]),
-//! answers it and closes the connection (`Connection: close`; Prometheus reconnects each
-//! scrape). A client that sends nothing, or too slowly, holds the port at most
-//! [`REQUEST_DEADLINE`]: put the port on an operations network, not the internet.
-//! The shards never wait for it: it only reads their metrics (`super::metrics`: relaxed
+//! # Threads
+//! Plain `std` threads, never a shard: DESIGN.md keeps anything slow and rare off the shard
+//! cores. One thread ("corum-metrics") accepts connections and hands each to a fixed pool of
+//! [`WORKERS`] threads ("corum-http-N") through a queue of at most [`QUEUED_MAX`]
+//! connections; when the queue is full the accepting thread answers a canned 503 itself
+//! (writing for at most [`BUSY_WRITE_TIMEOUT`]) and closes. A worker reads one HTTP/1.0 or 1.1
+//! request head (at most [`REQUEST_HEAD_BYTES_MAX`] bytes, parsed by `httparse`, within
+//! [`REQUEST_DEADLINE`] of the accept), answers it and closes the connection
+//! (`Connection: close`; Prometheus reconnects each scrape). Reading the head, queueing and
+//! writing the answer share one deadline, [`CONNECTION_DEADLINE`] after the accept, however
+//! slowly the client reads. So threads and memory are bounded, and a connection holds up
+//! another by at most one [`CONNECTION_DEADLINE`], and only once [`WORKERS`] connections are
+//! already being served. A panic while answering is caught: logged at error, answered 500,
+//! and the worker goes on.
+//! The shards never wait for any of it: it only reads their metrics (`super::metrics`: relaxed
 //! atomics each shard alone writes) and the status they publish (`super::shared`).
+//! Put the port on an operations network, not the internet.
 //!
 //! # Endpoints
 //! | path | answer |
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format 0.0.4, or OpenMetrics 1.0 when the `Accept` header asks for `application/openmetrics-text` (Prometheus does), written by the `prometheus-client` crate |
 //! | `GET /health` | 200 `ok`: the process is up and every shard's loop turned within [`stall_bound`] (a shard still recovering counts as up); 503 naming the stalled or stopped shard |
-//! | `GET /ready` | 200 `ready`: every shard serves, this node applied a cluster map, and every partition with a replica here knows its leader; 503 saying which of these is missing |
-//! | anything else | 404; a method other than GET/HEAD 405; a malformed request 400 |
+//! | `GET /ready` | 200 `ready`: every shard serves, this node applied a cluster map, and every partition with a replica here knows its leader; 503 saying which of these is missing. Not "caught up": a replica may still be far behind its leader |
+//! | anything else | 404; a method other than GET/HEAD 405; a malformed request 400 (logged at warn, at most one line per [`LOG_EVERY`]) |
 //!
 //! Bodies of `/health` and `/ready` are one line of plain text.
 
+use std::any::Any;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -41,17 +52,35 @@ use super::shared::NodeShared;
 use super::ServerError;
 use crate::config::NodeConfig;
 
+/// Threads answering connections. More than a handful of idle sockets (port scanners,
+/// half-open load-balancer checks) must not delay `/health`; each thread is idle otherwise.
+pub const WORKERS: usize = 8;
+/// Accepted connections waiting for a worker, at most; more are answered 503 at once.
+pub const QUEUED_MAX: usize = 32;
 /// Longest request head (request line and headers) read.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 << 10;
-/// Time a client has to send its request head.
+/// Headers in a request head, at most (more: 400).
+const HEADERS_MAX: usize = 32;
+/// Time a client has, from the accept, to send its request head.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// Time allowed to write an answer.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may take in all, from the accept to the close: waiting for a worker,
+/// reading the head and writing the answer, however slowly the client reads.
+pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
+/// Time allowed to write the canned 503 when every worker is busy and the queue is full.
+pub const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Warn lines about clients (malformed requests, turned away) and accept errors: at most one
+/// per this, each saying how many were suppressed since the last.
+pub const LOG_EVERY: Duration = Duration::from_secs(5);
 /// A shard whose loop has not turned for this long is reported stalled, at least (see
 /// [`stall_bound`]).
 pub const STALL_MIN: Duration = Duration::from_secs(5);
 /// Partitions named in a `/ready` answer, at most.
 const NAMED_MAX: usize = 10;
+/// What a client gets when every worker is busy and the queue is full.
+const BUSY_ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\nConnection: close\r\n\r\n\
+    busy: too many connections";
+const _: () = assert!(b"busy: too many connections".len() == 26);
 
 /// How long a shard's loop may go without a turn before `/health` reports it stalled: an
 /// idle loop turns at least every heartbeat interval (`tick_ms * heartbeat_ticks`), so four
@@ -66,21 +95,140 @@ pub fn stall_bound(config: &NodeConfig) -> Duration {
     (idle * 4).max(STALL_MIN)
 }
 
-/// The running metrics thread.
+/// The bounds of one server: the constants above, smaller in tests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Worker threads ([`WORKERS`]).
+    pub workers: usize,
+    /// Queued connections ([`QUEUED_MAX`]).
+    pub queued_max: usize,
+    /// From the accept to the end of the request head ([`REQUEST_DEADLINE`]).
+    pub request_deadline: Duration,
+    /// From the accept to the close ([`CONNECTION_DEADLINE`]).
+    pub connection_deadline: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            workers: WORKERS,
+            queued_max: QUEUED_MAX,
+            request_deadline: REQUEST_DEADLINE,
+            connection_deadline: CONNECTION_DEADLINE,
+        }
+    }
+}
+
+/// Why a connection got no normal answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The head did not end within [`REQUEST_HEAD_BYTES_MAX`] bytes.
+    #[error("request head longer than {REQUEST_HEAD_BYTES_MAX} bytes")]
+    HeadTooLarge,
+    /// The client closed, or the request deadline passed, in the middle of the head.
+    #[error("request head incomplete (client closed or {0:?} passed)")]
+    HeadIncomplete(Duration),
+    /// Not an HTTP/1.x request head.
+    #[error("malformed request head: {0}")]
+    Malformed(#[from] httparse::Error),
+    /// The request target is not a path.
+    #[error("request target is not a path starting with /")]
+    BadTarget,
+    /// The connection's deadline passed while writing the answer.
+    #[error("connection deadline passed while writing the answer")]
+    DeadlinePassed,
+    /// The socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl HttpError {
+    /// The client sent something that is not a request this server reads (answered 400).
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            HttpError::HeadTooLarge
+                | HttpError::HeadIncomplete(_)
+                | HttpError::Malformed(_)
+                | HttpError::BadTarget
+        )
+    }
+}
+
+/// Lets one log line through per `every` and counts the ones it held back, so a client or a
+/// failing `accept` (EMFILE) cannot flood the log.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    /// (when a line last went through, lines held back since).
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogLimiter {
+    /// At most one line per `every`.
+    pub fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Some(lines suppressed since the last one) if a line may be logged at `now`.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, suppressed) = &mut *g;
+        if last.is_some_and(|t| now.saturating_duration_since(t) < self.every) {
+            *suppressed += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(suppressed))
+    }
+}
+
+/// The running accepting thread and workers.
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     listener: Arc<TcpListener>,
-    thread: Option<JoinHandle<()>>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// An accepted connection on its way to a worker.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+}
+
+/// What the threads share.
+struct Context {
+    endpoints: Endpoints,
+    limits: Limits,
+    /// Malformed requests and clients turned away.
+    client_log: LogLimiter,
+    accept_log: LogLimiter,
+    panic_log: LogLimiter,
 }
 
 impl MetricsServer {
-    /// Binds `addr` (an error if it is taken) and starts the thread.
+    /// Binds `addr` (an error if it is taken) and starts the threads.
     pub fn start(
         addr: SocketAddr,
         config: Arc<NodeConfig>,
         shared: Arc<NodeShared>,
+    ) -> Result<MetricsServer, ServerError> {
+        Self::start_with(addr, config, shared, Limits::default())
+    }
+
+    /// [`Self::start`] with other bounds.
+    pub fn start_with(
+        addr: SocketAddr,
+        config: Arc<NodeConfig>,
+        shared: Arc<NodeShared>,
+        limits: Limits,
     ) -> Result<MetricsServer, ServerError> {
         let listener = TcpListener::bind(addr).map_err(|source| ServerError::Io {
             what: format!("bind metrics port {addr}"),
@@ -89,21 +237,42 @@ impl MetricsServer {
         let addr = listener.local_addr().unwrap_or(addr);
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));
-        let (l2, s2) = (listener.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("corum-metrics".into())
-            .spawn(move || serve(&l2, &s2, &Endpoints::new(config, shared)))
-            .map_err(|source| ServerError::Io {
-                what: "spawn the metrics thread".into(),
-                source,
-            })?;
-        tracing::info!(metrics = %addr, "metrics and health endpoints serving");
-        Ok(MetricsServer {
+        let ctx = Arc::new(Context {
+            endpoints: Endpoints::new(config, shared),
+            limits,
+            client_log: LogLimiter::new(LOG_EVERY),
+            accept_log: LogLimiter::new(LOG_EVERY),
+            panic_log: LogLimiter::new(LOG_EVERY),
+        });
+        let spawn_error = |source| ServerError::Io {
+            what: "spawn a metrics thread".into(),
+            source,
+        };
+        let mut server = MetricsServer {
             addr,
-            stop,
-            listener,
-            thread: Some(thread),
-        })
+            stop: stop.clone(),
+            listener: listener.clone(),
+            acceptor: None,
+            workers: Vec::with_capacity(limits.workers),
+        };
+        // On an error below, dropping `server` stops the threads started so far.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Conn>(limits.queued_max);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..limits.workers.max(1) {
+            let (rx, stop, ctx) = (rx.clone(), stop.clone(), ctx.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("corum-http-{i}"))
+                .spawn(move || work(&rx, &stop, &ctx))
+                .map_err(spawn_error)?;
+            server.workers.push(t);
+        }
+        let t = std::thread::Builder::new()
+            .name("corum-metrics".into())
+            .spawn(move || accept(&listener, &stop, &tx, &ctx))
+            .map_err(spawn_error)?;
+        server.acceptor = Some(t);
+        tracing::info!(metrics = %addr, "metrics and health endpoints serving");
+        Ok(server)
     }
 
     /// The address it listens on.
@@ -111,7 +280,8 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the threads and waits for them (at most about one [`CONNECTION_DEADLINE`]: a
+    /// worker finishes the connection it is answering).
     pub fn stop(mut self) {
         self.stop_inner();
     }
@@ -120,12 +290,17 @@ impl MetricsServer {
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the blocked accept (Linux returns EINVAL from accept on a listening socket
         // that was shut down); the connect covers a kernel that does not.
-        // SAFETY: the fd belongs to `self.listener`, alive until after the join below.
+        // SAFETY: the fd belongs to `self.listener`, alive until after the joins below.
         unsafe {
             libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
         }
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-        if let Some(t) = self.thread.take() {
+        if let Some(t) = self.acceptor.take() {
+            let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+            let _ = t.join();
+        }
+        // The accepting thread dropped the queue's sender: each worker's `recv` fails once the
+        // queue is empty (queued connections are dropped unanswered, `stop` being set).
+        for t in self.workers.drain(..) {
             let _ = t.join();
         }
     }
@@ -133,13 +308,13 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        if self.thread.is_some() {
+        if self.acceptor.is_some() || !self.workers.is_empty() {
             self.stop_inner();
         }
     }
 }
 
-fn serve(listener: &TcpListener, stop: &AtomicBool, endpoints: &Endpoints) {
+fn accept(listener: &TcpListener, stop: &AtomicBool, queue: &SyncSender<Conn>, ctx: &Context) {
     loop {
         let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
@@ -147,16 +322,99 @@ fn serve(listener: &TcpListener, stop: &AtomicBool, endpoints: &Endpoints) {
         }
         match accepted {
             Ok((stream, peer)) => {
-                if let Err(e) = handle(stream, endpoints) {
-                    tracing::debug!(%peer, error = %e, "metrics connection failed");
+                let conn = Conn {
+                    stream,
+                    peer,
+                    accepted: Instant::now(),
+                };
+                match queue.try_send(conn) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(mut c)) => {
+                        if let Some(suppressed) = ctx.client_log.admit(Instant::now()) {
+                            tracing::warn!(peer = %c.peer, suppressed, workers = ctx.limits.workers,
+                                queued = ctx.limits.queued_max,
+                                "metrics port busy: every worker busy and the queue full, answered 503");
+                        }
+                        // Best effort: the answer fits a fresh socket's send buffer.
+                        let _ = c.stream.set_write_timeout(Some(BUSY_WRITE_TIMEOUT));
+                        let _ = c.stream.write_all(BUSY_ANSWER);
+                        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                    }
+                    // Every worker is gone (they catch panics, so only at shutdown).
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
+                if let Some(suppressed) = ctx.accept_log.admit(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, "metrics accept failed");
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
+}
+
+fn work(queue: &Mutex<Receiver<Conn>>, stop: &AtomicBool, ctx: &Context) {
+    loop {
+        let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok(conn) = next else { return };
+        if !stop.load(Ordering::SeqCst) {
+            answer(conn, ctx);
+        }
+    }
+}
+
+/// Answers one connection; a panic is logged at error and answered 500, and never leaves
+/// this function (the worker goes on).
+fn answer(mut conn: Conn, ctx: &Context) {
+    let end = conn.accepted + ctx.limits.connection_deadline;
+    let head_by = (conn.accepted + ctx.limits.request_deadline).min(end);
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        match handle(&mut conn.stream, head_by, end, &ctx.endpoints) {
+            Err(e) if e.is_bad_request() => {
+                if let Some(suppressed) = ctx.client_log.admit(Instant::now()) {
+                    tracing::warn!(peer = %conn.peer, error = %e, suppressed,
+                        "malformed request on the metrics port, answered 400");
+                }
+                respond(
+                    &mut conn.stream,
+                    400,
+                    "text/plain",
+                    &line(e.to_string()),
+                    true,
+                    end,
+                )
+            }
+            r => r,
+        }
+    }));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "metrics connection failed"),
+        Err(payload) => {
+            if let Some(suppressed) = ctx.panic_log.admit(Instant::now()) {
+                tracing::error!(peer = %conn.peer, panic = panic_text(payload.as_ref()), suppressed,
+                    "metrics request handler panicked, answered 500");
+            }
+            let _ = respond(
+                &mut conn.stream,
+                500,
+                "text/plain",
+                b"internal error (logged)\n",
+                true,
+                end,
+            );
+        }
+    }
+}
+
+/// The message of a panic payload.
+fn panic_text(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic payload that is not a string)")
 }
 
 /// A request head as far as this server cares.
@@ -170,116 +428,126 @@ pub struct RequestHead {
     pub openmetrics: bool,
 }
 
-/// Parses a request head (everything before the blank line). Err: why it is malformed.
-pub fn parse_head(head: &[u8]) -> Result<RequestHead, &'static str> {
-    let text = std::str::from_utf8(head).map_err(|_| "request head is not UTF-8")?;
-    let mut lines = text.split("\r\n").flat_map(|l| l.split('\n'));
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("request line is not METHOD TARGET VERSION");
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err("bad method");
+/// Parses the bytes received so far: Ok(None) if the head has not ended yet.
+pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(buf)?.is_partial() {
+        return Ok(None);
     }
-    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
-        return Err("bad request target");
+    // A complete parse sets the method and the path.
+    let (method, target) = (req.method.unwrap_or_default(), req.path.unwrap_or_default());
+    if !target.starts_with('/') {
+        return Err(HttpError::BadTarget);
     }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err("not HTTP/1.0 or HTTP/1.1");
-    }
-    let mut openmetrics = false;
-    for h in lines.filter(|l| !l.is_empty()) {
-        let Some((name, value)) = h.split_once(':') else {
-            return Err("header line without a colon");
-        };
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err("bad header name");
-        }
-        if name.eq_ignore_ascii_case("accept") && value.contains("application/openmetrics-text") {
-            openmetrics = true;
-        }
-    }
+    let openmetrics = req.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("accept")
+            && h.value
+                .windows(b"application/openmetrics-text".len())
+                .any(|w| w == b"application/openmetrics-text")
+    });
     let path = target.split_once('?').map_or(target, |(p, _)| p);
-    Ok(RequestHead {
+    Ok(Some(RequestHead {
         method: method.to_owned(),
         path: path.to_owned(),
         openmetrics,
-    })
+    }))
 }
 
-/// Reads the request head: Ok(None) if the client closed or timed out before sending one.
-fn read_head(stream: &mut TcpStream) -> std::io::Result<Result<Option<Vec<u8>>, &'static str>> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
+/// Reads the request head by `deadline`: Ok(None) if the client closed, or the deadline
+/// passed, before it sent a byte.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Option<RequestHead>, HttpError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        if let Some(end) = head_end(&buf) {
-            buf.truncate(end);
-            return Ok(Ok(Some(buf)));
-        }
-        if buf.len() > REQUEST_HEAD_BYTES_MAX {
-            return Ok(Err("request head too large"));
+        if !buf.is_empty() {
+            if let Some(head) = parse_head(&buf)? {
+                return Ok(Some(head));
+            }
+            if buf.len() >= REQUEST_HEAD_BYTES_MAX {
+                return Err(HttpError::HeadTooLarge);
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(if buf.is_empty() {
+        let n = if left.is_zero() {
+            0
+        } else {
+            stream.set_read_timeout(Some(left))?;
+            let room = (REQUEST_HEAD_BYTES_MAX - buf.len()).min(chunk.len());
+            match stream.read(&mut chunk[..room]) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            return if buf.is_empty() {
                 Ok(None)
             } else {
-                Err("request head incomplete")
-            });
+                Err(HttpError::HeadIncomplete(REQUEST_DEADLINE))
+            };
         }
-        stream.set_read_timeout(Some(left))?;
-        match stream.read(&mut chunk) {
-            Ok(0) => {
-                return Ok(if buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err("request head incomplete")
-                })
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Writes all of `bytes` by `deadline`: each write may block only for the time left, so a
+/// client that reads a little now and then cannot stretch the answer past the deadline.
+fn write_all_by(
+    stream: &mut TcpStream,
+    mut bytes: &[u8],
+    deadline: Instant,
+) -> Result<(), HttpError> {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HttpError::DeadlinePassed);
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
+            Ok(n) => bytes = &bytes[n..],
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
 }
 
-/// Where the head ends (before the blank line), if it has.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
-    let lf = buf.windows(2).position(|w| w == b"\n\n");
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
-    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let head = match read_head(&mut stream)? {
-        Ok(Some(h)) => h,
-        Ok(None) => return Ok(()),
-        Err(why) => return respond(&mut stream, 400, "text/plain", why.as_bytes(), true),
-    };
-    let req = match parse_head(&head) {
-        Ok(r) => r,
-        Err(why) => return respond(&mut stream, 400, "text/plain", why.as_bytes(), true),
+/// Reads the request by `head_by` and answers it by `end`. Err: nothing was answered (a bad
+/// request is answered by the caller).
+fn handle(
+    stream: &mut TcpStream,
+    head_by: Instant,
+    end: Instant,
+    endpoints: &Endpoints,
+) -> Result<(), HttpError> {
+    let Some(req) = read_head(stream, head_by)? else {
+        return Ok(());
     };
     if req.method != "GET" && req.method != "HEAD" {
         return respond(
-            &mut stream,
+            stream,
             405,
             "text/plain",
-            b"only GET and HEAD are served",
+            b"only GET and HEAD are served\n",
             true,
+            end,
         );
     }
     let body_wanted = req.method == "GET";
@@ -302,13 +570,16 @@ fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result<()> {
             "text/plain",
             b"corum operations port: /metrics /health /ready\n".to_vec(),
         ),
+        // The hook of the test that a panic is caught (the unit tests only).
+        #[cfg(test)]
+        "/test/panic" => panic!("a test asked for a panic"),
         _ => (
             404,
             "text/plain",
             b"not found: /metrics /health /ready\n".to_vec(),
         ),
     };
-    respond(&mut stream, status, content_type, &body, body_wanted)
+    respond(stream, status, content_type, &body, body_wanted, end)
 }
 
 fn line(mut s: String) -> Vec<u8> {
@@ -322,7 +593,8 @@ fn respond(
     content_type: &str,
     body: &[u8],
     body_wanted: bool,
-) -> std::io::Result<()> {
+    end: Instant,
+) -> Result<(), HttpError> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -349,8 +621,7 @@ fn respond(
     if body_wanted {
         bytes.extend_from_slice(body);
     }
-    stream.write_all(&bytes)?;
-    stream.flush()?;
+    write_all_by(stream, &bytes, end)?;
     // Let the client read everything before the close (no RST over unread request bytes).
     let _ = stream.shutdown(std::net::Shutdown::Write);
     Ok(())
@@ -1096,42 +1367,59 @@ mod tests {
 
     #[test]
     fn request_heads_are_parsed_strictly() {
-        let h = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5").unwrap();
+        let h = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n").unwrap();
         assert_eq!(
             h,
-            RequestHead {
+            Some(RequestHead {
                 method: "GET".into(),
                 path: "/metrics".into(),
                 openmetrics: true
-            }
+            })
         );
-        let h = parse_head(b"HEAD /health HTTP/1.0").unwrap();
+        let h = parse_head(b"HEAD /health HTTP/1.0\n\n").unwrap().unwrap();
         assert_eq!(h.method, "HEAD");
         assert!(!h.openmetrics);
-        for bad in [
-            &b"\x00\x01\x02garbage"[..],
-            b"GET /metrics",
-            b"GET /metrics HTTP/2.0",
-            b"GET metrics HTTP/1.1",
-            b"get /metrics HTTP/1.1",
-            b"GET /metrics HTTP/1.0 extra",
-            b"GET /metrics HTTP/1.0\r\nno colon here",
-            b"\xff\xfe HTTP/1.0",
-            b"",
+        // Not ended yet: read on.
+        for partial in [
+            &b"GET /metrics HTTP/1.1\r\nHost: a\r\n"[..],
+            b"GET /met",
+            b"G",
         ] {
-            assert!(
-                parse_head(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(matches!(parse_head(partial), Ok(None)), "{partial:?}");
         }
+        for bad in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls hello?\r\n\r\n"[..],
+            b"\x00\x01\x02garbage\r\n\r\n",
+            b"GET /metrics\r\n\r\n",
+            b"GET\r\n\r\n",
+            b"GET /metrics HTTP/2.0\r\n\r\n",
+            b"GET /metrics HTTP/9.9\r\n\r\n",
+            b"GET metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/1.0 extra\r\n\r\n",
+            b"GET /metrics HTTP/1.0\r\nno colon here\r\n\r\n",
+            b"\xff\xfe HTTP/1.0\r\n\r\n",
+        ] {
+            let e = parse_head(bad).expect_err(&String::from_utf8_lossy(bad));
+            assert!(e.is_bad_request(), "{e}");
+        }
+        // More headers than HEADERS_MAX.
+        let many = format!(
+            "GET / HTTP/1.1\r\n{}\r\n",
+            "X-A: b\r\n".repeat(HEADERS_MAX + 1)
+        );
+        assert!(parse_head(many.as_bytes()).is_err());
     }
 
     #[test]
-    fn the_head_ends_at_the_first_blank_line() {
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nbody"), Some(14));
-        assert_eq!(head_end(b"GET / HTTP/1.0\n\n"), Some(14));
-        assert_eq!(head_end(b"GET / HTTP/1.0\r\n"), None);
+    fn the_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let l = LogLimiter::new(Duration::from_secs(5));
+        let t0 = Instant::now();
+        assert_eq!(l.admit(t0), Some(0));
+        assert_eq!(l.admit(t0), None);
+        assert_eq!(l.admit(t0 + Duration::from_secs(4)), None);
+        assert_eq!(l.admit(t0 + Duration::from_secs(5)), Some(2));
+        assert_eq!(l.admit(t0 + Duration::from_secs(6)), None);
+        assert_eq!(l.admit(t0 + Duration::from_secs(11)), Some(1));
     }
 
     #[test]
@@ -1165,6 +1453,138 @@ mod tests {
             metrics_addr: None,
             tuning: Default::default(),
         }
+    }
+
+    /// A server on a free local port over a node whose shards are all starting (so `/health`
+    /// answers 200).
+    fn server() -> MetricsServer {
+        let c = Arc::new(config());
+        let shared = Arc::new(NodeShared::new(&c));
+        MetricsServer::start("127.0.0.1:0".parse().unwrap(), c, shared).unwrap()
+    }
+
+    /// `GET path` on a fresh connection: the whole answer, or the error, within `timeout`.
+    fn get_within(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// B1: idle connections (port scanners, half-open checks) do not hold up `/health`.
+    /// With one connection served at a time, 5 idle ones delayed it by 5 x 2 s.
+    #[test]
+    fn idle_connections_do_not_block_health() {
+        let server = server();
+        let idle: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(server.addr()).unwrap())
+            .collect();
+        let t = Instant::now();
+        let bound = Duration::from_secs(3);
+        let answer = get_within(server.addr(), "/health", bound)
+            .unwrap_or_else(|e| panic!("/health after {:?}: {e}", t.elapsed()));
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+        assert!(t.elapsed() < bound, "{:?}", t.elapsed());
+        drop(idle);
+        server.stop();
+    }
+
+    /// B3: a panic while answering is caught: the client gets a 500 and the worker goes on.
+    /// Without the catch, each panic ended a thread, and the port stopped answering.
+    #[test]
+    fn a_panic_is_answered_500_and_the_workers_survive() {
+        let server = server();
+        let bound = Duration::from_secs(5);
+        // More panics than workers: if one worker died per panic, none would be left.
+        for _ in 0..=WORKERS {
+            let answer = get_within(server.addr(), "/test/panic", bound).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 500 "), "{answer:?}");
+        }
+        let answer = get_within(server.addr(), "/health", bound).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+        server.stop();
+    }
+
+    /// A small server (1 worker, 1 queued connection, long deadlines so timing cannot change
+    /// the outcome) turns a connection away at once with a 503 when both are taken, and
+    /// serves again once they are free.
+    #[test]
+    fn a_full_queue_is_answered_503_at_once() {
+        let c = Arc::new(config());
+        let shared = Arc::new(NodeShared::new(&c));
+        let limits = Limits {
+            workers: 1,
+            queued_max: 1,
+            request_deadline: Duration::from_secs(60),
+            connection_deadline: Duration::from_secs(60),
+        };
+        let server =
+            MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), c, shared, limits).unwrap();
+        let bound = Duration::from_secs(5);
+        // The worker waits for this one's head; the next waits in the queue. The server
+        // accepts in order, and the third connection is accepted only after both.
+        let busy_worker = TcpStream::connect(server.addr()).unwrap();
+        let queued = TcpStream::connect(server.addr()).unwrap();
+        let mut turned_away = TcpStream::connect(server.addr()).unwrap();
+        turned_away.set_read_timeout(Some(bound)).unwrap();
+        let t = Instant::now();
+        let mut out = Vec::new();
+        turned_away.read_to_end(&mut out).unwrap();
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            out.starts_with("HTTP/1.1 503 ") && out.ends_with("busy: too many connections"),
+            "{out:?}"
+        );
+        assert!(t.elapsed() < bound, "{:?}", t.elapsed());
+        // Closing both frees the worker (the client closed before sending a head).
+        drop(busy_worker);
+        drop(queued);
+        let answer = get_within(server.addr(), "/health", bound).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+        server.stop();
+    }
+
+    /// B2: one deadline covers the whole answer. A reader that takes a little now and then
+    /// made every write() progress within its own timeout, so the old per-call timeout never
+    /// fired; now the writer gives up at the deadline.
+    #[test]
+    fn a_slow_reader_cannot_stretch_an_answer_past_its_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut reader = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut writer, _) = listener.accept().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        // Reads 1 KiB every 20 ms (50 KiB/s) until told to stop, or for 30 s at most.
+        let drip = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(30);
+            let mut b = [0u8; 1024];
+            reader
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            while !stop2.load(Ordering::SeqCst) && Instant::now() < until {
+                if let Ok(0) = reader.read(&mut b) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        // Far more than the socket buffers hold: at 50 KiB/s, minutes.
+        let body = vec![b'x'; 64 << 20];
+        let t = Instant::now();
+        let deadline = t + Duration::from_millis(500);
+        let r = write_all_by(&mut writer, &body, deadline);
+        let took = t.elapsed();
+        stop.store(true, Ordering::SeqCst);
+        drip.join().unwrap();
+        assert!(
+            matches!(r, Err(HttpError::DeadlinePassed)),
+            "{:?} after {took:?}",
+            r.map_err(|e| e.to_string())
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}");
     }
 
     #[test]
