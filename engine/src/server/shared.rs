@@ -25,7 +25,12 @@ pub enum Boot {
 }
 
 /// One partition's status as its shard last published it.
+///
+/// Aligned to a 64-byte cache line: the slots are indexed by partition and neighbouring
+/// partitions live on different shards (p % shards), and each shard stores into its slots
+/// every turn, so unpadded 48-byte slots shared lines between cores and bounced them.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct PartitionStat {
     /// Known leader node (0: none).
     pub leader: AtomicU64,
@@ -40,6 +45,10 @@ pub struct PartitionStat {
     /// A shard of this node hosts the partition (set by its first publish).
     pub hosted: AtomicBool,
 }
+
+// One slot per cache line (see PartitionStat): no two partitions' slots share one.
+const _: () = assert!(std::mem::size_of::<PartitionStat>() == 64);
+const _: () = assert!(std::mem::align_of::<PartitionStat>() == 64);
 
 /// What a shard publishes about one partition after a turn.
 #[derive(Debug, Clone, Copy, Default)]
