@@ -10,8 +10,8 @@
 #    installed or started, and none of the package's web-UI dependencies. promtool is a Go binary
 #    that needs only libc. Runs `apt-get update` first when the package lists do not know the
 #    package (needs root, as the CI and development machines run).
-# The engine's metrics test (engine/tests/metrics.rs) runs this before checking a real scrape and
-# deploy/prometheus-alerts.yml.
+# .ci/run runs this before the tests; the engine's metrics test (engine/tests/metrics.rs) only
+# looks for promtool (PATH, then DIR) and skips its promtool checks, loudly, when it is missing.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR="${PROMTOOL_DIR:-$ROOT/target/tools/prometheus}"
@@ -34,11 +34,11 @@ trap 'rm -rf "$TMP"' EXIT
 # write there, which is harmless.
 (cd "$TMP" && apt-get download -q prometheus) >&2
 DEB="$(ls "$TMP"/prometheus_*.deb)"
-mkdir -p "$DIR.tmp"
-dpkg-deb -x "$DEB" "$DIR.tmp"
-# Keep only what is needed.
+dpkg-deb -x "$DEB" "$TMP/unpacked"
+# Keep only what is needed. Copied beside the target, then renamed into place, so two runs at
+# once each install a whole binary.
 mkdir -p "$DIR/usr/bin"
-mv "$DIR.tmp/usr/bin/promtool" "$DIR/usr/bin/promtool"
-rm -rf "$DIR.tmp"
+cp "$TMP/unpacked/usr/bin/promtool" "$DIR/usr/bin/promtool.$$"
+mv -f "$DIR/usr/bin/promtool.$$" "$DIR/usr/bin/promtool"
 "$DIR/usr/bin/promtool" --version >&2
 echo "$DIR/usr/bin/promtool"
