@@ -429,6 +429,8 @@ impl Driver {
             self.i
         );
         self.sync_running.set(true);
+        self.m()
+            .wal_sync_started(self.shared.metrics.start, Instant::now());
         let wal = self.core.log().clone();
         let done = self.done.clone();
         let running = self.sync_running.clone();
@@ -436,10 +438,12 @@ impl Driver {
         let shared = self.shared.clone();
         let i = self.i;
         glommio::spawn_local(async move {
-            let r = wal.sync().await.map(|report| {
+            let r = wal.sync().await;
+            let m = shared.metrics.shard(i);
+            m.wal_sync_finished();
+            let r = r.map(|report| {
                 // An empty batch wrote nothing (no device bytes): not a WAL write.
                 if report.device_bytes > 0 {
-                    let m = shared.metrics.shard(i);
                     m.wal_syncs.inc();
                     m.wal_bytes.add(report.device_bytes);
                     m.wal_write.observe_duration(report.write_time);

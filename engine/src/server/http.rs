@@ -1011,6 +1011,23 @@ impl Collector for NodeCollector {
                 .collect(),
         )?;
 
+        let now = Instant::now();
+        gauges(
+            e,
+            "corum_wal_sync_oldest_age",
+            "Time the shard's oldest unfinished WAL sync (batch write and fdatasync) has been \
+             running; 0 when none is. A hung fdatasync grows it while the loop keeps turning.",
+            Some(&Unit::Seconds),
+            shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let age = s.wal_sync_age(m.start, now).unwrap_or_default();
+                    (shard_label(i), age.as_secs_f64())
+                })
+                .collect(),
+        )?;
+
         // Raft.
         let totals = self.partition_totals();
         let gauge_rows = |f: &dyn Fn(&PartitionTotals) -> u64| -> Vec<(Labels, f64)> {
@@ -1149,7 +1166,6 @@ impl Collector for NodeCollector {
             None,
             per(&|s| s.loop_turns.get()),
         )?;
-        let now = Instant::now();
         gauges(
             e,
             "corum_shard_last_turn_age",
@@ -1597,6 +1613,38 @@ mod tests {
             r.map_err(|e| e.to_string())
         );
         assert!(took < Duration::from_secs(3), "{took:?}");
+    }
+
+    /// B5: a WAL sync that has not finished shows as the age of the oldest unfinished sync,
+    /// and goes back to 0 when it ends.
+    #[test]
+    fn an_unfinished_wal_sync_shows_its_age() {
+        let c = Arc::new(config());
+        let shared = Arc::new(NodeShared::new(&c));
+        let endpoints = Endpoints::new(c, shared.clone());
+        let age = |shard: &str| -> f64 {
+            let (_, text) = endpoints.scrape(false).unwrap();
+            let series = format!("corum_wal_sync_oldest_age_seconds{{shard=\"{shard}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!((age("0"), age("1")), (0.0, 0.0));
+        let m = &shared.metrics;
+        // Started an hour ago (as a start time before the node's: ages count from `start`).
+        let later = m.start + Duration::from_secs(3600);
+        m.shard(1).wal_sync_started(m.start, m.start);
+        assert_eq!(
+            m.shard(1).wal_sync_age(m.start, later),
+            Some(Duration::from_secs(3600))
+        );
+        assert!(age("1") > 0.0);
+        assert_eq!(age("0"), 0.0);
+        m.shard(1).wal_sync_finished();
+        assert_eq!(m.shard(1).wal_sync_age(m.start, later), None);
+        assert_eq!(age("1"), 0.0);
     }
 
     #[test]

@@ -357,6 +357,10 @@ pub struct ShardMetrics {
     /// When the loop last turned: milliseconds since [`NodeMetrics::start`], plus one (0:
     /// never).
     last_turn_ms: AtomicU64,
+    /// When the WAL sync in flight started: nanoseconds since [`NodeMetrics::start`], plus
+    /// one (0: none in flight). A shard runs one sync at a time, so this is its oldest
+    /// unfinished one; a hung fdatasync shows here while the loop keeps turning.
+    wal_sync_started_ns: AtomicU64,
     /// The shard's loop runs (set once it serves; cleared when its thread ends).
     running: AtomicBool,
     /// The shard's loop ended (a fatal error, a panic, or the node stopping).
@@ -390,6 +394,7 @@ impl Default for ShardMetrics {
             peer_messages_dropped: Counter::default(),
             loop_turns: Counter::default(),
             last_turn_ms: AtomicU64::new(0),
+            wal_sync_started_ns: AtomicU64::new(0),
             running: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             tid: AtomicU64::new(0),
@@ -438,6 +443,26 @@ impl ShardMetrics {
         self.loop_turns.inc();
         let ms = now.saturating_duration_since(start).as_millis() as u64 + 1;
         self.last_turn_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// A WAL sync (write and fdatasync) starts at `now`.
+    #[inline]
+    pub fn wal_sync_started(&self, start: Instant, now: Instant) {
+        let ns = now.saturating_duration_since(start).as_nanos() as u64 + 1;
+        self.wal_sync_started_ns.store(ns, Ordering::Relaxed);
+    }
+
+    /// The WAL sync in flight ended (durable or failed).
+    #[inline]
+    pub fn wal_sync_finished(&self) {
+        self.wal_sync_started_ns.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the WAL sync in flight has been running at `now` (None: none is).
+    pub fn wal_sync_age(&self, start: Instant, now: Instant) -> Option<Duration> {
+        let started = self.wal_sync_started_ns.load(Ordering::Relaxed);
+        let now_ns = now.saturating_duration_since(start).as_nanos() as u64 + 1;
+        (started != 0).then(|| Duration::from_nanos(now_ns.saturating_sub(started)))
     }
 
     /// The loop's state as the health check sees it.
