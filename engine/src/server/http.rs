@@ -1,8 +1,8 @@
 //! The operations port (`--metrics-addr`): Prometheus metrics, `/health` and `/ready`.
 //!
 //! # Threads
-//! Plain `std` threads, never a shard: DESIGN.md keeps anything slow and rare off the shard
-//! cores. One thread ("corum-metrics") accepts connections and hands each to a fixed pool of
+//! Plain `std` threads, never a shard: anything slow and rare stays off the shard cores (a
+//! scrape encodes every metric and reads `/proc`). One thread ("corum-metrics") accepts connections and hands each to a fixed pool of
 //! [`WORKERS`] threads ("corum-http-N") through a queue of at most [`QUEUED_MAX`]
 //! connections; when the queue is full the accepting thread answers a canned 503 itself
 //! (writing for at most [`BUSY_WRITE_TIMEOUT`]) and closes. A worker reads one HTTP/1.0 or 1.1
