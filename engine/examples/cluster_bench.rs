@@ -81,6 +81,7 @@ fn main() {
             partitions: PARTITIONS_DEFAULT,
             replicas: 3,
             pin: false,
+            metrics_addr: None,
             tuning: Tuning::default(),
         };
         seeds.push(cfg.client_addr.to_string());

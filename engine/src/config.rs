@@ -25,6 +25,7 @@
 //! partitions = 64
 //! replicas = 3
 //! pin = false
+//! metrics_addr = "127.0.0.1:9101"
 //! [tuning]
 //! tick_ms = 10
 //! ```
@@ -113,6 +114,10 @@ pub struct NodeConfig {
     /// Pin shard `i` to core `i` (off by default, so several nodes can share a machine).
     #[serde(default)]
     pub pin: bool,
+    /// Address of the operations HTTP port: Prometheus `/metrics`, `/health`, `/ready`
+    /// (served by a thread of its own, not a shard). None: not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Timing, limits and sizes.
     #[serde(default)]
     pub tuning: Tuning,
@@ -289,6 +294,19 @@ impl NodeConfig {
                 "must be 1..=number of nodes",
             ));
         }
+        if let Some(m) = self.metrics_addr {
+            let overlaps = |base: SocketAddr| {
+                (base.ip() == m.ip() || base.ip().is_unspecified() || m.ip().is_unspecified())
+                    && (base.port()..=port_span(base) as u16).contains(&m.port())
+            };
+            if overlaps(self.client_addr) || overlaps(self.peer_addr) {
+                return Err(range(
+                    "metrics_addr",
+                    m.to_string(),
+                    "must not be one of this node's client or peer ports (base port + shard)",
+                ));
+            }
+        }
         let t = &self.tuning;
         if t.tick_ms == 0 || t.heartbeat_ticks == 0 {
             return Err(range("tuning", format!("{t:?}"), "ticks must be non-zero"));
@@ -405,8 +423,32 @@ mod tests {
             partitions: PARTITIONS_DEFAULT,
             replicas: REPLICAS_DEFAULT,
             pin: false,
+            metrics_addr: None,
             tuning: Tuning::default(),
         }
+    }
+
+    #[test]
+    fn metrics_addr_must_not_take_a_shard_port() {
+        let mut c = three();
+        c.metrics_addr = Some("127.0.0.1:7203".parse().unwrap());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::OutOfRange {
+                name: "metrics_addr",
+                ..
+            })
+        ));
+        c.metrics_addr = Some("0.0.0.0:7201".parse().unwrap());
+        assert!(c.validate().is_err());
+        c.metrics_addr = Some("127.0.0.1:9201".parse().unwrap());
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert!(text.contains("metrics_addr = \"127.0.0.1:9201\""), "{text}");
+        let back: NodeConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        c.metrics_addr = None;
+        assert!(!toml::to_string(&c).unwrap().contains("metrics_addr"));
     }
 
     #[test]

@@ -549,6 +549,7 @@ mod tests {
             partitions,
             replicas: 3,
             pin: false,
+            metrics_addr: None,
             tuning: Default::default(),
         }
     }

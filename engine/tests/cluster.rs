@@ -57,6 +57,7 @@ impl Cluster {
                 partitions: PARTITIONS,
                 replicas: 3,
                 pin: false,
+                metrics_addr: None,
                 tuning: tuning.clone(),
             })
             .collect();

@@ -278,6 +278,13 @@ pub struct DurableReport {
     pub segment: u64,
     /// Byte offset just past the batch in that segment ([`Wal`] only).
     pub end_offset: u64,
+    /// Bytes handed to the device for the batch, padding and a rewritten partial block
+    /// included ([`Wal`] only).
+    pub device_bytes: u64,
+    /// How long the batch's write took ([`Wal`] only; for metrics).
+    pub write_time: std::time::Duration,
+    /// How long its fdatasync took ([`Wal`] only; for metrics).
+    pub fdatasync_time: std::time::Duration,
 }
 
 impl DurableReport {

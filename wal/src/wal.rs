@@ -1051,6 +1051,7 @@ impl Wal {
             b[t + batch.len()..].fill(0);
             new_tail = b[tail_start_in_buf..(new_pos - start) as usize].to_vec();
         }
+        let write_started = std::time::Instant::now();
         match file.write_at(buf, start).await {
             Ok(n) if n as u64 == buf_len => {}
             Ok(n) => {
@@ -1065,7 +1066,9 @@ impl Wal {
             }
             Err(e) => return Err(self.poison(io_err("write", &path, e))),
         }
+        let sync_started = std::time::Instant::now();
         let mut synced = file.fdatasync().await;
+        let synced_at = std::time::Instant::now();
         if std::mem::take(&mut self.inner.borrow_mut().fail_next_fdatasync) && synced.is_ok() {
             synced = Err(io::Error::from_raw_os_error(libc::EIO).into());
         }
@@ -1092,6 +1095,9 @@ impl Wal {
             report.batch_seq = seq;
             report.segment = cur;
             report.end_offset = new_pos;
+            report.device_bytes = buf_len;
+            report.write_time = sync_started.saturating_duration_since(write_started);
+            report.fdatasync_time = synced_at.saturating_duration_since(sync_started);
             inner.resolve(&report, seq, cur, base);
             inner.evict();
             inner.collect_garbage()

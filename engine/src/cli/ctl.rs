@@ -786,6 +786,7 @@ impl ClusterStatus {
                     "term": leader.map(|(_, p)| p.term),
                     "commit_index": leader.map(|(_, p)| p.commit_index),
                     "applied_index": leader.map(|(_, p)| p.applied_index),
+                    "apply_lag": leader.map(|(_, l)| apply_lag(l.commit_index, &views)),
                     "replicas": views.iter().map(|(n, p)| json!({
                         "node": n, "term": p.term, "leader_hint": p.leader_node,
                         "is_leader": p.is_leader, "commit_index": p.commit_index,
@@ -822,20 +823,21 @@ impl ClusterStatus {
                 s.node, s.shard, s.endpoint
             ));
         }
-        out.push_str("\nPARTITION LEADER TERM  COMMIT   APPLIED  REPLICAS (node:applied)\n");
+        out.push_str("\nPARTITION LEADER TERM  COMMIT   APPLIED  LAG    REPLICAS (node:applied)\n");
         for (id, views) in self.views() {
             let leader = views
                 .iter()
                 .filter(|(_, p)| p.is_leader)
                 .max_by_key(|(_, p)| p.term);
-            let (l, t, c, a) = match leader {
+            let (l, t, c, a, lag) = match leader {
                 Some((n, p)) => (
                     n.to_string(),
                     p.term.to_string(),
                     p.commit_index.to_string(),
                     p.applied_index.to_string(),
+                    apply_lag(p.commit_index, &views).to_string(),
                 ),
-                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+                None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             };
             let replicas: Vec<String> = views
                 .iter()
@@ -847,7 +849,7 @@ impl ClusterStatus {
                 id.to_string()
             };
             out.push_str(&format!(
-                "{name:<9} {l:<6} {t:<5} {c:<8} {a:<8} {}\n",
+                "{name:<9} {l:<6} {t:<5} {c:<8} {a:<8} {lag:<6} {}\n",
                 replicas.join(" ")
             ));
         }
@@ -855,9 +857,35 @@ impl ClusterStatus {
     }
 }
 
+/// Apply lag of a partition: the leader's commit index minus the applied index of its slowest
+/// replica that answered (entries committed but not yet applied somewhere).
+fn apply_lag(leader_commit: u64, views: &[(u64, &wire::messages::PartitionStatus)]) -> u64 {
+    views
+        .iter()
+        .map(|(_, p)| leader_commit.saturating_sub(p.applied_index))
+        .max()
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apply_lag_is_the_slowest_replicas_distance_to_the_leaders_commit() {
+        let status = |applied_index| wire::messages::PartitionStatus {
+            partition: 1,
+            term: 2,
+            leader_node: 1,
+            commit_index: 10,
+            applied_index,
+            is_leader: false,
+        };
+        let (a, b, c) = (status(10), status(7), status(12));
+        assert_eq!(apply_lag(10, &[(1, &a), (2, &b), (3, &c)]), 3);
+        assert_eq!(apply_lag(10, &[(1, &a)]), 0);
+        assert_eq!(apply_lag(10, &[]), 0);
+    }
 
     #[test]
     fn prefix_ends() {

@@ -14,7 +14,9 @@
 //! # Ports
 //! Starting at `--base-port`, each node takes `shards` consecutive free client ports, then
 //! `shards` consecutive free peer ports (a port is free when 127.0.0.1 can bind it now); ports in
-//! use are skipped.
+//! use are skipped. After every node's client and peer ports, each node takes one free port for
+//! its operations HTTP endpoint (`metrics_addr`: `/metrics`, `/health`, `/ready`), unless
+//! `--no-metrics`.
 //!
 //! # cluster.json
 //! ```json
@@ -22,6 +24,7 @@
 //!   "replicas": 3, "endpoints": "127.0.0.1:7000,127.0.0.1:7002,127.0.0.1:7004",
 //!   "nodes": [ { "id": 1, "pid": 4243, "client_addr": "127.0.0.1:7000",
 //!                "peer_addr": "127.0.0.1:7001", "client_endpoints": ["127.0.0.1:7000"],
+//!                "metrics_addr": "127.0.0.1:7006",
 //!                "data_dir": "DIR/node-1/data", "config": "DIR/node-1/corum.toml",
 //!                "log": "DIR/node-1/corum.log" }, ... ] }
 //! ```
@@ -86,6 +89,9 @@ pub struct LocalArgs {
     /// How long stopping nodes get between SIGTERM and SIGKILL, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub grace_ms: u64,
+    /// Give the nodes no metrics port (`metrics_addr`); by default each gets one.
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 /// Why `corum local` could not set up the cluster.
@@ -193,13 +199,22 @@ pub fn plan(args: &LocalArgs) -> Result<Vec<NodeConfig>, LocalError> {
             SocketAddr::from(([127, 0, 0, 1], peer)),
         ));
     }
+    let mut metrics = Vec::new();
+    for _ in 0..args.nodes {
+        metrics.push(
+            (!args.no_metrics)
+                .then(|| take_ports(&mut cursor, 1))
+                .transpose()?
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port))),
+        );
+    }
     let peers = (1..=args.nodes)
         .zip(&addrs)
         .map(|(id, (_, p))| (id, *p))
         .collect();
     let configs: Vec<NodeConfig> = (1..=args.nodes)
-        .zip(&addrs)
-        .map(|(id, (client, peer))| NodeConfig {
+        .zip(addrs.iter().zip(&metrics))
+        .map(|(id, ((client, peer), metrics_addr))| NodeConfig {
             id,
             data_dir: dir.join(format!("node-{id}")).join("data"),
             client_addr: *client,
@@ -211,6 +226,7 @@ pub fn plan(args: &LocalArgs) -> Result<Vec<NodeConfig>, LocalError> {
                 .replicas
                 .unwrap_or_else(|| (args.nodes as usize).min(3)),
             pin: false,
+            metrics_addr: *metrics_addr,
             tuning: tuning.clone(),
         })
         .collect();
@@ -338,6 +354,7 @@ fn write_cluster_json(dir: &Path, nodes: &[Node], ready: bool) -> Result<(), Loc
             "client_addr": n.config.client_addr.to_string(),
             "peer_addr": n.config.peer_addr.to_string(),
             "client_endpoints": client_endpoints(&n.config),
+            "metrics_addr": n.config.metrics_addr.map(|a| a.to_string()),
             "data_dir": n.config.data_dir,
             "config": n.config_path,
             "log": n.log_path,
@@ -452,11 +469,15 @@ fn run_inner(args: &LocalArgs) -> Result<u8, LocalError> {
     );
     for n in &nodes {
         println!(
-            "  node {}: pid {}, client {}, peer {}, log {}",
+            "  node {}: pid {}, client {}, peer {}{}, log {}",
             n.config.id,
             n.child.id(),
             client_endpoints(&n.config).join(","),
             n.config.peer_addr,
+            n.config
+                .metrics_addr
+                .map(|a| format!(", metrics http://{a}/metrics"))
+                .unwrap_or_default(),
             n.log_path.display()
         );
     }
@@ -559,6 +580,7 @@ mod tests {
             tuning: None,
             ready_timeout_ms: 1000,
             grace_ms: 1000,
+            no_metrics: false,
         }
     }
 
@@ -580,12 +602,25 @@ mod tests {
                 ports.push(c.shard_client_addr(s).port());
                 ports.push(c.shard_peer_addr(s).port());
             }
+            ports.push(c.metrics_addr.expect("a metrics port by default").port());
         }
         let n = ports.len();
         ports.sort();
         ports.dedup();
         assert_eq!(ports.len(), n, "ports overlap");
         assert!(!ports.contains(&port), "busy port {port} was handed out");
+        // Metrics ports come after every node's client and peer ports (so the client ports
+        // stay where they were before nodes had metrics ports).
+        let last_shard_port = configs
+            .iter()
+            .map(|c| c.shard_peer_addr(c.shards - 1).port())
+            .max()
+            .unwrap();
+        assert!(configs
+            .iter()
+            .all(|c| c.metrics_addr.unwrap().port() > last_shard_port));
+        a.no_metrics = true;
+        assert!(plan(&a).unwrap().iter().all(|c| c.metrics_addr.is_none()));
     }
 
     #[test]

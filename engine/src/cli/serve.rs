@@ -2,7 +2,8 @@
 //!
 //! # Flags and the config file
 //! `--config FILE` reads a TOML file with the same names as the flags (`id`, `data_dir`,
-//! `client_addr`, `peer_addr`, `peers`, `shards`, `partitions`, `replicas`, `pin`) and a
+//! `client_addr`, `peer_addr`, `peers`, `shards`, `partitions`, `replicas`, `pin`,
+//! `metrics_addr`) and a
 //! `[tuning]` table (see [`crate::config`]). **A flag given on the command line overrides the
 //! same setting in the file**; the file may therefore leave out settings that are always given
 //! as flags. Without `--config`, `--id`, `--data-dir`, `--client-addr`, `--peer-addr` and
@@ -54,6 +55,10 @@ pub struct ServeArgs {
     /// Pin shard i to core i (`--pin` or `--pin=false`) [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub pin: Option<bool>,
+    /// Serve Prometheus /metrics, /health and /ready on this address (HTTP, a thread of its
+    /// own) [default: not served].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Why a configuration could not be assembled.
@@ -115,6 +120,9 @@ pub fn build_config(args: &ServeArgs, cores: usize) -> Result<NodeConfig, ServeC
     if let Some(pin) = args.pin {
         set("pin", toml::Value::Boolean(pin));
     }
+    if let Some(addr) = args.metrics_addr {
+        set("metrics_addr", toml::Value::String(addr.to_string()));
+    }
     table
         .entry("shards")
         .or_insert(toml::Value::Integer(cores.max(1) as i64));
@@ -165,6 +173,7 @@ pub fn run(args: ServeArgs) -> u8 {
         partitions = config.partitions,
         replicas = config.replicas,
         pin = config.pin,
+        metrics_addr = ?config.metrics_addr,
         "starting node"
     );
     match crate::server::run(config) {
@@ -219,9 +228,11 @@ mod tests {
         let args = ServeArgs {
             config: Some(path.clone()),
             pin: Some(false),
+            metrics_addr: Some("127.0.0.1:9100".parse().unwrap()),
             ..flags()
         };
         let c = build_config(&args, 8).unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9100".parse().unwrap()));
         assert_eq!(c.id, 1, "flag wins");
         assert_eq!(c.peers.len(), 3, "flag wins");
         assert_eq!(c.shards, 3, "file wins over the default");

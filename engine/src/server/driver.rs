@@ -20,6 +20,7 @@ use wal::{LogStore, Wal, WalConfig};
 use wire::{BodyEncoder, PeerBatch, RaftMessage};
 
 use super::convert;
+use super::metrics::{OpKind, ShardMetrics};
 use super::net::{self, ConnOut, ShardIo};
 use super::recover::FileSnapshots;
 use super::shard_core::{Output, ShardCore, SnapshotWrite};
@@ -32,7 +33,26 @@ use crate::snapshot;
 /// flatbuffers overhead beyond the payload estimate).
 const PEER_FRAME_FILL_DIVISOR: usize = 2;
 
-type Core = ShardCore<Wal, FileSnapshots, Rc<ConnOut>>;
+type Core = ShardCore<Wal, FileSnapshots, ReplyTo>;
+
+/// Where the core's answer to a request goes: the client connection, and the request's kind
+/// (so the driver counts every answer by kind and result, `corum_requests_total`, without the
+/// core knowing about metrics labels).
+#[derive(Clone)]
+pub struct ReplyTo {
+    conn: Rc<ConnOut>,
+    kind: OpKind,
+}
+
+/// Marks the shard's loop as ended in its metrics however the thread ends (error or panic),
+/// so `/health` reports it.
+struct LoopEndGuard(Arc<NodeShared>, usize);
+
+impl Drop for LoopEndGuard {
+    fn drop(&mut self) {
+        self.0.metrics.shard(self.1).loop_ended();
+    }
+}
 
 /// Entry point of a shard thread.
 pub fn thread_main(
@@ -45,6 +65,8 @@ pub fn thread_main(
     // Shard 0 releases the shards waiting for its boot report however it ends (error or
     // panic); a report already made stays. Dropped after any error was sent on `ready_tx`.
     let _boot_guard = (i == 0).then(|| BootGuard(shared.clone()));
+    shared.metrics.shard(i).thread_started();
+    let _loop_end = LoopEndGuard(shared.clone(), i);
     let placement = if config.pin {
         Placement::Fixed(i)
     } else {
@@ -83,6 +105,7 @@ pub fn thread_main(
             }
         };
         let _ = ready_tx.send((i, Ok(())));
+        shared.metrics.shard(i).serving();
         driver.run(wake_rx).await
     })
 }
@@ -106,6 +129,8 @@ struct Completions {
 struct Driver {
     i: usize,
     config: Arc<NodeConfig>,
+    /// The node's shared state (this shard's metrics live in it).
+    shared: Arc<NodeShared>,
     io: Rc<ShardIo>,
     core: Core,
     snap_dir: std::path::PathBuf,
@@ -182,7 +207,7 @@ impl Driver {
             core.sync_done(gen, r)?;
         }
 
-        let (io, wake_rx) = ShardIo::new(i, config.clone(), shared, stop);
+        let (io, wake_rx) = ShardIo::new(i, config.clone(), shared.clone(), stop);
         let client_addr = config.shard_client_addr(i);
         let peer_addr = config.shard_peer_addr(i);
         let client_listener = TcpListener::bind(client_addr)
@@ -211,6 +236,7 @@ impl Driver {
         let mut driver = Driver {
             i,
             config,
+            shared,
             io,
             core,
             snap_dir,
@@ -238,6 +264,7 @@ impl Driver {
         // than replayed in a burst that could expire every election timer together).
         let catch_up_max = u64::from(self.config.tuning.heartbeat_ticks) * 2;
         let mut last_tick = Instant::now();
+        let metrics_start = self.shared.metrics.start;
         loop {
             if self.io.stop.load(Ordering::Relaxed) {
                 tracing::info!(shard = self.i, "shard stopping");
@@ -245,6 +272,8 @@ impl Driver {
                 return Ok(());
             }
             let now = Instant::now();
+            // The heartbeat `/health` checks (a relaxed store; the clock was read anyway).
+            self.m().turned(metrics_start, now);
             let due =
                 (now.saturating_duration_since(last_tick).as_nanos() / tick.as_nanos()) as u64;
             if due > 0 {
@@ -336,6 +365,11 @@ impl Driver {
             let (peer, requests) = {
                 let mut inbox = self.io.inbox.borrow_mut();
                 if inbox.peer_dropped > 0 {
+                    self.shared
+                        .metrics
+                        .shard(self.i)
+                        .peer_messages_dropped
+                        .add(inbox.peer_dropped);
                     tracing::warn!(
                         shard = self.i,
                         dropped = inbox.peer_dropped,
@@ -353,7 +387,8 @@ impl Driver {
                 self.core.step_peer(p, m);
             }
             for (conn, r) in requests {
-                self.core.request(conn, r);
+                let kind = OpKind::of(&r.op);
+                self.core.request(ReplyTo { conn, kind }, r);
             }
         }
         if let Some(map) = self.io.shared.map() {
@@ -368,10 +403,12 @@ impl Driver {
     }
 
     /// Carries out the core's actions.
-    fn carry_out(&mut self, out: Output<Rc<ConnOut>>) {
+    fn carry_out(&mut self, out: Output<ReplyTo>) {
         self.send(out.messages);
-        for (conn, r) in out.replies {
-            conn.respond(r);
+        let m = self.shared.metrics.shard(self.i);
+        for (to, r) in out.replies {
+            m.answered(to.kind, r.outcome.as_ref().map(|_| ()));
+            to.conn.respond(r);
         }
         if let Some(map) = out.map_committed {
             self.io.shared.set_map(map);
@@ -392,12 +429,27 @@ impl Driver {
             self.i
         );
         self.sync_running.set(true);
+        self.m()
+            .wal_sync_started(self.shared.metrics.start, Instant::now());
         let wal = self.core.log().clone();
         let done = self.done.clone();
         let running = self.sync_running.clone();
         let io = self.io.clone();
+        let shared = self.shared.clone();
+        let i = self.i;
         glommio::spawn_local(async move {
-            let r = wal.sync().await.map(|_| ());
+            let r = wal.sync().await;
+            let m = shared.metrics.shard(i);
+            m.wal_sync_finished();
+            let r = r.map(|report| {
+                // An empty batch wrote nothing (no device bytes): not a WAL write.
+                if report.device_bytes > 0 {
+                    m.wal_syncs.inc();
+                    m.wal_bytes.add(report.device_bytes);
+                    m.wal_write.observe_duration(report.write_time);
+                    m.wal_fdatasync.observe_duration(report.fdatasync_time);
+                }
+            });
             done.borrow_mut().sync = Some((gen, r));
             running.set(false);
             io.wake();
@@ -440,13 +492,23 @@ impl Driver {
         self.io.shutdown().await;
     }
 
+    /// This shard's metrics.
+    fn m(&self) -> &ShardMetrics {
+        self.shared.metrics.shard(self.i)
+    }
+
     /// Sends messages, batched into one frame per destination node (split when large).
     fn send(&mut self, msgs: Vec<(u64, Message)>) {
         if msgs.is_empty() {
             return;
         }
         let mut by_node: BTreeMap<u64, Vec<(u64, RaftMessage)>> = BTreeMap::new();
+        let metrics = self.shared.metrics.shard(self.i);
         for (p, m) in msgs {
+            if let Some(s) = &m.snapshot {
+                metrics.snapshots_sent.inc();
+                metrics.snapshot_sent_bytes.add(s.data.len() as u64);
+            }
             by_node
                 .entry(m.to)
                 .or_default()
@@ -486,7 +548,9 @@ impl Driver {
                     tracing::error!(shard = self.i, node, error = %e, "peer frame over the limit; dropped");
                     continue;
                 }
-                tx.push(buf.freeze());
+                if !tx.push(buf.freeze()) {
+                    metrics.peer_frames_dropped.inc();
+                }
             }
         }
     }

@@ -113,6 +113,14 @@
 //! leader, stay until the request timeout (`tuning.request_timeout_ms`, 10 s): their outcome is
 //! genuinely unknown.
 //!
+//! # Metrics and health
+//! With `config.metrics_addr`, a thread of its own (not a shard: `http`) serves Prometheus
+//! `/metrics`, `/health` and `/ready`. The shards pay only for counting: each shard writes its
+//! own counters (`metrics`, relaxed atomics no other thread writes), the core counts
+//! proposals, elections and snapshots, the driver times nothing itself but records the WAL's
+//! write and fdatasync durations and a heartbeat per loop turn; the metrics thread reads all of
+//! it, and the status shards publish anyway, only when scraped.
+//!
 //! # Files and ports
 //! ```text
 //! data_dir/shard-<i>/wal/          the shard's WAL segments (wal crate format)
@@ -120,6 +128,7 @@
 //!                                  only the newest per partition is kept
 //! client_addr.port() + i           shard i's client listener
 //! peer_addr.port() + i             shard i's peer listener (shard i of every other node dials it)
+//! metrics_addr                     the operations HTTP port (optional; one per node)
 //! ```
 //!
 //! # Known limits of this version
@@ -145,6 +154,8 @@
 
 mod convert;
 mod driver;
+pub mod http;
+pub mod metrics;
 mod net;
 mod recover;
 mod requests;
@@ -248,6 +259,8 @@ pub struct ServerHandle {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Result<(), ServerError>>>,
     shared: Arc<shared::NodeShared>,
+    /// The operations HTTP thread (`config.metrics_addr`), stopped after the shards.
+    metrics: Option<http::MetricsServer>,
 }
 
 impl ServerHandle {
@@ -255,7 +268,16 @@ impl ServerHandle {
     /// while running (e.g. a fatal WAL sync failure), if any.
     pub fn stop(mut self) -> Result<(), ServerError> {
         self.stop.store(true, Ordering::SeqCst);
-        join_all(std::mem::take(&mut self.threads))
+        let r = join_all(std::mem::take(&mut self.threads));
+        if let Some(m) = self.metrics.take() {
+            m.stop();
+        }
+        r
+    }
+
+    /// The address of the operations HTTP port, when it is served.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(http::MetricsServer::addr)
     }
 
     /// True once a shard has stopped on its own (after a fatal error).
@@ -300,6 +322,16 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(shared::NodeShared::new(&config));
+    // Before the shards, so `/health` answers while they recover (and a taken port fails the
+    // start at once). Dropped (stopped) on any start failure below.
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(http::MetricsServer::start(
+            addr,
+            config.clone(),
+            shared.clone(),
+        )?),
+        None => None,
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<(), ServerError>)>();
     let mut threads = Vec::with_capacity(config.shards);
     for i in 0..config.shards {
@@ -355,6 +387,7 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
         stop,
         threads,
         shared,
+        metrics,
     })
 }
 

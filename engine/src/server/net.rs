@@ -296,7 +296,9 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
         if io.stop.load(Ordering::Relaxed) {
             return;
         }
+        let metrics = io.shared.metrics.shard(io.shard);
         if io.connections.get() >= io.config.tuning.connections_max {
+            metrics.client_connections_refused.inc();
             tracing::warn!(
                 shard = io.shard,
                 limit = io.config.tuning.connections_max,
@@ -306,10 +308,14 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
             continue;
         }
         io.connections.set(io.connections.get() + 1);
+        metrics.client_connections_accepted.inc();
+        metrics.client_connections.set(io.connections.get() as u64);
         let io2 = io.clone();
         io.spawn(async move {
             serve_client(stream, &io2).await;
             io2.connections.set(io2.connections.get() - 1);
+            let metrics = io2.shared.metrics.shard(io2.shard);
+            metrics.client_connections.set(io2.connections.get() as u64);
         });
     }
 }
@@ -370,6 +376,10 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                     let mut queued = false;
                     for r in requests {
                         if out.inflight.get() >= inflight_max {
+                            io.shared
+                                .metrics
+                                .shard(io.shard)
+                                .answered(super::metrics::OpKind::of(&r.op), Err(&WireError::Busy));
                             out.respond_uncounted(Response {
                                 id: r.id,
                                 header: Default::default(),
@@ -869,15 +879,16 @@ pub struct PeerQueue {
 
 impl PeerQueue {
     /// Queues a frame; drops it when [`PEER_QUEUE_FRAMES_MAX`] frames are waiting (Raft
-    /// retransmits whatever matters).
-    pub fn push(&self, frame: Bytes) {
+    /// retransmits whatever matters). Returns false when it was dropped.
+    pub fn push(&self, frame: Bytes) -> bool {
         let mut q = self.frames.borrow_mut();
         if q.len() >= PEER_QUEUE_FRAMES_MAX {
             self.dropped.set(self.dropped.get() + 1);
-            return;
+            return false;
         }
         q.push_back(frame);
         let _ = self.notify.try_send(());
+        true
     }
 }
 
@@ -1060,6 +1071,7 @@ mod tests {
             data_dir: "/nonexistent".into(),
             client_addr: "127.0.0.1:1".parse().unwrap(),
             peer_addr: peers[&id],
+            metrics_addr: None,
             peers,
             shards: 1,
             partitions: 1,

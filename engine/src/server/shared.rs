@@ -1,5 +1,6 @@
 //! The little state the shards of one node share: status atomics per partition, the client
-//! endpoints of other nodes, and the cluster map shard 0 applies from the meta group.
+//! endpoints of other nodes, the cluster map shard 0 applies from the meta group, and each
+//! shard's metrics (`super::metrics`, written only by their shard).
 //! Written once per loop turn (atomics, no locks), on a peer hello or a map change (a lock,
 //! rare); read to answer `Status` and `ClusterMap` and, for the map, by a shard once when its
 //! epoch changes. Never on the write path.
@@ -10,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
+use super::metrics::NodeMetrics;
 use crate::config::{shard_addr, NodeConfig};
 use crate::meta::MetaMap;
 
@@ -23,7 +25,12 @@ pub enum Boot {
 }
 
 /// One partition's status as its shard last published it.
+///
+/// Aligned to a 64-byte cache line: the slots are indexed by partition and neighbouring
+/// partitions live on different shards (p % shards), and each shard stores into its slots
+/// every turn, so unpadded 48-byte slots shared lines between cores and bounced them.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 pub struct PartitionStat {
     /// Known leader node (0: none).
     pub leader: AtomicU64,
@@ -33,8 +40,29 @@ pub struct PartitionStat {
     pub commit: AtomicU64,
     /// Applied index.
     pub applied: AtomicU64,
+    /// Client sessions in the partition's session table.
+    pub sessions: AtomicU64,
     /// A shard of this node hosts the partition (set by its first publish).
     pub hosted: AtomicBool,
+}
+
+// One slot per cache line (see PartitionStat): no two partitions' slots share one.
+const _: () = assert!(std::mem::size_of::<PartitionStat>() == 64);
+const _: () = assert!(std::mem::align_of::<PartitionStat>() == 64);
+
+/// What a shard publishes about one partition after a turn.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Published {
+    /// Known leader node (0: none).
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Client sessions in the partition's session table.
+    pub sessions: u64,
 }
 
 /// State shared by the shards of one node.
@@ -52,6 +80,8 @@ pub struct NodeShared {
     /// Shard 0's startup result, awaited by the other shards before they choose partitions.
     boot: Mutex<Option<Boot>>,
     boot_cv: Condvar,
+    /// Every shard's metrics (each written only by its shard, read at scrape time).
+    pub metrics: NodeMetrics,
 }
 
 impl NodeShared {
@@ -68,6 +98,7 @@ impl NodeShared {
             map_epoch: AtomicU64::new(0),
             boot: Mutex::new(None),
             boot_cv: Condvar::new(),
+            metrics: NodeMetrics::new(config.shards),
         }
     }
 
@@ -86,12 +117,13 @@ impl NodeShared {
     }
 
     /// Publishes a partition's status.
-    pub fn publish(&self, partition: u64, leader: u64, term: u64, commit: u64, applied: u64) {
+    pub fn publish(&self, partition: u64, status: Published) {
         if let Some(s) = self.stat(partition) {
-            s.leader.store(leader, Ordering::Relaxed);
-            s.term.store(term, Ordering::Relaxed);
-            s.commit.store(commit, Ordering::Relaxed);
-            s.applied.store(applied, Ordering::Relaxed);
+            s.leader.store(status.leader, Ordering::Relaxed);
+            s.term.store(status.term, Ordering::Relaxed);
+            s.commit.store(status.commit, Ordering::Relaxed);
+            s.applied.store(status.applied, Ordering::Relaxed);
+            s.sessions.store(status.sessions, Ordering::Relaxed);
             s.hosted.store(true, Ordering::Relaxed);
         }
     }

@@ -76,6 +76,7 @@ impl Script {
                     partitions: 1,
                     replicas: 3,
                     pin: false,
+                    metrics_addr: None,
                     tuning: tuning.clone(),
                 });
                 let shared = Arc::new(NodeShared::new(&config));

@@ -296,6 +296,7 @@ impl World {
                 partitions,
                 replicas: 3,
                 pin: false,
+                metrics_addr: None,
                 tuning: tuning.clone(),
             });
             let logs = (0..shards)

@@ -244,6 +244,9 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             let mut ops = VecDeque::new();
             let mut bytes = 0u64;
             if let Some(s) = &rd.snapshot {
+                let m = self.shared.metrics.shard(self.i);
+                m.snapshots_received.inc();
+                m.snapshot_received_bytes.add(s.data.len() as u64);
                 self.out.snapshot_writes.push(SnapshotWrite {
                     partition: p,
                     index: s.meta.index,
@@ -697,6 +700,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             let index = applied;
             let term = part.sm.applied_term();
             let data = snapshot::encode(&part.sm, &convert::encode_conf(part.raft.conf()));
+            self.shared.metrics.shard(i).snapshots_taken.inc();
             part.log_bytes = 0;
             part.snapshot_writing = Some(partition::LocalSnapshot {
                 index,

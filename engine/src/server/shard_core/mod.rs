@@ -43,6 +43,12 @@
 //! (`WalBacklog`) until the sync in flight or the file write completes. Everything after the
 //! head of the backlog waits behind it, so records still reach the log in Ready order.
 //!
+//! # Metrics
+//! The core counts what only it sees (commands proposed and their batch sizes, elections,
+//! pre-votes and leader changes, snapshots received and taken) into its shard's
+//! `super::metrics::ShardMetrics`: single-writer counters, no clock. Durations are the
+//! driver's.
+//!
 //! # Invariants checked here (a violation stops the shard with a message)
 //! - A Ready's records reach the log in number order per partition, and a Ready is reported
 //!   persisted only after the sync that covers its last record returned `Ok`.
@@ -62,7 +68,7 @@ use raftcore::{Message, Role};
 use wal::LogStore;
 use wire::{ClusterMap, Request, Response};
 
-use super::shared::NodeShared;
+use super::shared::{NodeShared, Published};
 use super::ServerError;
 use crate::command::{self, Command, CommandOp};
 use crate::config::NodeConfig;
@@ -488,15 +494,37 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         Ok(())
     }
 
-    /// Publishes every partition's status to the node.
-    fn publish(&self) {
-        for part in self.parts.values() {
+    /// Publishes every partition's status to the node, and counts the elections, pre-votes
+    /// and leader changes seen since the last publish (after every turn and every completed
+    /// sync). Counted from what changed between two publishes, so a replica that campaigns
+    /// twice between two of them (two election timeouts within one turn's ticks) counts once,
+    /// and so does a pre-vote repeated while still pre-candidate.
+    fn publish(&mut self) {
+        let m = self.shared.metrics.shard(self.i);
+        for part in self.parts.values_mut() {
+            let (role, term, leader) = (part.raft.role(), part.raft.term(), part.raft.leader());
+            if (role, term, leader) != part.seen {
+                let (seen_role, seen_term, seen_leader) = part.seen;
+                if role == Role::Candidate && (seen_role != Role::Candidate || seen_term != term) {
+                    m.elections.inc();
+                }
+                if role == Role::PreCandidate && seen_role != Role::PreCandidate {
+                    m.prevotes.inc();
+                }
+                if leader != 0 && (leader, term) != (seen_leader, seen_term) {
+                    m.leader_changes.inc();
+                }
+                part.seen = (role, term, leader);
+            }
             self.shared.publish(
                 part.id,
-                part.raft.leader(),
-                part.raft.term(),
-                part.raft.committed(),
-                part.sm.applied_index(),
+                Published {
+                    leader,
+                    term,
+                    commit: part.raft.committed(),
+                    applied: part.sm.applied_index(),
+                    sessions: part.sm.sessions().len() as u64,
+                },
             );
         }
     }

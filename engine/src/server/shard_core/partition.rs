@@ -87,6 +87,9 @@ pub struct Partition<C> {
     pub backlogged: usize,
     /// A snapshot of this partition taken here, whose file the driver is writing.
     pub snapshot_writing: Option<LocalSnapshot>,
+    /// (role, term, leader) when this shard last published the partition's status: elections
+    /// and leader changes are counted from the changes between turns (`ShardCore::publish`).
+    pub seen: (raftcore::Role, u64, u64),
 }
 
 /// A snapshot taken locally, kept until its file is durable; then the log is compacted to it.
@@ -171,6 +174,7 @@ pub async fn open<C, L: LogStore, S: SnapshotStore>(
         truncate_gen: 0,
         backlogged: 0,
         snapshot_writing: None,
+        seen: (raftcore::Role::Follower, 0, 0),
     })
 }
 

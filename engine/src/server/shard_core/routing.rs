@@ -319,6 +319,9 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             let datas: Vec<bytes::Bytes> = queued.iter().map(|(d, _)| d.clone()).collect();
             match part.raft.propose(&datas) {
                 Ok(p) => {
+                    let m = self.shared.metrics.shard(self.i);
+                    m.proposals.add(datas.len() as u64);
+                    m.proposal_batch.observe(datas.len() as u64);
                     for (k, (_, mut w)) in queued.into_iter().enumerate() {
                         w.term = p.term;
                         let key = (p.first_index + k as u64, p.term);
