@@ -22,6 +22,7 @@ mod codec;
 pub mod command;
 pub mod config;
 pub mod meta;
+pub mod placement;
 pub mod revision;
 pub mod server;
 pub mod sim;
