@@ -7,7 +7,8 @@
 //! connections; when the queue is full the accepting thread answers a canned 503 itself
 //! (writing for at most [`BUSY_WRITE_TIMEOUT`]) and closes. A worker reads one HTTP/1.0 or 1.1
 //! request head (at most [`REQUEST_HEAD_BYTES_MAX`] bytes, parsed by `httparse`, within
-//! [`REQUEST_DEADLINE`] of the accept), answers it and closes the connection
+//! [`REQUEST_DEADLINE`] of the accept, or [`DEQUEUE_GRACE`] after a worker takes it if it
+//! waited longer in the queue), answers it and closes the connection
 //! (`Connection: close`; Prometheus reconnects each scrape). Reading the head, queueing and
 //! writing the answer share one deadline, [`CONNECTION_DEADLINE`] after the accept, however
 //! slowly the client reads. So threads and memory are bounded, and a connection holds up
@@ -34,7 +35,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -68,6 +69,10 @@ pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 pub const CONNECTION_DEADLINE: Duration = Duration::from_secs(5);
 /// Time allowed to write the canned 503 when every worker is busy and the queue is full.
 pub const BUSY_WRITE_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a worker still waits for the request head of a connection that waited in the
+/// queue past its [`REQUEST_DEADLINE`]: a client that sent its request at once is answered
+/// (within its [`CONNECTION_DEADLINE`]) instead of having its unread request reset.
+pub const DEQUEUE_GRACE: Duration = Duration::from_millis(100);
 /// Warn lines about clients (malformed requests, turned away) and accept errors: at most one
 /// per this, each saying how many were suppressed since the last.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
@@ -194,6 +199,8 @@ pub struct MetricsServer {
     listener: Arc<TcpListener>,
     acceptor: Option<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
+    /// Connections the workers took off the queue.
+    taken: Arc<AtomicU64>,
 }
 
 /// An accepted connection on its way to a worker.
@@ -211,6 +218,8 @@ struct Context {
     client_log: LogLimiter,
     accept_log: LogLimiter,
     panic_log: LogLimiter,
+    /// Connections workers took off the queue (tests wait on it).
+    taken: Arc<AtomicU64>,
 }
 
 impl MetricsServer {
@@ -243,6 +252,7 @@ impl MetricsServer {
             client_log: LogLimiter::new(LOG_EVERY),
             accept_log: LogLimiter::new(LOG_EVERY),
             panic_log: LogLimiter::new(LOG_EVERY),
+            taken: Arc::new(AtomicU64::new(0)),
         });
         let spawn_error = |source| ServerError::Io {
             what: "spawn a metrics thread".into(),
@@ -254,6 +264,7 @@ impl MetricsServer {
             listener: listener.clone(),
             acceptor: None,
             workers: Vec::with_capacity(limits.workers),
+            taken: ctx.taken.clone(),
         };
         // On an error below, dropping `server` stops the threads started so far.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Conn>(limits.queued_max);
@@ -303,6 +314,13 @@ impl MetricsServer {
         for t in self.workers.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl MetricsServer {
+    /// Connections the workers have taken off the queue so far (answered or being answered).
+    pub fn connections_taken(&self) -> u64 {
+        self.taken.load(Ordering::SeqCst)
     }
 }
 
@@ -358,6 +376,7 @@ fn work(queue: &Mutex<Receiver<Conn>>, stop: &AtomicBool, ctx: &Context) {
     loop {
         let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok(conn) = next else { return };
+        ctx.taken.fetch_add(1, Ordering::SeqCst);
         if !stop.load(Ordering::SeqCst) {
             answer(conn, ctx);
         }
@@ -368,7 +387,11 @@ fn work(queue: &Mutex<Receiver<Conn>>, stop: &AtomicBool, ctx: &Context) {
 /// this function (the worker goes on).
 fn answer(mut conn: Conn, ctx: &Context) {
     let end = conn.accepted + ctx.limits.connection_deadline;
-    let head_by = (conn.accepted + ctx.limits.request_deadline).min(end);
+    // A connection that waited in the queue past its head deadline still gets a short read:
+    // its request is usually in the socket already.
+    let head_by = (conn.accepted + ctx.limits.request_deadline)
+        .max(Instant::now() + DEQUEUE_GRACE)
+        .min(end);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         match handle(&mut conn.stream, head_by, end, &ctx.endpoints) {
             Err(e) if e.is_bad_request() => {
@@ -573,6 +596,12 @@ fn handle(
         // The hook of the test that a panic is caught (the unit tests only).
         #[cfg(test)]
         "/test/panic" => panic!("a test asked for a panic"),
+        // Holds the worker, for the test of connections that wait in the queue.
+        #[cfg(test)]
+        "/test/slow" => {
+            std::thread::sleep(Duration::from_millis(600));
+            (200, "text/plain", b"slow\n".to_vec())
+        }
         _ => (
             404,
             "text/plain",
@@ -1524,6 +1553,46 @@ mod tests {
         server.stop();
     }
 
+    /// A connection that waited in the queue past its head deadline is still answered when its
+    /// request is already there (review of the worker pool: the worker used to close it
+    /// unread, which the client saw as a reset). The one worker is held 600 ms by a slow
+    /// request, against a 100 ms head deadline.
+    #[test]
+    fn a_request_that_waited_in_the_queue_is_answered() {
+        let c = Arc::new(config());
+        let shared = Arc::new(NodeShared::new(&c));
+        let limits = Limits {
+            workers: 1,
+            queued_max: 4,
+            request_deadline: Duration::from_millis(100),
+            connection_deadline: Duration::from_secs(10),
+        };
+        let server =
+            MetricsServer::start_with("127.0.0.1:0".parse().unwrap(), c, shared, limits).unwrap();
+        let bound = Duration::from_secs(10);
+        let addr = server.addr();
+        let slow = std::thread::spawn(move || get_within(addr, "/test/slow", bound));
+        let deadline = Instant::now() + bound;
+        while server.connections_taken() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never took a connection"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let t = Instant::now();
+        let answer = get_within(addr, "/health", bound).expect("answered, not reset");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(100),
+            "it did wait past its head deadline: {:?}",
+            t.elapsed()
+        );
+        let slow = slow.join().unwrap().unwrap();
+        assert!(slow.starts_with("HTTP/1.1 200 "), "{slow:?}");
+        server.stop();
+    }
+
     /// A small server (1 worker, 1 queued connection, long deadlines so timing cannot change
     /// the outcome) turns a connection away at once with a 503 when both are taken, and
     /// serves again once they are free.
@@ -1542,7 +1611,17 @@ mod tests {
         let bound = Duration::from_secs(5);
         // The worker waits for this one's head; the next waits in the queue. The server
         // accepts in order, and the third connection is accepted only after both.
+        // Each waits until the worker holds the first one: connected before that, the second
+        // could find the one queue slot still taken and be the one turned away.
         let busy_worker = TcpStream::connect(server.addr()).unwrap();
+        let deadline = Instant::now() + bound;
+        while server.connections_taken() < 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never took a connection"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let queued = TcpStream::connect(server.addr()).unwrap();
         let mut turned_away = TcpStream::connect(server.addr()).unwrap();
         turned_away.set_read_timeout(Some(bound)).unwrap();
