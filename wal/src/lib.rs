@@ -174,6 +174,12 @@
 //! cuts exactly them. Everything before E is never written again except unchanged, so an
 //! acknowledged (synced) batch is never lost or altered.
 //!
+//! Recovery also counts as durable batches whose write completed but whose `fdatasync` never
+//! ran (a process killed mid-sync: the bytes may sit in the device's volatile cache), so
+//! [`Wal::open`] fdatasyncs every segment it recovered before it returns
+//! (`WalStats::recovery_syncs`). Before the log continued in its last segment, creating a new
+//! segment at every open flushed the device as a side effect.
+//!
 //! The last segment is not continued, and a new one (flag "seals") is started after it, only
 //! when its file no longer has the size its header says it was created with (cut short outside
 //! the WAL) or there are no segments. A segment continued after a configuration change keeps its
