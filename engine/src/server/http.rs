@@ -42,7 +42,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -795,29 +795,13 @@ fn shard_label(i: usize) -> Labels {
     vec![("shard", i.to_string())]
 }
 
-fn counters(
+/// One counter family (`u64` counts or `f64` seconds), left out when there are no rows.
+fn counters<N: EncodeCounterValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    rows: Vec<(Labels, u64)>,
-) -> std::fmt::Result {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut me = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    for (labels, v) in rows {
-        ConstCounter::new(v).encode(me.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-fn counters_f64(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    rows: Vec<(Labels, f64)>,
+    rows: Vec<(Labels, N)>,
 ) -> std::fmt::Result {
     if rows.is_empty() {
         return Ok(());
@@ -1210,7 +1194,7 @@ impl Collector for NodeCollector {
                 .collect(),
         )?;
         let tick = proc::clock_ticks_per_second();
-        counters_f64(
+        counters(
             e,
             "corum_shard_cpu",
             "CPU time of the shard's thread (user + system).",
@@ -1228,7 +1212,7 @@ impl Collector for NodeCollector {
 
         // Process (the names every Prometheus client library uses).
         if let Some(stat) = proc::stat("/proc/self/stat") {
-            counters_f64(
+            counters(
                 e,
                 "process_cpu",
                 "Total user and system CPU time spent.",
