@@ -2169,6 +2169,21 @@ mod invariant_tests {
         n
     }
 
+    /// Leader 1's whole snapshot (one chunk) at `(index, term)` for node 2, sent in `term`.
+    fn whole_snapshot(index: u64, term: u64) -> Message {
+        let mut m = Message::new(MessageKind::Snapshot, 1, 2, term);
+        m.snapshot = Some(Box::new(SnapshotChunk {
+            index,
+            term,
+            conf: ConfState::with_voters(&[1, 2, 3]),
+            offset: 0,
+            total_bytes: 1,
+            data: Bytes::from_static(b"s"),
+            done: true,
+        }));
+        m
+    }
+
     /// A snapshot whose last entry has another term than the entry we hold there replaces a
     /// log that was durable: until the snapshot itself is, the durable log at that index holds
     /// the old entry, so `persisted` may not claim it (found by the whole-node simulator, seed
@@ -2179,17 +2194,7 @@ mod invariant_tests {
         let mut n = follower();
         assert_eq!((n.persisted(), n.log_term(4)), (4, Some(2)));
         let committed_before = n.log.committed;
-        let mut m = Message::new(MessageKind::Snapshot, 1, 2, 3);
-        m.snapshot = Some(Box::new(SnapshotChunk {
-            index: 4,
-            term: 3,
-            conf: ConfState::with_voters(&[1, 2, 3]),
-            offset: 0,
-            total_bytes: 1,
-            data: Bytes::from_static(b"s"),
-            done: true,
-        }));
-        n.step(m);
+        n.step(whole_snapshot(4, 3));
         assert_eq!(n.log_term(4), Some(3), "the snapshot was installed");
         assert!(
             n.persisted() <= committed_before,
@@ -2220,17 +2225,7 @@ mod invariant_tests {
         let rd1 = n.ready();
         assert_eq!(rd1.entries.len(), 3);
         let committed_before = n.log.committed;
-        let mut m = Message::new(MessageKind::Snapshot, 1, 2, 3);
-        m.snapshot = Some(Box::new(SnapshotChunk {
-            index: 4,
-            term: 3,
-            conf: ConfState::with_voters(&[1, 2, 3]),
-            offset: 0,
-            total_bytes: 1,
-            data: Bytes::from_static(b"s"),
-            done: true,
-        }));
-        n.step(m);
+        n.step(whole_snapshot(4, 3));
         let rd2 = n.ready();
         assert!(rd2.snapshot.is_some());
         n.on_persisted(rd1.number).unwrap();
