@@ -858,8 +858,8 @@ fn check_fdatasync(file: &File, block: &AlignedBlock, syncs: u32) -> Check {
 
 fn check_free_disk(fs: &libc::statfs) -> Check {
     let block = fs.f_bsize as u64;
-    let free = fs.f_bavail as u64 * block;
-    let total = fs.f_blocks as u64 * block;
+    let free = fs.f_bavail * block;
+    let total = fs.f_blocks * block;
     let values = json!({ "free_bytes": free, "total_bytes": total });
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let found = format!("{:.1} GiB free of {:.1} GiB", gib(free), gib(total));
