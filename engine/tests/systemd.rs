@@ -72,7 +72,13 @@ fn serve_notifies_ready_once_serving_and_stopping_on_sigterm() {
     let dir = test_dir("systemd-notify");
     let sock_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let (client, peer) = (free_port(), free_port());
+    let client = free_port();
+    let peer = loop {
+        let p = free_port();
+        if p != client {
+            break p;
+        }
+    };
     let child = Command::new(CORUM)
         .args(["serve", "--id", "1", "--shards", "1", "--partitions", "2"])
         .args(["--replicas", "1"])
