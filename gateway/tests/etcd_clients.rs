@@ -374,6 +374,50 @@ async fn etcd_client_crate(h: &Harness) {
         .await
         .unwrap();
     assert_eq!((r.count(), r.kvs().len(), r.more()), (2, 0, false));
+    // put --ignore-value keeps the value (and needs the key to exist).
+    use etcd_client::PutOptions;
+    let r = c
+        .put(
+            "ec/1",
+            "",
+            Some(PutOptions::new().with_ignore_value().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.prev_key().unwrap().value_str().unwrap(), "one");
+    let r = c.get("ec/1", None).await.unwrap();
+    assert_eq!(
+        (r.kvs()[0].value_str().unwrap(), r.kvs()[0].version()),
+        ("one", 2)
+    );
+    let err = c
+        .put(
+            "ec/missing",
+            "",
+            Some(PutOptions::new().with_ignore_value()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("etcdserver: key not found"),
+        "{err}"
+    );
+    // Revision filters apply to the returned keys; count stays the whole range's, as in etcd.
+    let mod1 = r.kvs()[0].mod_revision();
+    let r = c
+        .get(
+            "ec/",
+            Some(GetOptions::new().with_prefix().with_min_mod_revision(mod1)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        r.kvs().iter().all(|kv| kv.mod_revision() >= mod1),
+        "{:?}",
+        r.kvs()
+    );
+    assert!(r.kvs().iter().any(|kv| kv.key() == b"ec/1"));
+    assert_eq!(r.count(), 2, "count is the range's, before the filters");
     // A compare-and-set on one key.
     let txn = Txn::new()
         .when([Compare::value("ec/1", CompareOp::Equal, "one")])
