@@ -155,7 +155,10 @@ impl Gateway {
                 // Without sorting or filters only the first `limit` + 1 key-values are kept
                 // (one more than asked, so `more` is exact); the rest of the range is only
                 // counted, and read without values.
-                let keep = if limit > 0 && !sorting && !filtering {
+                // count_only keeps none: the count is all it needs.
+                let keep = if r.count_only {
+                    0
+                } else if limit > 0 && !sorting && !filtering {
                     limit.saturating_add(1)
                 } else {
                     usize::MAX
