@@ -499,6 +499,30 @@ async fn bad_input(h: &Harness) {
     assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
     h.still_serves("an unknown method").await;
 
+    // A value over corum's 1 MiB limit (the gRPC message is under the gateway's 2 MiB):
+    // etcd's "request is too large". A message over the gateway's gRPC limit is refused by
+    // the gRPC layer before any corum call.
+    for (len, want) in [
+        ((1 << 20) + 1, Some(tonic::Code::InvalidArgument)),
+        (3 << 20, None),
+    ] {
+        let err = h
+            .kv()
+            .await
+            .put(epb::PutRequest {
+                key: "big".into(),
+                value: vec![b'v'; len].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        if let Some(code) = want {
+            assert_eq!(err.code(), code, "{err:?}");
+            assert_eq!(err.message(), "etcdserver: request is too large");
+        }
+        h.still_serves(&format!("a put of {len} bytes")).await;
+    }
+
     // Garbage, then an HTTP/1 request, on the gRPC port: the connection is closed (or answered
     // with an error) and the gateway keeps serving.
     for (what, bytes) in [
