@@ -225,6 +225,23 @@ fn metrics_health_and_ready_on_a_running_cluster() {
         |name: &str, with: &[&str]| -> f64 { scrapes.iter().map(|s| sum(s, name, with)).sum() };
     let puts_ok = total("corum_requests_total", &["kind=\"put\"", "result=\"ok\""]);
     assert!(puts_ok >= PUTS as f64, "puts answered ok: {puts_ok}");
+    // Every answer the core gave a put is in the latency histogram (none were Busy here), and
+    // a replicated, fdatasynced put takes more than nothing.
+    let puts_all = total("corum_requests_total", &["kind=\"put\""]);
+    let put_latencies = total("corum_request_duration_seconds_count", &["kind=\"put\""]);
+    assert_eq!(
+        put_latencies, puts_all,
+        "put latency observations vs put answers"
+    );
+    let put_seconds = total("corum_request_duration_seconds_sum", &["kind=\"put\""]);
+    assert!(put_seconds > 0.0, "put latency sum {put_seconds}");
+    assert_eq!(
+        total(
+            "corum_request_duration_seconds_bucket",
+            &["kind=\"put\"", "le=\"+Inf\""]
+        ),
+        puts_all
+    );
     assert!(total("corum_proposals_total", &[]) >= PUTS as f64);
     assert!(total("corum_proposal_batch_size_count", &[]) >= 1.0);
     for (a, s) in addrs.iter().zip(&scrapes) {

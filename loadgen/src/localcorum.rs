@@ -114,11 +114,22 @@ pub fn locate_corum(explicit: Option<&Path>) -> Result<PathBuf, TargetError> {
                 .or_else(|| std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from))
                 .unwrap_or_else(|| ws.join("target"));
             eprintln!(
-                "loadgen: building corum (cargo build --release -p engine --bin corum, target {})",
+                "loadgen: building corum (cargo build --release -p loadgen -p engine --bin corum, target {})",
                 target.display()
             );
             let status = Command::new(&cargo)
-                .args(["build", "--release", "-p", "engine", "--bin", "corum"])
+                // With `-p loadgen` too, every dependency gets the features it has in loadgen's
+                // own build (loadgen depends on engine for this), so nothing is rebuilt.
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "loadgen",
+                    "-p",
+                    "engine",
+                    "--bin",
+                    "corum",
+                ])
                 .current_dir(&ws)
                 .env("CARGO_TARGET_DIR", &target)
                 .stdin(Stdio::null())

@@ -8,8 +8,10 @@
 //! - `1`: the operation failed (server error, timeout, CAS / transaction compare did not hold,
 //!   key not found for `get`, unhealthy `status`, a node or the cluster stopped with an error).
 //! - `2`: usage error (bad flags, bad config file, bad transaction syntax).
+//! - `3`: `corum doctor` only: a check warned and none failed (see [`doctor`]).
 
 pub mod ctl;
+pub mod doctor;
 pub mod local;
 pub mod serve;
 pub mod txn_syntax;
@@ -55,6 +57,10 @@ pub enum Command {
     Local(local::LocalArgs),
     /// Talk to a cluster: data commands and status.
     Ctl(ctl::CtlArgs),
+    /// Check this host before a node runs here (kernel, io_uring, limits, clock, the data
+    /// directory's filesystem, O_DIRECT, fdatasync latency, free disk) and say what to fix.
+    /// Exit 0 all ok, 3 warnings, 1 a check failed.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Installs the tracing subscriber: logs go to stderr, filtered by `RUST_LOG` (default
@@ -98,6 +104,10 @@ pub fn main() -> ExitCode {
         Command::Ctl(args) => {
             init_logging(cli.log_format, "warn");
             ctl::run(args)
+        }
+        Command::Doctor(args) => {
+            init_logging(cli.log_format, "warn");
+            doctor::run(args)
         }
     };
     ExitCode::from(code)

@@ -268,4 +268,32 @@ mod tests {
             Err(ServeConfigError::Config(ConfigError::BadPeer { .. }))
         ));
     }
+
+    #[test]
+    fn the_deploy_example_config_is_valid_and_spells_out_the_defaults() {
+        let dir = std::env::temp_dir().join(format!("corum-deploy-toml-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("corum.toml");
+        std::fs::write(&file, include_str!("../../../deploy/corum.toml")).unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        };
+        let c = build_config(&args, 8).expect("deploy/corum.toml is a valid config");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.id, 1);
+        assert_eq!(
+            c.data_dir,
+            PathBuf::from("/var/lib/corum"),
+            "the unit's StateDirectory"
+        );
+        assert_eq!(c.peers.len(), 3);
+        assert_eq!(c.shards, 2, "the file's, not the cores default");
+        // The [tuning] it writes out are the defaults, as its comment says.
+        let d = crate::config::Tuning::default();
+        assert_eq!(c.tuning.tick_ms, d.tick_ms);
+        assert_eq!(c.tuning.heartbeat_ticks, d.heartbeat_ticks);
+        assert_eq!(c.tuning.election_ticks_min, d.election_ticks_min);
+        assert_eq!(c.tuning.lease_reads, d.lease_reads);
+    }
 }

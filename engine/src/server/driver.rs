@@ -42,6 +42,8 @@ type Core = ShardCore<Wal, FileSnapshots, ReplyTo>;
 pub struct ReplyTo {
     conn: Rc<ConnOut>,
     kind: OpKind,
+    /// When the socket task decoded the request's frame (for the latency histogram).
+    arrived: Instant,
 }
 
 /// Marks the shard's loop as ended in its metrics however the thread ends (error or panic),
@@ -386,9 +388,16 @@ impl Driver {
             for (p, m) in peer {
                 self.core.step_peer(p, m);
             }
-            for (conn, r) in requests {
+            for (conn, r, arrived) in requests {
                 let kind = OpKind::of(&r.op);
-                self.core.request(ReplyTo { conn, kind }, r);
+                self.core.request(
+                    ReplyTo {
+                        conn,
+                        kind,
+                        arrived,
+                    },
+                    r,
+                );
             }
         }
         if let Some(map) = self.io.shared.map() {
@@ -406,8 +415,14 @@ impl Driver {
     fn carry_out(&mut self, out: Output<ReplyTo>) {
         self.send(out.messages);
         let m = self.shared.metrics.shard(self.i);
+        let now = (!out.replies.is_empty()).then(Instant::now);
         for (to, r) in out.replies {
             m.answered(to.kind, r.outcome.as_ref().map(|_| ()));
+            if let Some(now) = now {
+                let ns = now.saturating_duration_since(to.arrived).as_nanos();
+                m.request_duration(to.kind)
+                    .observe(u64::try_from(ns).unwrap_or(u64::MAX));
+            }
             to.conn.respond(r);
         }
         if let Some(map) = out.map_committed {

@@ -922,6 +922,24 @@ impl Collector for NodeCollector {
         )?;
         let mut rows = Vec::new();
         for (i, s) in shards.iter().enumerate() {
+            for kind in OpKind::ALL {
+                rows.push((
+                    vec![("shard", i.to_string()), ("kind", kind.label().to_owned())],
+                    s.request_duration(kind).snapshot(),
+                ));
+            }
+        }
+        histograms(
+            e,
+            "corum_request_duration",
+            "Time from a client request's frame being read by the shard to its answer being \
+             queued to the connection's writer (every result; not the Busy answers a \
+             connection at its in-flight limit gets at once), by kind.",
+            Some(&Unit::Seconds),
+            rows,
+        )?;
+        let mut rows = Vec::new();
+        for (i, s) in shards.iter().enumerate() {
             for (reason, r) in [("busy", 8), ("too_large", 6)] {
                 debug_assert_eq!(RESULTS[r], reason);
                 let v: u64 = OpKind::ALL.iter().map(|&k| s.requests(k, r)).sum();

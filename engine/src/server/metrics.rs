@@ -177,7 +177,8 @@ impl Histogram {
     }
 }
 
-/// WAL write and fdatasync durations, nanoseconds: 25 us .. 5 s (then `+Inf`). The device
+/// Durations, nanoseconds: 25 us .. 5 s (then `+Inf`), for WAL writes and fdatasyncs and
+/// client request latency. The device
 /// here does a 4 KiB write + fdatasync in 80-200 us; a p99 in the 100 ms buckets means a
 /// sick disk.
 pub const DURATION_BOUNDS_NS: &[u64] = &[
@@ -313,6 +314,10 @@ const KINDS: usize = OpKind::ALL.len();
 pub struct ShardMetrics {
     /// Answers by (kind, result): `requests[kind * RESULTS.len() + result]`.
     requests: [Counter; KINDS * RESULTS.len()],
+    /// Time from a request's frame being decoded by the shard's socket task to its answer
+    /// being handed to the connection's writer, nanoseconds, by kind (`OpKind as usize`).
+    /// Answers the socket task gives itself (`Busy` at the in-flight limit) are not in it.
+    request_duration: [Histogram; KINDS],
     /// Client connections open now.
     pub client_connections: Gauge,
     /// Client connections accepted.
@@ -373,6 +378,7 @@ impl Default for ShardMetrics {
     fn default() -> Self {
         ShardMetrics {
             requests: std::array::from_fn(|_| Counter::default()),
+            request_duration: std::array::from_fn(|_| Histogram::new(DURATION_BOUNDS_NS, 1e9)),
             client_connections: Gauge::default(),
             client_connections_accepted: Counter::default(),
             client_connections_refused: Counter::default(),
@@ -407,6 +413,12 @@ impl ShardMetrics {
     #[inline]
     pub fn answered(&self, kind: OpKind, outcome: Result<(), &WireError>) {
         self.requests[kind as usize * RESULTS.len() + result_index(outcome)].inc();
+    }
+
+    /// The latency histogram of `kind`'s answers (see the field).
+    #[inline]
+    pub fn request_duration(&self, kind: OpKind) -> &Histogram {
+        &self.request_duration[kind as usize]
     }
 
     /// Answers of `kind` with result `RESULTS[result]`.

@@ -404,7 +404,21 @@ pub fn run(config: NodeConfig) -> Result<(), ServerError> {
             source: std::io::Error::from_raw_os_error(rc),
         });
     }
+    let shards = config.shards;
     let handle = start(config)?;
+    // systemd (Type=notify): ready once every shard serves, as `start` returns. A no-op
+    // without $NOTIFY_SOCKET. Serving is not `/ready` (every partition knows a leader): a
+    // node waiting for the rest of its cluster must still count as started, or the first
+    // node of a cluster started one unit at a time would never finish starting.
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&format!("serving on {shards} shards")),
+        ],
+    ) {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
     loop {
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         let timeout = libc::timespec {
@@ -424,6 +438,7 @@ pub fn run(config: NodeConfig) -> Result<(), ServerError> {
             break;
         }
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     handle.stop()
 }
 

@@ -49,7 +49,7 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,7 +177,7 @@ pub struct Inbox {
     /// Peer messages: (partition, message).
     pub peer: Vec<(u64, raftcore::Message)>,
     /// Client requests with the connection to answer on.
-    pub requests: Vec<(Rc<ConnOut>, Request)>,
+    pub requests: Vec<(Rc<ConnOut>, Request, Instant)>,
     /// Peer messages dropped because the inbox was full (Raft retransmits).
     pub peer_dropped: u64,
 }
@@ -374,6 +374,8 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                         break 'conn "client does not read its responses";
                     }
                     let mut queued = false;
+                    // One clock read per frame: the requests of a frame arrived together.
+                    let arrived = Instant::now();
                     for r in requests {
                         if out.inflight.get() >= inflight_max {
                             io.shared
@@ -388,7 +390,10 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                             continue;
                         }
                         out.inflight.set(out.inflight.get() + 1);
-                        io.inbox.borrow_mut().requests.push((out.clone(), r));
+                        io.inbox
+                            .borrow_mut()
+                            .requests
+                            .push((out.clone(), r, arrived));
                         queued = true;
                     }
                     if queued {
