@@ -10,7 +10,7 @@ use tonic_health::ServingStatus;
 use wire::messages::Consistency;
 
 use crate::epb::{self, alarm_request};
-use crate::errors::{self, from_client, unimplemented};
+use crate::errors::{self, unimplemented};
 use crate::kv::unary;
 use crate::{Gateway, HEALTH_PROBE_INTERVAL, VERSION};
 
@@ -148,7 +148,28 @@ struct MetaStatus {
 
 impl Gateway {
     async fn meta_status(&self) -> Result<MetaStatus, Status> {
-        let statuses = self.client.status().await.map_err(from_client)?;
+        // Every node of the map, concurrently; a node that does not answer is skipped (the
+        // client's `status()` fails as soon as one node is down, and so would `etcdctl
+        // endpoint status` with it). Only "no node reports leading" is an error.
+        let mut asks = tokio::task::JoinSet::new();
+        for endpoint in self.client.cluster_map().endpoints() {
+            let client = self.client.clone();
+            let endpoint = endpoint.to_owned();
+            asks.spawn(async move {
+                let r = client.status_of(&endpoint).await;
+                (endpoint, r)
+            });
+        }
+        let mut statuses = Vec::new();
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok((endpoint, Ok(st))) => statuses.push((endpoint, st)),
+                Ok((endpoint, Err(e))) => {
+                    tracing::debug!(%endpoint, error = %e, "status: node skipped");
+                }
+                Err(e) => tracing::warn!(error = %e, "status task failed"),
+            }
+        }
         // The replica that says it leads, in the highest term if two do (an old leader that
         // has not heard of the new term yet).
         let mut leader_view = None;

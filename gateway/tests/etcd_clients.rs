@@ -189,6 +189,8 @@ async fn etcd_tools_and_libraries_work_through_the_gateway() {
     etcd_client_crate(&h).await;
     cross_partition_txn(&h).await;
     bad_input(&h).await;
+    // Last: it kills a node.
+    status_with_a_node_down(&h).await;
     drop(h.corum);
 }
 
@@ -544,5 +546,30 @@ async fn bad_input(h: &Harness) {
             "waited {WAIT:?} for the gateway to close a connection that sent {what}"
         );
         h.still_serves(what).await;
+    }
+}
+
+/// `etcdctl endpoint status` keeps working with one corum node down (it asks every node and
+/// skips the ones that do not answer).
+async fn status_with_a_node_down(h: &Harness) {
+    let pid = h.corum.node_pids()[0];
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success(), "kill -9 {pid}");
+    // The meta group may have lost its leader: give it an election.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (ok, out, err) = h.etcdctl_raw(&["endpoint", "status"], None).await;
+        if ok {
+            assert!(out.starts_with(&h.addr), "{out}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited {WAIT:?} for endpoint status with a node down; last: {out} {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
