@@ -20,12 +20,14 @@ use crate::Gateway;
 /// Keys per page when the gateway pages through a range.
 const RANGE_PAGE_KEYS: u32 = 1000;
 
-/// Most key and value bytes one Range may collect before it is refused (the response would
-/// be larger than any etcd client accepts by default anyway).
-const RANGE_BYTES_MAX: usize = 64 << 20;
+/// Most bytes one Range may collect before it is refused with `ResourceExhausted` (the
+/// response would be larger than any etcd client accepts by default anyway): each kept entry
+/// counts its key, its value and [`RANGE_ENTRY_OVERHEAD_BYTES`].
+pub const RANGE_BYTES_MAX: usize = 64 << 20;
 
-/// Most keys one DeleteRange deletes (it lists them first).
-const DELETE_RANGE_KEYS_MAX: usize = 1_000_000;
+/// What one kept key-value costs beyond its key and value bytes (the `KeyValue` struct, its
+/// two `Bytes` handles, the protobuf fields): so a range of many empty values is bounded too.
+const RANGE_ENTRY_OVERHEAD_BYTES: usize = 128;
 
 /// Deletes in flight at once during a range delete.
 const DELETES_IN_FLIGHT_MAX: usize = 64;
@@ -98,18 +100,23 @@ impl Gateway {
             return Err(revision_refused());
         }
         let consistency = consistency(r.serializable);
-        let mut order = r.sort_order();
         let target = r.sort_target();
+        let filtering = r.min_mod_revision != 0
+            || r.max_mod_revision != 0
+            || r.min_create_revision != 0
+            || r.max_create_revision != 0;
+        // As etcd's server (`v3_server.go`, `txn.go` rangeKeys): the whole range is read only
+        // when the REQUEST asks for an order or sets a filter; otherwise `limit` + 1 keys are
+        // read in key order and then sorted (so `--sort-by=MODIFY --limit N` without an order
+        // sorts the first N + 1 keys by key, not the whole range).
+        let fetch_all = r.sort_order() != range_request::SortOrder::None || filtering;
+        let mut order = r.sort_order();
         if target != range_request::SortTarget::Key && order == range_request::SortOrder::None {
             // etcd: results come in ascending key order, so only another target needs sorting
             // by default.
             order = range_request::SortOrder::Ascend;
         }
         let sorting = order != range_request::SortOrder::None;
-        let filtering = r.min_mod_revision != 0
-            || r.max_mod_revision != 0
-            || r.min_create_revision != 0
-            || r.max_create_revision != 0;
         let limit = usize::try_from(r.limit.max(0)).unwrap_or(usize::MAX);
         let values = !r.count_only
             && (!r.keys_only || (sorting && target == range_request::SortTarget::Value));
@@ -152,13 +159,13 @@ impl Gateway {
                 r.range_end.clone()
             };
             if end.is_empty() || end > r.key {
-                // Without sorting or filters only the first `limit` + 1 key-values are kept
-                // (one more than asked, so `more` is exact); the rest of the range is only
-                // counted, and read without values.
+                // Without a requested order or filters only the first `limit` + 1
+                // key-values are kept (one more than asked, so `more` is exact); the rest of
+                // the range is only counted, and read without values.
                 // count_only keeps none: the count is all it needs.
                 let keep = if r.count_only {
                     0
-                } else if limit > 0 && !sorting && !filtering {
+                } else if limit > 0 && !fetch_all {
                     limit.saturating_add(1)
                 } else {
                     usize::MAX
@@ -181,14 +188,15 @@ impl Gateway {
                     for kv in page.kvs {
                         count += 1;
                         if kvs.len() < keep {
-                            bytes += kv.key.len() + kv.value.len();
+                            bytes += kv.key.len() + kv.value.len() + RANGE_ENTRY_OVERHEAD_BYTES;
                             kvs.push(kv);
                         }
                     }
                     if bytes > RANGE_BYTES_MAX {
                         return Err(Status::resource_exhausted(format!(
                             "corum-gateway: the range holds more than {RANGE_BYTES_MAX} bytes \
-                             of keys and values; use a limit (or keys-only / count-only) and \
+                             of keys and values (counting {RANGE_ENTRY_OVERHEAD_BYTES} bytes \
+                             per key-value); use a limit (or keys-only / count-only) and \
                              page through it"
                         )));
                     }
@@ -398,9 +406,18 @@ impl Gateway {
         } else {
             d.range_end.clone()
         };
-        let mut keys = Vec::new();
-        if end.is_empty() || end > d.key {
-            let mut after = Bytes::new();
+        // Not atomic: each key is its own corum delete (see the crate docs). Page by page:
+        // list at most RANGE_PAGE_KEYS keys, delete them DELETES_IN_FLIGHT_MAX at a time,
+        // then continue after the page's last key, so memory is bounded by one page whatever
+        // the range holds.
+        let mut deleted = 0i64;
+        let mut revision = 0u64;
+        let mut prev = Vec::new();
+        let mut after = Bytes::new();
+        let outcome: Result<(), Status> = async {
+            if !(end.is_empty() || end > d.key) {
+                return Ok(());
+            }
             loop {
                 let page = self
                     .client
@@ -414,75 +431,61 @@ impl Gateway {
                     })
                     .await
                     .map_err(from_client)?;
-                keys.extend(page.kvs.into_iter().map(|kv| kv.key));
-                if keys.len() > DELETE_RANGE_KEYS_MAX {
-                    return Err(Status::resource_exhausted(format!(
-                        "corum-gateway: the range holds more than {DELETE_RANGE_KEYS_MAX} keys; \
-                         delete it in smaller ranges (nothing was deleted)"
-                    )));
+                let mut failure: Option<Status> = None;
+                let mut set = JoinSet::new();
+                let mut pending = page.kvs.into_iter().map(|kv| kv.key);
+                loop {
+                    while failure.is_none() && set.len() < DELETES_IN_FLIGHT_MAX {
+                        let Some(key) = pending.next() else { break };
+                        let client = self.client.clone();
+                        let return_previous = d.prev_kv;
+                        set.spawn(async move {
+                            client
+                                .execute(Op::Delete {
+                                    key,
+                                    return_previous,
+                                })
+                                .await
+                        });
+                    }
+                    let Some(joined) = set.join_next().await else {
+                        break;
+                    };
+                    match joined {
+                        Ok(Ok((_, Outcome::Delete(r)))) => {
+                            if r.deleted {
+                                deleted += 1;
+                                revision = revision.max(r.revision);
+                                prev.extend(r.previous.filter(|_| d.prev_kv));
+                            }
+                        }
+                        Ok(Ok((_, other))) => {
+                            failure.get_or_insert(Status::internal(format!(
+                                "corum answered a delete with {other:?}"
+                            )));
+                        }
+                        Ok(Err(e)) => {
+                            failure.get_or_insert(from_client(e));
+                        }
+                        Err(join) => {
+                            failure.get_or_insert(Status::internal(format!(
+                                "a delete task failed: {join}"
+                            )));
+                        }
+                    }
+                }
+                if let Some(s) = failure {
+                    return Err(s);
                 }
                 match page.next {
                     Some(next) => after = next,
-                    None => break,
+                    None => return Ok(()),
                 }
             }
         }
-        // Not atomic: each key is its own corum delete (see the crate docs).
-        let total = keys.len();
-        let mut deleted = 0i64;
-        let mut revision = 0u64;
-        let mut prev = Vec::new();
-        let mut failure: Option<Status> = None;
-        let mut set = JoinSet::new();
-        let mut pending = keys.into_iter();
-        loop {
-            while failure.is_none() && set.len() < DELETES_IN_FLIGHT_MAX {
-                let Some(key) = pending.next() else { break };
-                let client = self.client.clone();
-                let return_previous = d.prev_kv;
-                set.spawn(async move {
-                    client
-                        .execute(Op::Delete {
-                            key,
-                            return_previous,
-                        })
-                        .await
-                });
-            }
-            let Some(joined) = set.join_next().await else {
-                break;
-            };
-            match joined {
-                Ok(Ok((_, Outcome::Delete(r)))) => {
-                    if r.deleted {
-                        deleted += 1;
-                        revision = revision.max(r.revision);
-                        prev.extend(r.previous.filter(|_| d.prev_kv));
-                    }
-                }
-                Ok(Ok((_, other))) => {
-                    failure.get_or_insert(Status::internal(format!(
-                        "corum answered a delete with {other:?}"
-                    )));
-                }
-                Ok(Err(e)) => {
-                    failure.get_or_insert(from_client(e));
-                }
-                Err(join) => {
-                    failure
-                        .get_or_insert(Status::internal(format!("a delete task failed: {join}")));
-                }
-            }
-        }
-        if let Some(s) = failure {
-            return Err(Status::new(
-                s.code(),
-                format!(
-                    "{} (range delete is not atomic in corum: {deleted} of the {total} keys \
-                     listed were deleted before this error)",
-                    s.message()
-                ),
-            ));
+        .await;
+        if let Err(s) = outcome {
+            return Err(partial_delete_error(s, deleted));
         }
         prev.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(epb::DeleteRangeResponse {
@@ -658,38 +661,68 @@ fn compare_of(c: &epb::Compare) -> Result<Compare, Status> {
             "compares over a key range (range_end) are not supported: compare single keys",
         ));
     }
-    let op = match c.result() {
+    let result = compare::CompareResult::try_from(c.result).map_err(|_| {
+        Status::invalid_argument(format!(
+            "corum-gateway: unknown compare result {} (etcd 3.4 knows EQUAL, GREATER, LESS, \
+             NOT_EQUAL)",
+            c.result
+        ))
+    })?;
+    let kind = compare::CompareTarget::try_from(c.target).map_err(|_| {
+        Status::invalid_argument(format!(
+            "corum-gateway: unknown compare target {} (etcd 3.4 knows VERSION, CREATE, MOD, \
+             VALUE, LEASE)",
+            c.target
+        ))
+    })?;
+    let op = match result {
         compare::CompareResult::Equal => CompareOp::Equal,
         compare::CompareResult::NotEqual => CompareOp::NotEqual,
         compare::CompareResult::Less => CompareOp::Less,
         compare::CompareResult::Greater => CompareOp::Greater,
     };
-    let number = |v: i64| {
-        u64::try_from(v).map_err(|_| {
-            Status::invalid_argument(format!(
-                "corum-gateway: a compare operand must not be negative (got {v})"
-            ))
-        })
-    };
-    let target = match c.target() {
-        compare::CompareTarget::Version => CompareTarget::Version(number(match c.target_union {
-            Some(U::Version(v)) => v,
-            _ => 0,
-        })?),
-        compare::CompareTarget::Create => {
-            CompareTarget::CreateRevision(number(match c.target_union {
-                Some(U::CreateRevision(v)) => v,
-                _ => 0,
-            })?)
+    let operand = |v: Option<i64>| v.unwrap_or(0);
+    let number = |v: i64, make: fn(u64) -> CompareTarget| -> (CompareOp, CompareTarget) {
+        match u64::try_from(v) {
+            Ok(n) => (op, make(n)),
+            // etcd compares int64s: every stored number is >= 0 > v, so `> v` and `!= v` are
+            // always true, `= v` and `< v` always false. corum compares u64s: always true is
+            // `!= u64::MAX` (no version or revision reaches it), always false is `< 0`.
+            Err(_) => match op {
+                CompareOp::Greater | CompareOp::NotEqual => (CompareOp::NotEqual, make(u64::MAX)),
+                CompareOp::Equal | CompareOp::Less => (CompareOp::Less, make(0)),
+            },
         }
-        compare::CompareTarget::Mod => CompareTarget::ModRevision(number(match c.target_union {
-            Some(U::ModRevision(v)) => v,
-            _ => 0,
-        })?),
-        compare::CompareTarget::Value => CompareTarget::Value(match &c.target_union {
-            Some(U::Value(v)) => v.clone(),
-            _ => Bytes::new(),
-        }),
+    };
+    let (op, target) = match kind {
+        compare::CompareTarget::Version => number(
+            operand(match c.target_union {
+                Some(U::Version(v)) => Some(v),
+                _ => None,
+            }),
+            CompareTarget::Version,
+        ),
+        compare::CompareTarget::Create => number(
+            operand(match c.target_union {
+                Some(U::CreateRevision(v)) => Some(v),
+                _ => None,
+            }),
+            CompareTarget::CreateRevision,
+        ),
+        compare::CompareTarget::Mod => number(
+            operand(match c.target_union {
+                Some(U::ModRevision(v)) => Some(v),
+                _ => None,
+            }),
+            CompareTarget::ModRevision,
+        ),
+        compare::CompareTarget::Value => (
+            op,
+            CompareTarget::Value(match &c.target_union {
+                Some(U::Value(v)) => v.clone(),
+                _ => Bytes::new(),
+            }),
+        ),
         compare::CompareTarget::Lease => {
             return Err(unimplemented(
                 "lease compares are not supported yet (corum has no leases; issue 16)",
@@ -707,7 +740,10 @@ fn compare_of(c: &epb::Compare) -> Result<Compare, Status> {
 fn branch_of(ops: &[epb::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Status> {
     let mut out = Vec::with_capacity(ops.len());
     let mut shapes = Vec::with_capacity(ops.len());
-    let mut written: HashSet<Bytes> = HashSet::new();
+    // As etcd 3.4 (`checkRequestPut` / `checkRequestDelete` in `v3_server.go`): a key put
+    // twice, or put and deleted, is refused; deleting a key twice is allowed.
+    let mut put_keys: HashSet<Bytes> = HashSet::new();
+    let mut deleted_keys: HashSet<Bytes> = HashSet::new();
     for op in ops {
         match &op.request {
             None => {
@@ -728,6 +764,17 @@ fn branch_of(ops: &[epb::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Statu
                 if r.revision > 0 {
                     return Err(revision_refused());
                 }
+                if r.min_mod_revision != 0
+                    || r.max_mod_revision != 0
+                    || r.min_create_revision != 0
+                    || r.max_create_revision != 0
+                {
+                    return Err(unimplemented(
+                        "min/max mod/create revision filters on a range inside a transaction \
+                         are not supported: read the key and check its revisions, or compare \
+                         them in the transaction",
+                    ));
+                }
                 out.push(TxnOp::Get { key: r.key.clone() });
                 shapes.push(OpShape::Range {
                     keys_only: r.keys_only,
@@ -747,7 +794,7 @@ fn branch_of(ops: &[epb::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Statu
                          supported: put the value explicitly",
                     ));
                 }
-                if !written.insert(p.key.clone()) {
+                if deleted_keys.contains(&p.key) || !put_keys.insert(p.key.clone()) {
                     return Err(Status::invalid_argument(errors::DUPLICATE_KEY));
                 }
                 out.push(TxnOp::Put(Put {
@@ -768,9 +815,10 @@ fn branch_of(ops: &[epb::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Statu
                          (corum deletes single keys atomically): delete the keys one by one",
                     ));
                 }
-                if !written.insert(d.key.clone()) {
+                if put_keys.contains(&d.key) {
                     return Err(Status::invalid_argument(errors::DUPLICATE_KEY));
                 }
+                deleted_keys.insert(d.key.clone());
                 out.push(TxnOp::Delete {
                     key: d.key.clone(),
                     return_previous: d.prev_kv,
@@ -787,14 +835,39 @@ fn branch_of(ops: &[epb::RequestOp]) -> Result<(Vec<TxnOp>, Vec<OpShape>), Statu
     Ok((out, shapes))
 }
 
+/// The error of a range delete that failed part-way. With nothing deleted it is the failure
+/// itself (etcd's code and exact message, which etcd clients match on). With keys deleted, a
+/// code that implies "nothing happened" (InvalidArgument, Unavailable, ...) would be a lie:
+/// `Unknown`, with how many keys were deleted and the original error.
+fn partial_delete_error(s: Status, deleted: i64) -> Status {
+    if deleted == 0 {
+        return s;
+    }
+    Status::unknown(format!(
+        "corum-gateway: range delete failed part-way: {deleted} keys were deleted before this \
+         error (range delete is not atomic in corum): {:?}: {}",
+        s.code(),
+        s.message()
+    ))
+}
+
 /// `Request` -> the gateway call -> `Response`, for the generated service traits.
+/// Holds one of the gateway's [`crate::REQUESTS_IN_FLIGHT_MAX`] permits while the call runs
+/// (a call waits for one when all are taken), so the corum calls and the memory behind them
+/// stay bounded however many connections there are.
 pub(crate) async fn unary<T, R, F>(
+    gateway: &Gateway,
     req: Request<T>,
     f: impl FnOnce(T) -> F,
 ) -> Result<Response<R>, Status>
 where
     F: std::future::Future<Output = Result<R, Status>>,
 {
+    let _permit = gateway
+        .in_flight
+        .acquire()
+        .await
+        .map_err(|_| Status::unavailable("corum-gateway: shutting down"))?;
     f(req.into_inner()).await.map(Response::new)
 }
 
@@ -840,8 +913,104 @@ mod tests {
                 ..Default::default()
             })),
         };
+        let del = |k: &'static [u8]| epb::RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                epb::DeleteRangeRequest {
+                    key: Bytes::from_static(k),
+                    ..Default::default()
+                },
+            )),
+        };
         let err = branch_of(&[put(b"a"), put(b"a")]).unwrap_err();
         assert_eq!(err.message(), errors::DUPLICATE_KEY);
         assert!(branch_of(&[put(b"a"), put(b"b")]).is_ok());
+        // etcd 3.4: overlapping deletes are fine; a put inside a delete is not.
+        assert!(branch_of(&[del(b"a"), del(b"a")]).is_ok());
+        for ops in [[put(b"a"), del(b"a")], [del(b"a"), put(b"a")]] {
+            let err = branch_of(&ops).unwrap_err();
+            assert_eq!(err.message(), errors::DUPLICATE_KEY);
+        }
+    }
+
+    #[test]
+    fn unknown_compare_enums_are_refused() {
+        let c = epb::Compare {
+            result: 9,
+            target: compare::CompareTarget::Version as i32,
+            key: Bytes::from_static(b"k"),
+            target_union: Some(compare::TargetUnion::Version(3)),
+            range_end: Bytes::new(),
+        };
+        assert_eq!(
+            compare_of(&c).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let c = epb::Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: 9,
+            ..c
+        };
+        assert_eq!(
+            compare_of(&c).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn negative_operands_compare_like_etcds_int64s() {
+        use compare::CompareResult as R;
+        // (result, always true?) for a stored version/revision >= 0 against -1.
+        for (result, always) in [
+            (R::Greater, true),
+            (R::NotEqual, true),
+            (R::Equal, false),
+            (R::Less, false),
+        ] {
+            let c = epb::Compare {
+                result: result as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: Bytes::from_static(b"k"),
+                target_union: Some(compare::TargetUnion::ModRevision(-1)),
+                range_end: Bytes::new(),
+            };
+            let got = compare_of(&c).unwrap();
+            let want = if always {
+                (CompareOp::NotEqual, CompareTarget::ModRevision(u64::MAX))
+            } else {
+                (CompareOp::Less, CompareTarget::ModRevision(0))
+            };
+            assert_eq!((got.op, got.target), want, "{result:?} -1");
+        }
+    }
+
+    #[test]
+    fn txn_range_revision_filters_are_refused() {
+        let op = epb::RequestOp {
+            request: Some(request_op::Request::RequestRange(epb::RangeRequest {
+                key: Bytes::from_static(b"k"),
+                min_mod_revision: 2,
+                ..Default::default()
+            })),
+        };
+        assert_eq!(
+            branch_of(&[op]).unwrap_err().code(),
+            tonic::Code::Unimplemented
+        );
+    }
+
+    #[test]
+    fn partial_range_delete_errors_say_what_happened() {
+        let s = partial_delete_error(Status::invalid_argument(errors::TOO_LARGE), 0);
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::InvalidArgument, errors::TOO_LARGE)
+        );
+        let s = partial_delete_error(Status::unavailable(errors::TIMEOUT), 1500);
+        assert_eq!(s.code(), tonic::Code::Unknown);
+        assert!(
+            s.message().contains("1500 keys were deleted"),
+            "{}",
+            s.message()
+        );
     }
 }

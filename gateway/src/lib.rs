@@ -12,7 +12,10 @@
 //!   end, so `count` is the whole range's count and `more` is exact. Sorting, the min/max
 //!   mod/create revision filters, `limit`, `keys_only` and `count_only` are applied here, as
 //!   etcd's server applies them (`count` is the number of keys in the range before the
-//!   revision filters, as in etcd). A range over several partitions is not one snapshot: each
+//!   revision filters, as in etcd; the whole range is kept only when the request sets a sort
+//!   order or a filter, else the first `limit` + 1 keys in key order are kept, then sorted by
+//!   the target, as etcd does). At most [`RANGE_BYTES_MAX`] bytes are kept (key + value + 128
+//!   per key-value), else `ResourceExhausted`. A range over several partitions is not one snapshot: each
 //!   partition's page is linearizable at its own moment. `serializable` reads become corum
 //!   `Stale` reads (served by one replica from its local state without a consensus round, like
 //!   etcd's serializable reads: they may lag). `revision != 0` is refused: corum keeps only the
@@ -22,10 +25,11 @@
 //!   revision read just before, or existence for `ignore_lease`), so they are atomic; a key that
 //!   keeps changing under `ignore_value` is retried a few times, then refused with `Aborted`.
 //!   `lease != 0` is refused (no leases yet, issue 16).
-//! - **DeleteRange** of one key: one corum delete. Of a range: the keys are listed, then deleted
-//!   one by one (many in flight). **This is not atomic**: another client can see some keys
-//!   deleted and others not, keys written after the listing survive, and a failure part-way
-//!   leaves the keys deleted so far deleted (the error says how many).
+//! - **DeleteRange** of one key: one corum delete. Of a range: page by page, the page's keys
+//!   are listed (at most 1000), then deleted one by one (64 in flight). **This is not
+//!   atomic**: another client can see some keys deleted and others not, keys written behind
+//!   the listing survive, and a failure part-way leaves the keys deleted so far deleted (then
+//!   the error is `Unknown` and says how many; with none deleted it is the original error).
 //! - **Txn**: one corum transaction (atomic, one partition). Compares on value, version, create
 //!   and mod revision; operations put, delete of one key, range of one key. Keys in different
 //!   partitions are refused with `FailedPrecondition` naming the keys (use `{hash tags}`);
@@ -33,19 +37,23 @@
 //!   refused with a message that says so.
 //! - **Compact**: success without doing anything: corum keeps no old versions, so there is
 //!   nothing to compact (and no watch history to cut).
-//! - **Maintenance.Status** describes the meta group (partition 0): the member is its leader
-//!   node, `leader` that node's id, `raftIndex`/`raftTerm`/`raftAppliedIndex` the meta group's;
+//! - **Maintenance.Status** describes the meta group (partition 0), asking every node of the
+//!   map and skipping those that do not answer: `leader` is its leader node (the header's
+//!   member is 0: the gateway is no member), `raftIndex`/`raftTerm`/`raftAppliedIndex` the meta group's;
 //!   `dbSize` is 0 (corum does not measure it). **Alarm** lists none; **Defragment** succeeds
 //!   (nothing to defragment). **Cluster.MemberList**: one member per corum node of the cluster
 //!   map, whose client URLs are this gateway's advertised URLs (etcd clients dial client URLs
 //!   with gRPC, which corum's native port does not speak).
+//! - **Limits**: [`REQUEST_BYTES_MAX`] per gRPC request (refused by tonic, `OutOfRange`),
+//!   [`REQUESTS_IN_FLIGHT_MAX`] KV calls at once (more wait), [`REQUESTS_PER_CONNECTION_MAX`]
+//!   per connection, 128 operations per transaction branch.
 //! - Watch, Lease, Auth, member changes, Hash, Snapshot and MoveLeader: `Unimplemented`, naming
 //!   the issue that brings them.
 //!
 //! # Response headers
 //! `cluster_id` is a hash of the cluster's node ids. `member_id` is the node that led the
-//! partition that served the call (from the client's map), 0 for follower reads and multi-
-//! partition calls. `revision` is the revision of a write **in its partition**: corum numbers
+//! partition that served the call (from the client's map), 0 for follower reads, multi-
+//! partition calls, Status and MemberList (the gateway itself is not a member). `revision` is the revision of a write **in its partition**: corum numbers
 //! writes per partition today (one cluster-wide revision comes with issue 16), so revisions of
 //! different keys are not comparable unless they share a partition; reads carry revision 0.
 //! `raft_term` is the serving partition's term when one partition served the call.
@@ -54,6 +62,8 @@
 
 pub mod errors;
 mod kv;
+
+pub use kv::RANGE_BYTES_MAX;
 mod services;
 
 use std::future::Future;
@@ -93,11 +103,21 @@ pub const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// allowance for gRPC overhead (512 KiB).
 pub const REQUEST_BYTES_MAX: usize = (3 << 19) + (512 << 10);
 
+/// Most KV calls the gateway runs at once, over all connections; more wait for a slot. A
+/// range may hold up to [`RANGE_BYTES_MAX`] while it runs, so the calls' memory is bounded by
+/// this times that (and the corum calls in flight by this times 64, a range delete's window).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
+
+/// Most requests one gRPC connection (HTTP/2 streams) may have in flight; more wait.
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 64;
+
 /// The gateway's shared state: the corum client and what it tells etcd clients about itself.
 #[derive(Debug)]
 pub struct Gateway {
     client: Client,
     advertise_client_urls: Vec<String>,
+    /// KV calls in flight, at most [`REQUESTS_IN_FLIGHT_MAX`].
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Gateway {
@@ -107,6 +127,7 @@ impl Gateway {
         Self {
             client,
             advertise_client_urls,
+            in_flight: tokio::sync::Semaphore::new(REQUESTS_IN_FLIGHT_MAX),
         }
     }
 
@@ -180,6 +201,7 @@ pub async fn serve(
     let probe = tokio::spawn(services::health_probe(gateway.clone(), reporter));
     let limit = REQUEST_BYTES_MAX;
     let result = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .add_service(health)
         .add_service(KvServer::from_arc(gateway.clone()).max_decoding_message_size(limit))
         .add_service(WatchServer::from_arc(gateway.clone()).max_decoding_message_size(limit))

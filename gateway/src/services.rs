@@ -19,22 +19,22 @@ type Res<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl epb::kv_server::Kv for Gateway {
     async fn range(&self, req: Request<epb::RangeRequest>) -> Res<epb::RangeResponse> {
-        unary(req, |r| Gateway::range(self, r)).await
+        unary(self, req, |r| Gateway::range(self, r)).await
     }
     async fn put(&self, req: Request<epb::PutRequest>) -> Res<epb::PutResponse> {
-        unary(req, |r| Gateway::put(self, r)).await
+        unary(self, req, |r| Gateway::put(self, r)).await
     }
     async fn delete_range(
         &self,
         req: Request<epb::DeleteRangeRequest>,
     ) -> Res<epb::DeleteRangeResponse> {
-        unary(req, |r| Gateway::delete_range(self, r)).await
+        unary(self, req, |r| Gateway::delete_range(self, r)).await
     }
     async fn txn(&self, req: Request<epb::TxnRequest>) -> Res<epb::TxnResponse> {
-        unary(req, |r| Gateway::txn(self, r)).await
+        unary(self, req, |r| Gateway::txn(self, r)).await
     }
     async fn compact(&self, req: Request<epb::CompactionRequest>) -> Res<epb::CompactionResponse> {
-        unary(req, |r| Gateway::compact(self, r)).await
+        unary(self, req, |r| Gateway::compact(self, r)).await
     }
 }
 
@@ -131,7 +131,9 @@ impl epb::cluster_server::Cluster for Gateway {
             })
             .collect();
         Ok(Response::new(epb::MemberListResponse {
-            header: Some(self.header(self.leader_of(0), 0, 0)),
+            // The gateway is not a member: member_id 0 (partition 0, the meta group, is in no
+            // client map, so there is no leader to name either).
+            header: Some(self.header(0, 0, 0)),
             members,
         }))
     }
@@ -212,11 +214,14 @@ impl epb::maintenance_server::Maintenance for Gateway {
         }))
     }
 
-    /// The meta group's view (see the crate docs): the member is its leader node.
+    /// The meta group's view (see the crate docs): `leader` is its leader node; the header's
+    /// member is 0 (the gateway is no member).
     async fn status(&self, _: Request<epb::StatusRequest>) -> Res<epb::StatusResponse> {
         let m = self.meta_status().await?;
         Ok(Response::new(epb::StatusResponse {
-            header: Some(self.header(m.leader, 0, m.term)),
+            // member_id 0: the gateway is not a member, so `etcdctl endpoint status` says
+            // IS LEADER false for it; `leader` names the meta group's leader node.
+            header: Some(self.header(0, 0, m.term)),
             version: VERSION.to_owned(),
             db_size: 0,
             leader: m.leader,
