@@ -8,8 +8,8 @@ use tokio::task::JoinSet;
 use tonic::{Request, Response, Status};
 use wire::client::RangeOptions;
 use wire::messages::{
-    Compare, CompareOp, CompareTarget, Consistency, KeyValue, Op, Outcome, Put, Txn, TxnOp,
-    TxnOpResult,
+    Compare, CompareOp, CompareTarget, Consistency, KeyValue, Op, Outcome, Put, ResponseHeader,
+    Txn, TxnOp, TxnOpResult, TxnResult,
 };
 
 use crate::epb::{self, compare, range_request, request_op, response_op};
@@ -90,6 +90,22 @@ impl Gateway {
     /// A header for a call served by `partition`'s leader.
     fn leader_header(&self, partition: u64, revision: u64, term: u64) -> epb::ResponseHeader {
         self.header(self.leader_of(partition), revision, term)
+    }
+
+    /// Runs one corum transaction; the answering replica's header and the result (the
+    /// client's `txn` drops the header, which the etcd response header needs).
+    async fn run_txn(&self, txn: Txn) -> Result<(ResponseHeader, TxnResult), Status> {
+        let (h, out) = self
+            .client
+            .execute(Op::Txn(txn))
+            .await
+            .map_err(from_client)?;
+        match out {
+            Outcome::Txn(t) => Ok((h, t)),
+            other => Err(Status::internal(format!(
+                "corum answered a transaction with {other:?}"
+            ))),
+        }
     }
 
     pub(crate) async fn range(&self, r: epb::RangeRequest) -> Result<epb::RangeResponse, Status> {
@@ -338,16 +354,7 @@ impl Gateway {
                 })],
                 failure: Vec::new(),
             };
-            let (h, out) = self
-                .client
-                .execute(Op::Txn(txn))
-                .await
-                .map_err(from_client)?;
-            let Outcome::Txn(t) = out else {
-                return Err(Status::internal(format!(
-                    "corum answered a transaction with {out:?}"
-                )));
-            };
+            let (h, t) = self.run_txn(txn).await?;
             if !t.succeeded {
                 if p.ignore_value {
                     continue;
@@ -522,16 +529,7 @@ impl Gateway {
             });
         }
         self.check_one_partition(&txn)?;
-        let (h, out) = self
-            .client
-            .execute(Op::Txn(txn))
-            .await
-            .map_err(from_client)?;
-        let Outcome::Txn(r) = out else {
-            return Err(Status::internal(format!(
-                "corum answered a transaction with {out:?}"
-            )));
-        };
+        let (h, r) = self.run_txn(txn).await?;
         let shapes = if r.succeeded {
             &success_shape
         } else {
