@@ -625,9 +625,14 @@ fn fs_name(magic: i64) -> String {
     }
 }
 
+/// `path` as a C string for the libc calls below.
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+}
+
 fn statfs(dir: &Path) -> io::Result<libc::statfs> {
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let c = c_path(dir)?;
     // SAFETY: statfs reads the NUL-terminated path and fills the zeroed struct we own.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
@@ -732,13 +737,14 @@ impl Drop for ProbeFile {
     }
 }
 
-/// `access(dir, W_OK | X_OK)`: whether this user may create files in `dir`.
-fn writable(dir: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+/// `access(dir, W_OK | X_OK)`: whether this user may create files in `dir`, else why not.
+fn writable(dir: &Path) -> io::Result<()> {
+    let c = c_path(dir)?;
     // SAFETY: access reads the NUL-terminated path.
-    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn check_disk(dir: &Path, syncs: u32) -> Vec<Check> {
@@ -776,8 +782,10 @@ fn check_disk(dir: &Path, syncs: u32) -> Vec<Check> {
     };
     let magic = fs.f_type as i64;
     let fs_type = fs_name(magic);
+    // tmpfs and ramfs keep nothing on a disk.
+    let volatile = magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
     let dir_values = json!({ "path": dir.display().to_string(), "filesystem": fs_type });
-    if magic == TMPFS_MAGIC || magic == RAMFS_MAGIC {
+    if volatile {
         checks.push(
             Check::new(
                 "data_dir",
@@ -791,15 +799,14 @@ fn check_disk(dir: &Path, syncs: u32) -> Vec<Check> {
             .fix("put the data directory on a disk filesystem (ext4 or xfs on an SSD)")
             .values(dir_values),
         );
-    } else if !writable(dir) {
+    } else if let Err(e) = writable(dir) {
         checks.push(
             Check::new(
                 "data_dir",
                 Status::Fail,
                 format!(
-                    "{} on {fs_type} is not writable by this user: {}",
-                    dir.display(),
-                    io::Error::last_os_error()
+                    "{} on {fs_type} is not writable by this user: {e}",
+                    dir.display()
                 ),
             )
             .fix("make the directory owned by (or writable for) the user corum runs as")
@@ -874,7 +881,7 @@ fn check_disk(dir: &Path, syncs: u32) -> Vec<Check> {
             return checks;
         }
     }
-    if magic == TMPFS_MAGIC || magic == RAMFS_MAGIC {
+    if volatile {
         checks.push(Check::new(
             "fdatasync",
             Status::Skip,
