@@ -176,6 +176,9 @@ pub struct Tuning {
     /// (`engine::server` docs, "Stalled peer connections").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_timeout_ms: Option<u64>,
+    /// How long a partition's copy taken for `corum ctl backup` is kept when no chunk of it is
+    /// asked for, in milliseconds (it is dropped at once after its last chunk).
+    pub backup_copy_ttl_ms: u64,
 }
 
 /// The least derived peer timeout: below about a second, two consecutive losses of one TCP
@@ -221,6 +224,7 @@ impl Default for Tuning {
             session_results_max: 4096,
             request_timeout_ms: 10_000,
             peer_timeout_ms: None,
+            backup_copy_ttl_ms: 60_000,
         }
     }
 }

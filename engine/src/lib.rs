@@ -6,6 +6,7 @@
 //!   metadata, revision counter, applied index / term) and the exactly-once session table
 //!   (Raft thesis §6.3);
 //! - [`snapshot`]: the partition state as a checksummed, versioned file;
+//! - [`backup`]: backups of every partition (manifest, verify, restore into a new cluster);
 //! - [`config`]: the node configuration (`corum serve` flags / TOML);
 //! - [`meta`]: the meta group (partition 0) and the cluster map it replicates;
 //! - [`server`]: the node itself: thread-per-core glommio shards, each with its partitions'
@@ -17,6 +18,7 @@
 //! - [`cli`]: the `corum` command (`serve`, `local`, `ctl`; see `engine/CLI.md`).
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod cli;
 mod codec;
 pub mod command;

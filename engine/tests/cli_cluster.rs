@@ -966,3 +966,248 @@ fn bad_frames_on_both_ports_are_refused_and_the_cluster_keeps_serving() {
     }
     assert!(rt.block_on(cluster_status(&c)).healthy());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. backup under writes, verify, corruption, restore into a new cluster
+// ---------------------------------------------------------------------------------------------
+
+/// `corum` with ARGS, bounded at 60 s.
+fn corum(args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(CORUM);
+    cmd.args(args);
+    run_bounded(&mut cmd, Duration::from_secs(60))
+}
+
+#[test]
+fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
+    let _serial = serial();
+    let dir = test_dir("backup");
+    // Small frames, so each partition's copy travels in several chunks.
+    let tuning = "frame_bytes_max = 65536\nvalue_bytes_max = 16384\nsnapshot_log_bytes = 262144\n";
+    let mut cluster = Cluster::start(&dir, 3, 1, 4, base_port(6), tuning);
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    // 2 KiB values: 1,500 keys are ~3 MiB, ~750 KiB per partition, a dozen 64 KiB chunks each.
+    let writer = {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let failed = Arc::new(AtomicU64::new(0));
+        let handles = (0..4u64)
+            .map(|t| {
+                let (c, stop, acked, failed) =
+                    (c.clone(), stop.clone(), acked.clone(), failed.clone());
+                rt.spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("bk/{t}/{i:06}");
+                        let value = format!("{t}-{i}-").repeat(300);
+                        match c.put(key.clone(), value.clone()).await {
+                            Ok(r) if r.written => {
+                                acked.lock().unwrap().insert(key, value);
+                            }
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Writer {
+            stop,
+            acked,
+            failed,
+            handles,
+        }
+    };
+    writer.wait_more(1500, Duration::from_secs(60), "1500 acknowledged writes");
+    // Everything acknowledged before the backup starts must be in it.
+    let before = writer.acked.lock().unwrap().clone();
+    let backup_dir = dir.join("backup");
+    let b = backup_dir.to_str().unwrap();
+    let out = ctl(&cluster.endpoints(), &["--json", "backup", "--out", b]);
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("backup json");
+    assert_eq!(report["partitions"], 4);
+    let (acked, _) = writer.finish(&rt);
+    assert!(acked.len() >= before.len());
+    let backed_up = report["keys"].as_u64().unwrap();
+    assert!(
+        backed_up >= before.len() as u64,
+        "backup holds {backed_up} keys, {} were acknowledged before it started",
+        before.len()
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(backup_dir.join("manifest.json")).unwrap())
+            .unwrap();
+    let biggest = manifest["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert!(
+        biggest > 4 * 65536,
+        "a copy of {biggest} bytes did not need several chunks"
+    );
+    // `backup` with a missing --out is a usage error; into a non-empty directory, a refusal.
+    assert_eq!(
+        ctl(&cluster.endpoints(), &["backup"]).status.code(),
+        Some(2)
+    );
+    let again = ctl(&cluster.endpoints(), &["backup", "--out", b]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    // Partition 0 (the meta group) is not backed up: a clear refusal.
+    let op = Op::Backup {
+        partition: 0,
+        index: 0,
+        offset: 0,
+    };
+    let meta = rt.block_on(raw_request(&cluster.client_addr(1), op));
+    assert!(
+        matches!(&meta, Ok(Err(ServerError::InvalidArgument { reason })) if reason.contains("meta group")),
+        "{meta:?}"
+    );
+    // A chunk of a copy nobody holds: the client is told to take a new one.
+    let stray = rt.block_on(c.backup_chunk(1, 999_999, 0));
+    assert!(
+        matches!(&stray, Err(wire::client::ClientError::Server(ServerError::InvalidArgument { reason })) if reason.contains("take a new one")),
+        "{stray:?}"
+    );
+    drop(c);
+    let old_data = std::path::PathBuf::from(cluster.node_data_dir(1));
+    assert_eq!(cluster.stop().and_then(|s| s.code()), Some(0));
+
+    // verify: intact; then a copy with one flipped byte and one with a truncated file.
+    let out = ctl("127.0.0.1:1", &["backup", "verify", b]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout(&out).contains("intact: 4 partitions"),
+        "{}",
+        stdout(&out)
+    );
+    let bad_dir = dir.join("backup-bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    for e in std::fs::read_dir(&backup_dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), bad_dir.join(e.file_name())).unwrap();
+    }
+    let victim = bad_dir.join("partition-0000000000000002.snap");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[3 * 65536 + 17] ^= 1;
+    std::fs::write(&victim, &bytes).unwrap();
+    let out = ctl(
+        "127.0.0.1:1",
+        &["backup", "verify", bad_dir.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("partition-0000000000000002.snap") && err.contains("at byte 196608"),
+        "verify must name the file and offset: {err}"
+    );
+    // A corrupt backup is not restored, and nothing is left behind.
+    let refused = dir.join("refused");
+    let out = corum(&[
+        "local",
+        "--dir",
+        refused.to_str().unwrap(),
+        "--partitions",
+        "4",
+        "--restore-from",
+        bad_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at byte 196608"));
+    assert!(!refused.join("node-1").join("corum.toml").exists());
+    // `corum restore` refuses a data directory that holds a node, and another slot split.
+    let node_flags = |data: &str, partitions: &str| {
+        vec![
+            "restore".to_owned(),
+            "--from".into(),
+            b.into(),
+            "--id".into(),
+            "1".into(),
+            "--data-dir".into(),
+            data.into(),
+            "--client-addr".into(),
+            "127.0.0.1:7000".into(),
+            "--peer-addr".into(),
+            "127.0.0.1:7100".into(),
+            "--peers".into(),
+            "1=127.0.0.1:7100,2=127.0.0.1:7200,3=127.0.0.1:7300".into(),
+            "--shards".into(),
+            "1".into(),
+            "--partitions".into(),
+            partitions.into(),
+        ]
+    };
+    let args = node_flags(old_data.to_str().unwrap(), "4");
+    let out = corum(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{out:?}"
+    );
+    let fresh = dir.join("fresh-data");
+    let args = node_flags(fresh.to_str().unwrap(), "5");
+    let out = corum(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("partitions = 4"),
+        "{out:?}"
+    );
+
+    // Restore into a new cluster (other ports, two shards per node): every key acknowledged
+    // before the backup is there with its value, the key count is the backup's, and it
+    // takes writes.
+    let restored_dir = dir.join("restored");
+    std::fs::create_dir_all(&restored_dir).unwrap();
+    let cluster = Cluster::start_with(
+        &restored_dir,
+        3,
+        2,
+        4,
+        base_port(7),
+        tuning,
+        &["--restore-from", b],
+    );
+    let c = rt.block_on(client(&cluster));
+    rt.block_on(check_all(&c, &before));
+    let mut count = 0u64;
+    let mut opts = RangeOptions {
+        start: Bytes::from_static(b"bk/"),
+        end: Bytes::from_static(b"bk0"),
+        keys_only: true,
+        ..RangeOptions::default()
+    };
+    loop {
+        let page = rt.block_on(c.range(opts.clone())).expect("range");
+        count += page.kvs.len() as u64;
+        match page.next {
+            Some(next) => opts.after = next,
+            None => break,
+        }
+    }
+    assert_eq!(
+        count, backed_up,
+        "the restored cluster holds exactly the backup's keys"
+    );
+    rt.block_on(c.put("bk/after", "yes"))
+        .expect("write after restore");
+    eprintln!(
+        "backup of {backed_up} keys ({} acknowledged before it) restored into a new cluster",
+        before.len()
+    );
+}

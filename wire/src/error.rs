@@ -54,6 +54,9 @@ pub enum DecodeError {
         /// The largest body a frame may carry ([`Limits::body_bytes_max`](crate::Limits::body_bytes_max)).
         limit: usize,
     },
+    /// A field breaks a rule of its message (the rule is named).
+    #[error("invalid message: {0}")]
+    Invalid(&'static str),
     /// A cluster map that breaks its invariants.
     #[error(transparent)]
     InvalidMap(#[from] MapError),

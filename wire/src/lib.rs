@@ -53,9 +53,9 @@ pub use frame::{
 };
 pub use map::{ClusterMap, MapError, PartitionInfo, Replica, SlotRange};
 pub use messages::{
-    decode_requests, decode_responses, BodyEncoder, Compare, CompareOp, CompareTarget, Consistency,
-    DeleteResult, KeyValue, NodeStatus, Op, Outcome, PartitionStatus, Put, PutResult, Range,
-    RangeResult, Request, Response, ResponseBatch, ResponseHeader, ServerError,
+    decode_requests, decode_responses, BackupChunk, BodyEncoder, Compare, CompareOp, CompareTarget,
+    Consistency, DeleteResult, KeyValue, NodeStatus, Op, Outcome, PartitionStatus, Put, PutResult,
+    Range, RangeResult, Request, Response, ResponseBatch, ResponseHeader, ServerError,
     TransferLeaderResult, Txn, TxnOp, TxnOpResult, TxnResult,
 };
 pub use peer::{

@@ -87,6 +87,16 @@ pub enum Op {
         /// The node that should lead it.
         to_node: u64,
     },
+    /// One chunk of a consistent copy of a partition, for backups (`Backup` in
+    /// `schema/client.fbs`).
+    Backup {
+        /// The partition (not 0: the meta group is not backed up).
+        partition: u64,
+        /// 0: take a new copy at a linearizable point; else the copy's applied index.
+        index: u64,
+        /// Byte offset of the chunk in the copy.
+        offset: u64,
+    },
 }
 
 /// A write of one key.
@@ -428,6 +438,28 @@ pub enum Outcome {
     ClusterMap(ClusterMap),
     /// A completed leadership transfer.
     TransferLeader(TransferLeaderResult),
+    /// One chunk of a partition's copy.
+    Backup(BackupChunk),
+}
+
+/// One chunk of a partition's copy: bytes `offset..offset + data.len()` of a snapshot file
+/// (engine's `snapshot` format) of `total_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BackupChunk {
+    /// The partition.
+    pub partition: u64,
+    /// The copy's applied index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The partition's revision in the copy.
+    pub revision: u64,
+    /// The copy's length.
+    pub total_bytes: u64,
+    /// Where `data` starts.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
 }
 
 /// A completed leadership transfer.
@@ -522,7 +554,7 @@ impl Op {
                 check_key(&r.end, limits)?;
                 check_key(&r.after, limits)
             }
-            Op::Status | Op::ClusterMap | Op::TransferLeader { .. } => Ok(()),
+            Op::Status | Op::ClusterMap | Op::TransferLeader { .. } | Op::Backup { .. } => Ok(()),
         }
     }
 
@@ -532,7 +564,11 @@ impl Op {
             Op::Get { key, .. } | Op::Delete { key, .. } => Some(key),
             Op::Put(p) => Some(&p.key),
             Op::Txn(t) => t.keys().next(),
-            Op::Range(_) | Op::Status | Op::ClusterMap | Op::TransferLeader { .. } => None,
+            Op::Range(_)
+            | Op::Status
+            | Op::ClusterMap
+            | Op::TransferLeader { .. }
+            | Op::Backup { .. } => None,
         }
     }
 
@@ -546,7 +582,8 @@ impl Op {
             | Op::Range(_)
             | Op::Status
             | Op::ClusterMap
-            | Op::TransferLeader { .. } => false,
+            | Op::TransferLeader { .. }
+            | Op::Backup { .. } => false,
         }
     }
 
@@ -563,7 +600,8 @@ impl Op {
             | Op::Range(_)
             | Op::Status
             | Op::ClusterMap
-            | Op::TransferLeader { .. } => false,
+            | Op::TransferLeader { .. }
+            | Op::Backup { .. } => false,
         }
     }
 }
@@ -764,6 +802,22 @@ fn enc_op(fbb: &mut Fbb, op: &Op) -> (fb::Op, WIPOffset<flatbuffers::UnionWIPOff
                 &fb::TransferLeaderArgs {
                     partition: *partition,
                     to_node: *to_node,
+                },
+            )
+            .as_union_value(),
+        ),
+        Op::Backup {
+            partition,
+            index,
+            offset,
+        } => (
+            fb::Op::Backup,
+            fb::Backup::create(
+                fbb,
+                &fb::BackupArgs {
+                    partition: *partition,
+                    index: *index,
+                    offset: *offset,
                 },
             )
             .as_union_value(),
@@ -1005,6 +1059,22 @@ fn enc_outcome(
                 },
             );
             (fb::Outcome::TransferLeaderResult, t.as_union_value())
+        }
+        Outcome::Backup(b) => {
+            let data = opt_bv(fbb, &b.data);
+            let t = fb::BackupResult::create(
+                fbb,
+                &fb::BackupResultArgs {
+                    partition: b.partition,
+                    index: b.index,
+                    term: b.term,
+                    revision: b.revision,
+                    total_bytes: b.total_bytes,
+                    offset: b.offset,
+                    data,
+                },
+            );
+            (fb::Outcome::BackupResult, t.as_union_value())
         }
     }
 }
@@ -1294,6 +1364,16 @@ fn dec_request(cx: &Ctx<'_>, r: fb::Request<'_>) -> Result<Request, DecodeError>
                 to_node: t.to_node(),
             }
         }
+        fb::Op::Backup => {
+            let t = r
+                .op_as_backup()
+                .ok_or(DecodeError::MissingField("Request.op"))?;
+            Op::Backup {
+                partition: t.partition(),
+                index: t.index(),
+                offset: t.offset(),
+            }
+        }
         fb::Op::NONE => return Err(DecodeError::MissingField("Request.op")),
         other => {
             return Err(DecodeError::UnknownEnum {
@@ -1513,6 +1593,27 @@ fn dec_outcome(cx: &Ctx<'_>, r: &fb::Response<'_>) -> Result<Outcome, DecodeErro
                 partition: t.partition(),
                 leader_node: t.leader_node(),
                 term: t.term(),
+            })
+        }
+        fb::Outcome::BackupResult => {
+            let t = r.result_as_backup_result().ok_or(MISSING)?;
+            let data = cx.bytes(t.data());
+            if t.offset()
+                .checked_add(data.len() as u64)
+                .is_none_or(|end| end > t.total_bytes())
+            {
+                return Err(DecodeError::Invalid(
+                    "BackupResult: the chunk ends past the copy's length",
+                ));
+            }
+            Outcome::Backup(BackupChunk {
+                partition: t.partition(),
+                index: t.index(),
+                term: t.term(),
+                revision: t.revision(),
+                total_bytes: t.total_bytes(),
+                offset: t.offset(),
+                data,
             })
         }
         fb::Outcome::NONE => return Err(MISSING),

@@ -105,6 +105,7 @@ fn op(op: &Op) -> usize {
         }
         Op::Status | Op::ClusterMap => table(0, 0),
         Op::TransferLeader { .. } => table(16, 2),
+        Op::Backup { .. } => table(24, 3),
     }
 }
 
@@ -168,6 +169,7 @@ fn outcome(o: &Outcome) -> usize {
         Outcome::Status(s) => table(24, 4) + offsets(0) + s.partitions.len() * (4 + table(41, 6)),
         Outcome::ClusterMap(m) => map(m),
         Outcome::TransferLeader(_) => table(24, 3),
+        Outcome::Backup(b) => table(52, 7) + opt_bytes(b.data.len()),
     }
 }
 
@@ -337,6 +339,19 @@ mod tests {
                 term: u64::MAX,
             },
         ))));
+        for n in [0, 1, 7, 4096] {
+            responses.push(response(Ok(Outcome::Backup(
+                crate::messages::BackupChunk {
+                    partition: u64::MAX,
+                    index: u64::MAX,
+                    term: u64::MAX,
+                    revision: u64::MAX,
+                    total_bytes: u64::MAX,
+                    offset: u64::MAX - 4096,
+                    data: b(n),
+                },
+            ))));
+        }
         // Each alone, then all together.
         for r in &responses {
             let batch = ResponseBatch {
@@ -389,6 +404,11 @@ mod tests {
         requests.push(Op::TransferLeader {
             partition: u64::MAX,
             to_node: u64::MAX,
+        });
+        requests.push(Op::Backup {
+            partition: u64::MAX,
+            index: u64::MAX,
+            offset: u64::MAX,
         });
         let requests: Vec<Request> = requests
             .into_iter()

@@ -107,6 +107,11 @@ fn every_op_and_peer_kind_round_trips() {
             partition: 4,
             to_node: 2,
         },
+        Op::Backup {
+            partition: 3,
+            index: 77,
+            offset: 65536,
+        },
     ];
     let reqs: Vec<Request> = ops
         .into_iter()
@@ -138,6 +143,34 @@ fn every_op_and_peer_kind_round_trips() {
     };
     let body = Bytes::copy_from_slice(enc.responses(&resps));
     assert_eq!(decode_responses(&body, &Limits::default()).unwrap(), resps);
+
+    // A backup chunk round-trips; one that claims to end past its copy is refused.
+    let chunk = |offset: u64, total_bytes: u64| ResponseBatch {
+        frame_error: None,
+        responses: vec![Response {
+            id: 8,
+            header: ResponseHeader::default(),
+            outcome: Ok(Outcome::Backup(wire::BackupChunk {
+                partition: 3,
+                index: 77,
+                term: 2,
+                revision: 70,
+                total_bytes,
+                offset,
+                data: Bytes::from_static(b"snapshot bytes"),
+            })),
+        }],
+    };
+    let ok = chunk(10, 24);
+    let body = Bytes::copy_from_slice(enc.responses(&ok));
+    assert_eq!(decode_responses(&body, &Limits::default()).unwrap(), ok);
+    for bad in [chunk(11, 24), chunk(u64::MAX - 3, u64::MAX)] {
+        let body = Bytes::copy_from_slice(enc.responses(&bad));
+        assert!(matches!(
+            decode_responses(&body, &Limits::default()),
+            Err(wire::DecodeError::Invalid(_))
+        ));
+    }
 
     for kind in MessageKind::ALL {
         let mut m = RaftMessage::new(kind);

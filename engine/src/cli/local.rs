@@ -92,6 +92,11 @@ pub struct LocalArgs {
     /// Give the nodes no metrics port (`metrics_addr`); by default each gets one.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Start a new cluster from a backup (`corum ctl backup --out DIR`): every node's data
+    /// directory is restored from it before the nodes start (`corum restore`). Refused when
+    /// `--dir` already holds a cluster. `--partitions` must be the backup's.
+    #[arg(long, value_name = "BACKUP_DIR")]
+    pub restore_from: Option<PathBuf>,
 }
 
 /// Why `corum local` could not set up the cluster.
@@ -262,9 +267,25 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
             configs.push(c);
             id += 1;
         }
+        if let Some(from) = &args.restore_from {
+            return Err(LocalError::Usage(format!(
+                "--restore-from {}: {} already holds a cluster; restore into a new --dir",
+                from.display(),
+                dir.display()
+            )));
+        }
         return Ok((configs, true));
     }
     let configs = plan(args)?;
+    if let Some(from) = &args.restore_from {
+        // Check the backup before writing anything, so a bad one leaves no half-made cluster.
+        let (manifest, _) = crate::backup::verify(from)
+            .map_err(|e| LocalError::Usage(format!("--restore-from: {e}")))?;
+        for c in &configs {
+            crate::backup::check_placement(&manifest, c)
+                .map_err(|e| LocalError::Usage(format!("--restore-from: {e}")))?;
+        }
+    }
     for c in &configs {
         let node_dir = dir.join(format!("node-{}", c.id));
         std::fs::create_dir_all(&c.data_dir)
@@ -273,6 +294,17 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
             .map_err(|e| LocalError::Usage(format!("cannot write config: {e}")))?;
         let path = node_dir.join("corum.toml");
         std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
+        if let Some(from) = &args.restore_from {
+            let report = crate::backup::restore(from, c)
+                .map_err(|e| LocalError::Usage(format!("--restore-from: node {}: {e}", c.id)))?;
+            eprintln!(
+                "corum local: node {}: restored {} partitions ({} keys) from {}",
+                c.id,
+                report.written.len(),
+                report.keys,
+                from.display()
+            );
+        }
     }
     Ok((configs, false))
 }
@@ -581,6 +613,7 @@ mod tests {
             ready_timeout_ms: 1000,
             grace_ms: 1000,
             no_metrics: false,
+            restore_from: None,
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod ctl;
 pub mod doctor;
 pub mod local;
+pub mod restore;
 pub mod serve;
 pub mod txn_syntax;
 
@@ -61,6 +62,9 @@ pub enum Command {
     /// directory's filesystem, O_DIRECT, fdatasync latency, free disk) and say what to fix.
     /// Exit 0 all ok, 3 warnings, 1 a check failed.
     Doctor(doctor::DoctorArgs),
+    /// Build a new node's data directory from a backup (`corum ctl backup --out DIR`), for the
+    /// node configured by the same flags or --config file as `corum serve`.
+    Restore(restore::RestoreArgs),
 }
 
 /// Installs the tracing subscriber: logs go to stderr, filtered by `RUST_LOG` (default
@@ -108,6 +112,10 @@ pub fn main() -> ExitCode {
         Command::Doctor(args) => {
             init_logging(cli.log_format, "warn");
             doctor::run(args)
+        }
+        Command::Restore(args) => {
+            init_logging(cli.log_format, "warn");
+            restore::run(args)
         }
     };
     ExitCode::from(code)

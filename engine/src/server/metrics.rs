@@ -223,11 +223,13 @@ pub enum OpKind {
     ClusterMap,
     /// `TransferLeader`.
     TransferLeader,
+    /// `Backup` (one chunk).
+    Backup,
 }
 
 impl OpKind {
     /// Every kind, in label order.
-    pub const ALL: [OpKind; 8] = [
+    pub const ALL: [OpKind; 9] = [
         OpKind::Get,
         OpKind::Range,
         OpKind::Put,
@@ -236,6 +238,7 @@ impl OpKind {
         OpKind::Status,
         OpKind::ClusterMap,
         OpKind::TransferLeader,
+        OpKind::Backup,
     ];
 
     /// The kind of a request.
@@ -249,6 +252,7 @@ impl OpKind {
             Op::Status => OpKind::Status,
             Op::ClusterMap => OpKind::ClusterMap,
             Op::TransferLeader { .. } => OpKind::TransferLeader,
+            Op::Backup { .. } => OpKind::Backup,
         }
     }
 
@@ -263,6 +267,7 @@ impl OpKind {
             OpKind::Status => "status",
             OpKind::ClusterMap => "cluster_map",
             OpKind::TransferLeader => "transfer_leader",
+            OpKind::Backup => "backup",
         }
     }
 }

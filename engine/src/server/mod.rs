@@ -152,12 +152,12 @@
 //! durable before it was acknowledged. [`run`] also returns (with the shard's error) when a
 //! shard stops on its own after a fatal error such as a failed `fdatasync`.
 
-mod convert;
+pub(crate) mod convert;
 mod driver;
 pub mod http;
 pub mod metrics;
 mod net;
-mod recover;
+pub(crate) mod recover;
 mod requests;
 pub mod shard_core;
 pub mod shared;

@@ -493,6 +493,19 @@ pub fn range_bytes_max(limits: &Limits) -> usize {
         .saturating_sub(BATCH_ENCODED_BYTES_MAX + empty.encoded_bytes_max())
 }
 
+/// The largest data chunk of one backup reply (`Op::Backup`): what a frame's body holds
+/// besides the batch and an empty backup result around it.
+pub fn backup_chunk_bytes_max(limits: &Limits) -> usize {
+    let empty = Response {
+        id: 0,
+        header: Default::default(),
+        outcome: Ok(wire::Outcome::Backup(wire::BackupChunk::default())),
+    };
+    limits
+        .body_bytes_max()
+        .saturating_sub(BATCH_ENCODED_BYTES_MAX + empty.encoded_bytes_max() + 8)
+}
+
 // The state machine's range budget counts each key-value at least as large as the wire needs.
 const _: () =
     assert!(wire::KV_ENCODED_OVERHEAD_BYTES <= crate::state_machine::RANGE_ENTRY_OVERHEAD_BYTES);
@@ -1445,5 +1458,34 @@ mod tests {
             }),
         );
         assert_eq!(fit_frame(page.clone(), &limits).0, page);
+    }
+
+    /// A backup chunk of the largest size the shard hands out fits one frame, and goes through
+    /// the frame round trip unchanged.
+    #[test]
+    fn a_full_backup_chunk_fits_a_frame() {
+        for frame_bytes_max in [64 << 10, 4 << 20] {
+            let limits = Limits {
+                frame_bytes_max,
+                ..Limits::default()
+            };
+            let n = backup_chunk_bytes_max(&limits);
+            assert!(n > frame_bytes_max - 512, "{n} wastes most of the frame");
+            let chunk = ok(
+                3,
+                Outcome::Backup(wire::BackupChunk {
+                    partition: u64::MAX,
+                    index: u64::MAX,
+                    term: u64::MAX,
+                    revision: u64::MAX,
+                    total_bytes: u64::MAX,
+                    offset: u64::MAX - n as u64,
+                    data: Bytes::from(vec![7u8; n]),
+                }),
+            );
+            assert_eq!(fit_frame(chunk.clone(), &limits).0, chunk);
+            let (got, frames) = round_trip(vec![chunk.clone()], &limits);
+            assert_eq!((got, frames), (vec![chunk], 1));
+        }
     }
 }

@@ -192,6 +192,19 @@ impl Cluster {
         port: u16,
         extra: &str,
     ) -> Cluster {
+        Self::start_with(dir, nodes, shards, partitions, port, extra, &[])
+    }
+
+    /// [`Cluster::start`] with more `corum local` flags (e.g. `--restore-from DIR`).
+    pub fn start_with(
+        dir: &Path,
+        nodes: u64,
+        shards: usize,
+        partitions: u32,
+        port: u16,
+        extra: &str,
+        flags: &[&str],
+    ) -> Cluster {
         let tuning = dir.join("tuning.toml");
         std::fs::write(&tuning, tuning_toml(extra)).expect("write tuning");
         let cluster_dir = dir.join("cluster");
@@ -208,7 +221,8 @@ impl Cluster {
             .arg("--base-port")
             .arg(port.to_string())
             .arg("--tuning")
-            .arg(&tuning);
+            .arg(&tuning)
+            .args(flags);
         Self::launch(cluster_dir, cmd)
     }
 
@@ -280,6 +294,14 @@ impl Cluster {
     /// A node's config file.
     pub fn config_path(&self, id: u64) -> PathBuf {
         PathBuf::from(self.node(id)["config"].as_str().expect("config"))
+    }
+
+    /// A node's data directory.
+    pub fn node_data_dir(&self, id: u64) -> String {
+        self.node(id)["data_dir"]
+            .as_str()
+            .expect("data_dir")
+            .to_owned()
     }
 
     /// A node's log file.

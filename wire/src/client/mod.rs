@@ -102,6 +102,7 @@ use crate::messages::{
     Outcome, Put, PutResult, Range, Request, ResponseHeader, ServerError, TransferLeaderResult,
     Txn, TxnOp, TxnResult,
 };
+use crate::BackupChunk;
 use crate::DecodeError;
 pub use conn::ConnError;
 use conn::Connection;
@@ -179,6 +180,25 @@ pub enum ClientError {
     /// The server answered with a result of the wrong kind.
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// Times [`Client::backup_partition`] takes a new copy when the last one was dropped before
+/// all of it was fetched.
+pub const BACKUP_ATTEMPTS: usize = 4;
+
+/// A consistent copy of one partition ([`Client::backup_partition`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCopy {
+    /// The partition.
+    pub partition: u64,
+    /// The copy's applied index and term.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// The partition's revision in the copy.
+    pub revision: u64,
+    /// The snapshot file's bytes.
+    pub data: Bytes,
 }
 
 /// One page of a [`Client::range`] scan.
@@ -591,6 +611,109 @@ impl Client {
         match outcome {
             Outcome::TransferLeader(r) => Ok(r),
             other => Err(unexpected("TransferLeader", &other)),
+        }
+    }
+
+    /// A consistent copy of `partition` (not 0): its snapshot (engine's `snapshot` file format)
+    /// taken by its leader at a linearizable point, so it holds every write acknowledged before
+    /// this call and none that was not committed. Fetched in chunks of at most one frame; when
+    /// the node holding the copy dropped it (leader change, restart, a newer copy, or the copy
+    /// outlived the server's `backup_copy_ttl_ms`) the copy is taken again, up to
+    /// [`BACKUP_ATTEMPTS`] times.
+    pub async fn backup_partition(&self, partition: u64) -> Result<PartitionCopy, ClientError> {
+        let mut last = String::new();
+        for _ in 0..BACKUP_ATTEMPTS {
+            let first = self.backup_chunk(partition, 0, 0).await?;
+            if first.offset != 0 || first.index == 0 || first.partition != partition {
+                return Err(ClientError::Protocol(format!(
+                    "backup of partition {partition}: the first chunk is partition {} at \
+                     offset {} of index {}",
+                    first.partition, first.offset, first.index
+                )));
+            }
+            let total = usize::try_from(first.total_bytes).map_err(|_| {
+                ClientError::Protocol(format!("backup copy of {} bytes", first.total_bytes))
+            })?;
+            let mut data = Vec::with_capacity(total);
+            data.extend_from_slice(&first.data);
+            let mut gone = None;
+            while data.len() < total {
+                let offset = data.len() as u64;
+                match self.backup_chunk(partition, first.index, offset).await {
+                    Ok(c) => {
+                        if c.index != first.index
+                            || c.term != first.term
+                            || c.total_bytes != first.total_bytes
+                            || c.offset != offset
+                            || c.data.is_empty()
+                        {
+                            return Err(ClientError::Protocol(format!(
+                                "backup of partition {partition}: asked for offset {offset} of \
+                                 the copy at index {} ({total} bytes), got {} bytes at offset {} \
+                                 of index {} ({} bytes)",
+                                first.index,
+                                c.data.len(),
+                                c.offset,
+                                c.index,
+                                c.total_bytes
+                            )));
+                        }
+                        data.extend_from_slice(&c.data);
+                    }
+                    // The copy is gone (module docs of the server's backup copies): take a
+                    // new one.
+                    Err(ClientError::Server(ServerError::InvalidArgument { reason })) => {
+                        gone = Some(reason);
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match gone {
+                None => {
+                    return Ok(PartitionCopy {
+                        partition,
+                        index: first.index,
+                        term: first.term,
+                        revision: first.revision,
+                        data: Bytes::from(data),
+                    })
+                }
+                Some(reason) => {
+                    tracing::info!(partition, reason = %reason, "backup copy gone; taking a new one");
+                    last = reason;
+                }
+            }
+        }
+        Err(ClientError::Server(ServerError::Unavailable {
+            reason: format!(
+                "backup of partition {partition}: the copy was dropped {BACKUP_ATTEMPTS} times \
+                 before it was fetched; last: {last}"
+            ),
+        }))
+    }
+
+    /// One chunk of a partition's copy ([`Op::Backup`]).
+    pub async fn backup_chunk(
+        &self,
+        partition: u64,
+        index: u64,
+        offset: u64,
+    ) -> Result<BackupChunk, ClientError> {
+        if partition == 0 {
+            // In no client map: it would wait for a route until the deadline.
+            return Err(ClientError::Protocol(
+                "partition 0 is the meta group; it holds no keys and is not backed up".into(),
+            ));
+        }
+        let op = Op::Backup {
+            partition,
+            index,
+            offset,
+        };
+        match self.execute_at(Target::Partition(partition), op).await?.1 {
+            Outcome::Backup(c) => Ok(c),
+            other => Err(unexpected("Backup", &other)),
         }
     }
 
@@ -1056,6 +1179,7 @@ fn unexpected(wanted: &str, got: &Outcome) -> ClientError {
         Outcome::Status(_) => "Status",
         Outcome::ClusterMap(_) => "ClusterMap",
         Outcome::TransferLeader(_) => "TransferLeader",
+        Outcome::Backup(_) => "Backup",
     };
     ClientError::Protocol(format!("expected a {wanted} result, got {got}"))
 }

@@ -413,13 +413,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 8;
+        pub const ENUM_MAX_OP: u8 = 9;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 9] = [
+        pub const ENUM_VALUES_OP: [Op; 10] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -429,6 +429,7 @@ pub mod corum {
             Op::Status,
             Op::GetClusterMap,
             Op::TransferLeader,
+            Op::Backup,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -445,9 +446,10 @@ pub mod corum {
             pub const Status: Self = Self(6);
             pub const GetClusterMap: Self = Self(7);
             pub const TransferLeader: Self = Self(8);
+            pub const Backup: Self = Self(9);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 8;
+            pub const ENUM_MAX: u8 = 9;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -458,6 +460,7 @@ pub mod corum {
                 Self::Status,
                 Self::GetClusterMap,
                 Self::TransferLeader,
+                Self::Backup,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -471,6 +474,7 @@ pub mod corum {
                     Self::Status => Some("Status"),
                     Self::GetClusterMap => Some("GetClusterMap"),
                     Self::TransferLeader => Some("TransferLeader"),
+                    Self::Backup => Some("Backup"),
                     _ => None,
                 }
             }
@@ -671,13 +675,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OUTCOME: u8 = 8;
+        pub const ENUM_MAX_OUTCOME: u8 = 9;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OUTCOME: [Outcome; 9] = [
+        pub const ENUM_VALUES_OUTCOME: [Outcome; 10] = [
             Outcome::NONE,
             Outcome::GetResult,
             Outcome::PutResult,
@@ -687,6 +691,7 @@ pub mod corum {
             Outcome::StatusResult,
             Outcome::ClusterMapResult,
             Outcome::TransferLeaderResult,
+            Outcome::BackupResult,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -703,9 +708,10 @@ pub mod corum {
             pub const StatusResult: Self = Self(6);
             pub const ClusterMapResult: Self = Self(7);
             pub const TransferLeaderResult: Self = Self(8);
+            pub const BackupResult: Self = Self(9);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 8;
+            pub const ENUM_MAX: u8 = 9;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::GetResult,
@@ -716,6 +722,7 @@ pub mod corum {
                 Self::StatusResult,
                 Self::ClusterMapResult,
                 Self::TransferLeaderResult,
+                Self::BackupResult,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -729,6 +736,7 @@ pub mod corum {
                     Self::StatusResult => Some("StatusResult"),
                     Self::ClusterMapResult => Some("ClusterMapResult"),
                     Self::TransferLeaderResult => Some("TransferLeaderResult"),
+                    Self::BackupResult => Some("BackupResult"),
                     _ => None,
                 }
             }
@@ -2837,6 +2845,153 @@ pub mod corum {
                 ds.finish()
             }
         }
+        pub enum BackupOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Read one chunk of a consistent copy of a partition (its snapshot: key-values with their
+        /// revisions, the session table), for `corum ctl backup`. With `index` 0 the partition's leader
+        /// takes a new copy at a linearizable point (a read index, thesis §6.4) and answers its first
+        /// chunk; the answer names the copy's `index`, and later chunks ask for that index and an
+        /// `offset`. The node keeps a copy for a short while (`Tuning::backup_copy_ttl_ms`).
+        pub struct Backup<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Backup<'a> {
+            type Inner = Backup<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Backup<'a> {
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+            pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Backup { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args BackupArgs,
+            ) -> ::flatbuffers::WIPOffset<Backup<'bldr>> {
+                let mut builder = BackupBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                builder.add_index(args.index);
+                builder.add_partition(args.partition);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn partition(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Backup::VT_PARTITION, Some(0)).unwrap() }
+            }
+            /// 0: take a new copy; else the copy's applied index, from the first chunk's answer.
+            #[inline]
+            pub fn index(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Backup::VT_INDEX, Some(0)).unwrap() }
+            }
+            /// Byte offset of the chunk in the copy.
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Backup::VT_OFFSET, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Backup<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<u64>("index", Self::VT_INDEX, false)?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct BackupArgs {
+            pub partition: u64,
+            pub index: u64,
+            pub offset: u64,
+        }
+        impl<'a> Default for BackupArgs {
+            #[inline]
+            fn default() -> Self {
+                BackupArgs {
+                    partition: 0,
+                    index: 0,
+                    offset: 0,
+                }
+            }
+        }
+
+        pub struct BackupBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_partition(&mut self, partition: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Backup::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_index(&mut self, index: u64) {
+                self.fbb_.push_slot::<u64>(Backup::VT_INDEX, index, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_.push_slot::<u64>(Backup::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> BackupBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                BackupBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Backup<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Backup<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Backup");
+                ds.field("partition", &self.partition());
+                ds.field("index", &self.index());
+                ds.field("offset", &self.offset());
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -3084,6 +3239,21 @@ pub mod corum {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_backup(&self) -> Option<Backup<'a>> {
+                if self.op_type() == Op::Backup {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Backup::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3107,6 +3277,7 @@ pub mod corum {
           Op::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Op::Status", pos),
           Op::GetClusterMap => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetClusterMap>>("Op::GetClusterMap", pos),
           Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
+          Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
           _ => Ok(()),
         }
      })?
@@ -3274,6 +3445,16 @@ pub mod corum {
                     }
                     Op::TransferLeader => {
                         if let Some(x) = self.op_as_transfer_leader() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Backup => {
+                        if let Some(x) = self.op_as_backup() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -5995,6 +6176,262 @@ pub mod corum {
                 ds.finish()
             }
         }
+        pub enum BackupResultOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One chunk of a partition's copy (the snapshot file format of `engine/src/snapshot.rs`).
+        pub struct BackupResult<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for BackupResult<'a> {
+            type Inner = BackupResult<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> BackupResult<'a> {
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 4;
+            pub const VT_INDEX: ::flatbuffers::VOffsetT = 6;
+            pub const VT_TERM: ::flatbuffers::VOffsetT = 8;
+            pub const VT_REVISION: ::flatbuffers::VOffsetT = 10;
+            pub const VT_TOTAL_BYTES: ::flatbuffers::VOffsetT = 12;
+            pub const VT_OFFSET: ::flatbuffers::VOffsetT = 14;
+            pub const VT_DATA: ::flatbuffers::VOffsetT = 16;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                BackupResult { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args BackupResultArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<BackupResult<'bldr>> {
+                let mut builder = BackupResultBuilder::new(_fbb);
+                builder.add_offset(args.offset);
+                builder.add_total_bytes(args.total_bytes);
+                builder.add_revision(args.revision);
+                builder.add_term(args.term);
+                builder.add_index(args.index);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.data {
+                    builder.add_data(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn partition(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BackupResult::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The copy's applied index and its term.
+            #[inline]
+            pub fn index(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BackupResult::VT_INDEX, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn term(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BackupResult::VT_TERM, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The partition's revision in the copy.
+            #[inline]
+            pub fn revision(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BackupResult::VT_REVISION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The copy's length in bytes.
+            #[inline]
+            pub fn total_bytes(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BackupResult::VT_TOTAL_BYTES, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Where `data` starts in the copy.
+            #[inline]
+            pub fn offset(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BackupResult::VT_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+            #[inline]
+            pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(
+                            BackupResult::VT_DATA,
+                            None,
+                        )
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for BackupResult<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<u64>("index", Self::VT_INDEX, false)?
+                    .visit_field::<u64>("term", Self::VT_TERM, false)?
+                    .visit_field::<u64>("revision", Self::VT_REVISION, false)?
+                    .visit_field::<u64>("total_bytes", Self::VT_TOTAL_BYTES, false)?
+                    .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>(
+                        "data",
+                        Self::VT_DATA,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct BackupResultArgs<'a> {
+            pub partition: u64,
+            pub index: u64,
+            pub term: u64,
+            pub revision: u64,
+            pub total_bytes: u64,
+            pub offset: u64,
+            pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+        }
+        impl<'a> Default for BackupResultArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                BackupResultArgs {
+                    partition: 0,
+                    index: 0,
+                    term: 0,
+                    revision: 0,
+                    total_bytes: 0,
+                    offset: 0,
+                    data: None,
+                }
+            }
+        }
+
+        pub struct BackupResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BackupResultBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_partition(&mut self, partition: u64) {
+                self.fbb_
+                    .push_slot::<u64>(BackupResult::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_index(&mut self, index: u64) {
+                self.fbb_.push_slot::<u64>(BackupResult::VT_INDEX, index, 0);
+            }
+            #[inline]
+            pub fn add_term(&mut self, term: u64) {
+                self.fbb_.push_slot::<u64>(BackupResult::VT_TERM, term, 0);
+            }
+            #[inline]
+            pub fn add_revision(&mut self, revision: u64) {
+                self.fbb_
+                    .push_slot::<u64>(BackupResult::VT_REVISION, revision, 0);
+            }
+            #[inline]
+            pub fn add_total_bytes(&mut self, total_bytes: u64) {
+                self.fbb_
+                    .push_slot::<u64>(BackupResult::VT_TOTAL_BYTES, total_bytes, 0);
+            }
+            #[inline]
+            pub fn add_offset(&mut self, offset: u64) {
+                self.fbb_
+                    .push_slot::<u64>(BackupResult::VT_OFFSET, offset, 0);
+            }
+            #[inline]
+            pub fn add_data(
+                &mut self,
+                data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u8>>,
+            ) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(BackupResult::VT_DATA, data);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> BackupResultBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                BackupResultBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<BackupResult<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for BackupResult<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("BackupResult");
+                ds.field("partition", &self.partition());
+                ds.field("index", &self.index());
+                ds.field("term", &self.term());
+                ds.field("revision", &self.revision());
+                ds.field("total_bytes", &self.total_bytes());
+                ds.field("offset", &self.offset());
+                ds.field("data", &self.data());
+                ds.finish()
+            }
+        }
         pub enum ResponseOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -6217,6 +6654,21 @@ pub mod corum {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn result_as_backup_result(&self) -> Option<BackupResult<'a>> {
+                if self.result_type() == Outcome::BackupResult {
+                    self.result().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { BackupResult::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6239,6 +6691,7 @@ pub mod corum {
           Outcome::StatusResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<StatusResult>>("Outcome::StatusResult", pos),
           Outcome::ClusterMapResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterMapResult>>("Outcome::ClusterMapResult", pos),
           Outcome::TransferLeaderResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderResult>>("Outcome::TransferLeaderResult", pos),
+          Outcome::BackupResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupResult>>("Outcome::BackupResult", pos),
           _ => Ok(()),
         }
      })?
@@ -6401,6 +6854,16 @@ pub mod corum {
                     }
                     Outcome::TransferLeaderResult => {
                         if let Some(x) = self.result_as_transfer_leader_result() {
+                            ds.field("result", &x)
+                        } else {
+                            ds.field(
+                                "result",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Outcome::BackupResult => {
+                        if let Some(x) = self.result_as_backup_result() {
                             ds.field("result", &x)
                         } else {
                             ds.field(

@@ -686,10 +686,19 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         for r in take_reads(&mut self.reads, |r| {
             r.partition == p && r.index.is_some_and(|x| x <= applied)
         }) {
-            replies.push((
-                r.conn,
-                serve_read(&part.sm, part.header(), r.id, &r.op, self.range_bytes_max),
-            ));
+            let resp = match r.op {
+                wire::Op::Backup { index, offset, .. } => super::backup::serve(
+                    part,
+                    r.id,
+                    index,
+                    offset,
+                    self.backup_chunk_max,
+                    self.ticks,
+                    self.backup_ttl_ticks,
+                ),
+                _ => serve_read(&part.sm, part.header(), r.id, &r.op, self.range_bytes_max),
+            };
+            replies.push((r.conn, resp));
         }
         // Snapshot when the retained log is large (Raft paper §7): the driver writes the
         // file; the log is compacted once it is durable (`snapshot_written`).

@@ -55,6 +55,7 @@
 //! - Every request counted in flight gets exactly one answer: nothing is dropped silently.
 //! - At most one sync and one snapshot-file write per partition in flight.
 
+mod backup;
 mod durability;
 mod partition;
 mod routing;
@@ -148,6 +149,10 @@ pub struct ShardCore<L: LogStore, S: SnapshotStore, C: Clone> {
     request_timeout_ticks: u64,
     /// Byte budget of one range page (`net::range_bytes_max`).
     range_bytes_max: usize,
+    /// Bytes of one backup chunk (`net::backup_chunk_bytes_max`).
+    backup_chunk_max: usize,
+    /// Ticks an unused backup copy is kept (`Tuning::backup_copy_ttl_ms`).
+    backup_ttl_ticks: u64,
     /// Client requests held while a sync is in flight (they form one proposal batch when it
     /// completes: module docs of `server`, "Pipelining").
     held: Vec<(C, Request)>,
@@ -208,6 +213,10 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         let request_timeout_ticks =
             (config.tuning.request_timeout_ms / config.tuning.tick_ms.max(1)).max(1);
         let range_bytes_max = super::net::range_bytes_max(&super::net::wire_limits(&config));
+        let backup_chunk_max =
+            super::net::backup_chunk_bytes_max(&super::net::wire_limits(&config));
+        let backup_ttl_ticks =
+            (config.tuning.backup_copy_ttl_ms / config.tuning.tick_ms.max(1)).max(1);
         let mut core = ShardCore {
             i,
             config,
@@ -225,6 +234,8 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             ticks: 0,
             request_timeout_ticks,
             range_bytes_max,
+            backup_chunk_max,
+            backup_ttl_ticks,
             held: Vec::new(),
             dur: Durability::new(),
             backlog: WalBacklog::default(),
@@ -337,6 +348,9 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                     self.out
                         .replies
                         .push((t.conn, error_response(t.id, wire::ServerError::Timeout)));
+                }
+                if !part.backups.is_empty() {
+                    backup::expire(part, now);
                 }
             }
             for r in partition::take_reads(&mut self.reads, |r| r.deadline <= now) {

@@ -90,6 +90,8 @@ pub struct Partition<C> {
     /// (role, term, leader) when this shard last published the partition's status: elections
     /// and leader changes are counted from the changes between turns (`ShardCore::publish`).
     pub seen: (raftcore::Role, u64, u64),
+    /// Copies held for backups being fetched (`backup`).
+    pub backups: Vec<super::backup::BackupCopy>,
 }
 
 /// A snapshot taken locally, kept until its file is durable; then the log is compacted to it.
@@ -175,6 +177,7 @@ pub async fn open<C, L: LogStore, S: SnapshotStore>(
         backlogged: 0,
         snapshot_writing: None,
         seen: (raftcore::Role::Follower, 0, 0),
+        backups: Vec::new(),
     })
 }
 

@@ -83,6 +83,14 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 reason: "partition 0 is the meta group; it holds no keys".into(),
             }),
             Op::Range(r) => Ok(r.partition),
+            Op::Backup { partition, .. } if *partition == META_PARTITION => {
+                Err(WireError::InvalidArgument {
+                    reason: "partition 0 is the meta group; it is not backed up (a restored \
+                             cluster bootstraps its own)"
+                        .into(),
+                })
+            }
+            Op::Backup { partition, .. } => Ok(*partition),
             Op::TransferLeader { partition, .. } => Ok(*partition),
             Op::Txn(t) => {
                 let mut ps = t
@@ -195,6 +203,17 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             Op::TransferLeader { to_node, .. } => {
                 let to = *to_node;
                 self.transfer_leader(conn, id, partition, to)
+            }
+            // A new copy is taken at a linearizable point; chunks of a copy are served by
+            // whichever replica holds it (`backup` module docs).
+            Op::Backup { index: 0, .. } => {
+                self.read(conn, id, partition, req.op, Consistency::Linearizable)
+            }
+            &Op::Backup { index, offset, .. } => {
+                let (max, now, ttl) = (self.backup_chunk_max, self.ticks, self.backup_ttl_ticks);
+                let part = self.parts.get_mut(&partition).expect("looked up above");
+                let r = super::backup::serve(part, id, index, offset, max, now, ttl);
+                self.reply(conn, r)
             }
             Op::Status | Op::ClusterMap => unreachable!("answered above"),
         }
