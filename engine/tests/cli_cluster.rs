@@ -517,9 +517,43 @@ fn leadership_moves_where_ctl_asks_under_writes() {
         err.contains("node 9 is not a voter of partition 1"),
         "{err}"
     );
+    // Draining a node moves every leadership it holds (the meta group's included) away.
+    let drained = rt
+        .block_on(cluster_status(&c))
+        .leader_of(1)
+        .expect("a leader of partition 1");
+    let n = drained.to_string();
+    let out = ctl(&endpoints, &["--json", "node", "drain-leaders", &n]);
+    assert!(
+        out.status.success(),
+        "drain-leaders {drained}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let moved = report["moved"].as_array().expect("moved");
+    assert!(
+        moved.iter().any(|m| m["partition"] == 1),
+        "partition 1 was led by node {drained}: {report}"
+    );
+    assert!(moved.iter().all(|m| m["leader"] != drained), "{report}");
+    wait_for(
+        "status shows no partition led by the drained node",
+        ELECTION_TIMEOUT_MAX * 10,
+        Duration::from_millis(20),
+        || {
+            let st = rt.block_on(cluster_status(&c));
+            st.partitions
+                .iter()
+                .all(|&p| st.leader_of(p).is_some_and(|l| l != drained))
+                .then_some(())
+        },
+    );
+    let out = ctl(&endpoints, &["node", "drain-leaders", "9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node 9 is not in the cluster map"));
     let (acked, failed) = writer.finish(&rt);
     eprintln!(
-        "{} writes acknowledged, {failed} failed (unacknowledged) around 6 transfers",
+        "{} writes acknowledged, {failed} failed (unacknowledged) around 6 transfers and a drain",
         acked.len()
     );
     rt.block_on(check_all(&c, &acked));

@@ -164,6 +164,12 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: LeaderCommand,
     },
+    /// Cluster nodes.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
     /// Back up every partition into a new directory: `corum ctl backup --out DIR` (each
     /// partition's copy is taken by its leader at a linearizable point; `manifest.json` is
     /// written last), or check one: `corum ctl backup verify DIR`. Restore with
@@ -176,6 +182,21 @@ pub enum CtlCommand {
         /// `verify DIR`.
         #[command(subcommand)]
         command: Option<BackupCommand>,
+    },
+}
+
+/// `corum ctl node ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum NodeCommand {
+    /// Move the leadership of every partition node N leads, the meta group (0) included, to
+    /// another of its replicas (the one that has applied the most, then the one leading the
+    /// fewest partitions), one partition after
+    /// another: before stopping N for a restart or upgrade, so no partition waits an election
+    /// timeout for a new leader. Exit 1 when a partition could not be moved (it stays led by
+    /// N) or N is not in the cluster map.
+    DrainLeaders {
+        /// The node.
+        node: u64,
     },
 }
 
@@ -505,6 +526,9 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
             Ok((EXIT_OK, out))
         }
         CtlCommand::Backup { out: Some(dir), .. } => backup(&client, dir, json).await,
+        CtlCommand::Node {
+            command: NodeCommand::DrainLeaders { node },
+        } => drain_leaders(&client, *node, json).await,
         CtlCommand::Backup { .. } => unreachable!("checked before connecting"),
         CtlCommand::Status => {
             let status = cluster_status(&client).await;
@@ -521,6 +545,107 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
             Ok((code, out))
         }
     }
+}
+
+/// `corum ctl node drain-leaders N`.
+async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, String), CtlError> {
+    let map = client.cluster_map();
+    if !map
+        .partitions
+        .iter()
+        .any(|p| p.replicas.iter().any(|r| r.node == node))
+    {
+        return Err(CtlError::Failed(format!(
+            "node {node} is not in the cluster map (epoch {})",
+            map.epoch
+        )));
+    }
+    let status = cluster_status(client).await;
+    let led: Vec<u64> = status
+        .partitions
+        .iter()
+        .copied()
+        .filter(|&p| status.leader_of(p) == Some(node))
+        .collect();
+    // Leaderships per node, so equally caught-up targets share the moved ones.
+    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+    for &p in &status.partitions {
+        if let Some(l) = status.leader_of(p) {
+            *leads.entry(l).or_default() += 1;
+        }
+    }
+    let mut moved = Vec::new();
+    let mut failed = Vec::new();
+    for p in led {
+        // The other replicas that answered: the most caught-up first, then the one leading
+        // the fewest partitions.
+        let mut candidates: Vec<(u64, u64)> = status
+            .replicas_applied(p)
+            .into_iter()
+            .filter(|&(n, _)| n != node)
+            .collect();
+        candidates.sort_by_key(|&(n, applied)| {
+            (
+                std::cmp::Reverse(applied),
+                leads.get(&n).copied().unwrap_or(0),
+                n,
+            )
+        });
+        let mut errors = Vec::new();
+        let mut done = None;
+        for (to, _) in candidates {
+            match client.transfer_leader(p, to).await {
+                Ok(r) => {
+                    *leads.entry(r.leader_node).or_default() += 1;
+                    done = Some(r);
+                    break;
+                }
+                Err(e) => errors.push(format!("to node {to}: {e}")),
+            }
+        }
+        match done {
+            Some(r) => moved.push(r),
+            None => {
+                if errors.is_empty() {
+                    errors.push("no other replica answered status".into());
+                }
+                failed.push((p, errors));
+            }
+        }
+    }
+    let code = if failed.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    };
+    let out = if json {
+        json!({
+            "node": node,
+            "moved": moved.iter().map(|r| json!({
+                "partition": r.partition, "leader": r.leader_node, "term": r.term,
+            })).collect::<Vec<_>>(),
+            "failed": failed.iter().map(|(p, e)| json!({"partition": p, "errors": e}))
+                .collect::<Vec<_>>(),
+        })
+        .to_string()
+    } else {
+        let mut lines = vec![format!(
+            "node {node}: leadership of {} partitions moved, {} failed",
+            moved.len(),
+            failed.len()
+        )];
+        for r in &moved {
+            lines.push(format!(
+                "partition {}: node {} leads (term {})",
+                r.partition, r.leader_node, r.term
+            ));
+        }
+        for (p, e) in &failed {
+            lines.push(format!("partition {p}: NOT MOVED: {}", e.join("; ")));
+        }
+        lines.join("\n")
+    };
+    Ok((code, out))
 }
 
 fn unix_ms() -> u64 {
@@ -919,6 +1044,14 @@ impl ClusterStatus {
             .filter(|(_, p)| p.is_leader)
             .max_by_key(|(_, p)| p.term)
             .map(|(n, _)| *n)
+    }
+
+    /// (node, applied index) of every replica of `partition` that answered.
+    pub fn replicas_applied(&self, partition: u64) -> Vec<(u64, u64)> {
+        self.views()
+            .get(&partition)
+            .map(|v| v.iter().map(|(n, p)| (*n, p.applied_index)).collect())
+            .unwrap_or_default()
     }
 
     /// Every shard answered and every partition has a replica that says it leads.
