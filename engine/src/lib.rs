@@ -23,6 +23,7 @@ pub mod cli;
 mod codec;
 pub mod command;
 pub mod config;
+pub mod log_limit;
 pub mod meta;
 pub mod placement;
 pub mod revision;

@@ -72,8 +72,10 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Logs this error with its context and returns it (decoders call this on every failure).
+    /// At debug level: every caller reports the error with who sent the body (the server's
+    /// log lines are rate-limited per call site; anyone can send garbage at will).
     pub(crate) fn logged(self, what: &'static str) -> Self {
-        tracing::warn!(error = %self, body = what, "refusing frame body");
+        tracing::debug!(error = %self, body = what, "refusing frame body");
         self
     }
 }

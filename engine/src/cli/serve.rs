@@ -176,6 +176,8 @@ pub fn run(args: ServeArgs) -> u8 {
         metrics_addr = ?config.metrics_addr,
         "starting node"
     );
+    // Every line of this thread names the node (shard threads have a span of their own).
+    let _span = tracing::info_span!("node", node = config.id).entered();
     match crate::server::run(config) {
         Ok(()) => {
             tracing::info!("node stopped");

@@ -68,6 +68,9 @@ pub fn thread_main(
     // panic); a report already made stays. Dropped after any error was sent on `ready_tx`.
     let _boot_guard = (i == 0).then(|| BootGuard(shared.clone()));
     shared.metrics.shard(i).thread_started();
+    // Every line this shard logs names its node and shard (the executor runs only this
+    // shard's tasks on this thread, so the span stays entered for the thread's life).
+    let _span = tracing::info_span!("shard", node = config.id, shard = i).entered();
     let _loop_end = LoopEndGuard(shared.clone(), i);
     let placement = if config.pin {
         Placement::Fixed(i)

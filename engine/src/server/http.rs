@@ -52,6 +52,7 @@ use super::metrics::{HistogramSnapshot, LoopState, OpKind, RESULTS};
 use super::shared::NodeShared;
 use super::ServerError;
 use crate::config::NodeConfig;
+use crate::log_limit::LogLimiter;
 
 /// Threads answering connections. More than a handful of idle sockets (port scanners,
 /// half-open load-balancer checks) must not delay `/health`; each thread is idle otherwise.
@@ -160,37 +161,6 @@ impl HttpError {
     }
 }
 
-/// Lets one log line through per `every` and counts the ones it held back, so a client or a
-/// failing `accept` (EMFILE) cannot flood the log.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    /// (when a line last went through, lines held back since).
-    state: Mutex<(Option<Instant>, u64)>,
-}
-
-impl LogLimiter {
-    /// At most one line per `every`.
-    pub fn new(every: Duration) -> Self {
-        LogLimiter {
-            every,
-            state: Mutex::new((None, 0)),
-        }
-    }
-
-    /// Some(lines suppressed since the last one) if a line may be logged at `now`.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, suppressed) = &mut *g;
-        if last.is_some_and(|t| now.saturating_duration_since(t) < self.every) {
-            *suppressed += 1;
-            return None;
-        }
-        *last = Some(now);
-        Some(std::mem::take(suppressed))
-    }
-}
-
 /// The running accepting thread and workers.
 #[derive(Debug)]
 pub struct MetricsServer {
@@ -239,6 +209,7 @@ impl MetricsServer {
         shared: Arc<NodeShared>,
         limits: Limits,
     ) -> Result<MetricsServer, ServerError> {
+        let node = config.id;
         let listener = TcpListener::bind(addr).map_err(|source| ServerError::Io {
             what: format!("bind metrics port {addr}"),
             source,
@@ -273,13 +244,19 @@ impl MetricsServer {
             let (rx, stop, ctx) = (rx.clone(), stop.clone(), ctx.clone());
             let t = std::thread::Builder::new()
                 .name(format!("corum-http-{i}"))
-                .spawn(move || work(&rx, &stop, &ctx))
+                .spawn(move || {
+                    let _span = tracing::info_span!("ops", node).entered();
+                    work(&rx, &stop, &ctx)
+                })
                 .map_err(spawn_error)?;
             server.workers.push(t);
         }
         let t = std::thread::Builder::new()
             .name("corum-metrics".into())
-            .spawn(move || accept(&listener, &stop, &tx, &ctx))
+            .spawn(move || {
+                let _span = tracing::info_span!("ops", node).entered();
+                accept(&listener, &stop, &tx, &ctx)
+            })
             .map_err(spawn_error)?;
         server.acceptor = Some(t);
         tracing::info!(metrics = %addr, "metrics and health endpoints serving");
@@ -1455,18 +1432,6 @@ mod tests {
             "X-A: b\r\n".repeat(HEADERS_MAX + 1)
         );
         assert!(parse_head(many.as_bytes()).is_err());
-    }
-
-    #[test]
-    fn the_log_limiter_lets_one_line_through_per_interval_and_counts_the_rest() {
-        let l = LogLimiter::new(Duration::from_secs(5));
-        let t0 = Instant::now();
-        assert_eq!(l.admit(t0), Some(0));
-        assert_eq!(l.admit(t0), None);
-        assert_eq!(l.admit(t0 + Duration::from_secs(4)), None);
-        assert_eq!(l.admit(t0 + Duration::from_secs(5)), Some(2));
-        assert_eq!(l.admit(t0 + Duration::from_secs(6)), None);
-        assert_eq!(l.admit(t0 + Duration::from_secs(11)), Some(1));
     }
 
     #[test]

@@ -288,7 +288,7 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(shard = io.shard, error = %e, "client accept failed");
+                crate::warn_limited!(shard = io.shard, error = %e, "client accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -299,7 +299,7 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
         let metrics = io.shared.metrics.shard(io.shard);
         if io.connections.get() >= io.config.tuning.connections_max {
             metrics.client_connections_refused.inc();
-            tracing::warn!(
+            crate::warn_limited!(
                 shard = io.shard,
                 limit = io.config.tuning.connections_max,
                 "client connection refused: connections_max reached"
@@ -345,7 +345,7 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
             match decoder.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     if frame.kind != FrameKind::ClientRequests {
-                        tracing::warn!(client = %peer, kind = ?frame.kind, "client sent a non-request frame");
+                        crate::warn_limited!(client = %peer, kind = ?frame.kind, "client sent a non-request frame");
                         out.frame_error(
                             frame.request_id,
                             WireError::InvalidArgument {
@@ -360,7 +360,7 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                     let requests = match wire::decode_requests(&frame.body, &io.limits) {
                         Ok(r) => r,
                         Err(e) => {
-                            tracing::warn!(client = %peer, error = %e, "bad request frame body");
+                            crate::warn_limited!(client = %peer, error = %e, "bad request frame body");
                             out.frame_error(frame.request_id, e.to_server_error());
                             if out.frame_errors.borrow().len() >= FRAME_ERRORS_MAX {
                                 break 'conn "too many bad frames unanswered";
@@ -402,7 +402,7 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(client = %peer, error = %e, "bad frame from client; closing");
+                    crate::warn_limited!(client = %peer, error = %e, "bad frame from client; closing");
                     if let Some(id) = e.request_id() {
                         out.frame_error(id, e.to_server_error());
                     }
@@ -665,7 +665,7 @@ pub async fn peer_listener(listener: TcpListener, io: Rc<ShardIo>) {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(shard = io.shard, error = %e, "peer accept failed");
+                crate::warn_limited!(shard = io.shard, error = %e, "peer accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -812,7 +812,7 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
                         inbox.peer.push((partition, m))
                     }
                     Ok(_) => inbox.peer_dropped += 1,
-                    Err(e) => tracing::warn!(node, error = %e, "bad peer message; dropped"),
+                    Err(e) => crate::warn_limited!(node, error = %e, "bad peer message; dropped"),
                 }
             }
             drop(inbox);
@@ -857,7 +857,7 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
     } else if reason.starts_with("nothing received") || reason.starts_with("replaced") {
         tracing::info!(shard = io.shard, %remote, node = ?from_node, %reason, "peer connection closed");
     } else {
-        tracing::warn!(shard = io.shard, %remote, %reason, "peer connection closed");
+        crate::warn_limited!(shard = io.shard, %remote, %reason, "peer connection closed");
     }
 }
 
