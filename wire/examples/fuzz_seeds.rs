@@ -171,6 +171,7 @@ fn main() -> std::io::Result<()> {
                     shard: 0,
                     map_epoch: 4,
                     partitions: vec![PartitionStatus::default()],
+                    slowest_fsync_us: 1234,
                 })),
             ),
             resp(7, Ok(Outcome::ClusterMap(map))),

@@ -417,6 +417,8 @@ pub struct NodeStatus {
     pub map_epoch: u64,
     /// Its partitions.
     pub partitions: Vec<PartitionStatus>,
+    /// The slowest WAL fdatasync of this shard in the last 60 to 120 s, microseconds (0: none).
+    pub slowest_fsync_us: u64,
 }
 
 /// The result of a successful request.
@@ -1040,6 +1042,7 @@ fn enc_outcome(
                     shard: s.shard,
                     map_epoch: s.map_epoch,
                     partitions,
+                    slowest_fsync_us: s.slowest_fsync_us,
                 },
             );
             (fb::Outcome::StatusResult, t.as_union_value())
@@ -1577,6 +1580,7 @@ fn dec_outcome(cx: &Ctx<'_>, r: &fb::Response<'_>) -> Result<Outcome, DecodeErro
                 shard: t.shard(),
                 map_epoch: t.map_epoch(),
                 partitions,
+                slowest_fsync_us: t.slowest_fsync_us(),
             })
         }
         fb::Outcome::ClusterMapResult => {

@@ -166,7 +166,7 @@ fn outcome(o: &Outcome) -> usize {
             table(13, 3) + offsets(0) + results
         }
         Outcome::Range(r) => table(5, 2) + offsets(0) + r.kvs.iter().map(kv).sum::<usize>(),
-        Outcome::Status(s) => table(24, 4) + offsets(0) + s.partitions.len() * (4 + table(41, 6)),
+        Outcome::Status(s) => table(32, 5) + offsets(0) + s.partitions.len() * (4 + table(41, 6)),
         Outcome::ClusterMap(m) => map(m),
         Outcome::TransferLeader(_) => table(24, 3),
         Outcome::Backup(b) => table(52, 7) + opt_bytes(b.data.len()),

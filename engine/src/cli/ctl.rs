@@ -1068,6 +1068,7 @@ impl ClusterStatus {
                 Ok(st) => json!({
                     "shard": s.shard, "endpoint": s.endpoint, "reachable": true,
                     "map_epoch": st.map_epoch, "partitions": s.hosts,
+                    "slowest_fsync_us": st.slowest_fsync_us,
                 }),
                 Err(e) => json!({
                     "shard": s.shard, "endpoint": s.endpoint, "reachable": false, "error": e,
@@ -1120,7 +1121,11 @@ impl ClusterStatus {
         );
         for s in &self.shards {
             let state = match &s.status {
-                Ok(_) => format!("ok, partitions {:?}", s.hosts),
+                Ok(st) => format!(
+                    "ok, partitions {:?}, slowest fsync {:.1} ms",
+                    s.hosts,
+                    st.slowest_fsync_us as f64 / 1000.0
+                ),
                 Err(e) => format!("UNREACHABLE: {e}"),
             };
             out.push_str(&format!(

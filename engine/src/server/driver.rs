@@ -466,6 +466,10 @@ impl Driver {
                     m.wal_bytes.add(report.device_bytes);
                     m.wal_write.observe_duration(report.write_time);
                     m.wal_fdatasync.observe_duration(report.fdatasync_time);
+                    m.slowest_fsync.observe(
+                        shared.metrics.start.elapsed().as_millis() as u64,
+                        report.fdatasync_time.as_micros() as u64,
+                    );
                 }
             });
             done.borrow_mut().sync = Some((gen, r));

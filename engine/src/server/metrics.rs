@@ -342,6 +342,8 @@ pub struct ShardMetrics {
     pub wal_write: Histogram,
     /// Duration of the WAL fdatasync, nanoseconds.
     pub wal_fdatasync: Histogram,
+    /// The slowest fdatasync lately, microseconds (`corum ctl status`).
+    pub slowest_fsync: RecentMax,
     /// Snapshots sent to followers (raftcore snapshot messages).
     pub snapshots_sent: Counter,
     /// Bytes of snapshots sent.
@@ -393,6 +395,7 @@ impl Default for ShardMetrics {
             wal_bytes: Counter::default(),
             wal_write: Histogram::new(DURATION_BOUNDS_NS, 1e9),
             wal_fdatasync: Histogram::new(DURATION_BOUNDS_NS, 1e9),
+            slowest_fsync: RecentMax::default(),
             snapshots_sent: Counter::default(),
             snapshot_sent_bytes: Counter::default(),
             snapshots_received: Counter::default(),
@@ -409,6 +412,58 @@ impl Default for ShardMetrics {
             running: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             tid: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The largest value observed in the current and the previous window of
+/// [`RecentMax::WINDOW_MS`]: "the slowest lately", covering the last 60 to 120 s. Written by
+/// one thread (the shard's), read by any.
+#[derive(Debug, Default)]
+pub struct RecentMax {
+    /// The current window's number (milliseconds / `WINDOW_MS`).
+    window: AtomicU64,
+    cur: AtomicU64,
+    prev: AtomicU64,
+}
+
+impl RecentMax {
+    /// Window length.
+    pub const WINDOW_MS: u64 = 60_000;
+
+    fn roll(&self, now_ms: u64) {
+        let w = now_ms / Self::WINDOW_MS;
+        let old = self.window.load(Ordering::Relaxed);
+        if w != old {
+            let prev = if w == old + 1 {
+                self.cur.load(Ordering::Relaxed)
+            } else {
+                0
+            };
+            self.prev.store(prev, Ordering::Relaxed);
+            self.cur.store(0, Ordering::Relaxed);
+            self.window.store(w, Ordering::Relaxed);
+        }
+    }
+
+    /// Records `v` at `now_ms` (milliseconds on any steady clock).
+    pub fn observe(&self, now_ms: u64, v: u64) {
+        self.roll(now_ms);
+        self.cur.fetch_max(v, Ordering::Relaxed);
+    }
+
+    /// The largest value recorded in the current and the previous window as of `now_ms`.
+    pub fn get(&self, now_ms: u64) -> u64 {
+        let w = now_ms / Self::WINDOW_MS;
+        let at = self.window.load(Ordering::Relaxed);
+        if w == at {
+            self.cur
+                .load(Ordering::Relaxed)
+                .max(self.prev.load(Ordering::Relaxed))
+        } else if w == at + 1 {
+            self.cur.load(Ordering::Relaxed)
+        } else {
+            0
         }
     }
 }
@@ -553,6 +608,26 @@ const _: () = assert!(DURATION_BOUNDS_NS.len() <= BOUNDS_MAX && BATCH_BOUNDS.len
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_max_covers_the_current_and_the_previous_window() {
+        let w = RecentMax::WINDOW_MS;
+        let m = RecentMax::default();
+        assert_eq!(m.get(5), 0);
+        m.observe(10, 700);
+        m.observe(20, 300);
+        assert_eq!(m.get(30), 700);
+        m.observe(w + 5, 200);
+        assert_eq!(m.get(w + 6), 700, "the previous window still counts");
+        assert_eq!(m.get(2 * w + 1), 200, "only the newer window is left");
+        assert_eq!(m.get(3 * w + 1), 0, "both windows are old");
+        m.observe(5 * w, 50);
+        assert_eq!(
+            m.get(5 * w + 1),
+            50,
+            "a gap of windows forgets the old ones"
+        );
+    }
 
     #[test]
     fn histogram_buckets_sum_and_quantile() {

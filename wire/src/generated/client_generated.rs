@@ -5217,6 +5217,7 @@ pub mod corum {
             pub const VT_SHARD: ::flatbuffers::VOffsetT = 6;
             pub const VT_MAP_EPOCH: ::flatbuffers::VOffsetT = 8;
             pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_SLOWEST_FSYNC_US: ::flatbuffers::VOffsetT = 12;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5233,6 +5234,7 @@ pub mod corum {
                 args: &'args StatusResultArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<StatusResult<'bldr>> {
                 let mut builder = StatusResultBuilder::new(_fbb);
+                builder.add_slowest_fsync_us(args.slowest_fsync_us);
                 builder.add_map_epoch(args.map_epoch);
                 builder.add_node(args.node);
                 if let Some(x) = args.partitions {
@@ -5290,6 +5292,19 @@ pub mod corum {
                     >>(StatusResult::VT_PARTITIONS, None)
                 }
             }
+            /// The slowest WAL fdatasync of this shard in the last minute or so (between 60 and 120 s),
+            /// microseconds; 0 when none ran.
+            #[inline]
+            pub fn slowest_fsync_us(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(StatusResult::VT_SLOWEST_FSYNC_US, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for StatusResult<'_> {
@@ -5305,6 +5320,7 @@ pub mod corum {
                     .visit_field::<::flatbuffers::ForwardsUOffset<
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PartitionStatus>>,
                     >>("partitions", Self::VT_PARTITIONS, false)?
+                    .visit_field::<u64>("slowest_fsync_us", Self::VT_SLOWEST_FSYNC_US, false)?
                     .finish();
                 Ok(())
             }
@@ -5318,6 +5334,7 @@ pub mod corum {
                     ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PartitionStatus<'a>>>,
                 >,
             >,
+            pub slowest_fsync_us: u64,
         }
         impl<'a> Default for StatusResultArgs<'a> {
             #[inline]
@@ -5327,6 +5344,7 @@ pub mod corum {
                     shard: 0,
                     map_epoch: 0,
                     partitions: None,
+                    slowest_fsync_us: 0,
                 }
             }
         }
@@ -5362,6 +5380,11 @@ pub mod corum {
                 );
             }
             #[inline]
+            pub fn add_slowest_fsync_us(&mut self, slowest_fsync_us: u64) {
+                self.fbb_
+                    .push_slot::<u64>(StatusResult::VT_SLOWEST_FSYNC_US, slowest_fsync_us, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> StatusResultBuilder<'a, 'b, A> {
@@ -5385,6 +5408,7 @@ pub mod corum {
                 ds.field("shard", &self.shard());
                 ds.field("map_epoch", &self.map_epoch());
                 ds.field("partitions", &self.partitions());
+                ds.field("slowest_fsync_us", &self.slowest_fsync_us());
                 ds.finish()
             }
         }

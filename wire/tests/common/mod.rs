@@ -250,14 +250,22 @@ pub fn outcome() -> impl Strategy<Value = Outcome> {
         ),
         (vec(kv(), 0..5), any::<bool>())
             .prop_map(|(kvs, more)| Outcome::Range(RangeResult { kvs, more })),
-        (any::<u64>(), any::<u32>(), any::<u64>(), vec(pstatus, 0..4)).prop_map(
-            |(node, shard, map_epoch, partitions)| Outcome::Status(NodeStatus {
-                node,
-                shard,
-                map_epoch,
-                partitions
-            })
-        ),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u64>(),
+            vec(pstatus, 0..4),
+            any::<u64>()
+        )
+            .prop_map(|(node, shard, map_epoch, partitions, slowest_fsync_us)| {
+                Outcome::Status(NodeStatus {
+                    node,
+                    shard,
+                    map_epoch,
+                    partitions,
+                    slowest_fsync_us,
+                })
+            }),
         cluster_map().prop_map(Outcome::ClusterMap),
     ]
 }

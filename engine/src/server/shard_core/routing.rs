@@ -39,6 +39,11 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             shard: self.i as u32,
             map_epoch: shared.map_epoch(),
             partitions,
+            slowest_fsync_us: shared
+                .metrics
+                .shard(self.i)
+                .slowest_fsync
+                .get(shared.metrics.start.elapsed().as_millis() as u64),
         }
     }
 
