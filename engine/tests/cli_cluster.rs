@@ -432,6 +432,11 @@ fn killing_a_leader_loses_no_acknowledged_write() {
         .block_on(cluster_status(&c))
         .leader_of(partition)
         .expect("partition 1 has a leader");
+    // The cluster's event stream, from now on (the client's subscription, as `ctl events`).
+    let mut events = {
+        let _rt = rt.enter();
+        c.subscribe_events(Duration::from_millis(50), false)
+    };
     cluster.kill9(leader);
     let killed_at = Instant::now();
     // Wait for a new leader of the partition. Raft §5.2: a follower that hears nothing for an
@@ -449,6 +454,20 @@ fn killing_a_leader_loses_no_acknowledged_write() {
     eprintln!(
         "partition {partition}: leader {leader} killed, node {new_leader} leads after {elapsed:?}"
     );
+    // The stream tells of the dead node and of the partition's new leader.
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (mut down, mut elected) = (false, false);
+    while !(down && elected) {
+        let e = rt
+            .block_on(async { tokio::time::timeout_at(deadline, events.recv()).await })
+            .unwrap_or_else(|_| panic!("no node_down/leader_elected event in 20 s; got {seen:?}"))
+            .expect("the event stream ended");
+        down |= e.kind == "node_down" && e.node == leader;
+        elected |= e.kind == "leader_elected" && e.partition == partition && e.node == new_leader;
+        seen.push((e.node, e.partition, e.kind));
+    }
+    drop(events);
 
     // Writes resume, including to the partition that lost its leader.
     writer.wait_more(200, Duration::from_secs(30), "200 writes after the kill");
@@ -555,6 +574,47 @@ fn leadership_moves_where_ctl_asks_under_writes() {
                 .all(|&p| st.leader_of(p).is_some_and(|l| l != drained))
                 .then_some(())
         },
+    );
+    // Every transfer and the drain are in the nodes' event logs, read back from the start.
+    let out = ctl(
+        &endpoints,
+        &["--json", "events", "--from-start", "--duration-ms", "1500"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let started = events
+        .iter()
+        .filter(|e| e["kind"] == "node_started")
+        .count();
+    assert_eq!(started, 3, "{events:?}");
+    for to in 1..=3u64 {
+        assert!(
+            events
+                .iter()
+                .any(|e| e["kind"] == "leader_elected" && e["partition"] == 1 && e["node"] == to),
+            "partition 1 was transferred to node {to}: {events:?}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "leader_lost" && e["node"] == drained),
+        "{events:?}"
+    );
+    let times: Vec<u64> = events
+        .iter()
+        .map(|e| e["unix_ms"].as_u64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "not in time order: {times:?}"
     );
     let out = ctl(&endpoints, &["node", "drain-leaders", "9"]);
     assert_eq!(out.status.code(), Some(1));

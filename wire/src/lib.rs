@@ -54,9 +54,9 @@ pub use frame::{
 pub use map::{ClusterMap, MapError, PartitionInfo, Replica, SlotRange};
 pub use messages::{
     decode_requests, decode_responses, BackupChunk, BodyEncoder, Compare, CompareOp, CompareTarget,
-    Consistency, DeleteResult, KeyValue, NodeStatus, Op, Outcome, PartitionStatus, Put, PutResult,
-    Range, RangeResult, Request, Response, ResponseBatch, ResponseHeader, ServerError,
-    TransferLeaderResult, Txn, TxnOp, TxnOpResult, TxnResult,
+    Consistency, DeleteResult, Event, EventsResult, KeyValue, NodeStatus, Op, Outcome,
+    PartitionStatus, Put, PutResult, Range, RangeResult, Request, Response, ResponseBatch,
+    ResponseHeader, ServerError, TransferLeaderResult, Txn, TxnOp, TxnOpResult, TxnResult,
 };
 pub use peer::{
     decode_peer_batch, ConfState, Entry, MessageKind, PeerBatch, RaftMessage, SnapshotChunk,

@@ -87,6 +87,14 @@ pub enum Op {
         /// The node that should lead it.
         to_node: u64,
     },
+    /// The node's recent events after sequence number `after` (`Events` in
+    /// `schema/client.fbs`).
+    Events {
+        /// Return events with a greater sequence number.
+        after: u64,
+        /// At most this many (0: the server's limit).
+        limit: u32,
+    },
     /// One chunk of a consistent copy of a partition, for backups (`Backup` in
     /// `schema/client.fbs`).
     Backup {
@@ -442,6 +450,38 @@ pub enum Outcome {
     TransferLeader(TransferLeaderResult),
     /// One chunk of a partition's copy.
     Backup(BackupChunk),
+    /// A node's events.
+    Events(EventsResult),
+}
+
+/// Something that happened on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Event {
+    /// Per node, from 1, without gaps.
+    pub seq: u64,
+    /// Wall-clock time on the node, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The node.
+    pub node: u64,
+    /// The shard.
+    pub shard: u32,
+    /// The partition (0: none, or the meta group).
+    pub partition: u64,
+    /// What happened, e.g. `leader_elected`.
+    pub kind: String,
+    /// Details for people.
+    pub detail: String,
+}
+
+/// A node's answer to `Op::Events`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventsResult {
+    /// Oldest first.
+    pub events: Vec<Event>,
+    /// The oldest sequence number the node still holds.
+    pub oldest: u64,
+    /// The newest it assigned (0: none).
+    pub newest: u64,
 }
 
 /// One chunk of a partition's copy: bytes `offset..offset + data.len()` of a snapshot file
@@ -556,7 +596,11 @@ impl Op {
                 check_key(&r.end, limits)?;
                 check_key(&r.after, limits)
             }
-            Op::Status | Op::ClusterMap | Op::TransferLeader { .. } | Op::Backup { .. } => Ok(()),
+            Op::Status
+            | Op::ClusterMap
+            | Op::TransferLeader { .. }
+            | Op::Backup { .. }
+            | Op::Events { .. } => Ok(()),
         }
     }
 
@@ -570,7 +614,8 @@ impl Op {
             | Op::Status
             | Op::ClusterMap
             | Op::TransferLeader { .. }
-            | Op::Backup { .. } => None,
+            | Op::Backup { .. }
+            | Op::Events { .. } => None,
         }
     }
 
@@ -585,7 +630,8 @@ impl Op {
             | Op::Status
             | Op::ClusterMap
             | Op::TransferLeader { .. }
-            | Op::Backup { .. } => false,
+            | Op::Backup { .. }
+            | Op::Events { .. } => false,
         }
     }
 
@@ -603,7 +649,8 @@ impl Op {
             | Op::Status
             | Op::ClusterMap
             | Op::TransferLeader { .. }
-            | Op::Backup { .. } => false,
+            | Op::Backup { .. }
+            | Op::Events { .. } => false,
         }
     }
 }
@@ -804,6 +851,17 @@ fn enc_op(fbb: &mut Fbb, op: &Op) -> (fb::Op, WIPOffset<flatbuffers::UnionWIPOff
                 &fb::TransferLeaderArgs {
                     partition: *partition,
                     to_node: *to_node,
+                },
+            )
+            .as_union_value(),
+        ),
+        Op::Events { after, limit } => (
+            fb::Op::Events,
+            fb::Events::create(
+                fbb,
+                &fb::EventsArgs {
+                    after: *after,
+                    limit: *limit,
                 },
             )
             .as_union_value(),
@@ -1078,6 +1136,38 @@ fn enc_outcome(
                 },
             );
             (fb::Outcome::BackupResult, t.as_union_value())
+        }
+        Outcome::Events(r) => {
+            let events: Vec<_> = r
+                .events
+                .iter()
+                .map(|e| {
+                    let kind = Some(fbb.create_string(&e.kind));
+                    let detail = Some(fbb.create_string(&e.detail));
+                    fb::Event::create(
+                        fbb,
+                        &fb::EventArgs {
+                            seq: e.seq,
+                            unix_ms: e.unix_ms,
+                            node: e.node,
+                            shard: e.shard,
+                            partition: e.partition,
+                            kind,
+                            detail,
+                        },
+                    )
+                })
+                .collect();
+            let events = Some(fbb.create_vector(&events));
+            let t = fb::EventsResult::create(
+                fbb,
+                &fb::EventsResultArgs {
+                    events,
+                    oldest: r.oldest,
+                    newest: r.newest,
+                },
+            );
+            (fb::Outcome::EventsResult, t.as_union_value())
         }
     }
 }
@@ -1367,6 +1457,15 @@ fn dec_request(cx: &Ctx<'_>, r: fb::Request<'_>) -> Result<Request, DecodeError>
                 to_node: t.to_node(),
             }
         }
+        fb::Op::Events => {
+            let t = r
+                .op_as_events()
+                .ok_or(DecodeError::MissingField("Request.op"))?;
+            Op::Events {
+                after: t.after(),
+                limit: t.limit(),
+            }
+        }
         fb::Op::Backup => {
             let t = r
                 .op_as_backup()
@@ -1597,6 +1696,27 @@ fn dec_outcome(cx: &Ctx<'_>, r: &fb::Response<'_>) -> Result<Outcome, DecodeErro
                 partition: t.partition(),
                 leader_node: t.leader_node(),
                 term: t.term(),
+            })
+        }
+        fb::Outcome::EventsResult => {
+            let t = r.result_as_events_result().ok_or(MISSING)?;
+            let v = t.events();
+            let mut events = Vec::with_capacity(cx.items(&v)?);
+            for e in v.iter().flatten() {
+                events.push(Event {
+                    seq: e.seq(),
+                    unix_ms: e.unix_ms(),
+                    node: e.node(),
+                    shard: e.shard(),
+                    partition: e.partition(),
+                    kind: e.kind().unwrap_or_default().to_owned(),
+                    detail: e.detail().unwrap_or_default().to_owned(),
+                });
+            }
+            Outcome::Events(EventsResult {
+                events,
+                oldest: t.oldest(),
+                newest: t.newest(),
             })
         }
         fb::Outcome::BackupResult => {

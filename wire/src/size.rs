@@ -106,6 +106,7 @@ fn op(op: &Op) -> usize {
         Op::Status | Op::ClusterMap => table(0, 0),
         Op::TransferLeader { .. } => table(16, 2),
         Op::Backup { .. } => table(24, 3),
+        Op::Events { .. } => table(12, 2),
     }
 }
 
@@ -170,6 +171,14 @@ fn outcome(o: &Outcome) -> usize {
         Outcome::ClusterMap(m) => map(m),
         Outcome::TransferLeader(_) => table(24, 3),
         Outcome::Backup(b) => table(52, 7) + opt_bytes(b.data.len()),
+        Outcome::Events(r) => {
+            table(20, 3)
+                + offsets(0)
+                + r.events
+                    .iter()
+                    .map(|e| 4 + table(52, 7) + string(e.kind.len()) + string(e.detail.len()))
+                    .sum::<usize>()
+        }
     }
 }
 
@@ -352,6 +361,23 @@ mod tests {
                 },
             ))));
         }
+        responses.push(response(Ok(Outcome::Events(
+            crate::messages::EventsResult {
+                events: (0..20)
+                    .map(|i| crate::messages::Event {
+                        seq: u64::MAX - i,
+                        unix_ms: u64::MAX,
+                        node: u64::MAX,
+                        shard: u32::MAX,
+                        partition: u64::MAX,
+                        kind: "k".repeat(i as usize),
+                        detail: "d".repeat(3 * i as usize),
+                    })
+                    .collect(),
+                oldest: u64::MAX,
+                newest: u64::MAX,
+            },
+        ))));
         // Each alone, then all together.
         for r in &responses {
             let batch = ResponseBatch {
@@ -404,6 +430,10 @@ mod tests {
         requests.push(Op::TransferLeader {
             partition: u64::MAX,
             to_node: u64::MAX,
+        });
+        requests.push(Op::Events {
+            after: u64::MAX,
+            limit: u32::MAX,
         });
         requests.push(Op::Backup {
             partition: u64::MAX,

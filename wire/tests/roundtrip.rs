@@ -112,6 +112,10 @@ fn every_op_and_peer_kind_round_trips() {
             index: 77,
             offset: 65536,
         },
+        Op::Events {
+            after: 12,
+            limit: 100,
+        },
     ];
     let reqs: Vec<Request> = ops
         .into_iter()
@@ -143,6 +147,29 @@ fn every_op_and_peer_kind_round_trips() {
     };
     let body = Bytes::copy_from_slice(enc.responses(&resps));
     assert_eq!(decode_responses(&body, &Limits::default()).unwrap(), resps);
+
+    let events = ResponseBatch {
+        frame_error: None,
+        responses: vec![Response {
+            id: 9,
+            header: ResponseHeader::default(),
+            outcome: Ok(Outcome::Events(wire::EventsResult {
+                events: vec![wire::Event {
+                    seq: 13,
+                    unix_ms: 1_795_849_881_806,
+                    node: 2,
+                    shard: 1,
+                    partition: 4,
+                    kind: "leader_elected".into(),
+                    detail: "term 5".into(),
+                }],
+                oldest: 1,
+                newest: 13,
+            })),
+        }],
+    };
+    let body = Bytes::copy_from_slice(enc.responses(&events));
+    assert_eq!(decode_responses(&body, &Limits::default()).unwrap(), events);
 
     // A backup chunk round-trips; one that claims to end past its copy is refused.
     let chunk = |offset: u64, total_bytes: u64| ResponseBatch {

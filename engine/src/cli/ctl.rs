@@ -164,6 +164,25 @@ pub enum CtlCommand {
         #[command(subcommand)]
         command: LeaderCommand,
     },
+    /// Stream what happens in the cluster as it happens, from every node in one time-ordered
+    /// stream: leaders elected and lost per partition, snapshots sent and installed, slow
+    /// fsyncs, Busy rejections, nodes started, stopping, down and up again. One line per event
+    /// (with --json, one JSON object per line). Runs until Ctrl-C, --count events or
+    /// --duration-ms.
+    Events {
+        /// Begin with every event the nodes still hold (each keeps its last 4096), not now.
+        #[arg(long)]
+        from_start: bool,
+        /// How often every node is asked for new events, in milliseconds.
+        #[arg(long, default_value_t = 500, value_name = "MS")]
+        interval_ms: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this long, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        duration_ms: Option<u64>,
+    },
     /// Cluster nodes.
     Node {
         /// What to do.
@@ -529,6 +548,46 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
         CtlCommand::Node {
             command: NodeCommand::DrainLeaders { node },
         } => drain_leaders(&client, *node, json).await,
+        CtlCommand::Events {
+            from_start,
+            interval_ms,
+            count,
+            duration_ms,
+        } => {
+            let mut rx =
+                client.subscribe_events(Duration::from_millis((*interval_ms).max(10)), *from_start);
+            let end = duration_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+            let mut seen = 0u64;
+            loop {
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+                let next = match end {
+                    Some(end) => match tokio::time::timeout_at(end, rx.recv()).await {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    },
+                    None => rx.recv().await,
+                };
+                let Some(e) = next else { break };
+                seen += 1;
+                let line = if json {
+                    json!({
+                        "seq": e.seq, "unix_ms": e.unix_ms, "node": e.node, "shard": e.shard,
+                        "partition": e.partition, "kind": e.kind, "detail": e.detail,
+                    })
+                    .to_string()
+                } else {
+                    event_text(&e)
+                };
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    break; // stdout closed (e.g. `| head`)
+                }
+            }
+            Ok((EXIT_OK, String::new()))
+        }
         CtlCommand::Backup { .. } => unreachable!("checked before connecting"),
         CtlCommand::Status => {
             let status = cluster_status(&client).await;
@@ -646,6 +705,25 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
         lines.join("\n")
     };
     Ok((code, out))
+}
+
+/// One event as a line: `HH:MM:SS.mmmZ node N shard S partition P kind: detail` (UTC time of
+/// day; the partition only when the event names one).
+pub fn event_text(e: &wire::Event) -> String {
+    let ms = e.unix_ms % 86_400_000;
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    // Leader and snapshot events always name a partition; 0 is then the meta group.
+    let partition = if e.partition != 0 {
+        format!(" partition {}", e.partition)
+    } else if e.kind.starts_with("leader_") || e.kind.starts_with("snapshot_") {
+        " partition 0 (meta)".to_owned()
+    } else {
+        String::new()
+    };
+    format!(
+        "{h:02}:{m:02}:{s:02}.{milli:03}Z node {} shard {}{partition} {}: {}",
+        e.node, e.shard, e.kind, e.detail
+    )
 }
 
 fn unix_ms() -> u64 {

@@ -470,6 +470,18 @@ impl Driver {
                         shared.metrics.start.elapsed().as_millis() as u64,
                         report.fdatasync_time.as_micros() as u64,
                     );
+                    if report.fdatasync_time > super::events::SLOW_FSYNC {
+                        shared.events.record(
+                            i,
+                            0,
+                            "slow_fsync",
+                            format!(
+                                "WAL fdatasync took {:.1} ms ({} bytes written)",
+                                report.fdatasync_time.as_secs_f64() * 1e3,
+                                report.device_bytes
+                            ),
+                        );
+                    }
                 }
             });
             done.borrow_mut().sync = Some((gen, r));
@@ -530,6 +542,17 @@ impl Driver {
             if let Some(s) = &m.snapshot {
                 metrics.snapshots_sent.inc();
                 metrics.snapshot_sent_bytes.add(s.data.len() as u64);
+                if s.offset == 0 {
+                    self.shared.events.record(
+                        self.i,
+                        p,
+                        "snapshot_sent",
+                        format!(
+                            "to node {}: index {}, {} bytes",
+                            m.to, s.index, s.total_bytes
+                        ),
+                    );
+                }
             }
             by_node
                 .entry(m.to)

@@ -225,11 +225,13 @@ pub enum OpKind {
     TransferLeader,
     /// `Backup` (one chunk).
     Backup,
+    /// `Events`.
+    Events,
 }
 
 impl OpKind {
     /// Every kind, in label order.
-    pub const ALL: [OpKind; 9] = [
+    pub const ALL: [OpKind; 10] = [
         OpKind::Get,
         OpKind::Range,
         OpKind::Put,
@@ -239,6 +241,7 @@ impl OpKind {
         OpKind::ClusterMap,
         OpKind::TransferLeader,
         OpKind::Backup,
+        OpKind::Events,
     ];
 
     /// The kind of a request.
@@ -253,6 +256,7 @@ impl OpKind {
             Op::ClusterMap => OpKind::ClusterMap,
             Op::TransferLeader { .. } => OpKind::TransferLeader,
             Op::Backup { .. } => OpKind::Backup,
+            Op::Events { .. } => OpKind::Events,
         }
     }
 
@@ -268,6 +272,7 @@ impl OpKind {
             OpKind::ClusterMap => "cluster_map",
             OpKind::TransferLeader => "transfer_leader",
             OpKind::Backup => "backup",
+            OpKind::Events => "events",
         }
     }
 }
@@ -469,6 +474,14 @@ impl RecentMax {
 }
 
 impl ShardMetrics {
+    /// `Busy` answers so far, every kind of request together.
+    pub fn busy_total(&self) -> u64 {
+        let busy = result_index(Err(&WireError::Busy));
+        (0..OpKind::ALL.len())
+            .map(|k| self.requests[k * RESULTS.len() + busy].get())
+            .sum()
+    }
+
     /// Counts one answer to a request of `kind`.
     #[inline]
     pub fn answered(&self, kind: OpKind, outcome: Result<(), &WireError>) {

@@ -154,6 +154,7 @@
 
 pub(crate) mod convert;
 mod driver;
+pub mod events;
 pub mod http;
 pub mod metrics;
 mod net;
@@ -383,6 +384,15 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
         data_dir = %config.data_dir.display(),
         "corum node serving"
     );
+    shared.events.record(
+        0,
+        0,
+        "node_started",
+        format!(
+            "{} shards, client {}, peer {}",
+            config.shards, config.client_addr, config.peer_addr
+        ),
+    );
     Ok(ServerHandle {
         stop,
         threads,
@@ -429,6 +439,10 @@ pub fn run(config: NodeConfig) -> Result<(), ServerError> {
         let sig = unsafe { libc::sigtimedwait(&set, &mut info, &timeout) };
         if sig > 0 {
             tracing::info!(signal = sig, "stopping");
+            handle
+                .shared
+                .events
+                .record(0, 0, "node_stopping", format!("signal {sig}"));
             break;
         }
         // A shard that stopped on its own hit a fatal error (e.g. a failed fdatasync): stop

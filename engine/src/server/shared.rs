@@ -82,6 +82,8 @@ pub struct NodeShared {
     boot_cv: Condvar,
     /// Every shard's metrics (each written only by its shard, read at scrape time).
     pub metrics: NodeMetrics,
+    /// The node's recent events (`corum ctl events`).
+    pub events: super::events::EventLog,
 }
 
 impl NodeShared {
@@ -99,6 +101,7 @@ impl NodeShared {
             boot: Mutex::new(None),
             boot_cv: Condvar::new(),
             metrics: NodeMetrics::new(config.shards),
+            events: super::events::EventLog::new(config.id),
         }
     }
 

@@ -102,8 +102,8 @@ use crate::messages::{
     Outcome, Put, PutResult, Range, Request, ResponseHeader, ServerError, TransferLeaderResult,
     Txn, TxnOp, TxnResult,
 };
-use crate::BackupChunk;
 use crate::DecodeError;
+use crate::{BackupChunk, Event, EventsResult};
 pub use conn::ConnError;
 use conn::Connection;
 pub use route::ReadPreference;
@@ -612,6 +612,124 @@ impl Client {
             Outcome::TransferLeader(r) => Ok(r),
             other => Err(unexpected("TransferLeader", &other)),
         }
+    }
+
+    /// The events node `endpoint` holds after sequence number `after` (at most `limit`, 0: the
+    /// server's limit), oldest first.
+    pub async fn events_of(
+        &self,
+        endpoint: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<EventsResult, ClientError> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        match self
+            .call_endpoint(endpoint, Op::Events { after, limit }, deadline)
+            .await
+        {
+            Ok((_, Outcome::Events(r))) => Ok(r),
+            Ok((_, other)) => Err(unexpected("Events", &other)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One stream of what happens in the whole cluster (`corum ctl events`): every node of
+    /// the cluster map is asked for its new events every `every`; each round's events are sent
+    /// in time order (node clocks, then node and sequence number). Besides the nodes' own
+    /// events the stream has `node_down` (a node stopped answering; detail: the error),
+    /// `node_up` (it answers again) and `events_missed` (a node dropped events before they were
+    /// read). `from_start`: begin with every event the nodes still hold, else with what
+    /// happens from now on. The polling task ends when the receiver is dropped.
+    pub fn subscribe_events(
+        &self,
+        every: Duration,
+        from_start: bool,
+    ) -> tokio::sync::mpsc::Receiver<Event> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let client = self.clone();
+        tokio::spawn(async move {
+            // node -> (endpoint, last sequence number read, answering?)
+            let mut nodes: std::collections::BTreeMap<u64, (String, Option<u64>, Option<bool>)> =
+                std::collections::BTreeMap::new();
+            loop {
+                for p in &client.cluster_map().partitions {
+                    for r in &p.replicas {
+                        nodes
+                            .entry(r.node)
+                            .or_insert_with(|| (r.endpoint.clone(), None, None));
+                    }
+                }
+                let mut round = Vec::new();
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                let synthetic = |node: u64, kind: &str, detail: String| Event {
+                    seq: 0,
+                    unix_ms: now_ms,
+                    node,
+                    shard: 0,
+                    partition: 0,
+                    kind: kind.into(),
+                    detail,
+                };
+                for (&node, (endpoint, after, up)) in nodes.iter_mut() {
+                    let asked = after.unwrap_or(0);
+                    match client.events_of(endpoint, asked, 0).await {
+                        Ok(r) => {
+                            if *up == Some(false) {
+                                round.push(synthetic(node, "node_up", endpoint.clone()));
+                            }
+                            *up = Some(true);
+                            let restarted = after.is_some_and(|a| r.newest < a);
+                            if after.is_none() && !from_start {
+                                // Start from now: skip what happened before.
+                                *after = Some(r.newest);
+                                continue;
+                            }
+                            if restarted {
+                                // Sequence numbers start again at 1 on a restarted node.
+                                *after = Some(0);
+                                continue;
+                            }
+                            if r.oldest > asked + 1 {
+                                round.push(synthetic(
+                                    node,
+                                    "events_missed",
+                                    format!(
+                                        "events {}..{} were dropped before they were read",
+                                        asked + 1,
+                                        r.oldest - 1
+                                    ),
+                                ));
+                            }
+                            if let Some(last) = r.events.last() {
+                                *after = Some(last.seq);
+                            } else if after.is_none() {
+                                *after = Some(0);
+                            }
+                            round.extend(r.events);
+                        }
+                        Err(e) => {
+                            if *up != Some(false) {
+                                round.push(synthetic(node, "node_down", e.to_string()));
+                            }
+                            *up = Some(false);
+                        }
+                    }
+                }
+                round.sort_by_key(|e| (e.unix_ms, e.node, e.seq));
+                for e in round {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        rx
     }
 
     /// A consistent copy of `partition` (not 0): its snapshot (engine's `snapshot` file format)
@@ -1180,6 +1298,7 @@ fn unexpected(wanted: &str, got: &Outcome) -> ClientError {
         Outcome::ClusterMap(_) => "ClusterMap",
         Outcome::TransferLeader(_) => "TransferLeader",
         Outcome::Backup(_) => "Backup",
+        Outcome::Events(_) => "Events",
     };
     ClientError::Protocol(format!("expected a {wanted} result, got {got}"))
 }

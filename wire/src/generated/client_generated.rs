@@ -413,13 +413,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OP: u8 = 9;
+        pub const ENUM_MAX_OP: u8 = 10;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OP: [Op; 10] = [
+        pub const ENUM_VALUES_OP: [Op; 11] = [
             Op::NONE,
             Op::Get,
             Op::Put,
@@ -430,6 +430,7 @@ pub mod corum {
             Op::GetClusterMap,
             Op::TransferLeader,
             Op::Backup,
+            Op::Events,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -447,9 +448,10 @@ pub mod corum {
             pub const GetClusterMap: Self = Self(7);
             pub const TransferLeader: Self = Self(8);
             pub const Backup: Self = Self(9);
+            pub const Events: Self = Self(10);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 9;
+            pub const ENUM_MAX: u8 = 10;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::Get,
@@ -461,6 +463,7 @@ pub mod corum {
                 Self::GetClusterMap,
                 Self::TransferLeader,
                 Self::Backup,
+                Self::Events,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -475,6 +478,7 @@ pub mod corum {
                     Self::GetClusterMap => Some("GetClusterMap"),
                     Self::TransferLeader => Some("TransferLeader"),
                     Self::Backup => Some("Backup"),
+                    Self::Events => Some("Events"),
                     _ => None,
                 }
             }
@@ -675,13 +679,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_OUTCOME: u8 = 9;
+        pub const ENUM_MAX_OUTCOME: u8 = 10;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_OUTCOME: [Outcome; 10] = [
+        pub const ENUM_VALUES_OUTCOME: [Outcome; 11] = [
             Outcome::NONE,
             Outcome::GetResult,
             Outcome::PutResult,
@@ -692,6 +696,7 @@ pub mod corum {
             Outcome::ClusterMapResult,
             Outcome::TransferLeaderResult,
             Outcome::BackupResult,
+            Outcome::EventsResult,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -709,9 +714,10 @@ pub mod corum {
             pub const ClusterMapResult: Self = Self(7);
             pub const TransferLeaderResult: Self = Self(8);
             pub const BackupResult: Self = Self(9);
+            pub const EventsResult: Self = Self(10);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 9;
+            pub const ENUM_MAX: u8 = 10;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::GetResult,
@@ -723,6 +729,7 @@ pub mod corum {
                 Self::ClusterMapResult,
                 Self::TransferLeaderResult,
                 Self::BackupResult,
+                Self::EventsResult,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -737,6 +744,7 @@ pub mod corum {
                     Self::ClusterMapResult => Some("ClusterMapResult"),
                     Self::TransferLeaderResult => Some("TransferLeaderResult"),
                     Self::BackupResult => Some("BackupResult"),
+                    Self::EventsResult => Some("EventsResult"),
                     _ => None,
                 }
             }
@@ -2992,6 +3000,127 @@ pub mod corum {
                 ds.finish()
             }
         }
+        pub enum EventsOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The node's recent events with a sequence number above `after` (oldest first, at most
+        /// `limit`; 0: the server's limit), for `corum ctl events`. Answered by any shard of the node.
+        pub struct Events<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Events<'a> {
+            type Inner = Events<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Events<'a> {
+            pub const VT_AFTER: ::flatbuffers::VOffsetT = 4;
+            pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Events { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args EventsArgs,
+            ) -> ::flatbuffers::WIPOffset<Events<'bldr>> {
+                let mut builder = EventsBuilder::new(_fbb);
+                builder.add_after(args.after);
+                builder.add_limit(args.limit);
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn after(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Events::VT_AFTER, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn limit(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u32>(Events::VT_LIMIT, Some(0)).unwrap() }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Events<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("after", Self::VT_AFTER, false)?
+                    .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct EventsArgs {
+            pub after: u64,
+            pub limit: u32,
+        }
+        impl<'a> Default for EventsArgs {
+            #[inline]
+            fn default() -> Self {
+                EventsArgs { after: 0, limit: 0 }
+            }
+        }
+
+        pub struct EventsBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EventsBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_after(&mut self, after: u64) {
+                self.fbb_.push_slot::<u64>(Events::VT_AFTER, after, 0);
+            }
+            #[inline]
+            pub fn add_limit(&mut self, limit: u32) {
+                self.fbb_.push_slot::<u32>(Events::VT_LIMIT, limit, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> EventsBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                EventsBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Events<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Events<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Events");
+                ds.field("after", &self.after());
+                ds.field("limit", &self.limit());
+                ds.finish()
+            }
+        }
         pub enum RequestOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -3254,6 +3383,21 @@ pub mod corum {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn op_as_events(&self) -> Option<Events<'a>> {
+                if self.op_type() == Op::Events {
+                    self.op().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { Events::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -3278,6 +3422,7 @@ pub mod corum {
           Op::GetClusterMap => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GetClusterMap>>("Op::GetClusterMap", pos),
           Op::TransferLeader => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeader>>("Op::TransferLeader", pos),
           Op::Backup => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Backup>>("Op::Backup", pos),
+          Op::Events => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Events>>("Op::Events", pos),
           _ => Ok(()),
         }
      })?
@@ -3455,6 +3600,16 @@ pub mod corum {
                     }
                     Op::Backup => {
                         if let Some(x) = self.op_as_backup() {
+                            ds.field("op", &x)
+                        } else {
+                            ds.field(
+                                "op",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Op::Events => {
+                        if let Some(x) = self.op_as_events() {
                             ds.field("op", &x)
                         } else {
                             ds.field(
@@ -6456,6 +6611,415 @@ pub mod corum {
                 ds.finish()
             }
         }
+        pub enum EventOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Something that happened on a node (`engine/src/server/events.rs` lists the kinds).
+        pub struct Event<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for Event<'a> {
+            type Inner = Event<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> Event<'a> {
+            pub const VT_SEQ: ::flatbuffers::VOffsetT = 4;
+            pub const VT_UNIX_MS: ::flatbuffers::VOffsetT = 6;
+            pub const VT_NODE: ::flatbuffers::VOffsetT = 8;
+            pub const VT_SHARD: ::flatbuffers::VOffsetT = 10;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 12;
+            pub const VT_KIND: ::flatbuffers::VOffsetT = 14;
+            pub const VT_DETAIL: ::flatbuffers::VOffsetT = 16;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                Event { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args EventArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<Event<'bldr>> {
+                let mut builder = EventBuilder::new(_fbb);
+                builder.add_partition(args.partition);
+                builder.add_node(args.node);
+                builder.add_unix_ms(args.unix_ms);
+                builder.add_seq(args.seq);
+                if let Some(x) = args.detail {
+                    builder.add_detail(x);
+                }
+                if let Some(x) = args.kind {
+                    builder.add_kind(x);
+                }
+                builder.add_shard(args.shard);
+                builder.finish()
+            }
+
+            /// Per node, from 1, without gaps.
+            #[inline]
+            pub fn seq(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Event::VT_SEQ, Some(0)).unwrap() }
+            }
+            /// Wall-clock time on the node, milliseconds since the Unix epoch.
+            #[inline]
+            pub fn unix_ms(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Event::VT_UNIX_MS, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn node(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Event::VT_NODE, Some(0)).unwrap() }
+            }
+            #[inline]
+            pub fn shard(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u32>(Event::VT_SHARD, Some(0)).unwrap() }
+            }
+            /// 0 when the event is about no partition (or the meta group).
+            #[inline]
+            pub fn partition(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Event::VT_PARTITION, Some(0)).unwrap() }
+            }
+            /// e.g. "leader_elected".
+            #[inline]
+            pub fn kind(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Event::VT_KIND, None)
+                }
+            }
+            /// Human-readable details ("term 5", "fdatasync took 83 ms").
+            #[inline]
+            pub fn detail(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(Event::VT_DETAIL, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for Event<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<u64>("seq", Self::VT_SEQ, false)?
+                    .visit_field::<u64>("unix_ms", Self::VT_UNIX_MS, false)?
+                    .visit_field::<u64>("node", Self::VT_NODE, false)?
+                    .visit_field::<u32>("shard", Self::VT_SHARD, false)?
+                    .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "kind",
+                        Self::VT_KIND,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "detail",
+                        Self::VT_DETAIL,
+                        false,
+                    )?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct EventArgs<'a> {
+            pub seq: u64,
+            pub unix_ms: u64,
+            pub node: u64,
+            pub shard: u32,
+            pub partition: u64,
+            pub kind: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub detail: Option<::flatbuffers::WIPOffset<&'a str>>,
+        }
+        impl<'a> Default for EventArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                EventArgs {
+                    seq: 0,
+                    unix_ms: 0,
+                    node: 0,
+                    shard: 0,
+                    partition: 0,
+                    kind: None,
+                    detail: None,
+                }
+            }
+        }
+
+        pub struct EventBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EventBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_seq(&mut self, seq: u64) {
+                self.fbb_.push_slot::<u64>(Event::VT_SEQ, seq, 0);
+            }
+            #[inline]
+            pub fn add_unix_ms(&mut self, unix_ms: u64) {
+                self.fbb_.push_slot::<u64>(Event::VT_UNIX_MS, unix_ms, 0);
+            }
+            #[inline]
+            pub fn add_node(&mut self, node: u64) {
+                self.fbb_.push_slot::<u64>(Event::VT_NODE, node, 0);
+            }
+            #[inline]
+            pub fn add_shard(&mut self, shard: u32) {
+                self.fbb_.push_slot::<u32>(Event::VT_SHARD, shard, 0);
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: u64) {
+                self.fbb_
+                    .push_slot::<u64>(Event::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_kind(&mut self, kind: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Event::VT_KIND, kind);
+            }
+            #[inline]
+            pub fn add_detail(&mut self, detail: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_
+                    .push_slot_always::<::flatbuffers::WIPOffset<_>>(Event::VT_DETAIL, detail);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> EventBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                EventBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<Event<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for Event<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("Event");
+                ds.field("seq", &self.seq());
+                ds.field("unix_ms", &self.unix_ms());
+                ds.field("node", &self.node());
+                ds.field("shard", &self.shard());
+                ds.field("partition", &self.partition());
+                ds.field("kind", &self.kind());
+                ds.field("detail", &self.detail());
+                ds.finish()
+            }
+        }
+        pub enum EventsResultOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        pub struct EventsResult<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for EventsResult<'a> {
+            type Inner = EventsResult<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> EventsResult<'a> {
+            pub const VT_EVENTS: ::flatbuffers::VOffsetT = 4;
+            pub const VT_OLDEST: ::flatbuffers::VOffsetT = 6;
+            pub const VT_NEWEST: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                EventsResult { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args EventsResultArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<EventsResult<'bldr>> {
+                let mut builder = EventsResultBuilder::new(_fbb);
+                builder.add_newest(args.newest);
+                builder.add_oldest(args.oldest);
+                if let Some(x) = args.events {
+                    builder.add_events(x);
+                }
+                builder.finish()
+            }
+
+            #[inline]
+            pub fn events(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>(EventsResult::VT_EVENTS, None)
+                }
+            }
+            /// The oldest sequence number the node still holds: asking with `after` below
+            /// `oldest - 1` missed the events in between.
+            #[inline]
+            pub fn oldest(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(EventsResult::VT_OLDEST, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The newest sequence number the node has assigned (0: none yet).
+            #[inline]
+            pub fn newest(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(EventsResult::VT_NEWEST, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for EventsResult<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Event>>,
+                    >>("events", Self::VT_EVENTS, false)?
+                    .visit_field::<u64>("oldest", Self::VT_OLDEST, false)?
+                    .visit_field::<u64>("newest", Self::VT_NEWEST, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct EventsResultArgs<'a> {
+            pub events: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Event<'a>>>,
+                >,
+            >,
+            pub oldest: u64,
+            pub newest: u64,
+        }
+        impl<'a> Default for EventsResultArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                EventsResultArgs {
+                    events: None,
+                    oldest: 0,
+                    newest: 0,
+                }
+            }
+        }
+
+        pub struct EventsResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EventsResultBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_events(
+                &mut self,
+                events: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<Event<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    EventsResult::VT_EVENTS,
+                    events,
+                );
+            }
+            #[inline]
+            pub fn add_oldest(&mut self, oldest: u64) {
+                self.fbb_
+                    .push_slot::<u64>(EventsResult::VT_OLDEST, oldest, 0);
+            }
+            #[inline]
+            pub fn add_newest(&mut self, newest: u64) {
+                self.fbb_
+                    .push_slot::<u64>(EventsResult::VT_NEWEST, newest, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> EventsResultBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                EventsResultBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<EventsResult<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for EventsResult<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("EventsResult");
+                ds.field("events", &self.events());
+                ds.field("oldest", &self.oldest());
+                ds.field("newest", &self.newest());
+                ds.finish()
+            }
+        }
         pub enum ResponseOffset {}
         #[derive(Copy, Clone, PartialEq)]
 
@@ -6693,6 +7257,21 @@ pub mod corum {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn result_as_events_result(&self) -> Option<EventsResult<'a>> {
+                if self.result_type() == Outcome::EventsResult {
+                    self.result().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { EventsResult::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -6716,6 +7295,7 @@ pub mod corum {
           Outcome::ClusterMapResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ClusterMapResult>>("Outcome::ClusterMapResult", pos),
           Outcome::TransferLeaderResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderResult>>("Outcome::TransferLeaderResult", pos),
           Outcome::BackupResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<BackupResult>>("Outcome::BackupResult", pos),
+          Outcome::EventsResult => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<EventsResult>>("Outcome::EventsResult", pos),
           _ => Ok(()),
         }
      })?
@@ -6888,6 +7468,16 @@ pub mod corum {
                     }
                     Outcome::BackupResult => {
                         if let Some(x) = self.result_as_backup_result() {
+                            ds.field("result", &x)
+                        } else {
+                            ds.field(
+                                "result",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    Outcome::EventsResult => {
+                        if let Some(x) = self.result_as_events_result() {
                             ds.field("result", &x)
                         } else {
                             ds.field(

@@ -632,6 +632,12 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 index = s.meta.index,
                 "installed snapshot"
             );
+            self.shared.events.record(
+                i,
+                p,
+                "snapshot_installed",
+                format!("index {}, term {}", s.meta.index, s.meta.term),
+            );
         }
         let mut last_applied = None;
         for e in rd.committed_entries {

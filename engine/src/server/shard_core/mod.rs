@@ -149,6 +149,9 @@ pub struct ShardCore<L: LogStore, S: SnapshotStore, C: Clone> {
     request_timeout_ticks: u64,
     /// Byte budget of one range page (`net::range_bytes_max`).
     range_bytes_max: usize,
+    /// `Busy` answers counted when the last `busy` event was considered, and its tick.
+    busy_seen: u64,
+    busy_event_tick: u64,
     /// Bytes of one backup chunk (`net::backup_chunk_bytes_max`).
     backup_chunk_max: usize,
     /// Ticks an unused backup copy is kept (`Tuning::backup_copy_ttl_ms`).
@@ -236,6 +239,8 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             range_bytes_max,
             backup_chunk_max,
             backup_ttl_ticks,
+            busy_seen: 0,
+            busy_event_tick: 0,
             held: Vec::new(),
             dur: Durability::new(),
             backlog: WalBacklog::default(),
@@ -357,6 +362,26 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 self.out
                     .replies
                     .push((r.conn, error_response(r.id, wire::ServerError::Timeout)));
+            }
+            // `Busy` answers since the last `busy` event, at most one event per window.
+            let window =
+                super::events::BUSY_WINDOW.as_millis() as u64 / self.config.tuning.tick_ms.max(1);
+            if now >= self.busy_event_tick + window {
+                let total = self.shared.metrics.shard(self.i).busy_total();
+                if total > self.busy_seen {
+                    self.shared.events.record(
+                        self.i,
+                        0,
+                        "busy",
+                        format!(
+                            "{} requests answered Busy (overloaded: a partition's proposal queue \
+                             or a connection's in-flight limit was full)",
+                            total - self.busy_seen
+                        ),
+                    );
+                    self.busy_event_tick = now;
+                }
+                self.busy_seen = total;
             }
         }
     }
@@ -527,6 +552,17 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 }
                 if leader != 0 && (leader, term) != (seen_leader, seen_term) {
                     m.leader_changes.inc();
+                }
+                let events = &self.shared.events;
+                if role == Role::Leader && (seen_role != Role::Leader || seen_term != term) {
+                    events.record(self.i, part.id, "leader_elected", format!("term {term}"));
+                } else if seen_role == Role::Leader && role != Role::Leader {
+                    let by = if leader == 0 {
+                        "no leader known yet".to_owned()
+                    } else {
+                        format!("node {leader} leads")
+                    };
+                    events.record(self.i, part.id, "leader_lost", format!("term {term}, {by}"));
                 }
                 part.seen = (role, term, leader);
             }

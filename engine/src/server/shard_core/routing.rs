@@ -134,6 +134,14 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 );
                 return self.reply(conn, r);
             }
+            &Op::Events { after, limit } => {
+                let r = ok_response(
+                    id,
+                    ResponseHeader::default(),
+                    Outcome::Events(self.shared.events.after(after, limit, self.range_bytes_max)),
+                );
+                return self.reply(conn, r);
+            }
             Op::ClusterMap => {
                 let r = match &self.map {
                     Some(map) => ok_response(
@@ -220,7 +228,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 let r = super::backup::serve(part, id, index, offset, max, now, ttl);
                 self.reply(conn, r)
             }
-            Op::Status | Op::ClusterMap => unreachable!("answered above"),
+            Op::Status | Op::ClusterMap | Op::Events { .. } => unreachable!("answered above"),
         }
     }
 
