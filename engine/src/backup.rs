@@ -257,7 +257,15 @@ pub fn create_dir(dir: &Path) -> Result<(), BackupError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io_err("create", dir))
+            fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+            // The new directory's entry must survive a crash, like the files in it.
+            let parent = match dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("fsync directory", parent))
         }
         Err(e) => Err(io_err("open", dir)(e)),
     }
@@ -362,6 +370,26 @@ pub fn check_partition(
     config: &SmConfig,
 ) -> Result<snapshot::Snapshot, BackupError> {
     let path = dir.join(&entry.file);
+    // Only a regular file of the recorded length is read (not a symlink to /dev/zero, a
+    // FIFO, or a file grown since).
+    let meta = fs::symlink_metadata(&path).map_err(io_err("stat", &path))?;
+    if !meta.file_type().is_file() {
+        return Err(BackupError::Mismatch {
+            path,
+            reason: "not a regular file".into(),
+        });
+    }
+    if meta.len() != entry.bytes {
+        return Err(BackupError::Corrupt {
+            path,
+            offset: meta.len().min(entry.bytes),
+            reason: format!(
+                "the file is {} bytes, the manifest says {}",
+                meta.len(),
+                entry.bytes
+            ),
+        });
+    }
     let data = fs::read(&path).map_err(io_err("read", &path))?;
     for (i, (chunk, want)) in data
         .chunks(CHUNK_BYTES)
@@ -477,6 +505,26 @@ pub fn check_placement(m: &Manifest, config: &NodeConfig) -> Result<(), BackupEr
     Ok(())
 }
 
+/// The file `restore` creates in the data directory before writing anything and removes
+/// after the last snapshot file is durable: a node refuses to start while it exists
+/// ([`check_no_unfinished_restore`]), since partitions whose files are missing would
+/// otherwise start empty.
+pub const RESTORE_MARKER: &str = "RESTORE_INCOMPLETE";
+
+/// Refuses a data directory that holds an unfinished restore ([`RESTORE_MARKER`]).
+pub fn check_no_unfinished_restore(data_dir: &Path) -> Result<(), String> {
+    let marker = data_dir.join(RESTORE_MARKER);
+    if marker.exists() {
+        return Err(format!(
+            "{} exists: a `corum restore` into {} did not finish, and partitions without their \
+             snapshot file would start empty; remove the directory and restore again",
+            marker.display(),
+            data_dir.display()
+        ));
+    }
+    Ok(())
+}
+
 /// What [`restore`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -502,25 +550,57 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<RestoreReport, Backup
     check_placement(&m, config)?;
     let entries: BTreeMap<u64, &ManifestPartition> =
         m.partitions.iter().map(|p| (p.partition, p)).collect();
+    let hosted: Vec<(usize, u64, Vec<u64>)> = (0..config.shards)
+        .flat_map(|shard| {
+            initial_placement(config, shard)
+                .into_iter()
+                .map(move |(p, voters)| (shard, p, voters))
+        })
+        .collect();
+    // Every file this node needs is checked before anything is written.
+    for (_, p, _) in &hosted {
+        let entry = entries
+            .get(p)
+            .ok_or_else(|| BackupError::Refused(format!("the backup holds no partition {p}")))?;
+        check_partition(
+            from,
+            entry,
+            &crate::server::recover::sm_config(*p, &config.tuning),
+        )?;
+    }
+    fs::create_dir_all(&config.data_dir).map_err(io_err("create", &config.data_dir))?;
+    let marker = config.data_dir.join(RESTORE_MARKER);
+    File::create(&marker)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err("create", &marker))?;
+    File::open(&config.data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", &config.data_dir))?;
     let mut report = RestoreReport {
         written: Vec::new(),
         keys: 0,
     };
-    for shard in 0..config.shards {
+    for (shard, p, voters) in hosted {
         let dir = crate::server::shard_dir(config, shard).join("snapshots");
-        for (p, voters) in initial_placement(config, shard) {
-            let entry = entries.get(&p).ok_or_else(|| {
-                BackupError::Refused(format!("the backup holds no partition {p}"))
-            })?;
-            let sm_config = crate::server::recover::sm_config(p, &config.tuning);
-            let snap = check_partition(from, entry, &sm_config)?;
-            let conf = raftcore::ConfState::with_voters(&voters);
-            fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-            let path = snapshot::write_state(&dir, &snap.state, &convert::encode_conf(&conf))?;
-            report.keys += entry.keys;
-            report.written.push((p, shard, path));
+        let entry = entries[&p];
+        let sm_config = crate::server::recover::sm_config(p, &config.tuning);
+        let snap = check_partition(from, entry, &sm_config)?;
+        let conf = raftcore::ConfState::with_voters(&voters);
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        // Every directory on the way (data_dir/shard-i/snapshots) must be durable too.
+        for d in [dir.parent().unwrap_or(&dir), &config.data_dir] {
+            File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err("fsync directory", d))?;
         }
+        let path = snapshot::write_state(&dir, &snap.state, &convert::encode_conf(&conf))?;
+        report.keys += entry.keys;
+        report.written.push((p, shard, path));
     }
+    fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
+    File::open(&config.data_dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", &config.data_dir))?;
     Ok(report)
 }
 
@@ -680,13 +760,18 @@ mod tests {
         fs::write(&path, &data[..cut]).unwrap();
         let e = verify(&dir).unwrap_err();
         assert!(
-            matches!(&e, BackupError::Corrupt { offset, .. } if *offset == cut as u64 || *offset == 0),
+            matches!(&e, BackupError::Corrupt { offset, .. } if *offset == cut as u64),
             "{e}"
         );
+        // A symlink in place of the file is refused without reading through it.
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let e = verify(&dir).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
         fs::remove_file(&path).unwrap();
         assert!(matches!(
             verify(&dir),
-            Err(BackupError::Io { op: "read", .. })
+            Err(BackupError::Io { op: "stat", .. })
         ));
 
         let mpath = dir.join(MANIFEST);
@@ -729,6 +814,11 @@ mod tests {
             let conf = convert::decode_conf(&snap.meta.membership).unwrap();
             assert_eq!(conf.voters, crate::meta::initial_replicas(&config, *p));
         }
+        assert!(
+            !data.join(RESTORE_MARKER).exists(),
+            "the marker is removed once every file is durable"
+        );
+        check_no_unfinished_restore(&data).expect("a finished restore");
         // Not into a directory that holds anything, and not with another slot split.
         assert!(matches!(
             restore(&dir, &config),
@@ -737,6 +827,47 @@ mod tests {
         let other = node_config(temp("restore-dst2"), 1, 5);
         let e = restore(&dir, &other).unwrap_err().to_string();
         assert!(e.contains("partitions = 4"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&data).unwrap();
+    }
+
+    /// Review finding 1: a restore that fails part-way must not leave a directory a node
+    /// would start from with some partitions empty.
+    #[test]
+    fn a_damaged_backup_writes_nothing_and_an_unfinished_restore_stops_the_node() {
+        let dir = temp("partial-src");
+        backup(&dir, 4);
+        // The last partition this node hosts is damaged: nothing at all is written.
+        let data = temp("partial-dst");
+        let config = node_config(data.clone(), 1, 4);
+        let last = (0..2)
+            .flat_map(|s| initial_placement(&config, s))
+            .map(|(p, _)| p)
+            .max()
+            .unwrap();
+        let path = dir.join(partition_file(last));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[100] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            restore(&dir, &config),
+            Err(BackupError::Corrupt { .. })
+        ));
+        assert!(
+            fs::read_dir(&data).map_or(true, |mut d| d.next().is_none()),
+            "a refused restore wrote into the data directory"
+        );
+        // A restore interrupted after its marker: the node refuses to start.
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join(RESTORE_MARKER), b"").unwrap();
+        let e = check_no_unfinished_restore(&data).unwrap_err();
+        assert!(e.contains("did not finish"), "{e}");
+        let mut cfg = config.clone();
+        cfg.shards = 1;
+        match crate::server::start(cfg) {
+            Err(e) => assert!(e.to_string().contains("did not finish"), "{e}"),
+            Ok(_) => panic!("a node started from an unfinished restore"),
+        }
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&data).unwrap();
     }

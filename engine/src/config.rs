@@ -179,6 +179,9 @@ pub struct Tuning {
     /// How long a partition's copy taken for `corum ctl backup` is kept when no chunk of it is
     /// asked for, in milliseconds (it is dropped at once after its last chunk).
     pub backup_copy_ttl_ms: u64,
+    /// Bytes of backup copies one shard holds at most (counted as the partitions' key and
+    /// value bytes); a new copy past it is answered `Busy`.
+    pub backup_copy_bytes_max: u64,
 }
 
 /// The least derived peer timeout: below about a second, two consecutive losses of one TCP
@@ -225,6 +228,7 @@ impl Default for Tuning {
             request_timeout_ms: 10_000,
             peer_timeout_ms: None,
             backup_copy_ttl_ms: 60_000,
+            backup_copy_bytes_max: 4 << 30,
         }
     }
 }

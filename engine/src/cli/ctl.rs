@@ -768,16 +768,8 @@ async fn backup(
         );
         partitions.push(entry);
     }
-    let now = client.cluster_map();
-    if now.epoch != map.epoch {
-        return Err(CtlError::Failed(format!(
-            "the cluster map changed from epoch {} to {} during the backup (partitions may \
-             have moved or split); {} is incomplete: remove it and run the backup again",
-            map.epoch,
-            now.epoch,
-            dir.display()
-        )));
-    }
+    // TODO(issue 11): once placement can change, refuse a backup during which the map's
+    // epoch changed (the client's cached map only refreshes on errors: fetch it afresh).
     let manifest = Manifest {
         format: backup::FORMAT.into(),
         version: backup::VERSION,

@@ -320,6 +320,13 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
         what: format!("create data dir {}", config.data_dir.display()),
         source,
     })?;
+    crate::backup::check_no_unfinished_restore(&config.data_dir).map_err(|reason| {
+        ServerError::Recovery {
+            shard: 0,
+            partition: 0,
+            reason,
+        }
+    })?;
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(shared::NodeShared::new(&config));

@@ -182,6 +182,14 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// How a server's `InvalidArgument` reason starts when the backup copy a chunk was asked of is
+/// no longer held (the client then takes a new copy; any other `InvalidArgument` is final).
+pub const BACKUP_COPY_GONE: &str = "backup copy gone:";
+
+/// The most memory [`Client::backup_partition`] reserves up front (the copy's announced
+/// length is not trusted further; the buffer grows with the chunks received).
+const BACKUP_RESERVE_MAX: usize = 64 << 20;
+
 /// Times [`Client::backup_partition`] takes a new copy when the last one was dropped before
 /// all of it was fetched.
 pub const BACKUP_ATTEMPTS: usize = 4;
@@ -752,7 +760,7 @@ impl Client {
             let total = usize::try_from(first.total_bytes).map_err(|_| {
                 ClientError::Protocol(format!("backup copy of {} bytes", first.total_bytes))
             })?;
-            let mut data = Vec::with_capacity(total);
+            let mut data = Vec::with_capacity(total.min(BACKUP_RESERVE_MAX));
             data.extend_from_slice(&first.data);
             let mut gone = None;
             while data.len() < total {
@@ -760,6 +768,8 @@ impl Client {
                 match self.backup_chunk(partition, first.index, offset).await {
                     Ok(c) => {
                         if c.index != first.index
+                            || c.partition != first.partition
+                            || c.revision != first.revision
                             || c.term != first.term
                             || c.total_bytes != first.total_bytes
                             || c.offset != offset
@@ -780,7 +790,9 @@ impl Client {
                     }
                     // The copy is gone (module docs of the server's backup copies): take a
                     // new one.
-                    Err(ClientError::Server(ServerError::InvalidArgument { reason })) => {
+                    Err(ClientError::Server(ServerError::InvalidArgument { reason }))
+                        if reason.starts_with(BACKUP_COPY_GONE) =>
+                    {
                         gone = Some(reason);
                         break;
                     }

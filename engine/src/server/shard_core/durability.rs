@@ -689,19 +689,21 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         }
         partition::resolve_orphans(part, replies);
         let applied = part.sm.applied_index();
-        for r in take_reads(&mut self.reads, |r| {
+        let ready = take_reads(&mut self.reads, |r| {
             r.partition == p && r.index.is_some_and(|x| x <= applied)
-        }) {
+        });
+        for r in ready {
             let resp = match r.op {
-                wire::Op::Backup { index, offset, .. } => super::backup::serve(
-                    part,
-                    r.id,
-                    index,
-                    offset,
-                    self.backup_chunk_max,
-                    self.ticks,
-                    self.backup_ttl_ticks,
-                ),
+                wire::Op::Backup { index, offset, .. } => {
+                    let b = super::backup::Bounds {
+                        chunk_max: self.backup_chunk_max,
+                        now: self.ticks,
+                        ttl_ticks: self.backup_ttl_ticks,
+                        bytes_max: self.config.tuning.backup_copy_bytes_max,
+                    };
+                    let held = &mut self.backup_bytes_held;
+                    super::backup::serve(part, r.id, index, offset, &b, held)
+                }
                 _ => serve_read(&part.sm, part.header(), r.id, &r.op, self.range_bytes_max),
             };
             replies.push((r.conn, resp));

@@ -149,6 +149,8 @@ pub struct ShardCore<L: LogStore, S: SnapshotStore, C: Clone> {
     request_timeout_ticks: u64,
     /// Byte budget of one range page (`net::range_bytes_max`).
     range_bytes_max: usize,
+    /// Bytes of backup copies held by this shard's partitions (`backup` module docs).
+    backup_bytes_held: u64,
     /// `Busy` answers counted when the last `busy` event was considered, and its tick.
     busy_seen: u64,
     busy_event_tick: u64,
@@ -241,6 +243,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             backup_ttl_ticks,
             busy_seen: 0,
             busy_event_tick: 0,
+            backup_bytes_held: 0,
             held: Vec::new(),
             dur: Durability::new(),
             backlog: WalBacklog::default(),
@@ -355,7 +358,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                         .push((t.conn, error_response(t.id, wire::ServerError::Timeout)));
                 }
                 if !part.backups.is_empty() {
-                    backup::expire(part, now);
+                    backup::expire(part, now, &mut self.backup_bytes_held);
                 }
             }
             for r in partition::take_reads(&mut self.reads, |r| r.deadline <= now) {
@@ -366,23 +369,33 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             // `Busy` answers since the last `busy` event, at most one event per window.
             let window =
                 super::events::BUSY_WINDOW.as_millis() as u64 / self.config.tuning.tick_ms.max(1);
-            if now >= self.busy_event_tick + window {
-                let total = self.shared.metrics.shard(self.i).busy_total();
-                if total > self.busy_seen {
-                    self.shared.events.record(
-                        self.i,
-                        0,
-                        "busy",
-                        format!(
-                            "{} requests answered Busy (overloaded: a partition's proposal queue \
-                             or a connection's in-flight limit was full)",
-                            total - self.busy_seen
-                        ),
-                    );
-                    self.busy_event_tick = now;
-                }
+            let total = self.shared.metrics.shard(self.i).busy_total();
+            if total > self.busy_seen
+                && (self.busy_event_tick == 0 || now >= self.busy_event_tick + window)
+            {
+                self.shared.events.record(
+                    self.i,
+                    0,
+                    "busy",
+                    format!(
+                        "{} requests answered Busy since the last busy event (overloaded: a \
+                         partition's proposal queue or a connection's in-flight limit was full)",
+                        total - self.busy_seen
+                    ),
+                );
+                self.busy_event_tick = now;
                 self.busy_seen = total;
             }
+        }
+    }
+
+    /// The limits of serving a backup copy now (`backup` module docs).
+    fn backup_bounds(&self) -> backup::Bounds {
+        backup::Bounds {
+            chunk_max: self.backup_chunk_max,
+            now: self.ticks,
+            ttl_ticks: self.backup_ttl_ticks,
+            bytes_max: self.config.tuning.backup_copy_bytes_max,
         }
     }
 

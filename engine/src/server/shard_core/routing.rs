@@ -223,9 +223,10 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
                 self.read(conn, id, partition, req.op, Consistency::Linearizable)
             }
             &Op::Backup { index, offset, .. } => {
-                let (max, now, ttl) = (self.backup_chunk_max, self.ticks, self.backup_ttl_ticks);
+                let bounds = self.backup_bounds();
                 let part = self.parts.get_mut(&partition).expect("looked up above");
-                let r = super::backup::serve(part, id, index, offset, max, now, ttl);
+                let held = &mut self.backup_bytes_held;
+                let r = super::backup::serve(part, id, index, offset, &bounds, held);
                 self.reply(conn, r)
             }
             Op::Status | Op::ClusterMap | Op::Events { .. } => unreachable!("answered above"),
