@@ -2,9 +2,15 @@
 //! (three `corum` processes, built with `cargo build --release -p engine --bin corum` when
 //! needed, see `loadgen::localcorum`), the gateway served in-process on a random port, and
 //! `etcdctl` 3.4 (installed by `scripts/install-etcd.sh` when missing), the Rust `etcd-client`
-//! crate and raw connections driving it. One cluster for the whole file keeps the test short.
+//! crate, python-etcd3 0.12 (`tests/python/etcd3_client.py`, run as a process) and raw
+//! connections driving it. One cluster for the whole file keeps the test short.
+//!
+//! python-etcd3 is looked for in the virtualenv `scripts/install-python-etcd3.sh` makes (which
+//! `.ci/run` runs before the tests); without it the python part is skipped, loudly: installing
+//! needs the network, which a test must not assume.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +48,30 @@ fn etcdctl_path() -> String {
         .expect("etcdctl is on PATH after scripts/install-etcd.sh")
         .display()
         .to_string()
+}
+
+/// The python of the virtualenv with python-etcd3 that `scripts/install-python-etcd3.sh` makes
+/// (`$PYTHON_ETCD3_VENV`, default `target/tools/python-etcd3`), if it is there. None, after a
+/// loud message, if not.
+fn python_etcd3() -> Option<PathBuf> {
+    let venv = std::env::var_os("PYTHON_ETCD3_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/python-etcd3")
+        });
+    let python = venv.join("bin/python");
+    if python.is_file() {
+        return Some(python);
+    }
+    // Straight to stderr, not eprintln!: the test harness captures the macros' output of a
+    // passing test, and this must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! SKIPPING the python-etcd3 checks: no virtualenv at {}. Run \
+         scripts/install-python-etcd3.sh (as .ci/run does) to run them. !!!!!\n",
+        venv.display()
+    );
+    None
 }
 
 struct Harness {
@@ -188,6 +218,7 @@ async fn etcd_tools_and_libraries_work_through_the_gateway() {
     etcdctl_refusals(&h).await;
     etcd_client_crate(&h).await;
     cross_partition_txn(&h).await;
+    python_etcd3_client(&h).await;
     bad_input(&h).await;
     sort_without_order(&h).await;
     many_keys(&h).await;
@@ -447,14 +478,19 @@ async fn etcd_client_crate(h: &Harness) {
     );
 }
 
-async fn cross_partition_txn(h: &Harness) {
-    // Two keys the cluster map puts in different partitions.
+/// "x0" and a key the cluster map puts in another partition.
+fn keys_in_two_partitions(h: &Harness) -> (String, String) {
     let map = h.client.cluster_map();
     let first = map.partition_of_key(b"x0").unwrap().id;
     let other = (1..1000)
         .map(|i| format!("x{i}"))
         .find(|k| map.partition_of_key(k.as_bytes()).unwrap().id != first)
         .expect("some key in another partition");
+    ("x0".to_owned(), other)
+}
+
+async fn cross_partition_txn(h: &Harness) {
+    let (first, other) = keys_in_two_partitions(h);
     let put = |k: &str| epb::RequestOp {
         request: Some(epb::request_op::Request::RequestPut(epb::PutRequest {
             key: k.to_owned().into(),
@@ -467,20 +503,72 @@ async fn cross_partition_txn(h: &Harness) {
         .await
         .txn(epb::TxnRequest {
             compare: Vec::new(),
-            success: vec![put("x0"), put(&other)],
+            success: vec![put(&first), put(&other)],
             failure: Vec::new(),
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("\"x0\""), "{}", err.message());
-    assert!(
-        err.message().contains(&format!("\"{other}\"")),
-        "{}",
-        err.message()
-    );
+    for key in [&first, &other] {
+        assert!(
+            err.message().contains(&format!("\"{key}\"")),
+            "{}",
+            err.message()
+        );
+    }
     assert!(err.message().contains("{hash tag}"), "{}", err.message());
     h.still_serves("a cross-partition transaction").await;
+}
+
+/// The checks of `tests/python/etcd3_client.py`, each printed as `ok: NAME` when it passes.
+const PYTHON_CHECKS: [&str; 7] = [
+    "put_get",
+    "prefix_and_sort",
+    "delete_and_delete_prefix",
+    "transactions",
+    "cross_partition_transaction",
+    "cluster_and_maintenance",
+    "refusals",
+];
+
+/// python-etcd3 0.12 (a real Python process): put/get, prefixes, sorting, deletes,
+/// transactions with every compare target in both branches, replace(), put_if_not_exists(),
+/// members, status, refusals and a cross-partition transaction's `FailedPrecondition`.
+async fn python_etcd3_client(h: &Harness) {
+    let Some(python) = python_etcd3() else { return };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/etcd3_client.py");
+    let (a, b) = keys_in_two_partitions(h);
+    let child = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args(["--endpoint", &h.addr, "--version", gateway::VERSION])
+        .arg(format!("--cross-keys={a},{b}"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", python.display()));
+    let out = tokio::time::timeout(2 * WAIT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish within {:?}", script.display(), 2 * WAIT))
+        .expect("the python-etcd3 script runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = format!("{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(out.status.success(), "python-etcd3 checks failed: {report}");
+    for name in PYTHON_CHECKS {
+        assert!(
+            stdout.lines().any(|l| l == format!("ok: {name}")),
+            "python-etcd3 check {name} did not pass: {report}"
+        );
+    }
+    assert_eq!(
+        stdout.lines().last(),
+        Some(format!("python-etcd3: {} checks, 0 failed", PYTHON_CHECKS.len()).as_str()),
+        "{report}"
+    );
+    h.still_serves("the python-etcd3 checks").await;
 }
 
 async fn bad_input(h: &Harness) {
