@@ -209,8 +209,12 @@ pub async fn serve(
         .add_service(ClusterServer::from_arc(gateway.clone()).max_decoding_message_size(limit))
         .add_service(MaintenanceServer::from_arc(gateway.clone()).max_decoding_message_size(limit))
         .add_service(AuthServer::from_arc(gateway).max_decoding_message_size(limit))
+        // TCP_NODELAY on every accepted connection: tonic's `tcp_nodelay` default (on) applies
+        // only to the sockets it binds itself, and `TcpIncoming::from` leaves the OS default
+        // (Nagle on), under which a small response can wait for the client's delayed ACK
+        // (~40 ms on Linux; bench-results/2026-11-28-gateway-overhead.md).
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await;
