@@ -178,6 +178,25 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// Makes `dir`'s entries (files created, renamed or removed in it) durable.
+fn fsync_dir(dir: &Path) -> Result<(), BackupError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync directory", dir))
+}
+
+/// A cluster map's slot ranges as the manifest records them.
+pub fn manifest_ranges(ranges: &[wire::SlotRange]) -> Vec<ManifestRange> {
+    ranges
+        .iter()
+        .map(|r| ManifestRange {
+            start: r.start,
+            end: r.end,
+            partition: r.partition,
+        })
+        .collect()
+}
+
 /// The file name of partition `p` in a backup.
 pub fn partition_file(p: u64) -> String {
     format!("partition-{p:016x}.snap")
@@ -263,9 +282,7 @@ pub fn create_dir(dir: &Path) -> Result<(), BackupError> {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            File::open(parent)
-                .and_then(|d| d.sync_all())
-                .map_err(io_err("fsync directory", parent))
+            fsync_dir(parent)
         }
         Err(e) => Err(io_err("open", dir)(e)),
     }
@@ -281,9 +298,7 @@ pub fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<PathBuf, Backup
     f.write_all(&text).map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("fsync", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename into place", &path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", dir))?;
+    fsync_dir(dir)?;
     Ok(path)
 }
 
@@ -484,15 +499,7 @@ pub fn verify(dir: &Path) -> Result<(Manifest, VerifyReport), BackupError> {
 /// Checks that a cluster of `config` places keys as the backed-up cluster did: its bootstrap
 /// map splits the slots over the partitions exactly as the backup's map.
 pub fn check_placement(m: &Manifest, config: &NodeConfig) -> Result<(), BackupError> {
-    let target: Vec<ManifestRange> = MetaMap::initial(config)
-        .ranges
-        .iter()
-        .map(|r| ManifestRange {
-            start: r.start,
-            end: r.end,
-            partition: r.partition,
-        })
-        .collect();
+    let target = manifest_ranges(&MetaMap::initial(config).ranges);
     if target != m.ranges {
         return Err(BackupError::Refused(format!(
             "the backup's map splits the slots over {} partitions; this node's configuration \
@@ -573,9 +580,7 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<RestoreReport, Backup
     File::create(&marker)
         .and_then(|f| f.sync_all())
         .map_err(io_err("create", &marker))?;
-    File::open(&config.data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", &config.data_dir))?;
+    fsync_dir(&config.data_dir)?;
     let mut report = RestoreReport {
         written: Vec::new(),
         keys: 0,
@@ -589,18 +594,14 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<RestoreReport, Backup
         fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
         // Every directory on the way (data_dir/shard-i/snapshots) must be durable too.
         for d in [dir.parent().unwrap_or(&dir), &config.data_dir] {
-            File::open(d)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err("fsync directory", d))?;
+            fsync_dir(d)?;
         }
         let path = snapshot::write_state(&dir, &snap.state, &convert::encode_conf(&conf))?;
         report.keys += entry.keys;
         report.written.push((p, shard, path));
     }
     fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
-    File::open(&config.data_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync directory", &config.data_dir))?;
+    fsync_dir(&config.data_dir)?;
     Ok(report)
 }
 
@@ -656,15 +657,7 @@ mod tests {
             started_unix_ms: 1,
             finished_unix_ms: 2,
             map_epoch: 1,
-            ranges: map
-                .ranges
-                .iter()
-                .map(|r| ManifestRange {
-                    start: r.start,
-                    end: r.end,
-                    partition: r.partition,
-                })
-                .collect(),
+            ranges: manifest_ranges(&map.ranges),
             partitions,
         };
         write_manifest(dir, &m).expect("manifest");

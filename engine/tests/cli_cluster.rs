@@ -68,6 +68,17 @@ struct Writer {
 
 impl Writer {
     fn start(rt: &tokio::runtime::Runtime, client: &Client, prefix: &str, tasks: u64) -> Writer {
+        Self::start_with(rt, client, prefix, tasks, |t, i| format!("v-{t}-{i}"))
+    }
+
+    /// [`Writer::start`] writing `value(task, i)` to `prefix/task/i`.
+    fn start_with(
+        rt: &tokio::runtime::Runtime,
+        client: &Client,
+        prefix: &str,
+        tasks: u64,
+        value: fn(u64, u64) -> String,
+    ) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(BTreeMap::new()));
         let failed = Arc::new(AtomicU64::new(0));
@@ -80,7 +91,7 @@ impl Writer {
                     let mut i = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let key = format!("{prefix}/{t}/{i:06}");
-                        let value = format!("v-{t}-{i}");
+                        let value = value(t, i);
                         match c.put(key.clone(), value.clone()).await {
                             Ok(r) if r.written => {
                                 acked.lock().unwrap().insert(key, value);
@@ -1090,39 +1101,7 @@ fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
     let rt = runtime();
     let c = rt.block_on(client(&cluster));
     // 2 KiB values: 1,500 keys are ~3 MiB, ~750 KiB per partition, a dozen 64 KiB chunks each.
-    let writer = {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeMap::new()));
-        let failed = Arc::new(AtomicU64::new(0));
-        let handles = (0..4u64)
-            .map(|t| {
-                let (c, stop, acked, failed) =
-                    (c.clone(), stop.clone(), acked.clone(), failed.clone());
-                rt.spawn(async move {
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let key = format!("bk/{t}/{i:06}");
-                        let value = format!("{t}-{i}-").repeat(300);
-                        match c.put(key.clone(), value.clone()).await {
-                            Ok(r) if r.written => {
-                                acked.lock().unwrap().insert(key, value);
-                            }
-                            _ => {
-                                failed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        i += 1;
-                    }
-                })
-            })
-            .collect();
-        Writer {
-            stop,
-            acked,
-            failed,
-            handles,
-        }
-    };
+    let writer = Writer::start_with(&rt, &c, "bk", 4, |t, i| format!("{t}-{i}-").repeat(300));
     writer.wait_more(1500, Duration::from_secs(60), "1500 acknowledged writes");
     // Everything acknowledged before the backup starts must be in it.
     let before = writer.acked.lock().unwrap().clone();

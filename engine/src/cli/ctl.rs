@@ -726,21 +726,15 @@ pub fn event_text(e: &wire::Event) -> String {
     )
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// `corum ctl backup --out DIR` (`crate::backup` module docs).
 async fn backup(
     client: &Client,
     dir: &std::path::Path,
     json: bool,
 ) -> Result<(u8, String), CtlError> {
-    use crate::backup::{self, Manifest, ManifestRange};
+    use crate::backup::{self, Manifest};
     let started = std::time::Instant::now();
-    let started_unix_ms = unix_ms();
+    let started_unix_ms = crate::server::events::unix_ms();
     let map = client.cluster_map();
     backup::create_dir(dir)?;
     let mut partitions = Vec::new();
@@ -775,17 +769,9 @@ async fn backup(
         version: backup::VERSION,
         corum_version: env!("CARGO_PKG_VERSION").into(),
         started_unix_ms,
-        finished_unix_ms: unix_ms(),
+        finished_unix_ms: crate::server::events::unix_ms(),
         map_epoch: map.epoch,
-        ranges: map
-            .ranges
-            .iter()
-            .map(|r| ManifestRange {
-                start: r.start,
-                end: r.end,
-                partition: r.partition,
-            })
-            .collect(),
+        ranges: backup::manifest_ranges(&map.ranges),
         partitions,
     };
     backup::write_manifest(dir, &manifest)?;

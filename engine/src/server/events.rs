@@ -47,7 +47,8 @@ struct Inner {
     next_seq: u64,
 }
 
-fn unix_ms() -> u64 {
+/// Now, in milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
