@@ -164,10 +164,16 @@ pub fn test_dir(name: &str) -> PathBuf {
 }
 
 /// A port range for this test process, so concurrent runs on one machine rarely meet
-/// (`corum local` skips busy ports anyway).
+/// (`corum local` skips busy ports anyway). Every range lies below 32768, where Linux's
+/// default ephemeral range (`ip_local_port_range`, 32768-60999) starts: `corum local` checks
+/// that a port is free before the node binds it, and an outgoing connection of another test
+/// took a port in that gap once (a CI run failed with "bind client port 127.0.0.1:47080:
+/// Address already in use").
 pub fn base_port(slot: u16) -> u16 {
     assert!(slot < 10, "ten clusters per test binary");
-    20_000 + ((std::process::id() % 200) as u16) * 200 + slot * 20
+    let base = 20_000 + ((std::process::id() % 60) as u16) * 200 + slot * 20;
+    debug_assert!(base + 20 <= 32_768);
+    base
 }
 
 /// A cluster started with `corum local`.
