@@ -223,6 +223,7 @@ fn verify_config(partition: u64) -> SmConfig {
         partition_id: partition,
         sessions_max: usize::MAX,
         session_results_max: usize::MAX,
+        history_revisions: u64::MAX,
     }
 }
 

@@ -165,6 +165,10 @@ pub struct Tuning {
     /// Cached write results remembered per session and partition (pipelined writes awaiting
     /// their answer); at least `connection_requests_max`.
     pub session_results_max: usize,
+    /// How many of each partition's most recent revisions stay readable by revision
+    /// (`get --rev`); older superseded versions are compacted away. 0 keeps no history. Must
+    /// be the same on every node (recorded in the cluster map).
+    pub history_revisions: u64,
     /// How long a request may wait for its commit or its read index before the server answers
     /// `Timeout` (outcome unknown for a write), in milliseconds.
     pub request_timeout_ms: u64,
@@ -225,6 +229,7 @@ impl Default for Tuning {
             wal_segment_bytes: 64 << 20,
             sessions_max: 65_536,
             session_results_max: 4096,
+            history_revisions: crate::state_machine::HISTORY_REVISIONS_DEFAULT,
             request_timeout_ms: 10_000,
             peer_timeout_ms: None,
             backup_copy_ttl_ms: 60_000,

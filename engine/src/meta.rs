@@ -42,14 +42,17 @@
 //! The map also carries the settings every replica must share because they decide replicated
 //! state: `tuning.sessions_max` and `tuning.session_results_max` decide which session results
 //! each partition's state machine keeps, so two replicas with different values would answer a
-//! retry differently (finding 7 of issue 10). The bootstrap map records the first leader's
-//! values; a node whose tuning differs stops at adoption with an error naming the setting.
+//! retry differently (finding 7 of issue 10). `tuning.history_revisions` decides where each
+//! partition's compaction point moves (`crate::state_machine`, "History"), so it is recorded
+//! the same way. The bootstrap map records the first leader's values; a node whose tuning
+//! differs stops at adoption with an error naming the setting.
 //!
-//! # Encoding of a [`MetaMap`] (version 2, little-endian)
+//! # Encoding of a [`MetaMap`] (version 3, little-endian)
 //! ```text
 //! offset size  field
 //! 0      4     magic "CMAP"
-//! 4      1     version = 2 (version 1: no session settings; read as 0 = not recorded)
+//! 4      1     version = 3 (version 1: no session settings, read as 0 = not recorded;
+//!              versions 1-2: no history setting, read as not recorded)
 //! 5      3     zero
 //! 8      8     epoch (>= 1)
 //! 16     4     shards per node the placement assumes
@@ -59,7 +62,8 @@
 //! 32     16*R  ranges: start u16, end u16, zero u32, partition u64
 //! ...    per partition: id u64, replica count N u32, zero u32, then N x (node u64, shard u32,
 //!              zero u32)
-//! ...    16    version 2 only: sessions_max u64, session_results_max u64
+//! ...    16    versions 2-3: sessions_max u64, session_results_max u64
+//! ...    8     version 3: history_revisions u64
 //! end-4  4     crc32c (Castagnoli) of every byte before it
 //! ```
 //! [`MetaMap::decode`] checks the magic, version, lengths, checksum and then the map's own
@@ -77,7 +81,7 @@ pub const META_PARTITION: u64 = 0;
 pub const MAP_KEY: &[u8] = b"cluster/map";
 
 const MAGIC: &[u8; 4] = b"CMAP";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 /// Bytes of the session settings (version 2).
 const SESSION_BYTES: usize = 16;
 const HEADER_BYTES: usize = 32;
@@ -167,6 +171,9 @@ pub struct MetaMap {
     pub sessions_max: u64,
     /// `tuning.session_results_max` every replica must use (0: not recorded).
     pub session_results_max: u64,
+    /// `tuning.history_revisions` every replica must use (`None`: not recorded, a map of
+    /// version 1 or 2).
+    pub history_revisions: Option<u64>,
 }
 
 impl MetaMap {
@@ -202,6 +209,7 @@ impl MetaMap {
             partitions,
             sessions_max: config.tuning.sessions_max as u64,
             session_results_max: config.tuning.session_results_max as u64,
+            history_revisions: Some(config.tuning.history_revisions),
         }
     }
 
@@ -260,6 +268,15 @@ impl MetaMap {
                 return Err(mismatch(format!(
                     "the cluster uses {name} = {map}, this node is configured with {here}; \
                      every replica must keep the same session results"
+                )));
+            }
+        }
+        if let Some(map) = self.history_revisions {
+            let here = config.tuning.history_revisions;
+            if map != here {
+                return Err(mismatch(format!(
+                    "the cluster uses tuning.history_revisions = {map}, this node is configured \
+                     with {here}; every replica must compact its history at the same revisions"
                 )));
             }
         }
@@ -382,6 +399,11 @@ impl MetaMap {
                 .map(|p| PARTITION_HEAD_BYTES + REPLICA_BYTES * p.replicas.len())
                 .sum::<usize>()
             + SESSION_BYTES
+            + if self.history_revisions.is_some() {
+                8
+            } else {
+                0
+            }
             + 4
     }
 
@@ -390,7 +412,13 @@ impl MetaMap {
         let len = self.encoded_len();
         let mut b = BytesMut::with_capacity(len);
         b.put_slice(MAGIC);
-        b.put_u8(VERSION);
+        // A map decoded from version 2 (no history setting) is written back as version 2, so
+        // re-encoding never invents a setting.
+        b.put_u8(if self.history_revisions.is_some() {
+            VERSION
+        } else {
+            2
+        });
         b.put_bytes(0, 3);
         b.put_u64_le(self.epoch);
         b.put_u32_le(self.shards);
@@ -415,6 +443,9 @@ impl MetaMap {
         }
         b.put_u64_le(self.sessions_max);
         b.put_u64_le(self.session_results_max);
+        if let Some(h) = self.history_revisions {
+            b.put_u64_le(h);
+        }
         let crc = crc32c::crc32c(&b);
         b.put_u32_le(crc);
         debug_assert_eq!(b.len(), len);
@@ -437,7 +468,7 @@ impl MetaMap {
             return Err(bad("bad magic"));
         }
         let version = body[4];
-        if version != 1 && version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(MetaError::Encoding(format!(
                 "unknown version {} (this build reads {VERSION})",
                 body[4]
@@ -487,6 +518,7 @@ impl MetaMap {
         } else {
             (0, 0)
         };
+        let history_revisions = if version >= 3 { Some(r.u64()?) } else { None };
         if r.at != body.len() {
             return Err(bad("trailing bytes"));
         }
@@ -497,6 +529,7 @@ impl MetaMap {
             partitions,
             sessions_max,
             session_results_max,
+            history_revisions,
         };
         map.validate()?;
         Ok(map)
@@ -622,14 +655,40 @@ mod tests {
         // A version-1 map (no session settings) decodes and checks nothing about them.
         let mut v1 = m.encode().to_vec();
         v1[4] = 1;
-        let body = v1.len() - 4 - SESSION_BYTES;
-        v1.drain(body..body + SESSION_BYTES);
+        let body = v1.len() - 4 - SESSION_BYTES - 8;
+        v1.drain(body..body + SESSION_BYTES + 8);
         let n = v1.len() - 4;
         let crc = crc32c::crc32c(&v1[..n]);
         v1[n..].copy_from_slice(&crc.to_le_bytes());
         let old = MetaMap::decode(&v1).unwrap();
         assert_eq!((old.sessions_max, old.session_results_max), (0, 0));
+        assert_eq!(old.history_revisions, None);
         old.check_node(&other, 0, &hosted_of(&m, 0)).unwrap();
+    }
+
+    /// The history bound decides where every replica's compaction point moves, so the map
+    /// records it and a node configured otherwise is refused; a version-2 map records none
+    /// and is written back as version 2.
+    #[test]
+    fn history_revisions_must_match_the_cluster() {
+        let c = config(3, 8, 2);
+        let m = MetaMap::initial(&c);
+        assert_eq!(m.history_revisions, Some(c.tuning.history_revisions));
+        assert_eq!(MetaMap::decode(&m.encode()).unwrap(), m);
+        let mut other = c.clone();
+        other.tuning.history_revisions += 1;
+        let e = m.check_node(&other, 0, &hosted_of(&m, 0)).unwrap_err();
+        assert!(e.to_string().contains("tuning.history_revisions"), "{e}");
+        let v2 = MetaMap {
+            history_revisions: None,
+            ..m.clone()
+        };
+        let bytes = v2.encode();
+        assert_eq!(bytes[4], 2);
+        assert_eq!(bytes.len(), m.encode().len() - 8);
+        let back = MetaMap::decode(&bytes).unwrap();
+        assert_eq!(back, v2);
+        back.check_node(&other, 0, &hosted_of(&m, 0)).unwrap();
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! [`StateMachine::apply`]: crate::state_machine::StateMachine::apply
 //!
-//! # Format, version 1
+//! # Format, version 2 (version 1 is still read)
 //!
 //! Little endian. Fixed 64-byte header, then the membership blob, then the body, then a
 //! trailer checksum.
@@ -18,7 +18,7 @@
 //! ```text
 //! offset  size  field
 //!      0     8  magic  "CORUMSNP"
-//!      8     4  format version (=1)
+//!      8     4  format version (=2; 1 is read too)
 //!     12     4  reserved, 0
 //!     16     8  partition id
 //!     24     8  applied index
@@ -32,6 +32,7 @@
 //! 64+m+b     4  crc32c of bytes 0..64+m+b (everything before it)
 //!
 //! body     := kv_count:u64 | kv{kv_count} | session_count:u64 | session{session_count}
+//!             | history                              (version 2 only)
 //! kv       := key:bytes | value:bytes | create_revision:u64 | mod_revision:u64 | version:u64
 //!             keys non-empty and strictly ascending; 1 <= create <= mod <= revision; version >= 1
 //! session  := client_id:u64 | first_unacked:u64 | last_index:u64 | result_count:u32
@@ -46,7 +47,18 @@
 //! result   := kind:u8 (1 put, 2 delete, 3 get) | flags:u8 (bit0 deleted, bit1 has kv) | kvval?
 //! kvval    := value:bytes | create_revision:u64 | mod_revision:u64 | version:u64
 //! bytes    := len:u32 | len bytes
+//! history  := compacted:u64 | key_count:u64 | hkey{key_count}
+//!             compacted <= revision
+//! hkey     := key:bytes | n:u32 | old{n}
+//!             keys non-empty and strictly ascending; n >= 1
+//! old      := kvval | until:u64
+//!             1 <= create <= mod < until <= revision; compacted < until; version >= 1;
+//!             each old version's until <= the next one's mod revision (or the current
+//!             version's, if the key exists)
 //! ```
+//!
+//! A version-1 snapshot has no history: it is read with the compaction point at its revision
+//! (only the current revision is readable).
 //!
 //! Encoding is deterministic: equal state machines give identical bytes.
 //!
@@ -78,13 +90,14 @@ use thiserror::Error;
 
 use crate::codec::{put_bytes, put_u32, put_u64, put_u8, Reader, Truncated};
 use crate::state_machine::{
-    Config, KeyValue, OpResult, Response, ResponseOp, SessionRecord, SessionTable, StateMachine,
+    Config, History, KeyValue, OldVersion, OpResult, Response, ResponseOp, SessionRecord,
+    SessionTable, StateMachine,
 };
 
 /// The file magic.
 pub const MAGIC: [u8; 8] = *b"CORUMSNP";
-/// The format version this module writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this module writes (it reads this one and version 1).
+pub const FORMAT_VERSION: u32 = 2;
 /// Size of the fixed header, checksum included.
 pub const HEADER_BYTES: usize = 64;
 /// Size of the trailer checksum.
@@ -160,7 +173,7 @@ pub enum SnapshotError {
         found: [u8; 8],
     },
     /// The format version is not one this build reads.
-    #[error("unsupported snapshot format version {version} at byte {offset} (this build reads {FORMAT_VERSION})")]
+    #[error("unsupported snapshot format version {version} at byte {offset} (this build reads 1 to {FORMAT_VERSION})")]
     UnsupportedVersion {
         /// Offset of the field.
         offset: usize,
@@ -349,6 +362,20 @@ pub fn encode(sm: &StateMachine, membership: &[u8]) -> Bytes {
             put_response(&mut out, result);
         }
     }
+    let history = sm.history();
+    put_u64(&mut out, history.compacted());
+    put_u64(&mut out, history.iter().count() as u64);
+    for (k, olds) in history.iter() {
+        put_bytes(&mut out, k);
+        put_u32(
+            &mut out,
+            u32::try_from(olds.len()).expect("old versions per key fit u32"),
+        );
+        for o in olds {
+            put_kvval(&mut out, &o.kv);
+            put_u64(&mut out, o.until);
+        }
+    }
     let body_len = (out.len() - body_start) as u64;
     let membership_len =
         u32::try_from(membership.len()).expect("membership blob larger than 4 GiB");
@@ -417,7 +444,7 @@ fn decode_header(data: &[u8]) -> Result<(SnapshotMeta, usize, u64), SnapshotErro
         });
     }
     let version = le_u32(data, OFF_VERSION);
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(SnapshotError::UnsupportedVersion {
             offset: OFF_VERSION,
             version,
@@ -507,6 +534,12 @@ fn decode_inner(data: &[u8], config: &Config) -> Result<Snapshot, SnapshotError>
     r.range(body_start, "header and membership")?;
     let kvs = decode_kvs(&mut r, meta.revision)?;
     let sessions = decode_sessions(&mut r, &meta)?;
+    let history = if le_u32(data, OFF_VERSION) >= 2 {
+        decode_history(&mut r, meta.revision, &kvs)?
+    } else {
+        // Version 1 kept no history: only the snapshot's own revision is readable.
+        History::from_parts(BTreeMap::new(), meta.revision)
+    };
     if r.remaining() != 0 {
         return Err(SnapshotError::TrailingBytes {
             offset: r.offset(),
@@ -520,6 +553,7 @@ fn decode_inner(data: &[u8], config: &Config) -> Result<Snapshot, SnapshotError>
         meta.applied_index,
         meta.applied_term,
         sessions,
+        history,
     );
     Ok(Snapshot { meta, state })
 }
@@ -576,6 +610,80 @@ fn decode_kvs(
         kvs.insert(key, kv);
     }
     Ok(kvs)
+}
+
+/// Smallest old version: value length, create, mod, version, until.
+const OLD_BYTES_MIN: usize = 4 + 24 + 8;
+
+fn decode_history(
+    r: &mut Reader<'_>,
+    revision: u64,
+    kvs: &BTreeMap<Bytes, KeyValue>,
+) -> Result<History, SnapshotError> {
+    let off = r.offset();
+    let compacted = r.u64("compaction point")?;
+    if compacted > revision {
+        return Err(invalid(off, "compaction point above the snapshot revision"));
+    }
+    let count = r.u64("history key count")?;
+    let mut by_key = BTreeMap::new();
+    let mut prev: Option<Bytes> = None;
+    for _ in 0..count {
+        if r.remaining() < 4 + 4 + OLD_BYTES_MIN {
+            // Cheap early exit for absurd counts; the exact error comes from the reads.
+            r.range(4 + 4 + OLD_BYTES_MIN, "history key")?;
+        }
+        let key_off = r.offset();
+        let key = get_bytes(r, "history key")?;
+        if key.is_empty() {
+            return Err(invalid(key_off, "empty history key"));
+        }
+        if prev.as_ref().is_some_and(|p| *p >= key) {
+            return Err(invalid(key_off, "history keys not strictly ascending"));
+        }
+        let n_off = r.offset();
+        let n = r.u32("old version count")? as usize;
+        if n == 0 {
+            return Err(invalid(n_off, "history key with no old version"));
+        }
+        let mut olds: VecDeque<OldVersion> =
+            VecDeque::with_capacity(n.min(r.remaining() / OLD_BYTES_MIN));
+        for _ in 0..n {
+            let kv_off = r.offset();
+            let kv = get_kvval(r, revision)?;
+            let until_off = r.offset();
+            let until = r.u64("old version end")?;
+            if kv.mod_revision >= until || until > revision {
+                return Err(invalid(
+                    until_off,
+                    "old version not mod revision < until <= snapshot revision",
+                ));
+            }
+            if until <= compacted {
+                return Err(invalid(
+                    until_off,
+                    "old version at or below the compaction point",
+                ));
+            }
+            if olds.back().is_some_and(|o| o.until > kv.mod_revision) {
+                return Err(invalid(kv_off, "old versions of a key overlap"));
+            }
+            olds.push_back(OldVersion { kv, until });
+        }
+        let last = olds.back().expect("n >= 1");
+        if kvs
+            .get(&key)
+            .is_some_and(|cur| last.until > cur.mod_revision)
+        {
+            return Err(invalid(
+                key_off,
+                "old version overlaps the key's current version",
+            ));
+        }
+        prev = Some(key.clone());
+        by_key.insert(key, olds);
+    }
+    Ok(History::from_parts(by_key, compacted))
 }
 
 fn get_opt_kv(

@@ -13,6 +13,31 @@
 //! - The applied index and term of the last log entry consumed.
 //! - The session table (below).
 //!
+//! # History (multi-version reads; issue 16, increment 2)
+//!
+//! Every overwrite or delete keeps the version it replaced as an [`OldVersion`] `{ kv, until }`:
+//! the key held `kv` at every revision in `kv.mod_revision .. until`. [`StateMachine::get_at`]
+//! and [`StateMachine::range_at`] read the store as it was at a revision `R`: per key, the
+//! current version if its `mod_revision <= R`, else the old version whose interval holds `R`,
+//! else nothing (the key did not exist at `R`). A version replaced within the revision that
+//! wrote it (a transaction writing one key twice) was never visible and is not kept.
+//!
+//! The **compaction point** `C`: revisions `>= C` are readable, lower ones are refused with
+//! [`RevisionError::Compacted`] (and revisions above the current one with
+//! [`RevisionError::Future`]). Compacting to `C` drops the old versions no readable revision
+//! can see (`until <= C`), oldest first, in O(1) each: a queue holds every old version's
+//! `(until, key)` in ascending order, which is also apply order. The point moves
+//! deterministically, from the log alone: after every command that writes at revision `r`
+//! it becomes `max(C, r - history_revisions)` ([`Config::history_revisions`], a cluster
+//! constant like the session bounds). So memory is bounded by the last `history_revisions`
+//! revisions' superseded versions (at most the keys those revisions wrote).
+//!
+//! Revisions are still the partition's own (a partition-local counter); the cluster-wide
+//! revision (`crate::revision`, increment 3) replaces the counter, and an explicit
+//! `compact R` and compaction by age (increment 2's remaining part, at the cluster level)
+//! replace the count bound. The default bound ([`HISTORY_REVISIONS_DEFAULT`]) is a stopgap
+//! sized for memory, not for watchers: etcd keeps history until told to compact.
+//!
 //! # Determinism
 //!
 //! [`StateMachine::apply`] depends only on the state and its arguments: every replica that
@@ -409,6 +434,176 @@ pub struct RangeResult {
     pub next_key: Option<Bytes>,
 }
 
+/// A version of a key that a later revision replaced or deleted: the key held `kv` at every
+/// revision in `kv.mod_revision .. until` (module docs, "History").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldVersion {
+    /// The key-value as it was.
+    pub kv: KeyValue,
+    /// The revision that overwrote or deleted it (`> kv.mod_revision`).
+    pub until: u64,
+}
+
+/// A read named a revision the partition cannot serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RevisionError {
+    /// The revision is below the compaction point: its versions are gone.
+    #[error("revision {requested} is compacted (the oldest readable revision is {compacted})")]
+    Compacted {
+        /// The revision asked for.
+        requested: u64,
+        /// The compaction point: the oldest readable revision.
+        compacted: u64,
+    },
+    /// The revision is above the partition's current revision.
+    #[error("revision {requested} is in the future (the current revision is {current})")]
+    Future {
+        /// The revision asked for.
+        requested: u64,
+        /// The partition's current revision.
+        current: u64,
+    },
+}
+
+/// The superseded versions of keys newer than the compaction point (module docs, "History").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct History {
+    /// Per key, its superseded versions, ascending by `mod_revision` (so also by `until`).
+    /// Keys without one are absent.
+    by_key: BTreeMap<Bytes, VecDeque<OldVersion>>,
+    /// `(until, key)` of every superseded version, ascending by `(until, key)`: the order in
+    /// which compaction drops them. Canonical (no apply-order tie), so equal states compare
+    /// equal whether built by applying or by decoding a snapshot.
+    queue: VecDeque<(u64, Bytes)>,
+    /// The compaction point: reads at revisions below it are refused.
+    compacted: u64,
+    /// Sum of key and value lengths over every superseded version.
+    bytes: u64,
+}
+
+impl History {
+    /// Reassembles a history from a snapshot's versions (checked by the decoder: keys
+    /// ascending, versions ascending, `compacted < until`).
+    pub(crate) fn from_parts(
+        by_key: BTreeMap<Bytes, VecDeque<OldVersion>>,
+        compacted: u64,
+    ) -> History {
+        let mut queue: Vec<(u64, Bytes)> = Vec::new();
+        let mut bytes = 0u64;
+        for (k, olds) in &by_key {
+            for o in olds {
+                queue.push((o.until, k.clone()));
+                bytes += (k.len() + o.kv.value.len()) as u64;
+            }
+        }
+        queue.sort();
+        History {
+            by_key,
+            queue: queue.into(),
+            compacted,
+            bytes,
+        }
+    }
+
+    /// Per key, its superseded versions (ascending by key, then by revision).
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &VecDeque<OldVersion>)> {
+        self.by_key.iter()
+    }
+
+    /// Number of superseded versions held.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The compaction point.
+    pub fn compacted(&self) -> u64 {
+        self.compacted
+    }
+
+    /// Remembers that `kv` was overwritten or deleted at `until`. A version written and
+    /// replaced within one revision (a transaction writing a key twice) was never visible at
+    /// any revision and is not kept.
+    fn supersede(&mut self, key: &Bytes, kv: KeyValue, until: u64) {
+        if kv.mod_revision >= until {
+            return;
+        }
+        self.bytes += (key.len() + kv.value.len()) as u64;
+        // The stored key is shared (a reference count), not copied.
+        let key = match self.by_key.get_key_value(key.as_ref()) {
+            Some((k, _)) => k.clone(),
+            None => key.clone(),
+        };
+        self.by_key
+            .entry(key.clone())
+            .or_default()
+            .push_back(OldVersion { kv, until });
+        self.queue.push_back((until, key));
+    }
+
+    /// Keeps the queue's `(until, key)` order canonical after one revision superseded several
+    /// keys (a transaction): its entries are the tail, all with `until == rev`, distinct keys.
+    fn sort_tail(&mut self, rev: u64) {
+        let tail = self
+            .queue
+            .iter()
+            .rev()
+            .take_while(|(u, _)| *u == rev)
+            .count();
+        if tail > 1 {
+            let start = self.queue.len() - tail;
+            self.queue.make_contiguous()[start..].sort();
+        }
+    }
+
+    /// Moves the compaction point up to `to` (never down) and drops every version no revision
+    /// `>= to` can see (those with `until <= to`).
+    fn compact(&mut self, to: u64) {
+        if to <= self.compacted {
+            return;
+        }
+        self.compacted = to;
+        while let Some((until, _)) = self.queue.front() {
+            if *until > to {
+                break;
+            }
+            let (until, key) = self.queue.pop_front().expect("front exists");
+            let olds = self
+                .by_key
+                .get_mut(key.as_ref())
+                .expect("history invariant: every queued version is in its key's list");
+            let old = olds
+                .pop_front()
+                .expect("history invariant: every queued version is in its key's list");
+            assert_eq!(
+                old.until, until,
+                "history invariant: a key's oldest version is the first queued"
+            );
+            self.bytes -= (key.len() + old.kv.value.len()) as u64;
+            if olds.is_empty() {
+                self.by_key.remove(key.as_ref());
+            }
+        }
+    }
+
+    /// The version of a key visible at `rev`, given its current version.
+    fn visible<'a>(
+        &'a self,
+        key: &[u8],
+        current: Option<&'a KeyValue>,
+        rev: u64,
+    ) -> Option<&'a KeyValue> {
+        if let Some(kv) = current {
+            if kv.mod_revision <= rev {
+                return Some(kv);
+            }
+        }
+        let olds = self.by_key.get(key)?;
+        let i = olds.partition_point(|o| o.kv.mod_revision <= rev);
+        let o = olds.get(i.checked_sub(1)?)?;
+        (rev < o.until).then_some(&o.kv)
+    }
+}
+
 /// Configuration of a partition's state machine. Must be the same on every replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Config {
@@ -419,6 +614,9 @@ pub struct Config {
     /// Most results cached per session (at least 1; default 4096, the client's in-flight
     /// request limit per connection). Module docs, rule 6.
     pub session_results_max: usize,
+    /// How many of the partition's most recent revisions stay readable by revision (module
+    /// docs, "History"). 0 keeps no history: only the current revision is readable.
+    pub history_revisions: u64,
 }
 
 impl Config {
@@ -428,9 +626,13 @@ impl Config {
             partition_id,
             sessions_max: 65_536,
             session_results_max: 4096,
+            history_revisions: HISTORY_REVISIONS_DEFAULT,
         }
     }
 }
+
+/// The default of [`Config::history_revisions`]: a stopgap bound (module docs, "History").
+pub const HISTORY_REVISIONS_DEFAULT: u64 = 1000;
 
 /// One partition's replicated state (module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -443,6 +645,8 @@ pub struct StateMachine {
     sessions: SessionTable,
     /// Sum of key and value lengths over `kvs`.
     data_bytes: u64,
+    /// Superseded versions newer than the compaction point.
+    history: History,
 }
 
 impl StateMachine {
@@ -456,6 +660,7 @@ impl StateMachine {
             applied_term: 0,
             sessions: SessionTable::default(),
             data_bytes: 0,
+            history: History::default(),
         }
     }
 
@@ -468,6 +673,7 @@ impl StateMachine {
         applied_index: u64,
         applied_term: u64,
         sessions: SessionTable,
+        history: History,
     ) -> StateMachine {
         let data_bytes = kvs
             .iter()
@@ -481,6 +687,7 @@ impl StateMachine {
             applied_term,
             sessions,
             data_bytes,
+            history,
         }
     }
 
@@ -534,6 +741,50 @@ impl StateMachine {
         self.kvs.get(key)
     }
 
+    /// Superseded versions and the compaction point (module docs, "History").
+    pub(crate) fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// The compaction point: the oldest revision [`StateMachine::get_at`] and
+    /// [`StateMachine::range_at`] serve.
+    pub fn compacted(&self) -> u64 {
+        self.history.compacted
+    }
+
+    /// Number of superseded versions held (module docs, "History").
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Bytes of keys and values held in superseded versions.
+    pub fn history_bytes(&self) -> u64 {
+        self.history.bytes
+    }
+
+    fn check_revision(&self, revision: u64) -> Result<(), RevisionError> {
+        if revision > self.revision {
+            return Err(RevisionError::Future {
+                requested: revision,
+                current: self.revision,
+            });
+        }
+        if revision < self.history.compacted {
+            return Err(RevisionError::Compacted {
+                requested: revision,
+                compacted: self.history.compacted,
+            });
+        }
+        Ok(())
+    }
+
+    /// The key-value at `key` as it was at `revision` (module docs, "History"): `None` if the
+    /// key did not exist then.
+    pub fn get_at(&self, key: &[u8], revision: u64) -> Result<Option<&KeyValue>, RevisionError> {
+        self.check_revision(revision)?;
+        Ok(self.history.visible(key, self.kvs.get(key), revision))
+    }
+
     /// Reads keys per the range rules in the module docs: at most `limit` key-values (0: no
     /// limit) and at most `bytes_max` bytes counted as the module docs say (at least one
     /// key-value, if any is in the range).
@@ -545,38 +796,64 @@ impl StateMachine {
         keys_only: bool,
         bytes_max: usize,
     ) -> RangeResult {
-        let upper: Bound<&[u8]> = if end.is_empty() {
-            Bound::Included(start)
-        } else if end == [0] {
-            Bound::Unbounded
-        } else if end <= start {
-            return RangeResult::default();
-        } else {
-            Bound::Excluded(end)
-        };
-        let limit = if limit == 0 { usize::MAX } else { limit };
-        let mut out = RangeResult::default();
-        let mut bytes = 0usize;
-        for (k, kv) in self.kvs.range::<[u8], _>((Bound::Included(start), upper)) {
-            let value_len = if keys_only { 0 } else { kv.value.len() };
-            bytes = bytes.saturating_add(k.len() + value_len + RANGE_ENTRY_OVERHEAD_BYTES);
-            // Counted before cloning anything: the page stops at the budget, not after it.
-            if out.kvs.len() == limit || (bytes > bytes_max && !out.kvs.is_empty()) {
-                out.more = true;
-                out.next_key = Some(k.clone());
-                break;
-            }
-            let kv = if keys_only {
-                KeyValue {
-                    value: Bytes::new(),
-                    ..kv.clone()
-                }
-            } else {
-                kv.clone()
-            };
-            out.kvs.push((k.clone(), kv));
+        match range_bounds(start, end) {
+            Some(bounds) => page(
+                self.kvs.range::<[u8], _>(bounds),
+                limit,
+                keys_only,
+                bytes_max,
+            ),
+            None => RangeResult::default(),
         }
-        out
+    }
+
+    /// [`StateMachine::range`] as the store was at `revision` (module docs, "History").
+    pub fn range_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        keys_only: bool,
+        bytes_max: usize,
+        revision: u64,
+    ) -> Result<RangeResult, RevisionError> {
+        self.check_revision(revision)?;
+        if revision == self.revision {
+            return Ok(self.range(start, end, limit, keys_only, bytes_max));
+        }
+        let Some(bounds) = range_bounds(start, end) else {
+            return Ok(RangeResult::default());
+        };
+        // Merge the current keys with the keys that have superseded versions (a deleted key
+        // is only in the history), ascending; keep the version visible at `revision`.
+        let mut current = self.kvs.range::<[u8], _>(bounds).peekable();
+        let mut old = self.history.by_key.range::<[u8], _>(bounds).peekable();
+        let history = &self.history;
+        let visible = std::iter::from_fn(move || loop {
+            let take_current = match (current.peek(), old.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ck, _)), Some((ok, _))) => match ck.cmp(ok) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    std::cmp::Ordering::Equal => {
+                        old.next();
+                        true
+                    }
+                },
+            };
+            let (k, kv) = if take_current {
+                let (k, kv) = current.next()?;
+                (k, Some(kv))
+            } else {
+                (old.next()?.0, None)
+            };
+            if let Some(kv) = history.visible(k, kv, revision) {
+                return Some((k, kv));
+            }
+        });
+        Ok(page(visible, limit, keys_only, bytes_max))
     }
 
     /// Checks the state's invariants; returns the first one broken. O(keys + sessions): for
@@ -588,7 +865,12 @@ impl StateMachine {
     /// 4. the eviction index holds exactly one entry per session, at its `last_index`;
     /// 5. every session's cached results are strictly ascending by sequence, each sequence is
     ///    `>= 1` and `>= first_unacked` of its session, and each revision is `<= revision`;
-    /// 6. `data_bytes` is the sum of key and value lengths.
+    /// 6. `data_bytes` is the sum of key and value lengths;
+    /// 7. the history (module docs, "History"): `compacted <= revision`; every listed key has
+    ///    at least one version; a key's versions have `mod_revision < until <= revision`,
+    ///    `until > compacted`, and each ends at or before the next one (or the current
+    ///    version) was written; the compaction queue holds exactly their `(until, key)`, in
+    ///    ascending order; the history's byte count is their key and value lengths.
     ///
     /// The table bounds (`sessions_max`, `session_results_max`) are not checked: a table
     /// restored from a snapshot taken under larger bounds may exceed them until it next
@@ -613,6 +895,7 @@ impl StateMachine {
         if data_bytes != self.data_bytes {
             return Err("data_bytes differs from the sum of key and value lengths");
         }
+        self.check_history()?;
         let t = &self.sessions;
         if t.by_last_index.len() != t.clients.len() {
             return Err("eviction index and session table differ in size");
@@ -640,6 +923,49 @@ impl StateMachine {
                     return Err("cached result revision above the revision");
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn check_history(&self) -> Result<(), &'static str> {
+        let h = &self.history;
+        if h.compacted > self.revision {
+            return Err("compaction point above the revision");
+        }
+        let mut expected_queue = Vec::with_capacity(h.queue.len());
+        let mut bytes = 0u64;
+        for (k, olds) in &h.by_key {
+            if olds.is_empty() {
+                return Err("history key with no version");
+            }
+            let mut next_start = self.kvs.get(k).map_or(u64::MAX, |kv| kv.mod_revision);
+            for o in olds.iter().rev() {
+                if o.kv.mod_revision >= o.until || o.until > self.revision {
+                    return Err("old version not mod_revision < until <= revision");
+                }
+                if o.until <= h.compacted {
+                    return Err("old version at or below the compaction point");
+                }
+                if o.until > next_start {
+                    return Err("old version overlaps the version after it");
+                }
+                if o.kv.create_revision == 0
+                    || o.kv.create_revision > o.kv.mod_revision
+                    || o.kv.version == 0
+                {
+                    return Err("old version's revisions not 1 <= create <= mod, version >= 1");
+                }
+                next_start = o.kv.mod_revision;
+                expected_queue.push((o.until, k.clone()));
+                bytes += (k.len() + o.kv.value.len()) as u64;
+            }
+        }
+        expected_queue.sort();
+        if !h.queue.iter().eq(expected_queue.iter()) {
+            return Err("compaction queue differs from the history's versions");
+        }
+        if bytes != h.bytes {
+            return Err("history bytes differ from the sum of key and value lengths");
         }
         Ok(())
     }
@@ -786,14 +1112,11 @@ impl StateMachine {
                 }
             }
             CommandOp::Delete(d) => {
-                let removed = self.remove(&d.key);
-                if removed.is_some() {
+                let (deleted, prev) = self.remove(&d.key, rev, d.return_prev);
+                if deleted {
                     self.revision = rev;
                 }
-                ResponseOp::Delete {
-                    deleted: removed.is_some(),
-                    prev: if d.return_prev { removed } else { None },
-                }
+                ResponseOp::Delete { deleted, prev }
             }
             CommandOp::Txn(t) => {
                 let succeeded = t.compares.iter().all(|c| self.compare(c));
@@ -813,12 +1136,9 @@ impl StateMachine {
                             }
                         }
                         TxnOp::Delete { key, return_prev } => {
-                            let removed = self.remove(key);
-                            wrote |= removed.is_some();
-                            OpResult::Delete {
-                                deleted: removed.is_some(),
-                                prev: if *return_prev { removed } else { None },
-                            }
+                            let (deleted, prev) = self.remove(key, rev, *return_prev);
+                            wrote |= deleted;
+                            OpResult::Delete { deleted, prev }
                         }
                         TxnOp::Get { key } => OpResult::Get {
                             kv: self.kvs.get(key).cloned(),
@@ -831,6 +1151,12 @@ impl StateMachine {
                 ResponseOp::Txn { succeeded, results }
             }
         };
+        if self.revision == rev {
+            // This command wrote: keep the history canonical and within its bound.
+            self.history.sort_tail(rev);
+            self.history
+                .compact(rev.saturating_sub(self.config.history_revisions));
+        }
         Response {
             revision: self.revision,
             op,
@@ -847,11 +1173,18 @@ impl StateMachine {
     ) -> Option<KeyValue> {
         match self.kvs.get_mut(key) {
             Some(kv) => {
-                let prev = return_prev.then(|| kv.clone());
-                self.data_bytes = self.data_bytes - kv.value.len() as u64 + value.len() as u64;
-                kv.value = value.clone();
-                kv.mod_revision = rev;
-                kv.version += 1;
+                let new = KeyValue {
+                    value: value.clone(),
+                    create_revision: kv.create_revision,
+                    mod_revision: rev,
+                    version: kv.version + 1,
+                };
+                let old = std::mem::replace(kv, new);
+                self.data_bytes = self.data_bytes - old.value.len() as u64 + value.len() as u64;
+                let prev = return_prev.then(|| old.clone());
+                if self.config.history_revisions > 0 {
+                    self.history.supersede(key, old, rev);
+                }
                 prev
             }
             None => {
@@ -872,12 +1205,18 @@ impl StateMachine {
         }
     }
 
-    fn remove(&mut self, key: &[u8]) -> Option<KeyValue> {
-        let removed = self.kvs.remove(key);
-        if let Some(kv) = &removed {
-            self.data_bytes -= (key.len() + kv.value.len()) as u64;
+    /// Deletes `key` at revision `rev` (the caller bumps the revision iff a key was
+    /// removed); returns whether it existed, and the removed key-value if asked.
+    fn remove(&mut self, key: &Bytes, rev: u64, return_prev: bool) -> (bool, Option<KeyValue>) {
+        let Some(old) = self.kvs.remove(key.as_ref()) else {
+            return (false, None);
+        };
+        self.data_bytes -= (key.len() + old.value.len()) as u64;
+        let prev = return_prev.then(|| old.clone());
+        if self.config.history_revisions > 0 {
+            self.history.supersede(key, old, rev);
         }
-        removed
+        (true, prev)
     }
 
     fn compare(&self, c: &Compare) -> bool {
@@ -892,4 +1231,52 @@ impl StateMachine {
         };
         c.cmp.holds(ord)
     }
+}
+
+/// The map bounds of a range per the module docs' rules; `None` when the range is empty
+/// (`end <= start`, `end` neither empty nor `[0]`).
+fn range_bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    let upper: Bound<&[u8]> = if end.is_empty() {
+        Bound::Included(start)
+    } else if end == [0] {
+        Bound::Unbounded
+    } else if end <= start {
+        return None;
+    } else {
+        Bound::Excluded(end)
+    };
+    Some((Bound::Included(start), upper))
+}
+
+/// One page of key-values from an ascending iterator, cut by `limit` (0: none) and by
+/// `bytes_max` (module docs, "Ranges").
+fn page<'a>(
+    kvs: impl Iterator<Item = (&'a Bytes, &'a KeyValue)>,
+    limit: usize,
+    keys_only: bool,
+    bytes_max: usize,
+) -> RangeResult {
+    let limit = if limit == 0 { usize::MAX } else { limit };
+    let mut out = RangeResult::default();
+    let mut bytes = 0usize;
+    for (k, kv) in kvs {
+        let value_len = if keys_only { 0 } else { kv.value.len() };
+        bytes = bytes.saturating_add(k.len() + value_len + RANGE_ENTRY_OVERHEAD_BYTES);
+        // Counted before cloning anything: the page stops at the budget, not after it.
+        if out.kvs.len() == limit || (bytes > bytes_max && !out.kvs.is_empty()) {
+            out.more = true;
+            out.next_key = Some(k.clone());
+            break;
+        }
+        let kv = if keys_only {
+            KeyValue {
+                value: Bytes::new(),
+                ..kv.clone()
+            }
+        } else {
+            kv.clone()
+        };
+        out.kvs.push((k.clone(), kv));
+    }
+    out
 }

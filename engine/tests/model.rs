@@ -10,7 +10,8 @@ use common::{log, Entry};
 use engine::command::{Command, CommandOp, CompareOp, CompareTarget, Limits, TxnOp};
 use engine::snapshot;
 use engine::state_machine::{
-    ApplyError, CommandResult, Config, KeyValue, OpResult, Response, ResponseOp, StateMachine,
+    ApplyError, CommandResult, Config, KeyValue, OpResult, Response, ResponseOp, RevisionError,
+    StateMachine,
 };
 use proptest::prelude::*;
 
@@ -263,6 +264,7 @@ fn config() -> Config {
         partition_id: 7,
         sessions_max: SESSIONS_MAX,
         session_results_max: SESSION_RESULTS_MAX,
+        history_revisions: 4,
     }
 }
 
@@ -409,6 +411,72 @@ proptest! {
             if end.is_empty() {
                 prop_assert_eq!(sm.get(&start).cloned(), model.kv.get(&start).map(to_kv));
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(common::cases(256)))]
+
+    /// Reads at a revision (issue 16, increment 2) equal the model's map as it was right after
+    /// that revision was written, for every revision the history bound keeps; older ones are
+    /// `Compacted` at exactly `revision - history_revisions`, newer ones `Future`. The model
+    /// keeps a full copy of its map per revision; the state machine keeps superseded versions.
+    #[test]
+    fn reads_at_a_revision_match_the_model(
+        log in log(),
+        history in 0u64..6,
+        queries in prop::collection::vec((bound(), bound(), 0usize..4, any::<bool>(), any::<prop::sample::Index>()), 1..16),
+    ) {
+        let cfg = Config { history_revisions: history, ..config() };
+        let mut sm = StateMachine::new(cfg);
+        let mut model = Model::default();
+        let mut at: Vec<HashMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>> = vec![HashMap::new()];
+        for (index, term, e) in &log {
+            if let Entry::Command(c) = e {
+                let _ = sm.apply(*index, *term, c);
+                let _ = model.apply(*index, c);
+                prop_assert_eq!(sm.check_invariants(), Ok(()));
+                if model.rev as usize == at.len() {
+                    at.push(model.kv.clone());
+                }
+                prop_assert_eq!(at.len() as u64, model.rev + 1);
+            }
+        }
+        let compacted = model.rev.saturating_sub(history);
+        prop_assert_eq!(sm.compacted(), compacted);
+        for (start, end, limit, keys_only, rev) in queries {
+            // Revisions 0 ..= current + 1: below, in and above the readable window.
+            let rev = rev.index(model.rev as usize + 2) as u64;
+            let got = sm.range_at(&start, &end, limit, keys_only, usize::MAX, rev);
+            let one = sm.get_at(&start, rev).map(|kv| kv.cloned());
+            if rev > model.rev {
+                let want = RevisionError::Future { requested: rev, current: model.rev };
+                prop_assert_eq!(got, Err(want));
+                prop_assert_eq!(one, Err(want));
+                continue;
+            }
+            if rev < compacted {
+                let want = RevisionError::Compacted { requested: rev, compacted };
+                prop_assert_eq!(got, Err(want));
+                prop_assert_eq!(one, Err(want));
+                continue;
+            }
+            let then = Model { kv: at[rev as usize].clone(), ..Model::default() };
+            let got = got.unwrap();
+            let (want, next) = model_range(&then, &start, &end, limit, keys_only);
+            let got_kvs: Vec<(Vec<u8>, KeyValue)> =
+                got.kvs.iter().map(|(k, kv)| (k.to_vec(), kv.clone())).collect();
+            prop_assert_eq!(got_kvs, want, "range at {}", rev);
+            prop_assert_eq!(got.more, next.is_some());
+            prop_assert_eq!(got.next_key.map(|k| k.to_vec()), next);
+            prop_assert_eq!(one.unwrap(), then.kv.get(&start).map(to_kv), "get at {}", rev);
+        }
+        // The history holds only what the window needs: every kept old version is visible
+        // at some readable revision (until > compacted), checked by check_invariants above,
+        // and with no window nothing is kept.
+        if history == 0 {
+            prop_assert_eq!(sm.history_len(), 0);
         }
     }
 }

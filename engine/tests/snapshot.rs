@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use engine::command::{Command, CommandOp, Compare, CompareOp, CompareTarget, Txn, TxnOp};
 use engine::snapshot::{self, SnapshotError, SnapshotFileError, HEADER_BYTES};
-use engine::state_machine::{Config, StateMachine};
+use engine::state_machine::{Config, RevisionError, StateMachine};
 use proptest::prelude::*;
 
 /// The configuration of [`sample_state`]'s partition.
@@ -16,6 +16,7 @@ const SAMPLE: Config = Config {
     partition_id: 0x2a,
     sessions_max: 16,
     session_results_max: 4096,
+    history_revisions: 3,
 };
 
 fn sample_state() -> StateMachine {
@@ -94,7 +95,7 @@ fn round_trip_and_header_layout() {
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
     assert_eq!(&bytes[..8], b"CORUMSNP");
-    assert_eq!(u32_at(8), 1);
+    assert_eq!(u32_at(8), 2);
     assert_eq!(u32_at(12), 0);
     assert_eq!(u64_at(16), 0x2a);
     assert_eq!(u64_at(24), 6);
@@ -252,13 +253,13 @@ fn body_rules_are_checked_with_offsets() {
         Err(SnapshotError::Invalid { offset: 82, .. })
     ));
     let mut v = good.clone();
-    v[8] = 2; // version 2, resealed
+    v[8] = 3; // version 3, resealed
     reseal(&mut v);
     assert_eq!(
         snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::UnsupportedVersion {
             offset: 8,
-            version: 2
+            version: 3
         })
     );
     let mut v = good.clone();
@@ -268,6 +269,101 @@ fn body_rules_are_checked_with_offsets() {
         snapshot::decode(&v, &Config::new(1)),
         Err(SnapshotError::Truncated { .. })
     ));
+}
+
+/// Issue 16, increment 2: the history section (format version 2) round-trips, its rules are
+/// checked with offsets, and a version-1 snapshot (no history section) is still read, with
+/// only its own revision readable.
+#[test]
+fn history_section_rules_and_version_1() {
+    let mut sm = StateMachine::new(Config::new(1));
+    sm.apply(1, 1, &Command::put("a", "x")).unwrap();
+    sm.apply(2, 1, &Command::put("a", "y")).unwrap();
+    assert_eq!(sm.history_len(), 1);
+    let good = snapshot::encode(&sm, b"").to_vec();
+    let back = snapshot::decode(&good, &Config::new(1)).unwrap().state;
+    assert_eq!(back, sm);
+    assert_eq!(back.get_at(b"a", 1).unwrap().unwrap().value, "x");
+    // The body ends: compacted u64 | key count u64 | key len u32 | "a" | n u32 | value len u32
+    // | "x" | create u64 | mod u64 | version u64 | until u64, then the 4-byte file checksum.
+    let n = good.len();
+    let (until, create, compacted) = (n - 12, n - 36, n - 66);
+    assert_eq!(
+        u64::from_le_bytes(good[until..until + 8].try_into().unwrap()),
+        2
+    );
+    assert_eq!(
+        u64::from_le_bytes(good[create..create + 8].try_into().unwrap()),
+        1
+    );
+    let edited = |at: usize, bytes: &[u8]| {
+        let mut v = good.clone();
+        v[at..at + bytes.len()].copy_from_slice(bytes);
+        reseal(&mut v);
+        snapshot::decode(&v, &Config::new(1))
+    };
+    assert_eq!(
+        edited(until, &3u64.to_le_bytes()),
+        Err(SnapshotError::Invalid {
+            offset: until,
+            reason: "old version not mod revision < until <= snapshot revision"
+        })
+    );
+    assert_eq!(
+        edited(until, &1u64.to_le_bytes()),
+        Err(SnapshotError::Invalid {
+            offset: until,
+            reason: "old version not mod revision < until <= snapshot revision"
+        })
+    );
+    assert_eq!(
+        edited(compacted, &2u64.to_le_bytes()),
+        Err(SnapshotError::Invalid {
+            offset: until,
+            reason: "old version at or below the compaction point"
+        })
+    );
+    assert_eq!(
+        edited(compacted, &3u64.to_le_bytes()),
+        Err(SnapshotError::Invalid {
+            offset: compacted,
+            reason: "compaction point above the snapshot revision"
+        })
+    );
+    // The current "a" was written at 2; an old version ending after that overlaps it (the
+    // snapshot revision is 2, so raise it to 3 in the header first).
+    let mut v = good.clone();
+    v[40..48].copy_from_slice(&3u64.to_le_bytes());
+    v[until..until + 8].copy_from_slice(&3u64.to_le_bytes());
+    reseal(&mut v);
+    assert_eq!(
+        snapshot::decode(&v, &Config::new(1)),
+        Err(SnapshotError::Invalid {
+            offset: n - 50,
+            reason: "old version overlaps the key's current version"
+        })
+    );
+    // Version 1: the same state without the history section reads back with the compaction
+    // point at its revision: revision 2 readable, revision 1 compacted.
+    let history_bytes = n - 4 - compacted;
+    let mut v1 = good[..compacted].to_vec();
+    v1.extend_from_slice(&[0; 4]);
+    v1[8] = 1;
+    let body_len = u64::from_le_bytes(v1[52..60].try_into().unwrap()) - history_bytes as u64;
+    v1[52..60].copy_from_slice(&body_len.to_le_bytes());
+    reseal(&mut v1);
+    let old = snapshot::decode(&v1, &Config::new(1)).unwrap().state;
+    assert_eq!(old.check_invariants(), Ok(()));
+    assert_eq!(old.compacted(), 2);
+    assert_eq!(old.history_len(), 0);
+    assert_eq!(old.get_at(b"a", 2).unwrap().unwrap().value, "y");
+    assert_eq!(
+        old.get_at(b"a", 1),
+        Err(RevisionError::Compacted {
+            requested: 1,
+            compacted: 2
+        })
+    );
 }
 
 #[test]
@@ -339,6 +435,7 @@ fn sessions_with_many_cached_results_round_trip() {
         partition_id: 5,
         sessions_max: 64,
         session_results_max: 4096,
+        history_revisions: 0,
     };
     let mut sm = StateMachine::new(config);
     let mut index = 0;
@@ -513,7 +610,7 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         seal in any::<bool>(),
     ) {
-        let config = Config { partition_id: 3, sessions_max: 3, session_results_max: 4 };
+        let config = Config { partition_id: 3, sessions_max: 3, session_results_max: 4, history_revisions: 2 };
         let mut sm = StateMachine::new(config);
         for (index, term, e) in &log {
             match e {

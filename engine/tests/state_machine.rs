@@ -26,6 +26,7 @@ impl Log {
                 partition_id: 1,
                 sessions_max,
                 session_results_max,
+                history_revisions: 0,
             }),
             index: 0,
         }

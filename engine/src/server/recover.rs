@@ -65,6 +65,7 @@ pub fn sm_config(partition: u64, tuning: &crate::config::Tuning) -> SmConfig {
         partition_id: partition,
         sessions_max: tuning.sessions_max,
         session_results_max: tuning.session_results_max,
+        history_revisions: tuning.history_revisions,
     }
 }
 

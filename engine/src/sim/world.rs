@@ -18,6 +18,7 @@ use crate::meta::{self, MetaMap};
 use crate::server::shard_core::{ShardCore, SnapshotStore, SnapshotWrite};
 use crate::server::shared::NodeShared;
 use crate::server::ServerError;
+use crate::state_machine::HISTORY_REVISIONS_DEFAULT;
 
 /// Knobs of one run. Fault rates are drawn per seed from these ranges.
 #[derive(Clone, Debug)]
@@ -270,11 +271,16 @@ impl World {
         let batch_bytes_max = if rng.chance(300_000) { 4096 } else { 8 << 20 };
         let mut admin_rng = SplitMix64::new(seed ^ 0xad31_7a11);
         let transfer_ppm = [0, 0, 3_000][admin_rng.below(3) as usize];
+        let snapshot_choice = rng.below(3) as usize;
         let tuning = Tuning {
             tick_ms: 10,
             heartbeat_ticks: 2,
             election_ticks_min: 10,
-            snapshot_log_bytes: [2 << 10, 16 << 10, 1 << 20][rng.below(3) as usize],
+            snapshot_log_bytes: [2 << 10, 16 << 10, 1 << 20][snapshot_choice],
+            // No history, a short one that compacts all the time, the default: the history
+            // travels in snapshots and must agree on every replica. Derived from the
+            // snapshot draw, so seeds keep their schedules.
+            history_revisions: [0, 3, HISTORY_REVISIONS_DEFAULT][snapshot_choice],
             sessions_max: 64,
             session_results_max: 64,
             connection_requests_max: 64,
