@@ -159,6 +159,7 @@ pub async fn stale_range_at(
                 keys_only: false,
                 consistency: Consistency::Stale,
                 after: after.clone(),
+                revision: 0,
             }),
             first_unacked: 0,
         };

@@ -224,6 +224,7 @@ fn verify_config(partition: u64) -> SmConfig {
         sessions_max: usize::MAX,
         session_results_max: usize::MAX,
         history_revisions: u64::MAX,
+        history_bytes_max: u64::MAX,
     }
 }
 

@@ -169,6 +169,9 @@ pub struct Tuning {
     /// (`get --rev`); older superseded versions are compacted away. 0 keeps no history. Must
     /// be the same on every node (recorded in the cluster map).
     pub history_revisions: u64,
+    /// At most this many bytes of superseded versions (keys and values) per partition; past
+    /// it the oldest are compacted sooner. Must be the same on every node (cluster map).
+    pub history_bytes_max: u64,
     /// How long a request may wait for its commit or its read index before the server answers
     /// `Timeout` (outcome unknown for a write), in milliseconds.
     pub request_timeout_ms: u64,
@@ -230,6 +233,7 @@ impl Default for Tuning {
             sessions_max: 65_536,
             session_results_max: 4096,
             history_revisions: crate::state_machine::HISTORY_REVISIONS_DEFAULT,
+            history_bytes_max: crate::state_machine::HISTORY_BYTES_MAX_DEFAULT,
             request_timeout_ms: 10_000,
             peer_timeout_ms: None,
             backup_copy_ttl_ms: 60_000,

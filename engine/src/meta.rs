@@ -42,8 +42,8 @@
 //! The map also carries the settings every replica must share because they decide replicated
 //! state: `tuning.sessions_max` and `tuning.session_results_max` decide which session results
 //! each partition's state machine keeps, so two replicas with different values would answer a
-//! retry differently (finding 7 of issue 10). `tuning.history_revisions` decides where each
-//! partition's compaction point moves (`crate::state_machine`, "History"), so it is recorded
+//! retry differently (finding 7 of issue 10). `tuning.history_revisions` and
+//! `tuning.history_bytes_max` decide where each partition's compaction point moves (`crate::state_machine`, "History"), so it is recorded
 //! the same way. The bootstrap map records the first leader's values; a node whose tuning
 //! differs stops at adoption with an error naming the setting.
 //!
@@ -63,7 +63,7 @@
 //! ...    per partition: id u64, replica count N u32, zero u32, then N x (node u64, shard u32,
 //!              zero u32)
 //! ...    16    versions 2-3: sessions_max u64, session_results_max u64
-//! ...    8     version 3: history_revisions u64
+//! ...    16    version 3: history_revisions u64, history_bytes_max u64
 //! end-4  4     crc32c (Castagnoli) of every byte before it
 //! ```
 //! [`MetaMap::decode`] checks the magic, version, lengths, checksum and then the map's own
@@ -174,6 +174,9 @@ pub struct MetaMap {
     /// `tuning.history_revisions` every replica must use (`None`: not recorded, a map of
     /// version 1 or 2).
     pub history_revisions: Option<u64>,
+    /// `tuning.history_bytes_max` every replica must use (recorded with
+    /// `history_revisions`; 0 when that is `None`).
+    pub history_bytes_max: u64,
 }
 
 impl MetaMap {
@@ -210,6 +213,7 @@ impl MetaMap {
             sessions_max: config.tuning.sessions_max as u64,
             session_results_max: config.tuning.session_results_max as u64,
             history_revisions: Some(config.tuning.history_revisions),
+            history_bytes_max: config.tuning.history_bytes_max,
         }
     }
 
@@ -271,13 +275,25 @@ impl MetaMap {
                 )));
             }
         }
-        if let Some(map) = self.history_revisions {
-            let here = config.tuning.history_revisions;
-            if map != here {
-                return Err(mismatch(format!(
-                    "the cluster uses tuning.history_revisions = {map}, this node is configured \
-                     with {here}; every replica must compact its history at the same revisions"
-                )));
+        if let Some(map_revisions) = self.history_revisions {
+            for (name, map, here) in [
+                (
+                    "tuning.history_revisions",
+                    map_revisions,
+                    config.tuning.history_revisions,
+                ),
+                (
+                    "tuning.history_bytes_max",
+                    self.history_bytes_max,
+                    config.tuning.history_bytes_max,
+                ),
+            ] {
+                if map != here {
+                    return Err(mismatch(format!(
+                        "the cluster uses {name} = {map}, this node is configured with {here}; \
+                         every replica must compact its history at the same revisions"
+                    )));
+                }
             }
         }
         if self.partitions.len() != config.partitions as usize {
@@ -400,7 +416,7 @@ impl MetaMap {
                 .sum::<usize>()
             + SESSION_BYTES
             + if self.history_revisions.is_some() {
-                8
+                16
             } else {
                 0
             }
@@ -445,6 +461,7 @@ impl MetaMap {
         b.put_u64_le(self.session_results_max);
         if let Some(h) = self.history_revisions {
             b.put_u64_le(h);
+            b.put_u64_le(self.history_bytes_max);
         }
         let crc = crc32c::crc32c(&b);
         b.put_u32_le(crc);
@@ -518,7 +535,11 @@ impl MetaMap {
         } else {
             (0, 0)
         };
-        let history_revisions = if version >= 3 { Some(r.u64()?) } else { None };
+        let (history_revisions, history_bytes_max) = if version >= 3 {
+            (Some(r.u64()?), r.u64()?)
+        } else {
+            (None, 0)
+        };
         if r.at != body.len() {
             return Err(bad("trailing bytes"));
         }
@@ -530,6 +551,7 @@ impl MetaMap {
             sessions_max,
             session_results_max,
             history_revisions,
+            history_bytes_max,
         };
         map.validate()?;
         Ok(map)
@@ -655,8 +677,8 @@ mod tests {
         // A version-1 map (no session settings) decodes and checks nothing about them.
         let mut v1 = m.encode().to_vec();
         v1[4] = 1;
-        let body = v1.len() - 4 - SESSION_BYTES - 8;
-        v1.drain(body..body + SESSION_BYTES + 8);
+        let body = v1.len() - 4 - SESSION_BYTES - 16;
+        v1.drain(body..body + SESSION_BYTES + 16);
         let n = v1.len() - 4;
         let crc = crc32c::crc32c(&v1[..n]);
         v1[n..].copy_from_slice(&crc.to_le_bytes());
@@ -679,13 +701,20 @@ mod tests {
         other.tuning.history_revisions += 1;
         let e = m.check_node(&other, 0, &hosted_of(&m, 0)).unwrap_err();
         assert!(e.to_string().contains("tuning.history_revisions"), "{e}");
+        let mut bytes_differ = c.clone();
+        bytes_differ.tuning.history_bytes_max /= 2;
+        let e = m
+            .check_node(&bytes_differ, 0, &hosted_of(&m, 0))
+            .unwrap_err();
+        assert!(e.to_string().contains("tuning.history_bytes_max"), "{e}");
         let v2 = MetaMap {
             history_revisions: None,
+            history_bytes_max: 0,
             ..m.clone()
         };
         let bytes = v2.encode();
         assert_eq!(bytes[4], 2);
-        assert_eq!(bytes.len(), m.encode().len() - 8);
+        assert_eq!(bytes.len(), m.encode().len() - 16);
         let back = MetaMap::decode(&bytes).unwrap();
         assert_eq!(back, v2);
         back.check_node(&other, 0, &hosted_of(&m, 0)).unwrap();

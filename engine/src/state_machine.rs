@@ -29,8 +29,12 @@
 //! `(until, key)` in ascending order, which is also apply order. The point moves
 //! deterministically, from the log alone: after every command that writes at revision `r`
 //! it becomes `max(C, r - history_revisions)` ([`Config::history_revisions`], a cluster
-//! constant like the session bounds). So memory is bounded by the last `history_revisions`
-//! revisions' superseded versions (at most the keys those revisions wrote).
+//! constant like the session bounds), so the current revision and the `history_revisions`
+//! before it are readable; and then, while the superseded versions hold more than
+//! [`Config::history_bytes_max`] bytes of keys and values, it moves on to the end of the
+//! oldest one. Memory is bounded by bytes, whatever the values' sizes: a client rewriting a
+//! 1 MiB value cannot make every replica keep a thousand copies of it. Old versions share
+//! the key the state stores (never a slice of a log entry, which would pin the entry).
 //!
 //! Revisions are still the partition's own (a partition-local counter); the cluster-wide
 //! revision (`crate::revision`, increment 3) replaces the counter, and an explicit
@@ -520,7 +524,8 @@ impl History {
         self.compacted
     }
 
-    /// Remembers that `kv` was overwritten or deleted at `until`. A version written and
+    /// Remembers that `kv` was overwritten or deleted at `until`; `key` is the key as the
+    /// state stores it (a copy owned by the state, never a slice of a log entry). A version written and
     /// replaced within one revision (a transaction writing a key twice) was never visible at
     /// any revision and is not kept.
     fn supersede(&mut self, key: &Bytes, kv: KeyValue, until: u64) {
@@ -585,6 +590,18 @@ impl History {
         }
     }
 
+    /// Moves the compaction point up, oldest version first, until the history holds at most
+    /// `bytes_max` bytes: to the `until` of the last version dropped, so every version that
+    /// revision cannot see goes with it.
+    fn compact_to_bytes(&mut self, bytes_max: u64) {
+        while self.bytes > bytes_max {
+            let Some(&(until, _)) = self.queue.front() else {
+                break;
+            };
+            self.compact(until);
+        }
+    }
+
     /// The version of a key visible at `rev`, given its current version.
     fn visible<'a>(
         &'a self,
@@ -617,6 +634,9 @@ pub struct Config {
     /// How many of the partition's most recent revisions stay readable by revision (module
     /// docs, "History"). 0 keeps no history: only the current revision is readable.
     pub history_revisions: u64,
+    /// At most this many bytes (keys and values) of superseded versions are kept: past it,
+    /// the compaction point moves further up (module docs, "History").
+    pub history_bytes_max: u64,
 }
 
 impl Config {
@@ -627,12 +647,15 @@ impl Config {
             sessions_max: 65_536,
             session_results_max: 4096,
             history_revisions: HISTORY_REVISIONS_DEFAULT,
+            history_bytes_max: HISTORY_BYTES_MAX_DEFAULT,
         }
     }
 }
 
 /// The default of [`Config::history_revisions`]: a stopgap bound (module docs, "History").
 pub const HISTORY_REVISIONS_DEFAULT: u64 = 1000;
+/// The default of [`Config::history_bytes_max`]: 4 MiB per partition.
+pub const HISTORY_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 
 /// One partition's replicated state (module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1156,6 +1179,7 @@ impl StateMachine {
             self.history.sort_tail(rev);
             self.history
                 .compact(rev.saturating_sub(self.config.history_revisions));
+            self.history.compact_to_bytes(self.config.history_bytes_max);
         }
         Response {
             revision: self.revision,
@@ -1171,8 +1195,14 @@ impl StateMachine {
         rev: u64,
         return_prev: bool,
     ) -> Option<KeyValue> {
-        match self.kvs.get_mut(key) {
-            Some(kv) => {
+        // `range_mut` finds the entry and its stored key in one lookup: the history must
+        // share the stored key, never the command's (a slice that would pin its entry).
+        let found = self
+            .kvs
+            .range_mut::<[u8], _>((Bound::Included(key.as_ref()), Bound::Included(key.as_ref())))
+            .next();
+        match found {
+            Some((stored_key, kv)) => {
                 let new = KeyValue {
                     value: value.clone(),
                     create_revision: kv.create_revision,
@@ -1183,7 +1213,7 @@ impl StateMachine {
                 self.data_bytes = self.data_bytes - old.value.len() as u64 + value.len() as u64;
                 let prev = return_prev.then(|| old.clone());
                 if self.config.history_revisions > 0 {
-                    self.history.supersede(key, old, rev);
+                    self.history.supersede(stored_key, old, rev);
                 }
                 prev
             }
@@ -1208,13 +1238,14 @@ impl StateMachine {
     /// Deletes `key` at revision `rev` (the caller bumps the revision iff a key was
     /// removed); returns whether it existed, and the removed key-value if asked.
     fn remove(&mut self, key: &Bytes, rev: u64, return_prev: bool) -> (bool, Option<KeyValue>) {
-        let Some(old) = self.kvs.remove(key.as_ref()) else {
+        // The stored key, not the command's (module docs, "Memory").
+        let Some((key, old)) = self.kvs.remove_entry(key.as_ref()) else {
             return (false, None);
         };
         self.data_bytes -= (key.len() + old.value.len()) as u64;
         let prev = return_prev.then(|| old.clone());
         if self.config.history_revisions > 0 {
-            self.history.supersede(key, old, rev);
+            self.history.supersede(&key, old, rev);
         }
         (true, prev)
     }
@@ -1279,4 +1310,62 @@ fn page<'a>(
         out.kvs.push((k.clone(), kv));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding (issue 16, increment 2): the history shares the key the state stores,
+    /// never the command's key, which is a slice of its log entry and would pin the entry
+    /// (values included) for as long as the key has history.
+    #[test]
+    fn history_keys_do_not_pin_log_entries() {
+        let mut sm = StateMachine::new(Config::new(1));
+        let entry = |v: &str| Command::put("k", v.to_owned()).encode();
+        let (e1, e2, e3) = (entry("1"), entry("2"), entry("3"));
+        sm.apply_entry(1, 1, &e1).unwrap();
+        sm.apply_entry(2, 1, &e2).unwrap();
+        let del = Command::delete("k").encode();
+        sm.apply_entry(3, 1, &del).unwrap();
+        sm.apply_entry(4, 1, &e3).unwrap();
+        let inside = |b: &Bytes, e: &Bytes| {
+            let (p, s) = (b.as_ptr() as usize, e.as_ptr() as usize);
+            p >= s && p < s + e.len()
+        };
+        assert_eq!(sm.history.len(), 2);
+        for (k, _) in sm.history.iter() {
+            for e in [&e1, &e2, &e3, &del] {
+                assert!(!inside(k, e), "a history key points into a log entry");
+            }
+        }
+        for (_, k) in &sm.history.queue {
+            for e in [&e1, &e2, &e3, &del] {
+                assert!(!inside(k, e), "a queued key points into a log entry");
+            }
+        }
+        assert_eq!(sm.check_invariants(), Ok(()));
+    }
+
+    /// A client rewriting one large value cannot make the history hold more than
+    /// `history_bytes_max`, whatever `history_revisions` allows; the newest versions stay.
+    #[test]
+    fn the_byte_cap_bounds_history_of_large_values() {
+        let mut sm = StateMachine::new(Config {
+            history_revisions: 1000,
+            history_bytes_max: 3 << 20,
+            ..Config::new(1)
+        });
+        for i in 1..=20u64 {
+            let cmd = Command::put("big", vec![i as u8; 1 << 20]);
+            sm.apply(i, 1, &cmd).unwrap();
+            assert!(sm.history_bytes() <= 3 << 20, "{}", sm.history_bytes());
+        }
+        // 2 old versions of 1 MiB + 3 bytes of key each fit under 3 MiB; the third would not.
+        assert_eq!(sm.history_len(), 2);
+        assert_eq!(sm.compacted(), 18);
+        assert_eq!(sm.get_at(b"big", 18).unwrap().unwrap().value[0], 18);
+        assert!(sm.get_at(b"big", 17).is_err());
+        assert_eq!(sm.check_invariants(), Ok(()));
+    }
 }

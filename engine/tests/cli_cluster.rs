@@ -167,6 +167,7 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
         // put / get in all three modes
         let r = c.put("alpha", "1").await.expect("put");
         assert!(r.written && r.revision > 0, "{r:?}");
+        let rev_1 = r.revision;
         for mode in [Consistency::Linearizable, Consistency::Follower] {
             let kv = c
                 .get_with("alpha", mode)
@@ -195,6 +196,7 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
         assert!(!c.cas("alpha", None, "3").await.expect("cas"));
         let kv = c.get("alpha").await.expect("get").expect("found");
         assert_eq!((kv.value.as_ref(), kv.version), (&b"2"[..], 2));
+        let rev_2 = kv.mod_revision;
         // txn in one partition ({hash tag})
         c.put("{acct}a", "10").await.expect("put");
         let txn = |expect: &str| Txn {
@@ -233,6 +235,25 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
         // delete
         let d = c.delete("alpha").await.expect("delete");
         assert!(d.deleted);
+        // Reads at a revision (issue 16, increment 2): the partition's history has every
+        // version of "alpha"; above the partition's revision is FutureRevision.
+        for (rev, want) in [(rev_1, Some("1")), (rev_2, Some("2")), (d.revision, None)] {
+            let kv = c
+                .get_at("alpha", rev, Consistency::Linearizable)
+                .await
+                .expect("get_at");
+            assert_eq!(
+                kv.as_ref().map(|kv| kv.value.as_ref()),
+                want.map(str::as_bytes),
+                "at {rev}"
+            );
+        }
+        match c.get_at("alpha", u64::MAX, Consistency::Linearizable).await {
+            Err(wire::client::ClientError::Server(ServerError::FutureRevision { current })) => {
+                assert!(current >= d.revision, "{current}")
+            }
+            other => panic!("a future revision answered {other:?}"),
+        }
         assert_eq!(c.get("alpha").await.expect("get"), None);
         assert_eq!(
             c.get_with("alpha", Consistency::Follower)
@@ -290,6 +311,23 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
     let code = |args: &[&str]| ctl(&e, args).status.code();
     assert!(ok(&["put", "beta", "hello world"]).starts_with("OK"));
     assert_eq!(ok(&["get", "beta"]), "hello world");
+    // `get --rev`: an older version of the key, from its partition's history.
+    assert!(ok(&["put", "rev-key", "first"]).starts_with("OK"));
+    let first: Value = serde_json::from_str(&ok(&["--json", "get", "rev-key"])).expect("json");
+    let first_rev = first["kv"]["mod_revision"].as_u64().expect("mod_revision");
+    assert!(ok(&["put", "rev-key", "second"]).starts_with("OK"));
+    assert_eq!(
+        ok(&["get", "rev-key", "--rev", &first_rev.to_string()]),
+        "first"
+    );
+    assert_eq!(ok(&["get", "rev-key"]), "second");
+    let o = ctl(&e, &["get", "rev-key", "--rev", &u64::MAX.to_string()]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("future revision"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(
         ok(&["get", "beta", "--consistency", "follower"]),
         "hello world"

@@ -265,6 +265,7 @@ fn config() -> Config {
         sessions_max: SESSIONS_MAX,
         session_results_max: SESSION_RESULTS_MAX,
         history_revisions: 4,
+        history_bytes_max: u64::MAX,
     }
 }
 
@@ -426,9 +427,10 @@ proptest! {
     fn reads_at_a_revision_match_the_model(
         log in log(),
         history in 0u64..6,
+        bytes_cap in prop_oneof![Just(u64::MAX), 0u64..40],
         queries in prop::collection::vec((bound(), bound(), 0usize..4, any::<bool>(), any::<prop::sample::Index>()), 1..16),
     ) {
-        let cfg = Config { history_revisions: history, ..config() };
+        let cfg = Config { history_revisions: history, history_bytes_max: bytes_cap, ..config() };
         let mut sm = StateMachine::new(cfg);
         let mut model = Model::default();
         let mut at: Vec<HashMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>> = vec![HashMap::new()];
@@ -437,14 +439,21 @@ proptest! {
                 let _ = sm.apply(*index, *term, c);
                 let _ = model.apply(*index, c);
                 prop_assert_eq!(sm.check_invariants(), Ok(()));
+                prop_assert!(sm.history_bytes() <= bytes_cap);
                 if model.rev as usize == at.len() {
                     at.push(model.kv.clone());
                 }
                 prop_assert_eq!(at.len() as u64, model.rev + 1);
             }
         }
-        let compacted = model.rev.saturating_sub(history);
-        prop_assert_eq!(sm.compacted(), compacted);
+        // The count bound sets the point exactly; the byte cap can only move it further up.
+        let compacted = sm.compacted();
+        if bytes_cap == u64::MAX {
+            prop_assert_eq!(compacted, model.rev.saturating_sub(history));
+        } else {
+            prop_assert!(compacted >= model.rev.saturating_sub(history));
+            prop_assert!(compacted <= model.rev);
+        }
         for (start, end, limit, keys_only, rev) in queries {
             // Revisions 0 ..= current + 1: below, in and above the readable window.
             let rev = rev.index(model.rev as usize + 2) as u64;

@@ -17,6 +17,7 @@ const SAMPLE: Config = Config {
     sessions_max: 16,
     session_results_max: 4096,
     history_revisions: 3,
+    history_bytes_max: 1 << 20,
 };
 
 fn sample_state() -> StateMachine {
@@ -436,6 +437,7 @@ fn sessions_with_many_cached_results_round_trip() {
         sessions_max: 64,
         session_results_max: 4096,
         history_revisions: 0,
+        history_bytes_max: 0,
     };
     let mut sm = StateMachine::new(config);
     let mut index = 0;
@@ -610,7 +612,7 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         seal in any::<bool>(),
     ) {
-        let config = Config { partition_id: 3, sessions_max: 3, session_results_max: 4, history_revisions: 2 };
+        let config = Config { partition_id: 3, sessions_max: 3, session_results_max: 4, history_revisions: 2, history_bytes_max: 1 << 20 };
         let mut sm = StateMachine::new(config);
         for (index, term, e) in &log {
             match e {

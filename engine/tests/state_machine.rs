@@ -27,6 +27,7 @@ impl Log {
                 sessions_max,
                 session_results_max,
                 history_revisions: 0,
+                history_bytes_max: 0,
             }),
             index: 0,
         }

@@ -80,6 +80,13 @@ pub fn from_server(e: ServerError) -> Status {
              (e.g. {{user1}}name and {{user1}}email) so they share a partition"
         )),
         ServerError::Internal { reason } => Status::internal(format!("corum: internal: {reason}")),
+        // etcd's exact messages and code (OutOfRange): clients match on them.
+        ServerError::Compacted { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        ServerError::FutureRevision { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
         e @ (ServerError::NotLeader { .. }
         | ServerError::WrongShard { .. }
         | ServerError::StaleMap { .. }

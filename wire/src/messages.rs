@@ -231,6 +231,8 @@ pub struct Range {
     /// Continuation token: resume strictly after this key (the last key of the previous page).
     /// Empty: start at `start`.
     pub after: Bytes,
+    /// Read the partition as it was at this revision; 0: now.
+    pub revision: u64,
 }
 
 // ---- responses --------------------------------------------------------------------------------
@@ -331,6 +333,18 @@ pub enum ServerError {
     OutcomeUnknown {
         /// What the server knows, in words.
         reason: String,
+    },
+    /// A read at a revision below the partition's compaction point: those versions are gone.
+    #[error("required revision has been compacted (the oldest readable revision is {compacted})")]
+    Compacted {
+        /// The compaction point: the oldest readable revision.
+        compacted: u64,
+    },
+    /// A read at a revision above the partition's current revision.
+    #[error("required revision is a future revision (the current revision is {current})")]
+    FutureRevision {
+        /// The current revision.
+        current: u64,
     },
 }
 
@@ -832,6 +846,7 @@ fn enc_op(fbb: &mut Fbb, op: &Op) -> (fb::Op, WIPOffset<flatbuffers::UnionWIPOff
                     keys_only: r.keys_only,
                     consistency: fb_consistency(r.consistency),
                     after,
+                    revision: r.revision,
                 },
             );
             (fb::Op::Range, t.as_union_value())
@@ -949,6 +964,14 @@ fn enc_error(fbb: &mut Fbb, e: &ServerError) -> WIPOffset<fb::ErrorInfo<'static>
         ServerError::OutcomeUnknown { reason: r } => {
             args.code = fb::ErrorCode::OutcomeUnknown;
             args.reason = reason(fbb, r);
+        }
+        ServerError::Compacted { compacted } => {
+            args.code = fb::ErrorCode::Compacted;
+            args.revision = *compacted;
+        }
+        ServerError::FutureRevision { current } => {
+            args.code = fb::ErrorCode::FutureRevision;
+            args.revision = *current;
         }
     }
     fb::ErrorInfo::create(fbb, &args)
@@ -1436,6 +1459,7 @@ fn dec_request(cx: &Ctx<'_>, r: fb::Request<'_>) -> Result<Request, DecodeError>
                 keys_only: t.keys_only(),
                 consistency: dec_consistency(t.consistency())?,
                 after: cx.key(t.after())?,
+                revision: t.revision(),
             })
         }
         fb::Op::Status => {
@@ -1541,6 +1565,12 @@ fn dec_error(e: fb::ErrorInfo<'_>) -> Result<ServerError, DecodeError> {
         fb::ErrorCode::CrossPartition => ServerError::CrossPartition { reason: reason() },
         fb::ErrorCode::Internal => ServerError::Internal { reason: reason() },
         fb::ErrorCode::OutcomeUnknown => ServerError::OutcomeUnknown { reason: reason() },
+        fb::ErrorCode::Compacted => ServerError::Compacted {
+            compacted: e.revision(),
+        },
+        fb::ErrorCode::FutureRevision => ServerError::FutureRevision {
+            current: e.revision(),
+        },
         other => {
             return Err(DecodeError::UnknownEnum {
                 field: "ErrorInfo.code",

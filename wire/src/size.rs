@@ -101,7 +101,7 @@ fn op(op: &Op) -> usize {
             table(12, 3) + offsets(0) * 3 + compares + ops
         }
         Op::Range(r) => {
-            table(26, 7) + bytes(r.start.len()) + opt_bytes(r.end.len()) + opt_bytes(r.after.len())
+            table(34, 8) + bytes(r.start.len()) + opt_bytes(r.end.len()) + opt_bytes(r.after.len())
         }
         Op::Status | Op::ClusterMap => table(0, 0),
         Op::TransferLeader { .. } => table(16, 2),
@@ -124,9 +124,11 @@ fn error(e: &ServerError) -> usize {
         | ServerError::StaleMap { .. }
         | ServerError::Timeout
         | ServerError::TooLarge { .. }
+        | ServerError::Compacted { .. }
+        | ServerError::FutureRevision { .. }
         | ServerError::Busy => 0,
     };
-    table(33, 6) + strings
+    table(41, 7) + strings
 }
 
 fn map(m: &ClusterMap) -> usize {
@@ -338,6 +340,8 @@ mod tests {
                 leader_endpoint: Some("127.0.0.1:7001".into()),
             },
             ServerError::TooLarge { limit: 5 },
+            ServerError::Compacted { compacted: 9 },
+            ServerError::FutureRevision { current: u64::MAX },
         ] {
             responses.push(response(Err(e)));
         }
@@ -424,6 +428,7 @@ mod tests {
                     keys_only: true,
                     consistency: Consistency::Stale,
                     after: b(v),
+                    revision: u64::MAX - k as u64,
                 }));
             }
         }

@@ -93,6 +93,11 @@ pub enum CtlCommand {
         /// How fresh the read must be.
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
+        /// Read KEY as it was at this revision of its partition (a revision a put or get of
+        /// this key printed). 0: now. Fails with "compacted" once the partition's history no
+        /// longer reaches back that far (tuning.history_revisions / history_bytes_max).
+        #[arg(long, default_value_t = 0)]
+        rev: u64,
     },
     /// Delete KEY (exit 0 whether or not it existed; the output says which).
     Del {
@@ -361,8 +366,16 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
             };
             Ok((code, out))
         }
-        CtlCommand::Get { key, consistency } => {
-            let kv = client.get_with(b(key), (*consistency).into()).await?;
+        CtlCommand::Get {
+            key,
+            consistency,
+            rev,
+        } => {
+            let kv = if *rev == 0 {
+                client.get_with(b(key), (*consistency).into()).await?
+            } else {
+                client.get_at(b(key), *rev, (*consistency).into()).await?
+            };
             let code = if kv.is_some() { EXIT_OK } else { EXIT_FAILED };
             let out = match (&kv, json) {
                 (_, true) => json!({"kv": kv.as_ref().map(kv_json)}).to_string(),

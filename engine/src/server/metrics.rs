@@ -278,7 +278,7 @@ impl OpKind {
 }
 
 /// `result` label values of `corum_requests_total`: `ok`, then one per wire error.
-pub const RESULTS: [&str; 12] = [
+pub const RESULTS: [&str; 14] = [
     "ok",
     "not_leader",
     "wrong_shard",
@@ -291,6 +291,8 @@ pub const RESULTS: [&str; 12] = [
     "cross_partition",
     "internal",
     "outcome_unknown",
+    "compacted",
+    "future_revision",
 ];
 
 /// Index into [`RESULTS`] of an answer's outcome (exhaustive: a new wire error must be named).
@@ -309,6 +311,8 @@ pub fn result_index(outcome: Result<(), &WireError>) -> usize {
             WireError::CrossPartition { .. } => 9,
             WireError::Internal { .. } => 10,
             WireError::OutcomeUnknown { .. } => 11,
+            WireError::Compacted { .. } => 12,
+            WireError::FutureRevision { .. } => 13,
         },
     }
 }

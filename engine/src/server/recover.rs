@@ -66,6 +66,7 @@ pub fn sm_config(partition: u64, tuning: &crate::config::Tuning) -> SmConfig {
         sessions_max: tuning.sessions_max,
         session_results_max: tuning.session_results_max,
         history_revisions: tuning.history_revisions,
+        history_bytes_max: tuning.history_bytes_max,
     }
 }
 

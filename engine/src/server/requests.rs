@@ -232,6 +232,14 @@ pub fn to_response(
     ok_response(id, header, outcome)
 }
 
+/// The wire error for a read at a revision the partition cannot serve.
+fn revision_error(e: sm::RevisionError) -> WireError {
+    match e {
+        sm::RevisionError::Compacted { compacted, .. } => WireError::Compacted { compacted },
+        sm::RevisionError::Future { current, .. } => WireError::FutureRevision { current },
+    }
+}
+
 /// Serves a read from a partition's state machine; `header` names the partition, its term
 /// and the applied index the read saw.
 /// `range_bytes_max` bounds a range page's key-values (`net::range_bytes_max`): a page always
@@ -270,7 +278,15 @@ pub fn serve_read(
             } else {
                 (r.limit as usize).min(RANGE_KEYS_DEFAULT)
             };
-            let res = if !r.end.is_empty() && r.end <= start {
+            let res = if r.revision != 0 {
+                // The revision is checked even for an empty range, so the answer does not
+                // depend on the keys asked for.
+                match sm.range_at(&start, end, limit, r.keys_only, range_bytes_max, r.revision) {
+                    Ok(_) if !r.end.is_empty() && r.end <= start => sm::RangeResult::default(),
+                    Ok(res) => res,
+                    Err(e) => return error_response(id, revision_error(e)),
+                }
+            } else if !r.end.is_empty() && r.end <= start {
                 sm::RangeResult::default()
             } else {
                 sm.range(&start, end, limit, r.keys_only, range_bytes_max)

@@ -376,6 +376,44 @@ impl Client {
         }
     }
 
+    /// Reads `key` as it was at `revision` of its partition (0: now): `Ok(None)` when the key
+    /// did not exist then; `ServerError::Compacted` below the partition's compaction point,
+    /// `ServerError::FutureRevision` above its revision (a follower or stale read can be
+    /// behind a revision the leader already has). Revisions are per partition until the
+    /// cluster-wide revision lands (issue 16): use revisions this key's own reads and writes
+    /// returned.
+    pub async fn get_at(
+        &self,
+        key: impl Into<Bytes>,
+        revision: u64,
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>, ClientError> {
+        let key: Bytes = key.into();
+        let partition = self
+            .cluster_map()
+            .partition_of_key(&key)
+            .map(|p| p.id)
+            .ok_or_else(|| {
+                ClientError::Protocol("the cluster map covers no slot of the key".into())
+            })?;
+        let mut end = key.to_vec();
+        end.push(0);
+        let op = Op::Range(Range {
+            partition,
+            start: key.clone(),
+            end: Bytes::from(end),
+            limit: 1,
+            keys_only: false,
+            consistency,
+            after: Bytes::new(),
+            revision,
+        });
+        match self.execute_at(Target::Partition(partition), op).await?.1 {
+            Outcome::Range(mut r) if r.kvs.len() <= 1 => Ok(r.kvs.pop()),
+            other => Err(unexpected("Range", &other)),
+        }
+    }
+
     /// Writes `key`.
     pub async fn put(
         &self,
@@ -509,6 +547,7 @@ impl Client {
                 keys_only: opts.keys_only,
                 consistency: opts.consistency,
                 after: opts.after.clone(),
+                revision: 0,
             });
             let r = match self.execute_at(Target::Partition(p), op).await?.1 {
                 Outcome::Range(r) => r,

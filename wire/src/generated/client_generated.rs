@@ -545,13 +545,13 @@ pub mod corum {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: u8 = 10;
+        pub const ENUM_MAX_ERROR_CODE: u8 = 12;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 13] = [
             ErrorCode::Internal,
             ErrorCode::NotLeader,
             ErrorCode::WrongShard,
@@ -563,6 +563,8 @@ pub mod corum {
             ErrorCode::Busy,
             ErrorCode::CrossPartition,
             ErrorCode::OutcomeUnknown,
+            ErrorCode::Compacted,
+            ErrorCode::FutureRevision,
         ];
 
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -585,9 +587,14 @@ pub mod corum {
             /// reply does not fit a frame). Not retryable as a new write: the caller must find out (read
             /// the keys) before writing again. `reason` says what is known.
             pub const OutcomeUnknown: Self = Self(10);
+            /// A read at a revision below the compaction point; `revision` is the compaction point (the
+            /// oldest revision still readable).
+            pub const Compacted: Self = Self(11);
+            /// A read at a revision above the current one; `revision` is the current revision.
+            pub const FutureRevision: Self = Self(12);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 10;
+            pub const ENUM_MAX: u8 = 12;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::Internal,
                 Self::NotLeader,
@@ -600,6 +607,8 @@ pub mod corum {
                 Self::Busy,
                 Self::CrossPartition,
                 Self::OutcomeUnknown,
+                Self::Compacted,
+                Self::FutureRevision,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -615,6 +624,8 @@ pub mod corum {
                     Self::Busy => Some("Busy"),
                     Self::CrossPartition => Some("CrossPartition"),
                     Self::OutcomeUnknown => Some("OutcomeUnknown"),
+                    Self::Compacted => Some("Compacted"),
+                    Self::FutureRevision => Some("FutureRevision"),
                     _ => None,
                 }
             }
@@ -2302,6 +2313,7 @@ pub mod corum {
             pub const VT_KEYS_ONLY: ::flatbuffers::VOffsetT = 12;
             pub const VT_CONSISTENCY: ::flatbuffers::VOffsetT = 14;
             pub const VT_AFTER: ::flatbuffers::VOffsetT = 16;
+            pub const VT_REVISION: ::flatbuffers::VOffsetT = 18;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2318,6 +2330,7 @@ pub mod corum {
                 args: &'args RangeArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<Range<'bldr>> {
                 let mut builder = RangeBuilder::new(_fbb);
+                builder.add_revision(args.revision);
                 builder.add_partition(args.partition);
                 if let Some(x) = args.after {
                     builder.add_after(x);
@@ -2413,6 +2426,16 @@ pub mod corum {
                         )
                 }
             }
+            /// Read the partition as it was at this revision (0: now). Below the partition's
+            /// compaction point: `Compacted`; above its revision: `FutureRevision`. Revisions are the
+            /// partition's own until the cluster-wide revision lands (issue 16).
+            #[inline]
+            pub fn revision(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe { self._tab.get::<u64>(Range::VT_REVISION, Some(0)).unwrap() }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Range<'_> {
@@ -2441,6 +2464,7 @@ pub mod corum {
                         Self::VT_AFTER,
                         false,
                     )?
+                    .visit_field::<u64>("revision", Self::VT_REVISION, false)?
                     .finish();
                 Ok(())
             }
@@ -2453,6 +2477,7 @@ pub mod corum {
             pub keys_only: bool,
             pub consistency: Consistency,
             pub after: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+            pub revision: u64,
         }
         impl<'a> Default for RangeArgs<'a> {
             #[inline]
@@ -2465,6 +2490,7 @@ pub mod corum {
                     keys_only: false,
                     consistency: Consistency::Linearizable,
                     after: None,
+                    revision: 0,
                 }
             }
         }
@@ -2521,6 +2547,10 @@ pub mod corum {
                     .push_slot_always::<::flatbuffers::WIPOffset<_>>(Range::VT_AFTER, after);
             }
             #[inline]
+            pub fn add_revision(&mut self, revision: u64) {
+                self.fbb_.push_slot::<u64>(Range::VT_REVISION, revision, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> RangeBuilder<'a, 'b, A> {
@@ -2547,6 +2577,7 @@ pub mod corum {
                 ds.field("keys_only", &self.keys_only());
                 ds.field("consistency", &self.consistency());
                 ds.field("after", &self.after());
+                ds.field("revision", &self.revision());
                 ds.finish()
             }
         }
@@ -3994,6 +4025,7 @@ pub mod corum {
             pub const VT_EPOCH: ::flatbuffers::VOffsetT = 10;
             pub const VT_LIMIT: ::flatbuffers::VOffsetT = 12;
             pub const VT_REASON: ::flatbuffers::VOffsetT = 14;
+            pub const VT_REVISION: ::flatbuffers::VOffsetT = 16;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4010,6 +4042,7 @@ pub mod corum {
                 args: &'args ErrorInfoArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<ErrorInfo<'bldr>> {
                 let mut builder = ErrorInfoBuilder::new(_fbb);
+                builder.add_revision(args.revision);
                 builder.add_limit(args.limit);
                 builder.add_epoch(args.epoch);
                 builder.add_leader_node(args.leader_node);
@@ -4086,6 +4119,18 @@ pub mod corum {
                         .get::<::flatbuffers::ForwardsUOffset<&str>>(ErrorInfo::VT_REASON, None)
                 }
             }
+            /// Compacted: the compaction point. FutureRevision: the current revision.
+            #[inline]
+            pub fn revision(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ErrorInfo::VT_REVISION, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for ErrorInfo<'_> {
@@ -4109,6 +4154,7 @@ pub mod corum {
                         Self::VT_REASON,
                         false,
                     )?
+                    .visit_field::<u64>("revision", Self::VT_REVISION, false)?
                     .finish();
                 Ok(())
             }
@@ -4120,6 +4166,7 @@ pub mod corum {
             pub epoch: u64,
             pub limit: u64,
             pub reason: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub revision: u64,
         }
         impl<'a> Default for ErrorInfoArgs<'a> {
             #[inline]
@@ -4131,6 +4178,7 @@ pub mod corum {
                     epoch: 0,
                     limit: 0,
                     reason: None,
+                    revision: 0,
                 }
             }
         }
@@ -4174,6 +4222,11 @@ pub mod corum {
                     .push_slot_always::<::flatbuffers::WIPOffset<_>>(ErrorInfo::VT_REASON, reason);
             }
             #[inline]
+            pub fn add_revision(&mut self, revision: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ErrorInfo::VT_REVISION, revision, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> ErrorInfoBuilder<'a, 'b, A> {
@@ -4199,6 +4252,7 @@ pub mod corum {
                 ds.field("epoch", &self.epoch());
                 ds.field("limit", &self.limit());
                 ds.field("reason", &self.reason());
+                ds.field("revision", &self.revision());
                 ds.finish()
             }
         }

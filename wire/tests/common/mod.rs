@@ -83,18 +83,21 @@ pub fn op() -> impl Strategy<Value = Op> {
             any::<u32>(),
             any::<bool>(),
             consistency(),
-            bytes(8)
+            (bytes(8), any::<u64>())
         )
             .prop_map(
-                |(partition, start, end, limit, keys_only, consistency, after)| Op::Range(Range {
-                    partition,
-                    start,
-                    end,
-                    limit,
-                    keys_only,
-                    consistency,
-                    after
-                })
+                |(partition, start, end, limit, keys_only, consistency, (after, revision))| {
+                    Op::Range(Range {
+                        partition,
+                        start,
+                        end,
+                        limit,
+                        keys_only,
+                        consistency,
+                        revision,
+                        after,
+                    })
+                }
             ),
         Just(Op::Status),
         Just(Op::ClusterMap),
@@ -153,6 +156,8 @@ pub fn server_error() -> impl Strategy<Value = ServerError> {
         s.prop_map(|reason| ServerError::Unavailable { reason }),
         Just(ServerError::Timeout),
         any::<u64>().prop_map(|limit| ServerError::TooLarge { limit }),
+        any::<u64>().prop_map(|compacted| ServerError::Compacted { compacted }),
+        any::<u64>().prop_map(|current| ServerError::FutureRevision { current }),
         s.prop_map(|reason| ServerError::InvalidArgument { reason }),
         Just(ServerError::Busy),
         s.prop_map(|reason| ServerError::CrossPartition { reason }),

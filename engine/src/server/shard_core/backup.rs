@@ -104,7 +104,7 @@ pub fn serve<C>(
                     .any(|c| now < c.taken + NEW_COPY_INTERVAL_TICKS)
                 {
                     Some("a copy of this partition was taken less than a second ago")
-                } else if *held + part.sm.data_bytes() > b.bytes_max {
+                } else if *held + part.sm.data_bytes() + part.sm.history_bytes() > b.bytes_max {
                     Some("the shard holds tuning.backup_copy_bytes_max of backup copies")
                 } else {
                     None
