@@ -1,5 +1,6 @@
 //! Apply-rate benchmark of one partition's state machine: decode + apply of 128-byte puts, with
-//! and without sessions, counting heap allocations per command; then snapshot encode / decode.
+//! and without sessions, with and without the multi-version history, counting heap
+//! allocations per command; then snapshot encode / decode.
 //!
 //! `cargo run -p engine --release --example apply_bench -- [puts] [distinct_keys] [value_bytes]`
 //!
@@ -104,10 +105,27 @@ fn main() {
 
     let mut phases = vec![];
     let all = entries(puts, keys, value_bytes, false);
-    let mut sm = StateMachine::new(Config::new(1));
+    let mut sm = StateMachine::new(Config {
+        history_revisions: 1000,
+        ..Config::new(1)
+    });
     let (inserts, overwrites) = all.split_at(keys as usize);
     phases.push(run("put_new_key", &mut sm, inserts, 1));
     phases.push(run("put_overwrite", &mut sm, overwrites, 1 + keys));
+    // The same overwrites with no history kept (tuning.history_revisions = 0): the cost of
+    // the multi-version history in the same run (issue 16, increment 2).
+    let mut off = StateMachine::new(Config {
+        history_revisions: 0,
+        ..Config::new(1)
+    });
+    phases.push(run("put_new_key_history_off", &mut off, inserts, 1));
+    phases.push(run(
+        "put_overwrite_history_off",
+        &mut off,
+        overwrites,
+        1 + keys,
+    ));
+    drop(off);
     drop(all);
 
     let with_sessions = entries(puts, keys, value_bytes, true);

@@ -160,7 +160,8 @@ async fn check_all(c: &Client, acked: &BTreeMap<String, String>) {
 fn local_cluster_serves_every_operation_through_client_and_ctl() {
     let _serial = serial();
     let dir = test_dir("ops");
-    let cluster = Cluster::start(&dir, 3, 2, 4, base_port(0), "");
+    // History on (it is off by default): reads at a revision below.
+    let cluster = Cluster::start(&dir, 3, 2, 4, base_port(0), "history_revisions = 100\n");
     let rt = runtime();
     rt.block_on(async {
         let c = client(&cluster).await;

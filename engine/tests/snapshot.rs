@@ -277,12 +277,16 @@ fn body_rules_are_checked_with_offsets() {
 /// only its own revision readable.
 #[test]
 fn history_section_rules_and_version_1() {
-    let mut sm = StateMachine::new(Config::new(1));
+    let config = Config {
+        history_revisions: 1000,
+        ..Config::new(1)
+    };
+    let mut sm = StateMachine::new(config);
     sm.apply(1, 1, &Command::put("a", "x")).unwrap();
     sm.apply(2, 1, &Command::put("a", "y")).unwrap();
     assert_eq!(sm.history_len(), 1);
     let good = snapshot::encode(&sm, b"").to_vec();
-    let back = snapshot::decode(&good, &Config::new(1)).unwrap().state;
+    let back = snapshot::decode(&good, &config).unwrap().state;
     assert_eq!(back, sm);
     assert_eq!(back.get_at(b"a", 1).unwrap().unwrap().value, "x");
     // The body ends: compacted u64 | key count u64 | key len u32 | "a" | n u32 | value len u32
@@ -301,7 +305,7 @@ fn history_section_rules_and_version_1() {
         let mut v = good.clone();
         v[at..at + bytes.len()].copy_from_slice(bytes);
         reseal(&mut v);
-        snapshot::decode(&v, &Config::new(1))
+        snapshot::decode(&v, &config)
     };
     assert_eq!(
         edited(until, &3u64.to_le_bytes()),
@@ -338,7 +342,7 @@ fn history_section_rules_and_version_1() {
     v[until..until + 8].copy_from_slice(&3u64.to_le_bytes());
     reseal(&mut v);
     assert_eq!(
-        snapshot::decode(&v, &Config::new(1)),
+        snapshot::decode(&v, &config),
         Err(SnapshotError::Invalid {
             offset: n - 50,
             reason: "old version overlaps the key's current version"
@@ -353,7 +357,7 @@ fn history_section_rules_and_version_1() {
     let body_len = u64::from_le_bytes(v1[52..60].try_into().unwrap()) - history_bytes as u64;
     v1[52..60].copy_from_slice(&body_len.to_le_bytes());
     reseal(&mut v1);
-    let old = snapshot::decode(&v1, &Config::new(1)).unwrap().state;
+    let old = snapshot::decode(&v1, &config).unwrap().state;
     assert_eq!(old.check_invariants(), Ok(()));
     assert_eq!(old.compacted(), 2);
     assert_eq!(old.history_len(), 0);

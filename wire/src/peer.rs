@@ -321,7 +321,15 @@ fn dec_message(
                 index: e.index(),
                 term: e.term(),
                 kind: e.kind(),
-                data: bytes_of(body, e.data()),
+                // Copied, one buffer per entry: a follower's state machine keeps values as
+                // slices of their entry (engine::state_machine, "Memory"), and a slice of the
+                // frame body would keep the whole batch (every partition's entries in it)
+                // alive for as long as any one value, or any old version in a partition's
+                // history, lives.
+                data: e
+                    .data()
+                    .filter(|v| !v.is_empty())
+                    .map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.bytes())),
             });
         }
     }

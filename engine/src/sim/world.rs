@@ -18,7 +18,6 @@ use crate::meta::{self, MetaMap};
 use crate::server::shard_core::{ShardCore, SnapshotStore, SnapshotWrite};
 use crate::server::shared::NodeShared;
 use crate::server::ServerError;
-use crate::state_machine::HISTORY_REVISIONS_DEFAULT;
 
 /// Knobs of one run. Fault rates are drawn per seed from these ranges.
 #[derive(Clone, Debug)]
@@ -277,10 +276,10 @@ impl World {
             heartbeat_ticks: 2,
             election_ticks_min: 10,
             snapshot_log_bytes: [2 << 10, 16 << 10, 1 << 20][snapshot_choice],
-            // No history, a short one that compacts all the time, the default: the history
+            // No history, a short one that compacts all the time, a long one: the history
             // travels in snapshots and must agree on every replica. Derived from the
             // snapshot draw, so seeds keep their schedules.
-            history_revisions: [0, 3, HISTORY_REVISIONS_DEFAULT][snapshot_choice],
+            history_revisions: [0, 3, 1000][snapshot_choice],
             sessions_max: 64,
             session_results_max: 64,
             connection_requests_max: 64,
