@@ -1331,6 +1331,36 @@ fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("at byte 196608"));
     assert!(!refused.join("node-1").join("corum.toml").exists());
+    // A restore that fails on one node (node 3's data directory is not empty) leaves no
+    // config, so no later `corum local --dir` starts a cluster of half-restored nodes, and no
+    // data directory it created.
+    let half = dir.join("half");
+    let junk = half.join("node-3").join("data");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("junk"), b"not a node").unwrap();
+    let out = corum(&[
+        "local",
+        "--dir",
+        half.to_str().unwrap(),
+        "--partitions",
+        "4",
+        "--restore-from",
+        b,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node 3"),
+        "{out:?}"
+    );
+    for id in 1..=3 {
+        let node = half.join(format!("node-{id}"));
+        assert!(!node.join("corum.toml").exists(), "node {id}: {out:?}");
+    }
+    assert!(!half.join("node-1").join("data").exists(), "{out:?}");
+    assert!(
+        junk.join("junk").exists(),
+        "a directory it did not create is left alone"
+    );
     // `corum restore` refuses a data directory that holds a node, and another slot split.
     let node_flags = |data: &str, partitions: &str| {
         vec![
