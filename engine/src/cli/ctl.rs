@@ -823,6 +823,7 @@ async fn backup(
         map_epoch: map.epoch,
         ranges: backup::manifest_ranges(&map.ranges),
         partitions,
+        backup_id: backup::new_backup_id(),
     };
     backup::write_manifest(dir, &manifest)?;
     // What was written is what verify reads: check it before saying it is done.
@@ -835,12 +836,14 @@ async fn backup(
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": manifest.map_epoch,
+            "backup_id": format!("{:016x}", manifest.backup_id),
             "seconds": secs,
         })
         .to_string()
     } else {
         format!(
-            "backup of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            "backup {:016x} of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            manifest.backup_id,
             report.partitions,
             report.keys,
             report.bytes,
@@ -862,6 +865,7 @@ fn verify_backup(dir: &std::path::Path, json: bool) -> Result<(u8, String), CtlE
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": m.map_epoch,
+            "backup_id": format!("{:016x}", m.backup_id),
             "started_unix_ms": m.started_unix_ms,
             "finished_unix_ms": m.finished_unix_ms,
             "corum_version": m.corum_version,

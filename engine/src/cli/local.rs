@@ -303,11 +303,12 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
                     LocalError::Usage(format!("--restore-from: node {}: {e}", c.id))
                 })?;
                 eprintln!(
-                    "corum local: node {}: restored {} partitions ({} keys) from {}",
+                    "corum local: node {}: restored {} partitions ({} keys) from {} (backup {:016x})",
                     c.id,
                     report.written.len(),
                     report.keys,
-                    from.display()
+                    from.display(),
+                    report.backup_id
                 );
                 Ok(())
             }
