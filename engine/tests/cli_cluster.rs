@@ -398,8 +398,9 @@ fn local_cluster_serves_every_operation_through_client_and_ctl() {
         // Every shard has synced its WAL by now (the bootstrap records, the writes above):
         // its slowest fdatasync of the last minute is reported, and is not absurd.
         for s in shards {
+            // Present; a fast disk may truncate to 0 µs, so no lower bound.
             let us = s["slowest_fsync_us"].as_u64().expect("slowest_fsync_us");
-            assert!(us > 0 && us < 60_000_000, "{s}");
+            assert!(us < 60_000_000, "{s}");
         }
     }
     assert!(ok(&["status"]).contains("healthy"));

@@ -1231,6 +1231,10 @@ impl ClusterStatus {
         );
         for s in &self.shards {
             let state = match &s.status {
+                // 0: no fdatasync in the window, or a server from before the field.
+                Ok(st) if st.slowest_fsync_us == 0 => {
+                    format!("ok, partitions {:?}, slowest fsync n/a", s.hosts)
+                }
                 Ok(st) => format!(
                     "ok, partitions {:?}, slowest fsync {:.1} ms",
                     s.hosts,
