@@ -836,13 +836,13 @@ async fn backup(
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": manifest.map_epoch,
-            "backup_id": format!("{:016x}", manifest.backup_id),
+            "backup_id": manifest.backup_id,
             "seconds": secs,
         })
         .to_string()
     } else {
         format!(
-            "backup {:016x} of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            "backup {} of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
             manifest.backup_id,
             report.partitions,
             report.keys,
@@ -865,7 +865,7 @@ fn verify_backup(dir: &std::path::Path, json: bool) -> Result<(u8, String), CtlE
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": m.map_epoch,
-            "backup_id": format!("{:016x}", m.backup_id),
+            "backup_id": m.backup_id,
             "started_unix_ms": m.started_unix_ms,
             "finished_unix_ms": m.finished_unix_ms,
             "corum_version": m.corum_version,

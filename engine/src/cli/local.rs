@@ -303,7 +303,7 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
                     LocalError::Usage(format!("--restore-from: node {}: {e}", c.id))
                 })?;
                 eprintln!(
-                    "corum local: node {}: restored {} partitions ({} keys) from {} (backup {:016x})",
+                    "corum local: node {}: restored {} partitions ({} keys) from {} (backup {})",
                     c.id,
                     report.written.len(),
                     report.keys,

@@ -53,13 +53,13 @@ pub fn run(args: RestoreArgs) -> u8 {
                         "node": config.id,
                         "data_dir": config.data_dir.display().to_string(),
                         "keys": report.keys,
-                        "backup_id": format!("{:016x}", report.backup_id),
+                        "backup_id": report.backup_id,
                         "partitions": files,
                     })
                 );
             } else {
                 println!(
-                    "node {}: restored {} partitions ({} keys) from {} (backup {:016x}) into {}; \
+                    "node {}: restored {} partitions ({} keys) from {} (backup {}) into {}; \
                      start it with corum serve and the same configuration",
                     config.id,
                     report.written.len(),

@@ -331,7 +331,7 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
     // checks yet that every node of a cluster came from the same backup).
     match crate::backup::restored_from(&config.data_dir) {
         Ok(Some(r)) => tracing::info!(
-            backup_id = %format_args!("{:016x}", r.backup_id),
+            backup_id = r.backup_id,
             backup_started_unix_ms = r.started_unix_ms,
             from = %r.from.display(),
             "data directory restored from a backup"
