@@ -20,6 +20,11 @@
 //!    every start, even when the new sequence numbers have already passed the cursor; servers
 //!    without boot ids (0) are checked by their newest sequence number going down.
 //!
+//! "From now" (not `from_start`) means the events a node stamped at or after the subscription
+//! (so the nodes' clocks again): every node is read from its first event held and the older
+//! ones are skipped, once; taking each node's newest at its first poll would lose what happened
+//! between the subscription and that poll.
+//!
 //! The stream's own events (`seq` 0, stamped with the reader's clock when seen): `node_down`,
 //! `node_up`, `node_restarted` and `events_missed`.
 
@@ -49,31 +54,32 @@ pub fn poll_timeout(every: Duration, request_timeout: Duration) -> Duration {
 
 /// Whether an answer comes from another start of the node than the last one read: its boot id
 /// changed, or (servers without boot ids) its newest sequence number went below the cursor.
-pub fn restarted(after: Option<u64>, known_boot_id: u64, r: &EventsResult) -> bool {
+pub fn restarted(after: u64, known_boot_id: u64, r: &EventsResult) -> bool {
     if known_boot_id != 0 && r.boot_id != 0 {
         r.boot_id != known_boot_id
     } else {
-        after.is_some_and(|a| r.newest < a)
+        r.newest < after
     }
 }
 
 /// What the stream knows of one node.
 struct NodeCursor {
     endpoint: String,
-    /// The last sequence number read; None: in round 1 only, start from its newest ("from
-    /// now").
-    after: Option<u64>,
-    /// Events stamped before this are skipped (a node first read after a "from now" start).
+    /// The last sequence number read.
+    after: u64,
+    /// Events stamped before this are skipped ("from now": the subscription's time).
     since_ms: u64,
     boot_id: u64,
     /// None until the first answer or failure.
     up: Option<bool>,
+    /// Answered at least once.
+    read: bool,
 }
 
 /// One node's poll in one round.
 struct Drained {
     node: u64,
-    after: Option<u64>,
+    after: u64,
     boot_id: u64,
     events: Vec<Event>,
     /// (first, last) sequence numbers dropped by the node before they were read.
@@ -91,7 +97,7 @@ async fn drain(
     client: Client,
     node: u64,
     endpoint: String,
-    after: Option<u64>,
+    after: u64,
     boot_id: u64,
     deadline: Instant,
 ) -> Drained {
@@ -107,7 +113,7 @@ async fn drain(
         error: None,
     };
     for _ in 0..DRAIN_PAGES_MAX {
-        let asked = d.after.unwrap_or(0);
+        let asked = d.after;
         let r = match client
             .call_endpoint(
                 &endpoint,
@@ -134,22 +140,16 @@ async fn drain(
             // Sequence numbers start again at 1 on a restarted node: read it from there.
             d.restarted = Some((d.boot_id, r.boot_id, d.events.len()));
             d.boot_id = r.boot_id;
-            d.after = Some(0);
+            d.after = 0;
             continue;
         }
         d.boot_id = r.boot_id;
-        if d.after.is_none() {
-            // Start from now: skip what happened before.
-            d.after = Some(r.newest);
-            d.complete = true;
-            return d;
-        }
         if r.oldest > asked.saturating_add(1) {
             d.missed.push((asked + 1, r.oldest - 1));
         }
         let reached = r.events.last().is_none_or(|last| last.seq >= r.newest);
         if let Some(last) = r.events.last() {
-            d.after = Some(last.seq);
+            d.after = last.seq;
         }
         d.events.extend(r.events);
         if reached {
@@ -166,10 +166,10 @@ impl Client {
         self,
         every: Duration,
         from_start: bool,
+        subscribed_ms: u64,
         tx: tokio::sync::mpsc::Sender<Event>,
     ) {
         let timeout = poll_timeout(every, self.inner.config.request_timeout);
-        let subscribed_ms = unix_ms();
         let mut nodes: BTreeMap<u64, NodeCursor> = BTreeMap::new();
         // Events read but not sent yet, with the round they were read in.
         let mut held: Vec<(Event, u32)> = Vec::new();
@@ -181,14 +181,15 @@ impl Client {
                         // "From now" means from this node's newest in round 1; a node first
                         // seen later is read from its start, skipping what is older than the
                         // subscription.
-                        after: if round == 0 && !from_start {
-                            None
-                        } else {
-                            Some(0)
-                        },
+                        // Read from its first event; "from now" skips the events stamped
+                        // before the subscription (by the node's clock). Taking the node's
+                        // newest at its first poll instead would lose what happened between
+                        // the subscription and that poll.
+                        after: 0,
                         since_ms: if from_start { 0 } else { subscribed_ms },
                         boot_id: 0,
                         up: None,
+                        read: false,
                     });
                 }
             }
@@ -239,7 +240,15 @@ impl Client {
                         }
                         seen.push(e);
                     }
-                    for (first, last) in &d.missed {
+                    // What a node dropped before the first read of a "from now" stream is
+                    // older than the subscription: not missed.
+                    let first_read = !std::mem::replace(&mut n.read, true);
+                    let missed = if first_read && !from_start {
+                        &[][..]
+                    } else {
+                        &d.missed[..]
+                    };
+                    for (first, last) in missed {
                         seen.push(synthetic(
                             "events_missed",
                             format!("events {first}..{last} were dropped before they were read"),
@@ -263,12 +272,6 @@ impl Client {
                     n.up = Some(false);
                 }
             }
-            // "From now" is the newest event of each node that answered in round 1; a node
-            // that did not is read from its start, skipping what is older than the
-            // subscription.
-            for n in nodes.values_mut() {
-                n.after.get_or_insert(0);
-            }
             held.extend(seen.into_iter().map(|e| (e, round)));
             held.sort_by_key(|(e, _)| (e.unix_ms, e.node, e.seq));
             // Send the longest prefix that is below the watermark or waited long enough.
@@ -290,7 +293,7 @@ impl Client {
 }
 
 /// Now, in milliseconds since the Unix epoch (0 before it).
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -313,14 +316,13 @@ mod tests {
     fn a_restart_is_noticed_by_its_boot_id_even_past_the_cursor() {
         // The review's case: the node restarted and logged more events than the cursor
         // before the next poll. The newest number did not go down; the boot id changed.
-        assert!(restarted(Some(5), 100, &answer(9, 200)));
-        assert!(!restarted(Some(5), 100, &answer(9, 100)));
+        assert!(restarted(5, 100, &answer(9, 200)));
+        assert!(!restarted(5, 100, &answer(9, 100)));
         // First contact: nothing to compare.
-        assert!(!restarted(None, 0, &answer(9, 200)));
-        assert!(!restarted(Some(0), 0, &answer(9, 200)));
+        assert!(!restarted(0, 0, &answer(9, 200)));
         // Servers without boot ids: only a newest below the cursor tells.
-        assert!(restarted(Some(5), 0, &answer(3, 0)));
-        assert!(!restarted(Some(5), 0, &answer(9, 0)));
+        assert!(restarted(5, 0, &answer(3, 0)));
+        assert!(!restarted(5, 0, &answer(9, 0)));
     }
 
     #[test]

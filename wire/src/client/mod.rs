@@ -651,15 +651,17 @@ impl Client {
     /// answering; detail: the error), `node_up` (it answers again), `node_restarted` (its boot
     /// id changed: it is read from its first event again) and `events_missed` (a node dropped
     /// events before they were read). `from_start`: begin with every event the nodes still
-    /// hold, else with what happens from now on. The polling task ends when the receiver is
-    /// dropped.
+    /// hold, else with the events stamped (by the nodes' clocks) from this call on. The
+    /// polling task ends when the receiver is dropped.
     pub fn subscribe_events(
         &self,
         every: Duration,
         from_start: bool,
     ) -> tokio::sync::mpsc::Receiver<Event> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        tokio::spawn(self.clone().events_stream(every, from_start, tx));
+        // "From now" is this call, not when the task first runs or polls.
+        let now_ms = events::unix_ms();
+        tokio::spawn(self.clone().events_stream(every, from_start, now_ms, tx));
         rx
     }
 
