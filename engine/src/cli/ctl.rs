@@ -216,11 +216,16 @@ pub enum NodeCommand {
     /// another of its replicas (the one that has applied the most, then the one leading the
     /// fewest partitions), one partition after
     /// another: before stopping N for a restart or upgrade, so no partition waits an election
-    /// timeout for a new leader. Exit 1 when a partition could not be moved (it stays led by
-    /// N) or N is not in the cluster map.
+    /// timeout for a new leader. Done when a status read after the moves shows every
+    /// partition led by another node (N may win an election back meanwhile: its partitions are
+    /// moved again). Exit 1 when that is not so by `--wait-ms` (a partition stays led by N,
+    /// has no leader, or a shard of N does not answer status), or N is not in the cluster map.
     DrainLeaders {
         /// The node.
         node: u64,
+        /// How long to keep moving and checking, in milliseconds.
+        #[arg(long, default_value_t = 30_000, value_name = "MS")]
+        wait_ms: u64,
     },
 }
 
@@ -559,8 +564,8 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
         }
         CtlCommand::Backup { out: Some(dir), .. } => backup(&client, dir, json).await,
         CtlCommand::Node {
-            command: NodeCommand::DrainLeaders { node },
-        } => drain_leaders(&client, *node, json).await,
+            command: NodeCommand::DrainLeaders { node, wait_ms },
+        } => drain_leaders(&client, *node, Duration::from_millis(*wait_ms), json).await,
         CtlCommand::Events {
             from_start,
             interval_ms,
@@ -619,8 +624,15 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
     }
 }
 
-/// `corum ctl node drain-leaders N`.
-async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, String), CtlError> {
+/// `corum ctl node drain-leaders N`: rounds of (status of every shard; move every partition N
+/// leads) until a status shows N leading nothing, every partition led and every shard of N
+/// answering, or `wait` passes.
+async fn drain_leaders(
+    client: &Client,
+    node: u64,
+    wait: Duration,
+    json: bool,
+) -> Result<(u8, String), CtlError> {
     let map = client.cluster_map();
     if !map
         .partitions
@@ -632,60 +644,94 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
             map.epoch
         )));
     }
-    let status = cluster_status(client).await;
-    let led: Vec<u64> = status
-        .partitions
-        .iter()
-        .copied()
-        .filter(|&p| status.leader_of(p) == Some(node))
-        .collect();
-    // Leaderships per node, so equally caught-up targets share the moved ones.
-    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
-    for &p in &status.partitions {
-        if let Some(l) = status.leader_of(p) {
-            *leads.entry(l).or_default() += 1;
-        }
-    }
+    let deadline = tokio::time::Instant::now() + wait;
     let mut moved = Vec::new();
-    let mut failed = Vec::new();
-    for p in led {
-        // The other replicas that answered: the most caught-up first, then the one leading
-        // the fewest partitions.
-        let mut candidates: Vec<(u64, u64)> = status
-            .replicas_applied(p)
-            .into_iter()
-            .filter(|&(n, _)| n != node)
+    // Why the last round was not done: per partition, and for the node as a whole.
+    let mut failed: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut problems: Vec<String> = Vec::new();
+    loop {
+        failed.clear();
+        problems.clear();
+        let status = cluster_status(client).await;
+        // Without N's status nobody can tell whether N still leads something.
+        for s in status.shards.iter().filter(|s| s.node == node) {
+            if let Err(e) = &s.status {
+                problems.push(format!("no status from node {node} shard {}: {e}", s.shard));
+            }
+        }
+        for &p in &status.partitions {
+            if status.leader_of(p).is_none() {
+                failed
+                    .entry(p)
+                    .or_default()
+                    .push("no replica says it leads".into());
+            }
+        }
+        let led: Vec<u64> = status
+            .partitions
+            .iter()
+            .copied()
+            .filter(|&p| status.leader_of(p) == Some(node))
             .collect();
-        candidates.sort_by_key(|&(n, applied)| {
-            (
-                std::cmp::Reverse(applied),
-                leads.get(&n).copied().unwrap_or(0),
-                n,
-            )
-        });
-        let mut errors = Vec::new();
-        let mut done = None;
-        for (to, _) in candidates {
-            match client.transfer_leader(p, to).await {
-                Ok(r) => {
-                    *leads.entry(r.leader_node).or_default() += 1;
-                    done = Some(r);
-                    break;
-                }
-                Err(e) => errors.push(format!("to node {to}: {e}")),
+        if led.is_empty() && failed.is_empty() && problems.is_empty() {
+            break;
+        }
+        // Leaderships per node, so equally caught-up targets share the moved ones.
+        let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+        for &p in &status.partitions {
+            if let Some(l) = status.leader_of(p) {
+                *leads.entry(l).or_default() += 1;
             }
         }
-        match done {
-            Some(r) => moved.push(r),
-            None => {
-                if errors.is_empty() {
-                    errors.push("no other replica answered status".into());
+        for p in led {
+            // The other replicas that answered: the most caught-up first, then the one leading
+            // the fewest partitions.
+            let mut candidates: Vec<(u64, u64)> = status
+                .replicas_applied(p)
+                .into_iter()
+                .filter(|&(n, _)| n != node)
+                .collect();
+            candidates.sort_by_key(|&(n, applied)| {
+                (
+                    std::cmp::Reverse(applied),
+                    leads.get(&n).copied().unwrap_or(0),
+                    n,
+                )
+            });
+            let mut errors = Vec::new();
+            let mut done = None;
+            for (to, _) in candidates {
+                match client.transfer_leader(p, to).await {
+                    Ok(r) => {
+                        *leads.entry(r.leader_node).or_default() += 1;
+                        done = Some(r);
+                        break;
+                    }
+                    Err(e) => errors.push(format!("to node {to}: {e}")),
                 }
-                failed.push((p, errors));
+            }
+            match done {
+                Some(r) => moved.push(r),
+                None => {
+                    if errors.is_empty() {
+                        errors.push("no other replica answered status".into());
+                    }
+                    failed.entry(p).or_default().extend(errors);
+                }
             }
         }
+        // The moves are checked by the next round's status, which also catches N winning an
+        // election back.
+        if tokio::time::Instant::now() >= deadline {
+            problems.push(format!(
+                "not drained within {wait:?} (--wait-ms): no status read after the last move \
+                 showed it"
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let code = if failed.is_empty() {
+    let code = if failed.is_empty() && problems.is_empty() {
         EXIT_OK
     } else {
         EXIT_FAILED
@@ -698,6 +744,7 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
             })).collect::<Vec<_>>(),
             "failed": failed.iter().map(|(p, e)| json!({"partition": p, "errors": e}))
                 .collect::<Vec<_>>(),
+            "problems": problems,
         })
         .to_string()
     } else {
@@ -714,6 +761,9 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
         }
         for (p, e) in &failed {
             lines.push(format!("partition {p}: NOT MOVED: {}", e.join("; ")));
+        }
+        for e in &problems {
+            lines.push(format!("NOT DRAINED: {e}"));
         }
         lines.join("\n")
     };
@@ -786,6 +836,7 @@ async fn backup(
         map_epoch: map.epoch,
         ranges: backup::manifest_ranges(&map.ranges),
         partitions,
+        backup_id: backup::new_backup_id(),
     };
     backup::write_manifest(dir, &manifest)?;
     // What was written is what verify reads: check it before saying it is done.
@@ -798,12 +849,14 @@ async fn backup(
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": manifest.map_epoch,
+            "backup_id": manifest.backup_id,
             "seconds": secs,
         })
         .to_string()
     } else {
         format!(
-            "backup of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            "backup {} of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            manifest.backup_id,
             report.partitions,
             report.keys,
             report.bytes,
@@ -825,6 +878,7 @@ fn verify_backup(dir: &std::path::Path, json: bool) -> Result<(u8, String), CtlE
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": m.map_epoch,
+            "backup_id": m.backup_id,
             "started_unix_ms": m.started_unix_ms,
             "finished_unix_ms": m.finished_unix_ms,
             "corum_version": m.corum_version,
@@ -1190,6 +1244,10 @@ impl ClusterStatus {
         );
         for s in &self.shards {
             let state = match &s.status {
+                // 0: no fdatasync in the window, or a server from before the field.
+                Ok(st) if st.slowest_fsync_us == 0 => {
+                    format!("ok, partitions {:?}, slowest fsync n/a", s.hosts)
+                }
                 Ok(st) => format!(
                     "ok, partitions {:?}, slowest fsync {:.1} ms",
                     s.hosts,

@@ -286,25 +286,47 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
                 .map_err(|e| LocalError::Usage(format!("--restore-from: {e}")))?;
         }
     }
+    // Every node's data first, the configs last: a directory with `corum.toml` files is a
+    // cluster the next `corum local --dir` starts, so it must not hold a node whose restore
+    // failed. On a failed restore the data directories this run created are removed again.
+    let mut created = Vec::new();
     for c in &configs {
-        let node_dir = dir.join(format!("node-{}", c.id));
-        std::fs::create_dir_all(&c.data_dir)
-            .map_err(io(format!("create {}", c.data_dir.display())))?;
+        if !c.data_dir.exists() {
+            created.push(c.data_dir.clone());
+        }
+        let made = std::fs::create_dir_all(&c.data_dir)
+            .map_err(io(format!("create {}", c.data_dir.display())));
+        let restored = made.and_then(|()| match &args.restore_from {
+            None => Ok(()),
+            Some(from) => {
+                let report = crate::backup::restore(from, c).map_err(|e| {
+                    LocalError::Usage(format!("--restore-from: node {}: {e}", c.id))
+                })?;
+                eprintln!(
+                    "corum local: node {}: restored {} partitions ({} keys) from {} (backup {})",
+                    c.id,
+                    report.written.len(),
+                    report.keys,
+                    from.display(),
+                    report.backup_id
+                );
+                Ok(())
+            }
+        });
+        if let Err(e) = restored {
+            for d in &created {
+                if let Err(rm) = std::fs::remove_dir_all(d) {
+                    eprintln!("corum local: cannot remove {}: {rm}", d.display());
+                }
+            }
+            return Err(e);
+        }
+    }
+    for c in &configs {
         let text = toml::to_string(c)
             .map_err(|e| LocalError::Usage(format!("cannot write config: {e}")))?;
-        let path = node_dir.join("corum.toml");
+        let path = dir.join(format!("node-{}", c.id)).join("corum.toml");
         std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
-        if let Some(from) = &args.restore_from {
-            let report = crate::backup::restore(from, c)
-                .map_err(|e| LocalError::Usage(format!("--restore-from: node {}: {e}", c.id)))?;
-            eprintln!(
-                "corum local: node {}: restored {} partitions ({} keys) from {}",
-                c.id,
-                report.written.len(),
-                report.keys,
-                from.display()
-            );
-        }
     }
     Ok((configs, false))
 }

@@ -327,6 +327,18 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
             reason,
         }
     })?;
+    // A restored node names its backup, so an operator can compare the nodes' logs (nothing
+    // checks yet that every node of a cluster came from the same backup).
+    match crate::backup::restored_from(&config.data_dir) {
+        Ok(Some(r)) => tracing::info!(
+            backup_id = r.backup_id,
+            backup_started_unix_ms = r.started_unix_ms,
+            from = %r.from.display(),
+            "data directory restored from a backup"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the restore record"),
+    }
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(shared::NodeShared::new(&config));
