@@ -680,6 +680,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: crate::config::Tuning::default(),
+            tls: None,
         }
     }
 

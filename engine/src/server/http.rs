@@ -1464,6 +1464,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: Default::default(),
+            tls: None,
         }
     }
 

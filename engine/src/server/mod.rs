@@ -162,6 +162,7 @@ pub(crate) mod recover;
 mod requests;
 pub mod shard_core;
 pub mod shared;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -183,6 +184,9 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// A socket, file or thread operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -330,6 +334,9 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(shared::NodeShared::new(&config));
+    if let Some(files) = &config.tls {
+        shared.set_tls(Arc::new(tls::NodeTls::load(files, config.id)?));
+    }
     // Before the shards, so `/health` answers while they recover (and a taken port fails the
     // start at once). Dropped (stopped) on any start failure below.
     let metrics = match config.metrics_addr {
