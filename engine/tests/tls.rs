@@ -369,7 +369,7 @@ fn a_node_certificate_must_name_its_node() {
     };
     engine::cli::certs::generate(&pki.dir, &[1, 2]).unwrap();
     let (cert, key) = pki.node(2);
-    let port = base_port(9);
+    let port = base_port(9) + 10;
     let mut cmd = std::process::Command::new(CORUM);
     cmd.arg("serve")
         .args(["--id", "1", "--shards", "1"])
@@ -397,4 +397,61 @@ fn a_node_certificate_must_name_its_node() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(text.contains("does not name node-1"), "{text}");
+}
+
+/// SIGHUP reloads the TLS files: new connections get the new certificate, the node keeps
+/// running; files that do not load are refused with a log line and the previous certificates
+/// stay.
+#[test]
+fn sighup_reloads_the_certificates_without_dropping_the_node() {
+    let _serial = serial();
+    let dir = test_dir("tls-sighup");
+    let mut cluster = Cluster::start_with(&dir, 1, 1, 2, base_port(9), "", &["--tls"]);
+    let e = cluster.endpoints();
+    let ours = Pki {
+        dir: cluster.dir.join("tls"),
+    };
+    let other = Pki {
+        dir: dir.join("other-pki"),
+    };
+    engine::cli::certs::generate(&other.dir, &[1]).unwrap();
+    let o = ctl_tls(&e, &ours.ca(), None, &["put", "k", "v"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // New files in place: nothing changes until SIGHUP.
+    let (cert, key) = ours.node(1);
+    std::fs::copy(other.node(1).0, &cert).unwrap();
+    std::fs::copy(other.node(1).1, &key).unwrap();
+    let o = ctl_tls(&e, &ours.ca(), None, &["get", "k"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let pid = cluster.pid(1);
+    signal(pid, libc::SIGHUP);
+    wait_log(
+        &cluster,
+        1,
+        &["TLS certificates reloaded"],
+        "the reload's log line",
+    );
+    let o = ctl_tls(&e, &ours.ca(), None, &["--timeout-ms", "1000", "get", "k"]);
+    assert!(!o.status.success(), "the old certificate is still served");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid peer certificate"));
+    let o = ctl_tls(&e, &other.ca(), None, &["get", "k"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(stdout(&o), "v");
+
+    // A broken file: refused, the node keeps the certificate it has.
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    signal(pid, libc::SIGHUP);
+    wait_log(
+        &cluster,
+        1,
+        &["TLS reload refused"],
+        "the refused reload's log line",
+    );
+    let o = ctl_tls(&e, &other.ca(), None, &["get", "k"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(pid_alive(pid), "the node died");
+    assert_eq!(cluster.pid(1), pid);
+    cluster.stop();
 }

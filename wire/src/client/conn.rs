@@ -85,7 +85,7 @@ impl Connection {
         let stream = TcpStream::connect(endpoint).await?;
         stream.set_nodelay(true)?;
         let stream = match tls {
-            Some(t) => Halves::Tls(t.connect(endpoint, stream).await?),
+            Some(t) => Halves::Tls(Box::new(t.connect(endpoint, stream).await?)),
             None => Halves::Plain(stream),
         };
         Self::start(endpoint, stream, limits, queue_max, batch_requests_max)
@@ -149,7 +149,7 @@ impl Connection {
 /// lock between the halves; a TLS stream splits with `tokio::io::split`.
 enum Halves {
     Plain(TcpStream),
-    Tls(tokio_rustls::client::TlsStream<TcpStream>),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// The first bytes of a TLS alert record (content type 21, version 3.x): what a TLS server
