@@ -267,6 +267,32 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_fill_the_tls_table() {
+        let args = ServeArgs {
+            cert: Some("/etc/corum/n1.pem".into()),
+            key: Some("/etc/corum/n1-key.pem".into()),
+            ca: Some("/etc/corum/ca.pem".into()),
+            ..flags()
+        };
+        let c = build_config(&args, 1).unwrap();
+        let tls = c.tls.clone().expect("tls");
+        assert_eq!(tls.cert, PathBuf::from("/etc/corum/n1.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/corum/n1-key.pem"));
+        assert_eq!(tls.ca, PathBuf::from("/etc/corum/ca.pem"));
+        // The config file corum local writes carries it.
+        let back: NodeConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(build_config(&flags(), 1).unwrap().tls.is_none());
+        // All three or none.
+        let args = ServeArgs {
+            cert: Some("/etc/corum/n1.pem".into()),
+            ..flags()
+        };
+        let e = build_config(&args, 1).unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
+    }
+
+    #[test]
     fn missing_and_invalid_settings_are_reported() {
         let args = ServeArgs {
             id: None,

@@ -135,3 +135,49 @@ pub async fn accept_client(
     s.get_ref().0.set_read_timeout(None)?;
     Ok(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::certs::{node_files, TestCa};
+    use rustls::pki_types::pem::PemObject;
+
+    fn der(pem: &str) -> Vec<CertificateDer<'static>> {
+        vec![CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()]
+    }
+
+    #[test]
+    fn a_peer_certificate_must_name_the_node() {
+        let ca = TestCa::new("test CA").unwrap();
+        let (node2, _) = ca.issue_node(2).unwrap();
+        let (client, _) = ca.issue("client", &["client"]).unwrap();
+        check_peer_identity(&der(&node2), 2).unwrap();
+        let e = check_peer_identity(&der(&node2), 3).unwrap_err();
+        assert!(e.contains("does not name node-3"), "{e}");
+        // node-2 is not node-20 or node-2x: the name is matched whole.
+        assert!(check_peer_identity(&der(&node2), 20).is_err());
+        assert!(check_peer_identity(&der(&client), 2).is_err());
+        assert!(check_peer_identity(&[], 2).is_err());
+    }
+
+    #[test]
+    fn load_refuses_a_certificate_of_another_node_and_a_foreign_key() {
+        let dir = std::env::temp_dir().join(format!("corum-tls-load-{}", std::process::id()));
+        crate::cli::certs::generate(&dir, &[1, 2]).unwrap();
+        let (cert1, key1) = node_files(&dir, 1);
+        let (cert2, key2) = node_files(&dir, 2);
+        let files = |cert: &std::path::Path, key: &std::path::Path| TlsFiles {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: dir.join("ca.pem"),
+        };
+        NodeTls::load(&files(&cert1, &key1), 1).unwrap();
+        let e = NodeTls::load(&files(&cert2, &key2), 1).unwrap_err();
+        assert!(e.to_string().contains("does not name node-1"), "{e}");
+        let e = NodeTls::load(&files(&cert1, &key2), 1).unwrap_err();
+        assert!(matches!(e, TlsError::Refused(_)), "{e}");
+        let e = NodeTls::load(&files(&cert1, &dir.join("missing.pem")), 1).unwrap_err();
+        assert!(matches!(e, TlsError::File { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
