@@ -28,7 +28,7 @@
 //! metrics_addr = "127.0.0.1:9101"
 //! [tuning]
 //! tick_ms = 10
-//! [tls]            # optional: TLS on the client and peer ports (`server::tls`)
+//! [tls]            # optional: TLS on the client, peer and operations ports (`server::tls`)
 //! cert = "/etc/corum/node-1.pem"
 //! key = "/etc/corum/node-1-key.pem"
 //! ca = "/etc/corum/ca.pem"
@@ -125,7 +125,7 @@ pub struct NodeConfig {
     /// Timing, limits and sizes.
     #[serde(default)]
     pub tuning: Tuning,
-    /// TLS on the client and peer ports (`server::tls` docs). None: plaintext.
+    /// TLS on the client, peer and operations ports (`server::tls` docs). None: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsFiles>,
 }

@@ -164,6 +164,25 @@ async fn refused(
     (local, how)
 }
 
+/// GET `path` over HTTPS from `addr`, trusting `ca`: the whole answer.
+fn https_get(addr: &str, ca: &Path, path: &str) -> String {
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(load_roots(ca).unwrap())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let session = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = rustls::StreamOwned::new(session, tcp);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    std::io::Write::write_all(&mut s, req.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 struct Pki {
     dir: PathBuf,
 }
@@ -339,6 +358,33 @@ fn a_tls_cluster_serves_ctl_and_refuses_plaintext_foreign_certificates_and_impos
         "the refusal of a client certificate on the peer port",
     );
     assert!(line.contains("does not name node-2"), "{line}");
+
+    // The operations port serves HTTPS with the client port's certificate; plain HTTP is
+    // refused and logged.
+    let metrics = cluster.info["nodes"][0]["metrics_addr"]
+        .as_str()
+        .expect("metrics_addr")
+        .to_owned();
+    let answer = https_get(&metrics, &ours.ca(), "/health");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut plain = std::net::TcpStream::connect(&metrics).unwrap();
+    let local = plain.local_addr().unwrap().to_string();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut plain, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut got);
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "plain HTTP answered on a TLS port"
+    );
+    wait_log(
+        &cluster,
+        1,
+        &["TLS handshake failed on the metrics port", &local],
+        "the metrics port's refusal",
+    );
 
     // The cluster goes on: writes through every node's leader, reads back.
     for i in 0..20 {

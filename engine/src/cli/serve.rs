@@ -59,7 +59,7 @@ pub struct ServeArgs {
     /// own) [default: not served].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
-    /// TLS on the client and peer ports: this node's certificate chain (PEM). It must name
+    /// TLS on the client, peer and operations ports: this node's certificate chain (PEM). It must name
     /// the DNS name node-<id>. With --key and --ca [default: plaintext].
     #[arg(long, value_name = "FILE")]
     pub cert: Option<PathBuf>,

@@ -6,6 +6,9 @@
 //! certificate chain and key, and the cluster CA. All three or none; without them every port
 //! is plaintext.
 //!
+//! The operations HTTP port (`/metrics`, `/health`, `/ready`) serves HTTPS with the client
+//! port's settings when TLS is on.
+//!
 //! # Identities
 //! A node's certificate must carry the DNS subject alternative name **`node-<id>`** (its own
 //! id), checked when the node starts. Clients check the host they dial (an IP address or DNS
@@ -43,6 +46,8 @@ pub fn node_name(id: u64) -> String {
 pub struct NodeTls {
     /// The client port: optional client certificates, verified when presented.
     pub client: TlsAcceptor,
+    /// The same settings for the operations HTTP port (a blocking rustls server there).
+    pub http: Arc<rustls::ServerConfig>,
     /// The peer port: a client certificate from the CA is required.
     pub peer_accept: TlsAcceptor,
     /// Outgoing peer connections: checks `node-<to>`, presents this node's certificate.
@@ -81,15 +86,16 @@ impl NodeTls {
             };
             b.build().map_err(|e| TlsError::Refused(e.to_string()))
         };
-        let server = |optional: bool| -> Result<TlsAcceptor, TlsError> {
+        let server = |optional: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
             let config = rustls::ServerConfig::builder_with_provider(provider())
                 .with_safe_default_protocol_versions()
                 .map_err(refused)?
                 .with_client_cert_verifier(verifier(optional)?)
                 .with_single_cert(chain.clone(), key.clone_key())
                 .map_err(refused)?;
-            Ok(TlsAcceptor::from(Arc::new(config)))
+            Ok(Arc::new(config))
         };
+        let client = server(true)?;
         let connect = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(refused)?
@@ -97,8 +103,9 @@ impl NodeTls {
             .with_client_auth_cert(chain.clone(), key.clone_key())
             .map_err(refused)?;
         Ok(NodeTls {
-            client: server(true)?,
-            peer_accept: server(false)?,
+            client: TlsAcceptor::from(client.clone()),
+            http: client,
+            peer_accept: TlsAcceptor::from(server(false)?),
             peer_connect: TlsConnector::from(Arc::new(connect)),
         })
     }
