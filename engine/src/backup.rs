@@ -748,6 +748,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: crate::config::Tuning::default(),
+            tls: None,
         }
     }
 

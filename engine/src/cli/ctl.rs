@@ -17,7 +17,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::meta::META_PARTITION;
 use serde_json::{json, Value};
-use wire::client::{Client, ClientConfig, ClientError, RangeOptions};
+use wire::client::{Client, ClientConfig, ClientError, RangeOptions, TlsClientConfig};
 use wire::messages::{
     Compare, CompareOp, CompareTarget, Consistency, KeyValue, NodeStatus, Put, Txn, TxnOp,
     TxnOpResult, TxnResult,
@@ -44,6 +44,15 @@ pub struct CtlArgs {
     /// Deadline of each request, retries included, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub timeout_ms: u64,
+    /// Connect with TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, env = "CORUM_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate to present under TLS (PEM; with --key and --cacert).
+    #[arg(long, env = "CORUM_CERT", value_name = "FILE", requires_all = ["key", "cacert"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Key of the client certificate (PEM; with --cert).
+    #[arg(long, env = "CORUM_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -306,10 +315,42 @@ pub fn run(args: CtlArgs) -> u8 {
 
 /// Connects with the given endpoints and per-request deadline.
 pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+    connect_with(endpoints, timeout, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given.
+pub async fn connect_with(
+    endpoints: &[String],
+    timeout: Duration,
+    tls: Option<TlsClientConfig>,
+) -> Result<Client, ClientError> {
     let mut config = ClientConfig::new(endpoints.to_vec());
     config.request_timeout = timeout;
     config.connect_timeout = timeout.min(Duration::from_secs(1));
+    config.tls = tls;
     Client::connect(config).await
+}
+
+/// The TLS settings the flags ask for (`--cacert`, `--cert`, `--key`); None: plaintext.
+pub fn tls_from_flags(
+    cacert: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<TlsClientConfig>, String> {
+    let Some(ca) = cacert else {
+        return match cert.or(key) {
+            Some(_) => Err("--cert and --key need --cacert (the CA of the servers)".into()),
+            None => Ok(None),
+        };
+    };
+    let cert_key = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    TlsClientConfig::from_pem_files(ca, cert_key)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs one command; returns the exit code and what to print on stdout.
@@ -335,7 +376,13 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
         }
         _ => None,
     };
-    let client = connect(&args.endpoints, Duration::from_millis(args.timeout_ms)).await?;
+    let tls = tls_from_flags(
+        args.cacert.as_deref(),
+        args.cert.as_deref(),
+        args.key.as_deref(),
+    )
+    .map_err(CtlError::Usage)?;
+    let client = connect_with(&args.endpoints, Duration::from_millis(args.timeout_ms), tls).await?;
     let json = args.json;
     let b = |s: &str| Bytes::from(parse_bytes(s));
     match &args.command {

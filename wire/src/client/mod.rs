@@ -87,6 +87,7 @@
 mod conn;
 pub mod events;
 mod route;
+pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -109,6 +110,7 @@ pub use conn::ConnError;
 use conn::Connection;
 pub use route::ReadPreference;
 use route::{Spread, Target};
+pub use tls::{TlsClientConfig, TlsError};
 
 /// Client settings. Every limit has a default.
 #[derive(Debug, Clone)]
@@ -135,6 +137,8 @@ pub struct ClientConfig {
     /// Which replicas serve `Follower` and `Stale` reads (gets and ranges); see "Routing" in
     /// the module docs. Default [`ReadPreference::Followers`].
     pub read_preference: ReadPreference,
+    /// TLS to every endpoint ([`tls`] module docs). Default `None`: plain TCP.
+    pub tls: Option<TlsClientConfig>,
 }
 
 impl ClientConfig {
@@ -151,6 +155,7 @@ impl ClientConfig {
             batch_requests_max: 256,
             range_keys_default: 1000,
             read_preference: ReadPreference::default(),
+            tls: None,
         }
     }
 }
@@ -1212,6 +1217,7 @@ impl Client {
             cfg.connect_timeout,
             Connection::connect(
                 endpoint,
+                cfg.tls.as_ref(),
                 cfg.limits,
                 cfg.queue_requests_max,
                 cfg.batch_requests_max,
