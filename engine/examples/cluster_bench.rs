@@ -83,6 +83,7 @@ fn main() {
             pin: false,
             metrics_addr: None,
             tuning: Tuning::default(),
+            tls: None,
         };
         seeds.push(cfg.client_addr.to_string());
         handles.push(server::start(cfg).expect("node starts"));

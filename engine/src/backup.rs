@@ -110,6 +110,55 @@ pub struct Manifest {
     pub ranges: Vec<ManifestRange>,
     /// Every data partition of the map, ascending.
     pub partitions: Vec<ManifestPartition>,
+    /// Names this backup ([`new_backup_id`]); [`restore`] records it in the node's
+    /// [`RESTORED`] file, so the nodes of a restored cluster can be checked to come from the
+    /// same backup. 0 in manifests written before the field.
+    #[serde(default)]
+    pub backup_id: u64,
+}
+
+/// A new backup's id: 64 bits from the standard library's randomly seeded hasher (the OS's
+/// entropy, without another crate), mixed with the time; never 0.
+pub fn new_backup_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
+}
+
+/// The file [`restore`] leaves in a restored node's data directory: which backup the node
+/// came from (JSON: `backup_id`, the backup's `started_unix_ms` and `map_epoch`, and the
+/// directory restored from). `corum serve` logs it at start.
+pub const RESTORED: &str = "RESTORED";
+
+/// [`RESTORED`]'s content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredFrom {
+    /// The manifest's `backup_id` (0: a backup from before backup ids).
+    pub backup_id: u64,
+    /// When the backup started, Unix milliseconds.
+    pub started_unix_ms: u64,
+    /// The backed-up cluster's map epoch.
+    pub map_epoch: u64,
+    /// The backup directory restored from.
+    pub from: PathBuf,
+}
+
+/// The backup `data_dir` was restored from, if it was ([`RESTORED`]).
+pub fn restored_from(data_dir: &Path) -> Result<Option<RestoredFrom>, String> {
+    let path = data_dir.join(RESTORED);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
 /// Why a backup cannot be written, verified or restored. Every variant names the file, and
@@ -541,6 +590,8 @@ pub struct RestoreReport {
     pub written: Vec<(u64, usize, PathBuf)>,
     /// Keys in them.
     pub keys: u64,
+    /// The backup's id (the manifest's `backup_id`), recorded in [`RESTORED`].
+    pub backup_id: u64,
 }
 
 /// Restores the backup in `from` into `config.data_dir` (module docs, "Restore"). Refuses a
@@ -586,6 +637,7 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<RestoreReport, Backup
     let mut report = RestoreReport {
         written: Vec::new(),
         keys: 0,
+        backup_id: m.backup_id,
     };
     for (shard, p, voters) in hosted {
         let dir = crate::server::shard_dir(config, shard).join("snapshots");
@@ -602,6 +654,19 @@ pub fn restore(from: &Path, config: &NodeConfig) -> Result<RestoreReport, Backup
         report.keys += entry.keys;
         report.written.push((p, shard, path));
     }
+    // Which backup this node came from, durable before the marker goes.
+    let restored = config.data_dir.join(RESTORED);
+    let record = RestoredFrom {
+        backup_id: m.backup_id,
+        started_unix_ms: m.started_unix_ms,
+        map_epoch: m.map_epoch,
+        from: from.to_owned(),
+    };
+    let json =
+        serde_json::to_vec_pretty(&record).map_err(|e| BackupError::Refused(e.to_string()))?;
+    File::create(&restored)
+        .and_then(|mut f| f.write_all(&json).and_then(|()| f.sync_all()))
+        .map_err(io_err("write", &restored))?;
     fs::remove_file(&marker).map_err(io_err("remove", &marker))?;
     fsync_dir(&config.data_dir)?;
     Ok(report)
@@ -661,6 +726,7 @@ mod tests {
             map_epoch: 1,
             ranges: manifest_ranges(&map.ranges),
             partitions,
+            backup_id: new_backup_id(),
         };
         write_manifest(dir, &m).expect("manifest");
         m
@@ -682,6 +748,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: crate::config::Tuning::default(),
+            tls: None,
         }
     }
 
@@ -784,10 +851,24 @@ mod tests {
     #[test]
     fn restore_writes_each_hosted_partition_with_the_new_voters() {
         let dir = temp("restore-src");
-        backup(&dir, 4);
+        let m = backup(&dir, 4);
+        assert_ne!(m.backup_id, 0);
+        assert_ne!(m.backup_id, new_backup_id(), "another backup, another id");
         let data = temp("restore-dst");
+        assert_eq!(restored_from(&data), Ok(None));
         let config = node_config(data.clone(), 2, 4);
         let report = restore(&dir, &config).expect("restore");
+        // The node records which backup it came from.
+        assert_eq!(report.backup_id, m.backup_id);
+        let record = restored_from(&data).unwrap().expect("RESTORED");
+        assert_eq!(
+            (
+                record.backup_id,
+                record.started_unix_ms,
+                record.from.as_path()
+            ),
+            (m.backup_id, 1, dir.as_path())
+        );
         let hosted: Vec<u64> = (0..2)
             .flat_map(|s| initial_placement(&config, s))
             .map(|(p, _)| p)

@@ -28,6 +28,10 @@
 //! metrics_addr = "127.0.0.1:9101"
 //! [tuning]
 //! tick_ms = 10
+//! [tls]            # optional: TLS on the client, peer and operations ports (`server::tls`)
+//! cert = "/etc/corum/node-1.pem"
+//! key = "/etc/corum/node-1-key.pem"
+//! ca = "/etc/corum/ca.pem"
 //! ```
 
 use std::collections::BTreeMap;
@@ -121,6 +125,21 @@ pub struct NodeConfig {
     /// Timing, limits and sizes.
     #[serde(default)]
     pub tuning: Tuning,
+    /// TLS on the client, peer and operations ports (`server::tls` docs). None: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+}
+
+/// The files of a node's TLS settings (PEM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The node's certificate chain (end-entity first); it must name `node-<id>`.
+    pub cert: PathBuf,
+    /// The node's private key.
+    pub key: PathBuf,
+    /// The cluster CA: signs every node's certificate and the client certificates accepted.
+    pub ca: PathBuf,
 }
 
 fn partitions_default() -> u32 {
@@ -442,6 +461,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: Tuning::default(),
+            tls: None,
         }
     }
 

@@ -606,6 +606,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: Default::default(),
+            tls: None,
         }
     }
 

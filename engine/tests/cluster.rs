@@ -59,6 +59,7 @@ impl Cluster {
                 pin: false,
                 metrics_addr: None,
                 tuning: tuning.clone(),
+                tls: None,
             })
             .collect();
         let mut c = Cluster {

@@ -25,6 +25,15 @@ struct Args {
     /// Deadline of one corum call, retries included, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     request_timeout_ms: u64,
+    /// Connect to corum with TLS, trusting the CA in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate to present to corum (PEM; with --key and --cacert).
+    #[arg(long, value_name = "FILE", requires_all = ["key", "cacert"])]
+    cert: Option<std::path::PathBuf>,
+    /// Key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -54,6 +63,13 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let mut config = ClientConfig::new(args.endpoints.clone());
     config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+    if let Some(ca) = &args.cacert {
+        let cert_key = args.cert.as_deref().zip(args.key.as_deref());
+        config.tls = Some(
+            wire::client::TlsClientConfig::from_pem_files(ca, cert_key)
+                .map_err(|e| format!("TLS: {e}"))?,
+        );
+    }
     let client = Client::connect(config).await.map_err(|e| {
         format!(
             "cannot fetch the cluster map from {}: {e}",

@@ -1,13 +1,14 @@
 //! The gateway against real etcd clients and a real corum cluster: a 3-node `corum local`
 //! (three `corum` processes, built with `cargo build --release -p engine --bin corum` when
 //! needed, see `loadgen::localcorum`), the gateway served in-process on a random port, and
-//! `etcdctl` 3.4 (installed by `scripts/install-etcd.sh` when missing), the Rust `etcd-client`
-//! crate, python-etcd3 0.12 (`tests/python/etcd3_client.py`, run as a process) and raw
-//! connections driving it. One cluster for the whole file keeps the test short.
+//! `etcdctl` 3.4, the Rust `etcd-client` crate, python-etcd3 0.12
+//! (`tests/python/etcd3_client.py`, run as a process) and raw connections driving it. One
+//! cluster for the whole file keeps the test short.
 //!
-//! python-etcd3 is looked for in the virtualenv `scripts/install-python-etcd3.sh` makes (which
-//! `.ci/run` runs before the tests); without it the python part is skipped, loudly: installing
-//! needs the network, which a test must not assume.
+//! `etcdctl` is looked for on PATH (`scripts/install-etcd.sh` installs it; `.ci/run` runs it
+//! before the tests) and python-etcd3 in the virtualenv `scripts/install-python-etcd3.sh` makes
+//! (also run by `.ci/run`); without one of them its part is skipped, loudly: installing needs
+//! root and the network, which a test must not assume.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -25,29 +26,24 @@ use wire::client::{Client, ClientConfig};
 /// Deadline of every wait in this file.
 const WAIT: Duration = Duration::from_secs(30);
 
-/// `etcdctl` on PATH, installing it with the project's script when it is missing.
-fn etcdctl_path() -> String {
-    let found = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("etcdctl"))
-                .find(|p| p.is_file())
-        })
-    };
-    if let Some(p) = found() {
-        return p.display().to_string();
+/// `etcdctl` on PATH, if it is there. None, after a loud message, if not.
+fn etcdctl_path() -> Option<String> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcdctl"))
+            .find(|p| p.is_file())
+    });
+    if let Some(p) = found {
+        return Some(p.display().to_string());
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-etcd.sh");
-    eprintln!("etcdctl not found; running {}", script.display());
-    let status = std::process::Command::new("bash")
-        .arg(&script)
-        .status()
-        .expect("running scripts/install-etcd.sh");
-    assert!(status.success(), "{} failed: {status}", script.display());
-    found()
-        .expect("etcdctl is on PATH after scripts/install-etcd.sh")
-        .display()
-        .to_string()
+    // Straight to stderr, not eprintln!: the test harness captures the macros' output of a
+    // passing test, and this must be seen.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! SKIPPING the etcdctl checks: no etcdctl on PATH. Run scripts/install-etcd.sh \
+         (as .ci/run does) to run them. !!!!!\n"
+    );
+    None
 }
 
 /// The python of the virtualenv with python-etcd3 that `scripts/install-python-etcd3.sh` makes
@@ -80,7 +76,8 @@ struct Harness {
     corum: LocalCorum,
     client: Client,
     addr: String,
-    etcdctl: String,
+    /// None: not installed, the etcdctl parts are skipped.
+    etcdctl: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -144,7 +141,11 @@ impl Harness {
 
     /// Runs etcdctl (API 3) against the gateway; returns (success, stdout, stderr).
     async fn etcdctl_raw(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-        let mut cmd = tokio::process::Command::new(&self.etcdctl);
+        let etcdctl = self
+            .etcdctl
+            .as_deref()
+            .expect("only called when etcdctl is there");
+        let mut cmd = tokio::process::Command::new(etcdctl);
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.addr))
             .arg("--command-timeout=10s")
@@ -212,18 +213,25 @@ fn lines(s: &str) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_tools_and_libraries_work_through_the_gateway() {
     let h = Harness::start().await;
-    etcdctl_kv(&h).await;
-    etcdctl_txn(&h).await;
-    etcdctl_cluster_and_maintenance(&h).await;
-    etcdctl_refusals(&h).await;
+    let etcdctl = h.etcdctl.is_some();
+    if etcdctl {
+        etcdctl_kv(&h).await;
+        etcdctl_txn(&h).await;
+        etcdctl_cluster_and_maintenance(&h).await;
+        etcdctl_refusals(&h).await;
+    }
     etcd_client_crate(&h).await;
     cross_partition_txn(&h).await;
     python_etcd3_client(&h).await;
     bad_input(&h).await;
-    sort_without_order(&h).await;
+    if etcdctl {
+        sort_without_order(&h).await;
+    }
     many_keys(&h).await;
     // Last: it kills a node.
-    status_with_a_node_down(&h).await;
+    if etcdctl {
+        status_with_a_node_down(&h).await;
+    }
     drop(h.corum);
 }
 
@@ -727,10 +735,12 @@ async fn many_keys(h: &Harness) {
     assert_eq!((r.kvs.len(), r.count, r.more), (N, N as i64, false));
     let r = kv.range(prefix(0, true)).await.unwrap().into_inner();
     assert_eq!((r.kvs.len(), r.count, r.more), (0, N as i64, false));
-    let out = h.etcdctl(&["del", "--prefix", "many/"]).await;
-    assert_eq!(out, format!("{N}\n"));
-    let r = kv.range(prefix(0, true)).await.unwrap().into_inner();
-    assert_eq!(r.count, 0, "nothing is left after del --prefix");
+    if h.etcdctl.is_some() {
+        let out = h.etcdctl(&["del", "--prefix", "many/"]).await;
+        assert_eq!(out, format!("{N}\n"));
+        let r = kv.range(prefix(0, true)).await.unwrap().into_inner();
+        assert_eq!(r.count, 0, "nothing is left after del --prefix");
+    }
 }
 
 /// `etcdctl endpoint status` keeps working with one corum node down (it asks every node and

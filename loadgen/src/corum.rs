@@ -34,6 +34,7 @@ use crate::target::{Connection, Consistency, OpError, Target, TargetError, Versi
 pub struct CorumTarget {
     endpoints: Vec<String>,
     request_timeout: Duration,
+    tls: Option<wire::client::TlsClientConfig>,
 }
 
 impl CorumTarget {
@@ -58,12 +59,19 @@ impl CorumTarget {
         Ok(CorumTarget {
             endpoints,
             request_timeout: Duration::from_secs(10),
+            tls: None,
         })
     }
 
     /// Sets the client's deadline for one call, retries included.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Connects over TLS (`wire::client::tls`).
+    pub fn with_tls(mut self, tls: Option<wire::client::TlsClientConfig>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -80,6 +88,7 @@ impl CorumTarget {
             .collect();
         let mut cfg = ClientConfig::new(seeds);
         cfg.request_timeout = self.request_timeout;
+        cfg.tls = self.tls.clone();
         cfg
     }
 }

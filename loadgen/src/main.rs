@@ -125,6 +125,15 @@ struct RunArgs {
     /// the cluster's own processes are measured.
     #[arg(long, value_delimiter = ',')]
     server_pids: Vec<u32>,
+    /// `--target corum --endpoints`: connect with TLS, trusting the CA in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate to present under TLS (PEM; with --key).
+    #[arg(long, value_name = "FILE", requires_all = ["key", "cacert"])]
+    cert: Option<std::path::PathBuf>,
+    /// Key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -381,8 +390,19 @@ async fn cmd_run(a: RunArgs, command: &str) -> Result<(), CliError> {
                     "--target corum needs --endpoints or --local".into(),
                 ));
             }
-            let target =
-                CorumTarget::new(a.endpoints.clone())?.with_request_timeout(cfg.op_timeout);
+            let tls = match &a.cacert {
+                None => None,
+                Some(ca) => {
+                    let cert_key = a.cert.as_deref().zip(a.key.as_deref());
+                    Some(
+                        wire::client::TlsClientConfig::from_pem_files(ca, cert_key)
+                            .map_err(|e| CliError::Usage(format!("TLS: {e}")))?,
+                    )
+                }
+            };
+            let target = CorumTarget::new(a.endpoints.clone())?
+                .with_request_timeout(cfg.op_timeout)
+                .with_tls(tls);
             run(&target, &cfg).await?
         }
         TargetKind::Mem if a.local || !a.endpoints.is_empty() => {

@@ -496,6 +496,9 @@ pub struct EventsResult {
     pub oldest: u64,
     /// The newest it assigned (0: none).
     pub newest: u64,
+    /// Differs on every start of the node (0: a server from before this field); sequence
+    /// numbers are per boot.
+    pub boot_id: u64,
 }
 
 /// One chunk of a partition's copy: bytes `offset..offset + data.len()` of a snapshot file
@@ -1188,6 +1191,7 @@ fn enc_outcome(
                     events,
                     oldest: r.oldest,
                     newest: r.newest,
+                    boot_id: r.boot_id,
                 },
             );
             (fb::Outcome::EventsResult, t.as_union_value())
@@ -1747,6 +1751,7 @@ fn dec_outcome(cx: &Ctx<'_>, r: &fb::Response<'_>) -> Result<Outcome, DecodeErro
                 events,
                 oldest: t.oldest(),
                 newest: t.newest(),
+                boot_id: t.boot_id(),
             })
         }
         fb::Outcome::BackupResult => {

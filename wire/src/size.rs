@@ -380,6 +380,7 @@ mod tests {
                     .collect(),
                 oldest: u64::MAX,
                 newest: u64::MAX,
+                boot_id: u64::MAX,
             },
         ))));
         // Each alone, then all together.

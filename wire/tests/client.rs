@@ -1456,3 +1456,98 @@ async fn concurrent_large_puts_are_packed_into_frames_under_the_limit() {
     );
     assert_eq!(fake.data_requests().len(), 5, "sent anyway");
 }
+
+// ---- backups -----------------------------------------------------------------------------------
+
+/// A backup chunk of partition 1: `total` bytes of copy `index` (each byte is the index), the
+/// part `offset..offset + len`.
+fn chunk_of(index: u64, total: u64, offset: u64, len: u64) -> Action {
+    Action::Reply(Ok(Outcome::Backup(BackupChunk {
+        partition: 1,
+        index,
+        term: 3,
+        revision: index * 10,
+        total_bytes: total,
+        offset,
+        data: Bytes::from(vec![index as u8; len as usize]),
+    })))
+}
+
+/// The node that held a copy dropped it between two chunks (`BACKUP_COPY_GONE`): the client
+/// takes a new copy and fetches that one from its start; any other `InvalidArgument` ends the
+/// backup at once.
+#[tokio::test]
+async fn a_backup_copy_gone_between_chunks_is_taken_again() {
+    let map = shared_map();
+    let m = map.clone();
+    let copies = Arc::new(AtomicUsize::new(0));
+    let c = copies.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            // The first copy (index 10) is dropped after its first chunk; the second (index 11)
+            // is served whole, 4 bytes a chunk.
+            Op::Backup {
+                index: 0,
+                offset: 0,
+                ..
+            } => {
+                let n = c.fetch_add(1, Ordering::SeqCst) as u64;
+                chunk_of(10 + n, 10, 0, 4)
+            }
+            Op::Backup { index: 10, .. } => Action::Reply(Err(ServerError::InvalidArgument {
+                reason: format!(
+                    "{} partition 1 holds no backup copy at index 10",
+                    client::BACKUP_COPY_GONE
+                ),
+            })),
+            Op::Backup {
+                index: 11, offset, ..
+            } => chunk_of(11, 10, *offset, (10 - offset).min(4)),
+            _ => Action::Reply(Err(ServerError::InvalidArgument {
+                reason: "unexpected".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let copy = client.backup_partition(1).await.expect("a whole copy");
+    assert_eq!((copy.index, copy.revision), (11, 110));
+    assert_eq!(copy.data, Bytes::from(vec![11u8; 10]));
+    let asked: Vec<(u64, u64)> = fake
+        .data_requests()
+        .iter()
+        .filter_map(|s| match s.req.op {
+            Op::Backup { index, offset, .. } => Some((index, offset)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![(0, 0), (10, 4), (0, 0), (11, 4), (11, 8)]);
+
+    // Another refusal is not a gone copy: returned, no new copy taken.
+    let map = shared_map();
+    let m = map.clone();
+    let fake = Fake::start(
+        1,
+        Box::new(move |_, req| match &req.op {
+            Op::ClusterMap => Action::Reply(Ok(Outcome::ClusterMap(m.lock().unwrap().clone()))),
+            Op::Backup { index: 0, .. } => chunk_of(10, 10, 0, 4),
+            _ => Action::Reply(Err(ServerError::InvalidArgument {
+                reason: "offset 4 is past the end".into(),
+            })),
+        }),
+    )
+    .await;
+    *map.lock().unwrap() = map_of(1, &fake.endpoints, &[1]);
+    let client = Client::connect(config(&fake)).await.unwrap();
+    let err = client.backup_partition(1).await.expect_err("refused");
+    assert!(err.to_string().contains("past the end"), "{err}");
+    let backups = fake
+        .data_requests()
+        .iter()
+        .filter(|s| matches!(s.req.op, Op::Backup { .. }))
+        .count();
+    assert_eq!(backups, 2, "one copy taken, one chunk refused");
+}

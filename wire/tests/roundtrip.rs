@@ -165,6 +165,7 @@ fn every_op_and_peer_kind_round_trips() {
                 }],
                 oldest: 1,
                 newest: 13,
+                boot_id: 1_795_849_880_000_000_123,
             })),
         }],
     };

@@ -17,7 +17,7 @@ use clap::{Args, Subcommand, ValueEnum};
 
 use crate::meta::META_PARTITION;
 use serde_json::{json, Value};
-use wire::client::{Client, ClientConfig, ClientError, RangeOptions};
+use wire::client::{Client, ClientConfig, ClientError, RangeOptions, TlsClientConfig};
 use wire::messages::{
     Compare, CompareOp, CompareTarget, Consistency, KeyValue, NodeStatus, Put, Txn, TxnOp,
     TxnOpResult, TxnResult,
@@ -44,6 +44,15 @@ pub struct CtlArgs {
     /// Deadline of each request, retries included, in milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub timeout_ms: u64,
+    /// Connect with TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, env = "CORUM_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate to present under TLS (PEM; with --key and --cacert).
+    #[arg(long, env = "CORUM_CERT", value_name = "FILE", requires_all = ["key", "cacert"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// Key of the client certificate (PEM; with --cert).
+    #[arg(long, env = "CORUM_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -216,11 +225,16 @@ pub enum NodeCommand {
     /// another of its replicas (the one that has applied the most, then the one leading the
     /// fewest partitions), one partition after
     /// another: before stopping N for a restart or upgrade, so no partition waits an election
-    /// timeout for a new leader. Exit 1 when a partition could not be moved (it stays led by
-    /// N) or N is not in the cluster map.
+    /// timeout for a new leader. Done when a status read after the moves shows every
+    /// partition led by another node (N may win an election back meanwhile: its partitions are
+    /// moved again). Exit 1 when that is not so by `--wait-ms` (a partition stays led by N,
+    /// has no leader, or a shard of N does not answer status), or N is not in the cluster map.
     DrainLeaders {
         /// The node.
         node: u64,
+        /// How long to keep moving and checking, in milliseconds.
+        #[arg(long, default_value_t = 30_000, value_name = "MS")]
+        wait_ms: u64,
     },
 }
 
@@ -301,10 +315,42 @@ pub fn run(args: CtlArgs) -> u8 {
 
 /// Connects with the given endpoints and per-request deadline.
 pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Client, ClientError> {
+    connect_with(endpoints, timeout, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given.
+pub async fn connect_with(
+    endpoints: &[String],
+    timeout: Duration,
+    tls: Option<TlsClientConfig>,
+) -> Result<Client, ClientError> {
     let mut config = ClientConfig::new(endpoints.to_vec());
     config.request_timeout = timeout;
     config.connect_timeout = timeout.min(Duration::from_secs(1));
+    config.tls = tls;
     Client::connect(config).await
+}
+
+/// The TLS settings the flags ask for (`--cacert`, `--cert`, `--key`); None: plaintext.
+pub fn tls_from_flags(
+    cacert: Option<&std::path::Path>,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> Result<Option<TlsClientConfig>, String> {
+    let Some(ca) = cacert else {
+        return match cert.or(key) {
+            Some(_) => Err("--cert and --key need --cacert (the CA of the servers)".into()),
+            None => Ok(None),
+        };
+    };
+    let cert_key = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("--cert and --key go together".into()),
+    };
+    TlsClientConfig::from_pem_files(ca, cert_key)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Runs one command; returns the exit code and what to print on stdout.
@@ -330,7 +376,13 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
         }
         _ => None,
     };
-    let client = connect(&args.endpoints, Duration::from_millis(args.timeout_ms)).await?;
+    let tls = tls_from_flags(
+        args.cacert.as_deref(),
+        args.cert.as_deref(),
+        args.key.as_deref(),
+    )
+    .map_err(CtlError::Usage)?;
+    let client = connect_with(&args.endpoints, Duration::from_millis(args.timeout_ms), tls).await?;
     let json = args.json;
     let b = |s: &str| Bytes::from(parse_bytes(s));
     match &args.command {
@@ -559,8 +611,8 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
         }
         CtlCommand::Backup { out: Some(dir), .. } => backup(&client, dir, json).await,
         CtlCommand::Node {
-            command: NodeCommand::DrainLeaders { node },
-        } => drain_leaders(&client, *node, json).await,
+            command: NodeCommand::DrainLeaders { node, wait_ms },
+        } => drain_leaders(&client, *node, Duration::from_millis(*wait_ms), json).await,
         CtlCommand::Events {
             from_start,
             interval_ms,
@@ -619,8 +671,15 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
     }
 }
 
-/// `corum ctl node drain-leaders N`.
-async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, String), CtlError> {
+/// `corum ctl node drain-leaders N`: rounds of (status of every shard; move every partition N
+/// leads) until a status shows N leading nothing, every partition led and every shard of N
+/// answering, or `wait` passes.
+async fn drain_leaders(
+    client: &Client,
+    node: u64,
+    wait: Duration,
+    json: bool,
+) -> Result<(u8, String), CtlError> {
     let map = client.cluster_map();
     if !map
         .partitions
@@ -632,60 +691,94 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
             map.epoch
         )));
     }
-    let status = cluster_status(client).await;
-    let led: Vec<u64> = status
-        .partitions
-        .iter()
-        .copied()
-        .filter(|&p| status.leader_of(p) == Some(node))
-        .collect();
-    // Leaderships per node, so equally caught-up targets share the moved ones.
-    let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
-    for &p in &status.partitions {
-        if let Some(l) = status.leader_of(p) {
-            *leads.entry(l).or_default() += 1;
-        }
-    }
+    let deadline = tokio::time::Instant::now() + wait;
     let mut moved = Vec::new();
-    let mut failed = Vec::new();
-    for p in led {
-        // The other replicas that answered: the most caught-up first, then the one leading
-        // the fewest partitions.
-        let mut candidates: Vec<(u64, u64)> = status
-            .replicas_applied(p)
-            .into_iter()
-            .filter(|&(n, _)| n != node)
+    // Why the last round was not done: per partition, and for the node as a whole.
+    let mut failed: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut problems: Vec<String> = Vec::new();
+    loop {
+        failed.clear();
+        problems.clear();
+        let status = cluster_status(client).await;
+        // Without N's status nobody can tell whether N still leads something.
+        for s in status.shards.iter().filter(|s| s.node == node) {
+            if let Err(e) = &s.status {
+                problems.push(format!("no status from node {node} shard {}: {e}", s.shard));
+            }
+        }
+        for &p in &status.partitions {
+            if status.leader_of(p).is_none() {
+                failed
+                    .entry(p)
+                    .or_default()
+                    .push("no replica says it leads".into());
+            }
+        }
+        let led: Vec<u64> = status
+            .partitions
+            .iter()
+            .copied()
+            .filter(|&p| status.leader_of(p) == Some(node))
             .collect();
-        candidates.sort_by_key(|&(n, applied)| {
-            (
-                std::cmp::Reverse(applied),
-                leads.get(&n).copied().unwrap_or(0),
-                n,
-            )
-        });
-        let mut errors = Vec::new();
-        let mut done = None;
-        for (to, _) in candidates {
-            match client.transfer_leader(p, to).await {
-                Ok(r) => {
-                    *leads.entry(r.leader_node).or_default() += 1;
-                    done = Some(r);
-                    break;
-                }
-                Err(e) => errors.push(format!("to node {to}: {e}")),
+        if led.is_empty() && failed.is_empty() && problems.is_empty() {
+            break;
+        }
+        // Leaderships per node, so equally caught-up targets share the moved ones.
+        let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
+        for &p in &status.partitions {
+            if let Some(l) = status.leader_of(p) {
+                *leads.entry(l).or_default() += 1;
             }
         }
-        match done {
-            Some(r) => moved.push(r),
-            None => {
-                if errors.is_empty() {
-                    errors.push("no other replica answered status".into());
+        for p in led {
+            // The other replicas that answered: the most caught-up first, then the one leading
+            // the fewest partitions.
+            let mut candidates: Vec<(u64, u64)> = status
+                .replicas_applied(p)
+                .into_iter()
+                .filter(|&(n, _)| n != node)
+                .collect();
+            candidates.sort_by_key(|&(n, applied)| {
+                (
+                    std::cmp::Reverse(applied),
+                    leads.get(&n).copied().unwrap_or(0),
+                    n,
+                )
+            });
+            let mut errors = Vec::new();
+            let mut done = None;
+            for (to, _) in candidates {
+                match client.transfer_leader(p, to).await {
+                    Ok(r) => {
+                        *leads.entry(r.leader_node).or_default() += 1;
+                        done = Some(r);
+                        break;
+                    }
+                    Err(e) => errors.push(format!("to node {to}: {e}")),
                 }
-                failed.push((p, errors));
+            }
+            match done {
+                Some(r) => moved.push(r),
+                None => {
+                    if errors.is_empty() {
+                        errors.push("no other replica answered status".into());
+                    }
+                    failed.entry(p).or_default().extend(errors);
+                }
             }
         }
+        // The moves are checked by the next round's status, which also catches N winning an
+        // election back.
+        if tokio::time::Instant::now() >= deadline {
+            problems.push(format!(
+                "not drained within {wait:?} (--wait-ms): no status read after the last move \
+                 showed it"
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let code = if failed.is_empty() {
+    let code = if failed.is_empty() && problems.is_empty() {
         EXIT_OK
     } else {
         EXIT_FAILED
@@ -698,6 +791,7 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
             })).collect::<Vec<_>>(),
             "failed": failed.iter().map(|(p, e)| json!({"partition": p, "errors": e}))
                 .collect::<Vec<_>>(),
+            "problems": problems,
         })
         .to_string()
     } else {
@@ -714,6 +808,9 @@ async fn drain_leaders(client: &Client, node: u64, json: bool) -> Result<(u8, St
         }
         for (p, e) in &failed {
             lines.push(format!("partition {p}: NOT MOVED: {}", e.join("; ")));
+        }
+        for e in &problems {
+            lines.push(format!("NOT DRAINED: {e}"));
         }
         lines.join("\n")
     };
@@ -786,6 +883,7 @@ async fn backup(
         map_epoch: map.epoch,
         ranges: backup::manifest_ranges(&map.ranges),
         partitions,
+        backup_id: backup::new_backup_id(),
     };
     backup::write_manifest(dir, &manifest)?;
     // What was written is what verify reads: check it before saying it is done.
@@ -798,12 +896,14 @@ async fn backup(
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": manifest.map_epoch,
+            "backup_id": manifest.backup_id,
             "seconds": secs,
         })
         .to_string()
     } else {
         format!(
-            "backup of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            "backup {} of {} partitions ({} keys, {} bytes) written to {} in {secs:.1} s (map epoch {}); verified",
+            manifest.backup_id,
             report.partitions,
             report.keys,
             report.bytes,
@@ -825,6 +925,7 @@ fn verify_backup(dir: &std::path::Path, json: bool) -> Result<(u8, String), CtlE
             "keys": report.keys,
             "bytes": report.bytes,
             "map_epoch": m.map_epoch,
+            "backup_id": m.backup_id,
             "started_unix_ms": m.started_unix_ms,
             "finished_unix_ms": m.finished_unix_ms,
             "corum_version": m.corum_version,
@@ -1190,6 +1291,10 @@ impl ClusterStatus {
         );
         for s in &self.shards {
             let state = match &s.status {
+                // 0: no fdatasync in the window, or a server from before the field.
+                Ok(st) if st.slowest_fsync_us == 0 => {
+                    format!("ok, partitions {:?}, slowest fsync n/a", s.hosts)
+                }
                 Ok(st) => format!(
                     "ok, partitions {:?}, slowest fsync {:.1} ms",
                     s.hosts,

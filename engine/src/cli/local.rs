@@ -6,6 +6,8 @@
 //! DIR/node-<id>/corum.toml  the node's full config (`corum serve --config` reads it)
 //! DIR/node-<id>/corum.log   the node's stdout and stderr (its tracing log)
 //! DIR/node-<id>/data/       the node's WAL and snapshots
+//! DIR/tls/                  with --tls: ca.pem, client.pem, client-key.pem, node-<id>.pem,
+//!                           node-<id>-key.pem (`super::certs`)
 //! ```
 //! When `DIR/node-1/corum.toml` already exists, `corum local` **restarts that cluster**: it reuses
 //! every node's config (addresses, shards, partitions, tuning) and data, and ignores the layout
@@ -26,8 +28,11 @@
 //!                "peer_addr": "127.0.0.1:7001", "client_endpoints": ["127.0.0.1:7000"],
 //!                "metrics_addr": "127.0.0.1:7006",
 //!                "data_dir": "DIR/node-1/data", "config": "DIR/node-1/corum.toml",
-//!                "log": "DIR/node-1/corum.log" }, ... ] }
+//!                "log": "DIR/node-1/corum.log" }, ... ],
+//!   "tls": null }
 //! ```
+//! With `--tls`, `"tls"` is `{ "ca": "DIR/tls/ca.pem", "cert": "DIR/tls/client.pem",
+//! "key": "DIR/tls/client-key.pem" }`: what `corum ctl --cacert --cert --key` takes.
 //! It is written (atomically, through a rename) once the children are started, with
 //! `"ready": false`, and again with `"ready": true` once every shard of every node answers
 //! Status and every partition has a leader.
@@ -55,7 +60,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE};
-use crate::config::{NodeConfig, Tuning};
+use crate::config::{NodeConfig, TlsFiles, Tuning};
 
 /// Flags of `corum local`.
 #[derive(Debug, Clone, Args)]
@@ -97,6 +102,10 @@ pub struct LocalArgs {
     /// `--dir` already holds a cluster. `--partitions` must be the backup's.
     #[arg(long, value_name = "BACKUP_DIR")]
     pub restore_from: Option<PathBuf>,
+    /// TLS on every client and peer port (peers with mutual TLS): a new test CA, node and
+    /// client certificates are written to DIR/tls/ and listed in cluster.json.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Why `corum local` could not set up the cluster.
@@ -233,6 +242,14 @@ pub fn plan(args: &LocalArgs) -> Result<Vec<NodeConfig>, LocalError> {
             pin: false,
             metrics_addr: *metrics_addr,
             tuning: tuning.clone(),
+            tls: args.tls.then(|| {
+                let (cert, key) = super::certs::node_files(&dir.join("tls"), id);
+                TlsFiles {
+                    cert,
+                    key,
+                    ca: dir.join("tls").join("ca.pem"),
+                }
+            }),
         })
         .collect();
     for c in &configs {
@@ -286,25 +303,52 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
                 .map_err(|e| LocalError::Usage(format!("--restore-from: {e}")))?;
         }
     }
+    // Every node's data first, the configs last: a directory with `corum.toml` files is a
+    // cluster the next `corum local --dir` starts, so it must not hold a node whose restore
+    // failed. On a failed restore the data directories this run created are removed again.
+    let mut created = Vec::new();
     for c in &configs {
-        let node_dir = dir.join(format!("node-{}", c.id));
-        std::fs::create_dir_all(&c.data_dir)
-            .map_err(io(format!("create {}", c.data_dir.display())))?;
+        if !c.data_dir.exists() {
+            created.push(c.data_dir.clone());
+        }
+        let made = std::fs::create_dir_all(&c.data_dir)
+            .map_err(io(format!("create {}", c.data_dir.display())));
+        let restored = made.and_then(|()| match &args.restore_from {
+            None => Ok(()),
+            Some(from) => {
+                let report = crate::backup::restore(from, c).map_err(|e| {
+                    LocalError::Usage(format!("--restore-from: node {}: {e}", c.id))
+                })?;
+                eprintln!(
+                    "corum local: node {}: restored {} partitions ({} keys) from {} (backup {})",
+                    c.id,
+                    report.written.len(),
+                    report.keys,
+                    from.display(),
+                    report.backup_id
+                );
+                Ok(())
+            }
+        });
+        if let Err(e) = restored {
+            for d in &created {
+                if let Err(rm) = std::fs::remove_dir_all(d) {
+                    eprintln!("corum local: cannot remove {}: {rm}", d.display());
+                }
+            }
+            return Err(e);
+        }
+    }
+    if args.tls {
+        let ids: Vec<u64> = configs.iter().map(|c| c.id).collect();
+        super::certs::generate(&dir.join("tls"), &ids)
+            .map_err(|e| LocalError::Usage(format!("--tls: {e}")))?;
+    }
+    for c in &configs {
         let text = toml::to_string(c)
             .map_err(|e| LocalError::Usage(format!("cannot write config: {e}")))?;
-        let path = node_dir.join("corum.toml");
+        let path = dir.join(format!("node-{}", c.id)).join("corum.toml");
         std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
-        if let Some(from) = &args.restore_from {
-            let report = crate::backup::restore(from, c)
-                .map_err(|e| LocalError::Usage(format!("--restore-from: node {}: {e}", c.id)))?;
-            eprintln!(
-                "corum local: node {}: restored {} partitions ({} keys) from {}",
-                c.id,
-                report.written.len(),
-                report.keys,
-                from.display()
-            );
-        }
     }
     Ok((configs, false))
 }
@@ -366,8 +410,35 @@ fn client_endpoints(c: &NodeConfig) -> Vec<String> {
         .collect()
 }
 
+/// The client's TLS files of a cluster whose nodes use `tls`: (CA, client certificate, key),
+/// next to the CA (`super::certs`).
+pub fn client_tls_files(tls: &TlsFiles) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = tls.ca.parent().unwrap_or(Path::new("."));
+    (
+        tls.ca.clone(),
+        dir.join("client.pem"),
+        dir.join("client-key.pem"),
+    )
+}
+
+/// The client TLS settings for the cluster of `config` (None: plaintext).
+fn client_tls(config: &NodeConfig) -> Result<Option<wire::client::TlsClientConfig>, LocalError> {
+    let Some(tls) = &config.tls else {
+        return Ok(None);
+    };
+    let (ca, cert, key) = client_tls_files(tls);
+    let cert_key = (cert.exists() && key.exists()).then_some((cert.as_path(), key.as_path()));
+    wire::client::TlsClientConfig::from_pem_files(&ca, cert_key)
+        .map(Some)
+        .map_err(|e| LocalError::Usage(format!("TLS: {e}")))
+}
+
 fn write_cluster_json(dir: &Path, nodes: &[Node], ready: bool) -> Result<(), LocalError> {
     let first = &nodes[0].config;
+    let tls = first.tls.as_ref().map(|t| {
+        let (ca, cert, key) = client_tls_files(t);
+        json!({ "ca": ca, "cert": cert, "key": key })
+    });
     let endpoints: Vec<String> = nodes
         .iter()
         .map(|n| n.config.client_addr.to_string())
@@ -391,6 +462,7 @@ fn write_cluster_json(dir: &Path, nodes: &[Node], ready: bool) -> Result<(), Loc
             "config": n.config_path,
             "log": n.log_path,
         })).collect::<Vec<_>>(),
+        "tls": tls,
     });
     let tmp = dir.join("cluster.json.tmp");
     let path = dir.join("cluster.json");
@@ -443,8 +515,11 @@ fn stop_all(nodes: &mut [Node], grace: Duration) {
 }
 
 /// Whether every shard of every node answers Status and every partition has a leader.
-async fn cluster_ready(endpoints: &[String]) -> Result<bool, String> {
-    let client = super::ctl::connect(endpoints, Duration::from_millis(500))
+async fn cluster_ready(
+    endpoints: &[String],
+    tls: Option<&wire::client::TlsClientConfig>,
+) -> Result<bool, String> {
+    let client = super::ctl::connect_with(endpoints, Duration::from_millis(500), tls.cloned())
         .await
         .map_err(|e| e.to_string())?;
     let status = super::ctl::cluster_status(&client).await;
@@ -517,7 +592,14 @@ fn run_inner(args: &LocalArgs) -> Result<u8, LocalError> {
         .iter()
         .flat_map(|n| client_endpoints(&n.config))
         .collect();
-    let code = runtime.block_on(supervise(args, &dir, &mut nodes, &endpoints));
+    let tls = match client_tls(&configs[0]) {
+        Ok(t) => t,
+        Err(e) => {
+            stop_all(&mut nodes, Duration::from_millis(args.grace_ms));
+            return Err(e);
+        }
+    };
+    let code = runtime.block_on(supervise(args, &dir, &mut nodes, &endpoints, tls.as_ref()));
     stop_all(&mut nodes, Duration::from_millis(args.grace_ms));
     code
 }
@@ -527,6 +609,7 @@ async fn supervise(
     dir: &Path,
     nodes: &mut [Node],
     endpoints: &[String],
+    tls: Option<&wire::client::TlsClientConfig>,
 ) -> Result<u8, LocalError> {
     use tokio::signal::unix::{signal as unix_signal, SignalKind};
     let mut sigterm =
@@ -574,13 +657,23 @@ async fn supervise(
             return Ok(EXIT_FAILED);
         }
         if !ready {
-            match cluster_ready(endpoints).await {
+            match cluster_ready(endpoints, tls).await {
                 Ok(true) => {
                     ready = true;
                     write_cluster_json(dir, nodes, true)?;
+                    let tls_flags = nodes[0].config.tls.as_ref().map(|t| {
+                        let (ca, cert, key) = client_tls_files(t);
+                        format!(
+                            " --cacert {} --cert {} --key {}",
+                            ca.display(),
+                            cert.display(),
+                            key.display()
+                        )
+                    });
                     println!(
-                        "cluster ready; try: corum ctl --endpoints {} status",
-                        endpoints.join(",")
+                        "cluster ready; try: corum ctl --endpoints {}{} status",
+                        endpoints.join(","),
+                        tls_flags.unwrap_or_default()
                     );
                 }
                 Ok(false) => last_error = "not every partition has a leader yet".into(),
@@ -614,6 +707,7 @@ mod tests {
             grace_ms: 1000,
             no_metrics: false,
             restore_from: None,
+            tls: false,
         }
     }
 

@@ -10,6 +10,7 @@
 //! - `2`: usage error (bad flags, bad config file, bad transaction syntax).
 //! - `3`: `corum doctor` only: a check warned and none failed (see [`doctor`]).
 
+pub mod certs;
 pub mod ctl;
 pub mod doctor;
 pub mod local;

@@ -53,17 +53,19 @@ pub fn run(args: RestoreArgs) -> u8 {
                         "node": config.id,
                         "data_dir": config.data_dir.display().to_string(),
                         "keys": report.keys,
+                        "backup_id": report.backup_id,
                         "partitions": files,
                     })
                 );
             } else {
                 println!(
-                    "node {}: restored {} partitions ({} keys) from {} into {}; start it with \
-                     corum serve and the same configuration",
+                    "node {}: restored {} partitions ({} keys) from {} (backup {}) into {}; \
+                     start it with corum serve and the same configuration",
                     config.id,
                     report.written.len(),
                     report.keys,
                     args.from.display(),
+                    report.backup_id,
                     config.data_dir.display()
                 );
             }

@@ -3,8 +3,8 @@
 //! # Flags and the config file
 //! `--config FILE` reads a TOML file with the same names as the flags (`id`, `data_dir`,
 //! `client_addr`, `peer_addr`, `peers`, `shards`, `partitions`, `replicas`, `pin`,
-//! `metrics_addr`) and a
-//! `[tuning]` table (see [`crate::config`]). **A flag given on the command line overrides the
+//! `metrics_addr`), a `[tls]` table (`cert`, `key`, `ca`: the `--cert`, `--key`, `--ca` flags)
+//! and a `[tuning]` table (see [`crate::config`]). **A flag given on the command line overrides the
 //! same setting in the file**; the file may therefore leave out settings that are always given
 //! as flags. Without `--config`, `--id`, `--data-dir`, `--client-addr`, `--peer-addr` and
 //! `--peers` are required. `--shards` defaults to the number of cores.
@@ -59,6 +59,17 @@ pub struct ServeArgs {
     /// own) [default: not served].
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+    /// TLS on the client, peer and operations ports: this node's certificate chain (PEM). It must name
+    /// the DNS name node-<id>. With --key and --ca [default: plaintext].
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The cluster CA (PEM): signs every node's certificate (peers use mutual TLS) and any
+    /// client certificate accepted.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 }
 
 /// Why a configuration could not be assembled.
@@ -123,6 +134,16 @@ pub fn build_config(args: &ServeArgs, cores: usize) -> Result<NodeConfig, ServeC
     if let Some(addr) = args.metrics_addr {
         set("metrics_addr", toml::Value::String(addr.to_string()));
     }
+    for (name, file) in [("cert", &args.cert), ("key", &args.key), ("ca", &args.ca)] {
+        if let Some(path) = file {
+            let tls = table
+                .entry("tls")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = tls {
+                t.insert(name.into(), toml::Value::String(path.display().to_string()));
+            }
+        }
+    }
     table
         .entry("shards")
         .or_insert(toml::Value::Integer(cores.max(1) as i64));
@@ -174,6 +195,7 @@ pub fn run(args: ServeArgs) -> u8 {
         replicas = config.replicas,
         pin = config.pin,
         metrics_addr = ?config.metrics_addr,
+        tls = config.tls.is_some(),
         "starting node"
     );
     // Every line of this thread names the node (shard threads have a span of their own).
@@ -242,6 +264,32 @@ mod tests {
         assert!(!c.pin);
         assert_eq!(c.tuning.snapshot_log_bytes, 4096);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tls_flags_fill_the_tls_table() {
+        let args = ServeArgs {
+            cert: Some("/etc/corum/n1.pem".into()),
+            key: Some("/etc/corum/n1-key.pem".into()),
+            ca: Some("/etc/corum/ca.pem".into()),
+            ..flags()
+        };
+        let c = build_config(&args, 1).unwrap();
+        let tls = c.tls.clone().expect("tls");
+        assert_eq!(tls.cert, PathBuf::from("/etc/corum/n1.pem"));
+        assert_eq!(tls.key, PathBuf::from("/etc/corum/n1-key.pem"));
+        assert_eq!(tls.ca, PathBuf::from("/etc/corum/ca.pem"));
+        // The config file corum local writes carries it.
+        let back: NodeConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(build_config(&flags(), 1).unwrap().tls.is_none());
+        // All three or none.
+        let args = ServeArgs {
+            cert: Some("/etc/corum/n1.pem".into()),
+            ..flags()
+        };
+        let e = build_config(&args, 1).unwrap_err();
+        assert!(e.to_string().contains("key"), "{e}");
     }
 
     #[test]

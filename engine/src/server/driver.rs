@@ -145,6 +145,10 @@ struct Driver {
     /// A sync task is running (never cancelled while the shard runs: a dropped sync poisons
     /// the WAL; on stop the loop waits for it).
     sync_running: Rc<Cell<bool>>,
+    /// This shard's `slow_fsync` events, at most one per window.
+    slow_fsync: Rc<RefCell<super::events::SlowFsyncEvents>>,
+    /// This shard's `snapshot_sent` events, one per snapshot and follower.
+    snapshot_sent: super::events::SnapshotSentEvents,
 }
 
 impl Driver {
@@ -249,6 +253,8 @@ impl Driver {
             enc: BodyEncoder::new(),
             done: Rc::new(RefCell::new(Completions::default())),
             sync_running: Rc::new(Cell::new(false)),
+            slow_fsync: Rc::new(RefCell::new(super::events::SlowFsyncEvents::default())),
+            snapshot_sent: super::events::SnapshotSentEvents::default(),
         };
         // Anything the sync at open produced (nothing is waiting yet).
         let out = driver.core.take_output();
@@ -454,6 +460,7 @@ impl Driver {
         let running = self.sync_running.clone();
         let io = self.io.clone();
         let shared = self.shared.clone();
+        let slow_fsync = self.slow_fsync.clone();
         let i = self.i;
         glommio::spawn_local(async move {
             let r = wal.sync().await;
@@ -471,16 +478,13 @@ impl Driver {
                         report.fdatasync_time.as_micros() as u64,
                     );
                     if report.fdatasync_time > super::events::SLOW_FSYNC {
-                        shared.events.record(
-                            i,
-                            0,
-                            "slow_fsync",
-                            format!(
-                                "WAL fdatasync took {:.1} ms ({} bytes written)",
-                                report.fdatasync_time.as_secs_f64() * 1e3,
-                                report.device_bytes
-                            ),
-                        );
+                        if let Some(detail) = slow_fsync.borrow_mut().observe(
+                            Instant::now(),
+                            report.fdatasync_time,
+                            report.device_bytes,
+                        ) {
+                            shared.events.record(i, 0, "slow_fsync", detail);
+                        }
                     }
                 }
             });
@@ -542,7 +546,7 @@ impl Driver {
             if let Some(s) = &m.snapshot {
                 metrics.snapshots_sent.inc();
                 metrics.snapshot_sent_bytes.add(s.data.len() as u64);
-                if s.offset == 0 {
+                if s.offset == 0 && self.snapshot_sent.first_send(p, m.to, s.index) {
                     self.shared.events.record(
                         self.i,
                         p,

@@ -9,19 +9,22 @@
 //! | `node_stopping` | the node, on SIGTERM/SIGINT | |
 //! | `leader_elected` | the replica that became leader | term |
 //! | `leader_lost` | a replica that led and no longer does | new term, new leader if known |
-//! | `snapshot_sent` | a leader sending a follower a snapshot | follower, index, bytes |
+//! | `snapshot_sent` | a leader sending a follower a snapshot (once per snapshot and follower, not per resend: [`SnapshotSentEvents`]) | follower, index, bytes |
 //! | `snapshot_installed` | a follower that installed one | index |
-//! | `slow_fsync` | a shard whose WAL fdatasync took longer than [`SLOW_FSYNC`] | duration |
+//! | `slow_fsync` | a shard whose WAL fdatasync took longer than [`SLOW_FSYNC`] (at most one event per [`SLOW_FSYNC_WINDOW`]; the next one counts those left out) | duration, and the count and slowest of those left out |
 //! | `busy` | a shard that answered `Busy` in the last [`BUSY_WINDOW`] (at most one event per window) | count |
 //!
 //! In memory only, the newest [`CAPACITY`] events; sequence numbers start at 1 when the node
-//! starts (a reader that sees the newest number go down knows the node restarted). Recording
+//! starts, and every answer carries the node's boot id ([`EventLog::boot_id`], its start time
+//! in nanoseconds), so a reader that sees it change knows the node restarted even when the new
+//! sequence numbers have already passed its cursor. Recording
 //! takes a mutex held for a push: events are rare (elections, snapshots, slow disks), never per
 //! request.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wire::{Event, EventsResult};
 
@@ -31,6 +34,9 @@ pub const CAPACITY: usize = 4096;
 pub const PAGE_MAX: usize = 256;
 /// An fdatasync slower than this is an event (etcd's guidance: p99 under 10 ms).
 pub const SLOW_FSYNC: Duration = Duration::from_millis(50);
+/// `slow_fsync` events are at most one per window per shard: a disk that is always slow
+/// would otherwise push every other event out of the log within minutes.
+pub const SLOW_FSYNC_WINDOW: Duration = Duration::from_secs(10);
 /// `busy` events are at most one per window per shard.
 pub const BUSY_WINDOW: Duration = Duration::from_secs(10);
 
@@ -38,6 +44,7 @@ pub const BUSY_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct EventLog {
     node: u64,
+    boot_id: u64,
     inner: Mutex<Inner>,
 }
 
@@ -45,6 +52,62 @@ pub struct EventLog {
 struct Inner {
     events: VecDeque<Event>,
     next_seq: u64,
+}
+
+/// One shard's `slow_fsync` events: at most one per [`SLOW_FSYNC_WINDOW`]; the slow syncs in
+/// between are counted, and the next event names their count and the slowest.
+#[derive(Debug, Default)]
+pub struct SlowFsyncEvents {
+    last: Option<Instant>,
+    suppressed: u64,
+    suppressed_max: Duration,
+}
+
+impl SlowFsyncEvents {
+    /// A slow fdatasync that took `took` (with `bytes` written) at `now`: the detail of the
+    /// event to record, or None when one was recorded less than a window ago.
+    pub fn observe(&mut self, now: Instant, took: Duration, bytes: u64) -> Option<String> {
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < SLOW_FSYNC_WINDOW)
+        {
+            self.suppressed += 1;
+            self.suppressed_max = self.suppressed_max.max(took);
+            return None;
+        }
+        let mut detail = format!(
+            "WAL fdatasync took {:.1} ms ({bytes} bytes written)",
+            took.as_secs_f64() * 1e3
+        );
+        if self.suppressed > 0 {
+            detail += &format!(
+                "; {} more slow fdatasyncs since the last slow_fsync event, the slowest {:.1} ms",
+                self.suppressed,
+                self.suppressed_max.as_secs_f64() * 1e3
+            );
+        }
+        self.last = Some(now);
+        self.suppressed = 0;
+        self.suppressed_max = Duration::ZERO;
+        Some(detail)
+    }
+}
+
+/// One shard's `snapshot_sent` events: one per (partition, follower, snapshot index). Raft
+/// starts a snapshot transfer again from its first chunk after a rejection or a timeout;
+/// those resends are counted in the metrics, not recorded again as events.
+#[derive(Debug, Default)]
+pub struct SnapshotSentEvents {
+    /// (partition, follower) -> index of the last snapshot recorded as sent. At most one
+    /// entry per replica pair of the shard.
+    last: std::collections::BTreeMap<(u64, u64), u64>,
+}
+
+impl SnapshotSentEvents {
+    /// The first chunk of snapshot `index` of `partition` goes to `to`: whether to record it.
+    pub fn first_send(&mut self, partition: u64, to: u64, index: u64) -> bool {
+        self.last.insert((partition, to), index) != Some(index)
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch (0 before it).
@@ -57,13 +120,31 @@ pub fn unix_ms() -> u64 {
 impl EventLog {
     /// An empty log of `node`.
     pub fn new(node: u64) -> EventLog {
+        // Strictly increasing within a process too (tests build several logs), never 0, which
+        // means "no boot id" on the wire (a server from before the field).
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let prev = LAST
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last + 1))
+            })
+            .unwrap_or_else(|last| last);
         EventLog {
             node,
+            boot_id: now.max(prev + 1),
             inner: Mutex::new(Inner {
                 events: VecDeque::new(),
                 next_seq: 1,
             }),
         }
+    }
+
+    /// This start's id: the time the log was created, in nanoseconds since the Unix epoch
+    /// (never 0). A restarted node has another one.
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id
     }
 
     /// Records an event now.
@@ -110,6 +191,7 @@ impl EventLog {
             events,
             oldest,
             newest: g.next_seq - 1,
+            boot_id: self.boot_id,
         }
     }
 }
@@ -122,6 +204,12 @@ mod tests {
     fn pages_follow_sequence_numbers_and_the_oldest_are_dropped() {
         let log = EventLog::new(7);
         assert_eq!(log.after(0, 0, 1 << 20).newest, 0);
+        assert_ne!(log.after(0, 0, 1 << 20).boot_id, 0);
+        assert_ne!(
+            EventLog::new(7).boot_id(),
+            log.boot_id(),
+            "another start, another boot id"
+        );
         for i in 0..(CAPACITY + 10) {
             log.record(1, i as u64, "leader_elected", format!("term {i}"));
         }
@@ -137,5 +225,53 @@ mod tests {
         assert!(log.after(r.newest, 0, 1 << 20).events.is_empty());
         // A small byte budget still returns one event, never zero while some are left.
         assert_eq!(log.after(100, 0, 10).events.len(), 1);
+    }
+
+    #[test]
+    fn slow_fsync_events_are_one_per_window_and_count_the_rest() {
+        let mut slow = SlowFsyncEvents::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let first = slow
+            .observe(t0, ms(80), 4096)
+            .expect("the first is an event");
+        assert!(first.starts_with("WAL fdatasync took 80.0 ms"), "{first}");
+        assert!(!first.contains("more"), "{first}");
+        // A disk that stays slow: one event per window, not one per sync.
+        for (i, took) in [60, 200, 70].into_iter().enumerate() {
+            assert_eq!(
+                slow.observe(t0 + ms(100 * (i as u64 + 1)), ms(took), 4096),
+                None
+            );
+        }
+        let next = slow
+            .observe(t0 + SLOW_FSYNC_WINDOW, ms(55), 8192)
+            .expect("a window later, an event");
+        assert!(
+            next.contains("55.0 ms (8192 bytes written); 3 more slow fdatasyncs")
+                && next.ends_with("the slowest 200.0 ms"),
+            "{next}"
+        );
+        // The count starts again.
+        assert_eq!(
+            slow.observe(t0 + SLOW_FSYNC_WINDOW + ms(1), ms(90), 1),
+            None
+        );
+        let again = slow.observe(t0 + SLOW_FSYNC_WINDOW * 2, ms(51), 1).unwrap();
+        assert!(
+            again.contains("1 more") && again.ends_with("90.0 ms"),
+            "{again}"
+        );
+    }
+
+    #[test]
+    fn a_resent_snapshot_is_one_event() {
+        let mut sent = SnapshotSentEvents::default();
+        assert!(sent.first_send(3, 2, 100));
+        assert!(!sent.first_send(3, 2, 100), "the same snapshot again");
+        assert!(sent.first_send(3, 1, 100), "another follower");
+        assert!(sent.first_send(4, 2, 100), "another partition");
+        assert!(sent.first_send(3, 2, 250), "a newer snapshot");
+        assert!(!sent.first_send(3, 2, 250));
     }
 }

@@ -360,24 +360,79 @@ fn work(queue: &Mutex<Receiver<Conn>>, stop: &AtomicBool, ctx: &Context) {
     }
 }
 
+/// A connection of the operations port: plain TCP, or TLS over it (`server::tls`; the socket
+/// timeouts are set on the TCP stream under it).
+trait HttpStream: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+    /// Sends what is buffered above the socket, and TLS's close_notify.
+    fn finish(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl HttpStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl HttpStream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+    fn finish(&mut self) -> std::io::Result<()> {
+        self.conn.send_close_notify();
+        self.flush()
+    }
+}
+
+/// Answers one connection, over TLS when the node has it (its current certificates).
+fn answer(conn: Conn, ctx: &Context) {
+    let Conn {
+        stream,
+        peer,
+        accepted,
+    } = conn;
+    match ctx.endpoints.shared.tls() {
+        None => answer_on(stream, peer, accepted, ctx, false),
+        Some(tls) => match rustls::ServerConnection::new(tls.http.clone()) {
+            Ok(session) => answer_on(
+                rustls::StreamOwned::new(session, stream),
+                peer,
+                accepted,
+                ctx,
+                true,
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot start a TLS session on the metrics port"),
+        },
+    }
+}
+
 /// Answers one connection; a panic is logged at error and answered 500, and never leaves
 /// this function (the worker goes on).
-fn answer(mut conn: Conn, ctx: &Context) {
-    let end = conn.accepted + ctx.limits.connection_deadline;
+fn answer_on(
+    mut stream: impl HttpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    ctx: &Context,
+    tls: bool,
+) {
+    let conn_stream = &mut stream;
+    let end = accepted + ctx.limits.connection_deadline;
     // A connection that waited in the queue past its head deadline still gets a short read:
     // its request is usually in the socket already.
-    let head_by = (conn.accepted + ctx.limits.request_deadline)
+    let head_by = (accepted + ctx.limits.request_deadline)
         .max(Instant::now() + DEQUEUE_GRACE)
         .min(end);
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        match handle(&mut conn.stream, head_by, end, &ctx.endpoints) {
+        match handle(conn_stream, head_by, end, &ctx.endpoints) {
             Err(e) if e.is_bad_request() => {
                 if let Some(suppressed) = ctx.client_log.admit(Instant::now()) {
-                    tracing::warn!(peer = %conn.peer, error = %e, suppressed,
+                    tracing::warn!(peer = %peer, error = %e, suppressed,
                         "malformed request on the metrics port, answered 400");
                 }
                 respond(
-                    &mut conn.stream,
+                    conn_stream,
                     400,
                     "text/plain",
                     &line(e.to_string()),
@@ -390,14 +445,22 @@ fn answer(mut conn: Conn, ctx: &Context) {
     }));
     match outcome {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(peer = %conn.peer, error = %e, "metrics connection failed"),
+        // A plaintext client or another CA's certificate on a TLS port: a stranger can do
+        // that at will, so rate-limited.
+        Ok(Err(HttpError::Io(e))) if tls && e.kind() == std::io::ErrorKind::InvalidData => {
+            if let Some(suppressed) = ctx.client_log.admit(Instant::now()) {
+                tracing::warn!(peer = %peer, error = %e, suppressed,
+                    "TLS handshake failed on the metrics port; connection closed");
+            }
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "metrics connection failed"),
         Err(payload) => {
             if let Some(suppressed) = ctx.panic_log.admit(Instant::now()) {
-                tracing::error!(peer = %conn.peer, panic = panic_text(payload.as_ref()), suppressed,
+                tracing::error!(peer = %peer, panic = panic_text(payload.as_ref()), suppressed,
                     "metrics request handler panicked, answered 500");
             }
             let _ = respond(
-                &mut conn.stream,
+                &mut stream,
                 500,
                 "text/plain",
                 b"internal error (logged)\n",
@@ -456,7 +519,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HttpError> {
 
 /// Reads the request head by `deadline`: Ok(None) if the client closed, or the deadline
 /// passed, before it sent a byte.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Option<RequestHead>, HttpError> {
+fn read_head(
+    stream: &mut impl HttpStream,
+    deadline: Instant,
+) -> Result<Option<RequestHead>, HttpError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -472,7 +538,7 @@ fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Option<Request
         let n = if left.is_zero() {
             0
         } else {
-            stream.set_read_timeout(Some(left))?;
+            stream.tcp().set_read_timeout(Some(left))?;
             let room = (REQUEST_HEAD_BYTES_MAX - buf.len()).min(chunk.len());
             match stream.read(&mut chunk[..room]) {
                 Ok(n) => n,
@@ -503,7 +569,7 @@ fn read_head(stream: &mut TcpStream, deadline: Instant) -> Result<Option<Request
 /// Writes all of `bytes` by `deadline`: each write may block only for the time left, so a
 /// client that reads a little now and then cannot stretch the answer past the deadline.
 fn write_all_by(
-    stream: &mut TcpStream,
+    stream: &mut impl HttpStream,
     mut bytes: &[u8],
     deadline: Instant,
 ) -> Result<(), HttpError> {
@@ -512,7 +578,7 @@ fn write_all_by(
         if left.is_zero() {
             return Err(HttpError::DeadlinePassed);
         }
-        stream.set_write_timeout(Some(left))?;
+        stream.tcp().set_write_timeout(Some(left))?;
         match stream.write(bytes) {
             Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into()),
             Ok(n) => bytes = &bytes[n..],
@@ -532,7 +598,7 @@ fn write_all_by(
 /// Reads the request by `head_by` and answers it by `end`. Err: nothing was answered (a bad
 /// request is answered by the caller).
 fn handle(
-    stream: &mut TcpStream,
+    stream: &mut impl HttpStream,
     head_by: Instant,
     end: Instant,
     endpoints: &Endpoints,
@@ -594,7 +660,7 @@ fn line(mut s: String) -> Vec<u8> {
 }
 
 fn respond(
-    stream: &mut TcpStream,
+    stream: &mut impl HttpStream,
     status: u16,
     content_type: &str,
     body: &[u8],
@@ -628,8 +694,9 @@ fn respond(
         bytes.extend_from_slice(body);
     }
     write_all_by(stream, &bytes, end)?;
+    stream.finish()?;
     // Let the client read everything before the close (no RST over unread request bytes).
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.tcp().shutdown(std::net::Shutdown::Write);
     Ok(())
 }
 
@@ -1464,6 +1531,7 @@ mod tests {
             pin: false,
             metrics_addr: None,
             tuning: Default::default(),
+            tls: None,
         }
     }
 

@@ -162,6 +162,7 @@ pub(crate) mod recover;
 mod requests;
 pub mod shard_core;
 pub mod shared;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -183,6 +184,9 @@ pub enum ServerError {
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// A socket, file or thread operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -327,9 +331,24 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
             reason,
         }
     })?;
+    // A restored node names its backup, so an operator can compare the nodes' logs (nothing
+    // checks yet that every node of a cluster came from the same backup).
+    match crate::backup::restored_from(&config.data_dir) {
+        Ok(Some(r)) => tracing::info!(
+            backup_id = r.backup_id,
+            backup_started_unix_ms = r.started_unix_ms,
+            from = %r.from.display(),
+            "data directory restored from a backup"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the restore record"),
+    }
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(shared::NodeShared::new(&config));
+    if let Some(files) = &config.tls {
+        shared.set_tls(Arc::new(tls::NodeTls::load(files, config.id)?));
+    }
     // Before the shards, so `/health` answers while they recover (and a taken port fails the
     // start at once). Dropped (stopped) on any start failure below.
     let metrics = match config.metrics_addr {
@@ -408,7 +427,8 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
     })
 }
 
-/// Runs a node until SIGTERM or SIGINT, then stops it cleanly. The `corum serve` entry point.
+/// Runs a node until SIGTERM or SIGINT, then stops it cleanly; SIGHUP reloads the TLS files.
+/// The `corum serve` entry point.
 pub fn run(config: NodeConfig) -> Result<(), ServerError> {
     // Block the signals in this thread before any shard thread exists, so every thread
     // inherits the mask and only the sigwait below receives them.
@@ -417,11 +437,12 @@ pub fn run(config: NodeConfig) -> Result<(), ServerError> {
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(ServerError::Io {
-            what: "block SIGINT/SIGTERM".into(),
+            what: "block SIGINT/SIGTERM/SIGHUP".into(),
             source: std::io::Error::from_raw_os_error(rc),
         });
     }
     let shards = config.shards;
+    let (tls_files, id) = (config.tls.clone(), config.id);
     let handle = start(config)?;
     // systemd (Type=notify): ready once every shard serves, as `start` returns. A no-op
     // without $NOTIFY_SOCKET. Serving is not `/ready` (every partition knows a leader): a
@@ -444,6 +465,10 @@ pub fn run(config: NodeConfig) -> Result<(), ServerError> {
         };
         // SAFETY: valid set, out-pointer and timeout.
         let sig = unsafe { libc::sigtimedwait(&set, &mut info, &timeout) };
+        if sig == libc::SIGHUP {
+            reload_tls(&handle, tls_files.as_ref(), id);
+            continue;
+        }
         if sig > 0 {
             tracing::info!(signal = sig, "stopping");
             handle
@@ -463,6 +488,29 @@ pub fn run(config: NodeConfig) -> Result<(), ServerError> {
     handle.stop()
 }
 
+/// SIGHUP: reads the TLS files again (`server::tls`). New connections use the new
+/// certificates; open ones keep theirs. Files that do not load are refused with a log line
+/// and the node keeps the ones it has.
+fn reload_tls(handle: &ServerHandle, files: Option<&crate::config::TlsFiles>, id: u64) {
+    let Some(files) = files else {
+        tracing::info!("SIGHUP: no TLS configured; nothing to reload");
+        return;
+    };
+    match tls::NodeTls::load(files, id) {
+        Ok(t) => {
+            handle.shared.set_tls(Arc::new(t));
+            tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificates reloaded");
+            handle
+                .shared
+                .events
+                .record(0, 0, "tls_reloaded", files.cert.display().to_string());
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: TLS reload refused; the previous certificates stay")
+        }
+    }
+}
+
 fn signal_set() -> libc::sigset_t {
     // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers.
     unsafe {
@@ -470,6 +518,7 @@ fn signal_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }

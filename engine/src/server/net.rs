@@ -52,7 +52,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::{TcpListener, TcpStream};
 use wire::{
@@ -68,6 +68,9 @@ use crate::config::{NodeConfig, Tuning};
 pub const HELLO_PARTITION: u64 = u64::MAX;
 /// `context` of a hello message: "CORUMHI1" in ASCII.
 pub const HELLO_MAGIC: u64 = u64::from_le_bytes(*b"CORUMHI1");
+/// The first bytes of a TLS handshake record (content type 22, version 3.x): a TLS client on
+/// a plaintext port.
+const TLS_HANDSHAKE_PREFIX: [u8; 2] = [0x16, 0x03];
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Most frame-level error replies waiting on one connection; a client that keeps sending bad
@@ -312,7 +315,22 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
         metrics.client_connections.set(io.connections.get() as u64);
         let io2 = io.clone();
         io.spawn(async move {
-            serve_client(stream, &io2).await;
+            let _ = stream.set_nodelay(true);
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            match io2.shared.tls() {
+                None => serve_client(stream, peer, &io2).await,
+                Some(tls) => match super::tls::accept_client(&tls, stream).await {
+                    Ok(s) => serve_client(s, peer, &io2).await,
+                    // A plaintext client, another CA's certificate, garbage: the node goes on.
+                    Err(e) => crate::warn_limited!(
+                        shard = io2.shard, client = %peer, error = %e,
+                        "client TLS handshake failed; connection closed"
+                    ),
+                },
+            }
             io2.connections.set(io2.connections.get() - 1);
             let metrics = io2.shared.metrics.shard(io2.shard);
             metrics.client_connections.set(io2.connections.get() as u64);
@@ -320,12 +338,11 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
     }
 }
 
-async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
-    let _ = stream.set_nodelay(true);
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+/// Serves one client connection (plain TCP or TLS) until it closes.
+async fn serve_client<S>(stream: S, peer: String, io: &Rc<ShardIo>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     let (notify, notify_rx) = local_channel::new_bounded(1);
     let out = Rc::new(ConnOut {
         responses: RefCell::new(Vec::new()),
@@ -401,6 +418,12 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
                     }
                 }
                 Ok(None) => break,
+                Err(_) if buf.starts_with(&TLS_HANDSHAKE_PREFIX) => {
+                    crate::warn_limited!(client = %peer,
+                        "a TLS handshake on the plaintext client port (this node has no \
+                         --cert/--key/--ca); closing");
+                    break 'conn "TLS on a plaintext port";
+                }
                 Err(e) => {
                     crate::warn_limited!(client = %peer, error = %e, "bad frame from client; closing");
                     if let Some(id) = e.request_id() {
@@ -425,8 +448,8 @@ async fn serve_client(stream: TcpStream, io: &Rc<ShardIo>) {
     writer.await;
 }
 
-async fn client_writer(
-    mut wr: futures_lite::io::WriteHalf<TcpStream>,
+async fn client_writer<S: AsyncWrite + Unpin>(
+    mut wr: futures_lite::io::WriteHalf<S>,
     out: Rc<ConnOut>,
     notify: LocalReceiver<()>,
     limits: Limits,
@@ -449,14 +472,14 @@ async fn client_writer(
             // Write as we go: at most about two frames wait in `buf`, however many responses
             // were queued.
             if buf.len() >= limits.frame_bytes_max {
-                if wr.write_all(&buf).await.is_err() {
+                if write_flush(&mut wr, &buf).await.is_err() {
                     out.closed.set(true);
                     return;
                 }
                 buf.clear();
             }
         }
-        if !buf.is_empty() && wr.write_all(&buf).await.is_err() {
+        if !buf.is_empty() && write_flush(&mut wr, &buf).await.is_err() {
             out.closed.set(true);
             return;
         }
@@ -465,6 +488,13 @@ async fn client_writer(
             return;
         }
     }
+}
+
+/// Writes `buf` and flushes: TLS may keep written bytes buffered until flushed (the flush is a
+/// no-op on glommio's TCP stream).
+async fn write_flush<W: AsyncWrite + Unpin>(wr: &mut W, buf: &[u8]) -> std::io::Result<()> {
+    wr.write_all(buf).await?;
+    wr.flush().await
 }
 
 /// The wire limits of a node (from its tuning).
@@ -743,6 +773,7 @@ fn register_inbound(io: &ShardIo, node: u64, accept_no: u64) -> Option<LocalRece
 async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
     let _ = stream.set_nodelay(true);
     let timeout = io.peer_timing.timeout;
+    // Also bounds a TLS handshake.
     if let Err(e) = stream.set_read_timeout(Some(timeout)) {
         tracing::warn!(shard = io.shard, error = %e, "cannot set the peer read timeout");
     }
@@ -750,7 +781,40 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let mut rd = stream;
+    match io.shared.tls() {
+        None => read_peer(stream, None, remote, accept_no, io).await,
+        Some(tls) => match tls.peer_accept.accept(stream).await {
+            Ok(s) => {
+                let chain: Vec<_> = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| c.clone().into_owned())
+                    .collect();
+                read_peer(s, Some(chain), remote, accept_no, io).await
+            }
+            // No certificate, another CA's, a plaintext dialler: refused, logged, the node
+            // goes on.
+            Err(e) => crate::warn_limited!(
+                shard = io.shard, %remote, error = %e,
+                "peer TLS handshake failed; connection refused"
+            ),
+        },
+    }
+}
+
+/// Reads one incoming peer connection until it ends. `chain`: the dialler's certificate chain
+/// under TLS (already verified against the CA), which must name the node of the hello.
+async fn read_peer<S: AsyncRead + Unpin>(
+    mut rd: S,
+    chain: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    remote: String,
+    accept_no: u64,
+    io: &Rc<ShardIo>,
+) {
+    let timeout = io.peer_timing.timeout;
     let decoder = FrameDecoder::new(io.limits);
     let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -772,7 +836,13 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
                 Err(e) => break 'conn format!("bad peer batch: {e}"),
             };
             let Some(node) = from_node else {
-                match check_hello(&batch, io) {
+                let hello = check_hello(&batch, io).and_then(|(node, base)| match &chain {
+                    Some(chain) => super::tls::check_peer_identity(chain, node)
+                        .map(|()| (node, base))
+                        .map_err(|why| format!("hello from node {node}: {why}")),
+                    None => Ok((node, base)),
+                });
+                match hello {
                     Ok((node, base)) => {
                         let Some(rx) = register_inbound(io, node, accept_no) else {
                             break 'conn format!(
@@ -982,21 +1052,31 @@ pub async fn peer_dialer(
         }) {
             tracing::warn!(shard = io.shard, node, error = %e, "cannot set the peer connection timeouts");
         }
+        logged_down = false;
         // Drop whatever piled up while disconnected.
         queue.frames.borrow_mut().clear();
         let connected = std::time::Instant::now();
-        if let Err(e) = stream.write_all(&hello).await {
-            tracing::debug!(shard = io.shard, node, error = %e, "peer hello failed");
-            glommio::timer::sleep(backoff).await;
-            backoff = (backoff * 2).min(timing.reconnect_max);
-            continue;
-        }
-        tracing::debug!(shard = io.shard, node, %addr, "connected to peer");
-        logged_down = false;
-        let why = write_frames(&io, node, &mut stream, &queue, &notify, &keepalive).await;
+        let why = match io.shared.tls() {
+            None => dial_session(&io, node, &mut stream, &queue, &notify, &hello, &keepalive).await,
+            Some(tls) => {
+                // The handshake reads: bounded like the writes.
+                let _ = stream.set_read_timeout(Some(timing.timeout));
+                let name = rustls::pki_types::ServerName::try_from(super::tls::node_name(node))
+                    .expect("node-<id> is a DNS name");
+                match tls.peer_connect.connect(name, stream).await {
+                    Ok(mut s) => {
+                        dial_session(&io, node, &mut s, &queue, &notify, &hello, &keepalive).await
+                    }
+                    Err(e) => {
+                        crate::warn_limited!(shard = io.shard, node, %addr, error = %e,
+                            "peer TLS handshake failed");
+                        Some(e)
+                    }
+                }
+            }
+        };
         let Some(why) = why else { return };
         tracing::info!(shard = io.shard, node, error = %why, "peer connection lost; reconnecting");
-        drop(stream);
         // A connection that lasted is redialed at once; one that failed quickly (the peer
         // refuses us, or is restarting) waits, so a refusing peer is not redialed in a loop.
         if connected.elapsed() >= timing.timeout {
@@ -1008,13 +1088,32 @@ pub async fn peer_dialer(
     }
 }
 
+/// Sends the hello, then the queued frames ([`write_frames`]); returns why the connection
+/// ended (`None`: the shard stops).
+async fn dial_session<S: AsyncWrite + Unpin>(
+    io: &ShardIo,
+    node: u64,
+    stream: &mut S,
+    queue: &PeerQueue,
+    notify: &LocalReceiver<()>,
+    hello: &[u8],
+    keepalive: &Bytes,
+) -> Option<std::io::Error> {
+    if let Err(e) = write_flush(stream, hello).await {
+        tracing::debug!(shard = io.shard, node, error = %e, "peer hello failed");
+        return Some(e);
+    }
+    tracing::debug!(shard = io.shard, node, "connected to peer");
+    write_frames(io, node, stream, queue, notify, keepalive).await
+}
+
 /// Writes the frames queued on `queue` to `stream`, and a keepalive after
 /// [`PeerTiming::keepalive`] without a write, until a write fails (returns why) or the queue's
 /// sender is gone (returns `None`: the shard stops).
-async fn write_frames(
+async fn write_frames<S: AsyncWrite + Unpin>(
     io: &ShardIo,
     node: u64,
-    stream: &mut TcpStream,
+    stream: &mut S,
     queue: &PeerQueue,
     notify: &LocalReceiver<()>,
     keepalive: &Bytes,
@@ -1032,7 +1131,7 @@ async fn write_frames(
                 Some(true) => {}
                 Some(false) => return None,
                 None => {
-                    if let Err(e) = stream.write_all(keepalive).await {
+                    if let Err(e) = write_flush(stream, keepalive).await {
                         return Some(e);
                     }
                     continue;
@@ -1061,7 +1160,7 @@ async fn write_frames(
         if buf.is_empty() {
             continue;
         }
-        if let Err(e) = stream.write_all(&buf).await {
+        if let Err(e) = write_flush(stream, &buf).await {
             return Some(e);
         }
     }
@@ -1099,6 +1198,7 @@ mod tests {
                 peer_timeout_ms: Some(PEER_TIMEOUT.as_millis() as u64),
                 ..Tuning::default()
             },
+            tls: None,
         })
     }
 

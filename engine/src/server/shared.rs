@@ -84,6 +84,8 @@ pub struct NodeShared {
     pub metrics: NodeMetrics,
     /// The node's recent events (`corum ctl events`).
     pub events: super::events::EventLog,
+    /// The TLS contexts (None: plaintext), read when a connection starts; replaced whole.
+    tls: RwLock<Option<Arc<super::tls::NodeTls>>>,
 }
 
 impl NodeShared {
@@ -102,7 +104,18 @@ impl NodeShared {
             boot_cv: Condvar::new(),
             metrics: NodeMetrics::new(config.shards),
             events: super::events::EventLog::new(config.id),
+            tls: RwLock::new(None),
         }
+    }
+
+    /// The TLS contexts new connections use (None: plaintext).
+    pub fn tls(&self) -> Option<Arc<super::tls::NodeTls>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the TLS contexts for connections started from now on.
+    pub fn set_tls(&self, tls: Arc<super::tls::NodeTls>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(tls);
     }
 
     /// The status slot of `partition` (0: the meta group).

@@ -78,6 +78,7 @@ impl Script {
                     pin: false,
                     metrics_addr: None,
                     tuning: tuning.clone(),
+                    tls: None,
                 });
                 let shared = Arc::new(NodeShared::new(&config));
                 let log = Rc::new(MemLog::new(FaultConfig {

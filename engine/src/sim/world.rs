@@ -303,6 +303,7 @@ impl World {
                 pin: false,
                 metrics_addr: None,
                 tuning: tuning.clone(),
+                tls: None,
             });
             let logs = (0..shards)
                 .map(|s| {

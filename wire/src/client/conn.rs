@@ -15,13 +15,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{FrameDecoder, FrameKind, Limits};
 use crate::messages::{decode_responses, BodyEncoder, Request, Response, ServerError};
 use crate::size::BATCH_ENCODED_BYTES_MAX;
+
+use super::tls::TlsClientConfig;
 
 /// Why a request sent on a connection got no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,15 +74,30 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects to `endpoint` and starts the connection task.
+    /// Connects to `endpoint` (over TLS when `tls` is given) and starts the connection task.
     pub(crate) async fn connect(
         endpoint: &str,
+        tls: Option<&TlsClientConfig>,
         limits: Limits,
         queue_max: usize,
         batch_requests_max: usize,
     ) -> std::io::Result<Arc<Self>> {
         let stream = TcpStream::connect(endpoint).await?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            Some(t) => Halves::Tls(Box::new(t.connect(endpoint, stream).await?)),
+            None => Halves::Plain(stream),
+        };
+        Self::start(endpoint, stream, limits, queue_max, batch_requests_max)
+    }
+
+    fn start(
+        endpoint: &str,
+        stream: Halves,
+        limits: Limits,
+        queue_max: usize,
+        batch_requests_max: usize,
+    ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel(queue_max.max(1));
         let shared = Arc::new(Shared {
             waiting: Mutex::new((false, HashMap::new())),
@@ -89,7 +106,17 @@ impl Connection {
         let task_shared = shared.clone();
         let endpoint_owned = endpoint.to_owned();
         tokio::spawn(async move {
-            let why = run(stream, rx, &task_shared, limits, batch_requests_max.max(1)).await;
+            let batch_max = batch_requests_max.max(1);
+            let why = match stream {
+                Halves::Plain(s) => {
+                    let (rd, wr) = s.into_split();
+                    run(rd, wr, rx, &task_shared, limits, batch_max).await
+                }
+                Halves::Tls(s) => {
+                    let (rd, wr) = tokio::io::split(s);
+                    run(rd, wr, rx, &task_shared, limits, batch_max).await
+                }
+            };
             tracing::debug!(endpoint = %endpoint_owned, reason = %why, "client connection closed");
             task_shared.fail_all(&why);
         });
@@ -118,14 +145,28 @@ impl Connection {
     }
 }
 
+/// The socket a connection task runs on. Plain TCP splits with `into_split`, which needs no
+/// lock between the halves; a TLS stream splits with `tokio::io::split`.
+enum Halves {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The first bytes of a TLS alert record (content type 21, version 3.x): what a TLS server
+/// answers a plaintext frame with.
+const TLS_ALERT_PREFIX: [u8; 2] = [0x15, 0x03];
+/// Why a plaintext connection to a TLS port failed.
+const TLS_ONLY: &str = "the server answered with a TLS alert: it accepts TLS only (give the \
+                        client the cluster CA, e.g. `corum ctl --cacert FILE`)";
+
 async fn run(
-    stream: TcpStream,
+    mut rd: impl AsyncRead + Unpin,
+    mut wr: impl AsyncWrite + Unpin,
     mut rx: mpsc::Receiver<Pending>,
     shared: &Shared,
     limits: Limits,
     batch_requests_max: usize,
 ) -> String {
-    let (mut rd, mut wr) = stream.into_split();
     let writer = async {
         let mut enc = BodyEncoder::new();
         let mut out = BytesMut::new();
@@ -190,7 +231,11 @@ async fn run(
                 tracing::warn!(error = %e, "request batch over the frame limit");
                 continue;
             }
+            // The flush sends what TLS still buffers (a no-op on plain TCP).
             if let Err(e) = wr.write_all(&out).await {
+                return format!("write failed: {e}");
+            }
+            if let Err(e) = wr.flush().await {
                 return format!("write failed: {e}");
             }
         }
@@ -203,6 +248,7 @@ async fn run(
                 let frame = match decoder.decode(&mut buf) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
+                    Err(_) if buf.starts_with(&TLS_ALERT_PREFIX) => return TLS_ONLY.to_owned(),
                     Err(e) => return format!("bad frame from server: {e}"),
                 };
                 if frame.kind != FrameKind::ClientResponses {
@@ -235,6 +281,7 @@ async fn run(
                 }
             }
             match rd.read_buf(&mut buf).await {
+                Ok(0) if buf.starts_with(&TLS_ALERT_PREFIX) => return TLS_ONLY.to_owned(),
                 Ok(0) => return "server closed the connection".to_owned(),
                 Ok(_) => {}
                 Err(e) => return format!("read failed: {e}"),

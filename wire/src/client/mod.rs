@@ -85,7 +85,9 @@
 //! window above a low-water mark), not only the largest one.
 
 mod conn;
+pub mod events;
 mod route;
+pub mod tls;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -108,6 +110,7 @@ pub use conn::ConnError;
 use conn::Connection;
 pub use route::ReadPreference;
 use route::{Spread, Target};
+pub use tls::{TlsClientConfig, TlsError};
 
 /// Client settings. Every limit has a default.
 #[derive(Debug, Clone)]
@@ -134,6 +137,8 @@ pub struct ClientConfig {
     /// Which replicas serve `Follower` and `Stale` reads (gets and ranges); see "Routing" in
     /// the module docs. Default [`ReadPreference::Followers`].
     pub read_preference: ReadPreference,
+    /// TLS to every endpoint ([`tls`] module docs). Default `None`: plain TCP.
+    pub tls: Option<TlsClientConfig>,
 }
 
 impl ClientConfig {
@@ -150,6 +155,7 @@ impl ClientConfig {
             batch_requests_max: 256,
             range_keys_default: 1000,
             read_preference: ReadPreference::default(),
+            tls: None,
         }
     }
 }
@@ -681,101 +687,25 @@ impl Client {
     }
 
     /// One stream of what happens in the whole cluster (`corum ctl events`): every node of
-    /// the cluster map is asked for its new events every `every`; each round's events are sent
-    /// in time order (node clocks, then node and sequence number). Besides the nodes' own
-    /// events the stream has `node_down` (a node stopped answering; detail: the error),
-    /// `node_up` (it answers again) and `events_missed` (a node dropped events before they were
-    /// read). `from_start`: begin with every event the nodes still hold, else with what
-    /// happens from now on. The polling task ends when the receiver is dropped.
+    /// the cluster map is asked for its new events every `every`, all nodes at once, each read
+    /// to its newest event; events are sent in time order (node clocks, then node and sequence
+    /// number) once the round that read them shows nothing older can still come (the
+    /// `events` module docs give the exceptions: a node that did not answer, clocks that
+    /// disagree). Besides the nodes' own events the stream has `node_down` (a node stopped
+    /// answering; detail: the error), `node_up` (it answers again), `node_restarted` (its boot
+    /// id changed: it is read from its first event again) and `events_missed` (a node dropped
+    /// events before they were read). `from_start`: begin with every event the nodes still
+    /// hold, else with the events stamped (by the nodes' clocks) from this call on. The
+    /// polling task ends when the receiver is dropped.
     pub fn subscribe_events(
         &self,
         every: Duration,
         from_start: bool,
     ) -> tokio::sync::mpsc::Receiver<Event> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let client = self.clone();
-        tokio::spawn(async move {
-            // node -> (endpoint, last sequence number read, answering?)
-            let mut nodes: std::collections::BTreeMap<u64, (String, Option<u64>, Option<bool>)> =
-                std::collections::BTreeMap::new();
-            loop {
-                for p in &client.cluster_map().partitions {
-                    for r in &p.replicas {
-                        nodes
-                            .entry(r.node)
-                            .or_insert_with(|| (r.endpoint.clone(), None, None));
-                    }
-                }
-                let mut round = Vec::new();
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                let synthetic = |node: u64, kind: &str, detail: String| Event {
-                    seq: 0,
-                    unix_ms: now_ms,
-                    node,
-                    shard: 0,
-                    partition: 0,
-                    kind: kind.into(),
-                    detail,
-                };
-                for (&node, (endpoint, after, up)) in nodes.iter_mut() {
-                    let asked = after.unwrap_or(0);
-                    match client.events_of(endpoint, asked, 0).await {
-                        Ok(r) => {
-                            if *up == Some(false) {
-                                round.push(synthetic(node, "node_up", endpoint.clone()));
-                            }
-                            *up = Some(true);
-                            let restarted = after.is_some_and(|a| r.newest < a);
-                            if after.is_none() && !from_start {
-                                // Start from now: skip what happened before.
-                                *after = Some(r.newest);
-                                continue;
-                            }
-                            if restarted {
-                                // Sequence numbers start again at 1 on a restarted node.
-                                *after = Some(0);
-                                continue;
-                            }
-                            if r.oldest > asked + 1 {
-                                round.push(synthetic(
-                                    node,
-                                    "events_missed",
-                                    format!(
-                                        "events {}..{} were dropped before they were read",
-                                        asked + 1,
-                                        r.oldest - 1
-                                    ),
-                                ));
-                            }
-                            if let Some(last) = r.events.last() {
-                                *after = Some(last.seq);
-                            } else if after.is_none() {
-                                *after = Some(0);
-                            }
-                            round.extend(r.events);
-                        }
-                        Err(e) => {
-                            if *up != Some(false) {
-                                round.push(synthetic(node, "node_down", e.to_string()));
-                            }
-                            *up = Some(false);
-                        }
-                    }
-                }
-                round.sort_by_key(|e| (e.unix_ms, e.node, e.seq));
-                for e in round {
-                    if tx.send(e).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = tx.closed() => return,
-                }
-            }
-        });
+        // "From now" is this call, not when the task first runs or polls.
+        let now_ms = events::unix_ms();
+        tokio::spawn(self.clone().events_stream(every, from_start, now_ms, tx));
         rx
     }
 
@@ -1287,6 +1217,7 @@ impl Client {
             cfg.connect_timeout,
             Connection::connect(
                 endpoint,
+                cfg.tls.as_ref(),
                 cfg.limits,
                 cfg.queue_requests_max,
                 cfg.batch_requests_max,

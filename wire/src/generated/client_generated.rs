@@ -6920,6 +6920,7 @@ pub mod corum {
             pub const VT_EVENTS: ::flatbuffers::VOffsetT = 4;
             pub const VT_OLDEST: ::flatbuffers::VOffsetT = 6;
             pub const VT_NEWEST: ::flatbuffers::VOffsetT = 8;
+            pub const VT_BOOT_ID: ::flatbuffers::VOffsetT = 10;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6936,6 +6937,7 @@ pub mod corum {
                 args: &'args EventsResultArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<EventsResult<'bldr>> {
                 let mut builder = EventsResultBuilder::new(_fbb);
+                builder.add_boot_id(args.boot_id);
                 builder.add_newest(args.newest);
                 builder.add_oldest(args.oldest);
                 if let Some(x) = args.events {
@@ -6983,6 +6985,21 @@ pub mod corum {
                         .unwrap()
                 }
             }
+            /// Chosen when the node starts and different on every start (its start time in
+            /// nanoseconds since the Unix epoch): sequence numbers are per boot, so a reader that sees
+            /// this change knows the node restarted and reads its events from 1 again. 0: a server
+            /// from before this field.
+            #[inline]
+            pub fn boot_id(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(EventsResult::VT_BOOT_ID, Some(0))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for EventsResult<'_> {
@@ -6997,6 +7014,7 @@ pub mod corum {
                     >>("events", Self::VT_EVENTS, false)?
                     .visit_field::<u64>("oldest", Self::VT_OLDEST, false)?
                     .visit_field::<u64>("newest", Self::VT_NEWEST, false)?
+                    .visit_field::<u64>("boot_id", Self::VT_BOOT_ID, false)?
                     .finish();
                 Ok(())
             }
@@ -7009,6 +7027,7 @@ pub mod corum {
             >,
             pub oldest: u64,
             pub newest: u64,
+            pub boot_id: u64,
         }
         impl<'a> Default for EventsResultArgs<'a> {
             #[inline]
@@ -7017,6 +7036,7 @@ pub mod corum {
                     events: None,
                     oldest: 0,
                     newest: 0,
+                    boot_id: 0,
                 }
             }
         }
@@ -7049,6 +7069,11 @@ pub mod corum {
                     .push_slot::<u64>(EventsResult::VT_NEWEST, newest, 0);
             }
             #[inline]
+            pub fn add_boot_id(&mut self, boot_id: u64) {
+                self.fbb_
+                    .push_slot::<u64>(EventsResult::VT_BOOT_ID, boot_id, 0);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> EventsResultBuilder<'a, 'b, A> {
@@ -7071,6 +7096,7 @@ pub mod corum {
                 ds.field("events", &self.events());
                 ds.field("oldest", &self.oldest());
                 ds.field("newest", &self.newest());
+                ds.field("boot_id", &self.boot_id());
                 ds.finish()
             }
         }

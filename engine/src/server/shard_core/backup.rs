@@ -11,7 +11,9 @@
 //! - at most [`COPIES_PER_PARTITION_MAX`] copies per partition (the one unused longest is
 //!   dropped first);
 //! - at most `tuning.backup_copy_bytes_max` of copies per shard, counting the partition's data
-//!   before it is encoded: a new copy past it is answered `Busy` (the client backs off);
+//!   before it is encoded: a new copy past it is answered `Busy` (the client backs off), and
+//!   a partition whose data alone is larger is answered `InvalidArgument` (waiting would not
+//!   help: raise the limit);
 //! - a new copy of one partition at most every [`NEW_COPY_INTERVAL_TICKS`] unless nothing was
 //!   applied since the last (then the last is reused): a client asking again and again gets
 //!   `Busy` instead of a full encode each time;
@@ -72,6 +74,102 @@ pub struct Bounds {
     pub bytes_max: u64,
 }
 
+/// What to do with a request for a new copy (`index` 0) of a partition ([`admit`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// The copy at this position was taken at the same applied index: serve it again.
+    Reuse(usize),
+    /// Take a new copy.
+    Take,
+    /// Not now (the client backs off and asks again).
+    Busy(&'static str),
+    /// Never with these limits.
+    Refuse(String),
+}
+
+/// Whether a new copy of a partition at `applied` with `data_bytes` of data may be taken
+/// while the shard holds `held` bytes of copies (module docs, bounds).
+pub fn admit(copies: &[BackupCopy], applied: u64, data_bytes: u64, held: u64, b: &Bounds) -> Admit {
+    if let Some(i) = copies.iter().position(|c| c.index == applied) {
+        return Admit::Reuse(i);
+    }
+    if data_bytes > b.bytes_max {
+        return Admit::Refuse(format!(
+            "the partition holds {data_bytes} bytes, more than \
+             tuning.backup_copy_bytes_max ({}) allows one shard to hold in backup copies; \
+             raise it",
+            b.bytes_max
+        ));
+    }
+    if copies
+        .iter()
+        .any(|c| b.now < c.taken + NEW_COPY_INTERVAL_TICKS)
+    {
+        return Admit::Busy("a copy of this partition was taken less than a second ago");
+    }
+    // The copy that a new one would evict no longer counts.
+    let evicted = if copies.len() >= COPIES_PER_PARTITION_MAX {
+        lru(copies).map_or(0, |i| copies[i].data.len() as u64)
+    } else {
+        0
+    };
+    if (held - evicted).saturating_add(data_bytes) > b.bytes_max {
+        return Admit::Busy("the shard holds tuning.backup_copy_bytes_max of backup copies");
+    }
+    Admit::Take
+}
+
+/// The copy unused longest (the first to expire).
+fn lru(copies: &[BackupCopy]) -> Option<usize> {
+    (0..copies.len()).min_by_key(|&i| copies[i].expires)
+}
+
+/// Adds `copy`, first dropping the copy unused longest when the partition holds
+/// [`COPIES_PER_PARTITION_MAX`]; `held` as in [`serve`]. Returns its position.
+pub fn insert(copies: &mut Vec<BackupCopy>, copy: BackupCopy, held: &mut u64) -> usize {
+    if copies.len() >= COPIES_PER_PARTITION_MAX {
+        let i = lru(copies).expect("at least one copy");
+        *held -= copies.remove(i).data.len() as u64;
+    }
+    *held += copy.data.len() as u64;
+    copies.push(copy);
+    copies.len() - 1
+}
+
+/// Bytes `offset..` of `copy` (at most `b.chunk_max`), and its new expiry: `b.ttl_ticks`
+/// from now, or [`GRACE_TICKS`] after the last chunk.
+pub fn chunk(copy: &mut BackupCopy, offset: u64, b: &Bounds) -> Result<(u64, Bytes), WireError> {
+    let total = copy.data.len() as u64;
+    if offset > total || (offset == total && total != 0) {
+        return Err(WireError::InvalidArgument {
+            reason: format!("offset {offset} is past the end of the backup copy ({total} bytes)"),
+        });
+    }
+    let start = offset as usize;
+    let end = (start + b.chunk_max.max(1)).min(copy.data.len());
+    // The last chunk: keep the copy only briefly (another reader of it refreshes this).
+    copy.expires = b.now
+        + if end == copy.data.len() {
+            GRACE_TICKS.min(b.ttl_ticks)
+        } else {
+            b.ttl_ticks
+        };
+    Ok((total, copy.data.slice(start..end)))
+}
+
+/// Drops the copies unused past their expiry tick; `held` as in [`serve`]. Returns how many.
+pub fn expire_copies(copies: &mut Vec<BackupCopy>, now: u64, held: &mut u64) -> usize {
+    let before = copies.len();
+    copies.retain(|c| {
+        let keep = c.expires > now;
+        if !keep {
+            *held -= c.data.len() as u64;
+        }
+        keep
+    });
+    before - copies.len()
+}
+
 /// Answers `Op::Backup { index, offset, .. }` from `part`: with `index` 0 (served as a
 /// linearizable read, so `part` has applied up to the read index) a new copy is taken.
 /// `held`: bytes of copies the shard holds, kept up to date here and by [`expire`].
@@ -83,7 +181,6 @@ pub fn serve<C>(
     b: &Bounds,
     held: &mut u64,
 ) -> Response {
-    let (chunk_max, now, ttl_ticks) = (b.chunk_max, b.now, b.ttl_ticks);
     let header: ResponseHeader = part.header();
     let at = if index == 0 {
         if offset != 0 {
@@ -95,48 +192,41 @@ pub fn serve<C>(
             );
         }
         let applied = part.sm.applied_index();
-        match part.backups.iter().position(|c| c.index == applied) {
-            Some(i) => i,
-            None => {
-                let busy = if part
-                    .backups
-                    .iter()
-                    .any(|c| now < c.taken + NEW_COPY_INTERVAL_TICKS)
-                {
-                    Some("a copy of this partition was taken less than a second ago")
-                } else if *held + part.sm.data_bytes() + part.sm.history_bytes() > b.bytes_max {
-                    Some("the shard holds tuning.backup_copy_bytes_max of backup copies")
-                } else {
-                    None
-                };
-                if let Some(why) = busy {
-                    tracing::info!(partition = part.id, why, "backup copy refused: Busy");
-                    return error_response(id, WireError::Busy);
-                }
+        match admit(
+            &part.backups,
+            applied,
+            part.sm.data_bytes() + part.sm.history_bytes(),
+            *held,
+            b,
+        ) {
+            Admit::Reuse(i) => i,
+            Admit::Busy(why) => {
+                tracing::info!(partition = part.id, why, "backup copy refused: Busy");
+                return error_response(id, WireError::Busy);
+            }
+            Admit::Refuse(reason) => {
+                tracing::warn!(partition = part.id, reason = %reason, "backup copy refused");
+                return error_response(id, WireError::InvalidArgument { reason });
+            }
+            Admit::Take => {
                 let data = snapshot::encode(&part.sm, &convert::encode_conf(part.raft.conf()));
-                if part.backups.len() >= COPIES_PER_PARTITION_MAX {
-                    // The copy unused longest goes first.
-                    let lru = (0..part.backups.len())
-                        .min_by_key(|&i| part.backups[i].expires)
-                        .expect("at least one copy");
-                    *held -= part.backups.remove(lru).data.len() as u64;
-                }
-                *held += data.len() as u64;
-                part.backups.push(BackupCopy {
+                let bytes = data.len();
+                let copy = BackupCopy {
                     index: applied,
                     term: part.sm.applied_term(),
                     revision: part.sm.revision(),
                     data,
-                    expires: now + ttl_ticks,
-                    taken: now,
-                });
+                    expires: b.now + b.ttl_ticks,
+                    taken: b.now,
+                };
+                let i = insert(&mut part.backups, copy, held);
                 tracing::info!(
                     partition = part.id,
                     index = applied,
-                    bytes = part.backups.last().map_or(0, |c| c.data.len()),
+                    bytes,
                     "backup copy taken"
                 );
-                part.backups.len() - 1
+                i
             }
         }
     } else {
@@ -163,53 +253,154 @@ pub fn serve<C>(
         }
     };
     let copy = &mut part.backups[at];
-    let total = copy.data.len() as u64;
-    if offset > total || (offset == total && total != 0) {
-        return error_response(
-            id,
-            WireError::InvalidArgument {
-                reason: format!(
-                    "offset {offset} is past the end of the backup copy ({total} bytes)"
-                ),
-            },
-        );
-    }
-    let start = offset as usize;
-    let end = (start + chunk_max.max(1)).min(copy.data.len());
+    let (total_bytes, data) = match chunk(copy, offset, b) {
+        Ok(c) => c,
+        Err(e) => return error_response(id, e),
+    };
     let chunk = wire::BackupChunk {
         partition: part.id,
         index: copy.index,
         term: copy.term,
         revision: copy.revision,
-        total_bytes: total,
+        total_bytes,
         offset,
-        data: copy.data.slice(start..end),
+        data,
     };
-    // The last chunk: keep the copy only briefly (another reader of it refreshes this).
-    copy.expires = now
-        + if end == copy.data.len() {
-            GRACE_TICKS.min(ttl_ticks)
-        } else {
-            ttl_ticks
-        };
     ok_response(id, header, Outcome::Backup(chunk))
 }
 
 /// Drops the copies of `part` unused past their expiry tick; `held` as in [`serve`].
 pub fn expire<C>(part: &mut Partition<C>, now: u64, held: &mut u64) {
-    let before = part.backups.len();
-    part.backups.retain(|c| {
-        let keep = c.expires > now;
-        if !keep {
-            *held -= c.data.len() as u64;
+    let dropped = expire_copies(&mut part.backups, now, held);
+    if dropped > 0 {
+        tracing::info!(partition = part.id, dropped, "backup copies dropped unused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(now: u64, bytes_max: u64) -> Bounds {
+        Bounds {
+            chunk_max: 4,
+            now,
+            ttl_ticks: 6000,
+            bytes_max,
         }
-        keep
-    });
-    if part.backups.len() < before {
-        tracing::info!(
-            partition = part.id,
-            dropped = before - part.backups.len(),
-            "backup copies dropped unused"
+    }
+
+    fn copy(index: u64, bytes: usize, taken: u64, b: &Bounds) -> BackupCopy {
+        BackupCopy {
+            index,
+            term: 1,
+            revision: index,
+            data: Bytes::from(vec![index as u8; bytes]),
+            expires: taken + b.ttl_ticks,
+            taken,
+        }
+    }
+
+    #[test]
+    fn a_new_copy_is_busy_within_the_interval_and_past_the_byte_limit() {
+        let b = bounds(1000, 100);
+        let mut copies = Vec::new();
+        let mut held = 0;
+        assert_eq!(admit(&copies, 5, 40, held, &b), Admit::Take);
+        insert(&mut copies, copy(5, 40, b.now, &b), &mut held);
+        // Same applied index: the copy is served again, whenever.
+        assert_eq!(admit(&copies, 5, 40, held, &b), Admit::Reuse(0));
+        // Newer writes, but less than a second later.
+        let soon = bounds(1000 + NEW_COPY_INTERVAL_TICKS - 1, 100);
+        assert!(
+            matches!(admit(&copies, 6, 40, held, &soon), Admit::Busy(w) if w.contains("second"))
         );
+        // A second later, but the shard's copies (other partitions' too) would pass the limit.
+        let later = bounds(1000 + NEW_COPY_INTERVAL_TICKS, 100);
+        assert_eq!(admit(&copies, 6, 40, held, &later), Admit::Take);
+        assert!(
+            matches!(admit(&copies, 6, 40, held + 30, &later), Admit::Busy(w) if w.contains("bytes_max"))
+        );
+        assert_eq!(
+            admit(&copies, 6, 60, held, &later),
+            Admit::Take,
+            "100 bytes: at the limit"
+        );
+        assert!(matches!(
+            admit(&copies, 6, 61, held, &later),
+            Admit::Busy(_)
+        ));
+    }
+
+    #[test]
+    fn a_partition_larger_than_the_byte_limit_is_refused_with_a_reason_not_busy() {
+        let b = bounds(1000, 100);
+        // Busy would send the client into backoff until it times out: it could never fit.
+        match admit(&[], 5, 101, 0, &b) {
+            Admit::Refuse(reason) => assert!(
+                reason.contains("101 bytes") && reason.contains("backup_copy_bytes_max (100)"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(admit(&[], 5, 100, 0, &b), Admit::Take);
+    }
+
+    #[test]
+    fn the_copy_unused_longest_is_evicted_and_held_bytes_balance() {
+        let b = bounds(0, 1000);
+        let mut copies = Vec::new();
+        let mut held = 0;
+        insert(&mut copies, copy(1, 10, 0, &b), &mut held);
+        insert(&mut copies, copy(2, 20, 100, &b), &mut held);
+        assert_eq!(held, 30);
+        // Copy 1 is read later than copy 2: copy 2 is now the one unused longest.
+        chunk(&mut copies[0], 0, &bounds(500, 1000)).unwrap();
+        // A full partition's eviction frees room: 30 held + 35 new - 20 evicted.
+        assert_eq!(admit(&copies, 3, 35, held, &bounds(600, 45)), Admit::Take);
+        insert(&mut copies, copy(3, 35, 600, &b), &mut held);
+        let indexes: Vec<u64> = copies.iter().map(|c| c.index).collect();
+        assert_eq!(indexes, vec![1, 3]);
+        assert_eq!(held, 45);
+        assert_eq!(expire_copies(&mut copies, u64::MAX, &mut held), 2);
+        assert_eq!(held, 0, "every byte added is taken off again");
+    }
+
+    #[test]
+    fn a_copy_is_kept_for_the_ttl_between_chunks_and_a_grace_after_the_last() {
+        let b = bounds(0, 1000);
+        let mut copies = vec![copy(7, 10, 0, &b)];
+        let mut held = 10;
+        // Chunks of 4 bytes: 0..4, 4..8 keep it for the TTL; 8..10 is the last.
+        let (total, data) = chunk(&mut copies[0], 0, &bounds(10, 1000)).unwrap();
+        assert_eq!((total, data.len()), (10, 4));
+        assert_eq!(copies[0].expires, 10 + b.ttl_ticks);
+        chunk(&mut copies[0], 4, &bounds(20, 1000)).unwrap();
+        assert_eq!(copies[0].expires, 20 + b.ttl_ticks);
+        let (_, last) = chunk(&mut copies[0], 8, &bounds(30, 1000)).unwrap();
+        assert_eq!(last.len(), 2);
+        assert_eq!(copies[0].expires, 30 + GRACE_TICKS);
+        // Another reader within the grace keeps it (re-reading the last chunk renews it).
+        assert_eq!(
+            expire_copies(&mut copies, 30 + GRACE_TICKS - 1, &mut held),
+            0
+        );
+        chunk(&mut copies[0], 8, &bounds(30 + GRACE_TICKS - 1, 1000)).unwrap();
+        assert_eq!(expire_copies(&mut copies, 30 + GRACE_TICKS, &mut held), 0);
+        assert_eq!(
+            expire_copies(&mut copies, 30 + 2 * GRACE_TICKS - 1, &mut held),
+            1
+        );
+        assert_eq!(held, 0);
+        // An offset past the end is refused; an unused copy goes after its TTL.
+        let mut c = copy(8, 10, 0, &b);
+        assert!(matches!(
+            chunk(&mut c, 10, &b),
+            Err(WireError::InvalidArgument { .. })
+        ));
+        let mut copies = vec![c];
+        let mut held = 10;
+        assert_eq!(expire_copies(&mut copies, b.ttl_ticks - 1, &mut held), 0);
+        assert_eq!(expire_copies(&mut copies, b.ttl_ticks, &mut held), 1);
     }
 }

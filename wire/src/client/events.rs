@@ -1,0 +1,335 @@
+//! The cluster's event stream ([`Client::subscribe_events`]): every node's event log, polled
+//! and merged into one stream in time order.
+//!
+//! Each round:
+//! 1. Every node of the cluster map is asked at once (one task per node), each with its own
+//!    deadline of [`poll_timeout`], so a node that does not answer (down, paused, blackholed)
+//!    delays the others by at most that much.
+//! 2. A node is read up to its newest event in the round (page after page, at most
+//!    [`DRAIN_PAGES_MAX`] pages), so no backlog is left for a later round.
+//! 3. The watermark is the reader's clock when the round began. An event is stamped under the
+//!    node's log lock before it is added, and each poll takes that lock after the round began,
+//!    so every event of an answering node stamped before the watermark is in hand once the
+//!    round ends. Events stamped before the watermark are sent, sorted by (time, node,
+//!    sequence number); later ones wait for the next round. The stream is therefore in time
+//!    order, as far as the nodes' clocks agree with the reader's, with these exceptions: events of a
+//!    node that did not answer come when it answers again (after newer events of the others);
+//!    a node that could not be read to its newest lowers the watermark to its last event read;
+//!    and an event waits at most [`HELD_ROUNDS_MAX`] rounds (a node whose clock runs ahead).
+//! 4. A restart is noticed by the node's boot id (`EventsResult::boot_id`), which changes on
+//!    every start, even when the new sequence numbers have already passed the cursor; servers
+//!    without boot ids (0) are checked by their newest sequence number going down.
+//!
+//! "From now" (not `from_start`) means the events a node stamped at or after the subscription
+//! (so the nodes' clocks again): every node is read from its first event held and the older
+//! ones are skipped, once; taking each node's newest at its first poll would lose what happened
+//! between the subscription and that poll.
+//!
+//! The stream's own events (`seq` 0, stamped with the reader's clock when seen): `node_down`,
+//! `node_up`, `node_restarted` and `events_missed`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{unexpected, Client, ClientError};
+use crate::messages::{Op, Outcome};
+use crate::{Event, EventsResult};
+
+/// Pages read from one node in one round at most: its whole log (4,096 events, 256 a page)
+/// with room for pages the server cut short by bytes.
+pub const DRAIN_PAGES_MAX: usize = 32;
+/// Rounds an event waits for the watermark at most.
+pub const HELD_ROUNDS_MAX: u32 = 4;
+/// The shortest deadline of one node's poll: answers on a loaded machine take a while, and a
+/// slow answer must not read as `node_down`.
+pub const POLL_TIMEOUT_MIN: Duration = Duration::from_secs(1);
+
+/// The deadline of one node's poll in a round polled `every`: the interval, but at least
+/// [`POLL_TIMEOUT_MIN`] and at most the client's request timeout.
+pub fn poll_timeout(every: Duration, request_timeout: Duration) -> Duration {
+    every.max(POLL_TIMEOUT_MIN).min(request_timeout)
+}
+
+/// Whether an answer comes from another start of the node than the last one read: its boot id
+/// changed, or (servers without boot ids) its newest sequence number went below the cursor.
+pub fn restarted(after: u64, known_boot_id: u64, r: &EventsResult) -> bool {
+    if known_boot_id != 0 && r.boot_id != 0 {
+        r.boot_id != known_boot_id
+    } else {
+        r.newest < after
+    }
+}
+
+/// What the stream knows of one node.
+struct NodeCursor {
+    endpoint: String,
+    /// The last sequence number read.
+    after: u64,
+    /// Events stamped before this are skipped ("from now": the subscription's time).
+    since_ms: u64,
+    boot_id: u64,
+    /// None until the first answer or failure.
+    up: Option<bool>,
+    /// Answered at least once.
+    read: bool,
+}
+
+/// One node's poll in one round.
+struct Drained {
+    node: u64,
+    after: u64,
+    boot_id: u64,
+    events: Vec<Event>,
+    /// (first, last) sequence numbers dropped by the node before they were read.
+    missed: Vec<(u64, u64)>,
+    /// (old boot id, new boot id, events read before the restart was noticed)
+    restarted: Option<(u64, u64, usize)>,
+    /// Answered at least once.
+    answered: bool,
+    /// Read up to its newest.
+    complete: bool,
+    error: Option<ClientError>,
+}
+
+async fn drain(
+    client: Client,
+    node: u64,
+    endpoint: String,
+    after: u64,
+    boot_id: u64,
+    deadline: Instant,
+) -> Drained {
+    let mut d = Drained {
+        node,
+        after,
+        boot_id,
+        events: Vec::new(),
+        missed: Vec::new(),
+        restarted: None,
+        answered: false,
+        complete: false,
+        error: None,
+    };
+    for _ in 0..DRAIN_PAGES_MAX {
+        let asked = d.after;
+        let r = match client
+            .call_endpoint(
+                &endpoint,
+                Op::Events {
+                    after: asked,
+                    limit: 0,
+                },
+                deadline,
+            )
+            .await
+        {
+            Ok((_, Outcome::Events(r))) => r,
+            Ok((_, other)) => {
+                d.error = Some(unexpected("Events", &other));
+                return d;
+            }
+            Err(e) => {
+                d.error = Some(e);
+                return d;
+            }
+        };
+        d.answered = true;
+        if restarted(d.after, d.boot_id, &r) {
+            // Sequence numbers start again at 1 on a restarted node: read it from there.
+            d.restarted = Some((d.boot_id, r.boot_id, d.events.len()));
+            d.boot_id = r.boot_id;
+            d.after = 0;
+            continue;
+        }
+        d.boot_id = r.boot_id;
+        if r.oldest > asked.saturating_add(1) {
+            d.missed.push((asked + 1, r.oldest - 1));
+        }
+        let reached = r.events.last().is_none_or(|last| last.seq >= r.newest);
+        if let Some(last) = r.events.last() {
+            d.after = last.seq;
+        }
+        d.events.extend(r.events);
+        if reached {
+            d.complete = true;
+            return d;
+        }
+    }
+    d
+}
+
+impl Client {
+    /// The body of [`Client::subscribe_events`] (module docs).
+    pub(super) async fn events_stream(
+        self,
+        every: Duration,
+        from_start: bool,
+        subscribed_ms: u64,
+        tx: tokio::sync::mpsc::Sender<Event>,
+    ) {
+        let timeout = poll_timeout(every, self.inner.config.request_timeout);
+        let mut nodes: BTreeMap<u64, NodeCursor> = BTreeMap::new();
+        // Events read but not sent yet, with the round they were read in.
+        let mut held: Vec<(Event, u32)> = Vec::new();
+        for round in 0u32.. {
+            for p in &self.cluster_map().partitions {
+                for r in &p.replicas {
+                    nodes.entry(r.node).or_insert_with(|| NodeCursor {
+                        endpoint: r.endpoint.clone(),
+                        // "From now" means from this node's newest in round 1; a node first
+                        // seen later is read from its start, skipping what is older than the
+                        // subscription.
+                        // Read from its first event; "from now" skips the events stamped
+                        // before the subscription (by the node's clock). Taking the node's
+                        // newest at its first poll instead would lose what happened between
+                        // the subscription and that poll.
+                        after: 0,
+                        since_ms: if from_start { 0 } else { subscribed_ms },
+                        boot_id: 0,
+                        up: None,
+                        read: false,
+                    });
+                }
+            }
+            let watermark_start = unix_ms();
+            let deadline = Instant::now() + timeout;
+            let mut polls = tokio::task::JoinSet::new();
+            for (&node, n) in &nodes {
+                polls.spawn(drain(
+                    self.clone(),
+                    node,
+                    n.endpoint.clone(),
+                    n.after,
+                    n.boot_id,
+                    deadline,
+                ));
+            }
+            let mut watermark = watermark_start;
+            let mut seen = Vec::new();
+            while let Some(joined) = polls.join_next().await {
+                let Ok(d) = joined else { continue }; // a poll task panicked: poll again next round
+                let Some(n) = nodes.get_mut(&d.node) else {
+                    continue;
+                };
+                let node = d.node;
+                let synthetic = |kind: &str, detail: String| Event {
+                    seq: 0,
+                    unix_ms: unix_ms(),
+                    node,
+                    shard: 0,
+                    partition: 0,
+                    kind: kind.into(),
+                    detail,
+                };
+                if d.answered {
+                    if n.up == Some(false) {
+                        seen.push(synthetic("node_up", n.endpoint.clone()));
+                    }
+                    n.up = Some(true);
+                    if let Some((old, new, before)) = d.restarted {
+                        let mut e = synthetic(
+                            "node_restarted",
+                            format!("boot id {old} -> {new}; reading its events from 1"),
+                        );
+                        // It restarted before its first event of the new start: sort it there
+                        // (sequence number 0 goes first among the node's events of that ms).
+                        if let Some(first) = d.events.get(before) {
+                            e.unix_ms = e.unix_ms.min(first.unix_ms);
+                        }
+                        seen.push(e);
+                    }
+                    // What a node dropped before the first read of a "from now" stream is
+                    // older than the subscription: not missed.
+                    let first_read = !std::mem::replace(&mut n.read, true);
+                    let missed = if first_read && !from_start {
+                        &[][..]
+                    } else {
+                        &d.missed[..]
+                    };
+                    for (first, last) in missed {
+                        seen.push(synthetic(
+                            "events_missed",
+                            format!("events {first}..{last} were dropped before they were read"),
+                        ));
+                    }
+                    n.after = d.after;
+                    n.boot_id = d.boot_id;
+                    if !d.complete && d.error.is_none() {
+                        // Its later events are not in hand: hold back what is not older than
+                        // the last one read.
+                        if let Some(last) = d.events.last() {
+                            watermark = watermark.min(last.unix_ms);
+                        }
+                    }
+                    seen.extend(d.events.into_iter().filter(|e| e.unix_ms >= n.since_ms));
+                }
+                if let Some(e) = d.error {
+                    if n.up != Some(false) {
+                        seen.push(synthetic("node_down", e.to_string()));
+                    }
+                    n.up = Some(false);
+                }
+            }
+            held.extend(seen.into_iter().map(|e| (e, round)));
+            held.sort_by_key(|(e, _)| (e.unix_ms, e.node, e.seq));
+            // Send the longest prefix that is below the watermark or waited long enough.
+            let ready = held
+                .iter()
+                .take_while(|(e, r)| e.unix_ms < watermark || round - r >= HELD_ROUNDS_MAX)
+                .count();
+            for (e, _) in held.drain(..ready) {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}
+
+/// Now, in milliseconds since the Unix epoch (0 before it).
+pub(super) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(newest: u64, boot_id: u64) -> EventsResult {
+        EventsResult {
+            events: Vec::new(),
+            oldest: 1,
+            newest,
+            boot_id,
+        }
+    }
+
+    #[test]
+    fn a_restart_is_noticed_by_its_boot_id_even_past_the_cursor() {
+        // The review's case: the node restarted and logged more events than the cursor
+        // before the next poll. The newest number did not go down; the boot id changed.
+        assert!(restarted(5, 100, &answer(9, 200)));
+        assert!(!restarted(5, 100, &answer(9, 100)));
+        // First contact: nothing to compare.
+        assert!(!restarted(0, 0, &answer(9, 200)));
+        // Servers without boot ids: only a newest below the cursor tells.
+        assert!(restarted(5, 0, &answer(3, 0)));
+        assert!(!restarted(5, 0, &answer(9, 0)));
+    }
+
+    #[test]
+    fn one_poll_waits_between_a_second_and_the_request_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(poll_timeout(Duration::from_millis(50), s(5)), s(1));
+        assert_eq!(poll_timeout(s(2), s(5)), s(2));
+        assert_eq!(poll_timeout(s(60), s(5)), s(5));
+    }
+}
