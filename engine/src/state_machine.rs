@@ -1269,7 +1269,10 @@ impl StateMachine {
 
 /// The map bounds of a range per the module docs' rules; `None` when the range is empty
 /// (`end <= start`, `end` neither empty nor `[0]`).
-fn range_bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+/// A key range as map bounds.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn range_bounds<'a>(start: &'a [u8], end: &'a [u8]) -> Option<KeyBounds<'a>> {
     let upper: Bound<&[u8]> = if end.is_empty() {
         Bound::Included(start)
     } else if end == [0] {

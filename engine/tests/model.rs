@@ -29,9 +29,12 @@ struct ModelSession {
 
 /// The model: a hash map of plain vectors, transactions applied to a copy that replaces the
 /// map at the end, sessions in a vector searched linearly.
+/// The model's key-value map: key -> (value, create revision, mod revision, version).
+type ModelKv = HashMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>;
+
 #[derive(Default, Clone)]
 struct Model {
-    kv: HashMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>,
+    kv: ModelKv,
     rev: u64,
     sessions: Vec<ModelSession>,
     applied: u64,
@@ -433,7 +436,7 @@ proptest! {
         let cfg = Config { history_revisions: history, history_bytes_max: bytes_cap, ..config() };
         let mut sm = StateMachine::new(cfg);
         let mut model = Model::default();
-        let mut at: Vec<HashMap<Vec<u8>, (Vec<u8>, u64, u64, u64)>> = vec![HashMap::new()];
+        let mut at: Vec<ModelKv> = vec![HashMap::new()];
         for (index, term, e) in &log {
             if let Entry::Command(c) = e {
                 let _ = sm.apply(*index, *term, c);
