@@ -174,7 +174,7 @@ fn outcome(o: &Outcome) -> usize {
         Outcome::TransferLeader(_) => table(24, 3),
         Outcome::Backup(b) => table(52, 7) + opt_bytes(b.data.len()),
         Outcome::Events(r) => {
-            table(20, 3)
+            table(28, 4)
                 + offsets(0)
                 + r.events
                     .iter()

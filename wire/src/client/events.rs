@@ -21,9 +21,11 @@
 //!    without boot ids (0) are checked by their newest sequence number going down.
 //!
 //! "From now" (not `from_start`) means the events a node stamped at or after the subscription
-//! (so the nodes' clocks again): every node is read from its first event held and the older
-//! ones are skipped, once; taking each node's newest at its first poll would lose what happened
-//! between the subscription and that poll.
+//! (so the nodes' clocks again): every node is read from its first event held, and of what its
+//! first answer brings, the events stamped before the subscription are skipped; every later
+//! event is delivered whatever its stamp (a reader or node whose clock runs ahead loses
+//! nothing live). Taking each node's newest at its first poll would lose what happened between
+//! the subscription and that poll.
 //!
 //! The stream's own events (`seq` 0, stamped with the reader's clock when seen): `node_down`,
 //! `node_up`, `node_restarted` and `events_missed`.
@@ -178,9 +180,6 @@ impl Client {
                 for r in &p.replicas {
                     nodes.entry(r.node).or_insert_with(|| NodeCursor {
                         endpoint: r.endpoint.clone(),
-                        // "From now" means from this node's newest in round 1; a node first
-                        // seen later is read from its start, skipping what is older than the
-                        // subscription.
                         // Read from its first event; "from now" skips the events stamped
                         // before the subscription (by the node's clock). Taking the node's
                         // newest at its first poll instead would lose what happened between
@@ -263,7 +262,14 @@ impl Client {
                             watermark = watermark.min(last.unix_ms);
                         }
                     }
-                    seen.extend(d.events.into_iter().filter(|e| e.unix_ms >= n.since_ms));
+                    // "From now" skips, by timestamp, only what the node already held at its
+                    // first answer: after that every event is new, whatever the clocks say (a
+                    // reader whose clock runs ahead must not drop live events).
+                    seen.extend(
+                        d.events
+                            .into_iter()
+                            .filter(|e| !first_read || e.unix_ms >= n.since_ms),
+                    );
                 }
                 if let Some(e) = d.error {
                     if n.up != Some(false) {
@@ -274,11 +280,11 @@ impl Client {
             }
             held.extend(seen.into_iter().map(|e| (e, round)));
             held.sort_by_key(|(e, _)| (e.unix_ms, e.node, e.seq));
-            // Send the longest prefix that is below the watermark or waited long enough.
-            let ready = held
-                .iter()
-                .take_while(|(e, r)| e.unix_ms < watermark || round - r >= HELD_ROUNDS_MAX)
-                .count();
+            // Send the longest prefix below the cut-off: the watermark, raised past every event
+            // that waited HELD_ROUNDS_MAX rounds (so those go out, with everything stamped
+            // before them, in order, however the nodes' clocks disagree).
+            let cutoff = release_cutoff(&held, round, watermark);
+            let ready = held.iter().take_while(|(e, _)| e.unix_ms < cutoff).count();
             for (e, _) in held.drain(..ready) {
                 if tx.send(e).await.is_err() {
                     return;
@@ -290,6 +296,15 @@ impl Client {
             }
         }
     }
+}
+
+/// The stamp below which held events are sent (module docs, rule 3): the watermark, raised
+/// past every event that has waited [`HELD_ROUNDS_MAX`] rounds.
+fn release_cutoff(held: &[(Event, u32)], round: u32, watermark: u64) -> u64 {
+    held.iter()
+        .filter(|(_, r)| round - r >= HELD_ROUNDS_MAX)
+        .map(|(e, _)| e.unix_ms.saturating_add(1))
+        .fold(watermark, u64::max)
 }
 
 /// Now, in milliseconds since the Unix epoch (0 before it).
@@ -323,6 +338,30 @@ mod tests {
         // Servers without boot ids: only a newest below the cursor tells.
         assert!(restarted(5, 0, &answer(3, 0)));
         assert!(!restarted(5, 0, &answer(9, 0)));
+    }
+
+    /// Review finding (ops-fixes review, 2): an event held HELD_ROUNDS_MAX rounds goes out
+    /// even when a younger, unready event sorts before it (a node whose clock runs less far
+    /// ahead); before, the prefix stopped at the younger event and held the old one forever.
+    #[test]
+    fn an_event_held_long_enough_is_released_with_everything_before_it() {
+        let ev = |node, unix_ms| Event {
+            seq: 1,
+            unix_ms,
+            node,
+            shard: 0,
+            partition: 0,
+            kind: "k".into(),
+            detail: String::new(),
+        };
+        // Round 10, watermark 1_000: node 2's event (stamp 3_000, read in round 9) is not ready;
+        // node 1's (stamp 10_000, read in round 6) has waited 4 rounds.
+        let held = vec![(ev(2, 3_000), 9), (ev(1, 10_000), 6)];
+        let cutoff = release_cutoff(&held, 10, 1_000);
+        assert_eq!(cutoff, 10_001);
+        assert!(held.iter().all(|(e, _)| e.unix_ms < cutoff));
+        // Nothing waited long enough: the watermark alone.
+        assert_eq!(release_cutoff(&held, 9, 1_000), 1_000);
     }
 
     #[test]
