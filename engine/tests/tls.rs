@@ -386,6 +386,24 @@ fn a_tls_cluster_serves_ctl_and_refuses_plaintext_foreign_certificates_and_impos
         "the metrics port's refusal",
     );
 
+    // TLS review, finding 1 and 2: a client that starts a handshake and then trickles one
+    // byte a second (never a gap long enough for a read timeout) is cut off at the
+    // handshake deadline on the client port (10 s) and at the connection deadline on the
+    // operations port (5 s), not kept for as long as it trickles. Both ports at once.
+    let (client_port, metrics_port) = rt.block_on(async {
+        let c = tokio::spawn(trickle(cluster.client_addr(1)));
+        let m = tokio::spawn(trickle(metrics.clone()));
+        (c.await.unwrap(), m.await.unwrap())
+    });
+    assert!(
+        client_port < Duration::from_secs(14),
+        "a trickling handshake held a client-port connection for {client_port:?}"
+    );
+    assert!(
+        metrics_port < Duration::from_secs(9),
+        "a trickling handshake held an operations-port worker for {metrics_port:?}"
+    );
+
     // The cluster goes on: writes through every node's leader, reads back.
     for i in 0..20 {
         let o = ctl_tls(&e, &ours.ca(), None, &["put", &format!("after-{i}"), "x"]);
@@ -403,6 +421,28 @@ fn a_tls_cluster_serves_ctl_and_refuses_plaintext_foreign_certificates_and_impos
         String::from_utf8_lossy(&o.stderr)
     );
     cluster.stop();
+}
+
+/// Starts a TLS handshake on `addr` (a record header announcing 16 KiB) and sends one more
+/// byte a second; returns how long until the server closed the connection. Gives up (and
+/// returns the time spent) after 30 s.
+async fn trickle(addr: String) -> Duration {
+    let start = std::time::Instant::now();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00]).await.unwrap();
+    let mut buf = [0u8; 256];
+    while start.elapsed() < Duration::from_secs(30) {
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(_)) => continue, // an alert: the close follows
+            Err(_) => {
+                if s.write_all(&[0x01]).await.is_err() {
+                    return start.elapsed();
+                }
+            }
+        }
+    }
+    start.elapsed()
 }
 
 /// A node whose certificate does not name `node-<id>` does not start, and says why.

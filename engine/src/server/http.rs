@@ -376,9 +376,52 @@ impl HttpStream for TcpStream {
     }
 }
 
-impl HttpStream for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+/// A TCP stream whose every read and write gives up at one deadline. Under TLS one
+/// `read` or `write` of the HTTP code can make rustls read the socket many times (a
+/// handshake, a record trickling in a byte at a time), so a socket timeout set once per call
+/// bounds only the gap between bytes, and a slow client could hold a worker for ever (TLS
+/// review, finding 1, reproduced: 8 trickling connections kept /health from answering for
+/// 25 s). This recomputes the timeout from the deadline before every socket call.
+struct DeadlineTcp {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineTcp {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the connection's deadline passed",
+            ));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineTcp {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for DeadlineTcp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_write_timeout(Some(left))?;
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+impl HttpStream for rustls::StreamOwned<rustls::ServerConnection, DeadlineTcp> {
     fn tcp(&self) -> &TcpStream {
-        &self.sock
+        &self.sock.tcp
     }
     fn finish(&mut self) -> std::io::Result<()> {
         self.conn.send_close_notify();
@@ -397,7 +440,13 @@ fn answer(conn: Conn, ctx: &Context) {
         None => answer_on(stream, peer, accepted, ctx, false),
         Some(tls) => match rustls::ServerConnection::new(tls.http.clone()) {
             Ok(session) => answer_on(
-                rustls::StreamOwned::new(session, stream),
+                rustls::StreamOwned::new(
+                    session,
+                    DeadlineTcp {
+                        tcp: stream,
+                        deadline: accepted + ctx.limits.connection_deadline,
+                    },
+                ),
                 peer,
                 accepted,
                 ctx,

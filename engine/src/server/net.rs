@@ -783,7 +783,9 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
         .unwrap_or_default();
     match io.shared.tls() {
         None => read_peer(stream, None, remote, accept_no, io).await,
-        Some(tls) => match tls.peer_accept.accept(stream).await {
+        // The whole handshake within the peer timeout, not just each read (TLS review,
+        // finding 2).
+        Some(tls) => match super::tls::within(timeout, tls.peer_accept.accept(stream)).await {
             Ok(s) => {
                 let chain: Vec<_> = s
                     .get_ref()

@@ -132,15 +132,32 @@ pub fn check_peer_identity(chain: &[CertificateDer<'_>], id: u64) -> Result<(), 
 }
 
 /// Runs the server side of a client's handshake with a deadline
-/// ([`CLIENT_HANDSHAKE_TIMEOUT`]).
+/// ([`CLIENT_HANDSHAKE_TIMEOUT`]) on the whole handshake: a socket read timeout alone bounds
+/// only the gap between reads (glommio restarts it after every read), so a client sending a
+/// byte every few seconds could hold a connection slot for ever (TLS review, finding 2).
 pub async fn accept_client(
     tls: &NodeTls,
     stream: TcpStream,
 ) -> std::io::Result<futures_rustls::server::TlsStream<TcpStream>> {
     stream.set_read_timeout(Some(CLIENT_HANDSHAKE_TIMEOUT))?;
-    let s = tls.client.accept(stream).await?;
+    let s = within(CLIENT_HANDSHAKE_TIMEOUT, tls.client.accept(stream)).await?;
     s.get_ref().0.set_read_timeout(None)?;
     Ok(s)
+}
+
+/// `f`, or `TimedOut` once `limit` has passed, whichever comes first.
+pub async fn within<T>(
+    limit: Duration,
+    f: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    futures_lite::future::or(f, async {
+        glommio::timer::sleep(limit).await;
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("TLS handshake not done within {} ms", limit.as_millis()),
+        ))
+    })
+    .await
 }
 
 #[cfg(test)]
