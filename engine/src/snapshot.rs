@@ -90,8 +90,8 @@ use thiserror::Error;
 
 use crate::codec::{put_bytes, put_u32, put_u64, put_u8, Reader, Truncated};
 use crate::state_machine::{
-    Config, History, KeyValue, OldVersion, OpResult, Response, ResponseOp, SessionRecord,
-    SessionTable, StateMachine,
+    Config, KeyValue, OldVersion, OpResult, Response, ResponseOp, SessionRecord, SessionTable,
+    StateMachine,
 };
 
 /// The file magic.
@@ -362,10 +362,9 @@ pub fn encode(sm: &StateMachine, membership: &[u8]) -> Bytes {
             put_response(&mut out, result);
         }
     }
-    let history = sm.history();
-    put_u64(&mut out, history.compacted());
-    put_u64(&mut out, history.iter().count() as u64);
-    for (k, olds) in history.iter() {
+    put_u64(&mut out, sm.compacted());
+    put_u64(&mut out, sm.history_iter().count() as u64);
+    for (k, olds) in sm.history_iter() {
         put_bytes(&mut out, k);
         put_u32(
             &mut out,
@@ -534,11 +533,11 @@ fn decode_inner(data: &[u8], config: &Config) -> Result<Snapshot, SnapshotError>
     r.range(body_start, "header and membership")?;
     let kvs = decode_kvs(&mut r, meta.revision)?;
     let sessions = decode_sessions(&mut r, &meta)?;
-    let history = if le_u32(data, OFF_VERSION) >= 2 {
+    let (olds_by_key, compacted) = if le_u32(data, OFF_VERSION) >= 2 {
         decode_history(&mut r, meta.revision, &kvs)?
     } else {
         // Version 1 kept no history: only the snapshot's own revision is readable.
-        History::from_parts(BTreeMap::new(), meta.revision)
+        (BTreeMap::new(), meta.revision)
     };
     if r.remaining() != 0 {
         return Err(SnapshotError::TrailingBytes {
@@ -553,7 +552,8 @@ fn decode_inner(data: &[u8], config: &Config) -> Result<Snapshot, SnapshotError>
         meta.applied_index,
         meta.applied_term,
         sessions,
-        history,
+        olds_by_key,
+        compacted,
     );
     Ok(Snapshot { meta, state })
 }
@@ -615,11 +615,14 @@ fn decode_kvs(
 /// Smallest old version: value length, create, mod, version, until.
 const OLD_BYTES_MIN: usize = 4 + 24 + 8;
 
+/// Per key its old versions, and the compaction point.
+type HistoryParts = (BTreeMap<Bytes, VecDeque<OldVersion>>, u64);
+
 fn decode_history(
     r: &mut Reader<'_>,
     revision: u64,
     kvs: &BTreeMap<Bytes, KeyValue>,
-) -> Result<History, SnapshotError> {
+) -> Result<HistoryParts, SnapshotError> {
     let off = r.offset();
     let compacted = r.u64("compaction point")?;
     if compacted > revision {
@@ -683,7 +686,7 @@ fn decode_history(
         prev = Some(key.clone());
         by_key.insert(key, olds);
     }
-    Ok(History::from_parts(by_key, compacted))
+    Ok((by_key, compacted))
 }
 
 fn get_opt_kv(

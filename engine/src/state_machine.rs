@@ -25,27 +25,42 @@
 //! The **compaction point** `C`: revisions `>= C` are readable, lower ones are refused with
 //! [`RevisionError::Compacted`] (and revisions above the current one with
 //! [`RevisionError::Future`]). Compacting to `C` drops the old versions no readable revision
-//! can see (`until <= C`), oldest first, in O(1) each: a queue holds every old version's
-//! `(until, key)` in ascending order, which is also apply order. The point moves
+//! can see (`until <= C`), oldest first, in O(1) each (the queue, under "Layout"). The point moves
 //! deterministically, from the log alone: after every command that writes at revision `r`
 //! it becomes `max(C, r - history_revisions)` ([`Config::history_revisions`], a cluster
 //! constant like the session bounds), so the current revision and the `history_revisions`
 //! before it are readable; and then, while the superseded versions hold more than
 //! [`Config::history_bytes_max`] bytes of keys and values, it moves on to the end of the
 //! oldest one. Memory is bounded by bytes, whatever the values' sizes: a client rewriting a
-//! 1 MiB value cannot make every replica keep a thousand copies of it. The history copies a
-//! key when it enters the history (never a slice of a log entry, which would pin the entry).
+//! 1 MiB value cannot make every replica keep a thousand copies of it.
+//!
+//! **Layout.** Every old version held is one element of the compaction queue, which is in
+//! `(until, key)` order; each has a sequence number (its position plus the count of versions
+//! ever dropped), and a *link* is a sequence number plus one. A key's slot in the main map
+//! (`KeyEntry`) holds its current version and a link to its newest old version, and each old
+//! version links to the key's next older one, so a read at a revision walks the key's chain
+//! from the newest version back (a read at `R` costs one step per version of the key written
+//! after `R`: cheap near the current revision, up to the window's length for a hot key read
+//! far back). Overwriting a key costs the one tree search it costs without
+//! history, plus an append to the queue; dropping a version is a pop from the front of the
+//! queue with no search at all (a link to a dropped version reads as no link, so no chain
+//! needs fixing). A deleted key whose old versions a readable revision can still see stays
+//! as a *tombstone* (no current version), as etcd's key index keeps a key's generations; its
+//! newest old version carries a mark, and dropping that version removes the tombstone (the
+//! one search compaction ever does), so deleted keys do not accumulate. A transaction that
+//! supersedes several keys in one revision sorts its tail of the queue by key and relinks
+//! those keys' slots, keeping the order canonical. The queue's keys share the map's own keys
+//! (a reference count; the map copied the key when it was created, never a slice of a log
+//! entry, which would pin the entry).
 //!
 //! Revisions are still the partition's own (a partition-local counter); the cluster-wide
 //! revision (`crate::revision`, increment 3) replaces the counter, and an explicit
 //! `compact R` and compaction by age (increment 2's remaining part, at the cluster level)
-//! replace the count bound. The default ([`HISTORY_REVISIONS_DEFAULT`]) is 0, no history:
-//! measured in a 3-node cluster, keeping 1,000 revisions per partition raised server CPU per
-//! replicated write by about a third, nearly all of it cold tree searches of `by_key` (two on
-//! every overwrite, two on every compaction) interleaved across 64 partitions; in a hot loop
-//! over one partition the same work costs 0.6 µs. Before it is on by default the per-key
-//! history should live in the key's own entry of the main map (tombstones for deleted keys,
-//! as etcd's key index keeps generations), so an overwrite does one search, not three.
+//! replace the count bound. The first design kept the old versions in a second map keyed by
+//! key, which cost three tree searches per overwrite and two per compaction step; measured
+//! in a 3-node cluster it raised server CPU per replicated write by 29%
+//! (`bench-results/2026-11-28-history-ab.md`). The layout above replaced it
+//! (`bench-results/2026-11-28-history-layout-ab.md`).
 //!
 //! # Determinism
 //!
@@ -154,7 +169,7 @@
 //! overwrite allocates nothing): a key is long-lived, and as a slice it would pin its first
 //! entry, value included, for as long as the key exists.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{btree_map, BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -474,159 +489,143 @@ pub enum RevisionError {
     },
 }
 
-/// The superseded versions of keys newer than the compaction point (module docs, "History").
+/// A key's slot in the main map (module docs, "History"): its current version, and a link to
+/// its newest superseded version still held. A deleted key whose old versions a readable
+/// revision can still see stays as a tombstone (`current: None`) until compaction drops its
+/// last one; a slot never has neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyEntry {
+    /// The key's version at the current revision; `None`: deleted.
+    current: Option<KeyValue>,
+    /// Link (module docs, "History") to the key's newest old version.
+    newest_old: u64,
+}
+
+impl KeyEntry {
+    fn live(kv: KeyValue) -> KeyEntry {
+        KeyEntry {
+            current: Some(kv),
+            newest_old: NO_LINK,
+        }
+    }
+}
+
+/// A link to no old version. A link is an old version's sequence number plus one.
+const NO_LINK: u64 = 0;
+
+/// An old version as the history holds it: one element of the compaction queue, chained to
+/// the key's next older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Held {
+    /// The key, shared with the main map.
+    key: Bytes,
+    old: OldVersion,
+    /// Link to the key's next older old version ([`NO_LINK`] or a dropped one: none).
+    older: u64,
+    /// The key was deleted at `old.until` and not created again since, and this is its newest
+    /// old version: the slot is a tombstone, and goes when this version goes.
+    ends_tombstone: bool,
+}
+
+/// Every old version a readable revision can see (module docs, "History").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct History {
-    /// Per key, its superseded versions, ascending by `mod_revision` (so also by `until`).
-    /// Keys without one are absent.
-    by_key: BTreeMap<Bytes, VecDeque<OldVersion>>,
-    /// `(until, key)` of every superseded version, ascending by `(until, key)`: the order in
-    /// which compaction drops them. Canonical (no apply-order tie), so equal states compare
-    /// equal whether built by applying or by decoding a snapshot.
-    queue: VecDeque<(u64, Bytes)>,
+struct History {
+    /// Ascending by `(until, key)`: the order in which compaction drops them. Canonical (no
+    /// apply-order tie), so equal states compare equal whether built by applying or by
+    /// decoding a snapshot.
+    queue: VecDeque<Held>,
+    /// The sequence number of `queue[0]`: every old version ever held got the next number,
+    /// so `queue[i]` has `base + i`, and a link below `base + 1` names a dropped version.
+    base: u64,
     /// The compaction point: reads at revisions below it are refused.
     compacted: u64,
-    /// Sum of key and value lengths over every superseded version.
+    /// Sum of key and value lengths over the old versions held.
     bytes: u64,
 }
 
 impl History {
-    /// Reassembles a history from a snapshot's versions (checked by the decoder: keys
-    /// ascending, versions ascending, `compacted < until`).
-    pub(crate) fn from_parts(
-        by_key: BTreeMap<Bytes, VecDeque<OldVersion>>,
-        compacted: u64,
-    ) -> History {
-        let mut queue: Vec<(u64, Bytes)> = Vec::new();
-        let mut bytes = 0u64;
-        for (k, olds) in &by_key {
-            for o in olds {
-                queue.push((o.until, k.clone()));
-                bytes += (k.len() + o.kv.value.len()) as u64;
-            }
-        }
-        queue.sort();
-        History {
-            by_key,
-            queue: queue.into(),
-            compacted,
-            bytes,
-        }
+    /// The old version a link names, if it is still held.
+    fn get(&self, link: u64) -> Option<&Held> {
+        let seq = link.checked_sub(1)?;
+        self.queue
+            .get(usize::try_from(seq.checked_sub(self.base)?).ok()?)
     }
 
-    /// Per key, its superseded versions (ascending by key, then by revision).
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &VecDeque<OldVersion>)> {
-        self.by_key.iter()
+    fn get_mut(&mut self, link: u64) -> Option<&mut Held> {
+        let seq = link.checked_sub(1)?;
+        self.queue
+            .get_mut(usize::try_from(seq.checked_sub(self.base)?).ok()?)
     }
 
-    /// Number of superseded versions held.
-    pub fn len(&self) -> usize {
-        self.queue.len()
+    /// The link the next old version pushed gets.
+    fn next_link(&self) -> u64 {
+        self.base + self.queue.len() as u64 + 1
     }
 
-    /// The compaction point.
-    pub fn compacted(&self) -> u64 {
-        self.compacted
+    /// A key's old versions still held, newest first.
+    fn chain(&self, newest: u64) -> impl Iterator<Item = &Held> {
+        let mut link = newest;
+        std::iter::from_fn(move || {
+            let h = self.get(link)?;
+            link = h.older;
+            Some(h)
+        })
     }
 
-    /// Remembers that `kv` was overwritten or deleted at `until`. `key` may be a slice of a
-    /// log entry: the history keeps its own copy of a key (made when the key enters the
-    /// history, shared by its versions and the queue), so it never pins an entry. A version written and
-    /// replaced within one revision (a transaction writing a key twice) was never visible at
-    /// any revision and is not kept.
-    fn supersede(&mut self, key: &Bytes, kv: KeyValue, until: u64) {
-        if kv.mod_revision >= until {
-            return;
-        }
-        self.bytes += (key.len() + kv.value.len()) as u64;
-        // A key already in the history is shared (a reference count); a new one is copied:
-        // a slice of the command would pin its whole entry (other keys' values included) for
-        // as long as the key has history. (Asking `kvs` for its stored key instead costs a
-        // second tree search on every overwrite, more than the copy.)
-        let key = match self.by_key.get_key_value(key.as_ref()) {
-            Some((k, _)) => k.clone(),
-            None => Bytes::copy_from_slice(key),
-        };
-        self.by_key
-            .entry(key.clone())
-            .or_default()
-            .push_back(OldVersion { kv, until });
-        self.queue.push_back((until, key));
-    }
-
-    /// Keeps the queue's `(until, key)` order canonical after one revision superseded several
-    /// keys (a transaction): its entries are the tail, all with `until == rev`, distinct keys.
-    fn sort_tail(&mut self, rev: u64) {
-        let tail = self
-            .queue
-            .iter()
-            .rev()
-            .take_while(|(u, _)| *u == rev)
-            .count();
-        if tail > 1 {
-            let start = self.queue.len() - tail;
-            self.queue.make_contiguous()[start..].sort();
-        }
-    }
-
-    /// Moves the compaction point up to `to` (never down) and drops every version no revision
-    /// `>= to` can see (those with `until <= to`).
-    fn compact(&mut self, to: u64) {
-        if to <= self.compacted {
-            return;
-        }
-        self.compacted = to;
-        while let Some((until, _)) = self.queue.front() {
-            if *until > to {
-                break;
-            }
-            let (until, key) = self.queue.pop_front().expect("front exists");
-            let olds = self
-                .by_key
-                .get_mut(key.as_ref())
-                .expect("history invariant: every queued version is in its key's list");
-            let old = olds
-                .pop_front()
-                .expect("history invariant: every queued version is in its key's list");
-            assert_eq!(
-                old.until, until,
-                "history invariant: a key's oldest version is the first queued"
-            );
-            self.bytes -= (key.len() + old.kv.value.len()) as u64;
-            if olds.is_empty() {
-                self.by_key.remove(key.as_ref());
-            }
-        }
-    }
-
-    /// Moves the compaction point up, oldest version first, until the history holds at most
-    /// `bytes_max` bytes: to the `until` of the last version dropped, so every version that
-    /// revision cannot see goes with it.
-    fn compact_to_bytes(&mut self, bytes_max: u64) {
-        while self.bytes > bytes_max {
-            let Some(&(until, _)) = self.queue.front() else {
-                break;
-            };
-            self.compact(until);
-        }
-    }
-
-    /// The version of a key visible at `rev`, given its current version.
-    fn visible<'a>(
-        &'a self,
-        key: &[u8],
-        current: Option<&'a KeyValue>,
-        rev: u64,
-    ) -> Option<&'a KeyValue> {
-        if let Some(kv) = current {
+    /// The version of a key visible at `rev` (which the caller has checked is readable).
+    fn visible<'a>(&'a self, slot: &'a KeyEntry, rev: u64) -> Option<&'a KeyValue> {
+        if let Some(kv) = &slot.current {
             if kv.mod_revision <= rev {
                 return Some(kv);
             }
         }
-        let olds = self.by_key.get(key)?;
-        let i = olds.partition_point(|o| o.kv.mod_revision <= rev);
-        let o = olds.get(i.checked_sub(1)?)?;
-        (rev < o.until).then_some(&o.kv)
+        let h = self
+            .chain(slot.newest_old)
+            .find(|h| h.old.kv.mod_revision <= rev)?;
+        (rev < h.old.until).then_some(&h.old.kv)
+    }
+
+    /// Remembers in `slot` (whose key, as the map stores it, is `key`) that `kv` was
+    /// overwritten (`deleted` false) or deleted at `until`. A version written and replaced
+    /// within one revision (a transaction writing a key twice) was never visible at any
+    /// revision and is not kept.
+    fn supersede(
+        &mut self,
+        slot: &mut KeyEntry,
+        key: &Bytes,
+        kv: KeyValue,
+        until: u64,
+        deleted: bool,
+    ) {
+        if kv.mod_revision >= until {
+            if deleted {
+                // Created and deleted within this revision: a tombstone again, if the key
+                // still has old versions (the slot's owner removes it otherwise).
+                self.mark_tombstone(slot, true);
+            }
+            return;
+        }
+        self.bytes += (key.len() + kv.value.len()) as u64;
+        let link = self.next_link();
+        self.queue.push_back(Held {
+            key: key.clone(),
+            old: OldVersion { kv, until },
+            older: slot.newest_old,
+            ends_tombstone: deleted,
+        });
+        slot.newest_old = link;
+    }
+
+    /// Marks (a delete) or unmarks (the key created again) the slot's newest old version as
+    /// ending a tombstone. Returns whether the slot has an old version.
+    fn mark_tombstone(&mut self, slot: &KeyEntry, tombstone: bool) -> bool {
+        match self.get_mut(slot.newest_old) {
+            Some(h) => {
+                h.ends_tombstone = tombstone;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -667,20 +666,51 @@ pub const HISTORY_REVISIONS_DEFAULT: u64 = 0;
 /// The default of [`Config::history_bytes_max`]: 4 MiB per partition.
 pub const HISTORY_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 
-/// One partition's replicated state (module docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One partition's replicated state (module docs). Two states are equal when they hold the
+/// same data (current and old versions, compaction point, sessions, position): the history's
+/// internal links differ between a state built by applying and one decoded from a snapshot.
+#[derive(Debug, Clone)]
 pub struct StateMachine {
     config: Config,
-    kvs: BTreeMap<Bytes, KeyValue>,
+    /// Every key with a current version or a readable old one (module docs, "History").
+    kvs: BTreeMap<Bytes, KeyEntry>,
+    /// Keys with a current version (`kvs` less its tombstones).
+    live: usize,
     revision: u64,
     applied_index: u64,
     applied_term: u64,
     sessions: SessionTable,
-    /// Sum of key and value lengths over `kvs`.
+    /// Sum of key and value lengths over the current versions.
     data_bytes: u64,
-    /// Superseded versions newer than the compaction point.
+    /// The compaction queue and point.
     history: History,
 }
+
+impl PartialEq for StateMachine {
+    fn eq(&self, other: &StateMachine) -> bool {
+        let queue_order = |sm: &'_ StateMachine| {
+            sm.history
+                .queue
+                .iter()
+                .map(|h| (h.old.until, h.key.clone()))
+                .collect::<Vec<_>>()
+        };
+        self.config == other.config
+            && self.revision == other.revision
+            && self.applied_index == other.applied_index
+            && self.applied_term == other.applied_term
+            && self.sessions == other.sessions
+            && self.data_bytes == other.data_bytes
+            && self.live == other.live
+            && self.history.compacted == other.history.compacted
+            && self.history.bytes == other.history.bytes
+            && self.iter().eq(other.iter())
+            && self.history_iter().eq(other.history_iter())
+            && queue_order(self) == queue_order(other)
+    }
+}
+
+impl Eq for StateMachine {}
 
 impl StateMachine {
     /// An empty partition (revision 0, nothing applied).
@@ -688,6 +718,7 @@ impl StateMachine {
         StateMachine {
             config,
             kvs: BTreeMap::new(),
+            live: 0,
             revision: 0,
             applied_index: 0,
             applied_term: 0,
@@ -698,7 +729,9 @@ impl StateMachine {
     }
 
     /// Reassembles a state machine from parts (used by the snapshot decoder, which has
-    /// checked them).
+    /// checked them): the current versions, and per key its old versions (ascending, every
+    /// one with `compacted < until`, none overlapping the key's current version).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         config: Config,
         kvs: BTreeMap<Bytes, KeyValue>,
@@ -706,15 +739,66 @@ impl StateMachine {
         applied_index: u64,
         applied_term: u64,
         sessions: SessionTable,
-        history: History,
+        olds_by_key: BTreeMap<Bytes, VecDeque<OldVersion>>,
+        compacted: u64,
     ) -> StateMachine {
         let data_bytes = kvs
             .iter()
             .map(|(k, kv)| (k.len() + kv.value.len()) as u64)
             .sum();
+        let live = kvs.len();
+        let mut map: BTreeMap<Bytes, KeyEntry> = kvs
+            .into_iter()
+            .map(|(k, kv)| (k, KeyEntry::live(kv)))
+            .collect();
+        // Every old version in compaction order, chained per key as it is queued (a key's
+        // versions come oldest first); each takes the map's own key.
+        let mut all: Vec<(u64, Bytes, OldVersion)> = Vec::new();
+        for (k, olds) in olds_by_key {
+            if olds.is_empty() {
+                continue;
+            }
+            let stored = match map.get_key_value(&k) {
+                Some((stored, _)) => stored.clone(),
+                None => {
+                    map.insert(
+                        k.clone(),
+                        KeyEntry {
+                            current: None,
+                            newest_old: NO_LINK,
+                        },
+                    );
+                    k
+                }
+            };
+            all.extend(olds.into_iter().map(|o| (o.until, stored.clone(), o)));
+        }
+        all.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let mut history = History {
+            compacted,
+            ..History::default()
+        };
+        for (_, key, old) in all {
+            let slot = map.get_mut(&key).expect("every history key has a slot");
+            history.bytes += (key.len() + old.kv.value.len()) as u64;
+            let link = history.next_link();
+            history.queue.push_back(Held {
+                key,
+                old,
+                older: slot.newest_old,
+                ends_tombstone: false,
+            });
+            slot.newest_old = link;
+        }
+        for slot in map.values() {
+            if slot.current.is_none() {
+                history.mark_tombstone(slot, true);
+            }
+        }
         StateMachine {
             config,
-            kvs,
+            kvs: map,
+            live,
             revision,
             applied_index,
             applied_term,
@@ -756,27 +840,41 @@ impl StateMachine {
 
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.kvs.len()
+        self.live
     }
 
     /// Whether the partition holds no key.
     pub fn is_empty(&self) -> bool {
-        self.kvs.is_empty()
+        self.live == 0
     }
 
     /// Every key-value, ascending by key.
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &KeyValue)> {
-        self.kvs.iter()
+        self.kvs
+            .iter()
+            .filter_map(|(k, slot)| slot.current.as_ref().map(|kv| (k, kv)))
     }
 
     /// The key-value at `key`.
     pub fn get(&self, key: &[u8]) -> Option<&KeyValue> {
-        self.kvs.get(key)
+        self.kvs.get(key)?.current.as_ref()
     }
 
-    /// Superseded versions and the compaction point (module docs, "History").
-    pub(crate) fn history(&self) -> &History {
-        &self.history
+    /// Per key with superseded versions, those versions (ascending by key, then by revision;
+    /// module docs, "History").
+    pub fn history_iter(&self) -> impl Iterator<Item = (&Bytes, Vec<&OldVersion>)> {
+        self.kvs
+            .iter()
+            .filter(|(_, slot)| slot.newest_old != NO_LINK)
+            .filter_map(|(k, slot)| {
+                let mut olds: Vec<&OldVersion> = self
+                    .history
+                    .chain(slot.newest_old)
+                    .map(|h| &h.old)
+                    .collect();
+                olds.reverse();
+                (!olds.is_empty()).then_some((k, olds))
+            })
     }
 
     /// The compaction point: the oldest revision [`StateMachine::get_at`] and
@@ -787,7 +885,7 @@ impl StateMachine {
 
     /// Number of superseded versions held (module docs, "History").
     pub fn history_len(&self) -> usize {
-        self.history.len()
+        self.history.queue.len()
     }
 
     /// Bytes of keys and values held in superseded versions.
@@ -815,7 +913,10 @@ impl StateMachine {
     /// key did not exist then.
     pub fn get_at(&self, key: &[u8], revision: u64) -> Result<Option<&KeyValue>, RevisionError> {
         self.check_revision(revision)?;
-        Ok(self.history.visible(key, self.kvs.get(key), revision))
+        Ok(self
+            .kvs
+            .get(key)
+            .and_then(|slot| self.history.visible(slot, revision)))
     }
 
     /// Reads keys per the range rules in the module docs: at most `limit` key-values (0: no
@@ -831,7 +932,9 @@ impl StateMachine {
     ) -> RangeResult {
         match range_bounds(start, end) {
             Some(bounds) => page(
-                self.kvs.range::<[u8], _>(bounds),
+                self.kvs
+                    .range::<[u8], _>(bounds)
+                    .filter_map(|(k, slot)| slot.current.as_ref().map(|kv| (k, kv))),
                 limit,
                 keys_only,
                 bytes_max,
@@ -851,42 +954,17 @@ impl StateMachine {
         revision: u64,
     ) -> Result<RangeResult, RevisionError> {
         self.check_revision(revision)?;
-        if revision == self.revision {
-            return Ok(self.range(start, end, limit, keys_only, bytes_max));
-        }
         let Some(bounds) = range_bounds(start, end) else {
             return Ok(RangeResult::default());
         };
-        // Merge the current keys with the keys that have superseded versions (a deleted key
-        // is only in the history), ascending; keep the version visible at `revision`.
-        let mut current = self.kvs.range::<[u8], _>(bounds).peekable();
-        let mut old = self.history.by_key.range::<[u8], _>(bounds).peekable();
-        let history = &self.history;
-        let visible = std::iter::from_fn(move || loop {
-            let take_current = match (current.peek(), old.peek()) {
-                (None, None) => return None,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((ck, _)), Some((ok, _))) => match ck.cmp(ok) {
-                    std::cmp::Ordering::Less => true,
-                    std::cmp::Ordering::Greater => false,
-                    std::cmp::Ordering::Equal => {
-                        old.next();
-                        true
-                    }
-                },
-            };
-            let (k, kv) = if take_current {
-                let (k, kv) = current.next()?;
-                (k, Some(kv))
-            } else {
-                (old.next()?.0, None)
-            };
-            if let Some(kv) = history.visible(k, kv, revision) {
-                return Some((k, kv));
-            }
-        });
-        Ok(page(visible, limit, keys_only, bytes_max))
+        Ok(page(
+            self.kvs
+                .range::<[u8], _>(bounds)
+                .filter_map(|(k, slot)| self.history.visible(slot, revision).map(|kv| (k, kv))),
+            limit,
+            keys_only,
+            bytes_max,
+        ))
     }
 
     /// Checks the state's invariants; returns the first one broken. O(keys + sessions): for
@@ -898,23 +976,33 @@ impl StateMachine {
     /// 4. the eviction index holds exactly one entry per session, at its `last_index`;
     /// 5. every session's cached results are strictly ascending by sequence, each sequence is
     ///    `>= 1` and `>= first_unacked` of its session, and each revision is `<= revision`;
-    /// 6. `data_bytes` is the sum of key and value lengths;
-    /// 7. the history (module docs, "History"): `compacted <= revision`; every listed key has
-    ///    at least one version; a key's versions have `mod_revision < until <= revision`,
-    ///    `until > compacted`, and each ends at or before the next one (or the current
-    ///    version) was written; the compaction queue holds exactly their `(until, key)`, in
-    ///    ascending order; the history's byte count is their key and value lengths.
+    /// 6. `data_bytes` is the sum of key and value lengths, and `len` counts the keys with
+    ///    a current version;
+    /// 7. the history (module docs, "History"): `compacted <= revision`; every key without a
+    ///    current version has at least one old version; a key's old versions have
+    ///    `mod_revision < until <= revision`, `until > compacted`, and each ends at or before
+    ///    the next one (or the current version) was written; the compaction queue holds
+    ///    exactly their `(until, key)`, in ascending order; the history's byte count is their
+    ///    key and value lengths.
     ///
     /// The table bounds (`sessions_max`, `session_results_max`) are not checked: a table
     /// restored from a snapshot taken under larger bounds may exceed them until it next
     /// changes.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         let mut data_bytes = 0u64;
-        for (k, kv) in &self.kvs {
-            data_bytes += (k.len() + kv.value.len()) as u64;
+        let mut live = 0usize;
+        for (k, slot) in &self.kvs {
             if k.is_empty() {
                 return Err("empty key");
             }
+            let Some(kv) = &slot.current else {
+                if self.history.get(slot.newest_old).is_none() {
+                    return Err("deleted key kept with no old version");
+                }
+                continue;
+            };
+            live += 1;
+            data_bytes += (k.len() + kv.value.len()) as u64;
             if kv.create_revision == 0
                 || kv.create_revision > kv.mod_revision
                 || kv.mod_revision > self.revision
@@ -927,6 +1015,9 @@ impl StateMachine {
         }
         if data_bytes != self.data_bytes {
             return Err("data_bytes differs from the sum of key and value lengths");
+        }
+        if live != self.live {
+            return Err("key count differs from the keys with a current version");
         }
         self.check_history()?;
         let t = &self.sessions;
@@ -965,14 +1056,22 @@ impl StateMachine {
         if h.compacted > self.revision {
             return Err("compaction point above the revision");
         }
-        let mut expected_queue = Vec::with_capacity(h.queue.len());
+        let mut reached = 0usize;
         let mut bytes = 0u64;
-        for (k, olds) in &h.by_key {
-            if olds.is_empty() {
-                return Err("history key with no version");
+        for (k, slot) in &self.kvs {
+            let mut next_start = slot.current.as_ref().map_or(u64::MAX, |kv| kv.mod_revision);
+            if slot.newest_old != NO_LINK && h.get(slot.newest_old).is_none() {
+                // A dropped version: only allowed if nothing newer is held either.
+                if slot.newest_old > h.base + h.queue.len() as u64 {
+                    return Err("link to an old version never held");
+                }
             }
-            let mut next_start = self.kvs.get(k).map_or(u64::MAX, |kv| kv.mod_revision);
-            for o in olds.iter().rev() {
+            let mut newest = true;
+            for held in h.chain(slot.newest_old) {
+                let o = &held.old;
+                if held.key != *k {
+                    return Err("old version chained under another key");
+                }
                 if o.kv.mod_revision >= o.until || o.until > self.revision {
                     return Err("old version not mod_revision < until <= revision");
                 }
@@ -988,14 +1087,31 @@ impl StateMachine {
                 {
                     return Err("old version's revisions not 1 <= create <= mod, version >= 1");
                 }
+                if held.ends_tombstone != (newest && slot.current.is_none()) {
+                    return Err("tombstone mark not exactly on a deleted key's newest version");
+                }
+                if held.older != NO_LINK && held.older >= h.next_link() {
+                    return Err("link to an old version never held");
+                }
+                newest = false;
                 next_start = o.kv.mod_revision;
-                expected_queue.push((o.until, k.clone()));
+                reached += 1;
                 bytes += (k.len() + o.kv.value.len()) as u64;
+                if reached > h.queue.len() {
+                    return Err("old version chains loop");
+                }
             }
         }
-        expected_queue.sort();
-        if !h.queue.iter().eq(expected_queue.iter()) {
-            return Err("compaction queue differs from the history's versions");
+        if reached != h.queue.len() {
+            return Err("compaction queue holds versions no key reaches");
+        }
+        let ordered = h
+            .queue
+            .iter()
+            .zip(h.queue.iter().skip(1))
+            .all(|(a, b)| (a.old.until, &a.key) < (b.old.until, &b.key));
+        if !ordered {
+            return Err("compaction queue not ascending by (until, key)");
         }
         if bytes != h.bytes {
             return Err("history bytes differ from the sum of key and value lengths");
@@ -1126,7 +1242,7 @@ impl StateMachine {
         let op = match op {
             CommandOp::Put(p) => {
                 if p.if_absent {
-                    if let Some(existing) = self.kvs.get(&p.key) {
+                    if let Some(existing) = self.get(&p.key) {
                         let prev = p.return_prev.then(|| existing.clone());
                         return Response {
                             revision: self.revision,
@@ -1174,7 +1290,7 @@ impl StateMachine {
                             OpResult::Delete { deleted, prev }
                         }
                         TxnOp::Get { key } => OpResult::Get {
-                            kv: self.kvs.get(key).cloned(),
+                            kv: self.get(key).cloned(),
                         },
                     });
                 }
@@ -1186,10 +1302,9 @@ impl StateMachine {
         };
         if self.revision == rev {
             // This command wrote: keep the history canonical and within its bound.
-            self.history.sort_tail(rev);
-            self.history
-                .compact(rev.saturating_sub(self.config.history_revisions));
-            self.history.compact_to_bytes(self.config.history_bytes_max);
+            self.sort_tail(rev);
+            self.compact(rev.saturating_sub(self.config.history_revisions));
+            self.compact_to_bytes(self.config.history_bytes_max);
         }
         Response {
             revision: self.revision,
@@ -1198,6 +1313,9 @@ impl StateMachine {
     }
 
     /// Writes `key = value` at revision `rev`; returns the previous key-value if asked.
+    ///
+    /// One tree search for an existing key (module docs, "History"): with history kept, the
+    /// entry API also yields the map's own key, which the compaction queue shares.
     fn put_at(
         &mut self,
         key: &Bytes,
@@ -1205,56 +1323,191 @@ impl StateMachine {
         rev: u64,
         return_prev: bool,
     ) -> Option<KeyValue> {
-        match self.kvs.get_mut(key) {
+        if self.config.history_revisions == 0 {
+            if let Some(slot) = self.kvs.get_mut(key) {
+                let old = Self::write(
+                    &mut self.live,
+                    &mut self.data_bytes,
+                    &mut self.history,
+                    key,
+                    slot,
+                    value,
+                    rev,
+                );
+                return old.filter(|_| return_prev);
+            }
+        } else if let btree_map::Entry::Occupied(mut o) = self.kvs.entry(key.clone()) {
+            let old = Self::write(
+                &mut self.live,
+                &mut self.data_bytes,
+                &mut self.history,
+                key,
+                o.get_mut(),
+                value,
+                rev,
+            )?;
+            let prev = return_prev.then(|| old.clone());
+            let stored = o.key().clone();
+            self.history
+                .supersede(o.get_mut(), &stored, old, rev, false);
+            return prev;
+        }
+        // A new key. It is copied once, when it is created: a key slice would pin its whole
+        // first entry (perhaps a large value, long overwritten) for the key's lifetime.
+        self.live += 1;
+        self.data_bytes += (key.len() + value.len()) as u64;
+        self.kvs.insert(
+            Bytes::copy_from_slice(key),
+            KeyEntry::live(KeyValue {
+                value: value.clone(),
+                create_revision: rev,
+                mod_revision: rev,
+                version: 1,
+            }),
+        );
+        None
+    }
+
+    /// Writes a new current version into an existing slot (a live key or a tombstone);
+    /// returns the version it replaced.
+    fn write(
+        live: &mut usize,
+        data_bytes: &mut u64,
+        history: &mut History,
+        key: &Bytes,
+        slot: &mut KeyEntry,
+        value: &Bytes,
+        rev: u64,
+    ) -> Option<KeyValue> {
+        let (create_revision, version) = match &slot.current {
             Some(kv) => {
-                let new = KeyValue {
-                    value: value.clone(),
-                    create_revision: kv.create_revision,
-                    mod_revision: rev,
-                    version: kv.version + 1,
-                };
-                let old = std::mem::replace(kv, new);
-                self.data_bytes = self.data_bytes - old.value.len() as u64 + value.len() as u64;
-                let prev = return_prev.then(|| old.clone());
-                if self.config.history_revisions > 0 {
-                    self.history.supersede(key, old, rev);
-                }
-                prev
+                *data_bytes -= kv.value.len() as u64;
+                (kv.create_revision, kv.version + 1)
             }
             None => {
-                self.data_bytes += (key.len() + value.len()) as u64;
-                // The key is copied once, when it is created: a key slice would pin its whole
-                // first entry (perhaps a large value, long overwritten) for the key's lifetime.
-                self.kvs.insert(
-                    Bytes::copy_from_slice(key),
-                    KeyValue {
-                        value: value.clone(),
-                        create_revision: rev,
-                        mod_revision: rev,
-                        version: 1,
-                    },
-                );
-                None
+                // A tombstone: the key is created again, with a new generation.
+                history.mark_tombstone(slot, false);
+                *live += 1;
+                *data_bytes += key.len() as u64;
+                (rev, 1)
             }
-        }
+        };
+        *data_bytes += value.len() as u64;
+        slot.current.replace(KeyValue {
+            value: value.clone(),
+            create_revision,
+            mod_revision: rev,
+            version,
+        })
     }
 
     /// Deletes `key` at revision `rev` (the caller bumps the revision iff a key was
-    /// removed); returns whether it existed, and the removed key-value if asked.
+    /// removed); returns whether it existed, and the removed key-value if asked. With history
+    /// kept, the key stays as a tombstone while its old versions are readable.
     fn remove(&mut self, key: &Bytes, rev: u64, return_prev: bool) -> (bool, Option<KeyValue>) {
-        let Some((key, old)) = self.kvs.remove_entry(key.as_ref()) else {
+        let old = if self.config.history_revisions == 0 {
+            let Some((stored, mut slot)) = self.kvs.remove_entry(key.as_ref()) else {
+                return (false, None);
+            };
+            let old = slot.current.take();
+            if self.history.mark_tombstone(&slot, true) {
+                // History restored from a snapshot and not yet compacted away.
+                self.kvs.insert(stored, slot);
+            }
+            old
+        } else {
+            let btree_map::Entry::Occupied(mut o) = self.kvs.entry(key.clone()) else {
+                return (false, None);
+            };
+            let Some(old) = o.get_mut().current.take() else {
+                return (false, None);
+            };
+            let prev = old.clone();
+            let stored = o.key().clone();
+            self.history.supersede(o.get_mut(), &stored, old, rev, true);
+            if self.history.get(o.get().newest_old).is_none() {
+                // Created within this revision and no older version held: no readable
+                // revision sees the key.
+                o.remove();
+            }
+            Some(prev)
+        };
+        let Some(old) = old else {
             return (false, None);
         };
+        self.live -= 1;
         self.data_bytes -= (key.len() + old.value.len()) as u64;
-        let prev = return_prev.then(|| old.clone());
-        if self.config.history_revisions > 0 {
-            self.history.supersede(&key, old, rev);
+        (true, return_prev.then_some(old))
+    }
+
+    /// Moves the compaction point up to `to` (never down) and drops every old version no
+    /// revision `>= to` can see (those with `until <= to`), oldest first, in O(1) each: a
+    /// key's chain needs no fixing (a link to a dropped version means none), and only a
+    /// tombstone's last version costs a search of the map, to remove the tombstone.
+    fn compact(&mut self, to: u64) {
+        let h = &mut self.history;
+        if to <= h.compacted {
+            return;
         }
-        (true, prev)
+        h.compacted = to;
+        while h.queue.front().is_some_and(|f| f.old.until <= to) {
+            let held = h.queue.pop_front().expect("front exists");
+            h.base += 1;
+            h.bytes -= (held.key.len() + held.old.kv.value.len()) as u64;
+            if held.ends_tombstone {
+                let slot = self.kvs.remove(held.key.as_ref());
+                assert!(
+                    slot.is_some_and(|s| s.current.is_none() && s.newest_old == h.base),
+                    "history invariant: a tombstone mark is on a deleted key's newest version"
+                );
+            }
+        }
+    }
+
+    /// Keeps the queue's `(until, key)` order canonical after one revision superseded several
+    /// keys (a transaction): they are the tail, all with `until == rev`, distinct keys, and
+    /// nothing links to them but their keys' slots, which are relinked.
+    fn sort_tail(&mut self, rev: u64) {
+        let h = &mut self.history;
+        let tail = h
+            .queue
+            .iter()
+            .rev()
+            .take_while(|held| held.old.until == rev)
+            .count();
+        if tail < 2 {
+            return;
+        }
+        let start = h.queue.len() - tail;
+        let slice = &mut h.queue.make_contiguous()[start..];
+        if slice.windows(2).all(|w| w[0].key < w[1].key) {
+            return;
+        }
+        slice.sort_by(|a, b| a.key.cmp(&b.key));
+        let first = h.base + start as u64 + 1;
+        for (i, held) in slice.iter().enumerate() {
+            let slot = self
+                .kvs
+                .get_mut(held.key.as_ref())
+                .expect("history invariant: a held version's key has a slot");
+            slot.newest_old = first + i as u64;
+        }
+    }
+
+    /// Moves the compaction point up, oldest version first, until the history holds at most
+    /// `bytes_max` bytes: to the `until` of the last version dropped, so every version that
+    /// revision cannot see goes with it.
+    fn compact_to_bytes(&mut self, bytes_max: u64) {
+        while self.history.bytes > bytes_max {
+            let Some(until) = self.history.queue.front().map(|h| h.old.until) else {
+                break;
+            };
+            self.compact(until);
+        }
     }
 
     fn compare(&self, c: &Compare) -> bool {
-        let kv = self.kvs.get(&c.key);
+        let kv = self.get(&c.key);
         let ord = match (&c.target, kv) {
             (CompareTarget::Value(_), None) => return false,
             (CompareTarget::Value(v), Some(kv)) => kv.value.as_ref().cmp(v.as_ref()),
@@ -1342,17 +1595,82 @@ mod tests {
             let (p, s) = (b.as_ptr() as usize, e.as_ptr() as usize);
             p >= s && p < s + e.len()
         };
-        assert_eq!(sm.history.len(), 2);
-        for (k, _) in sm.history.iter() {
+        assert_eq!(sm.history_len(), 2);
+        for k in sm.kvs.keys() {
             for e in [&e1, &e2, &e3, &del] {
-                assert!(!inside(k, e), "a history key points into a log entry");
+                assert!(!inside(k, e), "a stored key points into a log entry");
             }
         }
-        for (_, k) in &sm.history.queue {
+        for held in &sm.history.queue {
             for e in [&e1, &e2, &e3, &del] {
-                assert!(!inside(k, e), "a queued key points into a log entry");
+                assert!(
+                    !inside(&held.key, e),
+                    "a queued key points into a log entry"
+                );
             }
         }
+        assert_eq!(sm.check_invariants(), Ok(()));
+    }
+
+    /// A deleted key stays in the map as a tombstone only while a readable revision can see
+    /// one of its old versions; compaction removes it with its last one, so deleting keys
+    /// does not grow the map. A key created and deleted within one revision leaves nothing.
+    #[test]
+    fn tombstones_go_with_their_last_old_version() {
+        let mut sm = StateMachine::new(Config {
+            history_revisions: 3,
+            ..Config::new(1)
+        });
+        let mut index = 0;
+        let mut apply = |sm: &mut StateMachine, cmd: Command| {
+            index += 1;
+            sm.apply(index, 1, &cmd).unwrap()
+        };
+        for i in 0..50 {
+            let k = format!("k{i:02}");
+            apply(&mut sm, Command::put(k.clone(), "v"));
+            apply(&mut sm, Command::delete(k));
+            assert_eq!(sm.check_invariants(), Ok(()));
+        }
+        // k48 lived at 97..98 and k49 at 99..100; revisions 97..=100 stay readable, and they
+        // see both: two tombstones, nothing live.
+        assert_eq!((sm.len(), sm.revision(), sm.compacted()), (0, 100, 97));
+        assert_eq!(sm.kvs.len(), 2);
+        assert_eq!(sm.get_at(b"k48", 97).unwrap().unwrap().create_revision, 97);
+        assert_eq!(sm.get_at(b"k48", 99).unwrap(), None);
+        // Created again from its tombstone: a new generation.
+        apply(&mut sm, Command::put("k49", "w"));
+        let kv = sm.get(b"k49").unwrap().clone();
+        assert_eq!((kv.create_revision, kv.version), (101, 1));
+        assert_eq!(sm.get_at(b"k49", 99).unwrap().unwrap().value, "v");
+        assert_eq!(sm.get_at(b"k49", 100).unwrap(), None);
+        assert_eq!(sm.check_invariants(), Ok(()));
+        // A transaction creating and deleting a key in one revision keeps no trace of it.
+        let txn = Command {
+            session: None,
+            op: CommandOp::Txn(crate::command::Txn {
+                compares: vec![],
+                success: vec![
+                    TxnOp::Put {
+                        key: Bytes::from_static(b"tmp"),
+                        value: Bytes::from_static(b"x"),
+                        return_prev: false,
+                    },
+                    TxnOp::Delete {
+                        key: Bytes::from_static(b"tmp"),
+                        return_prev: false,
+                    },
+                ],
+                failure: vec![],
+            }),
+        };
+        apply(&mut sm, txn);
+        assert!(!sm.kvs.contains_key(b"tmp".as_slice()));
+        assert_eq!(sm.check_invariants(), Ok(()));
+        for _ in 0..4 {
+            apply(&mut sm, Command::put("k49", "z"));
+        }
+        assert_eq!(sm.kvs.len(), 1, "every tombstone is compacted away");
         assert_eq!(sm.check_invariants(), Ok(()));
     }
 
