@@ -185,11 +185,12 @@ pub struct Tuning {
     /// their answer); at least `connection_requests_max`.
     pub session_results_max: usize,
     /// How many of each partition's most recent revisions stay readable by revision
-    /// (`get --rev`); older superseded versions are compacted away. 0 keeps no history. Must
-    /// be the same on every node (recorded in the cluster map).
+    /// (`get --rev`); older superseded versions are compacted away. Default 1,000; 0 keeps no
+    /// history. Must be the same on every node (recorded in the cluster map).
     pub history_revisions: u64,
-    /// At most this many bytes of superseded versions (keys and values) per partition; past
-    /// it the oldest are compacted sooner. Must be the same on every node (cluster map).
+    /// At most this many bytes of superseded versions (keys, values and 128 bytes each) per
+    /// partition; past it the oldest are compacted sooner. Must be the same on every node
+    /// (cluster map).
     pub history_bytes_max: u64,
     /// How long a request may wait for its commit or its read index before the server answers
     /// `Timeout` (outcome unknown for a write), in milliseconds.

@@ -30,9 +30,10 @@
 //! it becomes `max(C, r - history_revisions)` ([`Config::history_revisions`], a cluster
 //! constant like the session bounds), so the current revision and the `history_revisions`
 //! before it are readable; and then, while the superseded versions hold more than
-//! [`Config::history_bytes_max`] bytes of keys and values, it moves on to the end of the
-//! oldest one. Memory is bounded by bytes, whatever the values' sizes: a client rewriting a
-//! 1 MiB value cannot make every replica keep a thousand copies of it.
+//! [`Config::history_bytes_max`] bytes (keys, values and [`HISTORY_VERSION_OVERHEAD_BYTES`]
+//! per version), it moves on to the end of the oldest one. Memory is bounded by bytes, whatever
+//! the values' sizes: a client rewriting a 1 MiB value cannot make every replica keep a
+//! thousand copies of it, nor can transactions of many tiny keys pile up versions.
 //!
 //! **Layout.** Every old version held is one element of the compaction queue, which is in
 //! `(until, key)` order; each has a sequence number (its position plus the count of versions
@@ -510,6 +511,16 @@ impl KeyEntry {
     }
 }
 
+/// What one old version counts against [`Config::history_bytes_max`] besides its key and value:
+/// its queue element and metadata (a little over 120 bytes), so versions of tiny keys with
+/// empty values are bounded too.
+pub const HISTORY_VERSION_OVERHEAD_BYTES: u64 = 128;
+
+/// The bytes an old version of `key` counts against the history's byte bound.
+fn held_bytes(key: &[u8], kv: &KeyValue) -> u64 {
+    (key.len() + kv.value.len()) as u64 + HISTORY_VERSION_OVERHEAD_BYTES
+}
+
 /// A link to no old version. A link is an old version's sequence number plus one.
 const NO_LINK: u64 = 0;
 
@@ -539,7 +550,7 @@ struct History {
     base: u64,
     /// The compaction point: reads at revisions below it are refused.
     compacted: u64,
-    /// Sum of key and value lengths over the old versions held.
+    /// Bytes counted against the bound over the old versions held (`held_bytes`).
     bytes: u64,
 }
 
@@ -605,7 +616,7 @@ impl History {
             }
             return;
         }
-        self.bytes += (key.len() + kv.value.len()) as u64;
+        self.bytes += held_bytes(key, &kv);
         let link = self.next_link();
         self.queue.push_back(Held {
             key: key.clone(),
@@ -660,9 +671,10 @@ impl Config {
     }
 }
 
-/// The default of [`Config::history_revisions`]: no history (module docs, "History": the
-/// history's write cost is measured and its redesign planned before it is on by default).
-pub const HISTORY_REVISIONS_DEFAULT: u64 = 0;
+/// The default of [`Config::history_revisions`]: each partition's last 1,000 revisions stay
+/// readable (module docs, "History"; its write cost is measured in
+/// `bench-results/2026-11-28-history-layout-ab.md`).
+pub const HISTORY_REVISIONS_DEFAULT: u64 = 1000;
 /// The default of [`Config::history_bytes_max`]: 4 MiB per partition.
 pub const HISTORY_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 
@@ -780,7 +792,7 @@ impl StateMachine {
         };
         for (_, key, old) in all {
             let slot = map.get_mut(&key).expect("every history key has a slot");
-            history.bytes += (key.len() + old.kv.value.len()) as u64;
+            history.bytes += held_bytes(&key, &old.kv);
             let link = history.next_link();
             history.queue.push_back(Held {
                 key,
@@ -983,7 +995,7 @@ impl StateMachine {
     ///    `mod_revision < until <= revision`, `until > compacted`, and each ends at or before
     ///    the next one (or the current version) was written; the compaction queue holds
     ///    exactly their `(until, key)`, in ascending order; the history's byte count is their
-    ///    key and value lengths.
+    ///    key and value lengths plus the per-version overhead.
     ///
     /// The table bounds (`sessions_max`, `session_results_max`) are not checked: a table
     /// restored from a snapshot taken under larger bounds may exceed them until it next
@@ -1096,7 +1108,7 @@ impl StateMachine {
                 newest = false;
                 next_start = o.kv.mod_revision;
                 reached += 1;
-                bytes += (k.len() + o.kv.value.len()) as u64;
+                bytes += held_bytes(k, &o.kv);
                 if reached > h.queue.len() {
                     return Err("old version chains loop");
                 }
@@ -1114,7 +1126,7 @@ impl StateMachine {
             return Err("compaction queue not ascending by (until, key)");
         }
         if bytes != h.bytes {
-            return Err("history bytes differ from the sum of key and value lengths");
+            return Err("history bytes differ from the versions' key, value and overhead bytes");
         }
         Ok(())
     }
@@ -1453,7 +1465,7 @@ impl StateMachine {
         while h.queue.front().is_some_and(|f| f.old.until <= to) {
             let held = h.queue.pop_front().expect("front exists");
             h.base += 1;
-            h.bytes -= (held.key.len() + held.old.kv.value.len()) as u64;
+            h.bytes -= held_bytes(&held.key, &held.old.kv);
             if held.ends_tombstone {
                 let slot = self.kvs.remove(held.key.as_ref());
                 assert!(
@@ -1479,13 +1491,21 @@ impl StateMachine {
             return;
         }
         let start = h.queue.len() - tail;
-        let slice = &mut h.queue.make_contiguous()[start..];
-        if slice.windows(2).all(|w| w[0].key < w[1].key) {
+        // Checked in place first: making a wrapped ring contiguous moves the whole queue.
+        let sorted = h
+            .queue
+            .range(start..)
+            .zip(h.queue.range(start + 1..))
+            .all(|(a, b)| a.key < b.key);
+        if sorted {
             return;
         }
-        slice.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut moved: Vec<Held> = h.queue.drain(start..).collect();
+        moved.sort_by(|a, b| a.key.cmp(&b.key));
+        h.queue.extend(moved);
+        let slice = h.queue.range(start..);
         let first = h.base + start as u64 + 1;
-        for (i, held) in slice.iter().enumerate() {
+        for (i, held) in slice.enumerate() {
             let slot = self
                 .kvs
                 .get_mut(held.key.as_ref())
@@ -1674,6 +1694,41 @@ mod tests {
         assert_eq!(sm.check_invariants(), Ok(()));
     }
 
+    /// Review finding: the byte bound counts each version's overhead, so transactions of
+    /// tiny keys with empty values cannot make the history hold `history_revisions` times
+    /// their op count in memory.
+    #[test]
+    fn the_byte_cap_counts_each_versions_overhead() {
+        let mut sm = StateMachine::new(Config {
+            history_revisions: 1000,
+            history_bytes_max: 64 * HISTORY_VERSION_OVERHEAD_BYTES,
+            ..Config::new(1)
+        });
+        let ops = |n: u8| {
+            (0..n)
+                .map(|i| TxnOp::Put {
+                    key: Bytes::from(vec![b'a' + i % 26, i / 26]),
+                    value: Bytes::new(),
+                    return_prev: false,
+                })
+                .collect::<Vec<_>>()
+        };
+        for index in 1..=50 {
+            let txn = Command {
+                session: None,
+                op: CommandOp::Txn(crate::command::Txn {
+                    compares: vec![],
+                    success: ops(100),
+                    failure: vec![],
+                }),
+            };
+            sm.apply(index, 1, &txn).unwrap();
+            assert!(sm.history_bytes() <= 64 * HISTORY_VERSION_OVERHEAD_BYTES);
+            assert!(sm.history_len() <= 64, "{} versions held", sm.history_len());
+        }
+        assert_eq!(sm.check_invariants(), Ok(()));
+    }
+
     /// A client rewriting one large value cannot make the history hold more than
     /// `history_bytes_max`, whatever `history_revisions` allows; the newest versions stay.
     #[test]
@@ -1688,7 +1743,8 @@ mod tests {
             sm.apply(i, 1, &cmd).unwrap();
             assert!(sm.history_bytes() <= 3 << 20, "{}", sm.history_bytes());
         }
-        // 2 old versions of 1 MiB + 3 bytes of key each fit under 3 MiB; the third would not.
+        // 2 old versions of 1 MiB + 3 bytes of key + the overhead each fit under 3 MiB; the
+        // third would not.
         assert_eq!(sm.history_len(), 2);
         assert_eq!(sm.compacted(), 18);
         assert_eq!(sm.get_at(b"big", 18).unwrap().unwrap().value[0], 18);

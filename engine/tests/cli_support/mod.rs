@@ -125,10 +125,16 @@ pub fn signal(pid: u32, sig: i32) {
 pub fn pid_alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Field 3 is the state; Z = zombie, X = dead.
-    match stat.rsplit_once(')') {
-        Some((_, rest)) => !matches!(rest.trim_start().chars().next(), Some('Z' | 'X') | None),
-        None => false,
-    }
+    let leader_dead = match stat.rsplit_once(')') {
+        Some((_, rest)) => matches!(rest.trim_start().chars().next(), Some('Z' | 'X') | None),
+        None => true,
+    };
+    // A killed process's main thread turns zombie before its other threads have exited (one
+    // may still be tearing down io_uring), and its sockets close only with the last of them:
+    // a node restarted in between found its metrics port still bound. Dead means no thread
+    // but the zombie leader is left.
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    !leader_dead || threads > 1
 }
 
 /// Runs `cmd` to completion with a deadline (killed at the deadline, then the test fails).
