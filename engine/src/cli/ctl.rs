@@ -232,8 +232,9 @@ pub enum NodeCommand {
     DrainLeaders {
         /// The node.
         node: u64,
-        /// How long to keep moving and checking, in milliseconds.
-        #[arg(long, default_value_t = 30_000, value_name = "MS")]
+        /// How long to keep moving and checking, in milliseconds (at most a day).
+        #[arg(long, default_value_t = 30_000, value_name = "MS",
+              value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
         wait_ms: u64,
     },
 }
@@ -1354,6 +1355,28 @@ fn apply_lag(leader_commit: u64, views: &[(u64, &wire::messages::PartitionStatus
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Review finding (issue 17): `--wait-ms` past the clock's range panicked computing the
+    /// deadline; it is now a usage error, and a day still parses.
+    #[test]
+    fn drain_wait_is_bounded_at_parse_time() {
+        use clap::Parser;
+        let parse = |ms: &str| {
+            crate::cli::Cli::try_parse_from([
+                "corum",
+                "ctl",
+                "node",
+                "drain-leaders",
+                "1",
+                "--wait-ms",
+                ms,
+            ])
+        };
+        let err = parse(&u64::MAX.to_string()).expect_err("u64::MAX ms is refused");
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(parse("0").is_err());
+        assert!(parse("86400000").is_ok());
+    }
 
     #[test]
     fn apply_lag_is_the_slowest_replicas_distance_to_the_leaders_commit() {
