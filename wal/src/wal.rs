@@ -628,6 +628,13 @@ impl Recovery {
             }
             return Err(corrupt(path, 0, reason));
         }
+        if data.len() < FIRST_RECORD_OFFSET as usize {
+            // A valid header in a file cut short before its first record: no record, and the
+            // end of data is the end of the file (never past it: the caller slices up to it).
+            return Ok(SegScan::Clean {
+                end: data.len() as u64,
+            });
+        }
         let mut pos = FIRST_RECORD_OFFSET;
         let mut batch_start = pos;
         let mut recs: Vec<(u64, RecordHeader, usize)> = Vec::new();
