@@ -355,13 +355,39 @@ async fn segment_summary(path: &Path, no: u64) -> Result<(bool, bool), WalError>
         .await
         .map_err(|e| io_err("read", path, e));
     let _ = file.close().await;
-    let r = r?;
-    let has = r
+    Ok(summary_of(&r?, no))
+}
+
+/// [`segment_summary`] of a segment's first bytes (at least its first record header's worth
+/// past [`FIRST_RECORD_OFFSET`] when there are that many).
+pub(crate) fn summary_of(prefix: &[u8], no: u64) -> (bool, bool) {
+    let has = prefix
         .get(FIRST_RECORD_OFFSET as usize..)
         .is_some_and(|b| b.iter().any(|&x| x != 0));
-    let seals = SegmentHeader::validate(&r, no)
+    let seals = SegmentHeader::validate(prefix, no)
         .is_ok_and(|h| h.flags.get() & format::SEGMENT_SEALS_EARLIER != 0);
-    Ok((has, seals))
+    (has, seals)
+}
+
+/// What recovery does with segments whose summaries ([`summary_of`], in segment order) are
+/// `summaries`: how many it keeps (trailing segments created ahead that never got a record nor
+/// the seals flag are removed: their creation may not have been durable), and for each kept
+/// one whether it may hold the torn tail. The torn tail can only be in the last segment
+/// holding records (segments after it may exist without records: created ahead of time, see
+/// `spawn_spare`), and only if no later segment was created by an open after recovery (which
+/// found everything before complete).
+pub(crate) fn recovery_plan(summaries: &[(bool, bool)]) -> (usize, Vec<bool>) {
+    let mut keep = summaries.len();
+    while keep > 0 && summaries[keep - 1] == (false, false) {
+        keep -= 1;
+    }
+    let kept = &summaries[..keep];
+    let last_with_records = kept.iter().rposition(|s| s.0).unwrap_or(0);
+    let last_sealing = kept.iter().rposition(|s| s.1);
+    let may_have_tail = (0..keep)
+        .map(|i| i >= last_with_records && last_sealing.is_none_or(|s| s <= i))
+        .collect();
+    (keep, may_have_tail)
 }
 
 async fn read_whole(file: &DmaFile, path: &Path) -> Result<Vec<u8>, WalError> {
@@ -533,6 +559,19 @@ fn find_later_records(data: &[u8], from: u64, seq: u64) -> (Option<(u64, u64)>, 
 }
 
 impl Recovery {
+    fn new() -> Recovery {
+        Recovery {
+            parts: BTreeMap::new(),
+            last_seq: 0,
+            max_seq_seen: 0,
+        }
+    }
+
+    /// The sequence number of the first batch written after this recovery.
+    fn next_seq(&self) -> u64 {
+        self.max_seq_seen.max(self.last_seq) + 1
+    }
+
     fn apply_batch(
         &mut self,
         data: &[u8],
@@ -732,6 +771,64 @@ impl Recovery {
     }
 }
 
+/// Recovery over segment contents held in memory, for the fuzz target and its replay test
+/// (`wal::fuzzing`): the summaries, plan and per-segment scan `Wal::open` runs, minus the file
+/// operations (a torn tail is cut in memory, a torn-header segment skipped). Segment `i` of
+/// `segments` is segment number `i + 1`. Checks every invariant of the recovered index (assert,
+/// so a violation is a crash the fuzzer reports) and returns (partitions, next batch seq).
+pub(crate) fn recover_for_fuzzing(segments: &[Vec<u8>]) -> Result<(usize, u64), WalError> {
+    let summaries: Vec<(bool, bool)> = segments
+        .iter()
+        .zip(1u64..)
+        .map(|(data, no)| summary_of(data, no))
+        .collect();
+    let (keep, tail_allowed) = recovery_plan(&summaries);
+    let mut rec = Recovery::new();
+    for (i, data) in segments[..keep].iter().enumerate() {
+        let no = i as u64 + 1;
+        let path = PathBuf::from(segment_name(no));
+        let end = match rec.scan(data, no, &path, i + 1 == keep, tail_allowed[i])? {
+            SegScan::Clean { end } => end,
+            SegScan::Torn { cut } => cut,
+            SegScan::TornHeader => continue,
+        };
+        assert!(end as usize <= data.len(), "recovered end past the segment");
+        // What `Wal::open` computes from `end` next.
+        if let Some(zero_end) = nonzero_end(data, end) {
+            assert!(
+                zero_end > end && zero_end % BLOCK_BYTES == 0,
+                "bad zeroing range"
+            );
+        }
+        for (p, part) in &rec.parts {
+            let idx = &part.idx;
+            assert!(idx.base >= 1, "partition {p}: base 0");
+            if let Some(s) = idx.snapshot {
+                assert!(
+                    idx.base > s.index,
+                    "partition {p}: base at or below the snapshot"
+                );
+            }
+            assert!(
+                idx.base.checked_add(idx.items.len() as u64).is_some(),
+                "partition {p}: last index overflows"
+            );
+            for l in idx.items.iter().filter(|l| l.seg == no) {
+                assert!(
+                    l.rec_off + u64::from(l.rec_len) <= end,
+                    "entry past the end"
+                );
+                assert!(
+                    u64::from(l.data_off) + u64::from(l.data_len) <= u64::from(l.rec_len),
+                    "entry data past its record"
+                );
+                assert!(l.seq <= rec.last_seq, "entry of an incomplete batch kept");
+            }
+        }
+    }
+    Ok((rec.parts.len(), rec.next_seq()))
+}
+
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`, recovers it (see the crate docs) and
     /// continues writing in its last segment, at the end of the last complete batch (a new
@@ -772,35 +869,23 @@ impl Wal {
                 ));
             }
         }
-        let mut rec = Recovery {
-            parts: BTreeMap::new(),
-            last_seq: 0,
-            max_seq_seen: 0,
-        };
+        let mut rec = Recovery::new();
         let mut segments = BTreeMap::new();
-        // The torn tail can only be in the last segment holding records (segments after it may
-        // exist without records: created ahead of time, see `spawn_spare`), and only if no later
-        // segment was created by an open after recovery (which found everything before complete).
         let mut summaries = Vec::with_capacity(nos.len());
         for &no in &nos {
             summaries.push(segment_summary(&dir.join(segment_name(no)), no).await?);
         }
-        // Trailing segments created ahead (`spawn_spare`) that never got a record and never got
-        // the seals flag are removed: their creation may not have been durable.
-        let mut removed = false;
-        while let (Some(&no), Some(&(false, false))) = (nos.last(), summaries.last()) {
-            let path = dir.join(segment_name(no));
-            tracing::info!(file = %path.display(), "WAL: removing unused segment created ahead");
-            std::fs::remove_file(&path).map_err(|e| io_err("remove unused segment", &path, e))?;
-            nos.pop();
-            summaries.pop();
-            removed = true;
-        }
-        if removed {
+        let (keep, tail_allowed) = recovery_plan(&summaries);
+        if keep < nos.len() {
+            for &no in &nos[keep..] {
+                let path = dir.join(segment_name(no));
+                tracing::info!(file = %path.display(), "WAL: removing unused segment created ahead");
+                std::fs::remove_file(&path)
+                    .map_err(|e| io_err("remove unused segment", &path, e))?;
+            }
+            nos.truncate(keep);
             sync_dir(&dir).await?;
         }
-        let last_with_records = summaries.iter().rposition(|s| s.0).unwrap_or(0);
-        let last_sealing = summaries.iter().rposition(|s| s.1);
         let mut recovery_bytes_read = 0;
         let mut tail: Option<ScannedTail> = None;
         for (i, &no) in nos.iter().enumerate() {
@@ -809,7 +894,7 @@ impl Wal {
             let data = read_whole(&file, &path).await?;
             recovery_bytes_read += data.len() as u64;
             let is_last = i + 1 == nos.len();
-            let may_have_tail = i >= last_with_records && last_sealing.is_none_or(|s| s <= i);
+            let may_have_tail = tail_allowed[i];
             let (end, garbage_end) = match rec.scan(&data, no, &path, is_last, may_have_tail)? {
                 SegScan::Clean { end } => (end, nonzero_end(&data, end)),
                 SegScan::Torn { cut } => {
@@ -899,7 +984,7 @@ impl Wal {
                 })?;
             recovery_syncs += 1;
         }
-        let seq = rec.max_seq_seen.max(rec.last_seq) + 1;
+        let seq = rec.next_seq();
         let stats = WalStats {
             segments: segments.len(),
             recovery_bytes_read,
