@@ -688,6 +688,12 @@ impl Recovery {
                 }
                 Parsed::Record(h, total) => {
                     let s = h.batch_seq.get();
+                    if s == u64::MAX {
+                        // Batches are numbered from 1, one per write: this one is never
+                        // reached, and the batch after it would have no number.
+                        bad = Some("batch sequence u64::MAX".into());
+                        break;
+                    }
                     self.max_seq_seen = self.max_seq_seen.max(s);
                     if h.kind == kind::BATCH_END {
                         let ok = cur_seq == Some(s)
@@ -1689,6 +1695,52 @@ impl LogStore for Wal {
 
 #[cfg(test)]
 mod tests {
+    use crate::format::{encode_record, kind};
+
+    /// One segment (number 1) holding one complete batch `seq`: a hard state and its end.
+    fn segment_with_batch(seq: u64) -> Vec<u8> {
+        let mut seg = SegmentHeader::new(1, 4 * BLOCK_BYTES, 0).as_bytes().to_vec();
+        seg.resize(FIRST_RECORD_OFFSET as usize, 0);
+        let mut batch = Vec::new();
+        let h = RecordHeader {
+            kind: kind::HARD_STATE,
+            batch_seq: seq.into(),
+            partition: 1.into(),
+            ..Default::default()
+        };
+        encode_record(&mut batch, h, 24, |out| out.extend_from_slice(&[1; 24]));
+        let end = RecordHeader {
+            kind: kind::BATCH_END,
+            count: 1.into(),
+            batch_seq: seq.into(),
+            index: (batch.len() as u64).into(),
+            ..Default::default()
+        };
+        encode_record(&mut batch, end, 0, |_| {});
+        seg.extend_from_slice(&batch);
+        seg.resize(2 * BLOCK_BYTES as usize, 0);
+        seg
+    }
+
+    /// Found by fuzzing (`wal/fuzz/regressions/recovery/batch-seq-max`): a checksum-valid batch
+    /// numbered u64::MAX made the next batch's number overflow (a panic in debug builds; in
+    /// release, batch 0, which the next recovery refuses as corruption).
+    #[test]
+    fn a_batch_numbered_u64_max_is_not_recovered() {
+        assert_eq!(
+            recover_for_fuzzing(&[segment_with_batch(7)]).unwrap(),
+            (1, 8)
+        );
+        // Refused where it starts: its own batch end after it makes that damage, not a tail.
+        match recover_for_fuzzing(&[segment_with_batch(u64::MAX)]) {
+            Err(WalError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, FIRST_RECORD_OFFSET);
+                assert!(reason.contains("u64::MAX"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
     use super::*;
 
     /// `nonzero_end` against the plain definition, on blocks, partial blocks and `from` inside a
