@@ -596,6 +596,9 @@ impl Recovery {
                             "entries record with index 0 or no entries",
                         ));
                     }
+                    if h.index.get().checked_add(spans.len() as u64).is_none() {
+                        return Err(corrupt(path, off, "entries past the largest index"));
+                    }
                     let locs = spans
                         .into_iter()
                         .map(|(term, k, start, len)| Loc {
@@ -628,6 +631,10 @@ impl Recovery {
                     part.hs_seq = h.batch_seq.get();
                 }
                 kind::SNAPSHOT => {
+                    // The next entry would be index + 1.
+                    if h.index.get() == u64::MAX {
+                        return Err(corrupt(path, off, "snapshot at index u64::MAX"));
+                    }
                     part.idx.compact(SnapshotPoint {
                         index: h.index.get(),
                         term: h.term.get(),
@@ -636,6 +643,20 @@ impl Recovery {
                     part.snap_seq = h.batch_seq.get();
                 }
                 kind::TRUNCATE => {
+                    // The write path never truncates at 0 or at or below the snapshot point
+                    // (`PartIndex::check_truncate`); replay sees no higher a snapshot point
+                    // than the write did (records replay in write order).
+                    let floor = part.idx.snapshot.map_or(0, |s| s.index);
+                    if h.index.get() <= floor {
+                        return Err(corrupt(
+                            path,
+                            off,
+                            format!(
+                                "truncate at {} at or below the snapshot point {floor}",
+                                h.index.get()
+                            ),
+                        ));
+                    }
                     part.idx.truncate(h.index.get());
                 }
                 _ => {
@@ -1697,21 +1718,30 @@ impl LogStore for Wal {
 mod tests {
     use crate::format::{encode_record, kind};
 
-    /// One segment (number 1) holding one complete batch `seq`: a hard state and its end.
-    fn segment_with_batch(seq: u64) -> Vec<u8> {
-        let mut seg = SegmentHeader::new(1, 4 * BLOCK_BYTES, 0).as_bytes().to_vec();
+    /// One segment (number 1) holding one complete batch `seq` of `records` (kind, index,
+    /// payload) of partition 1.
+    fn segment_with(seq: u64, records: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
+        let mut seg = SegmentHeader::new(1, 4 * BLOCK_BYTES, 0)
+            .as_bytes()
+            .to_vec();
         seg.resize(FIRST_RECORD_OFFSET as usize, 0);
         let mut batch = Vec::new();
-        let h = RecordHeader {
-            kind: kind::HARD_STATE,
-            batch_seq: seq.into(),
-            partition: 1.into(),
-            ..Default::default()
-        };
-        encode_record(&mut batch, h, 24, |out| out.extend_from_slice(&[1; 24]));
+        for (k, index, payload) in records {
+            let h = RecordHeader {
+                kind: *k,
+                count: u32::from(*k == kind::ENTRIES).into(),
+                batch_seq: seq.into(),
+                partition: 1.into(),
+                index: (*index).into(),
+                ..Default::default()
+            };
+            encode_record(&mut batch, h, payload.len(), |out| {
+                out.extend_from_slice(payload)
+            });
+        }
         let end = RecordHeader {
             kind: kind::BATCH_END,
-            count: 1.into(),
+            count: (records.len() as u32).into(),
             batch_seq: seq.into(),
             index: (batch.len() as u64).into(),
             ..Default::default()
@@ -1720,6 +1750,48 @@ mod tests {
         seg.extend_from_slice(&batch);
         seg.resize(2 * BLOCK_BYTES as usize, 0);
         seg
+    }
+
+    fn segment_with_batch(seq: u64) -> Vec<u8> {
+        segment_with(seq, &[(kind::HARD_STATE, 0, vec![1; 24])])
+    }
+
+    /// One entry's payload (term 1, data "x").
+    fn one_entry() -> Vec<u8> {
+        let mut p = 1u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, b'x']);
+        p
+    }
+
+    fn corrupt_reason(r: Result<(usize, u64), WalError>) -> String {
+        match r {
+            Err(WalError::Corrupt { reason, .. }) => reason,
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    /// Found by fuzzing (`wal/fuzz/regressions/recovery/truncate-at-zero`): a TRUNCATE record
+    /// at index 0 set the partition's first index to 0 (last index 0 - 1: an underflow), and
+    /// one at or below the snapshot point put the first index below it. Found by review of the
+    /// same code: a SNAPSHOT record at u64::MAX and an ENTRIES record running past u64::MAX
+    /// overflowed the next index. The write path refuses all four; recovery now reports them
+    /// as corruption.
+    #[test]
+    fn records_whose_indexes_the_write_path_refuses_are_corruption() {
+        let snap = (kind::SNAPSHOT, 10, vec![]);
+        let ok = segment_with(1, &[snap.clone(), (kind::TRUNCATE, 11, vec![])]);
+        assert_eq!(recover_for_fuzzing(&[ok]).unwrap(), (1, 2));
+        let r = recover_for_fuzzing(&[segment_with(1, &[(kind::TRUNCATE, 0, vec![])])]);
+        assert!(corrupt_reason(r).contains("truncate at 0"));
+        let r = recover_for_fuzzing(&[segment_with(1, &[snap, (kind::TRUNCATE, 10, vec![])])]);
+        assert!(corrupt_reason(r).contains("at or below the snapshot point 10"));
+        let r = recover_for_fuzzing(&[segment_with(1, &[(kind::SNAPSHOT, u64::MAX, vec![])])]);
+        assert!(corrupt_reason(r).contains("u64::MAX"));
+        let ok = segment_with(1, &[(kind::ENTRIES, u64::MAX - 1, one_entry())]);
+        assert_eq!(recover_for_fuzzing(&[ok]).unwrap(), (1, 2));
+        let r = recover_for_fuzzing(&[segment_with(1, &[(kind::ENTRIES, u64::MAX, one_entry())])]);
+        assert!(corrupt_reason(r).contains("largest index"));
     }
 
     /// Found by fuzzing (`wal/fuzz/regressions/recovery/batch-seq-max`): a checksum-valid batch
