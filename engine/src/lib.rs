@@ -23,6 +23,8 @@ pub mod cli;
 mod codec;
 pub mod command;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod log_limit;
 pub mod meta;
 pub mod placement;

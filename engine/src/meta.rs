@@ -491,12 +491,15 @@ impl MetaMap {
                 body[4]
             )));
         }
+        if body[5..8] != [0; 3] {
+            return Err(bad("nonzero reserved bytes at offset 5"));
+        }
         let mut r = Reader { b: body, at: 8 };
         let epoch = r.u64()?;
         let shards = r.u32()?;
         let n_ranges = r.u32()? as usize;
         let n_parts = r.u32()? as usize;
-        r.u32()?;
+        r.zero_u32()?;
         // Counts are bounded by the bytes present before anything is allocated.
         if n_ranges > body.len() / RANGE_BYTES || n_parts > body.len() / PARTITION_HEAD_BYTES {
             return Err(bad("counts larger than the value"));
@@ -505,7 +508,7 @@ impl MetaMap {
         for _ in 0..n_ranges {
             let start = r.u16()?;
             let end = r.u16()?;
-            r.u32()?;
+            r.zero_u32()?;
             let partition = r.u64()?;
             ranges.push(SlotRange {
                 start,
@@ -517,7 +520,7 @@ impl MetaMap {
         for _ in 0..n_parts {
             let id = r.u64()?;
             let n = r.u32()? as usize;
-            r.u32()?;
+            r.zero_u32()?;
             if n > body.len() / REPLICA_BYTES {
                 return Err(bad("replica count larger than the value"));
             }
@@ -525,7 +528,7 @@ impl MetaMap {
             for _ in 0..n {
                 let node = r.u64()?;
                 let shard = r.u32()?;
-                r.u32()?;
+                r.zero_u32()?;
                 replicas.push((node, shard));
             }
             partitions.push(MetaPartition { id, replicas });
@@ -583,6 +586,16 @@ impl Reader<'_> {
     fn u64(&mut self) -> Result<u64, MetaError> {
         self.take::<8>().map(u64::from_le_bytes)
     }
+    /// A reserved field: zero as written, refused otherwise (so a later version can use it).
+    fn zero_u32(&mut self) -> Result<(), MetaError> {
+        let at = self.at;
+        match self.u32()? {
+            0 => Ok(()),
+            _ => Err(MetaError::Encoding(format!(
+                "nonzero reserved bytes at offset {at}"
+            ))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +642,37 @@ mod tests {
 
     fn hosted_of(m: &MetaMap, shard: usize) -> Vec<u64> {
         m.hosted(1, shard)
+    }
+
+    /// Found by fuzzing (`engine/fuzz/regressions/meta_map/reserved-bytes`): the reserved
+    /// zero fields were read and ignored, so a map that no version writes decoded (and
+    /// re-encoded to different bytes). Each reserved field is now checked.
+    #[test]
+    fn nonzero_reserved_bytes_are_refused() {
+        let m = MetaMap::initial(&config(3, 2, 1));
+        let good = m.encode();
+        assert_eq!(MetaMap::decode(&good).unwrap(), m);
+        // Header bytes 5..8 and 28..32; the first range's 4..8; the first partition's 12..16
+        // and its first replica's 12..16 (layout in the module docs).
+        let ranges_end = HEADER_BYTES + RANGE_BYTES * m.ranges.len();
+        for at in [
+            5,
+            7,
+            28,
+            HEADER_BYTES + 4,
+            ranges_end + 12,
+            ranges_end + PARTITION_HEAD_BYTES + 12,
+        ] {
+            let mut b = good.to_vec();
+            b[at] = 1;
+            let end = b.len() - 4;
+            let crc = crc32c::crc32c(&b[..end]);
+            b[end..].copy_from_slice(&crc.to_le_bytes());
+            match MetaMap::decode(&b) {
+                Err(MetaError::Encoding(e)) => assert!(e.contains("reserved"), "{at}: {e}"),
+                other => panic!("byte {at}: expected an encoding error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -237,7 +237,8 @@ pub type EntrySpan = (u64, u8, usize, usize);
 
 /// Splits an ENTRIES payload into `count` entries. Returns a reason if the payload is malformed.
 pub fn split_entries(payload: &[u8], count: u32) -> Result<Vec<EntrySpan>, String> {
-    let mut out = Vec::with_capacity(count as usize);
+    // Bounded by what the payload can hold, not by the (untrusted) count.
+    let mut out = Vec::with_capacity((count as usize).min(payload.len() / ENTRY_HEADER_BYTES));
     let mut pos = 0usize;
     for i in 0..count {
         let Some(hb) = payload.get(pos..pos + ENTRY_HEADER_BYTES) else {
@@ -246,6 +247,10 @@ pub fn split_entries(payload: &[u8], count: u32) -> Result<Vec<EntrySpan>, Strin
         let Ok((eh, _)) = EntryHeader::read_from_prefix(hb) else {
             return Err(format!("entry {i}: unreadable header"));
         };
+        if eh.reserved != [0; 3] {
+            // Zero as written; anything else is not this format version's entry.
+            return Err(format!("entry {i}: nonzero reserved header bytes"));
+        }
         let len = eh.data_len.get() as usize;
         let start = pos + ENTRY_HEADER_BYTES;
         if start + len > payload.len() {
@@ -317,6 +322,37 @@ mod tests {
             split_entries(&out[48..48 + payload_len], 1).unwrap(),
             vec![(9, 7, 16, 3)]
         );
+    }
+
+    /// Found by fuzzing (`wal/fuzz/regressions/recovery/entry-reserved-bytes`): an entry
+    /// header with nonzero reserved bytes was accepted (and could never be written back as
+    /// read), where the record header's reserved bytes are refused.
+    #[test]
+    fn entry_headers_with_nonzero_reserved_bytes_are_refused() {
+        let mut payload = Vec::new();
+        let eh = EntryHeader {
+            term: 2.into(),
+            data_len: 1.into(),
+            kind: 0,
+            reserved: [0, 1, 0],
+        };
+        payload.extend_from_slice(eh.as_bytes());
+        payload.push(b'x');
+        let e = split_entries(&payload, 1).unwrap_err();
+        assert!(e.contains("reserved"), "{e}");
+        payload[14] = 0;
+        assert_eq!(split_entries(&payload, 1).unwrap(), vec![(2, 0, 16, 1)]);
+    }
+
+    /// Found by fuzzing (`wal/fuzz/regressions/recovery/entries-count-allocation`): the entry
+    /// count of a record reserved room for that many entries before reading any, so a record
+    /// claiming 4 billion entries in an empty payload asked for ~96 GiB and aborted the process.
+    #[test]
+    fn an_absurd_entry_count_is_an_error_not_an_allocation() {
+        let e = split_entries(&[], u32::MAX).unwrap_err();
+        assert!(e.contains("entry 0"), "{e}");
+        let e = split_entries(&[0; ENTRY_HEADER_BYTES], u32::MAX).unwrap_err();
+        assert!(e.contains("entry 1"), "{e}");
     }
 
     #[test]

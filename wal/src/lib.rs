@@ -205,6 +205,8 @@
 #![deny(missing_docs)]
 
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod mem;
 mod wal;

@@ -355,13 +355,39 @@ async fn segment_summary(path: &Path, no: u64) -> Result<(bool, bool), WalError>
         .await
         .map_err(|e| io_err("read", path, e));
     let _ = file.close().await;
-    let r = r?;
-    let has = r
+    Ok(summary_of(&r?, no))
+}
+
+/// [`segment_summary`] of a segment's first bytes (at least its first record header's worth
+/// past [`FIRST_RECORD_OFFSET`] when there are that many).
+pub(crate) fn summary_of(prefix: &[u8], no: u64) -> (bool, bool) {
+    let has = prefix
         .get(FIRST_RECORD_OFFSET as usize..)
         .is_some_and(|b| b.iter().any(|&x| x != 0));
-    let seals = SegmentHeader::validate(&r, no)
+    let seals = SegmentHeader::validate(prefix, no)
         .is_ok_and(|h| h.flags.get() & format::SEGMENT_SEALS_EARLIER != 0);
-    Ok((has, seals))
+    (has, seals)
+}
+
+/// What recovery does with segments whose summaries ([`summary_of`], in segment order) are
+/// `summaries`: how many it keeps (trailing segments created ahead that never got a record nor
+/// the seals flag are removed: their creation may not have been durable), and for each kept
+/// one whether it may hold the torn tail. The torn tail can only be in the last segment
+/// holding records (segments after it may exist without records: created ahead of time, see
+/// `spawn_spare`), and only if no later segment was created by an open after recovery (which
+/// found everything before complete).
+pub(crate) fn recovery_plan(summaries: &[(bool, bool)]) -> (usize, Vec<bool>) {
+    let mut keep = summaries.len();
+    while keep > 0 && summaries[keep - 1] == (false, false) {
+        keep -= 1;
+    }
+    let kept = &summaries[..keep];
+    let last_with_records = kept.iter().rposition(|s| s.0).unwrap_or(0);
+    let last_sealing = kept.iter().rposition(|s| s.1);
+    let may_have_tail = (0..keep)
+        .map(|i| i >= last_with_records && last_sealing.is_none_or(|s| s <= i))
+        .collect();
+    (keep, may_have_tail)
 }
 
 async fn read_whole(file: &DmaFile, path: &Path) -> Result<Vec<u8>, WalError> {
@@ -533,6 +559,19 @@ fn find_later_records(data: &[u8], from: u64, seq: u64) -> (Option<(u64, u64)>, 
 }
 
 impl Recovery {
+    fn new() -> Recovery {
+        Recovery {
+            parts: BTreeMap::new(),
+            last_seq: 0,
+            max_seq_seen: 0,
+        }
+    }
+
+    /// The sequence number of the first batch written after this recovery.
+    fn next_seq(&self) -> u64 {
+        self.max_seq_seen.max(self.last_seq) + 1
+    }
+
     fn apply_batch(
         &mut self,
         data: &[u8],
@@ -556,6 +595,9 @@ impl Recovery {
                             off,
                             "entries record with index 0 or no entries",
                         ));
+                    }
+                    if h.index.get().checked_add(spans.len() as u64).is_none() {
+                        return Err(corrupt(path, off, "entries past the largest index"));
                     }
                     let locs = spans
                         .into_iter()
@@ -589,6 +631,10 @@ impl Recovery {
                     part.hs_seq = h.batch_seq.get();
                 }
                 kind::SNAPSHOT => {
+                    // The next entry would be index + 1.
+                    if h.index.get() == u64::MAX {
+                        return Err(corrupt(path, off, "snapshot at index u64::MAX"));
+                    }
                     part.idx.compact(SnapshotPoint {
                         index: h.index.get(),
                         term: h.term.get(),
@@ -597,6 +643,20 @@ impl Recovery {
                     part.snap_seq = h.batch_seq.get();
                 }
                 kind::TRUNCATE => {
+                    // The write path never truncates at 0 or at or below the snapshot point
+                    // (`PartIndex::check_truncate`); replay sees no higher a snapshot point
+                    // than the write did (records replay in write order).
+                    let floor = part.idx.snapshot.map_or(0, |s| s.index);
+                    if h.index.get() <= floor {
+                        return Err(corrupt(
+                            path,
+                            off,
+                            format!(
+                                "truncate at {} at or below the snapshot point {floor}",
+                                h.index.get()
+                            ),
+                        ));
+                    }
                     part.idx.truncate(h.index.get());
                 }
                 _ => {
@@ -628,6 +688,13 @@ impl Recovery {
             }
             return Err(corrupt(path, 0, reason));
         }
+        if data.len() < FIRST_RECORD_OFFSET as usize {
+            // A valid header in a file cut short before its first record: no record, and the
+            // end of data is the end of the file (never past it: the caller slices up to it).
+            return Ok(SegScan::Clean {
+                end: data.len() as u64,
+            });
+        }
         let mut pos = FIRST_RECORD_OFFSET;
         let mut batch_start = pos;
         let mut recs: Vec<(u64, RecordHeader, usize)> = Vec::new();
@@ -642,6 +709,12 @@ impl Recovery {
                 }
                 Parsed::Record(h, total) => {
                     let s = h.batch_seq.get();
+                    if s == u64::MAX {
+                        // Batches are numbered from 1, one per write: this one is never
+                        // reached, and the batch after it would have no number.
+                        bad = Some("batch sequence u64::MAX".into());
+                        break;
+                    }
                     self.max_seq_seen = self.max_seq_seen.max(s);
                     if h.kind == kind::BATCH_END {
                         let ok = cur_seq == Some(s)
@@ -725,6 +798,64 @@ impl Recovery {
     }
 }
 
+/// Recovery over segment contents held in memory, for the fuzz target and its replay test
+/// (`wal::fuzzing`): the summaries, plan and per-segment scan `Wal::open` runs, minus the file
+/// operations (a torn tail is cut in memory, a torn-header segment skipped). Segment `i` of
+/// `segments` is segment number `i + 1`. Checks every invariant of the recovered index (assert,
+/// so a violation is a crash the fuzzer reports) and returns (partitions, next batch seq).
+pub(crate) fn recover_for_fuzzing(segments: &[Vec<u8>]) -> Result<(usize, u64), WalError> {
+    let summaries: Vec<(bool, bool)> = segments
+        .iter()
+        .zip(1u64..)
+        .map(|(data, no)| summary_of(data, no))
+        .collect();
+    let (keep, tail_allowed) = recovery_plan(&summaries);
+    let mut rec = Recovery::new();
+    for (i, data) in segments[..keep].iter().enumerate() {
+        let no = i as u64 + 1;
+        let path = PathBuf::from(segment_name(no));
+        let end = match rec.scan(data, no, &path, i + 1 == keep, tail_allowed[i])? {
+            SegScan::Clean { end } => end,
+            SegScan::Torn { cut } => cut,
+            SegScan::TornHeader => continue,
+        };
+        assert!(end as usize <= data.len(), "recovered end past the segment");
+        // What `Wal::open` computes from `end` next.
+        if let Some(zero_end) = nonzero_end(data, end) {
+            assert!(
+                zero_end > end && zero_end % BLOCK_BYTES == 0,
+                "bad zeroing range"
+            );
+        }
+        for (p, part) in &rec.parts {
+            let idx = &part.idx;
+            assert!(idx.base >= 1, "partition {p}: base 0");
+            if let Some(s) = idx.snapshot {
+                assert!(
+                    idx.base > s.index,
+                    "partition {p}: base at or below the snapshot"
+                );
+            }
+            assert!(
+                idx.base.checked_add(idx.items.len() as u64).is_some(),
+                "partition {p}: last index overflows"
+            );
+            for l in idx.items.iter().filter(|l| l.seg == no) {
+                assert!(
+                    l.rec_off + u64::from(l.rec_len) <= end,
+                    "entry past the end"
+                );
+                assert!(
+                    u64::from(l.data_off) + u64::from(l.data_len) <= u64::from(l.rec_len),
+                    "entry data past its record"
+                );
+                assert!(l.seq <= rec.last_seq, "entry of an incomplete batch kept");
+            }
+        }
+    }
+    Ok((rec.parts.len(), rec.next_seq()))
+}
+
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`, recovers it (see the crate docs) and
     /// continues writing in its last segment, at the end of the last complete batch (a new
@@ -765,35 +896,23 @@ impl Wal {
                 ));
             }
         }
-        let mut rec = Recovery {
-            parts: BTreeMap::new(),
-            last_seq: 0,
-            max_seq_seen: 0,
-        };
+        let mut rec = Recovery::new();
         let mut segments = BTreeMap::new();
-        // The torn tail can only be in the last segment holding records (segments after it may
-        // exist without records: created ahead of time, see `spawn_spare`), and only if no later
-        // segment was created by an open after recovery (which found everything before complete).
         let mut summaries = Vec::with_capacity(nos.len());
         for &no in &nos {
             summaries.push(segment_summary(&dir.join(segment_name(no)), no).await?);
         }
-        // Trailing segments created ahead (`spawn_spare`) that never got a record and never got
-        // the seals flag are removed: their creation may not have been durable.
-        let mut removed = false;
-        while let (Some(&no), Some(&(false, false))) = (nos.last(), summaries.last()) {
-            let path = dir.join(segment_name(no));
-            tracing::info!(file = %path.display(), "WAL: removing unused segment created ahead");
-            std::fs::remove_file(&path).map_err(|e| io_err("remove unused segment", &path, e))?;
-            nos.pop();
-            summaries.pop();
-            removed = true;
-        }
-        if removed {
+        let (keep, tail_allowed) = recovery_plan(&summaries);
+        if keep < nos.len() {
+            for &no in &nos[keep..] {
+                let path = dir.join(segment_name(no));
+                tracing::info!(file = %path.display(), "WAL: removing unused segment created ahead");
+                std::fs::remove_file(&path)
+                    .map_err(|e| io_err("remove unused segment", &path, e))?;
+            }
+            nos.truncate(keep);
             sync_dir(&dir).await?;
         }
-        let last_with_records = summaries.iter().rposition(|s| s.0).unwrap_or(0);
-        let last_sealing = summaries.iter().rposition(|s| s.1);
         let mut recovery_bytes_read = 0;
         let mut tail: Option<ScannedTail> = None;
         for (i, &no) in nos.iter().enumerate() {
@@ -802,7 +921,7 @@ impl Wal {
             let data = read_whole(&file, &path).await?;
             recovery_bytes_read += data.len() as u64;
             let is_last = i + 1 == nos.len();
-            let may_have_tail = i >= last_with_records && last_sealing.is_none_or(|s| s <= i);
+            let may_have_tail = tail_allowed[i];
             let (end, garbage_end) = match rec.scan(&data, no, &path, is_last, may_have_tail)? {
                 SegScan::Clean { end } => (end, nonzero_end(&data, end)),
                 SegScan::Torn { cut } => {
@@ -892,7 +1011,7 @@ impl Wal {
                 })?;
             recovery_syncs += 1;
         }
-        let seq = rec.max_seq_seen.max(rec.last_seq) + 1;
+        let seq = rec.next_seq();
         let stats = WalStats {
             segments: segments.len(),
             recovery_bytes_read,
@@ -1597,6 +1716,103 @@ impl LogStore for Wal {
 
 #[cfg(test)]
 mod tests {
+    use crate::format::{encode_record, kind};
+
+    /// One segment (number 1) holding one complete batch `seq` of `records` (kind, index,
+    /// payload) of partition 1.
+    fn segment_with(seq: u64, records: &[(u8, u64, Vec<u8>)]) -> Vec<u8> {
+        let mut seg = SegmentHeader::new(1, 4 * BLOCK_BYTES, 0)
+            .as_bytes()
+            .to_vec();
+        seg.resize(FIRST_RECORD_OFFSET as usize, 0);
+        let mut batch = Vec::new();
+        for (k, index, payload) in records {
+            let h = RecordHeader {
+                kind: *k,
+                count: u32::from(*k == kind::ENTRIES).into(),
+                batch_seq: seq.into(),
+                partition: 1.into(),
+                index: (*index).into(),
+                ..Default::default()
+            };
+            encode_record(&mut batch, h, payload.len(), |out| {
+                out.extend_from_slice(payload)
+            });
+        }
+        let end = RecordHeader {
+            kind: kind::BATCH_END,
+            count: (records.len() as u32).into(),
+            batch_seq: seq.into(),
+            index: (batch.len() as u64).into(),
+            ..Default::default()
+        };
+        encode_record(&mut batch, end, 0, |_| {});
+        seg.extend_from_slice(&batch);
+        seg.resize(2 * BLOCK_BYTES as usize, 0);
+        seg
+    }
+
+    fn segment_with_batch(seq: u64) -> Vec<u8> {
+        segment_with(seq, &[(kind::HARD_STATE, 0, vec![1; 24])])
+    }
+
+    /// One entry's payload (term 1, data "x").
+    fn one_entry() -> Vec<u8> {
+        let mut p = 1u64.to_le_bytes().to_vec();
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&[0, 0, 0, 0, b'x']);
+        p
+    }
+
+    fn corrupt_reason(r: Result<(usize, u64), WalError>) -> String {
+        match r {
+            Err(WalError::Corrupt { reason, .. }) => reason,
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
+    /// Found by fuzzing (`wal/fuzz/regressions/recovery/truncate-at-zero`): a TRUNCATE record
+    /// at index 0 set the partition's first index to 0 (last index 0 - 1: an underflow), and
+    /// one at or below the snapshot point put the first index below it. Found by review of the
+    /// same code: a SNAPSHOT record at u64::MAX and an ENTRIES record running past u64::MAX
+    /// overflowed the next index. The write path refuses all four; recovery now reports them
+    /// as corruption.
+    #[test]
+    fn records_whose_indexes_the_write_path_refuses_are_corruption() {
+        let snap = (kind::SNAPSHOT, 10, vec![]);
+        let ok = segment_with(1, &[snap.clone(), (kind::TRUNCATE, 11, vec![])]);
+        assert_eq!(recover_for_fuzzing(&[ok]).unwrap(), (1, 2));
+        let r = recover_for_fuzzing(&[segment_with(1, &[(kind::TRUNCATE, 0, vec![])])]);
+        assert!(corrupt_reason(r).contains("truncate at 0"));
+        let r = recover_for_fuzzing(&[segment_with(1, &[snap, (kind::TRUNCATE, 10, vec![])])]);
+        assert!(corrupt_reason(r).contains("at or below the snapshot point 10"));
+        let r = recover_for_fuzzing(&[segment_with(1, &[(kind::SNAPSHOT, u64::MAX, vec![])])]);
+        assert!(corrupt_reason(r).contains("u64::MAX"));
+        let ok = segment_with(1, &[(kind::ENTRIES, u64::MAX - 1, one_entry())]);
+        assert_eq!(recover_for_fuzzing(&[ok]).unwrap(), (1, 2));
+        let r = recover_for_fuzzing(&[segment_with(1, &[(kind::ENTRIES, u64::MAX, one_entry())])]);
+        assert!(corrupt_reason(r).contains("largest index"));
+    }
+
+    /// Found by fuzzing (`wal/fuzz/regressions/recovery/batch-seq-max`): a checksum-valid batch
+    /// numbered u64::MAX made the next batch's number overflow (a panic in debug builds; in
+    /// release, batch 0, which the next recovery refuses as corruption).
+    #[test]
+    fn a_batch_numbered_u64_max_is_not_recovered() {
+        assert_eq!(
+            recover_for_fuzzing(&[segment_with_batch(7)]).unwrap(),
+            (1, 8)
+        );
+        // Refused where it starts: its own batch end after it makes that damage, not a tail.
+        match recover_for_fuzzing(&[segment_with_batch(u64::MAX)]) {
+            Err(WalError::Corrupt { offset, reason, .. }) => {
+                assert_eq!(offset, FIRST_RECORD_OFFSET);
+                assert!(reason.contains("u64::MAX"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+
     use super::*;
 
     /// `nonzero_end` against the plain definition, on blocks, partial blocks and `from` inside a

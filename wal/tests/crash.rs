@@ -740,3 +740,41 @@ fn an_open_makes_the_recovered_tail_durable() {
         );
     });
 }
+
+/// Found by fuzzing (`wal/fuzz/regressions/recovery/short-segment-with-valid-header`): a
+/// segment cut short inside its header block, with its 40-byte header intact, made `Wal::open`
+/// panic slicing its (empty) record region at offset 4096.
+#[test]
+fn a_segment_cut_short_inside_its_header_block_does_not_panic() {
+    run(|| async {
+        let dir = test_dir("short-header-block");
+        let seg = |n: u64| dir.join(format!("{n:016x}.wal"));
+        let log = Wal::open(&dir, cfg()).await.unwrap();
+        log.append(1, &[entry(1, 1, 100, 1)]).unwrap();
+        log.sync().await.unwrap();
+        drop(log);
+        // The last segment cut short: the open continues in a new segment 2 ("seals").
+        std::fs::File::options()
+            .write(true)
+            .open(seg(1))
+            .unwrap()
+            .set_len(3 * 4096)
+            .unwrap();
+        let log = Wal::open(&dir, cfg()).await.unwrap();
+        assert!(seg(2).exists());
+        log.append(1, &[entry(2, 1, 100, 2)]).unwrap();
+        log.sync().await.unwrap();
+        drop(log);
+        // Now segment 1 loses everything but its header block's first 1000 bytes.
+        std::fs::File::options()
+            .write(true)
+            .open(seg(1))
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        let log = Wal::open(&dir, cfg()).await.expect("opens");
+        assert_eq!(log.last_index(1), 2);
+        let got = log.entries(1, 2, 3, u64::MAX).await.unwrap();
+        assert_eq!(got, vec![entry(2, 1, 100, 2)]);
+    });
+}

@@ -1,16 +1,21 @@
-//! Writes a seed corpus for the `decode` fuzz target (`wire/fuzz`): one valid frame stream and
-//! one bare body of every message kind, in the target's input format (first byte = mode).
+//! Writes seed corpora for the fuzz targets of `wire/fuzz`, in each target's input format
+//! (`wire::fuzzing`): for `decode`, one valid frame stream and one bare body of every message
+//! kind; for `peer`, peer batches holding every message kind, under both limit modes.
 //!
-//! Usage: `cargo run -p wire --example fuzz_seeds -- wire/fuzz/corpus/decode`
+//! Usage: `cargo run -p wire --example fuzz_seeds -- wire/fuzz/corpus` (writes `decode/` and
+//! `peer/` under it)
 
 use bytes::BytesMut;
 use wire::*;
 
 fn main() -> std::io::Result<()> {
-    let dir = std::env::args()
+    let root = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "wire/fuzz/corpus/decode".into());
+        .unwrap_or_else(|| "wire/fuzz/corpus".into());
+    let dir = format!("{root}/decode");
+    let peer_dir = format!("{root}/peer");
     std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&peer_dir)?;
     let limits = Limits::default();
     let mut enc = BodyEncoder::new();
     let req = |id, op| Request {
@@ -234,6 +239,79 @@ fn main() -> std::io::Result<()> {
         .expect("fits");
     write("frames-all", 0, &stream)?;
     write("frames-all-chunked", 14, &stream)?;
-    println!("wrote seeds to {dir}");
+
+    // `peer`: byte 0 bit 0 picks default (0) or tight (1) limits.
+    let write_peer = |name: &str, mode: u8, bytes: &[u8]| {
+        let mut v = vec![mode];
+        v.extend_from_slice(bytes);
+        std::fs::write(format!("{peer_dir}/{name}"), v)
+    };
+    write_peer("batch-mixed", 0, enc.peer_batch(&peer))?;
+    write_peer("batch-mixed-tight", 1, enc.peer_batch(&peer))?;
+    let every_kind = PeerBatch {
+        from_node: 2,
+        to_node: 1,
+        messages: MessageKind::ALL
+            .iter()
+            .zip(1u64..)
+            .map(|(&kind, n)| {
+                let mut m = RaftMessage::new(kind);
+                m.from = 2;
+                m.to = 1;
+                m.term = n;
+                m.log_term = n - 1;
+                m.index = 10 * n;
+                m.commit = 9 * n;
+                m.reject = n % 2 == 0;
+                m.reject_hint_index = n;
+                m.reject_hint_term = n;
+                m.context = n << 8;
+                (n % 4, m)
+            })
+            .collect(),
+    };
+    write_peer("batch-every-kind", 0, enc.peer_batch(&every_kind))?;
+    let mut big_append = RaftMessage::new(MessageKind::Append);
+    big_append.entries = (1..=6)
+        .map(|i| Entry {
+            index: i,
+            term: 1 + i / 3,
+            kind: (i % 3) as u8,
+            data: format!("command-{i}").into(),
+        })
+        .collect();
+    let mut joint = RaftMessage::new(MessageKind::Snapshot);
+    joint.snapshot = Some(SnapshotChunk {
+        index: 40,
+        term: 3,
+        conf: ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![5],
+            voters_outgoing: vec![1, 2, 4],
+            learners_next: vec![4],
+            auto_leave: true,
+        },
+        offset: 4096,
+        total_bytes: 8192,
+        data: vec![7u8; 64].into(),
+        done: false,
+    });
+    let entries_and_snapshot = PeerBatch {
+        from_node: 1,
+        to_node: 3,
+        messages: vec![(5, big_append), (6, joint)],
+    };
+    write_peer(
+        "batch-entries-snapshot",
+        0,
+        enc.peer_batch(&entries_and_snapshot),
+    )?;
+    write_peer(
+        "batch-entries-snapshot-tight",
+        1,
+        enc.peer_batch(&entries_and_snapshot),
+    )?;
+    write_peer("batch-empty", 0, enc.peer_batch(&PeerBatch::default()))?;
+    println!("wrote seeds to {dir} and {peer_dir}");
     Ok(())
 }

@@ -37,6 +37,8 @@
 
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generated;
 pub mod map;
 pub mod messages;
