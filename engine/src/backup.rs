@@ -1,7 +1,7 @@
 //! Backups: a directory holding a consistent copy of every data partition, how it is written,
 //! verified and restored into the data directories of a new cluster.
 //!
-//! # Layout (format version 1)
+//! # Layout (format version 2)
 //! ```text
 //! DIR/
 //!   partition-0000000000000001.snap   the partition's snapshot file (crate::snapshot format)
@@ -9,8 +9,9 @@
 //!   ...
 //!   manifest.json                     written last: a directory without it is incomplete
 //! ```
-//! `manifest.json` names the format (`"format": "corum-backup"`, `"version": 1`), when and from
-//! which cluster map the backup was taken (its epoch and slot ranges: which partition owns
+//! `manifest.json` names the format (`"format": "corum-backup"`, `"version": 2`), the backup's
+//! id (`backup_id`, 16 hex digits: a JSON string, so JSON readers that hold numbers as doubles
+//! do not round it), when and from which cluster map the backup was taken (its epoch and slot ranges: which partition owns
 //! which keys), and per partition its file, length, applied index and term, revision, key
 //! count, the crc32c of the whole file, and the crc32c of every [`CHUNK_BYTES`] chunk of it,
 //! so a corrupted byte is located to its chunk (`verify` names the file and the offset).
@@ -49,8 +50,9 @@ use crate::state_machine::Config as SmConfig;
 pub const MANIFEST: &str = "manifest.json";
 /// `format` of a manifest.
 pub const FORMAT: &str = "corum-backup";
-/// The manifest format version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The manifest format version this build writes. It also reads version 1 (no `backup_id`,
+/// or the id as a JSON number: manifests written before version 2).
+pub const VERSION: u32 = 2;
 /// Bytes covered by one chunk checksum of a partition file.
 pub const CHUNK_BYTES: usize = 64 << 10;
 
@@ -111,15 +113,62 @@ pub struct Manifest {
     /// Every data partition of the map, ascending.
     pub partitions: Vec<ManifestPartition>,
     /// Names this backup ([`new_backup_id`]); [`restore`] records it in the node's
-    /// [`RESTORED`] file, so the nodes of a restored cluster can be checked to come from the
-    /// same backup. 0 in manifests written before the field.
+    /// [`RESTORED`] file and the restored cluster's bootstrap map records it, so a node
+    /// restored from another backup is refused (`crate::meta`, "Restored clusters"). 0 in
+    /// manifests written before the field.
     #[serde(default)]
-    pub backup_id: u64,
+    pub backup_id: BackupId,
+}
+
+/// A backup's id: 64 random bits, never 0 for a backup ([`new_backup_id`]); 0 means "no
+/// backup" (a manifest or restore record from before ids). Shown and written as 16 hex
+/// digits; JSON holds it as a string, since readers such as jq and JavaScript keep numbers as
+/// doubles and would round it. Read from either a string or a number (version-1 manifests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackupId(pub u64);
+
+impl std::fmt::Display for BackupId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl std::str::FromStr for BackupId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("backup id {s:?} is not 1 to 16 hexadecimal digits"));
+        }
+        u64::from_str_radix(s, 16)
+            .map(BackupId)
+            .map_err(|e| format!("backup id {s:?}: {e}"))
+    }
+}
+
+impl Serialize for BackupId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackupId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(BackupId(n)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 /// A new backup's id: 64 bits from the standard library's randomly seeded hasher (the OS's
 /// entropy, without another crate), mixed with the time; never 0.
-pub fn new_backup_id() -> u64 {
+pub fn new_backup_id() -> BackupId {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -128,7 +177,7 @@ pub fn new_backup_id() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.write_u32(std::process::id());
-    h.finish().max(1)
+    BackupId(h.finish().max(1))
 }
 
 /// The file [`restore`] leaves in a restored node's data directory: which backup the node
@@ -140,7 +189,7 @@ pub const RESTORED: &str = "RESTORED";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoredFrom {
     /// The manifest's `backup_id` (0: a backup from before backup ids).
-    pub backup_id: u64,
+    pub backup_id: BackupId,
     /// When the backup started, Unix milliseconds.
     pub started_unix_ms: u64,
     /// The backed-up cluster's map epoch.
@@ -176,7 +225,7 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    /// The manifest is not a valid version-1 manifest.
+    /// The manifest is not a valid manifest of a version this build reads.
     #[error("{path}: {reason}")]
     Manifest {
         /// The manifest.
@@ -362,16 +411,27 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, BackupError> {
         reason,
     };
     let text = fs::read(&path).map_err(io_err("read", &path))?;
-    let m: Manifest = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
-    if m.format != FORMAT {
-        return Err(bad(format!("format {:?}, expected {FORMAT:?}", m.format)));
+    // Format and version first, ignoring every other field: a manifest of a later version
+    // (with fields this build does not know) is refused by its version, not by a field name.
+    #[derive(Deserialize)]
+    struct Head {
+        format: String,
+        version: u32,
     }
-    if m.version != VERSION {
+    let head: Head = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if head.format != FORMAT {
         return Err(bad(format!(
-            "version {}; this build reads version {VERSION}",
-            m.version
+            "format {:?}, expected {FORMAT:?}",
+            head.format
         )));
     }
+    if !(1..=VERSION).contains(&head.version) {
+        return Err(bad(format!(
+            "version {}; this build reads versions 1 to {VERSION}",
+            head.version
+        )));
+    }
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
     if !m
         .partitions
         .windows(2)
@@ -591,7 +651,7 @@ pub struct RestoreReport {
     /// Keys in them.
     pub keys: u64,
     /// The backup's id (the manifest's `backup_id`), recorded in [`RESTORED`].
-    pub backup_id: u64,
+    pub backup_id: BackupId,
 }
 
 /// Restores the backup in `from` into `config.data_dir` (module docs, "Restore"). Refuses a
@@ -752,6 +812,38 @@ mod tests {
         }
     }
 
+    /// Backup ids are 16 hex digits in JSON (a string: jq and JavaScript would round a
+    /// number above 2^53), and a version-1 manifest's numeric id still reads.
+    #[test]
+    fn backup_ids_are_hex_strings_and_old_numeric_ids_still_read() {
+        let id = BackupId(u64::MAX - 2);
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, "\"fffffffffffffffd\"");
+        assert_eq!(serde_json::from_str::<BackupId>(&json).unwrap(), id);
+        assert_eq!(
+            serde_json::from_str::<BackupId>("18446744073709551613").unwrap(),
+            id
+        );
+        for bad in ["\"\"", "\"xyz\"", "\"10000000000000000\"", "-1", "\"+1\""] {
+            assert!(serde_json::from_str::<BackupId>(bad).is_err(), "{bad}");
+        }
+        let dir = temp("v1-manifest");
+        let m = backup(&dir, 2);
+        let mpath = dir.join(MANIFEST);
+        let text = fs::read_to_string(&mpath).unwrap();
+        let number = format!("\"backup_id\": {}", m.backup_id.0);
+        let v1 = text
+            .replace("\"version\": 2,", "\"version\": 1,")
+            .replace(&format!("\"backup_id\": \"{}\"", m.backup_id), &number);
+        assert!(
+            v1.contains(&number) && v1.contains("\"version\": 1,"),
+            "{v1}"
+        );
+        fs::write(&mpath, v1).unwrap();
+        assert_eq!(read_manifest(&dir).unwrap().backup_id, m.backup_id);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn a_backup_verifies_and_counts_its_keys() {
         let dir = temp("ok");
@@ -838,9 +930,15 @@ mod tests {
 
         let mpath = dir.join(MANIFEST);
         let text = fs::read_to_string(&mpath).unwrap();
-        fs::write(&mpath, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+        // A later version is refused by its version, even with a field this build lacks.
+        let later = text.replace("\"version\": 2,", "\"version\": 3, \"later\": true,");
+        assert_ne!(later, text);
+        fs::write(&mpath, later).unwrap();
         let e = verify(&dir).unwrap_err().to_string();
-        assert!(e.contains("version 2"), "{e}");
+        assert!(
+            e.contains("version 3; this build reads versions 1 to 2"),
+            "{e}"
+        );
         fs::write(&mpath, &text[..text.len() / 2]).unwrap();
         assert!(matches!(verify(&dir), Err(BackupError::Manifest { .. })));
         fs::remove_file(&mpath).unwrap();
@@ -852,7 +950,7 @@ mod tests {
     fn restore_writes_each_hosted_partition_with_the_new_voters() {
         let dir = temp("restore-src");
         let m = backup(&dir, 4);
-        assert_ne!(m.backup_id, 0);
+        assert_ne!(m.backup_id, BackupId(0));
         assert_ne!(m.backup_id, new_backup_id(), "another backup, another id");
         let data = temp("restore-dst");
         assert_eq!(restored_from(&data), Ok(None));

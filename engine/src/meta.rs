@@ -47,12 +47,25 @@
 //! the same way. The bootstrap map records the first leader's values; a node whose tuning
 //! differs stops at adoption with an error naming the setting.
 //!
+//! # Restored clusters
+//! A node built by `corum restore` holds a [`RESTORED`](crate::backup::RESTORED) record naming
+//! the backup. The bootstrap map records the first meta leader's backup id (0: it was not
+//! restored), and every node checks at adoption that its own id is the map's
+//! ([`MetaMap::check_backup`]); a node restored from another backup, or not restored at all,
+//! stops with an error naming both. Partitions of nodes restored from different backups hold
+//! different histories at the same Raft indexes; a fresh node among restored ones would hold
+//! none, and with another empty node could elect a leader that erases the restored data. The
+//! map's meta group itself is not restored (every restored cluster bootstraps a new one), so
+//! the first node to lead it decides; if that node is the odd one out, the others stop, which
+//! is the same refusal seen from the other side.
+//!
 //! # Encoding of a [`MetaMap`] (version 3, little-endian)
 //! ```text
 //! offset size  field
 //! 0      4     magic "CMAP"
-//! 4      1     version = 3 (version 1: no session settings, read as 0 = not recorded;
-//!              versions 1-2: no history setting, read as not recorded)
+//! 4      1     version = 4 (version 1: no session settings, read as 0 = not recorded;
+//!              versions 1-2: no history setting, read as not recorded; versions 1-3: no
+//!              backup id, read as not recorded)
 //! 5      3     zero
 //! 8      8     epoch (>= 1)
 //! 16     4     shards per node the placement assumes
@@ -63,7 +76,8 @@
 //! ...    per partition: id u64, replica count N u32, zero u32, then N x (node u64, shard u32,
 //!              zero u32)
 //! ...    16    versions 2-3: sessions_max u64, session_results_max u64
-//! ...    16    version 3: history_revisions u64, history_bytes_max u64
+//! ...    16    versions 3-4: history_revisions u64, history_bytes_max u64
+//! ...    8     version 4: backup_id u64 (the backup the cluster was restored from; 0: none)
 //! end-4  4     crc32c (Castagnoli) of every byte before it
 //! ```
 //! [`MetaMap::decode`] checks the magic, version, lengths, checksum and then the map's own
@@ -81,7 +95,7 @@ pub const META_PARTITION: u64 = 0;
 pub const MAP_KEY: &[u8] = b"cluster/map";
 
 const MAGIC: &[u8; 4] = b"CMAP";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 /// Bytes of the session settings (version 2).
 const SESSION_BYTES: usize = 16;
 const HEADER_BYTES: usize = 32;
@@ -177,6 +191,10 @@ pub struct MetaMap {
     /// `tuning.history_bytes_max` every replica must use (recorded with
     /// `history_revisions`; 0 when that is `None`).
     pub history_bytes_max: u64,
+    /// The backup every node was restored from (module docs, "Restored clusters"): 0 for a
+    /// cluster bootstrapped empty; `None`: not recorded (a map of version 1 to 3). Recorded
+    /// only with the history setting (a version-4 map has both).
+    pub backup_id: Option<u64>,
 }
 
 impl MetaMap {
@@ -214,7 +232,45 @@ impl MetaMap {
             session_results_max: config.tuning.session_results_max as u64,
             history_revisions: Some(config.tuning.history_revisions),
             history_bytes_max: config.tuning.history_bytes_max,
+            backup_id: Some(0),
         }
+    }
+
+    /// Checks that this node, restored from backup `restored` (0: not restored), belongs to
+    /// this cluster: the map records the same backup, or records none (module docs,
+    /// "Restored clusters").
+    pub fn check_backup(&self, restored: u64) -> Result<(), MetaError> {
+        let Some(map) = self.backup_id else {
+            return Ok(());
+        };
+        if map == restored {
+            return Ok(());
+        }
+        let cluster = if map == 0 {
+            "the cluster map was bootstrapped by a node not restored from a backup".to_owned()
+        } else {
+            format!(
+                "the cluster was restored from backup {}",
+                crate::backup::BackupId(map)
+            )
+        };
+        let here = if restored == 0 {
+            "this node was not restored from a backup (its data directory has no RESTORED \
+             record)"
+                .to_owned()
+        } else {
+            format!(
+                "this node was restored from backup {}",
+                crate::backup::BackupId(restored)
+            )
+        };
+        Err(MetaError::Mismatch {
+            epoch: self.epoch,
+            reason: format!(
+                "{cluster}, but {here}; restore every node of a cluster from the same backup \
+                 (`corum restore --from DIR` into an empty data directory on each node)"
+            ),
+        })
     }
 
     /// The data partitions with a replica on shard `shard` of `node`, ascending.
@@ -384,6 +440,11 @@ impl MetaMap {
     /// shard count >= 1, partition ids >= 1 and every shard below the shard count).
     pub fn validate(&self) -> Result<(), MetaError> {
         let bad = |s: String| MetaError::Encoding(s);
+        if self.backup_id.is_some() && self.history_revisions.is_none() {
+            return Err(bad(
+                "a map recording a backup id records the history setting too".into(),
+            ));
+        }
         if self.epoch == 0 {
             return Err(bad("epoch 0".into()));
         }
@@ -420,6 +481,7 @@ impl MetaMap {
             } else {
                 0
             }
+            + if self.backup_id.is_some() { 8 } else { 0 }
             + 4
     }
 
@@ -428,12 +490,12 @@ impl MetaMap {
         let len = self.encoded_len();
         let mut b = BytesMut::with_capacity(len);
         b.put_slice(MAGIC);
-        // A map decoded from version 2 (no history setting) is written back as version 2, so
-        // re-encoding never invents a setting.
-        b.put_u8(if self.history_revisions.is_some() {
-            VERSION
-        } else {
-            2
+        // A map decoded from version 2 or 3 (no history setting, no backup id) is written back
+        // as that version, so re-encoding never invents a setting.
+        b.put_u8(match (self.history_revisions, self.backup_id) {
+            (_, Some(_)) => VERSION,
+            (Some(_), None) => 3,
+            (None, None) => 2,
         });
         b.put_bytes(0, 3);
         b.put_u64_le(self.epoch);
@@ -462,6 +524,9 @@ impl MetaMap {
         if let Some(h) = self.history_revisions {
             b.put_u64_le(h);
             b.put_u64_le(self.history_bytes_max);
+        }
+        if let Some(id) = self.backup_id {
+            b.put_u64_le(id);
         }
         let crc = crc32c::crc32c(&b);
         b.put_u32_le(crc);
@@ -543,6 +608,7 @@ impl MetaMap {
         } else {
             (None, 0)
         };
+        let backup_id = if version >= 4 { Some(r.u64()?) } else { None };
         if r.at != body.len() {
             return Err(bad("trailing bytes"));
         }
@@ -555,6 +621,7 @@ impl MetaMap {
             session_results_max,
             history_revisions,
             history_bytes_max,
+            backup_id,
         };
         map.validate()?;
         Ok(map)
@@ -722,8 +789,8 @@ mod tests {
         // A version-1 map (no session settings) decodes and checks nothing about them.
         let mut v1 = m.encode().to_vec();
         v1[4] = 1;
-        let body = v1.len() - 4 - SESSION_BYTES - 16;
-        v1.drain(body..body + SESSION_BYTES + 16);
+        let body = v1.len() - 4 - SESSION_BYTES - 16 - 8;
+        v1.drain(body..body + SESSION_BYTES + 16 + 8);
         let n = v1.len() - 4;
         let crc = crc32c::crc32c(&v1[..n]);
         v1[n..].copy_from_slice(&crc.to_le_bytes());
@@ -755,14 +822,66 @@ mod tests {
         let v2 = MetaMap {
             history_revisions: None,
             history_bytes_max: 0,
+            backup_id: None,
             ..m.clone()
         };
         let bytes = v2.encode();
         assert_eq!(bytes[4], 2);
-        assert_eq!(bytes.len(), m.encode().len() - 16);
+        assert_eq!(bytes.len(), m.encode().len() - 16 - 8);
         let back = MetaMap::decode(&bytes).unwrap();
         assert_eq!(back, v2);
         back.check_node(&other, 0, &hosted_of(&m, 0)).unwrap();
+    }
+
+    /// A restored cluster's map names its backup; a node restored from another backup, or
+    /// not restored, is refused with both named; a version-3 map records none, checks
+    /// nothing, and is written back as version 3.
+    #[test]
+    fn a_restored_cluster_refuses_a_node_from_another_backup() {
+        let c = config(3, 8, 2);
+        let fresh = MetaMap::initial(&c);
+        assert_eq!(fresh.backup_id, Some(0));
+        fresh.check_backup(0).unwrap();
+        let e = fresh.check_backup(0xabc).unwrap_err().to_string();
+        assert!(
+            e.contains("bootstrapped by a node not restored")
+                && e.contains("restored from backup 0000000000000abc"),
+            "{e}"
+        );
+        let restored = MetaMap {
+            backup_id: Some(u64::MAX - 1),
+            ..fresh.clone()
+        };
+        let bytes = restored.encode();
+        assert_eq!(bytes[4], VERSION);
+        let back = MetaMap::decode(&bytes).unwrap();
+        assert_eq!(back, restored);
+        back.check_backup(u64::MAX - 1).unwrap();
+        let e = back.check_backup(7).unwrap_err().to_string();
+        assert!(
+            e.contains("restored from backup fffffffffffffffe")
+                && e.contains("this node was restored from backup 0000000000000007"),
+            "{e}"
+        );
+        let e = back.check_backup(0).unwrap_err().to_string();
+        assert!(e.contains("no RESTORED record"), "{e}");
+        // Version 3: no backup id, nothing checked, written back as version 3.
+        let v3 = MetaMap {
+            backup_id: None,
+            ..restored.clone()
+        };
+        let bytes = v3.encode();
+        assert_eq!((bytes[4], bytes.len()), (3, restored.encode().len() - 8));
+        let back = MetaMap::decode(&bytes).unwrap();
+        assert_eq!(back, v3);
+        back.check_backup(7).unwrap();
+        back.check_backup(0).unwrap();
+        // A backup id without the history setting is no map any version writes.
+        let odd = MetaMap {
+            history_revisions: None,
+            ..restored
+        };
+        assert!(odd.validate().is_err());
     }
 
     #[test]

@@ -1444,7 +1444,7 @@ fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
     // takes writes.
     let restored_dir = dir.join("restored");
     std::fs::create_dir_all(&restored_dir).unwrap();
-    let cluster = Cluster::start_with(
+    let mut cluster = Cluster::start_with(
         &restored_dir,
         3,
         2,
@@ -1480,4 +1480,59 @@ fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
         "backup of {backed_up} keys ({} acknowledged before it) restored into a new cluster",
         before.len()
     );
+
+    // A node restored from another backup is refused (`engine::meta`, "Restored clusters"):
+    // back up the restored cluster (a new backup id), rebuild node 3 from that backup, and
+    // start it. It stops, naming both backups; nodes 1 and 2 keep serving.
+    let first_id = manifest["backup_id"]
+        .as_str()
+        .expect("backup_id is a string");
+    assert_eq!(first_id.len(), 16, "{first_id}");
+    let other_dir = dir.join("backup-other");
+    let o = other_dir.to_str().unwrap();
+    let out = ctl(&cluster.endpoints(), &["--json", "backup", "--out", o]);
+    assert!(
+        out.status.success(),
+        "second backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other: Value = serde_json::from_str(&stdout(&out)).expect("backup json");
+    let other_id = other["backup_id"].as_str().expect("backup_id").to_owned();
+    assert_ne!(first_id, other_id);
+    cluster.kill9(3);
+    std::fs::remove_dir_all(cluster.node_data_dir(3)).unwrap();
+    let config3 = cluster.config_path(3);
+    let out = corum(&[
+        "restore",
+        "--from",
+        o,
+        "--config",
+        config3.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains(&other_id), "{out:?}");
+    cluster.restart_node(3);
+    let guard = cluster
+        .restarted
+        .iter_mut()
+        .find(|g| g.name == "node 3")
+        .expect("node 3's guard");
+    let status = guard.wait_timeout(Duration::from_secs(60));
+    let log = std::fs::read_to_string(cluster.log_path(3)).unwrap_or_default();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "node 3, restored from another backup, kept running ({status:?}); log:\n{log}"
+    );
+    let want = [
+        format!("the cluster was restored from backup {first_id}"),
+        format!("this node was restored from backup {other_id}"),
+    ];
+    assert!(
+        want.iter().all(|w| log.contains(w.as_str())),
+        "node 3's log must name both backups ({want:?}):\n{log}"
+    );
+    let v = rt
+        .block_on(c.get("bk/after"))
+        .expect("nodes 1 and 2 still serve");
+    assert_eq!(v.map(|kv| kv.value), Some(Bytes::from_static(b"yes")));
 }

@@ -284,6 +284,19 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
             configs.push(c);
             id += 1;
         }
+        // Node 1's config names every node; a directory missing one is not a cluster to
+        // start (written by a build that wrote node 1's config first, then failed).
+        let named = configs[0].peers.len();
+        if named != configs.len() {
+            return Err(LocalError::Usage(format!(
+                "{} is an incomplete cluster directory: node 1's config names {named} nodes, \
+                 but only {} node configs (node-1 .. node-{}) are there; remove it and start \
+                 a new cluster",
+                dir.display(),
+                configs.len(),
+                configs.len()
+            )));
+        }
         if let Some(from) = &args.restore_from {
             return Err(LocalError::Usage(format!(
                 "--restore-from {}: {} already holds a cluster; restore into a new --dir",
@@ -344,11 +357,17 @@ pub fn prepare(args: &LocalArgs) -> Result<(Vec<NodeConfig>, bool), LocalError> 
         super::certs::generate(&dir.join("tls"), &ids)
             .map_err(|e| LocalError::Usage(format!("--tls: {e}")))?;
     }
-    for c in &configs {
+    // Node 1's config last, each one whole (a temporary file renamed into place): the
+    // directory holds a cluster once `node-1/corum.toml` exists, so a write that fails leaves
+    // no cluster that a later `corum local --dir` would start with nodes missing.
+    for c in configs.iter().rev() {
         let text = toml::to_string(c)
             .map_err(|e| LocalError::Usage(format!("cannot write config: {e}")))?;
-        let path = dir.join(format!("node-{}", c.id)).join("corum.toml");
-        std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
+        let path = config_path(&dir, c.id);
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(io(format!("write {}", path.display())))?;
     }
     Ok((configs, false))
 }
@@ -748,6 +767,37 @@ mod tests {
             .all(|c| c.metrics_addr.unwrap().port() > last_shard_port));
         a.no_metrics = true;
         assert!(plan(&a).unwrap().iter().all(|c| c.metrics_addr.is_none()));
+    }
+
+    /// A failed config write leaves no directory that a later run would start as a cluster
+    /// with nodes missing; a directory missing a node's config is refused by name.
+    #[test]
+    fn a_failed_config_write_leaves_no_partial_cluster() {
+        let dir = std::env::temp_dir().join(format!("corum-local-partial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let a = args(&dir);
+        // node-2's config path is a directory, so writing it fails.
+        std::fs::create_dir_all(config_path(&dir, 2).join("in-the-way")).unwrap();
+        assert!(prepare(&a).is_err());
+        assert!(
+            !config_path(&dir, 1).exists(),
+            "node 1's config was written before node 2's failed"
+        );
+        // A directory with node 1's and node 2's configs but not node 3's is refused.
+        std::fs::remove_dir_all(config_path(&dir, 2)).unwrap();
+        let (configs, restart) = prepare(&a).unwrap();
+        assert!(!restart);
+        assert_eq!(configs.len(), 3);
+        assert!(!config_path(&dir, 1).with_extension("toml.tmp").exists());
+        std::fs::remove_file(config_path(&dir, 3)).unwrap();
+        match prepare(&a) {
+            Err(LocalError::Usage(e)) => assert!(
+                e.contains("incomplete cluster directory") && e.contains("names 3 nodes"),
+                "{e}"
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

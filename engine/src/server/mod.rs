@@ -331,21 +331,34 @@ pub fn start(config: NodeConfig) -> Result<ServerHandle, ServerError> {
             reason,
         }
     })?;
-    // A restored node names its backup, so an operator can compare the nodes' logs (nothing
-    // checks yet that every node of a cluster came from the same backup).
-    match crate::backup::restored_from(&config.data_dir) {
-        Ok(Some(r)) => tracing::info!(
-            backup_id = r.backup_id,
-            backup_started_unix_ms = r.started_unix_ms,
-            from = %r.from.display(),
-            "data directory restored from a backup"
-        ),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the restore record"),
-    }
+    // A restored node names its backup; the cluster map records it and every node checks it
+    // (`crate::meta`, "Restored clusters"), so an unreadable record stops the node.
+    let restored = match crate::backup::restored_from(&config.data_dir) {
+        Ok(Some(r)) => {
+            tracing::info!(
+                backup_id = %r.backup_id,
+                backup_started_unix_ms = r.started_unix_ms,
+                from = %r.from.display(),
+                "data directory restored from a backup"
+            );
+            r.backup_id.0
+        }
+        Ok(None) => 0,
+        Err(reason) => {
+            return Err(ServerError::Recovery {
+                shard: 0,
+                partition: 0,
+                reason: format!(
+                    "cannot read the restore record ({reason}); it names the backup this node \
+                     was restored from, which the cluster checks"
+                ),
+            })
+        }
+    };
     let config = Arc::new(config);
     let stop = Arc::new(AtomicBool::new(false));
     let shared = Arc::new(shared::NodeShared::new(&config));
+    shared.set_restored_backup_id(restored);
     if let Some(files) = &config.tls {
         shared.set_tls(Arc::new(tls::NodeTls::load(files, config.id)?));
     }

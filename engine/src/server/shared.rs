@@ -86,6 +86,9 @@ pub struct NodeShared {
     pub events: super::events::EventLog,
     /// The TLS contexts (None: plaintext), read when a connection starts; replaced whole.
     tls: RwLock<Option<Arc<super::tls::NodeTls>>>,
+    /// The backup this node's data directory was restored from (`crate::backup::RESTORED`;
+    /// 0: not restored), set before the shards start.
+    restored_backup_id: AtomicU64,
 }
 
 impl NodeShared {
@@ -105,7 +108,19 @@ impl NodeShared {
             metrics: NodeMetrics::new(config.shards),
             events: super::events::EventLog::new(config.id),
             tls: RwLock::new(None),
+            restored_backup_id: AtomicU64::new(0),
         }
+    }
+
+    /// The backup this node was restored from (0: not restored): the bootstrap map records
+    /// it, and a map naming another is refused (`crate::meta`, "Restored clusters").
+    pub fn restored_backup_id(&self) -> u64 {
+        self.restored_backup_id.load(Ordering::Relaxed)
+    }
+
+    /// Sets [`Self::restored_backup_id`] (at start, before the shards run).
+    pub fn set_restored_backup_id(&self, id: u64) {
+        self.restored_backup_id.store(id, Ordering::Relaxed);
     }
 
     /// The TLS contexts new connections use (None: plaintext).

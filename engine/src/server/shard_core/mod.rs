@@ -437,6 +437,7 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
             .collect();
         map.check_node(&self.config, self.i, &here)
             .and_then(|()| map.check_voters(&voters))
+            .and_then(|()| map.check_backup(self.shared.restored_backup_id()))
             .map_err(|source| ServerError::Map {
                 shard: self.i,
                 source,
@@ -487,7 +488,8 @@ impl<L: LogStore, S: SnapshotStore, C: Clone> ShardCore<L, S, C> {
         {
             return;
         }
-        let map = MetaMap::initial(&self.config);
+        let mut map = MetaMap::initial(&self.config);
+        map.backup_id = Some(self.shared.restored_backup_id());
         if let Err(e) = map.validate() {
             // `NodeConfig::validate` refuses such configurations; never commit a map that
             // every node would refuse to read.
