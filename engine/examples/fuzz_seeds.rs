@@ -1,12 +1,9 @@
 //! Writes seed corpora for the fuzz targets of `engine/fuzz`, in each target's input format
 //! (`engine::fuzzing`): snapshots of a state machine with key-values, sessions with cached
-//! results of every kind and a history; meta maps of versions 1 to 3; commands of every kind.
+//! results of every kind and a history; meta maps of versions 1 to 4; commands of every kind.
 //!
 //! Usage: `cargo run -p engine --example fuzz_seeds -- engine/fuzz/corpus` (writes
 //! `snapshot/`, `meta_map/` and `command/` under it)
-
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use engine::command::{Command, CommandOp, Compare, CompareOp, CompareTarget, Txn, TxnOp};
 use engine::config::NodeConfig;
@@ -94,23 +91,7 @@ fn commands() -> Vec<Command> {
 }
 
 fn node_config(shards: usize, partitions: u32) -> NodeConfig {
-    let peers = (1..=3u64)
-        .map(|n| (n, format!("127.0.0.1:{}", 9000 + n * 100).parse().unwrap()))
-        .collect::<BTreeMap<u64, SocketAddr>>();
-    NodeConfig {
-        id: 1,
-        data_dir: "/tmp/unused".into(),
-        client_addr: "127.0.0.1:9001".parse().unwrap(),
-        peer_addr: peers[&1],
-        peers,
-        shards,
-        partitions,
-        replicas: 3,
-        pin: false,
-        metrics_addr: None,
-        tuning: Default::default(),
-        tls: None,
-    }
+    NodeConfig::for_tests(3, shards, partitions)
 }
 
 fn main() -> std::io::Result<()> {
@@ -149,6 +130,10 @@ fn main() -> std::io::Result<()> {
 
     // meta_map: bit 0 set = fix the checksum.
     let mut map = MetaMap::initial(&node_config(2, 8));
+    map.backup_id = Some(0x4d70_1bc9_88eb_8b96);
+    write("meta_map", "v4", 0, &map.encode())?;
+    write("meta_map", "v4-fixed", 1, &map.encode())?;
+    map.backup_id = None;
     write("meta_map", "v3", 0, &map.encode())?;
     write("meta_map", "v3-fixed", 1, &map.encode())?;
     map.history_revisions = None;
@@ -162,7 +147,7 @@ fn main() -> std::io::Result<()> {
     assert!(MetaMap::decode(&v1).is_ok(), "the version-1 seed decodes");
     write("meta_map", "v1", 0, &v1)?;
     let small = MetaMap::initial(&node_config(1, 1));
-    write("meta_map", "v3-one-partition", 1, &small.encode())?;
+    write("meta_map", "v4-one-partition", 1, &small.encode())?;
     println!("wrote seeds under {root}");
     Ok(())
 }

@@ -793,22 +793,13 @@ mod tests {
     }
 
     fn node_config(data_dir: PathBuf, id: u64, partitions: u32) -> NodeConfig {
-        let peers = (1..=3)
-            .map(|n| (n, format!("127.0.0.1:{}", 7100 + n).parse().unwrap()))
-            .collect();
+        let c = NodeConfig::for_tests(3, 2, partitions);
         NodeConfig {
             id,
             data_dir,
-            client_addr: "127.0.0.1:7000".parse().unwrap(),
-            peer_addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
-            peers,
-            shards: 2,
-            partitions,
+            peer_addr: c.peers[&id],
             replicas: 2,
-            pin: false,
-            metrics_addr: None,
-            tuning: crate::config::Tuning::default(),
-            tls: None,
+            ..c
         }
     }
 

@@ -263,6 +263,33 @@ impl Default for Tuning {
 }
 
 impl NodeConfig {
+    /// For tests and examples that never start the node: node 1 of `nodes` on loopback (peer
+    /// `n` at 127.0.0.1:(9000 + 100 n), client 127.0.0.1:9001; nothing is bound), `shards`
+    /// shards, `partitions` partitions, 3 replicas, default tuning, data in `/tmp/unused`.
+    #[doc(hidden)]
+    pub fn for_tests(nodes: u64, shards: usize, partitions: u32) -> NodeConfig {
+        let peers: BTreeMap<u64, SocketAddr> = (1..=nodes)
+            .map(|n| {
+                let port = u16::try_from(9000 + n * 100).expect("a port for every test node");
+                (n, SocketAddr::from(([127, 0, 0, 1], port)))
+            })
+            .collect();
+        NodeConfig {
+            id: 1,
+            data_dir: "/tmp/unused".into(),
+            client_addr: SocketAddr::from(([127, 0, 0, 1], 9001)),
+            peer_addr: peers[&1],
+            peers,
+            shards,
+            partitions,
+            replicas: 3,
+            pin: false,
+            metrics_addr: None,
+            tuning: Tuning::default(),
+            tls: None,
+        }
+    }
+
     /// Reads a TOML file and validates it.
     pub fn from_toml_file(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {

@@ -668,26 +668,9 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
 
     fn config(nodes: u64, partitions: u32, shards: usize) -> NodeConfig {
-        let peers = (1..=nodes)
-            .map(|n| (n, format!("127.0.0.1:{}", 9000 + n * 100).parse().unwrap()))
-            .collect::<std::collections::BTreeMap<u64, SocketAddr>>();
-        NodeConfig {
-            id: 1,
-            data_dir: "/tmp/unused".into(),
-            client_addr: "127.0.0.1:9001".parse().unwrap(),
-            peer_addr: peers[&1],
-            peers,
-            shards,
-            partitions,
-            replicas: 3,
-            pin: false,
-            metrics_addr: None,
-            tuning: Default::default(),
-            tls: None,
-        }
+        NodeConfig::for_tests(nodes, shards, partitions)
     }
 
     #[test]

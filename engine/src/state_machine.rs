@@ -556,16 +556,19 @@ struct History {
 
 impl History {
     /// The old version a link names, if it is still held.
-    fn get(&self, link: u64) -> Option<&Held> {
+    /// The queue position `link` names (None: no version, or one already dropped).
+    fn index(&self, link: u64) -> Option<usize> {
         let seq = link.checked_sub(1)?;
-        self.queue
-            .get(usize::try_from(seq.checked_sub(self.base)?).ok()?)
+        usize::try_from(seq.checked_sub(self.base)?).ok()
+    }
+
+    fn get(&self, link: u64) -> Option<&Held> {
+        self.queue.get(self.index(link)?)
     }
 
     fn get_mut(&mut self, link: u64) -> Option<&mut Held> {
-        let seq = link.checked_sub(1)?;
-        self.queue
-            .get_mut(usize::try_from(seq.checked_sub(self.base)?).ok()?)
+        let i = self.index(link)?;
+        self.queue.get_mut(i)
     }
 
     /// The link the next old version pushed gets.

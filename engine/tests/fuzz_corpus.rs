@@ -2,45 +2,24 @@
 //! the fuzz targets run (`engine::fuzzing`), so `cargo test` catches a regression without
 //! cargo-fuzz.
 
-use std::path::Path;
+#[path = "../../wal/tests/support/fuzz_replay.rs"]
+mod fuzz_replay;
 
-fn replay(dir: &Path, check: fn(&[u8])) -> usize {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut n = 0;
-    for ent in rd {
-        let path = ent.expect("dir entry").path();
-        let data = std::fs::read(&path).expect("read corpus file");
-        let r = std::panic::catch_unwind(|| check(&data));
-        assert!(r.is_ok(), "{} fails the fuzz check", path.display());
-        n += 1;
-    }
-    n
-}
+use fuzz_replay::replay_target;
 
-fn replay_target(target: &str, check: fn(&[u8])) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
-    let corpus = replay(&root.join("corpus").join(target), check);
-    assert!(
-        corpus > 0,
-        "no corpus for {target} under {}",
-        root.display()
-    );
-    replay(&root.join("regressions").join(target), check);
-}
+const DIR: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn snapshot_corpus_passes_the_fuzz_check() {
-    replay_target("snapshot", engine::fuzzing::check_snapshot);
+    replay_target(DIR, "snapshot", engine::fuzzing::check_snapshot);
 }
 
 #[test]
 fn meta_map_corpus_passes_the_fuzz_check() {
-    replay_target("meta_map", engine::fuzzing::check_meta_map);
+    replay_target(DIR, "meta_map", engine::fuzzing::check_meta_map);
 }
 
 #[test]
 fn command_corpus_passes_the_fuzz_check() {
-    replay_target("command", engine::fuzzing::check_command);
+    replay_target(DIR, "command", engine::fuzzing::check_command);
 }

@@ -749,29 +749,26 @@ fn a_segment_cut_short_inside_its_header_block_does_not_panic() {
     run(|| async {
         let dir = test_dir("short-header-block");
         let seg = |n: u64| dir.join(format!("{n:016x}.wal"));
+        let truncate = |path: &std::path::Path, len: u64| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(len))
+                .unwrap_or_else(|e| panic!("truncate {}: {e}", path.display()))
+        };
         let log = Wal::open(&dir, cfg()).await.unwrap();
         log.append(1, &[entry(1, 1, 100, 1)]).unwrap();
         log.sync().await.unwrap();
         drop(log);
         // The last segment cut short: the open continues in a new segment 2 ("seals").
-        std::fs::File::options()
-            .write(true)
-            .open(seg(1))
-            .unwrap()
-            .set_len(3 * 4096)
-            .unwrap();
+        truncate(&seg(1), 3 * 4096);
         let log = Wal::open(&dir, cfg()).await.unwrap();
         assert!(seg(2).exists());
         log.append(1, &[entry(2, 1, 100, 2)]).unwrap();
         log.sync().await.unwrap();
         drop(log);
         // Now segment 1 loses everything but its header block's first 1000 bytes.
-        std::fs::File::options()
-            .write(true)
-            .open(seg(1))
-            .unwrap()
-            .set_len(1000)
-            .unwrap();
+        truncate(&seg(1), 1000);
         let log = Wal::open(&dir, cfg()).await.expect("opens");
         assert_eq!(log.last_index(1), 2);
         let got = log.entries(1, 2, 3, u64::MAX).await.unwrap();

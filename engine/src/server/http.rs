@@ -1565,23 +1565,7 @@ mod tests {
     }
 
     fn config() -> NodeConfig {
-        let peers =
-            crate::config::parse_peers("1=127.0.0.1:9100,2=127.0.0.1:9200,3=127.0.0.1:9300")
-                .unwrap();
-        NodeConfig {
-            id: 1,
-            data_dir: "/tmp/unused".into(),
-            client_addr: "127.0.0.1:9001".parse().unwrap(),
-            peer_addr: peers[&1],
-            peers,
-            shards: 2,
-            partitions: 1,
-            replicas: 3,
-            pin: false,
-            metrics_addr: None,
-            tuning: Default::default(),
-            tls: None,
-        }
+        NodeConfig::for_tests(3, 2, 1)
     }
 
     /// A server on a free local port over a node whose shards are all starting (so `/health`
