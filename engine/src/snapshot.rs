@@ -54,7 +54,9 @@
 //! old      := kvval | until:u64
 //!             1 <= create <= mod < until <= revision; compacted < until; version >= 1;
 //!             each old version's until <= the next one's mod revision (or the current
-//!             version's, if the key exists)
+//!             version's, if the key exists), and the next one either continues it (same
+//!             create, a higher version, mod = until) or starts a new life (create = mod
+//!             >= until): `state_machine::follows`
 //! ```
 //!
 //! A version-1 snapshot has no history: it is read with the compaction point at its revision
@@ -671,6 +673,15 @@ fn decode_history(
             if olds.back().is_some_and(|o| o.until > kv.mod_revision) {
                 return Err(invalid(kv_off, "old versions of a key overlap"));
             }
+            if olds
+                .back()
+                .is_some_and(|o| !crate::state_machine::follows(o, &kv))
+            {
+                return Err(invalid(
+                    kv_off,
+                    "old version neither continues the one before it nor starts a new life",
+                ));
+            }
             olds.push_back(OldVersion { kv, until });
         }
         let last = olds.back().expect("n >= 1");
@@ -681,6 +692,16 @@ fn decode_history(
             return Err(invalid(
                 key_off,
                 "old version overlaps the key's current version",
+            ));
+        }
+        if kvs
+            .get(&key)
+            .is_some_and(|cur| !crate::state_machine::follows(last, cur))
+        {
+            return Err(invalid(
+                key_off,
+                "the key's current version neither continues its newest old version nor \
+                 starts a new life",
             ));
         }
         prev = Some(key.clone());

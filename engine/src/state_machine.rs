@@ -1082,8 +1082,16 @@ impl StateMachine {
                 }
             }
             let mut newest = true;
+            // The version after each old one (the current, then each old one in turn).
+            let mut newer: Option<&KeyValue> = slot.current.as_ref();
             for held in h.chain(slot.newest_old) {
                 let o = &held.old;
+                if newer.is_some_and(|n| !follows(o, n)) {
+                    return Err(
+                        "a version neither continues the one before it nor starts a new life",
+                    );
+                }
+                newer = Some(&o.kv);
                 if held.key != *k {
                     return Err("old version chained under another key");
                 }
@@ -1594,9 +1602,53 @@ fn page<'a>(
     out
 }
 
+/// Whether `newer` can be the version of the same key that came after `older`: it either
+/// continues `older`'s life (same creation, a later version, written when `older` ended; more
+/// than one version later when a transaction put the key several times) or starts a new life
+/// (created in the revision that wrote it, at or after `older`'s end, the key deleted
+/// between; its version counts that revision's puts).
+pub(crate) fn follows(older: &OldVersion, newer: &KeyValue) -> bool {
+    let continues = newer.create_revision == older.kv.create_revision
+        && newer.version > older.kv.version
+        && newer.mod_revision == older.until;
+    let recreated =
+        newer.create_revision == newer.mod_revision && newer.create_revision >= older.until;
+    continues || recreated
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `follows`: the continuity rule `check_history` and the snapshot decoder apply between a
+    /// key's versions (a fuzz corpus input broke it and decoded before the rule).
+    #[test]
+    fn a_version_continues_the_one_before_or_starts_a_new_life() {
+        let kv = |create, rev, version| KeyValue {
+            value: Bytes::new(),
+            create_revision: create,
+            mod_revision: rev,
+            version,
+        };
+        let old = OldVersion {
+            kv: kv(2, 4, 3),
+            until: 7,
+        };
+        assert!(follows(&old, &kv(2, 7, 4)), "the next put");
+        assert!(follows(&old, &kv(2, 7, 6)), "three puts in one transaction");
+        assert!(
+            follows(&old, &kv(9, 9, 1)),
+            "deleted at 7, created again at 9"
+        );
+        assert!(follows(&old, &kv(7, 7, 2)), "deleted and put twice at 7");
+        assert!(!follows(&old, &kv(2, 7, 3)), "same version again");
+        assert!(!follows(&old, &kv(2, 8, 4)), "a gap without a deletion");
+        assert!(!follows(&old, &kv(3, 7, 4)), "another creation revision");
+        assert!(
+            !follows(&old, &kv(6, 6, 1)),
+            "created before the old one ended"
+        );
+    }
 
     /// Review finding (issue 16, increment 2): the history shares the key the state stores,
     /// never the command's key, which is a slice of its log entry and would pin the entry
