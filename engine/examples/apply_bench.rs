@@ -1,6 +1,7 @@
 //! Apply-rate benchmark of one partition's state machine: decode + apply of 128-byte puts, with
 //! and without sessions, with and without the multi-version history, counting heap
-//! allocations per command; then snapshot encode / decode.
+//! allocations per command; reads of the current state and at past revisions (one key, and
+//! 100-key ranges); then snapshot encode / decode.
 //!
 //! `cargo run -p engine --release --example apply_bench -- [puts] [distinct_keys] [value_bytes]`
 //!
@@ -94,6 +95,21 @@ fn run(name: &'static str, sm: &mut StateMachine, entries: &[Bytes], first_index
     }
 }
 
+/// `n` calls of `f` as one phase (each call's result kept from the optimizer).
+fn read<T>(name: &'static str, n: u64, mut f: impl FnMut(u64) -> T) -> Phase {
+    let a0 = ALLOCS.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(f(i));
+    }
+    Phase {
+        name,
+        ops: n,
+        secs: t.elapsed().as_secs_f64(),
+        allocs: ALLOCS.load(Ordering::Relaxed) - a0,
+    }
+}
+
 fn main() {
     let args: Vec<u64> = std::env::args()
         .skip(1)
@@ -112,6 +128,42 @@ fn main() {
     let (inserts, overwrites) = all.split_at(keys as usize);
     phases.push(run("put_new_key", &mut sm, inserts, 1));
     phases.push(run("put_overwrite", &mut sm, overwrites, 1 + keys));
+    // Reads (issue 16): the current state, then at the current revision and halfway back to
+    // the compaction point through the multi-version read path. Keys in a scattered order.
+    let key = |i: u64| format!("key-{:012}", (i * 7919) % keys).into_bytes();
+    let probes: Vec<Vec<u8>> = (0..keys.min(100_000)).map(key).collect();
+    let reads = 1_000_000u64;
+    let now = sm.revision();
+    let past = now - (now - sm.compacted()) / 2;
+    let n = probes.len() as u64;
+    phases.push(read("get", reads, |i| {
+        sm.get(&probes[(i % n) as usize]).is_some()
+    }));
+    phases.push(read("get_at_now", reads, |i| {
+        sm.get_at(&probes[(i % n) as usize], now)
+            .map(|kv| kv.is_some())
+    }));
+    phases.push(read("get_at_past", reads, |i| {
+        sm.get_at(&probes[(i % n) as usize], past)
+            .map(|kv| kv.is_some())
+    }));
+    let ranges = 20_000u64;
+    phases.push(read("range_100", ranges, |i| {
+        sm.range(&probes[(i % n) as usize], b"\xff", 100, false, usize::MAX)
+            .kvs
+            .len()
+    }));
+    phases.push(read("range_100_at_past", ranges, |i| {
+        sm.range_at(
+            &probes[(i % n) as usize],
+            b"\xff",
+            100,
+            false,
+            usize::MAX,
+            past,
+        )
+        .map(|r| r.kvs.len())
+    }));
     // The same overwrites with no history kept (tuning.history_revisions = 0): the cost of
     // the multi-version history in the same run (issue 16, increment 2).
     let mut off = StateMachine::new(Config {
