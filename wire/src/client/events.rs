@@ -17,8 +17,10 @@
 //!    a node that could not be read to its newest lowers the watermark to its last event read;
 //!    and an event waits at most [`HELD_ROUNDS_MAX`] rounds (a node whose clock runs ahead).
 //! 4. A restart is noticed by the node's boot id (`EventsResult::boot_id`), which changes on
-//!    every start, even when the new sequence numbers have already passed the cursor; servers
-//!    without boot ids (0) are checked by their newest sequence number going down.
+//!    every start, even when the new sequence numbers have already passed the cursor. A boot
+//!    id that appears or disappears (0, a build without boot ids, before or after) is a
+//!    restart too: a server cannot change its build without restarting. Between two answers
+//!    without boot ids, only the newest sequence number going down tells.
 //!
 //! "From now" (not `from_start`) means the events a node stamped at or after the subscription
 //! (so the nodes' clocks again): every node is read from its first event held, and of what its
@@ -54,13 +56,17 @@ pub fn poll_timeout(every: Duration, request_timeout: Duration) -> Duration {
     every.max(POLL_TIMEOUT_MIN).min(request_timeout)
 }
 
-/// Whether an answer comes from another start of the node than the last one read: its boot id
-/// changed, or (servers without boot ids) its newest sequence number went below the cursor.
-pub fn restarted(after: u64, known_boot_id: u64, r: &EventsResult) -> bool {
-    if known_boot_id != 0 && r.boot_id != 0 {
-        r.boot_id != known_boot_id
-    } else {
-        r.newest < after
+/// Whether an answer comes from another start of the node than the last one read
+/// (`known_boot_id`: the boot id of that answer, None before the node's first answer): its
+/// boot id changed, 0 (a build without boot ids) to another or back included, since a server
+/// cannot change its build without restarting; or, between two answers without boot ids, its
+/// newest sequence number went below the cursor.
+pub fn restarted(after: u64, known_boot_id: Option<u64>, r: &EventsResult) -> bool {
+    match known_boot_id {
+        None => false,
+        Some(known) if known != r.boot_id => true,
+        Some(0) => r.newest < after,
+        Some(_) => false,
     }
 }
 
@@ -71,7 +77,8 @@ struct NodeCursor {
     after: u64,
     /// Events stamped before this are skipped ("from now": the subscription's time).
     since_ms: u64,
-    boot_id: u64,
+    /// The boot id of its last answer (None before the first).
+    boot_id: Option<u64>,
     /// None until the first answer or failure.
     up: Option<bool>,
     /// Answered at least once.
@@ -82,7 +89,7 @@ struct NodeCursor {
 struct Drained {
     node: u64,
     after: u64,
-    boot_id: u64,
+    boot_id: Option<u64>,
     events: Vec<Event>,
     /// (first, last) sequence numbers dropped by the node before they were read.
     missed: Vec<(u64, u64)>,
@@ -100,7 +107,7 @@ async fn drain(
     node: u64,
     endpoint: String,
     after: u64,
-    boot_id: u64,
+    boot_id: Option<u64>,
     deadline: Instant,
 ) -> Drained {
     let mut d = Drained {
@@ -140,12 +147,12 @@ async fn drain(
         d.answered = true;
         if restarted(d.after, d.boot_id, &r) {
             // Sequence numbers start again at 1 on a restarted node: read it from there.
-            d.restarted = Some((d.boot_id, r.boot_id, d.events.len()));
-            d.boot_id = r.boot_id;
+            d.restarted = Some((d.boot_id.unwrap_or(0), r.boot_id, d.events.len()));
+            d.boot_id = Some(r.boot_id);
             d.after = 0;
             continue;
         }
-        d.boot_id = r.boot_id;
+        d.boot_id = Some(r.boot_id);
         if r.oldest > asked.saturating_add(1) {
             d.missed.push((asked + 1, r.oldest - 1));
         }
@@ -186,7 +193,7 @@ impl Client {
                         // the subscription and that poll.
                         after: 0,
                         since_ms: if from_start { 0 } else { subscribed_ms },
-                        boot_id: 0,
+                        boot_id: None,
                         up: None,
                         read: false,
                     });
@@ -331,13 +338,27 @@ mod tests {
     fn a_restart_is_noticed_by_its_boot_id_even_past_the_cursor() {
         // The review's case: the node restarted and logged more events than the cursor
         // before the next poll. The newest number did not go down; the boot id changed.
-        assert!(restarted(5, 100, &answer(9, 200)));
-        assert!(!restarted(5, 100, &answer(9, 100)));
+        assert!(restarted(5, Some(100), &answer(9, 200)));
+        assert!(!restarted(5, Some(100), &answer(9, 100)));
         // First contact: nothing to compare.
-        assert!(!restarted(0, 0, &answer(9, 200)));
+        assert!(!restarted(0, None, &answer(9, 200)));
+        assert!(!restarted(0, None, &answer(9, 0)));
         // Servers without boot ids: only a newest below the cursor tells.
-        assert!(restarted(5, 0, &answer(3, 0)));
-        assert!(!restarted(5, 0, &answer(9, 0)));
+        assert!(restarted(5, Some(0), &answer(3, 0)));
+        assert!(!restarted(5, Some(0), &answer(9, 0)));
+    }
+
+    /// Review finding (issue 17, ops nits 3): a node upgraded from a build without boot ids
+    /// (0) to one with them, or downgraded, restarted: a server cannot change its build
+    /// without restarting. Before, only the newest sequence number going below the cursor told,
+    /// and a restart that had logged past the cursor went unnoticed.
+    #[test]
+    fn a_boot_id_appearing_or_disappearing_is_a_restart() {
+        // Answered before with boot id 0, now with one: past the cursor still a restart.
+        assert!(restarted(5, Some(0), &answer(9, 200)));
+        // And the other way (a downgrade), whatever the sequence numbers.
+        assert!(restarted(5, Some(100), &answer(9, 0)));
+        assert!(restarted(0, Some(100), &answer(0, 0)));
     }
 
     /// Review finding (ops-fixes review, 2): an event held HELD_ROUNDS_MAX rounds goes out
