@@ -179,30 +179,17 @@ impl Client {
         tx: tokio::sync::mpsc::Sender<Event>,
     ) {
         let timeout = poll_timeout(every, self.inner.config.request_timeout);
-        let mut nodes: BTreeMap<u64, NodeCursor> = BTreeMap::new();
-        // Events read but not sent yet, with the round they were read in.
-        let mut held: Vec<(Event, u32)> = Vec::new();
+        let mut merge = Merge::new(from_start, subscribed_ms);
         for round in 0u32.. {
             for p in &self.cluster_map().partitions {
                 for r in &p.replicas {
-                    nodes.entry(r.node).or_insert_with(|| NodeCursor {
-                        endpoint: r.endpoint.clone(),
-                        // Read from its first event; "from now" skips the events stamped
-                        // before the subscription (by the node's clock). Taking the node's
-                        // newest at its first poll instead would lose what happened between
-                        // the subscription and that poll.
-                        after: 0,
-                        since_ms: if from_start { 0 } else { subscribed_ms },
-                        boot_id: None,
-                        up: None,
-                        read: false,
-                    });
+                    merge.add_node(r.node, &r.endpoint);
                 }
             }
-            let watermark_start = unix_ms();
+            let mut this = Round::new(round, unix_ms());
             let deadline = Instant::now() + timeout;
             let mut polls = tokio::task::JoinSet::new();
-            for (&node, n) in &nodes {
+            for (&node, n) in &merge.nodes {
                 polls.spawn(drain(
                     self.clone(),
                     node,
@@ -212,87 +199,11 @@ impl Client {
                     deadline,
                 ));
             }
-            let mut watermark = watermark_start;
-            let mut seen = Vec::new();
             while let Some(joined) = polls.join_next().await {
                 let Ok(d) = joined else { continue }; // a poll task panicked: poll again next round
-                let Some(n) = nodes.get_mut(&d.node) else {
-                    continue;
-                };
-                let node = d.node;
-                let synthetic = |kind: &str, detail: String| Event {
-                    seq: 0,
-                    unix_ms: unix_ms(),
-                    node,
-                    shard: 0,
-                    partition: 0,
-                    kind: kind.into(),
-                    detail,
-                };
-                if d.answered {
-                    if n.up == Some(false) {
-                        seen.push(synthetic("node_up", n.endpoint.clone()));
-                    }
-                    n.up = Some(true);
-                    if let Some((old, new, before)) = d.restarted {
-                        let mut e = synthetic(
-                            "node_restarted",
-                            format!("boot id {old} -> {new}; reading its events from 1"),
-                        );
-                        // It restarted before its first event of the new start: sort it there
-                        // (sequence number 0 goes first among the node's events of that ms).
-                        if let Some(first) = d.events.get(before) {
-                            e.unix_ms = e.unix_ms.min(first.unix_ms);
-                        }
-                        seen.push(e);
-                    }
-                    // What a node dropped before the first read of a "from now" stream is
-                    // older than the subscription: not missed.
-                    let first_read = !std::mem::replace(&mut n.read, true);
-                    let missed = if first_read && !from_start {
-                        &[][..]
-                    } else {
-                        &d.missed[..]
-                    };
-                    for (first, last) in missed {
-                        seen.push(synthetic(
-                            "events_missed",
-                            format!("events {first}..{last} were dropped before they were read"),
-                        ));
-                    }
-                    n.after = d.after;
-                    n.boot_id = d.boot_id;
-                    if !d.complete && d.error.is_none() {
-                        // Its later events are not in hand: hold back what is not older than
-                        // the last one read.
-                        if let Some(last) = d.events.last() {
-                            watermark = watermark.min(last.unix_ms);
-                        }
-                    }
-                    // "From now" skips, by timestamp, only what the node already held at its
-                    // first answer: after that every event is new, whatever the clocks say (a
-                    // reader whose clock runs ahead must not drop live events).
-                    seen.extend(
-                        d.events
-                            .into_iter()
-                            .filter(|e| !first_read || e.unix_ms >= n.since_ms),
-                    );
-                }
-                if let Some(e) = d.error {
-                    if n.up != Some(false) {
-                        seen.push(synthetic("node_down", e.to_string()));
-                    }
-                    n.up = Some(false);
-                }
+                merge.absorb(&mut this, d, unix_ms());
             }
-            held.extend(seen.into_iter().map(|e| (e, round)));
-            held.sort_by_key(|(e, _)| (e.unix_ms, e.node, e.seq));
-            // Send the longest prefix below the cut-off: the watermark, raised past every event
-            // that waited HELD_ROUNDS_MAX rounds (so those go out, with everything stamped
-            // before them, in order, however the nodes' clocks disagree).
-            let cutoff = release_cutoff(&held, round, watermark);
-            let ready = held.iter().take_while(|(e, _)| e.unix_ms < cutoff).count();
-            for (e, _) in held.drain(..ready) {
+            for e in merge.end(this) {
                 if tx.send(e).await.is_err() {
                     return;
                 }
@@ -302,6 +213,159 @@ impl Client {
                 _ = tx.closed() => return,
             }
         }
+    }
+}
+
+/// The stream's state between rounds, and the merging rules of the module docs (3 and 4):
+/// no clock and no socket (times come in as arguments), so the rules are unit-tested.
+struct Merge {
+    from_start: bool,
+    /// "From now": the subscription's time.
+    subscribed_ms: u64,
+    nodes: BTreeMap<u64, NodeCursor>,
+    /// Events read but not sent yet, with the round they were read in.
+    held: Vec<(Event, u32)>,
+}
+
+/// One round being merged.
+struct Round {
+    number: u32,
+    /// Events stamped before this are sent at the round's end (module docs, rule 3).
+    watermark: u64,
+    /// What the round's polls brought.
+    seen: Vec<Event>,
+}
+
+impl Round {
+    /// Round `number`, begun at `start_ms` by the reader's clock (its first watermark).
+    fn new(number: u32, start_ms: u64) -> Round {
+        Round {
+            number,
+            watermark: start_ms,
+            seen: Vec::new(),
+        }
+    }
+}
+
+impl Merge {
+    fn new(from_start: bool, subscribed_ms: u64) -> Merge {
+        Merge {
+            from_start,
+            subscribed_ms,
+            nodes: BTreeMap::new(),
+            held: Vec::new(),
+        }
+    }
+
+    /// A node of the cluster map; read from the next round on if it is new.
+    fn add_node(&mut self, node: u64, endpoint: &str) {
+        let since_ms = if self.from_start {
+            0
+        } else {
+            self.subscribed_ms
+        };
+        self.nodes.entry(node).or_insert_with(|| NodeCursor {
+            endpoint: endpoint.to_owned(),
+            // Read from its first event; "from now" skips the events stamped before the
+            // subscription (by the node's clock). Taking the node's newest at its first poll
+            // instead would lose what happened between the subscription and that poll.
+            after: 0,
+            since_ms,
+            boot_id: None,
+            up: None,
+            read: false,
+        });
+    }
+
+    /// One node's poll of round `r`, ended at `now_ms` (the reader's clock, which stamps the
+    /// stream's own events).
+    fn absorb(&mut self, r: &mut Round, d: Drained, now_ms: u64) {
+        let Some(n) = self.nodes.get_mut(&d.node) else {
+            return;
+        };
+        let node = d.node;
+        let synthetic = |kind: &str, detail: String| Event {
+            seq: 0,
+            unix_ms: now_ms,
+            node,
+            shard: 0,
+            partition: 0,
+            kind: kind.into(),
+            detail,
+        };
+        let seen = &mut r.seen;
+        if d.answered {
+            if n.up == Some(false) {
+                seen.push(synthetic("node_up", n.endpoint.clone()));
+            }
+            n.up = Some(true);
+            if let Some((old, new, before)) = d.restarted {
+                let mut e = synthetic(
+                    "node_restarted",
+                    format!("boot id {old} -> {new}; reading its events from 1"),
+                );
+                // It restarted before its first event of the new start: sort it there
+                // (sequence number 0 goes first among the node's events of that ms).
+                if let Some(first) = d.events.get(before) {
+                    e.unix_ms = e.unix_ms.min(first.unix_ms);
+                }
+                seen.push(e);
+            }
+            // What a node dropped before the first read of a "from now" stream is older than
+            // the subscription: not missed.
+            let first_read = !std::mem::replace(&mut n.read, true);
+            let missed = if first_read && !self.from_start {
+                &[][..]
+            } else {
+                &d.missed[..]
+            };
+            for (first, last) in missed {
+                seen.push(synthetic(
+                    "events_missed",
+                    format!("events {first}..{last} were dropped before they were read"),
+                ));
+            }
+            n.after = d.after;
+            n.boot_id = d.boot_id;
+            if !d.complete && d.error.is_none() {
+                // Its later events are not in hand: hold back what is not older than the last
+                // one read.
+                if let Some(last) = d.events.last() {
+                    r.watermark = r.watermark.min(last.unix_ms);
+                }
+            }
+            // "From now" skips, by timestamp, only what the node already held at its first
+            // answer: after that every event is new, whatever the clocks say (a reader whose
+            // clock runs ahead must not drop live events).
+            seen.extend(
+                d.events
+                    .into_iter()
+                    .filter(|e| !first_read || e.unix_ms >= n.since_ms),
+            );
+        }
+        if let Some(e) = d.error {
+            if n.up != Some(false) {
+                seen.push(synthetic("node_down", e.to_string()));
+            }
+            n.up = Some(false);
+        }
+    }
+
+    /// Ends round `r`: the events to send now, in order (module docs, rule 3).
+    fn end(&mut self, r: Round) -> Vec<Event> {
+        let round = r.number;
+        self.held.extend(r.seen.into_iter().map(|e| (e, round)));
+        self.held.sort_by_key(|(e, _)| (e.unix_ms, e.node, e.seq));
+        // Send the longest prefix below the cut-off: the watermark, raised past every event
+        // that waited HELD_ROUNDS_MAX rounds (so those go out, with everything stamped before
+        // them, in order, however the nodes' clocks disagree).
+        let cutoff = release_cutoff(&self.held, round, r.watermark);
+        let ready = self
+            .held
+            .iter()
+            .take_while(|(e, _)| e.unix_ms < cutoff)
+            .count();
+        self.held.drain(..ready).map(|(e, _)| e).collect()
     }
 }
 
