@@ -14,8 +14,11 @@
 //!    sequence number); later ones wait for the next round. The stream is therefore in time
 //!    order, as far as the nodes' clocks agree with the reader's, with these exceptions: events of a
 //!    node that did not answer come when it answers again (after newer events of the others);
-//!    a node that could not be read to its newest lowers the watermark to its last event read;
 //!    and an event waits at most [`HELD_ROUNDS_MAX`] rounds (a node whose clock runs ahead).
+//!    A node that answered but could not be read to its newest (the round's deadline passed
+//!    between its pages, a later page failed, or [`DRAIN_PAGES_MAX`]) keeps the order: it
+//!    lowers the watermark to its last event read (to 0 when none was read), and is up, not
+//!    `node_down`: only a node that did not answer at all in a round is down.
 //! 4. A restart is noticed by the node's boot id (`EventsResult::boot_id`), which changes on
 //!    every start, even when the new sequence numbers have already passed the cursor. A boot
 //!    id that appears or disappears (0, a build without boot ids, before or after) is a
@@ -85,7 +88,8 @@ struct NodeCursor {
     read: bool,
 }
 
-/// One node's poll in one round.
+/// One node's poll in one round (`answered` and `error` may both be set: a page failed, or
+/// the round's deadline passed, after the node's first answer).
 struct Drained {
     node: u64,
     after: u64,
@@ -327,12 +331,14 @@ impl Merge {
             }
             n.after = d.after;
             n.boot_id = d.boot_id;
-            if !d.complete && d.error.is_none() {
-                // Its later events are not in hand: hold back what is not older than the last
-                // one read.
-                if let Some(last) = d.events.last() {
-                    r.watermark = r.watermark.min(last.unix_ms);
-                }
+            if !d.complete {
+                // Not read to its newest (the round's deadline passed between its pages, a
+                // page failed after the first, or DRAIN_PAGES_MAX): its later events are not
+                // in hand, and they are stamped no earlier than its last one read, so hold
+                // back what is not older than that. Nothing read (its restart was noticed,
+                // then the read stopped): nothing is known of their stamps, hold back all.
+                let last = d.events.last().map_or(0, |e| e.unix_ms);
+                r.watermark = r.watermark.min(last);
             }
             // "From now" skips, by timestamp, only what the node already held at its first
             // answer: after that every event is new, whatever the clocks say (a reader whose
@@ -343,7 +349,9 @@ impl Merge {
                     .filter(|e| !first_read || e.unix_ms >= n.since_ms),
             );
         }
-        if let Some(e) = d.error {
+        // A node that answered in this round is up, even if a later page of it failed: only
+        // a node that did not answer at all is down.
+        if let (false, Some(e)) = (d.answered, d.error) {
             if n.up != Some(false) {
                 seen.push(synthetic("node_down", e.to_string()));
             }
@@ -447,6 +455,104 @@ mod tests {
         assert!(held.iter().all(|(e, _)| e.unix_ms < cutoff));
         // Nothing waited long enough: the watermark alone.
         assert_eq!(release_cutoff(&held, 9, 1_000), 1_000);
+    }
+
+    fn event(node: u64, seq: u64, unix_ms: u64) -> Event {
+        Event {
+            seq,
+            unix_ms,
+            node,
+            shard: 0,
+            partition: 0,
+            kind: "k".into(),
+            detail: String::new(),
+        }
+    }
+
+    /// A poll of `node` that answered with `events` (sequence numbers from `after` + 1).
+    fn drained(node: u64, after: u64, events: Vec<Event>, complete: bool) -> Drained {
+        Drained {
+            node,
+            after: events.last().map_or(after, |e| e.seq),
+            boot_id: Some(7),
+            events,
+            missed: Vec::new(),
+            restarted: None,
+            answered: true,
+            complete,
+            error: None,
+        }
+    }
+
+    /// (node, seq, stamp, kind) of what a round sent.
+    fn sent(events: &[Event]) -> Vec<(u64, u64, u64, &str)> {
+        events
+            .iter()
+            .map(|e| (e.node, e.seq, e.unix_ms, e.kind.as_str()))
+            .collect()
+    }
+
+    /// Review finding (issue 17, ops nits 2): a node whose read in a round was cut short by
+    /// the round's deadline (it answered, but not up to its newest) was reported node_down,
+    /// then node_up, and did not lower the watermark, so its later events came after newer
+    /// events of the other nodes. A node that answered is up, and the watermark stops at its
+    /// last event read.
+    #[test]
+    fn a_node_cut_short_by_the_deadline_is_up_and_its_events_stay_in_order() {
+        let mut m = Merge::new(true, 0);
+        m.add_node(1, "n1");
+        m.add_node(2, "n2");
+        // Round 0 (watermark 1_000): node 1 gave a page (stamps 100 and 200), then the
+        // deadline passed while its next page was asked; node 2 is read to its newest.
+        let mut r = Round::new(0, 1_000);
+        let mut cut = drained(1, 0, vec![event(1, 1, 100), event(1, 2, 200)], false);
+        cut.error = Some(ClientError::Timeout {
+            attempts: 1,
+            last: "deadline".into(),
+        });
+        m.absorb(&mut r, cut, 1_000);
+        m.absorb(&mut r, drained(2, 0, vec![event(2, 1, 300)], true), 1_000);
+        let first = m.end(r);
+        // Only what is older than node 1's last event read: node 1's unread events may be
+        // older than node 2's.
+        assert_eq!(sent(&first), vec![(1, 1, 100, "k")]);
+        // Round 1: node 1's rest (stamp 250) comes; everything goes out in time order, and the
+        // node was never down.
+        let mut r = Round::new(1, 2_000);
+        m.absorb(&mut r, drained(1, 2, vec![event(1, 3, 250)], true), 2_000);
+        m.absorb(&mut r, drained(2, 1, Vec::new(), true), 2_000);
+        let second = m.end(r);
+        assert_eq!(
+            sent(&second),
+            vec![(1, 2, 200, "k"), (1, 3, 250, "k"), (2, 1, 300, "k")]
+        );
+        assert_eq!(m.nodes[&1].up, Some(true));
+    }
+
+    /// A node that did not answer at all is down, once; up again when it answers.
+    #[test]
+    fn a_node_that_does_not_answer_is_down_once_then_up() {
+        let mut m = Merge::new(true, 0);
+        m.add_node(1, "n1");
+        let silent = || {
+            let mut d = drained(1, 0, Vec::new(), false);
+            d.answered = false;
+            d.error = Some(ClientError::Timeout {
+                attempts: 1,
+                last: "deadline".into(),
+            });
+            d
+        };
+        let mut kinds = Vec::new();
+        for round in 0..3 {
+            let mut r = Round::new(round, 1_000 * (round as u64 + 1));
+            m.absorb(&mut r, silent(), 1_000 * round as u64 + 500);
+            kinds.extend(m.end(r).into_iter().map(|e| e.kind));
+        }
+        let mut r = Round::new(3, 4_000);
+        m.absorb(&mut r, drained(1, 0, Vec::new(), true), 3_500);
+        kinds.extend(m.end(r).into_iter().map(|e| e.kind));
+        assert_eq!(kinds, vec!["node_down", "node_up"]);
     }
 
     #[test]
