@@ -145,7 +145,8 @@ struct Driver {
     /// A sync task is running (never cancelled while the shard runs: a dropped sync poisons
     /// the WAL; on stop the loop waits for it).
     sync_running: Rc<Cell<bool>>,
-    /// This shard's `slow_fsync` events, at most one per window.
+    /// This shard's `slow_fsync` events, at most one per window (observed by the sync task,
+    /// the end of a window checked on the tick).
     slow_fsync: Rc<RefCell<super::events::SlowFsyncEvents>>,
     /// This shard's `snapshot_sent` events, one per snapshot and follower.
     snapshot_sent: super::events::SnapshotSentEvents,
@@ -290,6 +291,13 @@ impl Driver {
             if due > 0 {
                 for _ in 0..due.min(catch_up_max) {
                     self.core.tick();
+                }
+                // Slow syncs left out of a window that ended with none since: reported now,
+                // not only with the next slow one (which may never come). The loop ticks at
+                // least once per `idle_wait`, so they come at most that late.
+                let ended = self.slow_fsync.borrow_mut().window_ended(now);
+                if let Some(detail) = ended {
+                    self.shared.events.record(self.i, 0, "slow_fsync", detail);
                 }
                 last_tick = if due > catch_up_max {
                     now
