@@ -924,12 +924,18 @@ async fn read_peer<S: AsyncRead + Unpin>(
             inbound.remove(&node);
         }
     }
+    log_peer_end(io.shard, &remote, from_node, &reason);
+}
+
+/// Logs why an incoming peer connection from `remote` (node `from_node` once its hello
+/// passed) ended.
+fn log_peer_end(shard: usize, remote: &str, from_node: Option<u64>, reason: &str) {
     if reason.starts_with("closed") || reason.starts_with("read failed") {
-        tracing::debug!(shard = io.shard, %remote, %reason, "peer connection ends");
+        tracing::debug!(shard, %remote, %reason, "peer connection ends");
     } else if reason.starts_with("nothing received") || reason.starts_with("replaced") {
-        tracing::info!(shard = io.shard, %remote, node = ?from_node, %reason, "peer connection closed");
+        tracing::info!(shard, %remote, node = ?from_node, %reason, "peer connection closed");
     } else {
-        crate::warn_limited!(shard = io.shard, %remote, %reason, "peer connection closed");
+        crate::warn_limited!(shard, %remote, %reason, "peer connection closed");
     }
 }
 
