@@ -119,7 +119,9 @@ impl SlowFsyncEvents {
 
 /// One shard's `snapshot_sent` events: one per (partition, follower, snapshot index). Raft
 /// starts a snapshot transfer again from its first chunk after a rejection or a timeout;
-/// those resends are counted in the metrics, not recorded again as events.
+/// those resends are counted in the metrics, not recorded again as events. Only the newest
+/// index per (partition, follower) is kept, so the memory is bounded by the shard's replica
+/// pairs (fixed while placement is static), not by the snapshots sent over the node's life.
 #[derive(Debug, Default)]
 pub struct SnapshotSentEvents {
     /// (partition, follower) -> index of the last snapshot recorded as sent. At most one
@@ -338,5 +340,18 @@ mod tests {
         assert!(sent.first_send(4, 2, 100), "another partition");
         assert!(sent.first_send(3, 2, 250), "a newer snapshot");
         assert!(!sent.first_send(3, 2, 250));
+    }
+
+    /// Review finding (issue 17, ops nits 5), already so: the memory is one entry per
+    /// (partition, follower), however many snapshots a long life sends.
+    #[test]
+    fn snapshot_sent_keeps_one_entry_per_partition_and_follower() {
+        let mut sent = SnapshotSentEvents::default();
+        for index in 1..=10_000 {
+            for (p, to) in [(1, 2), (1, 3), (2, 2)] {
+                assert!(sent.first_send(p, to, index * 100));
+            }
+        }
+        assert_eq!(sent.last.len(), 3);
     }
 }
