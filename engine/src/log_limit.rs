@@ -9,6 +9,10 @@
 //! ```ignore
 //! crate::warn_limited!(client = %peer, error = %e, "bad request frame body");
 //! ```
+//! The limiter is the call site's, not the message's: one call site that logs several kinds of
+//! input (a `reason` field) lets a flood of one kind hide the others, so such a line is
+//! written once per kind (the peer port's refusals, `server::net::log_peer_end`). Lines of a
+//! shard thread name no `shard` field: the thread's span names the node and shard.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -792,6 +792,56 @@ fn event_stream_notices_a_restart_and_is_not_stalled_by_a_paused_node() {
     }
 }
 
+/// Review finding (issue 17, ops nits 1): `drain-leaders --wait-ms W` checked its deadline
+/// only between rounds, and one round asks every shard's status and makes every transfer, each
+/// up to the client's request timeout: with a paused node it ran for a request timeout per
+/// paused shard however small W. Every request is now cut off at W.
+#[test]
+fn drain_leaders_ends_by_its_wait_with_a_paused_node() {
+    let _serial = serial();
+    let dir = test_dir("drain-paused");
+    let cluster = Cluster::start(&dir, 3, 1, 4, base_port(8), "");
+    let rt = runtime();
+    let c = rt.block_on(client(&cluster));
+    wait_for(
+        "every partition led",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || rt.block_on(cluster_status(&c)).healthy().then_some(()),
+    );
+    let pid3 = cluster.pid(3);
+    signal(pid3, libc::SIGSTOP);
+    // A request timeout far above the wait: the old round waited it out for node 3's status.
+    let (timeout_ms, wait_ms) = (20_000u64, 500u64);
+    let started = Instant::now();
+    let out = ctl(
+        &cluster.endpoints(),
+        &[
+            "--timeout-ms",
+            &timeout_ms.to_string(),
+            "node",
+            "drain-leaders",
+            "3",
+            "--wait-ms",
+            &wait_ms.to_string(),
+        ],
+    );
+    let took = started.elapsed();
+    signal(pid3, libc::SIGCONT);
+    eprintln!("drain-leaders with --wait-ms {wait_ms} took {took:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        stdout(&out).contains("NOT DRAINED: no status from node 3"),
+        "{out:?}"
+    );
+    // The wait, the process's start and the map fetch, with room for a loaded machine; far
+    // below the request timeout the old round waited for.
+    assert!(
+        took < Duration::from_millis(wait_ms) + Duration::from_secs(5),
+        "drain-leaders took {took:?} with --wait-ms {wait_ms} (request timeout {timeout_ms} ms)"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 3. a follower down for long catches up by snapshot
 // ---------------------------------------------------------------------------------------------

@@ -229,10 +229,13 @@ pub enum NodeCommand {
     /// partition led by another node (N may win an election back meanwhile: its partitions are
     /// moved again). Exit 1 when that is not so by `--wait-ms` (a partition stays led by N,
     /// has no leader, or a shard of N does not answer status), or N is not in the cluster map.
+    /// `--wait-ms` bounds the whole command: a request still unanswered then (a paused node)
+    /// is given up, and the partitions not moved are listed.
     DrainLeaders {
         /// The node.
         node: u64,
-        /// How long to keep moving and checking, in milliseconds (at most a day).
+        /// How long to keep moving and checking, in milliseconds (at most a day); every
+        /// request is cut off then.
         #[arg(long, default_value_t = 30_000, value_name = "MS",
               value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
         wait_ms: u64,
@@ -674,7 +677,10 @@ pub async fn execute(args: &CtlArgs) -> Result<(u8, String), CtlError> {
 
 /// `corum ctl node drain-leaders N`: rounds of (status of every shard; move every partition N
 /// leads) until a status shows N leading nothing, every partition led and every shard of N
-/// answering, or `wait` passes.
+/// answering, or `wait` passes. `wait` bounds the whole command, not only the rounds begun:
+/// every request of a round is cut off at the deadline (one round is a status of every shard,
+/// then a transfer per partition and candidate, each up to the client's request timeout), the
+/// partitions not moved by then are reported, and no status is read after it.
 async fn drain_leaders(
     client: &Client,
     node: u64,
@@ -693,6 +699,7 @@ async fn drain_leaders(
         )));
     }
     let deadline = tokio::time::Instant::now() + wait;
+    let passed = || tokio::time::Instant::now() >= deadline;
     let mut moved = Vec::new();
     // Why the last round was not done: per partition, and for the node as a whole.
     let mut failed: BTreeMap<u64, Vec<String>> = BTreeMap::new();
@@ -700,7 +707,7 @@ async fn drain_leaders(
     loop {
         failed.clear();
         problems.clear();
-        let status = cluster_status(client).await;
+        let status = cluster_status_until(client, Some(deadline)).await;
         // Without N's status nobody can tell whether N still leads something.
         for s in status.shards.iter().filter(|s| s.node == node) {
             if let Err(e) = &s.status {
@@ -724,6 +731,17 @@ async fn drain_leaders(
         if led.is_empty() && failed.is_empty() && problems.is_empty() {
             break;
         }
+        if passed() {
+            // The status itself ran into the deadline: nothing more may be asked.
+            for p in led {
+                failed
+                    .entry(p)
+                    .or_default()
+                    .push(format!("still led by node {node}"));
+            }
+            problems.push(format!("not drained within {wait:?} (--wait-ms)"));
+            break;
+        }
         // Leaderships per node, so equally caught-up targets share the moved ones.
         let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
         for &p in &status.partitions {
@@ -732,6 +750,12 @@ async fn drain_leaders(
             }
         }
         for p in led {
+            if passed() {
+                failed.entry(p).or_default().push(format!(
+                    "not moved: --wait-ms ({wait:?}) passed before its turn"
+                ));
+                continue;
+            }
             // The other replicas that answered: the most caught-up first, then the one leading
             // the fewest partitions.
             let mut candidates: Vec<(u64, u64)> = status
@@ -749,13 +773,20 @@ async fn drain_leaders(
             let mut errors = Vec::new();
             let mut done = None;
             for (to, _) in candidates {
-                match client.transfer_leader(p, to).await {
-                    Ok(r) => {
+                match tokio::time::timeout_at(deadline, client.transfer_leader(p, to)).await {
+                    Ok(Ok(r)) => {
                         *leads.entry(r.leader_node).or_default() += 1;
                         done = Some(r);
                         break;
                     }
-                    Err(e) => errors.push(format!("to node {to}: {e}")),
+                    Ok(Err(e)) => errors.push(format!("to node {to}: {e}")),
+                    Err(_) => {
+                        errors.push(format!(
+                            "to node {to}: no answer before --wait-ms ({wait:?}) passed (the \
+                             transfer may still complete)"
+                        ));
+                        break;
+                    }
                 }
             }
             match done {
@@ -770,14 +801,18 @@ async fn drain_leaders(
         }
         // The moves are checked by the next round's status, which also catches N winning an
         // election back.
-        if tokio::time::Instant::now() >= deadline {
+        if passed() {
             problems.push(format!(
                 "not drained within {wait:?} (--wait-ms): no status read after the last move \
                  showed it"
             ));
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A pause between rounds, unless it would leave the next status no time.
+        let pause = Duration::from_millis(100);
+        if deadline.saturating_duration_since(tokio::time::Instant::now()) > 2 * pause {
+            tokio::time::sleep(pause).await;
+        }
     }
     let code = if failed.is_empty() && problems.is_empty() {
         EXIT_OK
@@ -1129,8 +1164,18 @@ pub struct ClusterStatus {
 }
 
 /// Asks every shard in the client's cluster map for its status (refreshing the map first is the
-/// caller's business). Shards that do not answer are recorded with the error.
+/// caller's business), all at once, each within the client's request timeout. Shards that do
+/// not answer are recorded with the error.
 pub async fn cluster_status(client: &Client) -> ClusterStatus {
+    cluster_status_until(client, None).await
+}
+
+/// [`cluster_status`], every answer also by `deadline` (a shard that has not answered by then
+/// is recorded as such).
+pub async fn cluster_status_until(
+    client: &Client,
+    deadline: Option<tokio::time::Instant>,
+) -> ClusterStatus {
     let map = client.cluster_map();
     let mut seen: BTreeMap<(u64, u32), (String, Vec<u64>)> = BTreeMap::new();
     for p in &map.partitions {
@@ -1165,16 +1210,38 @@ pub async fn cluster_status(client: &Client) -> ClusterStatus {
             entry.1.push(META_PARTITION);
         }
     }
+    // All at once: a shard that does not answer (paused, blackholed) delays the others by
+    // nothing, and the whole gathering lasts one request timeout at most.
+    let mut asks = tokio::task::JoinSet::new();
+    for (i, (_, (endpoint, _))) in seen.iter().enumerate() {
+        let (client, endpoint) = (client.clone(), endpoint.clone());
+        asks.spawn(async move {
+            let ask = client.status_of(&endpoint);
+            let status = match deadline {
+                None => ask.await.map_err(|e| e.to_string()),
+                Some(d) => match tokio::time::timeout_at(d, ask).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("no answer by the deadline".to_owned()),
+                },
+            };
+            (i, status)
+        });
+    }
+    let mut answers: Vec<Option<Result<NodeStatus, String>>> = vec![None; seen.len()];
+    while let Some(joined) = asks.join_next().await {
+        if let Ok((i, status)) = joined {
+            answers[i] = Some(status);
+        }
+    }
     let mut shards = Vec::new();
-    for ((node, shard), (endpoint, mut hosts)) in seen {
+    for (((node, shard), (endpoint, mut hosts)), status) in seen.into_iter().zip(answers) {
         hosts.sort_unstable();
-        let status = client.status_of(&endpoint).await.map_err(|e| e.to_string());
         shards.push(ShardStatus {
             node,
             shard,
             endpoint,
             hosts,
-            status,
+            status: status.unwrap_or_else(|| Err("the status task failed".to_owned())),
         });
     }
     let mut partitions: Vec<u64> = map.partitions.iter().map(|p| p.id).collect();

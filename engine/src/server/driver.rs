@@ -70,7 +70,7 @@ pub fn thread_main(
     shared.metrics.shard(i).thread_started();
     // Every line this shard logs names its node and shard (the executor runs only this
     // shard's tasks on this thread, so the span stays entered for the thread's life).
-    let _span = tracing::info_span!("shard", node = config.id, shard = i).entered();
+    let _span = shard_span(config.id, i).entered();
     let _loop_end = LoopEndGuard(shared.clone(), i);
     let placement = if config.pin {
         Placement::Fixed(i)
@@ -115,6 +115,15 @@ pub fn thread_main(
     })
 }
 
+/// The span every line of shard `shard`'s thread is logged in: it names the node and shard,
+/// so those lines carry no `shard` field of their own (it would be printed twice). At level
+/// ERROR, so any level filter that lets a line through keeps its span too (an INFO span
+/// vanished from the warnings under `RUST_LOG=warn`); a span's level only filters it, it is
+/// not printed.
+pub(super) fn shard_span(node: u64, shard: usize) -> tracing::Span {
+    tracing::error_span!("shard", node, shard)
+}
+
 /// Marks shard 0's boot as failed when dropped, unless it reported already.
 struct BootGuard(Arc<NodeShared>);
 
@@ -145,7 +154,8 @@ struct Driver {
     /// A sync task is running (never cancelled while the shard runs: a dropped sync poisons
     /// the WAL; on stop the loop waits for it).
     sync_running: Rc<Cell<bool>>,
-    /// This shard's `slow_fsync` events, at most one per window.
+    /// This shard's `slow_fsync` events, at most one per window (observed by the sync task,
+    /// the end of a window checked on the tick).
     slow_fsync: Rc<RefCell<super::events::SlowFsyncEvents>>,
     /// This shard's `snapshot_sent` events, one per snapshot and follower.
     snapshot_sent: super::events::SnapshotSentEvents,
@@ -166,7 +176,7 @@ impl Driver {
         std::fs::create_dir_all(&snap_dir)
             .map_err(io_err(format!("create {}", snap_dir.display())))?;
         if let Err(e) = snapshot::remove_stale_temp_files(&snap_dir) {
-            tracing::warn!(shard = i, error = %e, "could not remove temporary snapshot files");
+            tracing::warn!(error = %e, "could not remove temporary snapshot files");
         }
         let wal_cfg = WalConfig {
             segment_bytes: config.tuning.wal_segment_bytes,
@@ -236,7 +246,6 @@ impl Driver {
             peers_out.insert(node, tx);
         }
         tracing::info!(
-            shard = i,
             partitions = core.partitions().count(),
             client = %client_addr,
             peer = %peer_addr,
@@ -278,7 +287,7 @@ impl Driver {
         let metrics_start = self.shared.metrics.start;
         loop {
             if self.io.stop.load(Ordering::Relaxed) {
-                tracing::info!(shard = self.i, "shard stopping");
+                tracing::info!("shard stopping");
                 self.shutdown().await;
                 return Ok(());
             }
@@ -291,6 +300,13 @@ impl Driver {
                 for _ in 0..due.min(catch_up_max) {
                     self.core.tick();
                 }
+                // Slow syncs left out of a window that ended with none since: reported now,
+                // not only with the next slow one (which may never come). The loop ticks at
+                // least once per `idle_wait`, so they come at most that late.
+                let ended = self.slow_fsync.borrow_mut().window_ended(now);
+                if let Some(detail) = ended {
+                    self.shared.events.record(self.i, 0, "slow_fsync", detail);
+                }
                 last_tick = if due > catch_up_max {
                     now
                 } else {
@@ -300,7 +316,7 @@ impl Driver {
             let worked = match self.turn() {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::error!(shard = self.i, error = %e, "shard stopping on a fatal error");
+                    tracing::error!(error = %e, "shard stopping on a fatal error");
                     self.shutdown().await;
                     return Err(e);
                 }
@@ -382,7 +398,6 @@ impl Driver {
                         .peer_messages_dropped
                         .add(inbox.peer_dropped);
                     tracing::warn!(
-                        shard = self.i,
                         dropped = inbox.peer_dropped,
                         "peer inbox full; messages dropped"
                     );
@@ -566,7 +581,7 @@ impl Driver {
         let fill_max = self.io.limits.frame_bytes_max / PEER_FRAME_FILL_DIVISOR;
         for (node, messages) in by_node {
             let Some(tx) = self.peers_out.get(&node) else {
-                tracing::warn!(shard = self.i, node, "message for an unknown node; dropped");
+                tracing::warn!(node, "message for an unknown node; dropped");
                 continue;
             };
             let mut batch: Vec<(u64, RaftMessage)> = Vec::new();
@@ -594,7 +609,7 @@ impl Driver {
                 };
                 let mut buf = BytesMut::new();
                 if let Err(e) = self.enc.peer_frame(&mut buf, 0, &pb, &self.io.limits) {
-                    tracing::error!(shard = self.i, node, error = %e, "peer frame over the limit; dropped");
+                    tracing::error!(node, error = %e, "peer frame over the limit; dropped");
                     continue;
                 }
                 if !tx.push(buf.freeze()) {

@@ -11,7 +11,7 @@
 //! | `leader_lost` | a replica that led and no longer does | new term, new leader if known |
 //! | `snapshot_sent` | a leader sending a follower a snapshot (once per snapshot and follower, not per resend: [`SnapshotSentEvents`]) | follower, index, bytes |
 //! | `snapshot_installed` | a follower that installed one | index |
-//! | `slow_fsync` | a shard whose WAL fdatasync took longer than [`SLOW_FSYNC`] (at most one event per [`SLOW_FSYNC_WINDOW`]; the next one counts those left out) | duration, and the count and slowest of those left out |
+//! | `slow_fsync` | a shard whose WAL fdatasync took longer than [`SLOW_FSYNC`] (at most one event per [`SLOW_FSYNC_WINDOW`]; those left out are counted by the next one, at the latest when the window ends: [`SlowFsyncEvents`]) | duration, and the count and slowest of those left out (or only these, at the window's end) |
 //! | `busy` | a shard that answered `Busy` in the last [`BUSY_WINDOW`] (at most one event per window) | count |
 //!
 //! In memory only, the newest [`CAPACITY`] events; sequence numbers start at 1 when the node
@@ -55,7 +55,10 @@ struct Inner {
 }
 
 /// One shard's `slow_fsync` events: at most one per [`SLOW_FSYNC_WINDOW`]; the slow syncs in
-/// between are counted, and the next event names their count and the slowest.
+/// between are counted, and the next event names their count and the slowest: the next slow
+/// sync's after the window ([`SlowFsyncEvents::observe`]), or, when none comes, an event of its
+/// own once the window has ended ([`SlowFsyncEvents::window_ended`], checked on the shard's
+/// tick), so a stall followed by a healthy disk is reported whole.
 #[derive(Debug, Default)]
 pub struct SlowFsyncEvents {
     last: Option<Instant>,
@@ -91,11 +94,34 @@ impl SlowFsyncEvents {
         self.suppressed_max = Duration::ZERO;
         Some(detail)
     }
+
+    /// Checked on the shard's tick: the detail of an event for the slow syncs left out, once
+    /// the window of the last event has ended with no slow sync since (a stall, then a healthy
+    /// disk); None when there is nothing to report or the window is still running.
+    pub fn window_ended(&mut self, now: Instant) -> Option<String> {
+        let last = self.last?;
+        if self.suppressed == 0 || now.saturating_duration_since(last) < SLOW_FSYNC_WINDOW {
+            return None;
+        }
+        let detail = format!(
+            "{} slow fdatasync{} left out since the last slow_fsync event, the slowest {:.1} ms",
+            self.suppressed,
+            if self.suppressed == 1 { "" } else { "s" },
+            self.suppressed_max.as_secs_f64() * 1e3
+        );
+        // This event is its window's one: the window starts again here.
+        self.last = Some(now);
+        self.suppressed = 0;
+        self.suppressed_max = Duration::ZERO;
+        Some(detail)
+    }
 }
 
 /// One shard's `snapshot_sent` events: one per (partition, follower, snapshot index). Raft
 /// starts a snapshot transfer again from its first chunk after a rejection or a timeout;
-/// those resends are counted in the metrics, not recorded again as events.
+/// those resends are counted in the metrics, not recorded again as events. Only the newest
+/// index per (partition, follower) is kept, so the memory is bounded by the shard's replica
+/// pairs (fixed while placement is static), not by the snapshots sent over the node's life.
 #[derive(Debug, Default)]
 pub struct SnapshotSentEvents {
     /// (partition, follower) -> index of the last snapshot recorded as sent. At most one
@@ -264,6 +290,47 @@ mod tests {
         );
     }
 
+    /// Review finding (issue 17, ops nits 4): a 3 s stall, then a healthy disk. The slow
+    /// syncs left out after the first event were reported only with the next slow one, so
+    /// never; they are reported once the window ends.
+    #[test]
+    fn slow_fsyncs_left_out_are_reported_when_the_window_ends() {
+        let mut slow = SlowFsyncEvents::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(slow.window_ended(t0), None, "nothing yet");
+        assert!(slow.observe(t0, ms(400), 4096).is_some());
+        assert_eq!(slow.window_ended(t0 + ms(1)), None, "nothing left out");
+        // The rest of the stall, within the window: left out.
+        for (i, took) in [3_000, 900].into_iter().enumerate() {
+            assert_eq!(
+                slow.observe(t0 + ms(500 * (i as u64 + 1)), ms(took), 1),
+                None
+            );
+        }
+        // Healthy from here on: nothing until the window ends, then one event.
+        assert_eq!(slow.window_ended(t0 + SLOW_FSYNC_WINDOW - ms(1)), None);
+        let end = t0 + SLOW_FSYNC_WINDOW;
+        let detail = slow
+            .window_ended(end)
+            .expect("the window ended with slow syncs left out");
+        assert!(
+            detail.starts_with("2 slow fdatasyncs left out")
+                && detail.ends_with("the slowest 3000.0 ms"),
+            "{detail}"
+        );
+        assert_eq!(slow.window_ended(end + SLOW_FSYNC_WINDOW), None, "once");
+        // That event counts as its window's one: a slow sync right after it is left out, and
+        // reported when its own window ends.
+        assert_eq!(slow.observe(end + ms(1), ms(70), 1), None);
+        assert_eq!(slow.window_ended(end + SLOW_FSYNC_WINDOW - ms(1)), None);
+        let next = slow.window_ended(end + SLOW_FSYNC_WINDOW).unwrap();
+        assert!(
+            next.starts_with("1 slow fdatasync left out") && next.ends_with("70.0 ms"),
+            "{next}"
+        );
+    }
+
     #[test]
     fn a_resent_snapshot_is_one_event() {
         let mut sent = SnapshotSentEvents::default();
@@ -273,5 +340,18 @@ mod tests {
         assert!(sent.first_send(4, 2, 100), "another partition");
         assert!(sent.first_send(3, 2, 250), "a newer snapshot");
         assert!(!sent.first_send(3, 2, 250));
+    }
+
+    /// Review finding (issue 17, ops nits 5), already so: the memory is one entry per
+    /// (partition, follower), however many snapshots a long life sends.
+    #[test]
+    fn snapshot_sent_keeps_one_entry_per_partition_and_follower() {
+        let mut sent = SnapshotSentEvents::default();
+        for index in 1..=10_000 {
+            for (p, to) in [(1, 2), (1, 3), (2, 2)] {
+                assert!(sent.first_send(p, to, index * 100));
+            }
+        }
+        assert_eq!(sent.last.len(), 3);
     }
 }

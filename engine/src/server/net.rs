@@ -291,7 +291,7 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                crate::warn_limited!(shard = io.shard, error = %e, "client accept failed");
+                crate::warn_limited!(error = %e, "client accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -303,7 +303,6 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
         if io.connections.get() >= io.config.tuning.connections_max {
             metrics.client_connections_refused.inc();
             crate::warn_limited!(
-                shard = io.shard,
                 limit = io.config.tuning.connections_max,
                 "client connection refused: connections_max reached"
             );
@@ -326,7 +325,7 @@ pub async fn client_listener(listener: TcpListener, io: Rc<ShardIo>) {
                     Ok(s) => serve_client(s, peer, &io2).await,
                     // A plaintext client, another CA's certificate, garbage: the node goes on.
                     Err(e) => crate::warn_limited!(
-                        shard = io2.shard, client = %peer, error = %e,
+                        client = %peer, error = %e,
                         "client TLS handshake failed; connection closed"
                     ),
                 },
@@ -695,7 +694,7 @@ pub async fn peer_listener(listener: TcpListener, io: Rc<ShardIo>) {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                crate::warn_limited!(shard = io.shard, error = %e, "peer accept failed");
+                crate::warn_limited!(error = %e, "peer accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -760,7 +759,6 @@ fn register_inbound(io: &ShardIo, node: u64, accept_no: u64) -> Option<LocalRece
     // Dropping the previous sender ends the previous connection's task.
     if let Some((old, _)) = inbound.insert(node, (accept_no, tx)) {
         tracing::info!(
-            shard = io.shard,
             node,
             old_connection = old,
             new_connection = accept_no,
@@ -775,7 +773,7 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
     let timeout = io.peer_timing.timeout;
     // Also bounds a TLS handshake.
     if let Err(e) = stream.set_read_timeout(Some(timeout)) {
-        tracing::warn!(shard = io.shard, error = %e, "cannot set the peer read timeout");
+        tracing::warn!(error = %e, "cannot set the peer read timeout");
     }
     let remote = stream
         .peer_addr()
@@ -800,7 +798,7 @@ async fn serve_peer(stream: TcpStream, accept_no: u64, io: &Rc<ShardIo>) {
             // No certificate, another CA's, a plaintext dialler: refused, logged, the node
             // goes on.
             Err(e) => crate::warn_limited!(
-                shard = io.shard, %remote, error = %e,
+                %remote, error = %e,
                 "peer TLS handshake failed; connection refused"
             ),
         },
@@ -823,19 +821,19 @@ async fn read_peer<S: AsyncRead + Unpin>(
     let mut from_node: Option<u64> = None;
     // Ends when a newer connection from the same node replaces this one.
     let mut replaced: Option<LocalReceiver<()>> = None;
-    let reason: String = 'conn: loop {
+    let end: PeerEnd = 'conn: loop {
         loop {
             let frame = match decoder.decode(&mut buf) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(e) => break 'conn format!("bad frame: {e}"),
+                Err(e) => break 'conn PeerEnd::BadFrame(e.to_string()),
             };
             if frame.kind != FrameKind::PeerMessages {
-                break 'conn format!("frame kind {:?} on the peer port", frame.kind);
+                break 'conn PeerEnd::FrameKind(frame.kind);
             }
             let batch = match wire::decode_peer_batch(&frame.body, &io.limits) {
                 Ok(b) => b,
-                Err(e) => break 'conn format!("bad peer batch: {e}"),
+                Err(e) => break 'conn PeerEnd::BadBatch(e.to_string()),
             };
             let Some(node) = from_node else {
                 let hello = check_hello(&batch, io).and_then(|(node, base)| match &chain {
@@ -847,24 +845,23 @@ async fn read_peer<S: AsyncRead + Unpin>(
                 match hello {
                     Ok((node, base)) => {
                         let Some(rx) = register_inbound(io, node, accept_no) else {
-                            break 'conn format!(
-                                "replaced: a newer connection from node {node} is current"
-                            );
+                            break 'conn PeerEnd::Stale(node);
                         };
                         replaced = Some(rx);
                         io.shared.learn_client_base(node, base);
-                        tracing::info!(shard = io.shard, node, %remote, "peer connected");
+                        tracing::info!(node, %remote, "peer connected");
                         from_node = Some(node);
                         continue;
                     }
-                    Err(why) => break 'conn format!("hello refused: {why}"),
+                    Err(why) => break 'conn PeerEnd::HelloRefused(why),
                 }
             };
             if batch.from_node != node || batch.to_node != io.config.id {
-                break 'conn format!(
-                    "batch from node {} to {} on node {node}'s connection",
-                    batch.from_node, batch.to_node
-                );
+                break 'conn PeerEnd::ForeignBatch {
+                    from: batch.from_node,
+                    to: batch.to_node,
+                    node,
+                };
             }
             if batch.messages.is_empty() {
                 continue; // a keepalive
@@ -872,7 +869,7 @@ async fn read_peer<S: AsyncRead + Unpin>(
             let mut inbox = io.inbox.borrow_mut();
             for (partition, m) in batch.messages {
                 if m.from != node {
-                    tracing::warn!(
+                    crate::warn_limited!(
                         node,
                         from = m.from,
                         "peer message with a foreign sender; dropped"
@@ -906,16 +903,13 @@ async fn read_peer<S: AsyncRead + Unpin>(
             }
         };
         match read {
-            None => break "replaced by a newer connection from the same node".into(),
-            Some(Ok(0)) => break "closed by peer".into(),
+            None => break PeerEnd::Replaced,
+            Some(Ok(0)) => break PeerEnd::Closed,
             Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
             Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                break format!(
-                    "nothing received for {} ms (peer timeout)",
-                    timeout.as_millis()
-                )
+                break PeerEnd::Silent(timeout)
             }
-            Some(Err(e)) => break format!("read failed: {e}"),
+            Some(Err(e)) => break PeerEnd::ReadFailed(e),
         }
     };
     if let Some(node) = from_node {
@@ -924,12 +918,97 @@ async fn read_peer<S: AsyncRead + Unpin>(
             inbound.remove(&node);
         }
     }
-    if reason.starts_with("closed") || reason.starts_with("read failed") {
-        tracing::debug!(shard = io.shard, %remote, %reason, "peer connection ends");
-    } else if reason.starts_with("nothing received") || reason.starts_with("replaced") {
-        tracing::info!(shard = io.shard, %remote, node = ?from_node, %reason, "peer connection closed");
-    } else {
-        crate::warn_limited!(shard = io.shard, %remote, %reason, "peer connection closed");
+    log_peer_end(&remote, from_node, &end);
+}
+
+/// Why an incoming peer connection ended.
+#[derive(Debug)]
+enum PeerEnd {
+    /// The peer closed it.
+    Closed,
+    /// A read failed.
+    ReadFailed(std::io::Error),
+    /// Nothing arrived for the peer timeout.
+    Silent(Duration),
+    /// A newer connection from the same node replaced it.
+    Replaced,
+    /// Its hello came after a newer connection's from the same node (this node id).
+    Stale(u64),
+    /// Refused: not a frame.
+    BadFrame(String),
+    /// Refused: a frame of another kind than `PeerMessages`.
+    FrameKind(FrameKind),
+    /// Refused: a peer frame whose batch does not decode.
+    BadBatch(String),
+    /// Refused: the first frame is not an acceptable hello (why).
+    HelloRefused(String),
+    /// Refused: a batch naming other nodes than the connection's (`node`, after its hello).
+    ForeignBatch { from: u64, to: u64, node: u64 },
+}
+
+impl std::fmt::Display for PeerEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerEnd::Closed => write!(f, "closed by peer"),
+            PeerEnd::ReadFailed(e) => write!(f, "read failed: {e}"),
+            PeerEnd::Silent(t) => {
+                write!(
+                    f,
+                    "nothing received for {} ms (peer timeout)",
+                    t.as_millis()
+                )
+            }
+            PeerEnd::Replaced => write!(f, "replaced by a newer connection from the same node"),
+            PeerEnd::Stale(node) => {
+                write!(
+                    f,
+                    "replaced: a newer connection from node {node} is current"
+                )
+            }
+            PeerEnd::BadFrame(e) => write!(f, "bad frame: {e}"),
+            PeerEnd::FrameKind(k) => write!(f, "frame kind {k:?} on the peer port"),
+            PeerEnd::BadBatch(e) => write!(f, "bad peer batch: {e}"),
+            PeerEnd::HelloRefused(why) => write!(f, "hello refused: {why}"),
+            PeerEnd::ForeignBatch { from, to, node } => {
+                write!(
+                    f,
+                    "batch from node {from} to {to} on node {node}'s connection"
+                )
+            }
+        }
+    }
+}
+
+/// Logs why an incoming peer connection from `remote` (node `from_node` once its hello
+/// passed) ended: an ordinary end at debug, a dead or replaced connection at info, a refusal
+/// as a warning. Anyone who can reach the peer port can repeat a refusal at will, so each kind
+/// has its own rate-limited line (each `warn_limited!` call site is its own limiter): a flood
+/// of one kind of bad input does not hide another kind. The shard is named by the span every
+/// line of a shard thread is logged in (`driver::shard_span`), not by a field.
+fn log_peer_end(remote: &str, from_node: Option<u64>, end: &PeerEnd) {
+    let reason = end;
+    match end {
+        PeerEnd::Closed | PeerEnd::ReadFailed(_) => {
+            tracing::debug!(%remote, %reason, "peer connection ends")
+        }
+        PeerEnd::Silent(_) | PeerEnd::Replaced | PeerEnd::Stale(_) => {
+            tracing::info!(%remote, node = ?from_node, %reason, "peer connection closed")
+        }
+        PeerEnd::BadFrame(_) => {
+            crate::warn_limited!(%remote, %reason, "peer connection closed")
+        }
+        PeerEnd::FrameKind(_) => {
+            crate::warn_limited!(%remote, %reason, "peer connection closed")
+        }
+        PeerEnd::BadBatch(_) => {
+            crate::warn_limited!(%remote, %reason, "peer connection closed")
+        }
+        PeerEnd::HelloRefused(_) => {
+            crate::warn_limited!(%remote, %reason, "peer connection closed")
+        }
+        PeerEnd::ForeignBatch { .. } => {
+            crate::warn_limited!(%remote, node = ?from_node, %reason, "peer connection closed")
+        }
     }
 }
 
@@ -1037,7 +1116,7 @@ pub async fn peer_dialer(
             Ok(s) => s,
             Err(e) => {
                 if !logged_down {
-                    tracing::info!(shard = io.shard, node, %addr, error = %e, "peer unreachable; retrying");
+                    tracing::info!(node, %addr, error = %e, "peer unreachable; retrying");
                     logged_down = true;
                 }
                 queue.frames.borrow_mut().clear();
@@ -1052,7 +1131,7 @@ pub async fn peer_dialer(
                 .set_write_timeout(Some(timing.timeout))
                 .map_err(Into::into)
         }) {
-            tracing::warn!(shard = io.shard, node, error = %e, "cannot set the peer connection timeouts");
+            tracing::warn!(node, error = %e, "cannot set the peer connection timeouts");
         }
         logged_down = false;
         // Drop whatever piled up while disconnected.
@@ -1070,7 +1149,7 @@ pub async fn peer_dialer(
                         dial_session(&io, node, &mut s, &queue, &notify, &hello, &keepalive).await
                     }
                     Err(e) => {
-                        crate::warn_limited!(shard = io.shard, node, %addr, error = %e,
+                        crate::warn_limited!(node, %addr, error = %e,
                             "peer TLS handshake failed");
                         Some(e)
                     }
@@ -1078,7 +1157,7 @@ pub async fn peer_dialer(
             }
         };
         let Some(why) = why else { return };
-        tracing::info!(shard = io.shard, node, error = %why, "peer connection lost; reconnecting");
+        tracing::info!(node, error = %why, "peer connection lost; reconnecting");
         // A connection that lasted is redialed at once; one that failed quickly (the peer
         // refuses us, or is restarting) waits, so a refusing peer is not redialed in a loop.
         if connected.elapsed() >= timing.timeout {
@@ -1102,10 +1181,10 @@ async fn dial_session<S: AsyncWrite + Unpin>(
     keepalive: &Bytes,
 ) -> Option<std::io::Error> {
     if let Err(e) = write_flush(stream, hello).await {
-        tracing::debug!(shard = io.shard, node, error = %e, "peer hello failed");
+        tracing::debug!(node, error = %e, "peer hello failed");
         return Some(e);
     }
-    tracing::debug!(shard = io.shard, node, "connected to peer");
+    tracing::debug!(node, "connected to peer");
     write_frames(io, node, stream, queue, notify, keepalive).await
 }
 
@@ -1142,12 +1221,7 @@ async fn write_frames<S: AsyncWrite + Unpin>(
         }
         let dropped = queue.dropped.replace(0);
         if dropped > 0 {
-            tracing::debug!(
-                shard = io.shard,
-                node,
-                dropped,
-                "peer queue was full; frames dropped"
-            );
+            tracing::debug!(node, dropped, "peer queue was full; frames dropped");
         }
         buf.clear();
         {
@@ -1174,6 +1248,95 @@ mod tests {
     use bytes::Bytes;
     use std::time::Instant;
     use wire::{Outcome, PutResult, RangeResult, ResponseHeader, TxnOpResult, TxnResult};
+
+    // ------------------------------------------------ log lines
+
+    /// A `tracing` writer into a shared buffer: the lines a test checks.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// The lines logged by `f` in a shard's span (as on a shard thread), through the text
+    /// format the node uses, filtered at `level`.
+    fn logged_in_shard(level: tracing::Level, f: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .with_max_level(level)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let _span = super::super::driver::shard_span(1, 3).entered();
+            f();
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    /// Review finding (issue 17, ops nits 6): every refusal on the peer port went through one
+    /// rate-limited line, so a flood of one kind of bad input (here garbage frames) hid
+    /// another (a refused hello) for the rest of the window; and each line named the shard
+    /// twice, once from the shard's span and once from its own field.
+    #[test]
+    fn peer_refusals_are_limited_per_kind_and_name_the_shard_once() {
+        let burst = crate::log_limit::BURST as usize;
+        let text = logged_in_shard(tracing::Level::INFO, || {
+            for _ in 0..3 * burst {
+                log_peer_end(
+                    "10.0.0.9:5555",
+                    None,
+                    &PeerEnd::BadFrame("bad magic".into()),
+                );
+            }
+            log_peer_end(
+                "10.0.0.7:4444",
+                None,
+                &PeerEnd::HelloRefused("hello from node 9, not a peer".into()),
+            );
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.iter().filter(|l| l.contains("bad magic")).count(),
+            burst,
+            "{text}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("hello refused")),
+            "the refused hello was hidden by the flood:\n{text}"
+        );
+        for l in &lines {
+            assert_eq!(l.matches("shard=").count(), 1, "{l}");
+        }
+        // Filtered at warn (the shard's span is not an info span that such a filter drops),
+        // a warning still names its shard.
+        let text = logged_in_shard(tracing::Level::WARN, || {
+            log_peer_end(
+                "10.0.0.8:3333",
+                None,
+                &PeerEnd::FrameKind(FrameKind::ClientRequests),
+            );
+        });
+        assert!(
+            text.contains("shard{node=1 shard=3}") && text.matches("shard=").count() == 1,
+            "{text}"
+        );
+    }
 
     // ------------------------------------------------ stalled peer connections
 
