@@ -98,7 +98,7 @@ pub struct ManifestRange {
 pub struct Manifest {
     /// Always [`FORMAT`].
     pub format: String,
-    /// Always [`VERSION`].
+    /// [`VERSION`] when written by this build; 1 is read too.
     pub version: u32,
     /// The corum version that wrote it.
     pub corum_version: String,

@@ -59,7 +59,7 @@
 //! the first node to lead it decides; if that node is the odd one out, the others stop, which
 //! is the same refusal seen from the other side.
 //!
-//! # Encoding of a [`MetaMap`] (version 3, little-endian)
+//! # Encoding of a [`MetaMap`] (version 4, little-endian)
 //! ```text
 //! offset size  field
 //! 0      4     magic "CMAP"
@@ -75,7 +75,7 @@
 //! 32     16*R  ranges: start u16, end u16, zero u32, partition u64
 //! ...    per partition: id u64, replica count N u32, zero u32, then N x (node u64, shard u32,
 //!              zero u32)
-//! ...    16    versions 2-3: sessions_max u64, session_results_max u64
+//! ...    16    versions 2-4: sessions_max u64, session_results_max u64
 //! ...    16    versions 3-4: history_revisions u64, history_bytes_max u64
 //! ...    8     version 4: backup_id u64 (the backup the cluster was restored from; 0: none)
 //! end-4  4     crc32c (Castagnoli) of every byte before it
