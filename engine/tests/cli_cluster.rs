@@ -1295,6 +1295,17 @@ fn corum(args: &[&str]) -> std::process::Output {
     run_bounded(&mut cmd, Duration::from_secs(60))
 }
 
+/// `corum ctl --json backup --out DIR` against `cluster`, which must succeed; its JSON report.
+fn backup_json(cluster: &Cluster, dir: &str) -> Value {
+    let out = ctl(&cluster.endpoints(), &["--json", "backup", "--out", dir]);
+    assert!(
+        out.status.success(),
+        "backup into {dir} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&stdout(&out)).expect("backup json")
+}
+
 #[test]
 fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
     let _serial = serial();
@@ -1311,13 +1322,7 @@ fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
     let before = writer.acked.lock().unwrap().clone();
     let backup_dir = dir.join("backup");
     let b = backup_dir.to_str().unwrap();
-    let out = ctl(&cluster.endpoints(), &["--json", "backup", "--out", b]);
-    assert!(
-        out.status.success(),
-        "backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(&stdout(&out)).expect("backup json");
+    let report = backup_json(&cluster, b);
     assert_eq!(report["partitions"], 4);
     let (acked, _) = writer.finish(&rt);
     eprintln!("{} writes acknowledged in all", acked.len());
@@ -1540,13 +1545,7 @@ fn backup_under_writes_restores_every_acknowledged_write_into_a_new_cluster() {
     assert_eq!(first_id.len(), 16, "{first_id}");
     let other_dir = dir.join("backup-other");
     let o = other_dir.to_str().unwrap();
-    let out = ctl(&cluster.endpoints(), &["--json", "backup", "--out", o]);
-    assert!(
-        out.status.success(),
-        "second backup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let other: Value = serde_json::from_str(&stdout(&out)).expect("backup json");
+    let other = backup_json(&cluster, o);
     let other_id = other["backup_id"].as_str().expect("backup_id").to_owned();
     assert_ne!(first_id, other_id);
     cluster.kill9(3);

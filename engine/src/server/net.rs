@@ -985,9 +985,8 @@ impl std::fmt::Display for PeerEnd {
 /// has its own rate-limited line (each `warn_limited!` call site is its own limiter): a flood
 /// of one kind of bad input does not hide another kind. The shard is named by the span every
 /// line of a shard thread is logged in (`driver::shard_span`), not by a field.
-fn log_peer_end(remote: &str, from_node: Option<u64>, end: &PeerEnd) {
-    let reason = end;
-    match end {
+fn log_peer_end(remote: &str, from_node: Option<u64>, reason: &PeerEnd) {
+    match reason {
         PeerEnd::Closed | PeerEnd::ReadFailed(_) => {
             tracing::debug!(%remote, %reason, "peer connection ends")
         }

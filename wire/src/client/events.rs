@@ -438,15 +438,7 @@ mod tests {
     /// ahead); before, the prefix stopped at the younger event and held the old one forever.
     #[test]
     fn an_event_held_long_enough_is_released_with_everything_before_it() {
-        let ev = |node, unix_ms| Event {
-            seq: 1,
-            unix_ms,
-            node,
-            shard: 0,
-            partition: 0,
-            kind: "k".into(),
-            detail: String::new(),
-        };
+        let ev = |node, unix_ms| event(node, 1, unix_ms);
         // Round 10, watermark 1_000: node 2's event (stamp 3_000, read in round 9) is not ready;
         // node 1's (stamp 10_000, read in round 6) has waited 4 rounds.
         let held = vec![(ev(2, 3_000), 9), (ev(1, 10_000), 6)];
